@@ -1,4 +1,4 @@
-//! The emulator's provisioning template engine: AWS IoT fleet
+//! The emulator's provisioning template engine and template store: AWS IoT fleet
 //! provisioning templates (reference §3) parsed and validated once at load, then evaluated
 //! per RegisterThing request in microseconds.
 //!
@@ -9,6 +9,8 @@
 //!   [`Provisioned`]: the thing, certificate and policies to create or update, their
 //!   override rules, and the device configuration. Failures are an [`EvalError`], which is
 //!   always status 400, errorCode `InvalidParameters` on the wire.
+//! - [`store::TemplateStore`] loads every `NAME.json` of a directory, as a bare body or as
+//!   the envelope of AWS's `CreateProvisioningTemplate` request.
 //!
 //! # The language
 //!
@@ -81,6 +83,7 @@ mod expr;
 mod names;
 mod parse;
 mod provisioned;
+pub mod store;
 
 #[cfg(test)]
 mod tests;
@@ -92,6 +95,7 @@ pub use provisioned::{
     CertificateSpec, CertificateStatus, Override, PolicySpec, Provisioned, ThingOverrides,
     ThingSpec,
 };
+pub use store::{HookConfig, StoreError, StoredTemplate, TemplateStore};
 
 /// A provisioning template, parsed and validated once, ready to evaluate per request.
 #[derive(Debug, Clone)]

@@ -1454,6 +1454,7 @@ fn embedded_c_demo_template_gives_fp_demo_names() {
 fn templates_are_shareable_across_threads() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Template>();
+    assert_send_sync::<TemplateStore>();
     assert_send_sync::<EvalError>();
 }
 
