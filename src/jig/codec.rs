@@ -262,7 +262,9 @@ pub fn corrupt_crc(wire: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn frames(stream: &[u8]) -> Vec<Result<(u8, u16, Vec<u8>), CodecError>> {
+    type Decoded = Result<(u8, u16, Vec<u8>), CodecError>;
+
+    fn frames(stream: &[u8]) -> Vec<Decoded> {
         let mut asm = FrameAssembler::new();
         let mut out = Vec::new();
         let mut rest = stream;
