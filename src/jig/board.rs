@@ -1,0 +1,740 @@
+//! The board side of jig protocol v1 as a state machine without I/O: it takes decoded
+//! frames and appends encoded answers. Holds the committed slots (`Flash`, persisted on
+//! COMMIT/ERASE), the staged slots and board-generated key (RAM only, lost on reboot), the
+//! session flag (HELLO seen since boot) and the replay cache that makes retransmissions safe.
+//!
+//! The virtual jig (`virtual_board.rs`) drives it over a pty; tests can drive it directly.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+
+use rcgen::{CertificateParams, DistinguishedName, DnType, DnValue, KeyPair};
+use zeroize::Zeroizing;
+
+use super::codec::Frame;
+use super::error::JigError;
+use super::flash::Flash;
+use super::protocol::{
+    Capabilities, Command, CommitEntry, CommitSource, CsrFormat, ErrorCode, HelloAck,
+    KEY_TYPE_P256, PROTOCOL_VERSION, Response, Slot, SubjectAttrs, attr, cmd, sha256,
+};
+
+/// Identity of a physical board, as the jig's queue hands it over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoardSpec {
+    pub serial: String,
+    pub hw_rev: String,
+    pub fw_version: String,
+    pub mac: [u8; 6],
+    /// The board can make its own key and CSR (GEN_CSR).
+    pub can_gen_csr: bool,
+}
+
+impl BoardSpec {
+    pub fn new(serial: &str) -> BoardSpec {
+        BoardSpec {
+            serial: serial.to_string(),
+            hw_rev: "A".to_string(),
+            fw_version: "1.0.0".to_string(),
+            mac: [0x02, 0, 0, 0, 0, 1],
+            can_gen_csr: true,
+        }
+    }
+}
+
+/// Limits a board announces in HELLO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BoardParams {
+    /// Largest PUT data / READ length.
+    pub max_chunk: u16,
+    /// RX buffer in bytes.
+    pub rx_buffer: u16,
+}
+
+impl Default for BoardParams {
+    fn default() -> Self {
+        BoardParams {
+            max_chunk: 1024,
+            rx_buffer: 4096,
+        }
+    }
+}
+
+/// What the driver must do after a frame was handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Send the answer (if any) and go on.
+    Continue,
+    /// Send the answer, then reboot (RESET).
+    Reboot,
+    /// Power was lost in the middle of a flash write: nothing was sent, the board is dead.
+    PowerCut,
+}
+
+/// Board-level fault switches (the line-level ones live in the jig).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BoardFaults {
+    /// Answer every COMMIT with COMMIT_REFUSED.
+    pub refuse_commit: bool,
+    /// Lose power half-way through the next COMMIT's flash write.
+    pub power_cut_in_commit: bool,
+}
+
+struct Cached {
+    seq: u16,
+    code: u8,
+    crc: u32,
+    wire: Vec<u8>,
+}
+
+/// Responses kept for replay; more than a window of PUTs can hold.
+const REPLAY_DEPTH: usize = 32;
+
+type Nak = (ErrorCode, u8, &'static str);
+
+pub struct Board {
+    spec: BoardSpec,
+    params: BoardParams,
+    flash: Flash,
+    flash_path: PathBuf,
+    staging: [Option<Zeroizing<Vec<u8>>>; 5],
+    staged_key: Option<Zeroizing<Vec<u8>>>,
+    session: bool,
+    replay: VecDeque<Cached>,
+    head: Vec<u8>,
+    pub faults: BoardFaults,
+}
+
+impl std::fmt::Debug for Board {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Board")
+            .field("serial", &self.spec.serial)
+            .field("flash", &self.flash)
+            .field("session", &self.session)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Board {
+    /// Powers a board up: loads its flash from `flash_dir` (or starts blank).
+    pub fn new(spec: BoardSpec, params: BoardParams, flash_dir: &Path) -> Result<Board, JigError> {
+        let flash_path = Flash::path_for(flash_dir, &spec.serial);
+        Flash::clean_temp_files(&flash_path);
+        let flash = Flash::load_or_new(&flash_path, &spec.serial)?;
+        Ok(Board {
+            spec,
+            params,
+            flash,
+            flash_path,
+            staging: Default::default(),
+            staged_key: None,
+            session: false,
+            replay: VecDeque::new(),
+            head: Vec::with_capacity(256),
+            faults: BoardFaults::default(),
+        })
+    }
+
+    pub fn spec(&self) -> &BoardSpec {
+        &self.spec
+    }
+
+    pub fn params(&self) -> BoardParams {
+        self.params
+    }
+
+    /// Committed content.
+    pub fn flash(&self) -> &Flash {
+        &self.flash
+    }
+
+    pub fn flash_path(&self) -> &Path {
+        &self.flash_path
+    }
+
+    pub fn has_identity(&self) -> bool {
+        self.flash.has_identity()
+    }
+
+    /// Reboot: RAM is lost (staged data, generated key, session, replay cache).
+    pub fn reboot(&mut self) {
+        self.staging = Default::default();
+        self.staged_key = None;
+        self.session = false;
+        self.replay.clear();
+    }
+
+    /// Appends a NAK for a frame whose CRC failed (`code`, `seq` as received).
+    pub fn nak_bad_crc(&mut self, code: u8, seq: u16, out: &mut Vec<u8>) {
+        self.nak(seq, code, (ErrorCode::BadCrc, 0, "bad CRC, resend"), out);
+    }
+
+    /// Appends a NAK with `error` for command `code`/`seq` (fault injection, BUSY).
+    pub fn nak_with(&mut self, code: u8, seq: u16, error: ErrorCode, out: &mut Vec<u8>) {
+        self.nak(seq, code, (error, 0, "injected"), out);
+    }
+
+    /// Handles one valid frame, appending the answer to `out`.
+    pub fn handle(&mut self, frame: &Frame<'_>, out: &mut Vec<u8>) -> Outcome {
+        if frame.code != cmd::HELLO
+            && let Some(c) = self
+                .replay
+                .iter()
+                .find(|c| c.seq == frame.seq && c.code == frame.code && c.crc == frame.crc)
+        {
+            // A retransmission of a command already handled: same answer, no second effect.
+            out.extend_from_slice(&c.wire);
+            return Outcome::Continue;
+        }
+        let start = out.len();
+        let command = match Command::decode(frame) {
+            Ok(c) => c,
+            Err(e) => {
+                self.nak(
+                    frame.seq,
+                    frame.code,
+                    (e.nak_code(), 0, "malformed payload"),
+                    out,
+                );
+                return Outcome::Continue;
+            }
+        };
+        if !self.session && !matches!(command, Command::Hello { .. }) {
+            self.nak(
+                frame.seq,
+                frame.code,
+                (ErrorCode::NeedHello, 0, "rebooted: send HELLO"),
+                out,
+            );
+            return Outcome::Continue;
+        }
+        let seq = frame.seq;
+        let mut outcome = Outcome::Continue;
+        let result = match command {
+            Command::Hello { version } => self.hello(seq, version, out),
+            Command::GenCsr {
+                key_type,
+                format,
+                subject,
+            } => self.gen_csr(seq, key_type, format, &subject, out),
+            Command::Put { slot, offset, data } => self.put(seq, slot, offset, data, out),
+            Command::Commit { entries } => match self.commit(seq, &entries, out) {
+                Ok(Outcome::PowerCut) => return Outcome::PowerCut,
+                other => other.map(|_| ()),
+            },
+            Command::Hash { slot } => {
+                let data = self.flash.slot(slot).unwrap_or_default();
+                let r = Response::HashAck {
+                    slot,
+                    len: data.len() as u32,
+                    sha256: sha256(data),
+                };
+                encode(&mut self.head, seq, &r, out);
+                Ok(())
+            }
+            Command::Read { slot, offset, len } => self.read(seq, slot, offset, len, out),
+            Command::Erase { slots } => self.erase(seq, &slots, out),
+            Command::Reset => {
+                encode(&mut self.head, seq, &Response::ResetAck, out);
+                outcome = Outcome::Reboot;
+                Ok(())
+            }
+        };
+        if let Err(nak) = result {
+            out.truncate(start);
+            self.nak(seq, frame.code, nak, out);
+        }
+        if frame.code != cmd::HELLO {
+            if self.replay.len() == REPLAY_DEPTH {
+                self.replay.pop_front();
+            }
+            self.replay.push_back(Cached {
+                seq,
+                code: frame.code,
+                crc: frame.crc,
+                wire: out[start..].to_vec(),
+            });
+        }
+        outcome
+    }
+
+    fn nak(&mut self, seq: u16, command: u8, (code, detail, text): Nak, out: &mut Vec<u8>) {
+        let r = Response::Nak {
+            code,
+            detail,
+            command,
+            text,
+        };
+        encode(&mut self.head, seq, &r, out);
+    }
+
+    fn hello(&mut self, seq: u16, version: u8, out: &mut Vec<u8>) -> Result<(), Nak> {
+        if version == 0 {
+            return Err((ErrorCode::Version, 0, "protocol v1 only"));
+        }
+        self.session = true;
+        self.replay.clear();
+        let mut caps = 0;
+        if self.spec.can_gen_csr {
+            caps |= Capabilities::GEN_CSR;
+        }
+        let identity = self.flash.has_identity();
+        if identity {
+            caps |= Capabilities::IDENTITY;
+        }
+        if self.staged_key.is_some() {
+            caps |= Capabilities::STAGED_KEY;
+        }
+        let r = Response::HelloAck(HelloAck {
+            version: PROTOCOL_VERSION,
+            capabilities: Capabilities(caps),
+            max_chunk: self.params.max_chunk,
+            rx_buffer: self.params.rx_buffer,
+            mac: self.spec.mac,
+            serial: &self.spec.serial,
+            hw_rev: &self.spec.hw_rev,
+            fw_version: &self.spec.fw_version,
+            thing_name: if identity {
+                self.flash.thing_name().unwrap_or_default()
+            } else {
+                ""
+            },
+        });
+        encode(&mut self.head, seq, &r, out);
+        Ok(())
+    }
+
+    fn gen_csr(
+        &mut self,
+        seq: u16,
+        key_type: u8,
+        format: CsrFormat,
+        subject: &SubjectAttrs<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Nak> {
+        if !self.spec.can_gen_csr {
+            return Err((ErrorCode::Unsupported, 0, "no key generation"));
+        }
+        if key_type != KEY_TYPE_P256 {
+            return Err((ErrorCode::Unsupported, 0, "key type: P-256 only"));
+        }
+        let mut dn = DistinguishedName::new();
+        for (id, value) in &subject.attrs {
+            let printable = || {
+                (*value)
+                    .try_into()
+                    .map(DnValue::PrintableString)
+                    .unwrap_or_else(|_| DnValue::Utf8String(value.to_string()))
+            };
+            match *id {
+                attr::COMMON_NAME => dn.push(DnType::CommonName, *value),
+                attr::ORGANIZATION => dn.push(DnType::OrganizationName, *value),
+                attr::ORGANIZATIONAL_UNIT => dn.push(DnType::OrganizationalUnitName, *value),
+                attr::COUNTRY => dn.push(DnType::CountryName, printable()),
+                attr::SERIAL_NUMBER => dn.push(DnType::CustomDnType(vec![2, 5, 4, 5]), printable()),
+                _ => return Err((ErrorCode::Unsupported, 0, "unknown subject attribute")),
+            }
+        }
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn;
+        let failed = (ErrorCode::Unsupported, 0, "CSR generation failed");
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|_| failed)?;
+        let csr = params.serialize_request(&key).map_err(|_| failed)?;
+        let bytes = match format {
+            CsrFormat::Pem => csr.pem().map_err(|_| failed)?.into_bytes(),
+            CsrFormat::Der => csr.der().to_vec(),
+        };
+        // The key stays on the board, staged until COMMIT names it.
+        self.staged_key = Some(Zeroizing::new(key.serialize_pem().into_bytes()));
+        let r = Response::Csr {
+            format,
+            csr: &bytes,
+        };
+        encode(&mut self.head, seq, &r, out);
+        Ok(())
+    }
+
+    fn put(
+        &mut self,
+        seq: u16,
+        slot: Slot,
+        offset: u32,
+        data: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), Nak> {
+        let end = offset as usize + data.len();
+        if data.len() > self.params.max_chunk as usize || end > slot.capacity() {
+            return Err((ErrorCode::OutOfRange, slot as u8, "beyond slot capacity"));
+        }
+        // Allocated at full capacity once, so it never reallocates (and leaves no copies).
+        let buf = self.staging[slot.index()]
+            .get_or_insert_with(|| Zeroizing::new(Vec::with_capacity(slot.capacity())));
+        if buf.len() < end {
+            buf.resize(end, 0);
+        }
+        buf[offset as usize..end].copy_from_slice(data);
+        let r = Response::PutAck {
+            slot,
+            offset,
+            len: data.len() as u16,
+        };
+        encode(&mut self.head, seq, &r, out);
+        Ok(())
+    }
+
+    fn commit(
+        &mut self,
+        seq: u16,
+        entries: &[CommitEntry],
+        out: &mut Vec<u8>,
+    ) -> Result<Outcome, Nak> {
+        if entries.is_empty() {
+            return Err((ErrorCode::BadFrame, 0, "empty COMMIT"));
+        }
+        for (i, e) in entries.iter().enumerate() {
+            if entries[..i].iter().any(|f| f.slot == e.slot) {
+                return Err((ErrorCode::BadFrame, e.slot as u8, "slot listed twice"));
+            }
+        }
+        if self.faults.refuse_commit {
+            return Err((ErrorCode::CommitRefused, 0, "write-protected"));
+        }
+        let mut next = self.flash.clone();
+        for e in entries {
+            let detail = e.slot as u8;
+            match e.source {
+                CommitSource::Staged => {
+                    let Some(staged) = self.staging[e.slot.index()].as_ref() else {
+                        return Err((ErrorCode::NothingStaged, detail, "nothing staged"));
+                    };
+                    let len = e.len as usize;
+                    if len > staged.len() || sha256(&staged[..len]) != e.sha256 {
+                        return Err((ErrorCode::HashMismatch, detail, "staged data differs"));
+                    }
+                    next.set_slot(e.slot, &staged[..len]);
+                }
+                CommitSource::BoardKey => {
+                    if e.slot != Slot::PrivateKey {
+                        return Err((ErrorCode::BadSlot, detail, "board key goes to slot 2"));
+                    }
+                    let Some(key) = self.staged_key.as_ref() else {
+                        return Err((ErrorCode::NothingStaged, detail, "no GEN_CSR key"));
+                    };
+                    next.set_slot(Slot::PrivateKey, key);
+                }
+            }
+        }
+        next.set_generation(self.flash.generation().wrapping_add(1));
+        if self.faults.power_cut_in_commit {
+            let _ = next.store_torn(&self.flash_path);
+            return Ok(Outcome::PowerCut);
+        }
+        if next.store(&self.flash_path).is_err() {
+            return Err((ErrorCode::FlashError, 0, "flash write failed"));
+        }
+        self.flash = next;
+        for e in entries {
+            self.staging[e.slot.index()] = None;
+            if e.slot == Slot::PrivateKey {
+                self.staged_key = None;
+            }
+        }
+        let r = Response::CommitAck {
+            count: entries.len() as u8,
+            generation: self.flash.generation(),
+        };
+        encode(&mut self.head, seq, &r, out);
+        Ok(Outcome::Continue)
+    }
+
+    fn read(
+        &mut self,
+        seq: u16,
+        slot: Slot,
+        offset: u32,
+        len: u16,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Nak> {
+        if slot == Slot::PrivateKey {
+            return Err((
+                ErrorCode::AccessDenied,
+                slot as u8,
+                "private key is not readable",
+            ));
+        }
+        let data = self.flash.slot(slot).unwrap_or_default();
+        let offset_us = offset as usize;
+        if offset_us > data.len() || len > self.params.max_chunk {
+            return Err((ErrorCode::OutOfRange, slot as u8, "beyond slot content"));
+        }
+        let end = data.len().min(offset_us + len as usize);
+        let r = Response::ReadAck {
+            slot,
+            offset,
+            data: &data[offset_us..end],
+        };
+        encode(&mut self.head, seq, &r, out);
+        Ok(())
+    }
+
+    fn erase(&mut self, seq: u16, slots: &[Slot], out: &mut Vec<u8>) -> Result<(), Nak> {
+        if slots.is_empty() {
+            return Err((ErrorCode::BadFrame, 0, "empty ERASE"));
+        }
+        let mut next = self.flash.clone();
+        for s in slots {
+            next.clear_slot(*s);
+        }
+        next.set_generation(self.flash.generation().wrapping_add(1));
+        if next.store(&self.flash_path).is_err() {
+            return Err((ErrorCode::FlashError, 0, "flash write failed"));
+        }
+        self.flash = next;
+        for s in slots {
+            self.staging[s.index()] = None;
+            if *s == Slot::PrivateKey {
+                self.staged_key = None;
+            }
+        }
+        encode(
+            &mut self.head,
+            seq,
+            &Response::EraseAck {
+                count: slots.len() as u8,
+            },
+            out,
+        );
+        Ok(())
+    }
+}
+
+/// Encodes a response. Every response the board builds fits a frame (payloads are bounded
+/// by `max_chunk` and slot capacities), so an encode error cannot happen; should it, the
+/// board sends nothing and the station's retransmission logic takes over.
+fn encode(head: &mut Vec<u8>, seq: u16, r: &Response<'_>, out: &mut Vec<u8>) {
+    let start = out.len();
+    if r.encode(seq, head, out).is_err() {
+        out.truncate(start);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jig::codec::FrameAssembler;
+    use crate::jig::protocol::SHA256_LEN;
+
+    /// Sends one command to the board and decodes its answer, without I/O.
+    struct Harness {
+        board: Board,
+        seq: u16,
+        head: Vec<u8>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Harness {
+        fn new() -> Harness {
+            let dir = tempfile::tempdir().unwrap();
+            let board =
+                Board::new(BoardSpec::new("T-1"), BoardParams::default(), dir.path()).unwrap();
+            Harness {
+                board,
+                seq: 0,
+                head: Vec::new(),
+                _dir: dir,
+            }
+        }
+
+        fn send_seq(&mut self, c: &Command<'_>, seq: u16) -> (Vec<u8>, Outcome) {
+            let mut wire = Vec::new();
+            c.encode(seq, &mut self.head, &mut wire).unwrap();
+            let mut asm = FrameAssembler::new();
+            let (_, ev) = asm.push(&wire);
+            let frame = ev.unwrap().unwrap();
+            let mut out = Vec::new();
+            let outcome = self.board.handle(&frame, &mut out);
+            (out, outcome)
+        }
+
+        fn send(&mut self, c: &Command<'_>) -> (Vec<u8>, Outcome) {
+            self.seq += 1;
+            self.send_seq(c, self.seq)
+        }
+
+        fn code_of(out: &[u8]) -> (u8, Option<ErrorCode>) {
+            let mut asm = FrameAssembler::new();
+            let (_, ev) = asm.push(out);
+            let f = ev.unwrap().unwrap();
+            let nak = match Response::decode(&f).unwrap() {
+                Response::Nak { code, .. } => Some(code),
+                _ => None,
+            };
+            (f.code, nak)
+        }
+    }
+
+    fn entry(slot: Slot, data: &[u8]) -> CommitEntry {
+        CommitEntry {
+            slot,
+            source: CommitSource::Staged,
+            len: data.len() as u32,
+            sha256: sha256(data),
+        }
+    }
+
+    #[test]
+    fn commands_before_hello_get_need_hello() {
+        let mut h = Harness::new();
+        let (out, _) = h.send(&Command::Hash {
+            slot: Slot::Certificate,
+        });
+        assert_eq!(Harness::code_of(&out).1, Some(ErrorCode::NeedHello));
+        let (out, _) = h.send(&Command::Reset);
+        assert_eq!(Harness::code_of(&out).1, Some(ErrorCode::NeedHello));
+    }
+
+    #[test]
+    fn put_commit_makes_all_slots_live_or_none() {
+        let mut h = Harness::new();
+        h.send(&Command::Hello { version: 1 });
+        let cert = b"CERTIFICATE".repeat(50);
+        let name = b"thing-1";
+        h.send(&Command::Put {
+            slot: Slot::Certificate,
+            offset: 0,
+            data: &cert[..300],
+        });
+        h.send(&Command::Put {
+            slot: Slot::Certificate,
+            offset: 300,
+            data: &cert[300..],
+        });
+        h.send(&Command::Put {
+            slot: Slot::ThingName,
+            offset: 0,
+            data: name,
+        });
+        // A wrong hash on one slot: nothing becomes live.
+        let mut bad = entry(Slot::ThingName, name);
+        bad.sha256 = [0; SHA256_LEN];
+        let (out, _) = h.send(&Command::Commit {
+            entries: vec![entry(Slot::Certificate, &cert), bad],
+        });
+        assert_eq!(Harness::code_of(&out).1, Some(ErrorCode::HashMismatch));
+        assert_eq!(h.board.flash().certificate(), None);
+        assert!(!h.board.flash_path().exists());
+        // Correct: both live, file written.
+        let (out, _) = h.send(&Command::Commit {
+            entries: vec![
+                entry(Slot::Certificate, &cert),
+                entry(Slot::ThingName, name),
+            ],
+        });
+        assert_eq!(
+            Harness::code_of(&out),
+            (crate::jig::protocol::rsp::COMMIT_ACK, None)
+        );
+        let on_disk = Flash::load(h.board.flash_path()).unwrap();
+        assert_eq!(on_disk.certificate(), Some(&cert[..]));
+        assert_eq!(on_disk.thing_name(), Some("thing-1"));
+        assert_eq!(on_disk.generation(), 1);
+    }
+
+    #[test]
+    fn retransmitted_commit_is_replayed_not_reexecuted() {
+        let mut h = Harness::new();
+        h.send(&Command::Hello { version: 1 });
+        h.send(&Command::Put {
+            slot: Slot::RootCa,
+            offset: 0,
+            data: b"CA",
+        });
+        let commit = Command::Commit {
+            entries: vec![entry(Slot::RootCa, b"CA")],
+        };
+        let (first, _) = h.send_seq(&commit, 500);
+        let (again, _) = h.send_seq(&commit, 500);
+        assert_eq!(first, again, "same answer");
+        assert_eq!(h.board.flash().generation(), 1, "committed once");
+        // A new command with a new seq is executed (and fails: staging was consumed).
+        let (out, _) = h.send_seq(&commit, 501);
+        assert_eq!(Harness::code_of(&out).1, Some(ErrorCode::NothingStaged));
+    }
+
+    #[test]
+    fn reboot_loses_staged_data_and_session() {
+        let mut h = Harness::new();
+        h.send(&Command::Hello { version: 1 });
+        h.send(&Command::Put {
+            slot: Slot::RootCa,
+            offset: 0,
+            data: b"CA",
+        });
+        let (_, outcome) = h.send(&Command::Reset);
+        assert_eq!(outcome, Outcome::Reboot);
+        h.board.reboot();
+        h.send(&Command::Hello { version: 1 });
+        let (out, _) = h.send(&Command::Commit {
+            entries: vec![entry(Slot::RootCa, b"CA")],
+        });
+        assert_eq!(Harness::code_of(&out).1, Some(ErrorCode::NothingStaged));
+    }
+
+    #[test]
+    fn private_key_is_not_readable_and_ranges_are_checked() {
+        let mut h = Harness::new();
+        h.send(&Command::Hello { version: 1 });
+        let (out, _) = h.send(&Command::Read {
+            slot: Slot::PrivateKey,
+            offset: 0,
+            len: 16,
+        });
+        assert_eq!(Harness::code_of(&out).1, Some(ErrorCode::AccessDenied));
+        let (out, _) = h.send(&Command::Read {
+            slot: Slot::Certificate,
+            offset: 1,
+            len: 16,
+        });
+        assert_eq!(Harness::code_of(&out).1, Some(ErrorCode::OutOfRange));
+        let big = vec![1u8; 100];
+        let (out, _) = h.send(&Command::Put {
+            slot: Slot::ThingName,
+            offset: 100,
+            data: &big,
+        });
+        assert_eq!(Harness::code_of(&out).1, Some(ErrorCode::OutOfRange));
+    }
+
+    #[test]
+    fn board_key_commits_only_after_gen_csr() {
+        let mut h = Harness::new();
+        h.send(&Command::Hello { version: 1 });
+        let key_entry = CommitEntry {
+            slot: Slot::PrivateKey,
+            source: CommitSource::BoardKey,
+            len: 0,
+            sha256: [0; SHA256_LEN],
+        };
+        let (out, _) = h.send(&Command::Commit {
+            entries: vec![key_entry],
+        });
+        assert_eq!(Harness::code_of(&out).1, Some(ErrorCode::NothingStaged));
+        let (out, _) = h.send(&Command::GenCsr {
+            key_type: KEY_TYPE_P256,
+            format: CsrFormat::Der,
+            subject: SubjectAttrs {
+                attrs: vec![(attr::COMMON_NAME, "x"), (attr::SERIAL_NUMBER, "T-1")],
+            },
+        });
+        assert_eq!(
+            Harness::code_of(&out),
+            (crate::jig::protocol::rsp::CSR, None)
+        );
+        let (out, _) = h.send(&Command::Commit {
+            entries: vec![key_entry],
+        });
+        assert_eq!(Harness::code_of(&out).1, None);
+        let key = h.board.flash().private_key().unwrap();
+        assert!(std::str::from_utf8(key).unwrap().contains("PRIVATE KEY"));
+    }
+}

@@ -1,0 +1,1142 @@
+//! The station side of one jig: `JigLink` sends jig-protocol commands over a serial port
+//! (blocking; one OS thread per port), matches answers by sequence number, retransmits on
+//! timeout or corruption, and keeps PUT frames windowed against the board's RX buffer.
+//!
+//! Nothing here logs or reports slot contents: logs name commands, slots, sequence numbers
+//! and lengths only.
+
+use std::collections::HashSet;
+use std::io::{self, Write};
+use std::time::{Duration, Instant};
+
+use super::codec::{self, FrameAssembler};
+use super::error::JigError;
+use super::pem;
+use super::port::{PortSettings, Transport, open_port};
+use super::protocol::{
+    self, Capabilities, CommitEntry, CommitSource, CsrFormat, CsrSubject, ErrorCode, KEY_TYPE_P256,
+    PROTOCOL_VERSION, Response, SHA256_LEN, Slot, SubjectAttrs, attr, cmd,
+};
+use super::window::PutWindow;
+
+/// What a board says about itself in HELLO.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BoardInfo {
+    pub protocol_version: u8,
+    pub serial: String,
+    pub hw_rev: String,
+    pub fw_version: String,
+    pub mac: [u8; 6],
+    pub capabilities: u8,
+    /// Largest PUT/READ chunk the board takes.
+    pub max_chunk: u16,
+    /// Board RX buffer in bytes: bound on unacknowledged wire bytes.
+    pub rx_buffer: u16,
+    /// The committed thing name, when an identity is committed.
+    pub thing_name: Option<String>,
+}
+
+impl BoardInfo {
+    pub fn can_gen_csr(&self) -> bool {
+        Capabilities(self.capabilities).has(Capabilities::GEN_CSR)
+    }
+    /// Certificate, private key and thing name are all committed.
+    pub fn has_identity(&self) -> bool {
+        Capabilities(self.capabilities).has(Capabilities::IDENTITY)
+    }
+    pub fn has_staged_key(&self) -> bool {
+        Capabilities(self.capabilities).has(Capabilities::STAGED_KEY)
+    }
+    /// `aa:bb:cc:dd:ee:ff`.
+    pub fn mac_string(&self) -> String {
+        self.mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+}
+
+/// Content for one slot.
+#[derive(Clone, Copy)]
+pub struct SlotWrite<'a> {
+    pub slot: Slot,
+    pub data: &'a [u8],
+}
+
+impl std::fmt::Debug for SlotWrite<'_> {
+    // Never print the content (it may be a private key).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlotWrite")
+            .field("slot", &self.slot)
+            .field("len", &self.data.len())
+            .finish()
+    }
+}
+
+/// What `write_identity` did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct WriteReport {
+    /// Slot bytes written (each once, retransmissions excluded).
+    pub bytes: usize,
+    /// Slots committed, with their lengths.
+    pub slots: Vec<(Slot, usize)>,
+    /// The board's generated key (GEN_CSR) was committed with the slots.
+    pub board_key_committed: bool,
+    /// The board's flash generation after the commit.
+    pub generation: u32,
+    pub frames_sent: u64,
+    pub wire_bytes_written: u64,
+    pub retransmissions: u64,
+    pub elapsed: Duration,
+}
+
+/// Counters of one link since it was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LinkStats {
+    pub frames_sent: u64,
+    pub frames_received: u64,
+    /// Payload bytes in frames sent (PUT data and command fields), retransmissions included.
+    pub payload_bytes_written: u64,
+    /// Bytes written to the port (COBS and delimiters included).
+    pub wire_bytes_written: u64,
+    pub wire_bytes_read: u64,
+    /// Received frames dropped for a bad CRC, bad COBS or bad length.
+    pub crc_errors: u64,
+    /// NAK BAD_CRC answers (the board dropped one of our frames).
+    pub naks_crc: u64,
+    /// Waits for an answer that ran out.
+    pub timeouts: u64,
+    pub retransmissions: u64,
+    /// Valid frames that answered nothing outstanding (late duplicates).
+    pub stray_frames: u64,
+}
+
+/// A decoded answer, owned so the assembler can be reused.
+#[derive(Debug)]
+enum Reply {
+    Hello(BoardInfo),
+    Csr {
+        format: CsrFormat,
+        csr: Vec<u8>,
+    },
+    PutAck {
+        slot: Slot,
+        offset: u32,
+        len: u16,
+    },
+    CommitAck {
+        count: u8,
+        generation: u32,
+    },
+    HashAck {
+        slot: Slot,
+        len: u32,
+        sha256: [u8; SHA256_LEN],
+    },
+    ReadAck {
+        slot: Slot,
+        offset: u32,
+        data: Vec<u8>,
+    },
+    EraseAck,
+    ResetAck,
+    Nak {
+        code: ErrorCode,
+        detail: u8,
+        text: String,
+    },
+}
+
+impl Reply {
+    fn from_response(r: Response<'_>) -> Reply {
+        match r {
+            Response::HelloAck(h) => Reply::Hello(BoardInfo {
+                protocol_version: h.version,
+                serial: h.serial.to_string(),
+                hw_rev: h.hw_rev.to_string(),
+                fw_version: h.fw_version.to_string(),
+                mac: h.mac,
+                capabilities: h.capabilities.0,
+                max_chunk: h.max_chunk,
+                rx_buffer: h.rx_buffer,
+                thing_name: (!h.thing_name.is_empty()).then(|| h.thing_name.to_string()),
+            }),
+            Response::Csr { format, csr } => Reply::Csr {
+                format,
+                csr: csr.to_vec(),
+            },
+            Response::PutAck { slot, offset, len } => Reply::PutAck { slot, offset, len },
+            Response::CommitAck { count, generation } => Reply::CommitAck { count, generation },
+            Response::HashAck { slot, len, sha256 } => Reply::HashAck { slot, len, sha256 },
+            Response::ReadAck { slot, offset, data } => Reply::ReadAck {
+                slot,
+                offset,
+                data: data.to_vec(),
+            },
+            Response::EraseAck { .. } => Reply::EraseAck,
+            Response::ResetAck => Reply::ResetAck,
+            Response::Nak {
+                code, detail, text, ..
+            } => Reply::Nak {
+                code,
+                detail,
+                // Board-supplied: keep it short and printable.
+                text: text
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(protocol::MAX_NAK_TEXT)
+                    .collect(),
+            },
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Reply::Hello(_) => "HELLO_ACK",
+            Reply::Csr { .. } => "CSR",
+            Reply::PutAck { .. } => "PUT_ACK",
+            Reply::CommitAck { .. } => "COMMIT_ACK",
+            Reply::HashAck { .. } => "HASH_ACK",
+            Reply::ReadAck { .. } => "READ_ACK",
+            Reply::EraseAck => "ERASE_ACK",
+            Reply::ResetAck => "RESET_ACK",
+            Reply::Nak { .. } => "NAK",
+        }
+    }
+}
+
+enum Incoming {
+    Reply {
+        seq: u16,
+        reply: Reply,
+    },
+    /// A frame was dropped (bad CRC / COBS / length).
+    Corrupt,
+}
+
+/// Largest data in one PUT or READ the station uses (payload minus the PUT header).
+const PUT_HEADER: usize = 5;
+const MAX_CHUNK: usize = codec::MAX_PAYLOAD - PUT_HEADER;
+/// Wire size of a PUT_ACK, for deadline estimates.
+const ACK_WIRE: usize = codec::wire_len_for_payload(7);
+
+/// The station's connection to one jig.
+pub struct JigLink {
+    io: Box<dyn Transport>,
+    port: String,
+    settings: PortSettings,
+    head: Vec<u8>,
+    /// Payload length of the frame in `wire`.
+    payload_len: usize,
+    wire: Vec<u8>,
+    asm: FrameAssembler,
+    rx: Vec<u8>,
+    rx_start: usize,
+    rx_end: usize,
+    seq: u16,
+    board: Option<BoardInfo>,
+    /// GEN_CSR succeeded on this link and its key is not committed yet.
+    board_key_staged: bool,
+    stats: LinkStats,
+}
+
+impl std::fmt::Debug for JigLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JigLink")
+            .field("port", &self.port)
+            .field("board", &self.board.as_ref().map(|b| &b.serial))
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl JigLink {
+    /// Opens the serial port at `path` (a USB adapter or a virtual jig's pty).
+    pub fn open(path: &str, settings: &PortSettings) -> Result<JigLink, JigError> {
+        let port = open_port(path, settings)?;
+        Ok(JigLink::from_transport(Box::new(port), path, settings))
+    }
+
+    /// Runs the link over any transport (tests, or a port opened elsewhere). `name` is used in
+    /// errors to tell the operator which jig.
+    pub fn from_transport(io: Box<dyn Transport>, name: &str, settings: &PortSettings) -> JigLink {
+        JigLink {
+            io,
+            port: name.to_string(),
+            settings: settings.clone(),
+            head: Vec::with_capacity(256),
+            payload_len: 0,
+            wire: Vec::with_capacity(codec::MAX_WIRE),
+            asm: FrameAssembler::new(),
+            rx: vec![0; 4096],
+            rx_start: 0,
+            rx_end: 0,
+            seq: fastrand::u16(..),
+            board: None,
+            board_key_staged: false,
+            stats: LinkStats::default(),
+        }
+    }
+
+    /// The port name given at open.
+    pub fn port(&self) -> &str {
+        &self.port
+    }
+
+    /// The board seen by the last HELLO, if any.
+    pub fn board(&self) -> Option<&BoardInfo> {
+        self.board.as_ref()
+    }
+
+    pub fn stats(&self) -> LinkStats {
+        self.stats
+    }
+
+    /// Greets the board. `Err(JigError::NoBoard)` when nothing answers.
+    pub fn hello(&mut self) -> Result<BoardInfo, JigError> {
+        let _ = self.io.discard_input();
+        self.asm.reset();
+        self.rx_start = 0;
+        self.rx_end = 0;
+        let reply = self.transact(
+            &protocol::Command::Hello {
+                version: PROTOCOL_VERSION,
+            },
+            false,
+        );
+        let reply = match reply {
+            Err(JigError::Timeout { tries, .. }) => {
+                return Err(JigError::NoBoard {
+                    port: self.port.clone(),
+                    tries,
+                });
+            }
+            other => other?,
+        };
+        match reply {
+            Reply::Hello(info) => {
+                if info.protocol_version != PROTOCOL_VERSION {
+                    return Err(JigError::Version {
+                        port: self.port.clone(),
+                        found: info.protocol_version,
+                        expected: PROTOCOL_VERSION,
+                    });
+                }
+                if (info.rx_buffer as usize) < codec::wire_len_for_payload(PUT_HEADER + 1)
+                    || info.max_chunk == 0
+                {
+                    return Err(self.protocol_error(
+                        "HELLO",
+                        format!(
+                            "board announces rx_buffer {} and max_chunk {}: too small for one PUT",
+                            info.rx_buffer, info.max_chunk
+                        ),
+                    ));
+                }
+                if self.board.as_ref().map(|b| &b.serial) != Some(&info.serial) {
+                    self.board_key_staged = false;
+                }
+                tracing::debug!(port = %self.port, serial = %info.serial, "board said hello");
+                self.board = Some(info.clone());
+                Ok(info)
+            }
+            Reply::Nak {
+                code: ErrorCode::Version,
+                ..
+            } => Err(JigError::Version {
+                port: self.port.clone(),
+                found: 0,
+                expected: PROTOCOL_VERSION,
+            }),
+            other => Err(self.unexpected("HELLO", other)),
+        }
+    }
+
+    /// Has the board make a P-256 key (kept on the board, staged in its private-key slot) and
+    /// a CSR for it. Returns the CSR as PEM. The next `write_identity` commits that key with
+    /// the certificate unless it writes the private-key slot itself.
+    pub fn gen_csr(&mut self, subject: &CsrSubject) -> Result<String, JigError> {
+        let board = self.ensure_hello()?;
+        if !board.can_gen_csr() {
+            return Err(JigError::NoGenCsr {
+                port: self.port.clone(),
+            });
+        }
+        let attrs: Vec<(u8, &str)> = [
+            (attr::COMMON_NAME, subject.common_name.as_str()),
+            (attr::ORGANIZATION, subject.organization.as_str()),
+            (
+                attr::ORGANIZATIONAL_UNIT,
+                subject.organizational_unit.as_str(),
+            ),
+            (attr::COUNTRY, subject.country.as_str()),
+            (attr::SERIAL_NUMBER, subject.serial_number.as_str()),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .collect();
+        let command = protocol::Command::GenCsr {
+            key_type: KEY_TYPE_P256,
+            format: CsrFormat::Pem,
+            subject: SubjectAttrs { attrs },
+        };
+        match self.transact(&command, true)? {
+            Reply::Csr { format, csr } => {
+                let pem = match format {
+                    CsrFormat::Pem => String::from_utf8(csr).map_err(|_| {
+                        self.protocol_error("GEN_CSR", "CSR PEM is not UTF-8".into())
+                    })?,
+                    CsrFormat::Der => pem::encode("CERTIFICATE REQUEST", &csr),
+                };
+                if !pem.contains("-----BEGIN CERTIFICATE REQUEST-----") {
+                    return Err(self.protocol_error("GEN_CSR", "reply is not a PEM CSR".into()));
+                }
+                self.board_key_staged = true;
+                Ok(pem)
+            }
+            Reply::Nak {
+                code, detail, text, ..
+            } => Err(self.nak_error("GEN_CSR", code, detail, text)),
+            other => Err(self.unexpected("GEN_CSR", other)),
+        }
+    }
+
+    /// Writes the slots (windowed PUTs) and commits them, with the board-generated key when
+    /// `gen_csr` made one on this link and `items` has no private key. All slots become live
+    /// together or none does. `progress(done, total)` is called with slot bytes acknowledged.
+    pub fn write_identity(
+        &mut self,
+        items: &[SlotWrite<'_>],
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<WriteReport, JigError> {
+        let started = Instant::now();
+        let before = self.stats;
+        validate(items)?;
+        let board = self.ensure_hello()?;
+
+        let chunk = chunk_size(&board);
+        let mut chunks: Vec<(usize, usize, usize)> = Vec::new(); // (item, offset, len)
+        for (i, item) in items.iter().enumerate() {
+            let mut off = 0;
+            while off < item.data.len() {
+                let len = chunk.min(item.data.len() - off);
+                chunks.push((i, off, len));
+                off += len;
+            }
+        }
+        let total: usize = items.iter().map(|i| i.data.len()).sum();
+        progress(0, total);
+        self.put_windowed(items, &chunks, board.rx_buffer as usize, total, progress)?;
+
+        let mut entries: Vec<CommitEntry> = items
+            .iter()
+            .map(|i| CommitEntry {
+                slot: i.slot,
+                source: CommitSource::Staged,
+                len: i.data.len() as u32,
+                sha256: protocol::sha256(i.data),
+            })
+            .collect();
+        let board_key = self.board_key_staged && !items.iter().any(|i| i.slot == Slot::PrivateKey);
+        if board_key {
+            entries.push(CommitEntry {
+                slot: Slot::PrivateKey,
+                source: CommitSource::BoardKey,
+                len: 0,
+                sha256: [0; SHA256_LEN],
+            });
+        }
+        let n = entries.len();
+        let generation = match self.transact(&protocol::Command::Commit { entries }, true)? {
+            Reply::CommitAck { count, generation } if count as usize == n => generation,
+            Reply::CommitAck { count, .. } => {
+                return Err(self.protocol_error(
+                    "COMMIT",
+                    format!("board committed {count} slots, {n} were asked"),
+                ));
+            }
+            Reply::Nak {
+                code, detail, text, ..
+            } => return Err(self.nak_error("COMMIT", code, detail, text)),
+            other => return Err(self.unexpected("COMMIT", other)),
+        };
+        if board_key || items.iter().any(|i| i.slot == Slot::PrivateKey) {
+            self.board_key_staged = false;
+        }
+        tracing::debug!(port = %self.port, slots = n, bytes = total, generation, "identity committed");
+        Ok(WriteReport {
+            bytes: total,
+            slots: items.iter().map(|i| (i.slot, i.data.len())).collect(),
+            board_key_committed: board_key,
+            generation,
+            frames_sent: self.stats.frames_sent - before.frames_sent,
+            wire_bytes_written: self.stats.wire_bytes_written - before.wire_bytes_written,
+            retransmissions: self.stats.retransmissions - before.retransmissions,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// Reads back the length and SHA-256 of each slot (HASH) and compares them with `items`.
+    pub fn verify(&mut self, items: &[SlotWrite<'_>]) -> Result<(), JigError> {
+        self.ensure_hello()?;
+        for item in items {
+            let (len, sha) = self.hash(item.slot)?;
+            if len as usize != item.data.len() || sha != protocol::sha256(item.data) {
+                return Err(JigError::VerifyMismatch {
+                    port: self.port.clone(),
+                    slot: item.slot,
+                    expected_len: item.data.len(),
+                    found_len: len as usize,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Length and SHA-256 of a live slot.
+    pub fn hash(&mut self, slot: Slot) -> Result<(u32, [u8; SHA256_LEN]), JigError> {
+        match self.transact(&protocol::Command::Hash { slot }, false)? {
+            Reply::HashAck {
+                slot: s,
+                len,
+                sha256,
+            } if s == slot => Ok((len, sha256)),
+            Reply::Nak {
+                code, detail, text, ..
+            } => Err(self.nak_error("HASH", code, detail, text)),
+            other => Err(self.unexpected("HASH", other)),
+        }
+    }
+
+    /// Reads a live slot byte for byte (READ), checked against its HASH. The private-key slot
+    /// is never read: `Err(JigError::AccessDenied)`.
+    pub fn read_slot(&mut self, slot: Slot) -> Result<Vec<u8>, JigError> {
+        if slot == Slot::PrivateKey {
+            return Err(JigError::AccessDenied {
+                port: self.port.clone(),
+                slot,
+            });
+        }
+        let board = self.ensure_hello()?;
+        let (len, sha) = self.hash(slot)?;
+        let len = len as usize;
+        let step = (board.max_chunk as usize).min(MAX_CHUNK);
+        let mut out = Vec::with_capacity(len);
+        while out.len() < len {
+            let want = step.min(len - out.len());
+            let offset = out.len() as u32;
+            let command = protocol::Command::Read {
+                slot,
+                offset,
+                len: want as u16,
+            };
+            match self.transact(&command, false)? {
+                Reply::ReadAck {
+                    slot: s,
+                    offset: o,
+                    data,
+                } if s == slot && o == offset && !data.is_empty() && data.len() <= want => {
+                    out.extend_from_slice(&data)
+                }
+                Reply::Nak {
+                    code, detail, text, ..
+                } => return Err(self.nak_error("READ", code, detail, text)),
+                other => return Err(self.unexpected("READ", other)),
+            }
+        }
+        if protocol::sha256(&out) != sha {
+            return Err(JigError::VerifyMismatch {
+                port: self.port.clone(),
+                slot,
+                expected_len: len,
+                found_len: out.len(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Erases live and staged content of `slots`.
+    pub fn erase(&mut self, slots: &[Slot]) -> Result<(), JigError> {
+        self.ensure_hello()?;
+        let unique: Vec<Slot> = slots
+            .iter()
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        match self.transact(&protocol::Command::Erase { slots: unique }, true)? {
+            Reply::EraseAck => {
+                if slots.contains(&Slot::PrivateKey) {
+                    self.board_key_staged = false;
+                }
+                Ok(())
+            }
+            Reply::Nak {
+                code, detail, text, ..
+            } => Err(self.nak_error("ERASE", code, detail, text)),
+            other => Err(self.unexpected("ERASE", other)),
+        }
+    }
+
+    /// Reboots the board. Staged data is lost; on a line jig, a board with a committed
+    /// identity is then taken off and the next one placed. Send HELLO before anything else.
+    pub fn reset(&mut self) -> Result<(), JigError> {
+        self.ensure_hello()?;
+        let result = match self.transact(&protocol::Command::Reset, false) {
+            Ok(Reply::ResetAck) => Ok(()),
+            // The RESET_ACK was lost and our retransmission reached the rebooted board.
+            Ok(Reply::Nak {
+                code: ErrorCode::NeedHello,
+                ..
+            })
+            | Err(JigError::BoardRebooted { .. }) => Ok(()),
+            Ok(Reply::Nak {
+                code, detail, text, ..
+            }) => Err(self.nak_error("RESET", code, detail, text)),
+            Ok(other) => Err(self.unexpected("RESET", other)),
+            Err(e) => Err(e),
+        };
+        self.board = None;
+        self.board_key_staged = false;
+        result
+    }
+
+    // ---- internals ----
+
+    fn ensure_hello(&mut self) -> Result<BoardInfo, JigError> {
+        match &self.board {
+            Some(b) => Ok(b.clone()),
+            None => self.hello(),
+        }
+    }
+
+    fn next_seq(&mut self) -> u16 {
+        self.seq = self.seq.wrapping_add(1);
+        self.seq
+    }
+
+    fn max_tries(&self) -> u32 {
+        self.settings.retries + 1
+    }
+
+    fn encode(&mut self, command: &protocol::Command<'_>, seq: u16) -> Result<(), JigError> {
+        self.wire.clear();
+        let tail = command.write_payload(&mut self.head);
+        self.payload_len = self.head.len() + tail.len();
+        codec::encode_frame(command.code(), seq, &self.head, tail, &mut self.wire).map_err(
+            |e| JigError::Protocol {
+                port: self.port.clone(),
+                command: protocol::command_name(command.code()),
+                detail: format!("cannot encode: {e}"),
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Writes `self.wire`, preceded by a lone delimiter on retransmissions so the board drops
+    /// any partial frame first.
+    fn send_wire(&mut self, command: &'static str, retransmission: bool) -> Result<(), JigError> {
+        let payload = self.payload_len as u64;
+        let result = if retransmission {
+            self.io
+                .write_all(&[codec::DELIMITER])
+                .and_then(|()| self.io.write_all(&self.wire))
+        } else {
+            self.io.write_all(&self.wire)
+        };
+        match result {
+            Ok(()) => {
+                self.stats.frames_sent += 1;
+                self.stats.payload_bytes_written += payload;
+                self.stats.wire_bytes_written += self.wire.len() as u64 + retransmission as u64;
+                if retransmission {
+                    self.stats.retransmissions += 1;
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                self.stats.timeouts += 1;
+                Err(JigError::Timeout {
+                    port: self.port.clone(),
+                    command,
+                    tries: 1,
+                })
+            }
+            Err(source) => Err(JigError::Io {
+                port: self.port.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// One command, one answer, with retransmission. NAKs other than BAD_CRC and BUSY are
+    /// returned as `Reply::Nak` for the caller to interpret; NEED_HELLO becomes
+    /// `BoardRebooted`.
+    fn transact(&mut self, command: &protocol::Command<'_>, slow: bool) -> Result<Reply, JigError> {
+        let name = protocol::command_name(command.code());
+        let seq = self.next_seq();
+        self.encode(command, seq)?;
+        let wait = if slow {
+            self.settings.long_timeout
+        } else {
+            self.settings.timeout
+        };
+        let crc_before = self.stats.crc_errors + self.stats.naks_crc;
+        let mut tries = 0;
+        loop {
+            if tries == self.max_tries() {
+                let garbled = self.stats.crc_errors + self.stats.naks_crc - crc_before;
+                return Err(if garbled > 0 {
+                    JigError::Garbled {
+                        port: self.port.clone(),
+                        command: name,
+                        tries,
+                        crc_errors: garbled,
+                    }
+                } else {
+                    JigError::Timeout {
+                        port: self.port.clone(),
+                        command: name,
+                        tries,
+                    }
+                });
+            }
+            if tries > 0 {
+                tracing::debug!(port = %self.port, command = name, seq, tries, "retransmitting");
+            }
+            match self.send_wire(name, tries > 0) {
+                Err(JigError::Timeout { .. }) => {
+                    tries += 1;
+                    continue;
+                }
+                other => other?,
+            }
+            tries += 1;
+            let deadline = Instant::now()
+                + wait
+                + self
+                    .settings
+                    .line_time(self.wire.len() + codec::MAX_WIRE.min(1024));
+            loop {
+                match self.recv(deadline)? {
+                    None => {
+                        self.stats.timeouts += 1;
+                        break;
+                    }
+                    // Most likely our answer, garbled: ask again (the board replays it).
+                    Some(Incoming::Corrupt) => break,
+                    Some(Incoming::Reply {
+                        reply:
+                            Reply::Nak {
+                                code: ErrorCode::BadCrc,
+                                ..
+                            },
+                        ..
+                    }) => {
+                        // The board could not read our frame (its seq may be garbled too).
+                        self.stats.naks_crc += 1;
+                        break;
+                    }
+                    Some(Incoming::Reply { seq: s, .. }) if s != seq => {
+                        self.stats.stray_frames += 1;
+                    }
+                    Some(Incoming::Reply {
+                        reply:
+                            Reply::Nak {
+                                code: ErrorCode::Busy,
+                                ..
+                            },
+                        ..
+                    }) => {
+                        // Back off before asking again; bounded by the try count.
+                        std::thread::sleep(Duration::from_millis(10) * tries);
+                        break;
+                    }
+                    Some(Incoming::Reply {
+                        reply:
+                            Reply::Nak {
+                                code: ErrorCode::NeedHello,
+                                ..
+                            },
+                        ..
+                    }) if command.code() != cmd::HELLO => {
+                        return Err(self.rebooted());
+                    }
+                    Some(Incoming::Reply { reply, .. }) => return Ok(reply),
+                }
+            }
+        }
+    }
+
+    /// Sends all chunks as PUT frames, keeping unacknowledged wire bytes within `budget`.
+    fn put_windowed(
+        &mut self,
+        items: &[SlotWrite<'_>],
+        chunks: &[(usize, usize, usize)],
+        budget: usize,
+        total: usize,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<(), JigError> {
+        let mut window = PutWindow::new(budget);
+        let mut next = 0;
+        let mut done = 0;
+        let mut acked: HashSet<usize> = HashSet::new();
+        let put = |i: usize| {
+            let (item, off, len) = chunks[i];
+            protocol::Command::Put {
+                slot: items[item].slot,
+                offset: off as u32,
+                data: &items[item].data[off..off + len],
+            }
+        };
+        while next < chunks.len() || !window.is_empty() {
+            // Fill the window.
+            while next < chunks.len() {
+                let wire_len = codec::wire_len_for_payload(PUT_HEADER + chunks[next].2);
+                if !window.can_send(wire_len) {
+                    break;
+                }
+                let seq = self.next_seq();
+                self.encode(&put(next), seq)?;
+                self.send_wire("PUT", false)?;
+                let deadline = self.put_deadline(&window, wire_len);
+                window.sent(seq, next, wire_len, deadline);
+                next += 1;
+            }
+            let deadline = window
+                .next_deadline()
+                .unwrap_or_else(|| Instant::now() + self.settings.timeout);
+            let mut resend: Vec<u16> = Vec::new();
+            match self.recv(deadline)? {
+                None => {
+                    self.stats.timeouts += 1;
+                    resend = window.expired(Instant::now());
+                }
+                Some(Incoming::Corrupt) => {}
+                Some(Incoming::Reply { seq, reply }) => match reply {
+                    Reply::PutAck { slot, offset, len } if window.contains(seq) => {
+                        let Some((f, skipped)) = window.ack(seq) else {
+                            continue;
+                        };
+                        let (item, off, clen) = chunks[f.chunk];
+                        if slot != items[item].slot
+                            || offset as usize != off
+                            || len as usize != clen
+                        {
+                            return Err(self.protocol_error(
+                                "PUT",
+                                format!(
+                                    "PUT_ACK for seq {seq} acknowledges {slot}@{offset}+{len}, \
+                                     sent {}@{off}+{clen}",
+                                    items[item].slot
+                                ),
+                            ));
+                        }
+                        if acked.insert(f.chunk) {
+                            done += clen;
+                            progress(done, total);
+                        }
+                        resend = skipped;
+                    }
+                    Reply::Nak {
+                        code: ErrorCode::BadCrc,
+                        ..
+                    } => {
+                        self.stats.naks_crc += 1;
+                        if window.contains(seq) {
+                            resend.push(seq);
+                        }
+                    }
+                    Reply::Nak {
+                        code: ErrorCode::Busy,
+                        ..
+                    } if window.contains(seq) => {
+                        let tries = window.get(seq).map_or(1, |f| f.tries);
+                        window.postpone(seq, Instant::now() + Duration::from_millis(10) * tries);
+                    }
+                    Reply::Nak {
+                        code: ErrorCode::NeedHello,
+                        ..
+                    } => return Err(self.rebooted()),
+                    Reply::Nak {
+                        code, detail, text, ..
+                    } if window.contains(seq) => {
+                        return Err(self.nak_error("PUT", code, detail, text));
+                    }
+                    _ => self.stats.stray_frames += 1,
+                },
+            }
+            for seq in resend {
+                let Some(f) = window.get(seq).copied() else {
+                    continue;
+                };
+                if f.tries >= self.max_tries() {
+                    return Err(JigError::Timeout {
+                        port: self.port.clone(),
+                        command: "PUT",
+                        tries: f.tries,
+                    });
+                }
+                tracing::debug!(port = %self.port, seq, tries = f.tries, "retransmitting PUT");
+                self.encode(&put(f.chunk), seq)?;
+                self.send_wire("PUT", true)?;
+                let deadline = self.put_deadline(&window, 0);
+                window.resent(seq, deadline);
+            }
+        }
+        Ok(())
+    }
+
+    /// When the answer to a frame just sent behind `window`'s bytes is due.
+    fn put_deadline(&self, window: &PutWindow, extra: usize) -> Instant {
+        let bytes = window.bytes_in_flight() + extra + ACK_WIRE * (window.len() + 1);
+        Instant::now() + self.settings.timeout + self.settings.line_time(bytes)
+    }
+
+    /// The next frame from the board, or `None` at `deadline`.
+    fn recv(&mut self, deadline: Instant) -> Result<Option<Incoming>, JigError> {
+        loop {
+            while self.rx_start < self.rx_end {
+                let (used, event) = self.asm.push(&self.rx[self.rx_start..self.rx_end]);
+                self.rx_start += used;
+                match event {
+                    None => {}
+                    Some(Err(e)) => {
+                        self.stats.crc_errors += 1;
+                        tracing::debug!(port = %self.port, error = %e, "dropped a frame");
+                        return Ok(Some(Incoming::Corrupt));
+                    }
+                    Some(Ok(frame)) => {
+                        self.stats.frames_received += 1;
+                        let seq = frame.seq;
+                        return match Response::decode(&frame) {
+                            Ok(r) => Ok(Some(Incoming::Reply {
+                                seq,
+                                reply: Reply::from_response(r),
+                            })),
+                            Err(e) => Err(JigError::Protocol {
+                                port: self.port.clone(),
+                                command: "(any)",
+                                detail: format!("response code {:#04x} seq {seq}: {e}", frame.code),
+                            }),
+                        };
+                    }
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let wait = (deadline - now).max(Duration::from_millis(1));
+            self.io
+                .set_read_timeout(wait)
+                .map_err(|source| JigError::Io {
+                    port: self.port.clone(),
+                    source,
+                })?;
+            match self.io.read(&mut self.rx) {
+                Ok(0) => {
+                    return Err(JigError::Io {
+                        port: self.port.clone(),
+                        source: io::Error::new(io::ErrorKind::UnexpectedEof, "port closed"),
+                    });
+                }
+                Ok(n) => {
+                    self.rx_start = 0;
+                    self.rx_end = n;
+                    self.stats.wire_bytes_read += n as u64;
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::TimedOut
+                            | io::ErrorKind::WouldBlock
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(source) => {
+                    return Err(JigError::Io {
+                        port: self.port.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    fn rebooted(&mut self) -> JigError {
+        self.board = None;
+        self.board_key_staged = false;
+        JigError::BoardRebooted {
+            port: self.port.clone(),
+        }
+    }
+
+    fn protocol_error(&self, command: &'static str, detail: String) -> JigError {
+        JigError::Protocol {
+            port: self.port.clone(),
+            command,
+            detail,
+        }
+    }
+
+    fn unexpected(&self, command: &'static str, reply: Reply) -> JigError {
+        self.protocol_error(command, format!("unexpected {}", reply.kind()))
+    }
+
+    fn nak_error(
+        &mut self,
+        command: &'static str,
+        code: ErrorCode,
+        detail: u8,
+        text: String,
+    ) -> JigError {
+        let port = self.port.clone();
+        let slot = Slot::from_u8(detail);
+        match code {
+            ErrorCode::NeedHello => self.rebooted(),
+            ErrorCode::HashMismatch if command == "COMMIT" => match slot {
+                Some(slot) => JigError::CommitHashMismatch { port, slot },
+                None => JigError::CommitRefused {
+                    port,
+                    code,
+                    slot_text: String::new(),
+                    text,
+                },
+            },
+            ErrorCode::CommitRefused | ErrorCode::NothingStaged | ErrorCode::FlashError
+                if command == "COMMIT" =>
+            {
+                JigError::CommitRefused {
+                    port,
+                    code,
+                    slot_text: slot.map(|s| format!(", slot {s}")).unwrap_or_default(),
+                    text,
+                }
+            }
+            ErrorCode::AccessDenied if slot.is_some() => JigError::AccessDenied {
+                port,
+                slot: slot.unwrap_or(Slot::PrivateKey),
+            },
+            ErrorCode::Version => JigError::Version {
+                port,
+                found: 0,
+                expected: PROTOCOL_VERSION,
+            },
+            _ => JigError::Nak {
+                port,
+                command,
+                code,
+                detail,
+                text,
+            },
+        }
+    }
+}
+
+/// Rejects requests the board would refuse anyway, before anything is sent.
+fn validate(items: &[SlotWrite<'_>]) -> Result<(), JigError> {
+    let mut seen = HashSet::new();
+    for item in items {
+        let reason = if item.data.is_empty() {
+            Some("no content")
+        } else if item.data.len() > item.slot.capacity() {
+            Some("larger than the slot's capacity")
+        } else if !seen.insert(item.slot) {
+            Some("slot listed twice")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Err(JigError::BadRequest {
+                slot: item.slot,
+                len: item.data.len(),
+                reason,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The largest PUT data size that fits both the board's chunk limit and its RX buffer.
+fn chunk_size(board: &BoardInfo) -> usize {
+    let budget = board.rx_buffer as usize;
+    let fits = |c: usize| codec::wire_len_for_payload(PUT_HEADER + c) <= budget;
+    let max = (board.max_chunk as usize).clamp(1, MAX_CHUNK);
+    if fits(max) {
+        return max;
+    }
+    // Largest chunk that fits (HELLO checked that one byte does).
+    let (mut lo, mut hi) = (1, max);
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if fits(mid) { lo = mid } else { hi = mid - 1 }
+    }
+    lo
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(max_chunk: u16, rx_buffer: u16) -> BoardInfo {
+        BoardInfo {
+            protocol_version: 1,
+            serial: "S".into(),
+            hw_rev: "A".into(),
+            fw_version: "1".into(),
+            mac: [0; 6],
+            capabilities: 0,
+            max_chunk,
+            rx_buffer,
+            thing_name: None,
+        }
+    }
+
+    #[test]
+    fn chunk_fits_rx_buffer() {
+        assert_eq!(chunk_size(&info(1024, 4096)), 1024);
+        let c = chunk_size(&info(4000, 600));
+        assert!(codec::wire_len_for_payload(PUT_HEADER + c) <= 600);
+        assert!(codec::wire_len_for_payload(PUT_HEADER + c + 1) > 600);
+        assert_eq!(chunk_size(&info(60_000, 60_000)), MAX_CHUNK);
+    }
+
+    #[test]
+    fn validation_rejects_bad_requests_without_content_in_the_error() {
+        let key = b"-----BEGIN PRIVATE KEY----- secret";
+        let big = vec![b'x'; Slot::ThingName.capacity() + 1];
+        for items in [
+            vec![SlotWrite {
+                slot: Slot::Certificate,
+                data: &[],
+            }],
+            vec![SlotWrite {
+                slot: Slot::ThingName,
+                data: &big,
+            }],
+            vec![
+                SlotWrite {
+                    slot: Slot::PrivateKey,
+                    data: key,
+                },
+                SlotWrite {
+                    slot: Slot::PrivateKey,
+                    data: key,
+                },
+            ],
+        ] {
+            let err = validate(&items).unwrap_err();
+            let text = format!("{err} {err:?}");
+            assert!(!text.contains("secret"));
+        }
+        let dbg = format!(
+            "{:?}",
+            SlotWrite {
+                slot: Slot::PrivateKey,
+                data: key
+            }
+        );
+        assert!(!dbg.contains("secret"));
+    }
+}

@@ -1,0 +1,365 @@
+//! Station ↔ virtual board over real ptys: the normal paths (HELLO, windowed write, COMMIT,
+//! verify, read-back, GEN_CSR, ERASE, RESET and board swap, empty jig, baud pacing, the
+//! sim-board entry point).
+
+mod jig_support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use std::io::{Read, Write};
+
+use fleet_station::jig::codec::FrameAssembler;
+use fleet_station::jig::port::line_time;
+use fleet_station::jig::protocol::{self, Command};
+use fleet_station::jig::{
+    BoardParams, CsrSubject, JigError, JigLink, PortSettings, SimBoardOptions, Slot, SlotWrite,
+    serve_sim_board,
+};
+use jig_support::{Fixture, Identity, settings};
+use rcgen::PublicKeyData;
+
+#[test]
+fn write_verify_and_read_back_match_flash_file() {
+    let fx = Fixture::new(&["VB-000001"], |_| {});
+    let mut link = fx.link();
+    let info = link.hello().unwrap();
+    assert_eq!(info.serial, "VB-000001");
+    assert_eq!(info.protocol_version, 1);
+    assert!(!info.has_identity());
+    assert_eq!(info.thing_name, None);
+    assert_eq!((info.max_chunk, info.rx_buffer), (1024, 4096));
+
+    let id = Identity::new("a");
+    let mut calls = Vec::new();
+    let report = link
+        .write_identity(&id.items(), &mut |done, total| calls.push((done, total)))
+        .unwrap();
+    assert_eq!(report.bytes, id.total());
+    assert_eq!(report.slots.len(), 5);
+    assert!(!report.board_key_committed);
+    assert_eq!(report.generation, 1);
+    assert_eq!(calls.first(), Some(&(0, id.total())));
+    assert_eq!(calls.last(), Some(&(id.total(), id.total())));
+    assert!(calls.windows(2).all(|w| w[0].0 <= w[1].0));
+
+    link.verify(&id.items()).unwrap();
+    for item in id.items() {
+        if item.slot == Slot::PrivateKey {
+            continue;
+        }
+        assert_eq!(
+            link.read_slot(item.slot).unwrap(),
+            item.data,
+            "{}",
+            item.slot
+        );
+    }
+    assert!(matches!(
+        link.read_slot(Slot::PrivateKey),
+        Err(JigError::AccessDenied {
+            slot: Slot::PrivateKey,
+            ..
+        })
+    ));
+
+    // What the board holds on "flash".
+    let path = fx.jig.flash_path("VB-000001");
+    id.assert_in(&fx.flash("VB-000001"));
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // HELLO now reports the identity.
+    let info = link.hello().unwrap();
+    assert!(info.has_identity());
+    assert_eq!(info.thing_name.as_deref(), Some("thing-a"));
+
+    // A verify against other content fails and says which slot.
+    let other = Identity::new("b");
+    match link.verify(&other.items()) {
+        Err(JigError::VerifyMismatch { slot, .. }) => assert_eq!(slot, Slot::Certificate),
+        other => panic!("expected a mismatch, got {other:?}"),
+    }
+
+    let stats = link.stats();
+    assert_eq!(stats.crc_errors, 0);
+    assert!(stats.frames_sent > id.puts(1024));
+    assert!(stats.wire_bytes_written > id.total() as u64);
+    assert!(stats.payload_bytes_written >= id.total() as u64);
+    assert_eq!(fx.jig.stats().rx_overrun_bytes, 0);
+}
+
+#[test]
+fn gen_csr_key_stays_on_the_board_and_commits_with_the_certificate() {
+    let fx = Fixture::new(&["VB-000002"], |c| c.record_tx = true);
+    let mut link = fx.link();
+    let subject = CsrSubject {
+        common_name: "thing-csr".into(),
+        organization: "Acme Factory".into(),
+        serial_number: "VB-000002".into(),
+        ..CsrSubject::default()
+    };
+    let pem = link.gen_csr(&subject).unwrap();
+    let csr = rcgen::CertificateSigningRequestParams::from_pem(&pem).unwrap();
+    let cn = csr
+        .params
+        .distinguished_name
+        .get(&rcgen::DnType::CommonName)
+        .cloned();
+    assert_eq!(cn, Some(rcgen::DnValue::Utf8String("thing-csr".into())));
+    assert!(link.hello().unwrap().has_staged_key());
+
+    // The station writes everything but the key; COMMIT takes the board's key with them.
+    let id = Identity::new("csr");
+    let items: Vec<SlotWrite<'_>> = id
+        .items()
+        .into_iter()
+        .filter(|i| i.slot != Slot::PrivateKey)
+        .collect();
+    let report = link.write_identity(&items, &mut |_, _| {}).unwrap();
+    assert!(report.board_key_committed);
+    link.verify(&items).unwrap();
+
+    let flash = fx.flash("VB-000002");
+    assert!(flash.has_identity());
+    let key_pem = std::str::from_utf8(flash.private_key().unwrap()).unwrap();
+    let key = rcgen::KeyPair::from_pem(key_pem).unwrap();
+    assert_eq!(
+        key.der_bytes(),
+        csr.public_key.der_bytes(),
+        "CSR is for the key on the board"
+    );
+
+    // The private key never crossed the wire: no frame the board sent (= every byte the
+    // station received) holds the PKCS#8 DER, the PEM, or the raw 32-byte scalar.
+    let pkcs8 = key.serialize_der();
+    let scalar = p256_scalar(&pkcs8);
+    let log = fx.jig.tx_log();
+    assert!(!log.is_empty());
+    let mut received = Vec::new();
+    let mut asm = FrameAssembler::new();
+    let mut rest = &log[..];
+    while !rest.is_empty() {
+        let (used, ev) = asm.push(rest);
+        if let Some(Ok(f)) = ev {
+            received.extend_from_slice(f.payload);
+        }
+        rest = &rest[used..];
+    }
+    for (what, needle) in [
+        ("scalar", &scalar[..]),
+        ("pkcs8", &pkcs8[..]),
+        ("pem", key_pem.as_bytes()),
+    ] {
+        assert!(
+            !contains(&received, needle),
+            "{what} found in decoded frames"
+        );
+        assert!(!contains(&log, needle), "{what} found on the raw wire");
+    }
+}
+
+/// The private scalar inside a P-256 PKCS#8 DER: the OCTET STRING `04 20 <32 bytes>`.
+fn p256_scalar(pkcs8: &[u8]) -> Vec<u8> {
+    let pos = pkcs8
+        .windows(2)
+        .position(|w| w == [0x04, 0x20])
+        .expect("EC private key octet string");
+    pkcs8[pos + 2..pos + 34].to_vec()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn empty_jig_reports_no_board() {
+    let fx = Fixture::new(&[], |_| {});
+    let mut link = fx.link();
+    let started = Instant::now();
+    match link.hello() {
+        Err(JigError::NoBoard { tries, .. }) => assert_eq!(tries, settings().retries + 1),
+        other => panic!("expected NoBoard, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(link.stats().frames_received, 0);
+    assert!(link.stats().timeouts >= 4);
+}
+
+#[test]
+fn reset_of_a_provisioned_board_places_the_next_one() {
+    let fx = Fixture::new(&["LINE-01", "LINE-02"], |_| {});
+    let mut link = fx.link();
+    assert_eq!(link.hello().unwrap().serial, "LINE-01");
+
+    // RESET before an identity: the board reboots and stays on the jig.
+    link.reset().unwrap();
+    assert_eq!(link.hello().unwrap().serial, "LINE-01");
+
+    let id = Identity::new("one");
+    link.write_identity(&id.items(), &mut |_, _| {}).unwrap();
+    link.reset().unwrap();
+    let next = link.hello().unwrap();
+    assert_eq!(next.serial, "LINE-02");
+    assert!(!next.has_identity());
+    id.assert_in(&fx.flash("LINE-01"));
+    assert!(!fx.jig.flash_path("LINE-02").exists());
+
+    // Provision the second one too; then the jig is empty.
+    let id2 = Identity::new("two");
+    link.write_identity(&id2.items(), &mut |_, _| {}).unwrap();
+    link.reset().unwrap();
+    assert!(matches!(link.hello(), Err(JigError::NoBoard { .. })));
+    id2.assert_in(&fx.flash("LINE-02"));
+    let stats = fx.jig.stats();
+    assert_eq!(stats.serials, vec!["LINE-01", "LINE-02"]);
+    assert_eq!(stats.boards_removed, 2);
+}
+
+#[test]
+fn erase_clears_live_slots() {
+    let fx = Fixture::new(&["E-1"], |_| {});
+    let mut link = fx.link();
+    let id = Identity::new("e");
+    link.write_identity(&id.items(), &mut |_, _| {}).unwrap();
+    link.erase(&[Slot::Certificate, Slot::PrivateKey]).unwrap();
+    assert_eq!(link.hash(Slot::Certificate).unwrap().0, 0);
+    assert!(link.read_slot(Slot::Certificate).unwrap().is_empty());
+    let flash = fx.flash("E-1");
+    assert_eq!(flash.certificate(), None);
+    assert_eq!(flash.private_key(), None);
+    assert_eq!(flash.root_ca(), Some(&id.root_ca[..]));
+    assert!(!link.hello().unwrap().has_identity());
+}
+
+#[test]
+fn port_can_be_closed_and_reopened() {
+    let fx = Fixture::new(&["R-1"], |_| {});
+    let id = Identity::new("r");
+    {
+        let mut link = fx.link();
+        link.write_identity(&id.items(), &mut |_, _| {}).unwrap();
+    }
+    let mut link = fx.link();
+    assert!(link.hello().unwrap().has_identity());
+    link.verify(&id.items()).unwrap();
+}
+
+/// 115200 baud, a small RX buffer and a flash slower than the line (30 ms per 256-byte PUT,
+/// which takes 23 ms to arrive): a sender that ignores the RX buffer loses bytes.
+fn slow_board(c: &mut fleet_station::jig::VirtualJigConfig) {
+    c.baud = 115_200;
+    c.params = BoardParams {
+        max_chunk: 256,
+        rx_buffer: 1024,
+    };
+    c.put_process_time = Duration::from_millis(30);
+}
+
+#[test]
+fn board_paces_to_the_baud_rate_and_the_window_prevents_overrun() {
+    let fx = Fixture::new(&["P-1"], slow_board);
+    let paced = PortSettings {
+        baud: 115_200,
+        ..settings()
+    };
+    let mut link = JigLink::open(fx.jig.path(), &paced).unwrap();
+    let info = link.hello().unwrap();
+    assert_eq!((info.max_chunk, info.rx_buffer), (256, 1024));
+    let id = Identity::new("paced");
+    let before = link.stats().wire_bytes_written;
+    let report = link.write_identity(&id.items(), &mut |_, _| {}).unwrap();
+    let wire = link.stats().wire_bytes_written - before;
+    let floor = line_time(wire as usize, 115_200);
+    assert!(
+        report.elapsed >= floor.mul_f64(0.9),
+        "{:?} for {wire} bytes, the line needs {floor:?}",
+        report.elapsed
+    );
+    link.verify(&id.items()).unwrap();
+    id.assert_in(&fx.flash("P-1"));
+    let stats = fx.jig.stats();
+    assert_eq!(stats.rx_overrun_bytes, 0, "{stats:?}");
+    assert_eq!(stats.frames_dropped, 0, "{stats:?}");
+}
+
+#[test]
+fn a_sender_that_ignores_the_rx_buffer_overruns_the_board() {
+    let fx = Fixture::new(&["P-2"], slow_board);
+    let mut port = fleet_station::jig::port::open_port(
+        fx.jig.path(),
+        &PortSettings {
+            baud: 115_200,
+            ..settings()
+        },
+    )
+    .unwrap();
+    // HELLO, then 12 PUTs of 256 bytes (about 3 KiB) in one go, against a 1 KiB buffer.
+    let (mut head, mut wire) = (Vec::new(), Vec::new());
+    Command::Hello { version: 1 }
+        .encode(1, &mut head, &mut wire)
+        .unwrap();
+    let data = vec![0x5Au8; 256];
+    for i in 0..12u16 {
+        Command::Put {
+            slot: Slot::DeviceConfig,
+            offset: u32::from(i) * 256,
+            data: &data,
+        }
+        .encode(2 + i, &mut head, &mut wire)
+        .unwrap();
+    }
+    port.write_all(&wire).unwrap();
+    // Collect answers until the board has been quiet for a while.
+    port.set_timeout(Duration::from_millis(800)).unwrap();
+    let mut asm = FrameAssembler::new();
+    let (mut acks, mut buf) = (0, [0u8; 512]);
+    while let Ok(n) = port.read(&mut buf) {
+        let mut rest = &buf[..n];
+        while !rest.is_empty() {
+            let (used, ev) = asm.push(rest);
+            if let Some(Ok(f)) = ev
+                && f.code == protocol::rsp::PUT_ACK
+            {
+                acks += 1;
+            }
+            rest = &rest[used..];
+        }
+    }
+    let stats = fx.jig.stats();
+    assert!(stats.rx_overrun_bytes > 0, "{stats:?}");
+    assert!(acks < 12, "{acks} acks: some PUTs must have been lost");
+}
+
+#[test]
+fn sim_board_serves_until_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SimBoardOptions {
+        flash_dir: dir.path().to_path_buf(),
+        serial_prefix: "SIM-".into(),
+        first: 7,
+        baud: 0,
+        ..SimBoardOptions::default()
+    };
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
+    let (path_tx, path_rx) = crossbeam_channel::bounded(1);
+    let server = std::thread::spawn(move || {
+        serve_sim_board(&options, stop_rx, |jig| {
+            path_tx.send(jig.path().to_string()).unwrap()
+        })
+    });
+    let path = path_rx.recv().unwrap();
+    let mut link = JigLink::open(&path, &settings()).unwrap();
+    assert_eq!(link.hello().unwrap().serial, "SIM-000007");
+    drop(link);
+    stop_tx.send(()).unwrap();
+    server.join().unwrap().unwrap();
+}
+
+#[test]
+fn list_ports_works_without_hardware() {
+    let ports = fleet_station::jig::list_ports().unwrap();
+    assert!(ports.iter().all(|p| !p.path.is_empty()));
+}
