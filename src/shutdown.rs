@@ -46,6 +46,28 @@ impl Shutdown {
     }
 }
 
+/// Triggers `shutdown` on Ctrl-C (SIGINT) or SIGTERM.
+pub fn trigger_on_signals(shutdown: &Shutdown) {
+    let s = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    s.trigger();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+            _ = s.wait() => return,
+        }
+        s.trigger();
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

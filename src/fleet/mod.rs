@@ -14,4 +14,6 @@ pub use payloads::{
     CreateKeysAndCertificateResponse, DecodeError, ErrorResponse, RegisterThingRequest,
     RegisterThingResponse,
 };
-pub use topics::{Api, Format, ReplyKind, ReservedTopic, TemplateNameError, validate_template_name};
+pub use topics::{
+    Api, Format, ReplyKind, ReservedTopic, TemplateNameError, validate_template_name,
+};

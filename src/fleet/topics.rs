@@ -55,7 +55,9 @@ impl Api {
     /// The topic a device publishes the request to.
     pub fn request_topic(&self, format: Format) -> String {
         match self {
-            Api::CreateKeysAndCertificate => format!("$aws/certificates/create/{}", format.as_str()),
+            Api::CreateKeysAndCertificate => {
+                format!("$aws/certificates/create/{}", format.as_str())
+            }
             Api::CreateCertificateFromCsr => {
                 format!("$aws/certificates/create-from-csr/{}", format.as_str())
             }
@@ -107,7 +109,13 @@ impl ReservedTopic {
             ["$aws", "certificates", "create-from-csr", rest @ ..] => {
                 (Api::CreateCertificateFromCsr, rest)
             }
-            ["$aws", "provisioning-templates", name, "provision", rest @ ..] => {
+            [
+                "$aws",
+                "provisioning-templates",
+                name,
+                "provision",
+                rest @ ..,
+            ] => {
                 validate_template_name(name).ok()?;
                 (
                     Api::RegisterThing {
@@ -141,7 +149,10 @@ impl fmt::Display for TemplateNameError {
         match self {
             TemplateNameError::Empty => write!(f, "template name is empty"),
             TemplateNameError::TooLong(n) => {
-                write!(f, "template name is {n} characters long; AWS allows at most 36")
+                write!(
+                    f,
+                    "template name is {n} characters long; AWS allows at most 36"
+                )
             }
             TemplateNameError::BadCharacter(c) => write!(
                 f,
@@ -209,7 +220,10 @@ mod tests {
         ] {
             for format in [Format::Json, Format::Cbor] {
                 let t = ReservedTopic::parse(&api.request_topic(format)).unwrap();
-                assert_eq!((t.api.clone(), t.format, t.reply), (api.clone(), format, None));
+                assert_eq!(
+                    (t.api.clone(), t.format, t.reply),
+                    (api.clone(), format, None)
+                );
                 for kind in [ReplyKind::Accepted, ReplyKind::Rejected] {
                     let t = ReservedTopic::parse(&api.reply_topic(format, kind)).unwrap();
                     assert_eq!(t.reply, Some(kind));
