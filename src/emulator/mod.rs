@@ -1,2 +1,276 @@
-//! (being written)
+//! An embedded emulator of AWS IoT Core's fleet-provisioning API.
+//!
+//! It is the station's default endpoint (so `station run` works on one machine) and the test
+//! bed for load tests. It imports only the wire contract ([`crate::fleet`]) from the rest of
+//! the crate. Where AWS documents a behaviour it does exactly that; where AWS is silent, the
+//! choice is stated where it is made (see `docs/emulator.md`).
+//!
+//! - [`broker`]: MQTT over mutual TLS, client table, topic routing.
+//! - [`api`]: one file per fleet-provisioning API.
+//! - [`ca`]: root CA, server and claim identities, signing from CSRs.
+//! - [`template`]: the provisioning template engine and the template store.
+//! - [`registry`]: certificates, tokens, things and policies, persisted in SQLite.
+//! - [`policy`]: IoT policy evaluation for CONNECT/PUBLISH/SUBSCRIBE/RECEIVE.
+//! - [`errors`]: the table of every rejected response the emulator sends.
+
+pub mod api;
+pub mod broker;
+pub mod ca;
+pub mod errors;
+pub mod policy;
+pub mod registry;
 pub mod template;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use self::api::{ApiService, ApiSettings};
+use self::broker::{Broker, BrokerLimits};
+use self::ca::{CaPaths, CertificateAuthority};
+use self::registry::{CertStatus, Certificate, Policy, Registry, now_ms};
+use self::template::TemplateStore;
+use crate::shutdown::Shutdown;
+
+/// The name under which the claim policy is registered.
+pub const CLAIM_POLICY_NAME: &str = "FleetStationClaimPolicy";
+
+/// The `[emulator]` section of `station.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmulatorConfig {
+    /// Address to listen on. Port 0 picks a free port (the embedded default).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Directory for the CA, the claim identity and the registry database.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Directory of provisioning templates (`NAME.json`).
+    #[serde(default = "default_templates")]
+    pub templates: PathBuf,
+    /// Path to the claim certificate's IoT policy document; the default allows the
+    /// fleet-provisioning topics of every template.
+    #[serde(default)]
+    pub claim_policy: Option<PathBuf>,
+    /// Ownership-token lifetime in seconds (AWS: 3600).
+    #[serde(default = "default_token_ttl")]
+    pub token_ttl_s: u64,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:0".into()
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("state/emulator")
+}
+fn default_templates() -> PathBuf {
+    PathBuf::from("fixtures/templates")
+}
+fn default_token_ttl() -> u64 {
+    3600
+}
+
+impl Default for EmulatorConfig {
+    fn default() -> Self {
+        EmulatorConfig {
+            listen: default_listen(),
+            state_dir: default_state_dir(),
+            templates: default_templates(),
+            claim_policy: None,
+            token_ttl_s: default_token_ttl(),
+        }
+    }
+}
+
+/// Why the emulator could not start.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum EmulatorError {
+    #[error("emulator state directory {path}: {source}")]
+    #[diagnostic(
+        code(station::emulator::state_dir),
+        help("set [emulator] state_dir to a directory the station can create and write")
+    )]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("emulator CA: {0}")]
+    #[diagnostic(
+        code(station::emulator::ca),
+        help("delete the CA files in [emulator] state_dir to let the emulator create new ones")
+    )]
+    Ca(#[from] ca::CaError),
+    #[error("emulator registry: {0}")]
+    #[diagnostic(
+        code(station::emulator::registry),
+        help("check that [emulator] state_dir is writable; delete registry.db to start empty")
+    )]
+    Registry(#[from] registry::RegistryError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Templates(#[from] template::StoreError),
+    #[error("claim policy {path}: {reason}")]
+    #[diagnostic(
+        code(station::emulator::claim_policy),
+        help("[emulator] claim_policy must name a JSON IoT policy document with a Statement list")
+    )]
+    ClaimPolicy { path: PathBuf, reason: String },
+    #[error("emulator TLS setup: {0}")]
+    #[diagnostic(code(station::emulator::tls))]
+    Tls(#[from] rustls::Error),
+    #[error("cannot listen on {listen}: {source}")]
+    #[diagnostic(
+        code(station::emulator::listen),
+        help("choose a free address in [emulator] listen (port 0 picks any free port)")
+    )]
+    Listen {
+        listen: String,
+        source: std::io::Error,
+    },
+}
+
+/// A running emulator.
+pub struct Emulator {
+    broker: Broker,
+    registry: Arc<Registry>,
+    paths: CaPaths,
+    shutdown: Shutdown,
+}
+
+impl Emulator {
+    /// Loads or creates the CA, registry and templates, then starts the broker.
+    pub async fn start(
+        cfg: &EmulatorConfig,
+        shutdown: Shutdown,
+    ) -> Result<Emulator, EmulatorError> {
+        std::fs::create_dir_all(&cfg.state_dir).map_err(|source| EmulatorError::StateDir {
+            path: cfg.state_dir.clone(),
+            source,
+        })?;
+        let ca = Arc::new(CertificateAuthority::load_or_create(&cfg.state_dir)?);
+        let registry = Registry::open(&cfg.state_dir.join("registry.db"))?;
+        let templates = Arc::new(TemplateStore::load_dir(&cfg.templates)?);
+        let claim_policy = load_claim_policy(cfg.claim_policy.as_deref())?;
+        register_claim(&registry, &ca, claim_policy);
+
+        let api = Arc::new(ApiService::new(
+            ca.clone(),
+            registry.clone(),
+            templates,
+            ApiSettings {
+                token_ttl: Duration::from_secs(cfg.token_ttl_s),
+            },
+        ));
+        let tls = broker::server_tls_config(&ca)?;
+        let broker = Broker::start(
+            &cfg.listen,
+            tls,
+            registry.clone(),
+            api,
+            BrokerLimits::default(),
+            shutdown.clone(),
+        )
+        .await
+        .map_err(|source| EmulatorError::Listen {
+            listen: cfg.listen.clone(),
+            source,
+        })?;
+        tokio::spawn(expire_tokens(
+            registry.clone(),
+            Duration::from_secs(cfg.token_ttl_s.clamp(1, 60)),
+            shutdown.clone(),
+        ));
+        Ok(Emulator {
+            broker,
+            registry,
+            paths: ca.paths().clone(),
+            shutdown,
+        })
+    }
+
+    /// The address the broker listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.broker.local_addr()
+    }
+
+    /// Paths of `ca.pem`, `claim-cert.pem` and `claim-key.pem`.
+    pub fn paths(&self) -> &CaPaths {
+        &self.paths
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    pub fn connected_clients(&self) -> usize {
+        self.broker.connected_clients()
+    }
+
+    /// Stops accepting and closes every connection; the registry is flushed to disk.
+    pub fn stop(&self) {
+        self.shutdown.trigger();
+        self.registry.flush();
+    }
+}
+
+fn load_claim_policy(path: Option<&Path>) -> Result<serde_json::Value, EmulatorError> {
+    let Some(path) = path else {
+        return Ok(policy::default_claim_policy());
+    };
+    let bad = |reason: String| EmulatorError::ClaimPolicy {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let doc: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    if !doc
+        .get("Statement")
+        .is_some_and(|s| s.is_array() || s.is_object())
+    {
+        return Err(bad("it has no Statement".into()));
+    }
+    Ok(doc)
+}
+
+/// Registers the claim certificate as ACTIVE with the claim policy attached.
+fn register_claim(registry: &Registry, ca: &CertificateAuthority, policy_doc: serde_json::Value) {
+    let id = ca.claim_certificate_id();
+    let mut txn = registry.txn();
+    txn.put_policy(Policy {
+        name: CLAIM_POLICY_NAME.into(),
+        document: policy_doc,
+    });
+    let mut policies = std::collections::BTreeSet::new();
+    policies.insert(CLAIM_POLICY_NAME.to_string());
+    let pem = std::fs::read_to_string(&ca.paths().claim_cert).unwrap_or_default();
+    txn.put_certificate(Certificate {
+        id,
+        pem,
+        status: CertStatus::Active,
+        created_ms: now_ms(),
+        policies,
+        things: Default::default(),
+        claim: true,
+        subject: Default::default(),
+    });
+}
+
+async fn expire_tokens(registry: Arc<Registry>, every: Duration, shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait() => return,
+        }
+        let deleted = registry.expire_tokens(now_ms());
+        if !deleted.is_empty() {
+            tracing::info!(
+                count = deleted.len(),
+                "emulator: deleted certificates whose ownership token expired"
+            );
+        }
+    }
+}

@@ -143,7 +143,7 @@ pub enum ParameterType {
 
 /// Subject fields of the certificate being registered, read by the
 /// `AWS::IoT::Certificate::<Field>` pseudo-parameters. Absent fields stay `None`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SubjectFields {
     /// CN, for `AWS::IoT::Certificate::CommonName`.
     pub common_name: Option<String>,

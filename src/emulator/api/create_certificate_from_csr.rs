@@ -1,0 +1,57 @@
+//! `CreateCertificateFromCsr`: sign the device's CSR, register the certificate as
+//! `PENDING_ACTIVATION` and hand out an ownership token valid for the configured TTL
+//! (reference §1.2, §2).
+
+use super::{ApiRequest, ApiService};
+use crate::emulator::errors::Rejection;
+use crate::emulator::registry::{CertStatus, Certificate, TokenRecord, now_ms};
+use crate::fleet::payloads::{Secret, decode_or_default};
+use crate::fleet::{CreateCertificateFromCsrRequest, CreateCertificateFromCsrResponse};
+
+pub(super) async fn handle(
+    svc: &ApiService,
+    req: &ApiRequest,
+) -> Result<CreateCertificateFromCsrResponse, Rejection> {
+    let body: CreateCertificateFromCsrRequest = decode_or_default(req.format, &req.payload)
+        .map_err(|e| Rejection::InvalidPayload(e.to_string()))?;
+    let csr = body
+        .certificate_signing_request
+        .filter(|c| !c.trim().is_empty())
+        .ok_or_else(|| Rejection::InvalidCsr("certificateSigningRequest is required".into()))?;
+
+    // Verifying and signing is CPU work: keep it off the reactor.
+    let ca = svc.ca.clone();
+    let issued = tokio::task::spawn_blocking(move || ca.sign_csr(csr.as_bytes()))
+        .await
+        .map_err(|e| Rejection::Internal(format!("signing task failed: {e}")))?
+        .map_err(|e| Rejection::InvalidCsr(e.to_string()))?;
+
+    let token = svc.new_token();
+    let now = now_ms();
+    {
+        let mut txn = svc.registry.txn();
+        txn.put_certificate(Certificate {
+            id: issued.id.clone(),
+            pem: issued.pem.clone(),
+            status: CertStatus::PendingActivation,
+            created_ms: now,
+            policies: Default::default(),
+            things: Default::default(),
+            claim: false,
+            subject: issued.subject.clone(),
+        });
+        txn.put_token(
+            &token,
+            TokenRecord {
+                certificate_id: issued.id.clone(),
+                expires_ms: now + svc.settings.token_ttl.as_millis() as u64,
+                used: false,
+            },
+        );
+    }
+    Ok(CreateCertificateFromCsrResponse {
+        certificate_id: issued.id,
+        certificate_pem: issued.pem,
+        certificate_ownership_token: Secret::new(token),
+    })
+}

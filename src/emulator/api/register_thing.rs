@@ -1,0 +1,297 @@
+//! `RegisterThing`: redeem the ownership token, evaluate the template and apply its
+//! resources to the registry (reference §1.2, §3).
+//!
+//! Application, all under one registry transaction so a token is redeemed at most once:
+//! - the thing is created, or updated per its `OverrideSettings` (see below);
+//! - policies named by `PolicyName` must exist; a `PolicyDocument` policy is created under
+//!   its hash name if missing; each is attached to the certificate;
+//! - the certificate is attached to the thing and gets the template's `Status`;
+//! - the token is consumed (single use).
+//!
+//! Choices where AWS is silent (documented in `docs/emulator.md`):
+//! - a key with no `OverrideSettings` entry keeps the existing value (`DO_NOTHING`);
+//! - `FAIL` fails only when the template's value differs from the existing one, so an
+//!   identical re-registration is not a conflict;
+//! - `CertificateId` must evaluate to the certificate the token was issued for;
+//! - a template without a certificate resource leaves the certificate `PENDING_ACTIVATION`
+//!   (it is deleted when its token's hour is over, as AWS does).
+
+use std::collections::BTreeMap;
+
+use super::{ApiRequest, ApiService};
+use crate::emulator::errors::Rejection;
+use crate::emulator::registry::{CertStatus, Policy, Thing, TokenProblem, Txn, now_ms};
+use crate::emulator::template::{CertificateStatus, EvalContext, Override, Provisioned, ThingSpec};
+use crate::fleet::payloads::decode_or_default;
+use crate::fleet::{RegisterThingRequest, RegisterThingResponse};
+
+pub(super) async fn handle(
+    svc: &ApiService,
+    template_name: &str,
+    req: &ApiRequest,
+) -> Result<RegisterThingResponse, Rejection> {
+    let body: RegisterThingRequest = decode_or_default(req.format, &req.payload)
+        .map_err(|e| Rejection::InvalidPayload(e.to_string()))?;
+    let token = body
+        .certificate_ownership_token
+        .filter(|t| !t.is_empty())
+        .ok_or(Rejection::TokenMissing)?;
+    let stored = svc
+        .templates
+        .get(template_name)
+        .ok_or_else(|| Rejection::TemplateNotFound(template_name.to_string()))?;
+    if !stored.enabled {
+        return Err(Rejection::TemplateDisabled(template_name.to_string()));
+    }
+
+    // Look the token up first (without consuming it) to evaluate the template.
+    let (certificate_id, subject) = {
+        let txn = svc.registry.txn();
+        let rec = txn
+            .check_token(token.expose(), now_ms())
+            .map_err(|_| Rejection::TokenInvalid)?;
+        let subject = txn
+            .state
+            .certificates
+            .get(&rec.certificate_id)
+            .map(|c| c.subject.clone())
+            .ok_or(Rejection::TokenInvalid)?;
+        (rec.certificate_id, subject)
+    };
+
+    let parameters = body.parameters.unwrap_or_default();
+    let provisioned = stored
+        .template
+        .evaluate(&EvalContext {
+            parameters: &parameters,
+            certificate_id: &certificate_id,
+            certificate_subject: &subject,
+        })
+        .map_err(|e| Rejection::InvalidParameters(e.error_message()))?;
+
+    let mut txn = svc.registry.txn();
+    // Re-check under the same lock that applies: a concurrent request may have used it.
+    match txn.check_token(token.expose(), now_ms()) {
+        Ok(rec) if rec.certificate_id == certificate_id => {}
+        Ok(_) | Err(TokenProblem::Unknown | TokenProblem::Expired | TokenProblem::AlreadyUsed) => {
+            return Err(Rejection::TokenInvalid);
+        }
+    }
+    apply(&mut txn, &certificate_id, &provisioned)?;
+    txn.consume_token(token.expose());
+    drop(txn);
+
+    let thing_name = provisioned.thing_name().map(str::to_string);
+    Ok(RegisterThingResponse {
+        device_configuration: provisioned.device_configuration,
+        thing_name,
+    })
+}
+
+/// Applies evaluated resources; on error nothing has been changed.
+fn apply(txn: &mut Txn<'_>, certificate_id: &str, p: &Provisioned) -> Result<(), Rejection> {
+    // Validate everything before changing anything.
+    if let Some(cert) = &p.certificate
+        && cert.certificate_id != certificate_id
+    {
+        return Err(Rejection::InvalidParameters(format!(
+            "CertificateId {} is not the certificate being registered",
+            cert.certificate_id
+        )));
+    }
+    for policy in &p.policies {
+        if policy.document.is_none() && !txn.state.policies.contains_key(&policy.name) {
+            return Err(Rejection::InvalidParameters(format!(
+                "Policy {} does not exist",
+                policy.name
+            )));
+        }
+    }
+    let thing = match &p.thing {
+        Some(spec) => Some(merged_thing(txn.state.things.get(&spec.name), spec)?),
+        None => None,
+    };
+
+    let Some(mut cert) = txn.state.certificates.get(certificate_id).cloned() else {
+        return Err(Rejection::TokenInvalid);
+    };
+    for policy in &p.policies {
+        if let Some(doc) = &policy.document
+            && !txn.state.policies.contains_key(&policy.name)
+        {
+            let document = serde_json::from_str(doc)
+                .map_err(|e| Rejection::InvalidParameters(format!("Policy document: {e}")))?;
+            txn.put_policy(Policy {
+                name: policy.name.clone(),
+                document,
+            });
+        }
+        cert.policies.insert(policy.name.clone());
+    }
+    if let Some(mut thing) = thing {
+        thing.principals.insert(certificate_id.to_string());
+        cert.things.insert(thing.name.clone());
+        txn.put_thing(thing);
+    }
+    if let Some(spec) = &p.certificate {
+        cert.status = match spec.status {
+            CertificateStatus::Active => CertStatus::Active,
+            CertificateStatus::Inactive => CertStatus::Inactive,
+        };
+    }
+    txn.put_certificate(cert);
+    Ok(())
+}
+
+/// The thing as it will be stored: new, or the existing one updated per OverrideSettings.
+fn merged_thing(existing: Option<&Thing>, spec: &ThingSpec) -> Result<Thing, Rejection> {
+    let groups: std::collections::BTreeSet<String> = spec.thing_groups.iter().cloned().collect();
+    let Some(old) = existing else {
+        return Ok(Thing {
+            name: spec.name.clone(),
+            attributes: spec.attributes.clone(),
+            thing_type: spec.thing_type.clone(),
+            groups,
+            billing_group: spec.billing_group.clone(),
+            principals: Default::default(),
+            version: 1,
+        });
+    };
+    let conflict = |what: &str| {
+        Rejection::Conflict(format!(
+            "Thing {} already exists with a different {what} and its OverrideSettings is FAIL",
+            spec.name
+        ))
+    };
+    let mut t = old.clone();
+    let o = &spec.overrides;
+    t.attributes = match o.attribute_payload.unwrap_or(Override::DoNothing) {
+        Override::DoNothing => old.attributes.clone(),
+        Override::Replace => spec.attributes.clone(),
+        Override::Merge => merge_maps(&old.attributes, &spec.attributes),
+        Override::Fail if old.attributes != spec.attributes => {
+            return Err(conflict("AttributePayload"));
+        }
+        Override::Fail => old.attributes.clone(),
+    };
+    t.thing_type = match o.thing_type_name.unwrap_or(Override::DoNothing) {
+        Override::DoNothing => old.thing_type.clone(),
+        Override::Replace | Override::Merge => spec.thing_type.clone(),
+        Override::Fail if old.thing_type != spec.thing_type => {
+            return Err(conflict("ThingTypeName"));
+        }
+        Override::Fail => old.thing_type.clone(),
+    };
+    t.groups = match o.thing_groups.unwrap_or(Override::DoNothing) {
+        Override::DoNothing => old.groups.clone(),
+        Override::Replace => groups,
+        Override::Merge => old.groups.union(&groups).cloned().collect(),
+        Override::Fail if old.groups != groups => return Err(conflict("ThingGroups")),
+        Override::Fail => old.groups.clone(),
+    };
+    if spec.billing_group.is_some() {
+        t.billing_group = spec.billing_group.clone();
+    }
+    t.version = old.version + 1;
+    Ok(t)
+}
+
+fn merge_maps(
+    old: &BTreeMap<String, String>,
+    new: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut m = old.clone();
+    m.extend(new.iter().map(|(k, v)| (k.clone(), v.clone())));
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::emulator::template::ThingOverrides;
+
+    fn spec(
+        attrs: &[(&str, &str)],
+        ty: Option<&str>,
+        groups: &[&str],
+        o: ThingOverrides,
+    ) -> ThingSpec {
+        ThingSpec {
+            logical_id: "thing".into(),
+            name: "t1".into(),
+            attributes: attrs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            thing_type: ty.map(str::to_string),
+            thing_groups: groups.iter().map(|g| g.to_string()).collect(),
+            billing_group: None,
+            overrides: o,
+        }
+    }
+
+    fn existing() -> Thing {
+        merged_thing(
+            None,
+            &spec(
+                &[("a", "1"), ("b", "2")],
+                Some("T1"),
+                &["g1"],
+                ThingOverrides::default(),
+            ),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn new_thing_takes_everything() {
+        let t = existing();
+        assert_eq!(t.attributes.len(), 2);
+        assert_eq!(t.thing_type.as_deref(), Some("T1"));
+        assert_eq!(t.version, 1);
+    }
+
+    #[test]
+    fn override_settings_apply_per_key() {
+        let old = existing();
+        let o = ThingOverrides {
+            attribute_payload: Some(Override::Merge),
+            thing_type_name: Some(Override::Replace),
+            thing_groups: Some(Override::DoNothing),
+        };
+        let t = merged_thing(
+            Some(&old),
+            &spec(&[("b", "9"), ("c", "3")], Some("T2"), &["g2"], o),
+        )
+        .unwrap();
+        assert_eq!(t.attributes["a"], "1");
+        assert_eq!(t.attributes["b"], "9");
+        assert_eq!(t.attributes["c"], "3");
+        assert_eq!(t.thing_type.as_deref(), Some("T2"));
+        assert_eq!(t.groups.iter().collect::<Vec<_>>(), ["g1"]);
+        assert_eq!(t.version, 2);
+
+        let o = ThingOverrides {
+            thing_groups: Some(Override::Merge),
+            attribute_payload: Some(Override::Replace),
+            ..Default::default()
+        };
+        let t = merged_thing(Some(&old), &spec(&[("z", "0")], None, &["g2"], o)).unwrap();
+        assert_eq!(t.groups.len(), 2);
+        assert_eq!(t.attributes.len(), 1);
+        // No setting: the existing value stays.
+        assert_eq!(t.thing_type.as_deref(), Some("T1"));
+    }
+
+    #[test]
+    fn fail_conflicts_only_on_a_difference() {
+        let old = existing();
+        let o = ThingOverrides {
+            thing_type_name: Some(Override::Fail),
+            ..Default::default()
+        };
+        assert!(merged_thing(Some(&old), &spec(&[], Some("T1"), &[], o)).is_ok());
+        let err = merged_thing(Some(&old), &spec(&[], Some("T9"), &[], o)).unwrap_err();
+        assert_eq!(err.to_response().status_code, 409);
+    }
+}

@@ -1,0 +1,113 @@
+//! The emulator's error table: every `{statusCode, errorCode, errorMessage}` it can send on a
+//! `.../rejected` topic is built here and nowhere else (reference §1.3).
+//!
+//! | status | errorCode                          | when                                         | evidence  |
+//! |--------|------------------------------------|----------------------------------------------|-----------|
+//! | 400    | `InvalidPayload`                   | request payload is not valid JSON/CBOR       | UNCONFIRMED (v4 SDK test string) |
+//! | 400    | `InvalidCSR`                       | CSR unparsable, bad signature, weak key      | UNCONFIRMED (third-party fixture) |
+//! | 400    | `InvalidCertificateOwnershipToken` | token missing/empty, unknown, expired, used  | OBSERVED for empty |
+//! | 400    | `InvalidParameters`                | template cannot resolve a value              | OBSERVED  |
+//! | 400    | `InvalidRequest`                   | template exists but is disabled              | UNCONFIRMED |
+//! | 404    | `ResourceNotFound`                 | no template of that name                     | UNCONFIRMED (v4 SDK enum) |
+//! | 403    | `AccessDenied`                     | pre-provisioning hook denied/failed/timed out| UNCONFIRMED (docs: ACCESS_DENIED) |
+//! | 409    | `ResourceConflict`                 | OverrideSettings `FAIL` on an existing value | UNCONFIRMED |
+//! | 429    | `Throttling`                       | account quota for the API exceeded           | UNCONFIRMED (v4 SDK enum) |
+//! | 500    | `InternalFailure`                  | the emulator failed (or fault injection)     | UNCONFIRMED (v4 SDK enum) |
+
+use crate::fleet::ErrorResponse;
+
+/// Every reason the emulator rejects a fleet-provisioning request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    InvalidPayload(String),
+    InvalidCsr(String),
+    TokenMissing,
+    TokenInvalid,
+    InvalidParameters(String),
+    TemplateDisabled(String),
+    TemplateNotFound(String),
+    HookDenied(String),
+    Conflict(String),
+    Throttled(&'static str),
+    Internal(String),
+}
+
+impl Rejection {
+    /// The payload sent on the rejected topic.
+    pub fn to_response(&self) -> ErrorResponse {
+        let (status, code, message) = match self {
+            Rejection::InvalidPayload(m) => (400, "InvalidPayload", m.clone()),
+            Rejection::InvalidCsr(m) => (400, "InvalidCSR", m.clone()),
+            Rejection::TokenMissing => (
+                400,
+                "InvalidCertificateOwnershipToken",
+                "Certificate ownership token cannot be empty.".to_string(),
+            ),
+            Rejection::TokenInvalid => (
+                400,
+                "InvalidCertificateOwnershipToken",
+                "Certificate ownership token is invalid or has expired.".to_string(),
+            ),
+            Rejection::InvalidParameters(m) => (400, "InvalidParameters", m.clone()),
+            Rejection::TemplateDisabled(name) => (
+                400,
+                "InvalidRequest",
+                format!("Provisioning template {name} is disabled."),
+            ),
+            Rejection::TemplateNotFound(name) => (
+                404,
+                "ResourceNotFound",
+                format!("Provisioning template {name} does not exist."),
+            ),
+            Rejection::HookDenied(m) => (403, "AccessDenied", m.clone()),
+            Rejection::Conflict(m) => (409, "ResourceConflict", m.clone()),
+            Rejection::Throttled(api) => (429, "Throttling", format!("Rate exceeded for {api}.")),
+            Rejection::Internal(m) => (500, "InternalFailure", m.clone()),
+        };
+        ErrorResponse {
+            status_code: status,
+            error_code: code.to_string(),
+            error_message: message,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_token_message_is_the_observed_one() {
+        let r = Rejection::TokenMissing.to_response();
+        assert_eq!(r.status_code, 400);
+        assert_eq!(r.error_code, "InvalidCertificateOwnershipToken");
+        assert_eq!(
+            r.error_message,
+            "Certificate ownership token cannot be empty."
+        );
+    }
+
+    #[test]
+    fn statuses_follow_the_table() {
+        assert_eq!(
+            Rejection::Throttled("RegisterThing")
+                .to_response()
+                .status_code,
+            429
+        );
+        assert_eq!(
+            Rejection::HookDenied("no".into()).to_response().status_code,
+            403
+        );
+        assert_eq!(
+            Rejection::TemplateNotFound("x".into())
+                .to_response()
+                .status_code,
+            404
+        );
+        assert_eq!(
+            Rejection::Internal("x".into()).to_response().status_code,
+            500
+        );
+    }
+}

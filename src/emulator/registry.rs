@@ -1,0 +1,560 @@
+//! The emulator's registry: certificates, ownership tokens, things and policies.
+//!
+//! State lives in memory behind one mutex (every operation is short: map lookups and small
+//! copies) and is persisted write-behind to SQLite by a writer thread that commits in batches,
+//! so the registry survives restarts without putting a disk sync on every request. On start the
+//! whole registry is read back.
+//!
+//! Ownership tokens are kept by their SHA-256 only; the token itself is returned to the device
+//! once and never stored.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, Sender};
+use ring::digest;
+use rusqlite::{Connection, params};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::template::SubjectFields;
+
+/// Certificate status as AWS names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CertStatus {
+    PendingActivation,
+    Active,
+    Inactive,
+    Revoked,
+}
+
+impl CertStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertStatus::PendingActivation => "PENDING_ACTIVATION",
+            CertStatus::Active => "ACTIVE",
+            CertStatus::Inactive => "INACTIVE",
+            CertStatus::Revoked => "REVOKED",
+        }
+    }
+}
+
+/// A certificate record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Certificate {
+    pub id: String,
+    pub pem: String,
+    pub status: CertStatus,
+    pub created_ms: u64,
+    /// Names of the policies attached to this certificate.
+    pub policies: BTreeSet<String>,
+    /// Names of the things this certificate is attached to.
+    pub things: BTreeSet<String>,
+    /// True for claim certificates (registered by the emulator itself).
+    #[serde(default)]
+    pub claim: bool,
+    /// Subject of the certificate (source of the `AWS::IoT::Certificate::*` pseudo-parameters).
+    #[serde(default)]
+    pub subject: SubjectFields,
+}
+
+/// A thing record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Thing {
+    pub name: String,
+    pub attributes: BTreeMap<String, String>,
+    pub thing_type: Option<String>,
+    pub groups: BTreeSet<String>,
+    pub billing_group: Option<String>,
+    /// Certificate ids attached to the thing.
+    pub principals: BTreeSet<String>,
+    pub version: u64,
+}
+
+/// An IoT policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    pub name: String,
+    pub document: serde_json::Value,
+}
+
+/// An ownership token as stored: which certificate it redeems, until when, whether used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub certificate_id: String,
+    pub expires_ms: u64,
+    pub used: bool,
+}
+
+/// Why a token cannot be redeemed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenProblem {
+    Unknown,
+    Expired,
+    AlreadyUsed,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn token_key(token: &str) -> String {
+    hex::encode(digest::digest(&digest::SHA256, token.as_bytes()))
+}
+
+/// Errors opening or reading the registry database.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("registry database {path}: {source}")]
+    Sqlite {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("registry database {path} has a corrupt {table} row {key:?}: {reason}")]
+    Corrupt {
+        path: String,
+        table: &'static str,
+        key: String,
+        reason: String,
+    },
+}
+
+#[derive(Default)]
+pub struct State {
+    pub certificates: HashMap<String, Certificate>,
+    pub tokens: HashMap<String, TokenRecord>,
+    pub things: HashMap<String, Thing>,
+    pub policies: HashMap<String, Policy>,
+}
+
+enum Write {
+    Upsert {
+        table: &'static str,
+        key: String,
+        json: String,
+    },
+    Delete {
+        table: &'static str,
+        key: String,
+    },
+    Flush(Sender<()>),
+}
+
+const TABLES: [&str; 4] = ["certificates", "tokens", "things", "policies"];
+
+/// The registry. Cheap to share behind an `Arc`.
+pub struct Registry {
+    state: Mutex<State>,
+    writes: Mutex<Option<Sender<Write>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A mutation batch: changes made under the lock, persisted when it is dropped.
+pub struct Txn<'a> {
+    pub state: MutexGuard<'a, State>,
+    pending: Vec<Write>,
+    registry: &'a Registry,
+}
+
+impl Txn<'_> {
+    pub fn put_certificate(&mut self, c: Certificate) {
+        self.pending.push(upsert("certificates", &c.id, &c));
+        self.state.certificates.insert(c.id.clone(), c);
+    }
+    pub fn put_thing(&mut self, t: Thing) {
+        self.pending.push(upsert("things", &t.name, &t));
+        self.state.things.insert(t.name.clone(), t);
+    }
+    pub fn put_policy(&mut self, p: Policy) {
+        self.pending.push(upsert("policies", &p.name, &p));
+        self.state.policies.insert(p.name.clone(), p);
+    }
+    /// Stores a token by its hash.
+    pub fn put_token(&mut self, token: &str, rec: TokenRecord) {
+        self.put_token_by_key(token_key(token), rec);
+    }
+    fn put_token_by_key(&mut self, key: String, rec: TokenRecord) {
+        self.pending.push(upsert("tokens", &key, &rec));
+        self.state.tokens.insert(key, rec);
+    }
+    pub fn delete_certificate(&mut self, id: &str) {
+        self.state.certificates.remove(id);
+        self.pending.push(Write::Delete {
+            table: "certificates",
+            key: id.to_string(),
+        });
+    }
+    fn delete_token_by_key(&mut self, key: &str) {
+        self.state.tokens.remove(key);
+        self.pending.push(Write::Delete {
+            table: "tokens",
+            key: key.to_string(),
+        });
+    }
+
+    /// Looks a token up and checks it can still be redeemed.
+    pub fn check_token(&self, token: &str, now: u64) -> Result<TokenRecord, TokenProblem> {
+        let rec = self
+            .state
+            .tokens
+            .get(&token_key(token))
+            .ok_or(TokenProblem::Unknown)?;
+        if rec.used {
+            return Err(TokenProblem::AlreadyUsed);
+        }
+        if rec.expires_ms <= now {
+            return Err(TokenProblem::Expired);
+        }
+        Ok(rec.clone())
+    }
+
+    /// Marks a token as used (single use).
+    pub fn consume_token(&mut self, token: &str) {
+        let key = token_key(token);
+        if let Some(mut rec) = self.state.tokens.get(&key).cloned() {
+            rec.used = true;
+            self.put_token_by_key(key, rec);
+        }
+    }
+}
+
+impl Drop for Txn<'_> {
+    fn drop(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        if let Some(tx) = self
+            .registry
+            .writes
+            .lock()
+            .expect("registry writer lock")
+            .as_ref()
+        {
+            for w in self.pending.drain(..) {
+                // The writer only goes away at close; a closed registry drops the change.
+                let _ = tx.send(w);
+            }
+        }
+    }
+}
+
+fn upsert<T: Serialize>(table: &'static str, key: &str, value: &T) -> Write {
+    Write::Upsert {
+        table,
+        key: key.to_string(),
+        json: serde_json::to_string(value).expect("registry records serialize"),
+    }
+}
+
+impl Registry {
+    /// Opens (or creates) the registry database and loads it into memory.
+    pub fn open(path: &Path) -> Result<Arc<Registry>, RegistryError> {
+        let p = path.display().to_string();
+        let sql = |source| RegistryError::Sqlite {
+            path: p.clone(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(sql)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
+             CREATE TABLE IF NOT EXISTS certificates (key TEXT PRIMARY KEY, json TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS tokens (key TEXT PRIMARY KEY, json TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS things (key TEXT PRIMARY KEY, json TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS policies (key TEXT PRIMARY KEY, json TEXT NOT NULL);",
+        )
+        .map_err(sql)?;
+        let mut state = State::default();
+        load_table(&conn, &p, "certificates", &mut state.certificates)?;
+        load_table(&conn, &p, "tokens", &mut state.tokens)?;
+        load_table(&conn, &p, "things", &mut state.things)?;
+        load_table(&conn, &p, "policies", &mut state.policies)?;
+
+        let (tx, rx) = crossbeam_channel::bounded(65_536);
+        let writer = std::thread::Builder::new()
+            .name("registry-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .expect("spawn registry writer");
+        Ok(Arc::new(Registry {
+            state: Mutex::new(state),
+            writes: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+        }))
+    }
+
+    /// Starts a mutation; changes are persisted when the returned guard drops.
+    pub fn txn(&self) -> Txn<'_> {
+        Txn {
+            state: self.state.lock().expect("registry lock"),
+            pending: Vec::new(),
+            registry: self,
+        }
+    }
+
+    /// Read access to the current state.
+    pub fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        f(&self.state.lock().expect("registry lock"))
+    }
+
+    pub fn certificate(&self, id: &str) -> Option<Certificate> {
+        self.read(|s| s.certificates.get(id).cloned())
+    }
+
+    pub fn thing(&self, name: &str) -> Option<Thing> {
+        self.read(|s| s.things.get(name).cloned())
+    }
+
+    pub fn policy(&self, name: &str) -> Option<Policy> {
+        self.read(|s| s.policies.get(name).cloned())
+    }
+
+    /// The policy documents attached to a certificate.
+    pub fn policies_of(&self, certificate_id: &str) -> Vec<serde_json::Value> {
+        self.read(|s| {
+            s.certificates
+                .get(certificate_id)
+                .map(|c| {
+                    c.policies
+                        .iter()
+                        .filter_map(|p| s.policies.get(p).map(|p| p.document.clone()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+    }
+
+    /// Deletes certificates whose ownership token expired while they were still pending and
+    /// unattached, as AWS does one hour after `Create*` (reference §2). Returns their ids.
+    pub fn expire_tokens(&self, now: u64) -> Vec<String> {
+        let mut txn = self.txn();
+        let expired: Vec<(String, String)> = txn
+            .state
+            .tokens
+            .iter()
+            .filter(|(_, r)| !r.used && r.expires_ms <= now)
+            .map(|(k, r)| (k.clone(), r.certificate_id.clone()))
+            .collect();
+        let mut deleted = Vec::new();
+        for (key, cert_id) in expired {
+            txn.delete_token_by_key(&key);
+            let orphan = txn.state.certificates.get(&cert_id).is_some_and(|c| {
+                c.status == CertStatus::PendingActivation
+                    && c.policies.is_empty()
+                    && c.things.is_empty()
+            });
+            if orphan {
+                txn.delete_certificate(&cert_id);
+                deleted.push(cert_id);
+            }
+        }
+        deleted
+    }
+
+    /// Waits until everything changed so far is on disk.
+    pub fn flush(&self) {
+        let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
+        let sent = self
+            .writes
+            .lock()
+            .expect("registry writer lock")
+            .as_ref()
+            .is_some_and(|tx| tx.send(Write::Flush(ack_tx)).is_ok());
+        if sent {
+            let _ = ack_rx.recv();
+        }
+    }
+
+    /// Flushes and stops the writer thread. Later changes stay in memory only.
+    pub fn close(&self) {
+        self.writes.lock().expect("registry writer lock").take();
+        if let Some(h) = self.writer.lock().expect("registry writer lock").take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn load_table<T: DeserializeOwned>(
+    conn: &Connection,
+    path: &str,
+    table: &'static str,
+    into: &mut HashMap<String, T>,
+) -> Result<(), RegistryError> {
+    let sql = |source| RegistryError::Sqlite {
+        path: path.to_string(),
+        source,
+    };
+    let mut stmt = conn
+        .prepare(&format!("SELECT key, json FROM {table}"))
+        .map_err(sql)?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .map_err(sql)?;
+    for row in rows {
+        let (key, json) = row.map_err(sql)?;
+        let value = serde_json::from_str(&json).map_err(|e| RegistryError::Corrupt {
+            path: path.to_string(),
+            table,
+            key: key.clone(),
+            reason: e.to_string(),
+        })?;
+        into.insert(key, value);
+    }
+    Ok(())
+}
+
+fn writer_loop(mut conn: Connection, rx: Receiver<Write>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < 4096 {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        let mut acks = Vec::new();
+        let result = (|| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            for w in batch {
+                match w {
+                    Write::Upsert { table, key, json } => {
+                        debug_assert!(TABLES.contains(&table));
+                        tx.prepare_cached(&format!(
+                            "INSERT INTO {table} (key, json) VALUES (?1, ?2)
+                             ON CONFLICT(key) DO UPDATE SET json = excluded.json"
+                        ))?
+                        .execute(params![key, json])?;
+                    }
+                    Write::Delete { table, key } => {
+                        tx.prepare_cached(&format!("DELETE FROM {table} WHERE key = ?1"))?
+                            .execute(params![key])?;
+                    }
+                    Write::Flush(ack) => acks.push(ack),
+                }
+            }
+            tx.commit()
+        })();
+        if let Err(e) = result {
+            tracing::error!(error = %e, "emulator registry: cannot persist a batch of changes");
+        }
+        for ack in acks {
+            let _ = ack.send(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(id: &str, status: CertStatus) -> Certificate {
+        Certificate {
+            id: id.into(),
+            pem: "PEM".into(),
+            status,
+            created_ms: 1,
+            policies: BTreeSet::new(),
+            things: BTreeSet::new(),
+            claim: false,
+            subject: SubjectFields::default(),
+        }
+    }
+
+    #[test]
+    fn persists_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.db");
+        {
+            let reg = Registry::open(&path).unwrap();
+            let mut t = reg.txn();
+            t.put_certificate(cert("c1", CertStatus::Active));
+            t.put_thing(Thing {
+                name: "thing-1".into(),
+                ..Thing::default()
+            });
+            t.put_token(
+                "secret-token",
+                TokenRecord {
+                    certificate_id: "c1".into(),
+                    expires_ms: u64::MAX,
+                    used: false,
+                },
+            );
+            drop(t);
+            reg.close();
+        }
+        let reg = Registry::open(&path).unwrap();
+        assert_eq!(reg.certificate("c1").unwrap().status, CertStatus::Active);
+        assert!(reg.thing("thing-1").is_some());
+        assert_eq!(
+            reg.txn()
+                .check_token("secret-token", 0)
+                .unwrap()
+                .certificate_id,
+            "c1"
+        );
+        // The token itself is not stored anywhere in the database file.
+        reg.close();
+        let raw = std::fs::read(&path).unwrap();
+        assert!(!raw.windows(12).any(|w| w == b"secret-token"));
+    }
+
+    #[test]
+    fn tokens_are_single_use_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::open(&dir.path().join("r.db")).unwrap();
+        let mut t = reg.txn();
+        t.put_certificate(cert("c1", CertStatus::PendingActivation));
+        t.put_token(
+            "tok",
+            TokenRecord {
+                certificate_id: "c1".into(),
+                expires_ms: 1000,
+                used: false,
+            },
+        );
+        assert_eq!(t.check_token("nope", 0), Err(TokenProblem::Unknown));
+        assert_eq!(t.check_token("tok", 1000), Err(TokenProblem::Expired));
+        assert!(t.check_token("tok", 999).is_ok());
+        t.consume_token("tok");
+        assert_eq!(t.check_token("tok", 0), Err(TokenProblem::AlreadyUsed));
+    }
+
+    #[test]
+    fn expiry_deletes_only_unregistered_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::open(&dir.path().join("r.db")).unwrap();
+        {
+            let mut t = reg.txn();
+            t.put_certificate(cert("pending", CertStatus::PendingActivation));
+            let mut attached = cert("attached", CertStatus::PendingActivation);
+            attached.things.insert("t".into());
+            t.put_certificate(attached);
+            for (tok, id) in [("a", "pending"), ("b", "attached")] {
+                t.put_token(
+                    tok,
+                    TokenRecord {
+                        certificate_id: id.into(),
+                        expires_ms: 10,
+                        used: false,
+                    },
+                );
+            }
+        }
+        assert_eq!(reg.expire_tokens(5), Vec::<String>::new());
+        assert_eq!(reg.expire_tokens(10), vec!["pending".to_string()]);
+        assert!(reg.certificate("pending").is_none());
+        assert!(reg.certificate("attached").is_some());
+    }
+}
