@@ -1,1 +1,697 @@
-//! (being written)
+//! The `station.toml` schema and its validation.
+//!
+//! Every error names the key and the fix: a TOML or type error points at the offending text
+//! (with the file shown by miette), and semantic checks (`sessions = 0`, a placeholder nobody
+//! fills, ...) name the key path, e.g. `provision.sessions`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use miette::{NamedSource, SourceSpan};
+use serde::Deserialize;
+
+use crate::emulator::EmulatorConfig;
+use crate::fleet::{Format, validate_template_name};
+
+/// Placeholders a parameter value may use, filled per board.
+pub const PLACEHOLDERS: &[&str] = &["serial", "mac", "hw_rev", "station_id", "jig"];
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub station: StationSection,
+    #[serde(default)]
+    pub endpoint: EndpointSection,
+    #[serde(default)]
+    pub provision: ProvisionSection,
+    /// Template parameters: name → literal or placeholder text such as `"{serial}"`.
+    #[serde(default)]
+    pub parameters: BTreeMap<String, String>,
+    #[serde(default)]
+    pub keys: KeysSection,
+    #[serde(default)]
+    pub jigs: JigsSection,
+    #[serde(default)]
+    pub emulator: EmulatorConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StationSection {
+    /// Identifies this station in client ids (`<id>-<n>`), the ledger and reports.
+    #[serde(default = "default_station_id")]
+    pub id: String,
+    /// SQLite journal of every device.
+    #[serde(default = "default_ledger")]
+    pub ledger: PathBuf,
+    /// Parent directory of run reports (`<report_dir>/<timestamp>/summary.json`).
+    #[serde(default = "default_report_dir")]
+    pub report_dir: PathBuf,
+}
+
+fn default_station_id() -> String {
+    "station-1".into()
+}
+fn default_ledger() -> PathBuf {
+    PathBuf::from("state/ledger.db")
+}
+fn default_report_dir() -> PathBuf {
+    PathBuf::from("reports")
+}
+
+impl Default for StationSection {
+    fn default() -> Self {
+        StationSection {
+            id: default_station_id(),
+            ledger: default_ledger(),
+            report_dir: default_report_dir(),
+        }
+    }
+}
+
+/// Where to provision: the embedded emulator or a real AWS IoT endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSection {
+    /// `"embedded"` starts the emulator in-process and uses its CA and claim identity;
+    /// anything else is the host name of an AWS IoT data endpoint
+    /// (`xxxx-ats.iot.REGION.amazonaws.com`).
+    #[serde(default = "default_endpoint")]
+    pub endpoint: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Claim certificate (PEM). Required for a real endpoint.
+    #[serde(default)]
+    pub claim_cert: Option<PathBuf>,
+    /// Claim private key (PEM). Required for a real endpoint.
+    #[serde(default)]
+    pub claim_key: Option<PathBuf>,
+    /// CA that signs the endpoint's server certificate (Amazon Root CA 1 for AWS).
+    #[serde(default)]
+    pub root_ca: Option<PathBuf>,
+}
+
+fn default_endpoint() -> String {
+    "embedded".into()
+}
+fn default_port() -> u16 {
+    8883
+}
+
+impl Default for EndpointSection {
+    fn default() -> Self {
+        EndpointSection {
+            endpoint: default_endpoint(),
+            port: default_port(),
+            claim_cert: None,
+            claim_key: None,
+            root_ca: None,
+        }
+    }
+}
+
+impl EndpointSection {
+    pub fn is_embedded(&self) -> bool {
+        self.endpoint == "embedded"
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionSection {
+    /// Provisioning template name.
+    #[serde(default = "default_template")]
+    pub template_name: String,
+    /// Number of MQTT sessions provisioning in parallel.
+    #[serde(default = "default_sessions")]
+    pub sessions: usize,
+    /// Seconds to wait for an accepted/rejected reply.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_s: u64,
+    /// Attempts per API call before the device fails (throttles and timeouts are retried).
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// Payload format: `json` or `cbor`.
+    #[serde(default = "default_format")]
+    pub format: String,
+}
+
+fn default_template() -> String {
+    "FleetTemplate".into()
+}
+fn default_sessions() -> usize {
+    16
+}
+fn default_request_timeout() -> u64 {
+    30
+}
+fn default_attempts() -> u32 {
+    5
+}
+fn default_format() -> String {
+    "json".into()
+}
+
+impl Default for ProvisionSection {
+    fn default() -> Self {
+        ProvisionSection {
+            template_name: default_template(),
+            sessions: default_sessions(),
+            request_timeout_s: default_request_timeout(),
+            max_attempts: default_attempts(),
+            format: default_format(),
+        }
+    }
+}
+
+impl ProvisionSection {
+    pub fn format(&self) -> Format {
+        if self.format == "cbor" {
+            Format::Cbor
+        } else {
+            Format::Json
+        }
+    }
+}
+
+/// Key algorithm of station-made keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyAlgorithm {
+    P256,
+    P384,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysSection {
+    #[serde(default = "default_algorithm")]
+    pub algorithm: KeyAlgorithm,
+    /// Worker threads generating keys and CSRs.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// Ready key pairs kept in stock.
+    #[serde(default = "default_stock")]
+    pub stock: usize,
+}
+
+fn default_algorithm() -> KeyAlgorithm {
+    KeyAlgorithm::P256
+}
+fn default_workers() -> usize {
+    2
+}
+fn default_stock() -> usize {
+    64
+}
+
+impl Default for KeysSection {
+    fn default() -> Self {
+        KeysSection {
+            algorithm: default_algorithm(),
+            workers: default_workers(),
+            stock: default_stock(),
+        }
+    }
+}
+
+/// The serial jigs: virtual boards on pseudo-terminals, or real ports.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JigsSection {
+    /// `"virtual"` (boards on ptys, the demo) or `"serial"` (the `ports` list).
+    #[serde(default = "default_jig_mode")]
+    pub mode: String,
+    /// Number of virtual jigs.
+    #[serde(default = "default_jig_count")]
+    pub count: usize,
+    /// Boards fed to the virtual line (`--boards` overrides).
+    #[serde(default = "default_boards")]
+    pub boards: usize,
+    /// Line rate in baud (virtual boards emulate it; 0 = memory speed).
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+    /// Milliseconds to wait for a board's answer before retrying a frame.
+    #[serde(default = "default_jig_timeout")]
+    pub timeout_ms: u64,
+    /// Serial-number prefix of virtual boards.
+    #[serde(default = "default_serial_prefix")]
+    pub serial_prefix: String,
+    /// Where virtual boards keep their flash files.
+    #[serde(default = "default_flash_dir")]
+    pub flash_dir: PathBuf,
+    /// Real serial ports (`mode = "serial"`).
+    #[serde(default)]
+    pub ports: Vec<PortEntry>,
+    /// Root CA written into each board's root-CA slot (PEM). Default: the endpoint's root CA.
+    #[serde(default)]
+    pub board_root_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortEntry {
+    pub name: String,
+    pub path: String,
+    #[serde(default)]
+    pub baud: Option<u32>,
+}
+
+fn default_jig_mode() -> String {
+    "virtual".into()
+}
+fn default_jig_count() -> usize {
+    8
+}
+fn default_boards() -> usize {
+    200
+}
+fn default_baud() -> u32 {
+    921_600
+}
+fn default_jig_timeout() -> u64 {
+    500
+}
+fn default_serial_prefix() -> String {
+    "SN".into()
+}
+fn default_flash_dir() -> PathBuf {
+    PathBuf::from("state/boards")
+}
+
+impl Default for JigsSection {
+    fn default() -> Self {
+        JigsSection {
+            mode: default_jig_mode(),
+            count: default_jig_count(),
+            boards: default_boards(),
+            baud: default_baud(),
+            timeout_ms: default_jig_timeout(),
+            serial_prefix: default_serial_prefix(),
+            flash_dir: default_flash_dir(),
+            ports: Vec::new(),
+            board_root_ca: None,
+        }
+    }
+}
+
+impl JigsSection {
+    pub fn is_virtual(&self) -> bool {
+        self.mode == "virtual"
+    }
+}
+
+/// A configuration problem, with the key and the fix.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum ConfigError {
+    #[error("cannot read the configuration file {path}: {source}")]
+    #[diagnostic(
+        code(station::config::read),
+        help(
+            "pass an existing file with --config, or run from the directory holding station.toml"
+        )
+    )]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Syntax(Box<SyntaxError>),
+    #[error("{path}: `{key}` {problem}")]
+    #[diagnostic(code(station::config::invalid))]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        problem: String,
+        #[help]
+        help: String,
+    },
+}
+
+/// A TOML or type error, pointing at the offending text.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[error("{path} is not a valid station configuration: {message}")]
+#[diagnostic(code(station::config::syntax))]
+pub struct SyntaxError {
+    pub path: PathBuf,
+    pub message: String,
+    #[source_code]
+    pub src: NamedSource<String>,
+    #[label("here")]
+    pub span: Option<SourceSpan>,
+    #[help]
+    pub help: String,
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates configuration text; `path` is used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let mut message = e.message().trim().to_string();
+            if let Some(key) = e.span().and_then(|r| key_at(text, r.start)) {
+                message = format!("`{key}`: {message}");
+            }
+            let help = if message.contains("unknown field") {
+                "remove or rename the key; the accepted keys are listed in the message and in README.md".to_string()
+            } else if message.contains("unknown variant") {
+                "use one of the values listed in the message".to_string()
+            } else {
+                "fix the value at the marked place; README.md lists every key with its type".to_string()
+            };
+            ConfigError::Syntax(Box::new(SyntaxError {
+                path: path.to_path_buf(),
+                message,
+                src: NamedSource::new(path.display().to_string(), text.to_string()),
+                span: e.span().map(|r| SourceSpan::from(r.start..r.end)),
+                help,
+            }))
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &str, problem: String, help: &str| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            problem,
+            help: help.to_string(),
+        };
+        let s = &self.station;
+        if s.id.is_empty() || s.id.len() > 100 || s.id.contains(['#', '+', '/', '$']) {
+            return Err(invalid(
+                "station.id",
+                format!("is {:?}, which cannot start an MQTT client id", s.id),
+                "use 1–100 characters without '#', '+', '/' or '$', e.g. \"line3-station1\"",
+            ));
+        }
+        if let Err(e) = validate_template_name(&self.provision.template_name) {
+            return Err(invalid(
+                "provision.template_name",
+                e.to_string(),
+                "use the name of the provisioning template as AWS shows it (1–36 of A-Z a-z 0-9 _ -)",
+            ));
+        }
+        let p = &self.provision;
+        if p.sessions == 0 || p.sessions > 4096 {
+            return Err(invalid(
+                "provision.sessions",
+                format!("is {}; it must be between 1 and 4096", p.sessions),
+                "set it to the number of devices to provision in parallel, e.g. 16",
+            ));
+        }
+        if p.request_timeout_s == 0 {
+            return Err(invalid(
+                "provision.request_timeout_s",
+                "is 0".into(),
+                "give AWS time to answer: 10–30 seconds is typical",
+            ));
+        }
+        if p.max_attempts == 0 {
+            return Err(invalid(
+                "provision.max_attempts",
+                "is 0".into(),
+                "set at least 1 (5 rides out short throttling)",
+            ));
+        }
+        if p.format != "json" && p.format != "cbor" {
+            return Err(invalid(
+                "provision.format",
+                format!("is {:?}", p.format),
+                "use \"json\" or \"cbor\"",
+            ));
+        }
+        for (name, value) in &self.parameters {
+            for ph in placeholders(value) {
+                if !PLACEHOLDERS.contains(&ph) {
+                    return Err(invalid(
+                        &format!("parameters.{name}"),
+                        format!("uses the placeholder {{{ph}}}, which nothing fills"),
+                        "use one of {serial}, {mac}, {hw_rev}, {station_id}, {jig}, or write a literal value",
+                    ));
+                }
+            }
+        }
+        let k = &self.keys;
+        if k.workers == 0 || k.workers > 64 {
+            return Err(invalid(
+                "keys.workers",
+                format!("is {}; it must be between 1 and 64", k.workers),
+                "one worker per spare core is plenty: a P-256 key and CSR take ~40 µs",
+            ));
+        }
+        if k.stock == 0 {
+            return Err(invalid(
+                "keys.stock",
+                "is 0".into(),
+                "keep at least a few keys ready, e.g. 64",
+            ));
+        }
+        let e = &self.endpoint;
+        if !e.is_embedded() {
+            for (key, v) in [
+                ("endpoint.claim_cert", &e.claim_cert),
+                ("endpoint.claim_key", &e.claim_key),
+                ("endpoint.root_ca", &e.root_ca),
+            ] {
+                if v.is_none() {
+                    return Err(invalid(
+                        key,
+                        format!("is missing but endpoint.endpoint is {:?}", e.endpoint),
+                        "a real endpoint needs the claim certificate, its key and Amazon Root CA 1 (PEM paths); or set endpoint = \"embedded\"",
+                    ));
+                }
+            }
+        }
+        let j = &self.jigs;
+        match j.mode.as_str() {
+            "virtual" => {
+                if j.count == 0 || j.count > 512 {
+                    return Err(invalid(
+                        "jigs.count",
+                        format!("is {}; it must be between 1 and 512", j.count),
+                        "set the number of virtual jigs, e.g. 8",
+                    ));
+                }
+                if j.serial_prefix.is_empty()
+                    || !j
+                        .serial_prefix
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                {
+                    return Err(invalid(
+                        "jigs.serial_prefix",
+                        format!("is {:?}", j.serial_prefix),
+                        "use letters, digits, '-' or '_' (serials become thing names)",
+                    ));
+                }
+            }
+            "serial" => {
+                if j.ports.is_empty() {
+                    return Err(invalid(
+                        "jigs.ports",
+                        "is empty but jigs.mode is \"serial\"".into(),
+                        "add [[jigs.ports]] entries with name and path (see `station ports`)",
+                    ));
+                }
+            }
+            other => {
+                return Err(invalid(
+                    "jigs.mode",
+                    format!("is {other:?}"),
+                    "use \"virtual\" (boards on pseudo-terminals) or \"serial\" (the ports list)",
+                ));
+            }
+        }
+        if j.timeout_ms < 10 {
+            return Err(invalid(
+                "jigs.timeout_ms",
+                format!("is {} ms", j.timeout_ms),
+                "allow the board at least 10 ms to answer a frame; 500 ms is a safe default",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The dotted key path (`section.key`) of the line holding `offset`, if that line is a
+/// `key = value` line.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let before = text.get(..offset)?;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[line_start..]
+        .find('\n')
+        .map_or(text.len(), |i| line_start + i);
+    let line = &text[line_start..line_end];
+    let key = line.split_once('=')?.0.trim().trim_matches('"');
+    if key.is_empty() || key.starts_with('[') {
+        return None;
+    }
+    let section = before[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    Some(match section {
+        Some(s) => format!("{s}.{key}"),
+        None => key.to_string(),
+    })
+}
+
+/// The `{name}` placeholders used in a parameter value.
+pub fn placeholders(value: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = value;
+    while let Some(start) = rest.find('{') {
+        let after = &rest[start + 1..];
+        match after.find('}') {
+            Some(end) => {
+                out.push(&after[..end]);
+                rest = &after[end + 1..];
+            }
+            None => break,
+        }
+    }
+    out
+}
+
+/// Fills `{name}` placeholders from `values`; returns the first placeholder with no value.
+pub fn fill_placeholders<'a>(
+    value: &'a str,
+    values: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, &'a str> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find('{') {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 1..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[start..]);
+            return Ok(out);
+        };
+        let name = &after[..end];
+        out.push_str(&values(name).ok_or(name)?);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("station.toml"))
+    }
+
+    #[test]
+    fn the_checked_in_station_toml_is_valid() {
+        let c = Config::load(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("station.toml")
+                .as_path(),
+        )
+        .unwrap();
+        assert!(c.endpoint.is_embedded());
+        assert_eq!(c.provision.template_name, "FleetTemplate");
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.provision.sessions, 16);
+        assert!(c.jigs.is_virtual());
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_place() {
+        let err = parse("[provision]\nsesions = 4\n").unwrap_err();
+        let ConfigError::Syntax(e) = &err else {
+            panic!("{err:?}")
+        };
+        let SyntaxError {
+            message,
+            span,
+            help,
+            ..
+        } = e.as_ref();
+        assert!(message.contains("sesions"), "{message}");
+        assert!(
+            message.contains("sessions"),
+            "lists the accepted keys: {message}"
+        );
+        assert!(span.is_some());
+        assert!(help.contains("rename"));
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let err = parse("[provision]\nsessions = \"many\"\n").unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Syntax(e)
+                if e.message.contains("`provision.sessions`") && e.message.contains("expected usize")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn semantic_errors_name_the_key_and_the_fix() {
+        let cases = [
+            ("[provision]\nsessions = 0\n", "provision.sessions"),
+            (
+                "[provision]\ntemplate_name = \"bad name\"\n",
+                "provision.template_name",
+            ),
+            (
+                "[parameters]\nThingName = \"{serail}\"\n",
+                "parameters.ThingName",
+            ),
+            (
+                "[endpoint]\nendpoint = \"abc-ats.iot.eu-west-1.amazonaws.com\"\n",
+                "endpoint.claim_cert",
+            ),
+            ("[jigs]\nmode = \"usb\"\n", "jigs.mode"),
+            ("[jigs]\nmode = \"serial\"\n", "jigs.ports"),
+            ("[keys]\nworkers = 0\n", "keys.workers"),
+            ("[provision]\nformat = \"xml\"\n", "provision.format"),
+        ];
+        for (text, key) in cases {
+            match parse(text) {
+                Err(ConfigError::Invalid { key: k, help, .. }) => {
+                    assert_eq!(k, key, "{text}");
+                    assert!(!help.is_empty());
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn placeholders_fill_or_name_the_missing_one() {
+        let values = |n: &str| match n {
+            "serial" => Some("SN-1".to_string()),
+            _ => None,
+        };
+        assert_eq!(
+            fill_placeholders("thing-{serial}", &values),
+            Ok("thing-SN-1".into())
+        );
+        assert_eq!(fill_placeholders("literal", &values), Ok("literal".into()));
+        assert_eq!(fill_placeholders("{mac}", &values), Err("mac"));
+        assert_eq!(placeholders("{a}-{b}"), vec!["a", "b"]);
+    }
+}

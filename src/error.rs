@@ -1,4 +1,58 @@
-//! (being written)
-#[derive(Debug, thiserror::Error, miette::Diagnostic)]
-pub enum Error {}
+//! The operator-facing error type. Every variant says what happened; every diagnostic has a
+//! code and a help line that says what to do (the espflash style). Errors of the stages are
+//! wrapped transparently so their own code and help reach the operator unchanged.
+
+use std::path::PathBuf;
+
+use miette::Diagnostic;
+
+#[derive(Debug, thiserror::Error, Diagnostic)]
+pub enum Error {
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Config(#[from] crate::config::ConfigError),
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Emulator(#[from] crate::emulator::EmulatorError),
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Tls(#[from] crate::provision::tls::TlsSetupError),
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Ledger(#[from] crate::ledger::LedgerError),
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Jig(#[from] crate::jig::JigError),
+
+    #[error("cannot write the report to {path}: {source}")]
+    #[diagnostic(
+        code(station::report),
+        help("pass a writable directory with --report-dir, or fix station.report_dir")
+    )]
+    Report {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("the line has no jig to work with")]
+    #[diagnostic(
+        code(station::no_jigs),
+        help("set [jigs] count ≥ 1 (virtual) or list [[jigs.ports]] (serial)")
+    )]
+    NoJigs,
+
+    #[error("cannot start a virtual jig: {0}")]
+    #[diagnostic(
+        code(station::virtual_jig),
+        help(
+            "virtual jigs need pseudo-terminals (/dev/ptmx); on Linux check that devpts is mounted"
+        )
+    )]
+    VirtualJig(String),
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,1 +1,133 @@
-//! (being written)
+//! Station-made key pairs and CSRs.
+//!
+//! - [`KeyMaterial`]: one private key (PEM, zeroized on drop, redacted in `Debug`) with its
+//!   CSR and public key.
+//! - [`pool`]: crossbeam worker threads keeping a bounded stock of ready key material, so
+//!   provisioning never waits on key generation.
+
+pub mod pool;
+
+use std::fmt;
+
+use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PublicKeyData};
+use zeroize::Zeroizing;
+
+use crate::config::KeyAlgorithm;
+
+pub use pool::KeyPool;
+
+/// Why key material could not be made.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("key generation failed: {0}")]
+pub struct KeyError(String);
+
+/// A private key with its CSR, ready for `CreateCertificateFromCsr`.
+pub struct KeyMaterial {
+    algorithm: KeyAlgorithm,
+    private_key_pem: Zeroizing<String>,
+    csr_pem: String,
+    spki_der: Vec<u8>,
+}
+
+impl KeyMaterial {
+    /// Generates a key pair and a CSR whose subject is `common_name`.
+    pub fn generate(algorithm: KeyAlgorithm, common_name: &str) -> Result<KeyMaterial, KeyError> {
+        let alg = match algorithm {
+            KeyAlgorithm::P256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            KeyAlgorithm::P384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+        };
+        let key = KeyPair::generate_for(alg).map_err(|e| KeyError(e.to_string()))?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        let csr = params
+            .serialize_request(&key)
+            .map_err(|e| KeyError(e.to_string()))?;
+        Ok(KeyMaterial {
+            algorithm,
+            private_key_pem: Zeroizing::new(key.serialize_pem()),
+            csr_pem: csr.pem().map_err(|e| KeyError(e.to_string()))?,
+            spki_der: key.subject_public_key_info(),
+        })
+    }
+
+    pub fn algorithm(&self) -> KeyAlgorithm {
+        self.algorithm
+    }
+
+    /// The CSR (PEM) to send to AWS.
+    pub fn csr_pem(&self) -> &str {
+        &self.csr_pem
+    }
+
+    /// DER SubjectPublicKeyInfo of the key: the certificate AWS returns must carry it.
+    pub fn spki_der(&self) -> &[u8] {
+        &self.spki_der
+    }
+
+    /// The private key (PKCS#8 PEM). Only the jig writer calls this, to write it to the board.
+    pub fn private_key_pem(&self) -> &str {
+        &self.private_key_pem
+    }
+}
+
+impl fmt::Debug for KeyMaterial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyMaterial")
+            .field("algorithm", &self.algorithm)
+            .field("private_key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Does this certificate (PEM) carry exactly this public key? Used to refuse stale or
+/// foreign `CreateCertificateFromCsr` responses.
+pub fn certificate_matches_key(certificate_pem: &str, spki_der: &[u8]) -> bool {
+    use rustls_pki_types::{CertificateDer, pem::PemObject};
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let Ok(der) = CertificateDer::from_pem_slice(certificate_pem.as_bytes()) else {
+        return false;
+    };
+    X509Certificate::from_der(&der).is_ok_and(|(_, cert)| cert.public_key().raw == spki_der)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn makes_a_csr_for_the_key_and_redacts_it() {
+        for alg in [KeyAlgorithm::P256, KeyAlgorithm::P384] {
+            let k = KeyMaterial::generate(alg, "dev").unwrap();
+            assert!(
+                k.csr_pem()
+                    .starts_with("-----BEGIN CERTIFICATE REQUEST-----")
+            );
+            assert!(
+                k.private_key_pem()
+                    .starts_with("-----BEGIN PRIVATE KEY-----")
+            );
+            let dbg = format!("{k:?}");
+            assert!(!dbg.contains("BEGIN"), "{dbg}");
+            let csr = rcgen::CertificateSigningRequestParams::from_pem(k.csr_pem()).unwrap();
+            assert_eq!(
+                csr.public_key.der_bytes(),
+                KeyPair::from_pem(k.private_key_pem()).unwrap().der_bytes()
+            );
+        }
+    }
+
+    #[test]
+    fn certificate_key_match_detects_a_foreign_certificate() {
+        let k = KeyMaterial::generate(KeyAlgorithm::P256, "dev").unwrap();
+        let own = KeyPair::from_pem(k.private_key_pem()).unwrap();
+        let own_cert = CertificateParams::default().self_signed(&own).unwrap();
+        assert!(certificate_matches_key(&own_cert.pem(), k.spki_der()));
+        let other = KeyPair::generate().unwrap();
+        let other_cert = CertificateParams::default().self_signed(&other).unwrap();
+        assert!(!certificate_matches_key(&other_cert.pem(), k.spki_der()));
+        assert!(!certificate_matches_key("garbage", k.spki_der()));
+    }
+}

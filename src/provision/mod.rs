@@ -1,1 +1,224 @@
-//! (being written)
+//! The provisioning engine: a pool of MQTT sessions that turn a board's identity request into
+//! a certificate and a registered thing.
+//!
+//! - [`tls`]: the claim identity as a rustls client config.
+//! - [`session`]: one MQTT connection, subscribed, with at most one outstanding request.
+//! - [`flow`]: the per-device `CreateCertificateFromCsr` → `RegisterThing` flow with retries.
+//!
+//! [`Provisioner::start`] runs one task per session; each takes the next [`DeviceJob`] from a
+//! shared bounded queue, runs the flow on its session and answers the job's reply channel.
+//! Sessions are reused from device to device and rebuilt (paced to one CONNECT per second per
+//! client id) when they fail.
+
+pub mod flow;
+pub mod session;
+pub mod tls;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::fleet::{Api, Format};
+use crate::keys::{KeyMaterial, KeyPool};
+use crate::ledger::Ledger;
+use crate::shutdown::Shutdown;
+use crate::telemetry::Telemetry;
+
+use self::session::{Session, SessionConfig, SessionError};
+
+/// What the board (or a synthetic device) tells the station about itself.
+#[derive(Debug, Clone, Default)]
+pub struct BoardIdentity {
+    pub serial: String,
+    pub mac: Option<String>,
+    pub hw_rev: Option<String>,
+    /// Name of the jig the board sits on.
+    pub jig: String,
+}
+
+/// The credentials a provisioned board receives.
+pub struct Credentials {
+    pub certificate_id: String,
+    pub certificate_pem: String,
+    pub key: KeyMaterial,
+    pub thing_name: String,
+    pub device_configuration: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("certificate_id", &self.certificate_id)
+            .field("thing_name", &self.thing_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a device could not be provisioned: a short stable `code` (counted in reports) and a
+/// message that says which exchange failed and how.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct DeviceFailure {
+    pub code: String,
+    pub message: String,
+}
+
+/// One device to provision.
+pub struct DeviceJob {
+    /// Ledger id of the device (from `Ledger::begin`).
+    pub device_id: i64,
+    pub board: BoardIdentity,
+    pub reply: oneshot::Sender<Result<Credentials, DeviceFailure>>,
+}
+
+/// Engine settings.
+#[derive(Clone)]
+pub struct EngineConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub station_id: String,
+    pub sessions: usize,
+    pub template: String,
+    pub format: Format,
+    pub request_timeout: Duration,
+    pub max_attempts: u32,
+    /// Template parameters (literals and `{placeholders}`).
+    pub parameters: BTreeMap<String, String>,
+}
+
+/// The running engine.
+pub struct Provisioner {
+    jobs: mpsc::Sender<DeviceJob>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Provisioner {
+    /// Starts one task per session. Sessions connect lazily, on their first device.
+    pub fn start(
+        cfg: EngineConfig,
+        keys: Arc<KeyPool>,
+        ledger: Ledger,
+        telemetry: Telemetry,
+        shutdown: Shutdown,
+    ) -> Provisioner {
+        let (jobs, rx) = mpsc::channel::<DeviceJob>(cfg.sessions.max(1) * 2);
+        let rx = Arc::new(Mutex::new(rx));
+        let cfg = Arc::new(cfg);
+        let tasks = (0..cfg.sessions.max(1))
+            .map(|n| {
+                let slot = SessionSlot::new(session_config(&cfg, n));
+                let ctx = flow::FlowContext {
+                    cfg: cfg.clone(),
+                    keys: keys.clone(),
+                    ledger: ledger.clone(),
+                    telemetry: telemetry.clone(),
+                    shutdown: shutdown.clone(),
+                };
+                tokio::spawn(session_task(slot, rx.clone(), ctx))
+            })
+            .collect();
+        Provisioner { jobs, tasks }
+    }
+
+    /// The queue devices are submitted on (bounded: submitters wait when all sessions are busy).
+    pub fn submitter(&self) -> mpsc::Sender<DeviceJob> {
+        self.jobs.clone()
+    }
+
+    /// Stops taking jobs and waits for the sessions to finish their current device.
+    pub async fn shutdown(self) {
+        drop(self.jobs);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+fn session_config(cfg: &EngineConfig, n: usize) -> SessionConfig {
+    SessionConfig {
+        host: cfg.host.clone(),
+        port: cfg.port,
+        client_id: format!("{}-{n}", cfg.station_id),
+        tls: cfg.tls.clone(),
+        format: cfg.format,
+        apis: vec![
+            Api::CreateCertificateFromCsr,
+            Api::RegisterThing {
+                template: cfg.template.clone(),
+            },
+        ],
+        connect_timeout: cfg.request_timeout,
+        keep_alive: Duration::from_secs(60),
+    }
+}
+
+async fn session_task(
+    mut slot: SessionSlot,
+    jobs: Arc<Mutex<mpsc::Receiver<DeviceJob>>>,
+    ctx: flow::FlowContext,
+) {
+    loop {
+        let job = {
+            let mut rx = jobs.lock().await;
+            tokio::select! {
+                j = rx.recv() => j,
+                _ = ctx.shutdown.wait() => None,
+            }
+        };
+        let Some(job) = job else { break };
+        let result = flow::provision(&ctx, &mut slot, job.device_id, &job.board).await;
+        let _ = job.reply.send(result);
+    }
+    slot.close().await;
+}
+
+/// A session that is (re)built on demand, never more than one CONNECT per second.
+pub struct SessionSlot {
+    cfg: SessionConfig,
+    session: Option<Session>,
+    last_connect: Option<Instant>,
+}
+
+impl SessionSlot {
+    pub fn new(cfg: SessionConfig) -> SessionSlot {
+        SessionSlot {
+            cfg,
+            session: None,
+            last_connect: None,
+        }
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.cfg.client_id
+    }
+
+    /// The connected session, connecting first if needed.
+    pub async fn get(&mut self) -> Result<&mut Session, SessionError> {
+        if self.session.is_none() {
+            // AWS allows one CONNECT per second per client id (reference §5.2).
+            if let Some(last) = self.last_connect {
+                let wait = Duration::from_secs(1).saturating_sub(last.elapsed());
+                tokio::time::sleep(wait).await;
+            }
+            self.last_connect = Some(Instant::now());
+            self.session = Some(Session::connect(&self.cfg).await?);
+        }
+        Ok(self.session.as_mut().expect("session was just set"))
+    }
+
+    /// Drops the session; the next [`get`](Self::get) connects anew.
+    pub fn reset(&mut self) {
+        self.session = None;
+    }
+
+    pub async fn close(&mut self) {
+        if let Some(s) = self.session.take() {
+            s.close().await;
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! The run summary written to `<report dir>/summary.json` and printed at the end of a run.
+//!
+//! ```json
+//! {"devices":{"total":N,"provisioned":n,"failed":n},"elapsed_s":f,"throughput_per_s":f,
+//!  "stages":{"keygen":S,"create_certificate":S,"register_thing":S,"jig_write":S,"end_to_end":S},
+//!  "failures":{"<reason>":n},"retries":n,"throttled":n}
+//! ```
+//! with `S = {"count","p50_ms","p90_ms","p99_ms","max_ms"}` from the HDR histograms.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use super::{Aggregate, Stage};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub devices: Devices,
+    pub elapsed_s: f64,
+    pub throughput_per_s: f64,
+    pub stages: BTreeMap<String, StageStats>,
+    pub failures: BTreeMap<String, u64>,
+    pub retries: u64,
+    pub throttled: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Devices {
+    pub total: u64,
+    pub provisioned: u64,
+    pub failed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageStats {
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// Microseconds to milliseconds (three decimals are exact).
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+impl StageStats {
+    pub fn from_histogram(h: &Histogram<u64>) -> StageStats {
+        if h.is_empty() {
+            return StageStats {
+                count: 0,
+                p50_ms: 0.0,
+                p90_ms: 0.0,
+                p99_ms: 0.0,
+                max_ms: 0.0,
+            };
+        }
+        StageStats {
+            count: h.len(),
+            p50_ms: ms(h.value_at_quantile(0.50)),
+            p90_ms: ms(h.value_at_quantile(0.90)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            max_ms: ms(h.max()),
+        }
+    }
+}
+
+impl Summary {
+    /// Builds the summary; `total` is the number of devices the run set out to provision.
+    pub fn from_aggregate(agg: &Aggregate, total: u64) -> Summary {
+        let end = agg.last_done_at.unwrap_or(agg.finished_at);
+        let elapsed = end.duration_since(agg.started_at).as_secs_f64();
+        let stages = Stage::ALL
+            .iter()
+            .map(|s| {
+                (
+                    s.name().to_string(),
+                    StageStats::from_histogram(&agg.histograms[s]),
+                )
+            })
+            .collect();
+        Summary {
+            devices: Devices {
+                total,
+                provisioned: agg.provisioned,
+                failed: agg.failed,
+            },
+            elapsed_s: (elapsed * 1000.0).round() / 1000.0,
+            throughput_per_s: if elapsed > 0.0 {
+                ((agg.provisioned as f64 / elapsed) * 100.0).round() / 100.0
+            } else {
+                0.0
+            },
+            stages,
+            failures: agg.failures.clone(),
+            retries: agg.retries,
+            throttled: agg.throttled,
+        }
+    }
+
+    /// Writes `summary.json` into `dir` (created if needed).
+    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+        let json = serde_json::to_vec_pretty(self).expect("summary serializes");
+        crate::files::write_atomic(&dir.join("summary.json"), &json)
+    }
+
+    /// A short human-readable report for the terminal.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "devices: {} provisioned, {} failed, of {}\nelapsed: {:.2} s, throughput: {:.1} devices/s, retries: {}, throttled: {}\n",
+            self.devices.provisioned,
+            self.devices.failed,
+            self.devices.total,
+            self.elapsed_s,
+            self.throughput_per_s,
+            self.retries,
+            self.throttled
+        );
+        out.push_str("stage                 count     p50 ms     p90 ms     p99 ms     max ms\n");
+        for s in Stage::ALL {
+            let st = &self.stages[s.name()];
+            out.push_str(&format!(
+                "{:<20} {:>6} {:>10.2} {:>10.2} {:>10.2} {:>10.2}\n",
+                s.name(),
+                st.count,
+                st.p50_ms,
+                st.p90_ms,
+                st.p99_ms,
+                st.max_ms
+            ));
+        }
+        for (reason, n) in &self.failures {
+            out.push_str(&format!("failed: {n} × {reason}\n"));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stage_stats_are_in_milliseconds() {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).unwrap();
+        for us in 1..=1000u64 {
+            h.record(us * 1000).unwrap();
+        }
+        let s = StageStats::from_histogram(&h);
+        assert_eq!(s.count, 1000);
+        assert!((499.0..=501.0).contains(&s.p50_ms), "{s:?}");
+        assert!((989.0..=991.0).contains(&s.p99_ms), "{s:?}");
+        assert!((999.0..=1001.0).contains(&s.max_ms), "{s:?}");
+    }
+}
