@@ -21,11 +21,13 @@
 //! **The emulator** ([`emulator`]): AWS IoT Core's fleet-provisioning API on one machine: an
 //! MQTT broker over mutual TLS, a CA, the template engine, the registry.
 //!
-//! Shared plumbing: [`error`] (the operator-facing error type) and [`shutdown`].
+//! Shared plumbing: [`error`] (the operator-facing error type), [`files`] (atomic and private
+//! file writes) and [`shutdown`].
 
 pub mod config;
 pub mod emulator;
 pub mod error;
+pub mod files;
 pub mod fleet;
 pub mod jig;
 pub mod keys;

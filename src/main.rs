@@ -1,1 +1,192 @@
-fn main() {}
+//! The `station` command line: parse, load the configuration, call the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use fleet_station::config::Config;
+use fleet_station::emulator::Emulator;
+use fleet_station::jig::SimBoardOptions;
+use fleet_station::shutdown::{self, Shutdown};
+use fleet_station::station::{self, RunOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "station",
+    version,
+    about = "Provision IoT boards on a factory line with AWS IoT fleet provisioning by claim",
+    long_about = "Provision IoT boards on a factory line with AWS IoT fleet provisioning by claim.\n\n\
+        With the checked-in station.toml, `station run` starts an embedded emulator of AWS IoT \
+        Core's fleet-provisioning API and provisions virtual boards on pseudo-terminals, end to end."
+)]
+struct Cli {
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Provision the boards on the line (the configured jigs) and write a report.
+    ///
+    /// Exits 0 only if every board was provisioned and verified.
+    Run {
+        /// Station configuration file.
+        #[arg(long, default_value = "station.toml", value_name = "FILE")]
+        config: PathBuf,
+        /// Number of boards: how many virtual boards to feed the line (overrides
+        /// jigs.boards), or for real jigs, stop after this many.
+        #[arg(long, value_name = "N")]
+        boards: Option<usize>,
+        /// Where to write summary.json (default: <station.report_dir>/<UTC timestamp>/).
+        #[arg(long, value_name = "DIR")]
+        report_dir: Option<PathBuf>,
+    },
+    /// Run the fleet-provisioning emulator alone (MQTT over mutual TLS) until Ctrl-C.
+    ///
+    /// Prints `listening on HOST:PORT` once it accepts connections, then the paths of
+    /// ca.pem, claim-cert.pem and claim-key.pem in its state directory.
+    Emulate {
+        /// Configuration file with an [emulator] section.
+        #[arg(long, default_value = "station.toml", value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Run one virtual board on a pseudo-terminal, to try the jig protocol by hand.
+    ///
+    /// Prints the pty path; open it like a serial port (e.g. with `station run` and
+    /// jigs.mode = "serial").
+    SimBoard {
+        /// Serial-number prefix; boards are <prefix><n, 6 digits>.
+        #[arg(long, default_value = "SIM-")]
+        serial_prefix: String,
+        /// Boards served one after the other (the next is placed after RESET of a
+        /// provisioned one); 0 = endless.
+        #[arg(long, default_value_t = 1)]
+        boards: u64,
+        /// Emulated line rate (0 = memory speed).
+        #[arg(long, default_value_t = 115_200)]
+        baud: u32,
+        /// Directory for the boards' flash files.
+        #[arg(long, default_value = "state/boards", value_name = "DIR")]
+        flash_dir: PathBuf,
+    },
+    /// List the serial ports of this machine.
+    Ports,
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn,fleet_station=info",
+        1 => "info,fleet_station=debug",
+        _ => "debug,fleet_station=trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn report(err: impl miette::Diagnostic + Send + Sync + 'static) -> ExitCode {
+    eprintln!("{:?}", miette::Report::new(err));
+    ExitCode::from(2)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match cli.command {
+        Command::Run {
+            config,
+            boards,
+            report_dir,
+        } => {
+            let cfg = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => return report(e),
+            };
+            let opts = RunOptions {
+                boards,
+                report_dir,
+                progress: true,
+            };
+            runtime().block_on(async {
+                let stop = Shutdown::new();
+                shutdown::trigger_on_signals(&stop);
+                match station::run(&cfg, &opts, stop).await {
+                    Ok(r) => {
+                        println!("{}", r.summary.render());
+                        println!("report: {}", r.report_dir.join("summary.json").display());
+                        if r.all_provisioned() {
+                            ExitCode::SUCCESS
+                        } else {
+                            ExitCode::FAILURE
+                        }
+                    }
+                    Err(e) => report(e),
+                }
+            })
+        }
+        Command::Emulate { config } => {
+            let cfg = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => return report(e),
+            };
+            runtime().block_on(async {
+                let stop = Shutdown::new();
+                shutdown::trigger_on_signals(&stop);
+                let emu = match Emulator::start(&cfg.emulator, stop.clone()).await {
+                    Ok(e) => e,
+                    Err(e) => return report(e),
+                };
+                let p = emu.paths();
+                println!("listening on {}", emu.local_addr());
+                println!("ca: {}", p.ca_cert.display());
+                println!("claim certificate: {}", p.claim_cert.display());
+                println!("claim key: {}", p.claim_key.display());
+                stop.wait().await;
+                emu.stop();
+                eprintln!("emulator stopped; registry saved");
+                ExitCode::SUCCESS
+            })
+        }
+        Command::SimBoard {
+            serial_prefix,
+            boards,
+            baud,
+            flash_dir,
+        } => match fleet_station::jig::run_sim_board(&SimBoardOptions {
+            flash_dir,
+            serial_prefix,
+            boards,
+            baud,
+            ..SimBoardOptions::default()
+        }) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => report(e),
+        },
+        Command::Ports => match fleet_station::jig::list_ports() {
+            Ok(ports) => {
+                if ports.is_empty() {
+                    println!("no serial ports found");
+                }
+                for p in ports {
+                    println!("{p}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => report(e),
+        },
+    }
+}

@@ -1,0 +1,298 @@
+//! The line cycle of one jig, on its own OS thread: wait for a board → read its identity →
+//! get credentials from the provisioning engine → write, commit, verify → report → release
+//! the board and wait for the next one.
+//!
+//! The ledger sees every step before the next one starts: `begin` when the board is seen,
+//! the engine's steps, then `written` after COMMIT and `verified` after the read-back.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use miette::Diagnostic;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::jig::{JigError, JigLink, PortSettings, Slot, SlotWrite};
+use crate::ledger::{Ledger, LedgerError, Transition};
+use crate::provision::{BoardIdentity, Credentials, DeviceJob};
+use crate::shutdown::Shutdown;
+use crate::telemetry::{Event, Stage, Telemetry};
+
+/// How many times a board's write + verify is tried before the board is failed.
+const WRITE_ATTEMPTS: u32 = 2;
+
+/// Counts finished boards and says when the line has done its job.
+pub struct LineProgress {
+    done: AtomicU64,
+    target: Option<u64>,
+    /// Triggered when `target` boards are finished.
+    pub finished: Shutdown,
+}
+
+impl LineProgress {
+    pub fn new(target: Option<u64>) -> LineProgress {
+        let finished = Shutdown::new();
+        if target == Some(0) {
+            finished.trigger();
+        }
+        LineProgress {
+            done: AtomicU64::new(0),
+            target,
+            finished,
+        }
+    }
+
+    fn board_done(&self) {
+        let n = self.done.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.target.is_some_and(|t| n >= t) {
+            self.finished.trigger();
+        }
+    }
+
+    pub fn done(&self) -> u64 {
+        self.done.load(Ordering::SeqCst)
+    }
+}
+
+/// What every jig thread shares.
+#[derive(Clone)]
+pub struct LineContext {
+    pub ledger: Ledger,
+    pub telemetry: Telemetry,
+    pub jobs: mpsc::Sender<DeviceJob>,
+    pub root_ca_pem: Arc<Vec<u8>>,
+    pub progress: Arc<LineProgress>,
+    /// Operator stop (Ctrl-C): finish nothing new.
+    pub shutdown: Shutdown,
+}
+
+impl LineContext {
+    fn stopping(&self) -> bool {
+        self.shutdown.is_triggered() || self.progress.finished.is_triggered()
+    }
+}
+
+/// A short stable code for a jig error (the last segment of its diagnostic code).
+fn jig_code(e: &JigError) -> String {
+    let code = e.code().map(|c| c.to_string()).unwrap_or_default();
+    format!("jig:{}", code.rsplit("::").next().unwrap_or("error"))
+}
+
+/// Runs the line cycle on one port until the line is done or the station stops.
+pub fn run_jig(name: &str, path: &str, settings: &PortSettings, ctx: &LineContext) {
+    let mut link: Option<JigLink> = None;
+    let mut last_serial: Option<String> = None;
+    let mut reported_disconnect = false;
+    while !ctx.stopping() {
+        let l = match link.as_mut() {
+            Some(l) => l,
+            None => match JigLink::open(path, settings) {
+                Ok(l) => {
+                    if reported_disconnect {
+                        tracing::info!(jig = name, "port is back");
+                        reported_disconnect = false;
+                    }
+                    link.insert(l)
+                }
+                Err(e) => {
+                    if !reported_disconnect {
+                        tracing::warn!(jig = name, error = %e, "jig port unavailable; waiting for it");
+                        reported_disconnect = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                    continue;
+                }
+            },
+        };
+        let info = match l.hello() {
+            Ok(info) => info,
+            Err(JigError::NoBoard { .. }) => continue,
+            Err(e) => {
+                tracing::warn!(jig = name, error = %e, "jig link failed; reopening the port");
+                link = None;
+                continue;
+            }
+        };
+        if last_serial.as_deref() == Some(info.serial.as_str()) {
+            // The board we just finished is still on the jig: wait for the operator.
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        let board = BoardIdentity {
+            serial: info.serial.clone(),
+            mac: Some(info.mac_string()),
+            hw_rev: Some(info.hw_rev.clone()),
+            jig: name.to_string(),
+        };
+        match provision_board(l, &board, ctx) {
+            Ok(()) => {}
+            Err(BoardError::Ledger(e)) => {
+                tracing::error!(jig = name, error = %e, "ledger failure: stopping this jig");
+                return;
+            }
+            Err(BoardError::Skipped) => {}
+        }
+        last_serial = Some(info.serial);
+        // Release the board (it reboots into its new identity; a virtual fixture then places
+        // the next board).
+        if let Err(e) = l.reset() {
+            tracing::debug!(jig = name, error = %e, "RESET not acknowledged");
+        }
+    }
+}
+
+enum BoardError {
+    Ledger(LedgerError),
+    /// Nothing to do for this board (already provisioned).
+    Skipped,
+}
+
+fn provision_board(
+    link: &mut JigLink,
+    board: &BoardIdentity,
+    ctx: &LineContext,
+) -> Result<(), BoardError> {
+    let started = Instant::now();
+    let device_id = match ctx.ledger.begin_blocking(&board.serial, &board.jig) {
+        Ok(id) => id,
+        Err(e @ LedgerError::AlreadyProvisioned { .. }) => {
+            tracing::warn!(jig = %board.jig, serial = %board.serial, "{e}");
+            return Err(BoardError::Skipped);
+        }
+        Err(e) => return Err(BoardError::Ledger(e)),
+    };
+    ctx.telemetry.emit_blocking(Event::DeviceStarted {
+        serial: board.serial.clone(),
+        jig: board.jig.clone(),
+    });
+
+    let (reply, rx) = oneshot::channel();
+    let job = DeviceJob {
+        device_id,
+        board: board.clone(),
+        reply,
+    };
+    let outcome = if ctx.jobs.blocking_send(job).is_err() {
+        Err(crate::provision::DeviceFailure {
+            code: "stopped".into(),
+            message: "the provisioning engine stopped before this board".into(),
+        })
+    } else {
+        rx.blocking_recv().unwrap_or_else(|_| {
+            Err(crate::provision::DeviceFailure {
+                code: "stopped".into(),
+                message: "the provisioning engine stopped during this board".into(),
+            })
+        })
+    };
+    let result = match outcome {
+        Ok(creds) => write_and_verify(link, device_id, &creds, ctx),
+        Err(f) => Err((f.code, f.message)),
+    };
+    match result {
+        Ok(()) => {
+            ctx.telemetry.emit_blocking(Event::StageTime {
+                stage: Stage::EndToEnd,
+                elapsed: started.elapsed(),
+            });
+            ctx.telemetry.emit_blocking(Event::DeviceProvisioned {
+                serial: board.serial.clone(),
+            });
+        }
+        Err((code, message)) => {
+            tracing::warn!(jig = %board.jig, serial = %board.serial, reason = %code, "{message}");
+            ctx.ledger
+                .record_blocking(
+                    device_id,
+                    Transition::Failed {
+                        reason: format!("{code}: {message}"),
+                    },
+                )
+                .map_err(BoardError::Ledger)?;
+            ctx.telemetry.emit_blocking(Event::DeviceFailed {
+                serial: board.serial.clone(),
+                reason: code,
+            });
+        }
+    }
+    ctx.progress.board_done();
+    Ok(())
+}
+
+/// The slot contents for a board.
+fn slot_contents(creds: &Credentials, root_ca: &[u8]) -> Vec<(Slot, Vec<u8>)> {
+    let config: BTreeMap<&str, &str> = creds
+        .device_configuration
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    vec![
+        (Slot::Certificate, creds.certificate_pem.as_bytes().to_vec()),
+        (Slot::RootCa, root_ca.to_vec()),
+        (
+            Slot::DeviceConfig,
+            serde_json::to_vec(&config).expect("a string map serializes"),
+        ),
+        (Slot::ThingName, creds.thing_name.as_bytes().to_vec()),
+    ]
+}
+
+fn write_and_verify(
+    link: &mut JigLink,
+    device_id: i64,
+    creds: &Credentials,
+    ctx: &LineContext,
+) -> Result<(), (String, String)> {
+    let started = Instant::now();
+    let contents = slot_contents(creds, &ctx.root_ca_pem);
+    let mut items: Vec<SlotWrite<'_>> = contents
+        .iter()
+        .map(|(slot, data)| SlotWrite { slot: *slot, data })
+        .collect();
+    // The private key is borrowed straight from the zeroizing key material.
+    items.push(SlotWrite {
+        slot: Slot::PrivateKey,
+        data: creds.key.private_key_pem().as_bytes(),
+    });
+    let ledger_err = |e: LedgerError| ("ledger".to_string(), e.to_string());
+
+    let mut last = None;
+    for attempt in 0..WRITE_ATTEMPTS {
+        if attempt > 0 {
+            ctx.telemetry
+                .emit_blocking(Event::Retry { api: "jig_write" });
+        }
+        let report = match link.write_identity(&items, &mut |_, _| {}) {
+            Ok(r) => r,
+            Err(e) => {
+                last = Some(e);
+                continue;
+            }
+        };
+        ctx.ledger
+            .record_blocking(device_id, Transition::Written)
+            .map_err(ledger_err)?;
+        ctx.telemetry.emit_blocking(Event::JigBytes {
+            bytes: report.bytes as u64,
+        });
+        match link.verify(&items) {
+            Ok(()) => {
+                ctx.ledger
+                    .record_blocking(device_id, Transition::Verified)
+                    .map_err(ledger_err)?;
+                ctx.telemetry.emit_blocking(Event::StageTime {
+                    stage: Stage::JigWrite,
+                    elapsed: started.elapsed(),
+                });
+                return Ok(());
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let e = last.expect("at least one attempt ran");
+    Err((
+        jig_code(&e),
+        format!("writing the identity failed twice: {e}"),
+    ))
+}

@@ -1,0 +1,67 @@
+//! The virtual line: `jigs.count` virtual jigs on pseudo-terminals, fed from one queue of
+//! boards with generated serial numbers, so `station run` can provision a whole line on one
+//! machine. The station opens each jig's pty path exactly as it opens a USB adapter.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::jig::{PortSettings, SerialGenerator, VirtualJig, VirtualJigConfig};
+
+/// Port settings for a jig at `baud` from the `[jigs]` section.
+pub fn port_settings(cfg: &Config, baud: u32) -> PortSettings {
+    PortSettings {
+        baud,
+        timeout: Duration::from_millis(cfg.jigs.timeout_ms),
+        ..PortSettings::default()
+    }
+}
+
+/// The running virtual jigs.
+pub struct VirtualLine {
+    jigs: Vec<(String, Arc<VirtualJig>)>,
+    baud: u32,
+    settings: PortSettings,
+}
+
+impl VirtualLine {
+    /// Starts `jigs.count` jigs sharing a queue of `boards` boards. Serials are
+    /// `<prefix>-<UTC yymmddHHMMSS>-<n>`, so boards of different runs never collide.
+    pub fn start(cfg: &Config, boards: usize) -> crate::Result<VirtualLine> {
+        let (tx, rx) = crossbeam_channel::bounded(boards.max(1));
+        let stamp = super::timestamp();
+        // 20261129T074424Z → 261129074424
+        let short: String = stamp.chars().filter(char::is_ascii_digit).skip(2).collect();
+        let prefix = format!("{}-{short}-", cfg.jigs.serial_prefix);
+        for spec in SerialGenerator::new(&prefix, 6, 1).take(boards) {
+            tx.send(spec).expect("queue sized for every board");
+        }
+        drop(tx);
+        let mut jigs = Vec::with_capacity(cfg.jigs.count);
+        for i in 0..cfg.jigs.count {
+            let mut jc = VirtualJigConfig::new(&cfg.jigs.flash_dir);
+            jc.baud = cfg.jigs.baud;
+            let jig =
+                VirtualJig::spawn(jc, rx.clone()).map_err(|e| Error::VirtualJig(e.to_string()))?;
+            jigs.push((format!("vjig-{}", i + 1), Arc::new(jig)));
+        }
+        Ok(VirtualLine {
+            jigs,
+            baud: cfg.jigs.baud,
+            settings: port_settings(cfg, cfg.jigs.baud),
+        })
+    }
+
+    /// (name, pty path, settings) of every jig.
+    pub fn ports(&self) -> Vec<(String, String, PortSettings)> {
+        self.jigs
+            .iter()
+            .map(|(name, j)| (name.clone(), j.path().to_string(), self.settings.clone()))
+            .collect()
+    }
+
+    pub fn baud(&self) -> u32 {
+        self.baud
+    }
+}

@@ -1,0 +1,124 @@
+//! End to end through the library, as `station run` does it: the embedded emulator over real
+//! TLS sockets, virtual boards on real pseudo-terminals, the ledger on disk. Then every board
+//! is checked from the outside: its flash file, the emulator's registry and the ledger.
+
+use std::path::Path;
+
+use fleet_station::config::Config;
+use fleet_station::emulator::registry::{CertStatus, Registry};
+use fleet_station::jig::Flash;
+use fleet_station::ledger::{DeviceState, Ledger};
+use fleet_station::shutdown::Shutdown;
+use fleet_station::station::{self, RunOptions};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+fn config(dir: &Path, jigs: usize, boards: usize) -> Config {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/templates");
+    let text = format!(
+        r#"
+[station]
+id = "e2e"
+ledger = "{dir}/ledger.db"
+report_dir = "{dir}/reports"
+
+[provision]
+template_name = "FleetTemplate"
+sessions = 8
+
+[parameters]
+ThingName = "{{serial}}"
+SerialNumber = "{{serial}}"
+DeviceLocation = "Seattle"
+
+[jigs]
+mode = "virtual"
+count = {jigs}
+boards = {boards}
+baud = 0
+flash_dir = "{dir}/boards"
+
+[emulator]
+state_dir = "{dir}/emulator"
+templates = "{fixtures}"
+"#,
+        dir = dir.display(),
+        fixtures = fixtures.display(),
+    );
+    Config::parse(&text, Path::new("e2e.toml")).unwrap()
+}
+
+/// Public key (SPKI DER) of a PEM private key.
+fn public_key_of(key_pem: &[u8]) -> Vec<u8> {
+    let key = PrivateKeyDer::from_pem_slice(key_pem).unwrap();
+    let pair = rcgen::KeyPair::try_from(&key).unwrap();
+    rcgen::PublicKeyData::subject_public_key_info(&pair)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provisions_a_line_of_virtual_boards_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 4, 60);
+    let report = station::run(
+        &cfg,
+        &RunOptions {
+            boards: None,
+            report_dir: Some(dir.path().join("report")),
+            progress: false,
+        },
+        Shutdown::new(),
+    )
+    .await
+    .unwrap();
+    assert!(report.all_provisioned(), "{:?}", report.summary);
+    assert_eq!(report.summary.devices.provisioned, 60);
+    assert_eq!(report.summary.stages["end_to_end"].count, 60);
+    let written: fleet_station::telemetry::summary::Summary =
+        serde_json::from_slice(&std::fs::read(dir.path().join("report/summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(written, report.summary);
+
+    let ca_der = CertificateDer::from_pem_file(dir.path().join("emulator/ca.pem")).unwrap();
+    let (_, ca) = X509Certificate::from_der(&ca_der).unwrap();
+    let registry = Registry::open(&dir.path().join("emulator/registry.db")).unwrap();
+    let ledger = Ledger::open(&cfg.station.ledger, "e2e").unwrap();
+    let devices = ledger.devices().unwrap();
+    assert_eq!(devices.len(), 60);
+
+    for d in devices {
+        assert_eq!(d.state, DeviceState::Verified, "{d:?}");
+        let flash = Flash::load(&Flash::path_for(&cfg.jigs.flash_dir, &d.serial)).unwrap();
+
+        // The certificate on the board chains to the emulator's CA ...
+        let cert_der = CertificateDer::from_pem_slice(flash.certificate().unwrap()).unwrap();
+        let (_, cert) = X509Certificate::from_der(&cert_der).unwrap();
+        cert.verify_signature(Some(ca.public_key())).unwrap();
+        // ... and carries the public key of the private key on the board.
+        assert_eq!(
+            cert.public_key().raw,
+            public_key_of(flash.private_key().unwrap()).as_slice()
+        );
+
+        // The thing has the name the template gives (ThingName = the serial) and this
+        // certificate; the ledger agrees.
+        assert_eq!(flash.thing_name(), Some(d.serial.as_str()));
+        let thing = registry.thing(&d.serial).expect("thing in the registry");
+        let cert_id = d.certificate_id.clone().unwrap();
+        assert!(thing.principals.contains(&cert_id));
+        assert_eq!(
+            registry.certificate(&cert_id).unwrap().status,
+            CertStatus::Active
+        );
+        assert_eq!(d.thing_name.as_deref(), Some(d.serial.as_str()));
+
+        // The device configuration of the template reached the board.
+        let config: serde_json::Value =
+            serde_json::from_slice(flash.device_config().unwrap()).unwrap();
+        assert_eq!(config["LocationUrl"], "https://example.aws");
+        assert_eq!(
+            flash.root_ca().unwrap(),
+            std::fs::read(dir.path().join("emulator/ca.pem")).unwrap()
+        );
+    }
+}

@@ -1,0 +1,349 @@
+//! The emulator over real sockets and real TLS, driven by a raw MQTT client as a device
+//! would: the provisioning happy path, rejections, reply isolation, and TLS refusal.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{RawClient, Seen, TestEmulator};
+use fleet_station::emulator::registry::CertStatus;
+use fleet_station::fleet::payloads::{Secret, decode, encode};
+use fleet_station::fleet::{
+    Api, CreateCertificateFromCsrRequest, CreateCertificateFromCsrResponse, ErrorResponse, Format,
+    RegisterThingRequest, RegisterThingResponse, ReplyKind,
+};
+use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
+
+fn template() -> Api {
+    Api::RegisterThing {
+        template: "FleetTemplate".into(),
+    }
+}
+
+fn reply_filters(api: &Api) -> Vec<String> {
+    [ReplyKind::Accepted, ReplyKind::Rejected]
+        .map(|k| api.reply_topic(Format::Json, k))
+        .to_vec()
+}
+
+fn csr(key: &KeyPair) -> String {
+    let mut p = CertificateParams::default();
+    p.distinguished_name = DistinguishedName::new();
+    p.distinguished_name.push(DnType::CommonName, "test device");
+    p.serialize_request(key).unwrap().pem().unwrap()
+}
+
+async fn claim_client(emu: &TestEmulator, id: &str) -> RawClient {
+    let mut c = RawClient::connect(emu.port(), id, emu.claim_tls());
+    c.connected().await;
+    let mut filters = reply_filters(&Api::CreateCertificateFromCsr);
+    filters.extend(reply_filters(&template()));
+    assert!(
+        c.subscribe(&filters)
+            .await
+            .iter()
+            .all(|r| matches!(r, rumqttc::SubscribeReasonCode::Success(_)))
+    );
+    c
+}
+
+async fn create_certificate(c: &mut RawClient, key: &KeyPair) -> CreateCertificateFromCsrResponse {
+    let body = encode(
+        Format::Json,
+        &CreateCertificateFromCsrRequest {
+            certificate_signing_request: Some(csr(key)),
+        },
+    );
+    let (topic, payload) = c
+        .request(
+            &Api::CreateCertificateFromCsr.request_topic(Format::Json),
+            body,
+        )
+        .await;
+    assert_eq!(topic, "$aws/certificates/create-from-csr/json/accepted");
+    decode(Format::Json, &payload).unwrap()
+}
+
+fn register_body(token: &str, params: &[(&str, &str)]) -> Vec<u8> {
+    encode(
+        Format::Json,
+        &RegisterThingRequest {
+            certificate_ownership_token: Some(Secret::new(token)),
+            parameters: Some(
+                params
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect::<BTreeMap<_, _>>(),
+            ),
+        },
+    )
+}
+
+#[tokio::test]
+async fn csr_then_register_creates_the_thing_and_activates_the_certificate() {
+    let emu = TestEmulator::start().await;
+    let mut c = claim_client(&emu, "station-test-0").await;
+    let key = KeyPair::generate().unwrap();
+    let created = create_certificate(&mut c, &key).await;
+    assert_eq!(created.certificate_id.len(), 64);
+    assert!(
+        created
+            .certificate_id
+            .chars()
+            .all(|c| c.is_ascii_hexdigit())
+    );
+    let reg = emu.emulator.registry();
+    assert_eq!(
+        reg.certificate(&created.certificate_id).unwrap().status,
+        CertStatus::PendingActivation
+    );
+
+    let (topic, payload) = c
+        .request(
+            &template().request_topic(Format::Json),
+            register_body(
+                created.certificate_ownership_token.expose(),
+                &[
+                    ("ThingName", "thing-001"),
+                    ("SerialNumber", "001"),
+                    ("DeviceLocation", "Seattle"),
+                ],
+            ),
+        )
+        .await;
+    assert_eq!(
+        topic,
+        "$aws/provisioning-templates/FleetTemplate/provision/json/accepted"
+    );
+    let r: RegisterThingResponse = decode(Format::Json, &payload).unwrap();
+    assert_eq!(r.thing_name.as_deref(), Some("thing-001"));
+    assert_eq!(r.device_configuration["LocationUrl"], "https://example.aws");
+    assert_eq!(
+        r.device_configuration["FallbackUrl"],
+        "https://www.example.com/test-site"
+    );
+
+    let thing = reg.thing("thing-001").expect("thing in the registry");
+    assert!(thing.principals.contains(&created.certificate_id));
+    assert_eq!(thing.thing_type.as_deref(), Some("ThingPrefix_001"));
+    let cert = reg.certificate(&created.certificate_id).unwrap();
+    assert_eq!(cert.status, CertStatus::Active);
+    assert!(cert.things.contains("thing-001"));
+    assert_eq!(cert.policies.len(), 1, "the template's policy is attached");
+
+    // The token is single use.
+    let (topic, payload) = c
+        .request(
+            &template().request_topic(Format::Json),
+            register_body(
+                created.certificate_ownership_token.expose(),
+                &[("ThingName", "thing-001")],
+            ),
+        )
+        .await;
+    assert!(topic.ends_with("/rejected"));
+    let e: ErrorResponse = decode(Format::Json, &payload).unwrap();
+    assert_eq!(
+        (e.status_code, e.error_code.as_str()),
+        (400, "InvalidCertificateOwnershipToken")
+    );
+
+    // The device's certificate is now active, under the template's policy. That policy
+    // (AWS's example) allows only iot:Publish on topic/foo/bar, so CONNECT is not authorized.
+    let mut device = RawClient::connect(
+        emu.port(),
+        "thing-001",
+        emu.tls_with(
+            created.certificate_pem.as_bytes(),
+            key.serialize_pem().as_bytes(),
+        ),
+    );
+    match device.next().await {
+        Seen::Down(reason) => assert!(reason.contains("NotAuthorized"), "{reason}"),
+        other => panic!("expected CONNECT to be refused by the policy, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_provisioned_device_connects_under_its_attached_policy() {
+    let emu = TestEmulator::start().await;
+    let api = Api::RegisterThing {
+        template: "PySampleTemplate".into(),
+    };
+    let mut c = RawClient::connect(emu.port(), "station-test-py", emu.claim_tls());
+    c.connected().await;
+    let mut filters = reply_filters(&Api::CreateCertificateFromCsr);
+    filters.extend(reply_filters(&api));
+    c.subscribe(&filters).await;
+    let key = KeyPair::generate().unwrap();
+    let created = create_certificate(&mut c, &key).await;
+    let (topic, payload) = c
+        .request(
+            &api.request_topic(Format::Json),
+            register_body(
+                created.certificate_ownership_token.expose(),
+                &[("SerialNumber", "1"), ("DeviceLocation", "Seattle")],
+            ),
+        )
+        .await;
+    assert!(topic.ends_with("/accepted"), "{topic}: {payload:?}");
+    let r: RegisterThingResponse = decode(Format::Json, &payload).unwrap();
+    assert_eq!(r.thing_name.as_deref(), Some("ThingPrefix_1"));
+
+    let tls = emu.tls_with(
+        created.certificate_pem.as_bytes(),
+        key.serialize_pem().as_bytes(),
+    );
+    let mut device = RawClient::connect(emu.port(), "ThingPrefix_1", tls);
+    device.connected().await;
+    // The policy allows everything, so the device may publish and subscribe freely.
+    assert!(matches!(
+        device
+            .subscribe(&["things/ThingPrefix_1/#".to_string()])
+            .await[0],
+        rumqttc::SubscribeReasonCode::Success(_)
+    ));
+}
+
+#[tokio::test]
+async fn rejections_carry_the_documented_codes() {
+    let emu = TestEmulator::start().await;
+    let mut c = claim_client(&emu, "station-test-1").await;
+
+    // Missing token.
+    let (topic, payload) = c
+        .request(&template().request_topic(Format::Json), b"{}".to_vec())
+        .await;
+    assert!(topic.ends_with("/rejected"));
+    let e: ErrorResponse = decode(Format::Json, &payload).unwrap();
+    assert_eq!(e.status_code, 400);
+    assert_eq!(e.error_code, "InvalidCertificateOwnershipToken");
+    assert_eq!(
+        e.error_message,
+        "Certificate ownership token cannot be empty."
+    );
+
+    // A CSR that is not one.
+    let (topic, payload) = c
+        .request(
+            &Api::CreateCertificateFromCsr.request_topic(Format::Json),
+            br#"{"certificateSigningRequest":"not a csr"}"#.to_vec(),
+        )
+        .await;
+    assert!(topic.ends_with("/rejected"));
+    let e: ErrorResponse = decode(Format::Json, &payload).unwrap();
+    assert_eq!(e.status_code, 400);
+
+    // An unresolvable parameter: DeviceLocation is not in the mapping.
+    let key = KeyPair::generate().unwrap();
+    let created = create_certificate(&mut c, &key).await;
+    let (topic, payload) = c
+        .request(
+            &template().request_topic(Format::Json),
+            register_body(
+                created.certificate_ownership_token.expose(),
+                &[
+                    ("ThingName", "t-x"),
+                    ("SerialNumber", "x"),
+                    ("DeviceLocation", "Atlantis"),
+                ],
+            ),
+        )
+        .await;
+    assert!(topic.ends_with("/rejected"), "{topic}");
+    let e: ErrorResponse = decode(Format::Json, &payload).unwrap();
+    assert_eq!(
+        (e.status_code, e.error_code.as_str()),
+        (400, "InvalidParameters")
+    );
+    assert!(
+        emu.emulator.registry().thing("t-x").is_none(),
+        "nothing is created on a rejection"
+    );
+}
+
+#[tokio::test]
+async fn replies_go_only_to_the_requesting_connection() {
+    let emu = TestEmulator::start().await;
+    let mut requester = claim_client(&emu, "station-test-a").await;
+    let mut bystander = claim_client(&emu, "station-test-b").await;
+
+    let key = KeyPair::generate().unwrap();
+    create_certificate(&mut requester, &key).await;
+
+    // The bystander's own request is answered; had the requester's reply been delivered to
+    // it, that reply would have been queued first.
+    let other = KeyPair::generate().unwrap();
+    let own = create_certificate(&mut bystander, &other).await;
+    assert!(fleet_station::keys::certificate_matches_key(
+        &own.certificate_pem,
+        &rcgen::PublicKeyData::subject_public_key_info(&other)
+    ));
+    assert!(bystander.rx.try_recv().is_err(), "nothing else arrived");
+}
+
+#[tokio::test]
+async fn a_certificate_from_another_ca_is_refused_at_the_handshake() {
+    let emu = TestEmulator::start().await;
+    let rogue_ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::default();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let rogue_ca = ca_params.self_signed(&rogue_ca_key).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&rogue_ca.pem(), rogue_ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::default()
+        .signed_by(&key, &issuer)
+        .unwrap();
+
+    let mut c = RawClient::connect(
+        emu.port(),
+        "rogue",
+        emu.tls_with(cert.pem().as_bytes(), key.serialize_pem().as_bytes()),
+    );
+    match c.next().await {
+        Seen::Down(reason) => assert!(
+            reason.to_lowercase().contains("tls")
+                || reason.to_lowercase().contains("certificate")
+                || reason.contains("reset")
+                || reason.contains("closed")
+                || reason.contains("alert"),
+            "{reason}"
+        ),
+        other => panic!("expected the handshake to fail, got {other:?}"),
+    }
+    assert_eq!(emu.emulator.connected_clients(), 0);
+}
+
+#[tokio::test]
+async fn publishing_outside_the_claim_policy_closes_a_3_1_1_connection() {
+    let emu = TestEmulator::start().await;
+    let mut c = claim_client(&emu, "station-test-p").await;
+    c.client
+        .publish(
+            "devices/telemetry",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            b"x".to_vec(),
+        )
+        .await
+        .unwrap();
+    loop {
+        match c.next().await {
+            Seen::Down(_) => break,
+            Seen::PubAck(_) => panic!("a forbidden publish was acknowledged"),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_duplicate_client_id_disconnects_the_older_connection() {
+    let emu = TestEmulator::start().await;
+    let mut first = claim_client(&emu, "same-id").await;
+    let _second = claim_client(&emu, "same-id").await;
+    loop {
+        if let Seen::Down(_) = first.next().await {
+            break;
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! The provisioning engine against the emulator over real TLS sockets: many devices through
+//! a pool of sessions, each journaled in the ledger; and the failures an operator must be
+//! able to read.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::TestEmulator;
+use fleet_station::config::KeyAlgorithm;
+use fleet_station::fleet::Format;
+use fleet_station::keys::pool::PoolConfig;
+use fleet_station::keys::{KeyPool, certificate_matches_key};
+use fleet_station::ledger::{DeviceState, Ledger};
+use fleet_station::provision::{BoardIdentity, DeviceJob, EngineConfig, Provisioner};
+use fleet_station::shutdown::Shutdown;
+use fleet_station::telemetry;
+use tokio::sync::oneshot;
+
+fn engine_config(emu: &TestEmulator, sessions: usize, template: &str) -> EngineConfig {
+    let mut parameters = BTreeMap::new();
+    parameters.insert("ThingName".to_string(), "thing-{serial}".to_string());
+    parameters.insert("SerialNumber".to_string(), "{serial}".to_string());
+    parameters.insert("DeviceLocation".to_string(), "Seattle".to_string());
+    EngineConfig {
+        host: "localhost".into(),
+        port: emu.port(),
+        tls: emu.claim_tls(),
+        station_id: "test-station".into(),
+        sessions,
+        template: template.into(),
+        format: Format::Json,
+        request_timeout: Duration::from_secs(10),
+        max_attempts: 3,
+        parameters,
+    }
+}
+
+fn key_pool() -> Arc<KeyPool> {
+    Arc::new(KeyPool::start(&PoolConfig {
+        algorithm: KeyAlgorithm::P256,
+        workers: 1,
+        stock: 16,
+        common_name: "test".into(),
+    }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provisions_many_devices_over_a_session_pool() {
+    let emu = TestEmulator::start().await;
+    let ledger = Ledger::open(&emu.dir.path().join("ledger.db"), "test-station").unwrap();
+    let (telemetry, _snap, aggregator) = telemetry::start();
+    let engine = Provisioner::start(
+        engine_config(&emu, 4, "FleetTemplate"),
+        key_pool(),
+        ledger.clone(),
+        telemetry.clone(),
+        Shutdown::new(),
+    );
+    let jobs = engine.submitter();
+    let mut waits = Vec::new();
+    for i in 0..40 {
+        let serial = format!("SN{i:03}");
+        let device_id = ledger.begin(&serial, "jig-0").await.unwrap();
+        let (reply, rx) = oneshot::channel();
+        jobs.send(DeviceJob {
+            device_id,
+            board: BoardIdentity {
+                serial: serial.clone(),
+                jig: "jig-0".into(),
+                ..Default::default()
+            },
+            reply,
+        })
+        .await
+        .unwrap();
+        waits.push((serial, rx));
+    }
+    let mut cert_ids = HashSet::new();
+    for (serial, rx) in waits {
+        let creds = rx
+            .await
+            .unwrap()
+            .unwrap_or_else(|f| panic!("{serial}: {f}"));
+        assert_eq!(creds.thing_name, format!("thing-{serial}"));
+        assert!(certificate_matches_key(
+            &creds.certificate_pem,
+            creds.key.spki_der()
+        ));
+        assert_eq!(
+            creds.device_configuration["LocationUrl"],
+            "https://example.aws"
+        );
+        assert!(
+            cert_ids.insert(creds.certificate_id.clone()),
+            "certificate issued twice"
+        );
+        let row = ledger.device(&serial).unwrap().unwrap();
+        assert_eq!(row.state, DeviceState::Registered);
+        assert_eq!(
+            row.certificate_id.as_deref(),
+            Some(creds.certificate_id.as_str())
+        );
+        let thing = emu.emulator.registry().thing(&creds.thing_name).unwrap();
+        assert!(thing.principals.contains(&creds.certificate_id));
+    }
+    drop(jobs);
+    engine.shutdown().await;
+    drop(telemetry);
+    let agg = aggregator.await.unwrap();
+    assert_eq!(agg.histograms[&telemetry::Stage::RegisterThing].len(), 40);
+    assert_eq!(agg.retries, 0);
+}
+
+#[tokio::test]
+async fn a_rejection_fails_the_device_with_the_api_and_error_code() {
+    let emu = TestEmulator::start().await;
+    let ledger = Ledger::open(&emu.dir.path().join("ledger.db"), "t").unwrap();
+    let (telemetry, _snap, _agg) = telemetry::start();
+    let mut cfg = engine_config(&emu, 1, "FleetTemplate");
+    // Atlantis is not in the template's LocationTable mapping.
+    cfg.parameters
+        .insert("DeviceLocation".into(), "Atlantis".into());
+    let engine = Provisioner::start(cfg, key_pool(), ledger.clone(), telemetry, Shutdown::new());
+    let device_id = ledger.begin("SN-X", "jig").await.unwrap();
+    let (reply, rx) = oneshot::channel();
+    engine
+        .submitter()
+        .send(DeviceJob {
+            device_id,
+            board: BoardIdentity {
+                serial: "SN-X".into(),
+                jig: "jig".into(),
+                ..Default::default()
+            },
+            reply,
+        })
+        .await
+        .unwrap();
+    let failure = rx.await.unwrap().unwrap_err();
+    assert_eq!(failure.code, "register_thing:InvalidParameters");
+    assert!(
+        failure.message.contains("provision/json/rejected"),
+        "{}",
+        failure.message
+    );
+    assert!(failure.message.contains("400"), "{}", failure.message);
+}
+
+#[tokio::test]
+async fn an_unknown_template_is_named_in_the_failure() {
+    let emu = TestEmulator::start().await;
+    let ledger = Ledger::open(&emu.dir.path().join("ledger.db"), "t").unwrap();
+    let (telemetry, _snap, _agg) = telemetry::start();
+    let engine = Provisioner::start(
+        engine_config(&emu, 1, "NoSuchTemplate"),
+        key_pool(),
+        ledger.clone(),
+        telemetry,
+        Shutdown::new(),
+    );
+    let device_id = ledger.begin("SN-Y", "jig").await.unwrap();
+    let (reply, rx) = oneshot::channel();
+    engine
+        .submitter()
+        .send(DeviceJob {
+            device_id,
+            board: BoardIdentity {
+                serial: "SN-Y".into(),
+                jig: "jig".into(),
+                ..Default::default()
+            },
+            reply,
+        })
+        .await
+        .unwrap();
+    let failure = rx.await.unwrap().unwrap_err();
+    // The default claim policy allows every template's topics; the service answers 404.
+    assert_eq!(failure.code, "register_thing:ResourceNotFound");
+    assert!(
+        failure.message.contains("NoSuchTemplate"),
+        "{}",
+        failure.message
+    );
+}
