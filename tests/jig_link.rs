@@ -88,7 +88,6 @@ fn write_verify_and_read_back_match_flash_file() {
     assert!(stats.frames_sent > id.puts(1024));
     assert!(stats.wire_bytes_written > id.total() as u64);
     assert!(stats.payload_bytes_written >= id.total() as u64);
-    assert_eq!(fx.jig.stats().rx_overrun_bytes, 0);
 }
 
 #[test]
@@ -261,8 +260,11 @@ fn slow_board(c: &mut fleet_station::jig::VirtualJigConfig) {
 #[test]
 fn board_paces_to_the_baud_rate_and_the_window_prevents_overrun() {
     let fx = Fixture::new(&["P-1"], slow_board);
+    // A generous timeout: a retransmission (e.g. on a loaded machine) would put the same
+    // frame on the line twice and could overrun the buffer legitimately.
     let paced = PortSettings {
         baud: 115_200,
+        timeout: Duration::from_secs(1),
         ..settings()
     };
     let mut link = JigLink::open(fx.jig.path(), &paced).unwrap();

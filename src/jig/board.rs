@@ -737,4 +737,40 @@ mod tests {
         let key = h.board.flash().private_key().unwrap();
         assert!(std::str::from_utf8(key).unwrap().contains("PRIVATE KEY"));
     }
+
+    #[test]
+    fn random_frames_never_panic_and_always_get_an_answer() {
+        let mut h = Harness::new();
+        h.send(&Command::Hello { version: 1 });
+        let mut rng = fastrand::Rng::with_seed(3);
+        let codes = [0u8, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0x42, 0x81, 0xFF];
+        for i in 0..3000u32 {
+            let code = codes[rng.usize(..codes.len())];
+            if code == cmd::RESET || code == cmd::HELLO {
+                continue;
+            }
+            let len = rng.usize(..80);
+            let payload: Vec<u8> = (0..len)
+                .map(|_| if rng.bool() { rng.u8(0..8) } else { rng.u8(..) })
+                .collect();
+            let mut wire = Vec::new();
+            crate::jig::codec::encode_frame(code, i as u16, &payload, &[], &mut wire).unwrap();
+            let mut asm = FrameAssembler::new();
+            let (_, ev) = asm.push(&wire);
+            let frame = ev.unwrap().unwrap();
+            let mut out = Vec::new();
+            let outcome = h.board.handle(&frame, &mut out);
+            assert_ne!(outcome, Outcome::PowerCut);
+            assert!(
+                !out.is_empty(),
+                "code {code:#x} payload {payload:?} got no answer"
+            );
+            // The answer itself is a valid response.
+            let mut asm = FrameAssembler::new();
+            let (_, ev) = asm.push(&out);
+            let f = ev.unwrap().unwrap();
+            assert_eq!(f.seq, i as u16);
+            Response::decode(&f).unwrap();
+        }
+    }
 }

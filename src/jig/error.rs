@@ -16,9 +16,9 @@ pub enum JigError {
     #[diagnostic(
         code(jig::open),
         help(
-            "check that the jig's USB cable is plugged in and that {port} is the right port \
-             (`station ports` lists them); on Linux the user needs to be in the `dialout` group, \
-             and no other program may hold the port open"
+            "check that the jig's USB cable is plugged in and that {port} is the jig's port \
+             (list the machine's serial ports to find it); on Linux the user needs to be in \
+             the `dialout` group, and no other program may hold the port open"
         )
     )]
     Open {

@@ -1094,6 +1094,12 @@ mod tests {
     }
 
     #[test]
+    fn link_can_move_to_its_port_thread() {
+        fn assert_send<T: Send>() {}
+        assert_send::<JigLink>();
+    }
+
+    #[test]
     fn chunk_fits_rx_buffer() {
         assert_eq!(chunk_size(&info(1024, 4096)), 1024);
         let c = chunk_size(&info(4000, 600));

@@ -20,6 +20,8 @@
 
 pub mod board;
 pub mod codec;
+#[cfg(test)]
+mod doc_examples;
 pub mod error;
 pub mod faults;
 pub mod flash;

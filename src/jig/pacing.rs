@@ -43,9 +43,20 @@ impl RxPacer {
         arrived.saturating_sub(self.taken) as usize
     }
 
-    /// When the next byte will have arrived.
-    pub fn next_arrival(&self) -> Duration {
-        self.byte_time.unwrap_or(Duration::ZERO)
+    /// Bytes worth waiting for before reading again mid-burst: about a millisecond of line
+    /// time, so a paced reader does not wake up for every byte.
+    pub fn batch(&self) -> usize {
+        match self.byte_time {
+            Some(bt) => {
+                (Duration::from_millis(1).as_nanos() / bt.as_nanos().max(1)).max(1) as usize
+            }
+            None => 1,
+        }
+    }
+
+    /// How long until `n` more bytes will have arrived.
+    pub fn time_for(&self, n: usize) -> Duration {
+        self.byte_time.unwrap_or(Duration::ZERO) * n as u32
     }
 
     pub fn took(&mut self, n: usize, now: Instant) {
@@ -119,6 +130,8 @@ mod tests {
         p.idle();
         assert_eq!(p.allowance(t), usize::MAX);
         assert_eq!(RxPacer::new(0).allowance(t), usize::MAX);
+        assert_eq!(p.batch(), 10);
+        assert_eq!(p.time_for(10), Duration::from_millis(1));
     }
 
     #[test]

@@ -234,8 +234,10 @@ impl Worker {
             }
             let now = Instant::now();
             let allowance = self.rx_pacer.allowance(now);
-            if allowance == 0 {
-                std::thread::sleep(self.rx_pacer.next_arrival());
+            let batch = self.rx_pacer.batch();
+            if allowance < batch {
+                // Mid-burst: let a batch of bytes "arrive" before reading again.
+                std::thread::sleep(self.rx_pacer.time_for(batch - allowance));
                 continue;
             }
             let room = (self.config.params.rx_buffer as usize).saturating_sub(self.asm.pending());
