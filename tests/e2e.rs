@@ -15,6 +15,10 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 fn config(dir: &Path, jigs: usize, boards: usize) -> Config {
+    config_with(dir, jigs, boards, "Seattle")
+}
+
+fn config_with(dir: &Path, jigs: usize, boards: usize, location: &str) -> Config {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/templates");
     let text = format!(
         r#"
@@ -30,7 +34,7 @@ sessions = 8
 [parameters]
 ThingName = "{{serial}}"
 SerialNumber = "{{serial}}"
-DeviceLocation = "Seattle"
+DeviceLocation = "{location}"
 
 [jigs]
 mode = "virtual"
@@ -45,6 +49,7 @@ templates = "{fixtures}"
 "#,
         dir = dir.display(),
         fixtures = fixtures.display(),
+        location = location,
     );
     Config::parse(&text, Path::new("e2e.toml")).unwrap()
 }
@@ -120,5 +125,41 @@ async fn provisions_a_line_of_virtual_boards_end_to_end() {
             flash.root_ca().unwrap(),
             std::fs::read(dir.path().join("emulator/ca.pem")).unwrap()
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_where_every_board_is_rejected_ends_with_named_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    // Atlantis is not in the template's LocationTable: RegisterThing is rejected (400).
+    let cfg = config_with(dir.path(), 2, 6, "Atlantis");
+    let report = station::run(
+        &cfg,
+        &RunOptions {
+            boards: None,
+            report_dir: Some(dir.path().join("report")),
+            progress: false,
+        },
+        Shutdown::new(),
+    )
+    .await
+    .unwrap();
+    assert!(!report.all_provisioned());
+    let s = &report.summary;
+    assert_eq!(
+        (s.devices.total, s.devices.provisioned, s.devices.failed),
+        (6, 0, 6)
+    );
+    assert_eq!(s.failures["register_thing:InvalidParameters"], 6);
+    let ledger = Ledger::open(&cfg.station.ledger, "e2e").unwrap();
+    for d in ledger.devices().unwrap() {
+        assert_eq!(d.state, DeviceState::Failed);
+        let reason = d.reason.unwrap();
+        assert!(
+            reason.contains("InvalidParameters") && reason.contains("Atlantis"),
+            "{reason}"
+        );
+        // Nothing was written to a board that got no identity.
+        assert!(!Flash::path_for(&cfg.jigs.flash_dir, &d.serial).exists());
     }
 }

@@ -218,6 +218,30 @@ fn reset_of_a_provisioned_board_places_the_next_one() {
 }
 
 #[test]
+fn taking_a_failed_board_off_places_the_next_one() {
+    let fx = Fixture::new(&["FAIL-01", "NEXT-02"], |_| {});
+    let mut link = fx.link();
+    assert_eq!(link.hello().unwrap().serial, "FAIL-01");
+    // No identity: RESET alone leaves the board on the jig; the operator takes it off.
+    link.reset().unwrap();
+    fx.jig.take_off("NEXT-02"); // not on the jig: nothing happens
+    assert_eq!(link.hello().unwrap().serial, "FAIL-01");
+    fx.jig.take_off("FAIL-01");
+    // The fixture thread acts on it before the next frame it reads; a HELLO already in
+    // flight may still reach the old board, so look a few times.
+    let serial = (0..10)
+        .map(|_| link.hello().unwrap().serial)
+        .find(|s| s != "FAIL-01")
+        .expect("the next board was placed");
+    assert_eq!(serial, "NEXT-02");
+    assert!(
+        !fx.jig.flash_path("FAIL-01").exists(),
+        "nothing was written to the failed board"
+    );
+    assert_eq!(fx.jig.stats().boards_removed, 1);
+}
+
+#[test]
 fn erase_clears_live_slots() {
     let fx = Fixture::new(&["E-1"], |_| {});
     let mut link = fx.link();

@@ -80,6 +80,8 @@ struct Shared {
     stats: Mutex<JigStats>,
     tx_log: Mutex<Vec<u8>>,
     current: Mutex<Option<String>>,
+    /// A board the operator takes off the jig (whatever its state).
+    take_off: Mutex<Option<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -131,6 +133,7 @@ impl VirtualJig {
             stats: Mutex::new(JigStats::default()),
             tx_log: Mutex::new(Vec::new()),
             current: Mutex::new(None),
+            take_off: Mutex::new(None),
         });
         let flash_dir = config.flash_dir.clone();
         let mut worker = Worker {
@@ -184,6 +187,12 @@ impl VirtualJig {
         lock(&self.shared.current).clone()
     }
 
+    /// The operator takes board `serial` off the jig if it is still there (a failed board
+    /// keeps its place after RESET; a real operator removes it and places the next one).
+    pub fn take_off(&self, serial: &str) {
+        *lock(&self.shared.take_off) = Some(serial.to_string());
+    }
+
     /// Every byte the board has sent so far (when `record_tx` is set).
     pub fn tx_log(&self) -> Vec<u8> {
         lock(&self.shared.tx_log).clone()
@@ -229,6 +238,15 @@ impl Worker {
     fn run(&mut self) {
         let mut buf = vec![0u8; 8192];
         while !self.shared.stop.load(Ordering::SeqCst) {
+            let take_off = lock(&self.shared.take_off).take();
+            if let Some(serial) = take_off
+                && self
+                    .board
+                    .as_ref()
+                    .is_some_and(|b| b.spec().serial == serial)
+            {
+                self.remove_board();
+            }
             if self.board.is_none() {
                 self.place_next();
             }

@@ -65,7 +65,13 @@ pub struct LineContext {
     pub progress: Arc<LineProgress>,
     /// Operator stop (Ctrl-C): finish nothing new.
     pub shutdown: Shutdown,
+    /// Takes a finished board (jig name, serial) off its jig. Set for the virtual line, where
+    /// it stands in for the operator; on a real line the operator does it by hand.
+    pub release: Option<ReleaseHook>,
 }
+
+/// See [`LineContext::release`].
+pub type ReleaseHook = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
 impl LineContext {
     fn stopping(&self) -> bool {
@@ -138,6 +144,9 @@ pub fn run_jig(name: &str, path: &str, settings: &PortSettings, ctx: &LineContex
         // the next board).
         if let Err(e) = l.reset() {
             tracing::debug!(jig = name, error = %e, "RESET not acknowledged");
+        }
+        if let (Some(release), Some(serial)) = (&ctx.release, &last_serial) {
+            release(name, serial);
         }
     }
 }

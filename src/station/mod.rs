@@ -129,14 +129,6 @@ pub async fn run(cfg: &Config, opts: &RunOptions, shutdown: Shutdown) -> crate::
     );
 
     let progress_state = Arc::new(LineProgress::new(target.map(|t| t as u64)));
-    let ctx = LineContext {
-        ledger: ledger.clone(),
-        telemetry: telemetry.clone(),
-        jobs: engine.submitter(),
-        root_ca_pem: Arc::new(root_ca_pem),
-        progress: progress_state.clone(),
-        shutdown: shutdown.clone(),
-    };
 
     // The jigs: virtual ones on ptys, or the configured serial ports.
     let mut virtual_line = None;
@@ -158,6 +150,15 @@ pub async fn run(cfg: &Config, opts: &RunOptions, shutdown: Shutdown) -> crate::
     if ports.is_empty() {
         return Err(Error::NoJigs);
     }
+    let ctx = LineContext {
+        ledger: ledger.clone(),
+        telemetry: telemetry.clone(),
+        jobs: engine.submitter(),
+        root_ca_pem: Arc::new(root_ca_pem),
+        progress: progress_state.clone(),
+        shutdown: shutdown.clone(),
+        release: virtual_line.as_ref().map(|l| l.release_hook()),
+    };
     let jig_threads: Vec<_> = ports
         .into_iter()
         .map(|(name, path, settings)| {

@@ -2,9 +2,11 @@
 //! boards with generated serial numbers, so `station run` can provision a whole line on one
 //! machine. The station opens each jig's pty path exactly as it opens a USB adapter.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::line::ReleaseHook;
 use crate::config::Config;
 use crate::error::Error;
 use crate::jig::{PortSettings, SerialGenerator, VirtualJig, VirtualJigConfig};
@@ -63,5 +65,15 @@ impl VirtualLine {
 
     pub fn baud(&self) -> u32 {
         self.baud
+    }
+
+    /// The simulated operator: takes a finished board off its jig.
+    pub fn release_hook(&self) -> ReleaseHook {
+        let jigs: HashMap<String, Arc<VirtualJig>> = self.jigs.iter().cloned().collect();
+        Arc::new(move |jig: &str, serial: &str| {
+            if let Some(j) = jigs.get(jig) {
+                j.take_off(serial);
+            }
+        })
     }
 }
