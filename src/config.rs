@@ -272,7 +272,7 @@ fn default_baud() -> u32 {
     921_600
 }
 fn default_jig_timeout() -> u64 {
-    500
+    250
 }
 fn default_serial_prefix() -> String {
     "SN".into()
@@ -519,7 +519,7 @@ impl Config {
             return Err(invalid(
                 "jigs.timeout_ms",
                 format!("is {} ms", j.timeout_ms),
-                "allow the board at least 10 ms to answer a frame; 500 ms is a safe default",
+                "allow the board at least 10 ms to answer a frame; 250 ms is a safe default",
             ));
         }
         Ok(())

@@ -248,6 +248,17 @@ impl Ledger {
             })?;
         }
         let conn = Connection::open(path).map_err(sql)?;
+        // The ledger holds ownership tokens: owner-only, like key files. SQLite gives its
+        // -wal and -shm files the database file's mode.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
+                |source| LedgerError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                },
+            )?;
+        }
         conn.execute_batch(SCHEMA).map_err(sql)?;
         let (tx, rx) = crossbeam_channel::bounded::<Op>(16_384);
         let handle = std::thread::Builder::new()
@@ -555,6 +566,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Ledger::open(&dir.path().join("l.db"), "st-1").unwrap();
         let id = ledger.begin("SN-1", "jig-1").await.unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        for f in ["l.db", "l.db-wal"] {
+            let mode = std::fs::metadata(dir.path().join(f))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{f}");
+        }
         ledger.record(id, Transition::KeyReserved).await.unwrap();
         ledger
             .record(

@@ -166,7 +166,14 @@ fn provision_board(
     let device_id = match ctx.ledger.begin_blocking(&board.serial, &board.jig) {
         Ok(id) => id,
         Err(e @ LedgerError::AlreadyProvisioned { .. }) => {
+            // Not provisioned again (it would orphan its identity); it counts as a board
+            // this run did not provision.
             tracing::warn!(jig = %board.jig, serial = %board.serial, "{e}");
+            ctx.telemetry.emit_blocking(Event::DeviceFailed {
+                serial: board.serial.clone(),
+                reason: "already_provisioned".into(),
+            });
+            ctx.progress.board_done();
             return Err(BoardError::Skipped);
         }
         Err(e) => return Err(BoardError::Ledger(e)),

@@ -29,13 +29,16 @@ pub struct VirtualLine {
 
 impl VirtualLine {
     /// Starts `jigs.count` jigs sharing a queue of `boards` boards. Serials are
-    /// `<prefix>-<UTC yymmddHHMMSS>-<n>`, so boards of different runs never collide.
+    /// `<prefix>-<UTC yymmddHHMMSSmmm>-<n>`, so boards of different runs do not collide.
     pub fn start(cfg: &Config, boards: usize) -> crate::Result<VirtualLine> {
         let (tx, rx) = crossbeam_channel::bounded(boards.max(1));
-        let stamp = super::timestamp();
-        // 20261129T074424Z → 261129074424
-        let short: String = stamp.chars().filter(char::is_ascii_digit).skip(2).collect();
-        let prefix = format!("{}-{short}-", cfg.jigs.serial_prefix);
+        let now = time::OffsetDateTime::now_utc();
+        let stamp = now
+            .format(time::macros::format_description!(
+                "[year repr:last_two][month][day][hour][minute][second][subsecond digits:3]"
+            ))
+            .unwrap_or_else(|_| now.unix_timestamp().to_string());
+        let prefix = format!("{}-{stamp}-", cfg.jigs.serial_prefix);
         for spec in SerialGenerator::new(&prefix, 6, 1).take(boards) {
             tx.send(spec).expect("queue sized for every board");
         }

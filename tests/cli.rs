@@ -1,0 +1,171 @@
+//! The `station` binary as an operator uses it: `run`, `emulate`, and what a bad
+//! configuration prints.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::{RawClient, fixtures};
+use fleet_station::provision::tls::{client_config_from_pem, read_roots};
+
+fn station() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_station"))
+}
+
+fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
+    let path = dir.join("station.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[station]
+ledger = "{d}/ledger.db"
+report_dir = "{d}/reports"
+[parameters]
+ThingName = "{{serial}}"
+SerialNumber = "{{serial}}"
+DeviceLocation = "Seattle"
+[jigs]
+count = 2
+baud = 0
+flash_dir = "{d}/boards"
+[emulator]
+state_dir = "{d}/emulator"
+templates = "{t}"
+{extra}
+"#,
+            d = dir.display(),
+            t = fixtures().join("templates").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn run_provisions_and_writes_the_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let out = station()
+        .args(["run", "--boards", "6", "--config"])
+        .arg(&config)
+        .arg("--report-dir")
+        .arg(dir.path().join("r"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("devices: 6 provisioned, 0 failed, of 6"),
+        "{stdout}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("r/summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["devices"]["provisioned"], 6);
+    for stage in [
+        "keygen",
+        "create_certificate",
+        "register_thing",
+        "jig_write",
+        "end_to_end",
+    ] {
+        assert_eq!(summary["stages"][stage]["count"], 6, "{stage}");
+    }
+}
+
+#[test]
+fn a_bad_config_names_the_key_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "[provision]\nsessions = 0\n");
+    let out = station()
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("provision.sessions"), "{stderr}");
+    assert!(stderr.contains("station::config::invalid"), "{stderr}");
+    assert!(
+        stderr.contains("in parallel"),
+        "the help line says what to set: {stderr}"
+    );
+
+    let missing = station()
+        .args(["run", "--config", "/nonexistent/station.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/station.toml"));
+}
+
+#[test]
+fn a_bad_cli_argument_is_refused_with_usage() {
+    let out = station()
+        .args(["run", "--boards", "many"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--boards"), "{stderr}");
+    assert!(stderr.contains("invalid digit"), "{stderr}");
+}
+
+#[tokio::test]
+async fn emulate_prints_where_it_listens_and_serves_the_claim_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let mut child = station()
+        .args(["emulate", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let addr = first
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("{first}"));
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    let mut paths = Vec::new();
+    for _ in 0..3 {
+        let l = lines.next().unwrap().unwrap();
+        paths.push(l.split_once(": ").unwrap().1.to_string());
+    }
+    assert!(
+        paths[0].ends_with("ca.pem")
+            && paths[1].ends_with("claim-cert.pem")
+            && paths[2].ends_with("claim-key.pem"),
+        "{paths:?}"
+    );
+
+    let tls = client_config_from_pem(
+        read_roots(Path::new(&paths[0])).unwrap(),
+        &std::fs::read(&paths[1]).unwrap(),
+        &std::fs::read(&paths[2]).unwrap(),
+        false,
+    )
+    .unwrap();
+    let mut c = RawClient::connect(port, "cli-test", std::sync::Arc::new(tls));
+    c.connected().await;
+
+    // SIGTERM stops it cleanly.
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(dir.path().join("emulator/registry.db").exists());
+}
