@@ -136,6 +136,29 @@ pub struct ProvisionSection {
     /// Payload format: `json` or `cbor`.
     #[serde(default = "default_format")]
     pub format: String,
+    /// MQTT protocol version: 3 (3.1.1) or 5.
+    #[serde(default = "default_mqtt_version")]
+    pub mqtt_version: u8,
+    /// Account quota for CreateCertificateFromCsr, requests/s (0 = no limit until throttled).
+    #[serde(default)]
+    pub create_certificate_tps: f64,
+    /// Account quota for CreateKeysAndCertificate, requests/s (0 = no limit until throttled).
+    #[serde(default)]
+    pub create_keys_tps: f64,
+    /// Account quota for RegisterThing, requests/s (0 = no limit until throttled).
+    #[serde(default)]
+    pub register_thing_tps: f64,
+    /// CONNECTs per second across all sessions (AWS account default: 500).
+    #[serde(default = "default_connect_rate")]
+    pub connects_per_s: f64,
+    /// A device that is not provisioned after this many seconds fails. Must stay inside the
+    /// ownership token's hour.
+    #[serde(default = "default_device_deadline")]
+    pub device_deadline_s: u64,
+    /// After provisioning, connect once with the device's new certificate (station-made keys
+    /// only) to prove the identity is live before the board leaves.
+    #[serde(default)]
+    pub post_provision_check: bool,
 }
 
 fn default_template() -> String {
@@ -153,6 +176,15 @@ fn default_attempts() -> u32 {
 fn default_format() -> String {
     "json".into()
 }
+fn default_mqtt_version() -> u8 {
+    3
+}
+fn default_connect_rate() -> f64 {
+    100.0
+}
+fn default_device_deadline() -> u64 {
+    1800
+}
 
 impl Default for ProvisionSection {
     fn default() -> Self {
@@ -162,6 +194,13 @@ impl Default for ProvisionSection {
             request_timeout_s: default_request_timeout(),
             max_attempts: default_attempts(),
             format: default_format(),
+            mqtt_version: default_mqtt_version(),
+            create_certificate_tps: 0.0,
+            create_keys_tps: 0.0,
+            register_thing_tps: 0.0,
+            connects_per_s: default_connect_rate(),
+            device_deadline_s: default_device_deadline(),
+            post_provision_check: false,
         }
     }
 }
@@ -182,11 +221,29 @@ impl ProvisionSection {
 pub enum KeyAlgorithm {
     P256,
     P384,
+    /// RSA-2048: ~50 ms a key, so keep a deep stock.
+    Rsa2048,
+}
+
+/// Where device private keys come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeySourceConfig {
+    /// The station's key pool makes the key and CSR.
+    Pool,
+    /// The board makes the key and returns a CSR over the jig (GEN_CSR); the key never
+    /// leaves the board.
+    Device,
+    /// AWS makes the key (CreateKeysAndCertificate): the private key crosses the network.
+    Aws,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeysSection {
+    /// `pool` (default), `device` or `aws`.
+    #[serde(default = "default_key_source")]
+    pub source: KeySourceConfig,
     #[serde(default = "default_algorithm")]
     pub algorithm: KeyAlgorithm,
     /// Worker threads generating keys and CSRs.
@@ -197,6 +254,9 @@ pub struct KeysSection {
     pub stock: usize,
 }
 
+fn default_key_source() -> KeySourceConfig {
+    KeySourceConfig::Pool
+}
 fn default_algorithm() -> KeyAlgorithm {
     KeyAlgorithm::P256
 }
@@ -210,6 +270,7 @@ fn default_stock() -> usize {
 impl Default for KeysSection {
     fn default() -> Self {
         KeysSection {
+            source: default_key_source(),
             algorithm: default_algorithm(),
             workers: default_workers(),
             stock: default_stock(),
@@ -431,6 +492,40 @@ impl Config {
                 "provision.format",
                 format!("is {:?}", p.format),
                 "use \"json\" or \"cbor\"",
+            ));
+        }
+        if p.mqtt_version != 3 && p.mqtt_version != 5 {
+            return Err(invalid(
+                "provision.mqtt_version",
+                format!("is {}", p.mqtt_version),
+                "use 3 (MQTT 3.1.1, the default) or 5",
+            ));
+        }
+        for (key, v) in [
+            ("provision.create_certificate_tps", p.create_certificate_tps),
+            ("provision.create_keys_tps", p.create_keys_tps),
+            ("provision.register_thing_tps", p.register_thing_tps),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(invalid(
+                    key,
+                    format!("is {v}"),
+                    "give the account's quota in requests per second, or 0 for no limit",
+                ));
+            }
+        }
+        if !(p.connects_per_s.is_finite() && p.connects_per_s > 0.0) {
+            return Err(invalid(
+                "provision.connects_per_s",
+                format!("is {}", p.connects_per_s),
+                "give CONNECTs per second across all sessions, e.g. 100 (AWS allows 500 per account)",
+            ));
+        }
+        if p.device_deadline_s == 0 || p.device_deadline_s > 55 * 60 {
+            return Err(invalid(
+                "provision.device_deadline_s",
+                format!("is {} s", p.device_deadline_s),
+                "choose 1–3300 s: a device must finish inside its ownership token's hour",
             ));
         }
         for (name, value) in &self.parameters {

@@ -8,6 +8,7 @@ use fleet_station::config::Config;
 use fleet_station::emulator::Emulator;
 use fleet_station::jig::SimBoardOptions;
 use fleet_station::shutdown::{self, Shutdown};
+use fleet_station::station::loadtest::{self, LoadtestOptions};
 use fleet_station::station::{self, RunOptions};
 
 #[derive(Parser)]
@@ -41,6 +42,22 @@ enum Command {
         #[arg(long, value_name = "N")]
         boards: Option<usize>,
         /// Where to write summary.json (default: <station.report_dir>/<UTC timestamp>/).
+        #[arg(long, value_name = "DIR")]
+        report_dir: Option<PathBuf>,
+    },
+    /// Load-test the provisioning engine: synthetic devices, no jigs, as fast as the
+    /// endpoint's quotas allow. Writes summary.json like `run`.
+    Loadtest {
+        /// Station configuration file (endpoint, template, parameters, keys).
+        #[arg(long, default_value = "station.toml", value_name = "FILE")]
+        config: PathBuf,
+        /// Number of synthetic devices.
+        #[arg(long, value_name = "N")]
+        devices: usize,
+        /// MQTT sessions provisioning in parallel (default: provision.sessions).
+        #[arg(long, value_name = "M")]
+        sessions: Option<usize>,
+        /// Where to write summary.json (default: <station.report_dir>/loadtest-<UTC timestamp>/).
         #[arg(long, value_name = "DIR")]
         report_dir: Option<PathBuf>,
     },
@@ -97,6 +114,17 @@ fn report(err: impl miette::Diagnostic + Send + Sync + 'static) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// Prints the summary; exit 0 only if every device was provisioned.
+fn print_report(r: &station::RunReport) -> ExitCode {
+    println!("{}", r.summary.render());
+    println!("report: {}", r.report_dir.join("summary.json").display());
+    if r.all_provisioned() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -126,15 +154,32 @@ fn main() -> ExitCode {
                 let stop = Shutdown::new();
                 shutdown::trigger_on_signals(&stop);
                 match station::run(&cfg, &opts, stop).await {
-                    Ok(r) => {
-                        println!("{}", r.summary.render());
-                        println!("report: {}", r.report_dir.join("summary.json").display());
-                        if r.all_provisioned() {
-                            ExitCode::SUCCESS
-                        } else {
-                            ExitCode::FAILURE
-                        }
-                    }
+                    Ok(r) => print_report(&r),
+                    Err(e) => report(e),
+                }
+            })
+        }
+        Command::Loadtest {
+            config,
+            devices,
+            sessions,
+            report_dir,
+        } => {
+            let cfg = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => return report(e),
+            };
+            let opts = LoadtestOptions {
+                devices,
+                sessions,
+                report_dir,
+                progress: true,
+            };
+            runtime().block_on(async {
+                let stop = Shutdown::new();
+                shutdown::trigger_on_signals(&stop);
+                match loadtest::loadtest(&cfg, &opts, stop).await {
+                    Ok(r) => print_report(&r),
                     Err(e) => report(e),
                 }
             })

@@ -14,7 +14,8 @@ use fleet_station::fleet::Format;
 use fleet_station::keys::pool::PoolConfig;
 use fleet_station::keys::{KeyPool, certificate_matches_key};
 use fleet_station::ledger::{DeviceState, Ledger};
-use fleet_station::provision::{BoardIdentity, DeviceJob, EngineConfig, Provisioner};
+use fleet_station::provision::rate::Limits;
+use fleet_station::provision::{BoardIdentity, DeviceJob, EngineConfig, KeyPlan, Provisioner};
 use fleet_station::shutdown::Shutdown;
 use fleet_station::telemetry;
 use tokio::sync::oneshot;
@@ -35,6 +36,11 @@ fn engine_config(emu: &TestEmulator, sessions: usize, template: &str) -> EngineC
         request_timeout: Duration::from_secs(10),
         max_attempts: 3,
         parameters,
+        limits: Arc::new(Limits::new(0.0, 0.0, 0.0, 1000.0)),
+        device_deadline: Duration::from_secs(60),
+        mqtt_version: 3,
+        post_provision_check: false,
+        roots: fleet_station::provision::tls::read_roots(&emu.emulator.paths().ca_cert).unwrap(),
     }
 }
 
@@ -63,7 +69,7 @@ async fn provisions_many_devices_over_a_session_pool() {
     let mut waits = Vec::new();
     for i in 0..40 {
         let serial = format!("SN{i:03}");
-        let device_id = ledger.begin(&serial, "jig-0").await.unwrap();
+        let device_id = ledger.begin(&serial, "jig-0").await.unwrap().id;
         let (reply, rx) = oneshot::channel();
         jobs.send(DeviceJob {
             device_id,
@@ -72,6 +78,8 @@ async fn provisions_many_devices_over_a_session_pool() {
                 jig: "jig-0".into(),
                 ..Default::default()
             },
+            key: KeyPlan::Pool,
+            resume: None,
             reply,
         })
         .await
@@ -85,9 +93,10 @@ async fn provisions_many_devices_over_a_session_pool() {
             .unwrap()
             .unwrap_or_else(|f| panic!("{serial}: {f}"));
         assert_eq!(creds.thing_name, format!("thing-{serial}"));
+        let key = rcgen::KeyPair::from_pem(creds.private_key.as_ref().unwrap().expose()).unwrap();
         assert!(certificate_matches_key(
             &creds.certificate_pem,
-            creds.key.spki_der()
+            &rcgen::PublicKeyData::subject_public_key_info(&key)
         ));
         assert_eq!(
             creds.device_configuration["LocationUrl"],
@@ -124,7 +133,7 @@ async fn a_rejection_fails_the_device_with_the_api_and_error_code() {
     cfg.parameters
         .insert("DeviceLocation".into(), "Atlantis".into());
     let engine = Provisioner::start(cfg, key_pool(), ledger.clone(), telemetry, Shutdown::new());
-    let device_id = ledger.begin("SN-X", "jig").await.unwrap();
+    let device_id = ledger.begin("SN-X", "jig").await.unwrap().id;
     let (reply, rx) = oneshot::channel();
     engine
         .submitter()
@@ -135,6 +144,8 @@ async fn a_rejection_fails_the_device_with_the_api_and_error_code() {
                 jig: "jig".into(),
                 ..Default::default()
             },
+            key: KeyPlan::Pool,
+            resume: None,
             reply,
         })
         .await
@@ -161,7 +172,7 @@ async fn an_unknown_template_is_named_in_the_failure() {
         telemetry,
         Shutdown::new(),
     );
-    let device_id = ledger.begin("SN-Y", "jig").await.unwrap();
+    let device_id = ledger.begin("SN-Y", "jig").await.unwrap().id;
     let (reply, rx) = oneshot::channel();
     engine
         .submitter()
@@ -172,6 +183,8 @@ async fn an_unknown_template_is_named_in_the_failure() {
                 jig: "jig".into(),
                 ..Default::default()
             },
+            key: KeyPlan::Pool,
+            resume: None,
             reply,
         })
         .await

@@ -32,11 +32,14 @@ pub struct KeyMaterial {
 impl KeyMaterial {
     /// Generates a key pair and a CSR whose subject is `common_name`.
     pub fn generate(algorithm: KeyAlgorithm, common_name: &str) -> Result<KeyMaterial, KeyError> {
-        let alg = match algorithm {
-            KeyAlgorithm::P256 => &rcgen::PKCS_ECDSA_P256_SHA256,
-            KeyAlgorithm::P384 => &rcgen::PKCS_ECDSA_P384_SHA384,
-        };
-        let key = KeyPair::generate_for(alg).map_err(|e| KeyError(e.to_string()))?;
+        let key = match algorithm {
+            KeyAlgorithm::P256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
+            KeyAlgorithm::P384 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384),
+            KeyAlgorithm::Rsa2048 => {
+                KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+            }
+        }
+        .map_err(|e| KeyError(e.to_string()))?;
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params
@@ -71,6 +74,36 @@ impl KeyMaterial {
     pub fn private_key_pem(&self) -> &str {
         &self.private_key_pem
     }
+
+    /// SHA-256 (hex) of the public key: how the ledger names a key without holding it.
+    pub fn public_key_sha256(&self) -> String {
+        public_key_sha256(&self.spki_der)
+    }
+}
+
+/// SHA-256 (hex) of a DER SubjectPublicKeyInfo.
+pub fn public_key_sha256(spki_der: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, spki_der))
+}
+
+/// The SubjectPublicKeyInfo (DER) of a PEM CSR, if it parses and its signature verifies.
+pub fn csr_public_key(csr_pem: &str) -> Option<Vec<u8>> {
+    use rustls_pki_types::{CertificateSigningRequestDer, pem::PemObject};
+    use x509_parser::certification_request::X509CertificationRequest;
+    use x509_parser::prelude::FromDer;
+    let der = CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes()).ok()?;
+    let (_, req) = X509CertificationRequest::from_der(der.as_ref()).ok()?;
+    req.verify_signature().ok()?;
+    Some(req.certification_request_info.subject_pki.raw.to_vec())
+}
+
+/// The SubjectPublicKeyInfo (DER) of a PEM certificate.
+pub fn certificate_public_key(certificate_pem: &str) -> Option<Vec<u8>> {
+    use rustls_pki_types::{CertificateDer, pem::PemObject};
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let der = CertificateDer::from_pem_slice(certificate_pem.as_bytes()).ok()?;
+    let (_, cert) = X509Certificate::from_der(&der).ok()?;
+    Some(cert.public_key().raw.to_vec())
 }
 
 impl fmt::Debug for KeyMaterial {
@@ -85,12 +118,7 @@ impl fmt::Debug for KeyMaterial {
 /// Does this certificate (PEM) carry exactly this public key? Used to refuse stale or
 /// foreign `CreateCertificateFromCsr` responses.
 pub fn certificate_matches_key(certificate_pem: &str, spki_der: &[u8]) -> bool {
-    use rustls_pki_types::{CertificateDer, pem::PemObject};
-    use x509_parser::prelude::{FromDer, X509Certificate};
-    let Ok(der) = CertificateDer::from_pem_slice(certificate_pem.as_bytes()) else {
-        return false;
-    };
-    X509Certificate::from_der(&der).is_ok_and(|(_, cert)| cert.public_key().raw == spki_der)
+    certificate_public_key(certificate_pem).is_some_and(|k| k == spki_der)
 }
 
 #[cfg(test)]
@@ -99,7 +127,11 @@ mod tests {
 
     #[test]
     fn makes_a_csr_for_the_key_and_redacts_it() {
-        for alg in [KeyAlgorithm::P256, KeyAlgorithm::P384] {
+        for alg in [
+            KeyAlgorithm::P256,
+            KeyAlgorithm::P384,
+            KeyAlgorithm::Rsa2048,
+        ] {
             let k = KeyMaterial::generate(alg, "dev").unwrap();
             assert!(
                 k.csr_pem()
@@ -116,6 +148,7 @@ mod tests {
                 csr.public_key.der_bytes(),
                 KeyPair::from_pem(k.private_key_pem()).unwrap().der_bytes()
             );
+            assert_eq!(csr_public_key(k.csr_pem()).unwrap(), k.spki_der());
         }
     }
 

@@ -3,7 +3,8 @@
 //!
 //! - [`tls`]: the claim identity as a rustls client config.
 //! - [`session`]: one MQTT connection, subscribed, with at most one outstanding request.
-//! - [`flow`]: the per-device `CreateCertificateFromCsr` → `RegisterThing` flow with retries.
+//! - [`flow`]: the per-device certificate → `RegisterThing` flow with retries and resume.
+//! - [`rate`]: token buckets per API shared by all sessions, adapting to throttling (AIMD).
 //!
 //! [`Provisioner::start`] runs one task per session; each takes the next [`DeviceJob`] from a
 //! shared bounded queue, runs the flow on its session and answers the job's reply channel.
@@ -11,6 +12,7 @@
 //! client id) when they fail.
 
 pub mod flow;
+pub mod rate;
 pub mod session;
 pub mod tls;
 
@@ -22,12 +24,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::fleet::payloads::Secret;
 use crate::fleet::{Api, Format};
-use crate::keys::{KeyMaterial, KeyPool};
-use crate::ledger::Ledger;
+use crate::keys::KeyPool;
+use crate::ledger::{KeySource, Ledger, Resume};
 use crate::shutdown::Shutdown;
 use crate::telemetry::Telemetry;
 
+use self::rate::{Limits, RateLimiter};
 use self::session::{Session, SessionConfig, SessionError};
 
 /// What the board (or a synthetic device) tells the station about itself.
@@ -44,7 +48,9 @@ pub struct BoardIdentity {
 pub struct Credentials {
     pub certificate_id: String,
     pub certificate_pem: String,
-    pub key: KeyMaterial,
+    /// The private key to write (`None` when the board made it and keeps it).
+    pub private_key: Option<Secret>,
+    pub key_source: KeySource,
     pub thing_name: String,
     pub device_configuration: BTreeMap<String, String>,
 }
@@ -67,11 +73,28 @@ pub struct DeviceFailure {
     pub message: String,
 }
 
+/// Where the device's key comes from, for this job.
+#[derive(Debug, Clone)]
+pub enum KeyPlan {
+    /// A key from the station's pool.
+    Pool,
+    /// The board made its key; this is its CSR (PEM).
+    Device { csr_pem: String },
+    /// AWS makes the key (CreateKeysAndCertificate).
+    Aws,
+    /// The board already holds its committed key (a resumed board): no new certificate may
+    /// be requested for it.
+    Committed,
+}
+
 /// One device to provision.
 pub struct DeviceJob {
     /// Ledger id of the device (from `Ledger::begin`).
     pub device_id: i64,
     pub board: BoardIdentity,
+    pub key: KeyPlan,
+    /// Where an earlier run left this device, if it did.
+    pub resume: Option<Resume>,
     pub reply: oneshot::Sender<Result<Credentials, DeviceFailure>>,
 }
 
@@ -89,6 +112,37 @@ pub struct EngineConfig {
     pub max_attempts: u32,
     /// Template parameters (literals and `{placeholders}`).
     pub parameters: BTreeMap<String, String>,
+    /// Rate limiters shared by all sessions.
+    pub limits: Arc<Limits>,
+    /// A device not done within this fails.
+    pub device_deadline: Duration,
+    /// 3 (MQTT 3.1.1) or 5.
+    pub mqtt_version: u8,
+    /// Connect once with each new identity (station- or AWS-made keys).
+    pub post_provision_check: bool,
+    /// Trust anchors of the endpoint (for the post-provision check).
+    pub roots: rustls::RootCertStore,
+}
+
+impl Limits {
+    /// Limiters from per-API quotas (0 = none until throttled) and a CONNECT rate.
+    pub fn new(
+        create_certificate: f64,
+        create_keys: f64,
+        register_thing: f64,
+        connects: f64,
+    ) -> Limits {
+        Limits {
+            create_certificate: RateLimiter::new(
+                "CreateCertificateFromCsr",
+                create_certificate,
+                0.0,
+            ),
+            create_keys: RateLimiter::new("CreateKeysAndCertificate", create_keys, 0.0),
+            register_thing: RateLimiter::new("RegisterThing", register_thing, 0.0),
+            connect: RateLimiter::new("CONNECT", connects, connects),
+        }
+    }
 }
 
 /// The running engine.
@@ -154,6 +208,7 @@ fn session_config(cfg: &EngineConfig, n: usize) -> SessionConfig {
         ],
         connect_timeout: cfg.request_timeout,
         keep_alive: Duration::from_secs(60),
+        mqtt_version: cfg.mqtt_version,
     }
 }
 
@@ -170,8 +225,8 @@ async fn session_task(
                 _ = ctx.shutdown.wait() => None,
             }
         };
-        let Some(job) = job else { break };
-        let result = flow::provision(&ctx, &mut slot, job.device_id, &job.board).await;
+        let Some(mut job) = job else { break };
+        let result = flow::provision(&ctx, &mut slot, &mut job).await;
         let _ = job.reply.send(result);
     }
     slot.close().await;
@@ -197,14 +252,16 @@ impl SessionSlot {
         &self.cfg.client_id
     }
 
-    /// The connected session, connecting first if needed.
-    pub async fn get(&mut self) -> Result<&mut Session, SessionError> {
+    /// The connected session, connecting first if needed: at most one CONNECT per second
+    /// for this client id (AWS's limit, reference §5.2) and within the account-wide
+    /// `connects` rate.
+    pub async fn get(&mut self, connects: &RateLimiter) -> Result<&mut Session, SessionError> {
         if self.session.is_none() {
-            // AWS allows one CONNECT per second per client id (reference §5.2).
             if let Some(last) = self.last_connect {
                 let wait = Duration::from_secs(1).saturating_sub(last.elapsed());
                 tokio::time::sleep(wait).await;
             }
+            connects.acquire().await;
             self.last_connect = Some(Instant::now());
             self.session = Some(Session::connect(&self.cfg).await?);
         }

@@ -37,6 +37,8 @@ pub struct SessionConfig {
     pub apis: Vec<Api>,
     pub connect_timeout: Duration,
     pub keep_alive: Duration,
+    /// 3 (MQTT 3.1.1) or 5.
+    pub mqtt_version: u8,
 }
 
 /// A reply from the service.
@@ -174,6 +176,9 @@ impl Session {
             }
         }
 
+        if cfg.apis.is_empty() {
+            return Ok(s);
+        }
         let filters: Vec<String> = cfg
             .apis
             .iter()

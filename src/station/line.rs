@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 use miette::Diagnostic;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::jig::{JigError, JigLink, PortSettings, Slot, SlotWrite};
-use crate::ledger::{Ledger, LedgerError, Transition};
-use crate::provision::{BoardIdentity, Credentials, DeviceJob};
+use crate::config::KeySourceConfig;
+use crate::jig::{CsrSubject, JigError, JigLink, PortSettings, Slot, SlotWrite};
+use crate::ledger::{DeviceState, Ledger, LedgerError, Transition};
+use crate::provision::{BoardIdentity, Credentials, DeviceFailure, DeviceJob, KeyPlan};
 use crate::shutdown::Shutdown;
 use crate::telemetry::{Event, Stage, Telemetry};
 
@@ -68,6 +69,10 @@ pub struct LineContext {
     /// Takes a finished board (jig name, serial) off its jig. Set for the virtual line, where
     /// it stands in for the operator; on a real line the operator does it by hand.
     pub release: Option<ReleaseHook>,
+    /// Where device keys come from.
+    pub key_source: KeySourceConfig,
+    /// Station id, put in the subject of board-made CSRs.
+    pub station_id: String,
 }
 
 /// See [`LineContext::release`].
@@ -163,8 +168,8 @@ fn provision_board(
     ctx: &LineContext,
 ) -> Result<(), BoardError> {
     let started = Instant::now();
-    let device_id = match ctx.ledger.begin_blocking(&board.serial, &board.jig) {
-        Ok(id) => id,
+    let begun = match ctx.ledger.begin_blocking(&board.serial, &board.jig) {
+        Ok(b) => b,
         Err(e @ LedgerError::AlreadyProvisioned { .. }) => {
             // Not provisioned again (it would orphan its identity); it counts as a board
             // this run did not provision.
@@ -178,30 +183,38 @@ fn provision_board(
         }
         Err(e) => return Err(BoardError::Ledger(e)),
     };
+    let device_id = begun.id;
+    if let Some(r) = &begun.resume {
+        tracing::info!(jig = %board.jig, serial = %board.serial, from = r.state.as_str(), "resuming an unfinished board");
+    }
     ctx.telemetry.emit_blocking(Event::DeviceStarted {
         serial: board.serial.clone(),
         jig: board.jig.clone(),
     });
 
-    let (reply, rx) = oneshot::channel();
-    let job = DeviceJob {
-        device_id,
-        board: board.clone(),
-        reply,
-    };
-    let outcome = if ctx.jobs.blocking_send(job).is_err() {
-        Err(crate::provision::DeviceFailure {
-            code: "stopped".into(),
-            message: "the provisioning engine stopped before this board".into(),
-        })
-    } else {
-        rx.blocking_recv().unwrap_or_else(|_| {
-            Err(crate::provision::DeviceFailure {
-                code: "stopped".into(),
-                message: "the provisioning engine stopped during this board".into(),
+    let outcome =
+        key_plan(link, board, begun.resume.as_ref().map(|r| r.state), ctx).and_then(|key| {
+            let (reply, rx) = oneshot::channel();
+            let job = DeviceJob {
+                device_id,
+                board: board.clone(),
+                key,
+                resume: begun.resume,
+                reply,
+            };
+            if ctx.jobs.blocking_send(job).is_err() {
+                return Err(DeviceFailure {
+                    code: "stopped".into(),
+                    message: "the provisioning engine stopped before this board".into(),
+                });
+            }
+            rx.blocking_recv().unwrap_or_else(|_| {
+                Err(DeviceFailure {
+                    code: "stopped".into(),
+                    message: "the provisioning engine stopped during this board".into(),
+                })
             })
-        })
-    };
+        });
     let result = match outcome {
         Ok(creds) => write_and_verify(link, device_id, &creds, ctx),
         Err(f) => Err((f.code, f.message)),
@@ -236,6 +249,43 @@ fn provision_board(
     Ok(())
 }
 
+/// Where this board's key comes from. With `keys.source = "device"` the board makes a key
+/// and returns its CSR (GEN_CSR) — unless it already committed one (a resumed board at
+/// `written`).
+fn key_plan(
+    link: &mut JigLink,
+    board: &BoardIdentity,
+    resumed_at: Option<DeviceState>,
+    ctx: &LineContext,
+) -> Result<KeyPlan, DeviceFailure> {
+    match ctx.key_source {
+        KeySourceConfig::Pool => Ok(KeyPlan::Pool),
+        KeySourceConfig::Aws => Ok(KeyPlan::Aws),
+        KeySourceConfig::Device if resumed_at == Some(DeviceState::Written) => {
+            Ok(KeyPlan::Committed)
+        }
+        KeySourceConfig::Device => {
+            let subject = CsrSubject {
+                common_name: board.serial.clone(),
+                organization: String::new(),
+                organizational_unit: ctx.station_id.clone(),
+                country: String::new(),
+                serial_number: board.serial.clone(),
+            };
+            let started = Instant::now();
+            let csr_pem = link.gen_csr(&subject).map_err(|e| DeviceFailure {
+                code: jig_code(&e),
+                message: format!("the board could not make its key and CSR: {e}"),
+            })?;
+            ctx.telemetry.emit_blocking(Event::StageTime {
+                stage: Stage::Keygen,
+                elapsed: started.elapsed(),
+            });
+            Ok(KeyPlan::Device { csr_pem })
+        }
+    }
+}
+
 /// The slot contents for a board.
 fn slot_contents(creds: &Credentials, root_ca: &[u8]) -> Vec<(Slot, Vec<u8>)> {
     let config: BTreeMap<&str, &str> = creds
@@ -266,11 +316,14 @@ fn write_and_verify(
         .iter()
         .map(|(slot, data)| SlotWrite { slot: *slot, data })
         .collect();
-    // The private key is borrowed straight from the zeroizing key material.
-    items.push(SlotWrite {
-        slot: Slot::PrivateKey,
-        data: creds.key.private_key_pem().as_bytes(),
-    });
+    // The private key (station- or AWS-made) is borrowed straight from its zeroizing
+    // holder; a board-made key is already on the board and is committed with the rest.
+    if let Some(key) = &creds.private_key {
+        items.push(SlotWrite {
+            slot: Slot::PrivateKey,
+            data: key.expose().as_bytes(),
+        });
+    }
     let ledger_err = |e: LedgerError| ("ledger".to_string(), e.to_string());
 
     let mut last = None;

@@ -7,31 +7,29 @@
 //!        └──────────── telemetry events ──► aggregator ──► progress printer, summary.json
 //! ```
 //!
+//! - [`pipeline`]: the stages `run` and `loadtest` share, started and torn down in order.
 //! - [`endpoint`]: the embedded emulator or a real AWS endpoint.
 //! - [`line`]: the per-jig line cycle.
+//! - [`loadtest`]: `station loadtest`, the engine alone with synthetic devices.
 //! - [`virtual_line`]: virtual jigs on pseudo-terminals fed by a serial-number generator.
 
 pub mod endpoint;
 pub mod line;
+pub mod loadtest;
+pub mod pipeline;
 pub mod virtual_line;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::config::Config;
 use crate::error::Error;
 use crate::jig::PortSettings;
-use crate::keys::KeyPool;
-use crate::keys::pool::PoolConfig;
-use crate::ledger::Ledger;
-use crate::provision::{EngineConfig, Provisioner};
 use crate::shutdown::Shutdown;
 use crate::telemetry::summary::Summary;
-use crate::telemetry::{self, progress};
 
-use self::endpoint::Endpoint;
 use self::line::{LineContext, LineProgress};
+use self::pipeline::{Pipeline, PipelineOptions};
 
 /// Options of one run (the CLI flags).
 #[derive(Debug, Clone, Default)]
@@ -70,64 +68,30 @@ pub fn timestamp() -> String {
 
 /// Provisions the boards of the configured line until `boards` are done or `shutdown`.
 pub async fn run(cfg: &Config, opts: &RunOptions, shutdown: Shutdown) -> crate::Result<RunReport> {
-    let report_dir = opts
-        .report_dir
-        .clone()
-        .unwrap_or_else(|| cfg.station.report_dir.join(timestamp()));
-    std::fs::create_dir_all(&report_dir).map_err(|source| Error::Report {
-        path: report_dir.clone(),
-        source,
-    })?;
-
-    let endpoint = Endpoint::resolve(cfg, &shutdown).await?;
-    let root_ca_pem = std::fs::read(&endpoint.board_root_ca).map_err(|source| {
-        crate::provision::tls::TlsSetupError::Read {
-            what: "board root CA",
-            path: endpoint.board_root_ca.clone(),
-            source,
-        }
-    })?;
-    let ledger = Ledger::open(&cfg.station.ledger, &cfg.station.id)?;
-
     let target = if cfg.jigs.is_virtual() {
         Some(opts.boards.unwrap_or(cfg.jigs.boards))
     } else {
         opts.boards
     };
-    let (telemetry, snapshots, aggregator) = telemetry::start();
-    let printer = opts.progress.then(|| {
-        tokio::spawn(progress::run(
-            snapshots.clone(),
-            target.unwrap_or(0) as u64,
-            Duration::from_secs(1),
-        ))
-    });
-
-    let keys = Arc::new(KeyPool::start(&PoolConfig {
-        algorithm: cfg.keys.algorithm,
-        workers: cfg.keys.workers,
-        stock: cfg.keys.stock,
-        common_name: format!("{} device", cfg.station.id),
-    }));
-    let engine = Provisioner::start(
-        EngineConfig {
-            host: endpoint.host.clone(),
-            port: endpoint.port,
-            tls: endpoint.tls.clone(),
-            station_id: cfg.station.id.clone(),
+    let p = Pipeline::start(
+        cfg,
+        PipelineOptions {
+            report_dir: opts.report_dir.clone(),
+            ledger: &cfg.station.ledger,
             sessions: cfg.provision.sessions,
-            template: cfg.provision.template_name.clone(),
-            format: cfg.provision.format(),
-            request_timeout: Duration::from_secs(cfg.provision.request_timeout_s),
-            max_attempts: cfg.provision.max_attempts,
-            parameters: cfg.parameters.clone(),
+            target: target.unwrap_or(0) as u64,
+            progress: opts.progress,
         },
-        keys.clone(),
-        ledger.clone(),
-        telemetry.clone(),
-        shutdown.clone(),
-    );
-
+        &shutdown,
+    )
+    .await?;
+    let root_ca_pem = std::fs::read(&p.endpoint.board_root_ca).map_err(|source| {
+        crate::provision::tls::TlsSetupError::Read {
+            what: "board root CA",
+            path: p.endpoint.board_root_ca.clone(),
+            source,
+        }
+    })?;
     let progress_state = Arc::new(LineProgress::new(target.map(|t| t as u64)));
 
     // The jigs: virtual ones on ptys, or the configured serial ports.
@@ -151,13 +115,15 @@ pub async fn run(cfg: &Config, opts: &RunOptions, shutdown: Shutdown) -> crate::
         return Err(Error::NoJigs);
     }
     let ctx = LineContext {
-        ledger: ledger.clone(),
-        telemetry: telemetry.clone(),
-        jobs: engine.submitter(),
+        ledger: p.ledger.clone(),
+        telemetry: p.telemetry.clone(),
+        jobs: p.engine.submitter(),
         root_ca_pem: Arc::new(root_ca_pem),
         progress: progress_state.clone(),
         shutdown: shutdown.clone(),
         release: virtual_line.as_ref().map(|l| l.release_hook()),
+        key_source: cfg.keys.source,
+        station_id: cfg.station.id.clone(),
     };
     let jig_threads: Vec<_> = ports
         .into_iter()
@@ -184,24 +150,6 @@ pub async fn run(cfg: &Config, opts: &RunOptions, shutdown: Shutdown) -> crate::
     })
     .await
     .ok();
-    engine.shutdown().await;
     drop(virtual_line);
-    drop(telemetry);
-    let aggregate = aggregator.await.expect("telemetry aggregator");
-    if let Some(p) = printer {
-        p.abort();
-    }
-    let total = target.map_or(aggregate.started, |t| t as u64);
-    let summary = Summary::from_aggregate(&aggregate, total);
-    summary.write(&report_dir).map_err(|source| Error::Report {
-        path: report_dir.clone(),
-        source,
-    })?;
-    if let Some(emu) = &endpoint.emulator {
-        emu.stop();
-    }
-    Ok(RunReport {
-        summary,
-        report_dir,
-    })
+    p.finish(target.map(|t| t as u64)).await
 }

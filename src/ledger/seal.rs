@@ -1,0 +1,119 @@
+//! Sealing of station-made private keys kept in the ledger until their board has them.
+//!
+//! Why keep them at all: a station that crashes between "certificate issued" and "written to
+//! the board" can then finish the device on restart instead of orphaning an active
+//! certificate. Why encrypted: the ledger is a shared, exported, backed-up file; the key file
+//! is not. Keys are sealed with AES-256-GCM under a random master key in `<ledger>.key`
+//! (mode 0600), with the board serial as associated data so a sealed key cannot be moved to
+//! another device's row. The sealed copy is deleted once the board is verified.
+
+use std::path::{Path, PathBuf};
+
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
+use zeroize::Zeroizing;
+
+/// The master key file next to a ledger.
+pub fn key_path(ledger: &Path) -> PathBuf {
+    let mut p = ledger.as_os_str().to_owned();
+    p.push(".key");
+    PathBuf::from(p)
+}
+
+/// Seals and opens private keys.
+pub struct Sealer {
+    key: LessSafeKey,
+    rng: SystemRandom,
+}
+
+impl Sealer {
+    /// Loads the master key, creating it (mode 0600) if there is none.
+    pub fn load_or_create(path: &Path) -> std::io::Result<Sealer> {
+        let rng = SystemRandom::new();
+        let bytes = match std::fs::read(path) {
+            Ok(b) => Zeroizing::new(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut k = Zeroizing::new(vec![0u8; 32]);
+                rng.fill(&mut k)
+                    .map_err(|_| std::io::Error::other("no system randomness"))?;
+                crate::files::write_private(path, &k)?;
+                k
+            }
+            Err(e) => return Err(e),
+        };
+        let unbound = UnboundKey::new(&AES_256_GCM, &bytes).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{} is not a 32-byte key", path.display()),
+            )
+        })?;
+        Ok(Sealer {
+            key: LessSafeKey::new(unbound),
+            rng,
+        })
+    }
+
+    /// nonce ‖ ciphertext ‖ tag, bound to `serial`.
+    pub fn seal(&self, serial: &str, plaintext: &[u8]) -> Vec<u8> {
+        let mut nonce = [0u8; NONCE_LEN];
+        self.rng
+            .fill(&mut nonce)
+            .expect("the system random source is available");
+        let mut buf = plaintext.to_vec();
+        self.key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(serial.as_bytes()),
+                &mut buf,
+            )
+            .expect("AES-GCM sealing of a small buffer");
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&buf);
+        buf.iter_mut().for_each(|b| *b = 0);
+        out
+    }
+
+    /// Opens a sealed key; `None` if it was not sealed for `serial` under this master key.
+    pub fn open(&self, serial: &str, sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+        if sealed.len() < NONCE_LEN {
+            return None;
+        }
+        let (nonce, rest) = sealed.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut buf = Zeroizing::new(rest.to_vec());
+        let len = self
+            .key
+            .open_in_place(nonce, Aad::from(serial.as_bytes()), &mut buf)
+            .ok()?
+            .len();
+        buf.truncate(len);
+        Some(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seals_per_serial_and_keeps_the_key_file_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = key_path(&dir.path().join("ledger.db"));
+        let s = Sealer::load_or_create(&path).unwrap();
+        let sealed = s.seal("SN-1", b"-----BEGIN PRIVATE KEY-----");
+        assert!(!sealed.windows(5).any(|w| w == b"BEGIN"));
+        assert_eq!(
+            &s.open("SN-1", &sealed).unwrap()[..],
+            b"-----BEGIN PRIVATE KEY-----"
+        );
+        assert!(s.open("SN-2", &sealed).is_none(), "bound to its serial");
+        // The same key file opens it later.
+        let again = Sealer::load_or_create(&path).unwrap();
+        assert!(again.open("SN-1", &sealed).is_some());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+}

@@ -1,0 +1,238 @@
+//! Rate control shared by every session: one token bucket per API (and one for CONNECTs), and
+//! AIMD adaptation of the API rates to what the account actually sustains.
+//!
+//! - A bucket refills at `rate` tokens per second up to `burst`; a call waits for a token.
+//! - On a throttled (429) reply the rate is cut in half (multiplicative decrease), at most
+//!   once per second so a burst of 429s from many sessions counts as one signal. A bucket
+//!   with no configured rate starts limiting at half the rate it was achieving.
+//! - Every second without a throttle the rate grows by `increase` (additive increase), up to
+//!   the configured ceiling; with no ceiling, up to twice the achieved rate.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One token bucket with AIMD adaptation.
+#[derive(Debug)]
+pub struct RateLimiter {
+    state: Mutex<State>,
+    name: &'static str,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Current rate in tokens/s; `None` = unlimited.
+    rate: Option<f64>,
+    /// Configured ceiling; `None` = none.
+    ceiling: Option<f64>,
+    burst: f64,
+    tokens: f64,
+    refilled: Instant,
+    last_decrease: Option<Instant>,
+    last_increase: Instant,
+    increase: f64,
+    floor: f64,
+    /// Recent completions, for the achieved rate.
+    window_start: Instant,
+    window_count: u64,
+    achieved: f64,
+}
+
+impl RateLimiter {
+    /// `tps = 0` means no configured limit (adaptation still kicks in on throttling).
+    pub fn new(name: &'static str, tps: f64, burst: f64) -> RateLimiter {
+        let now = Instant::now();
+        let ceiling = (tps > 0.0).then_some(tps);
+        let burst = if burst > 0.0 { burst } else { tps.max(1.0) };
+        RateLimiter {
+            name,
+            state: Mutex::new(State {
+                rate: ceiling,
+                ceiling,
+                burst,
+                tokens: burst,
+                refilled: now,
+                last_decrease: None,
+                last_increase: now,
+                increase: ceiling.map_or(1.0, |c| (c * 0.05).max(0.5)),
+                floor: 0.5,
+                window_start: now,
+                window_count: 0,
+                achieved: 0.0,
+            }),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Current rate (tokens/s), `None` if unlimited.
+    pub fn rate(&self) -> Option<f64> {
+        self.lock().rate
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a token now, or says how long to wait for one.
+    fn try_take(&self, now: Instant) -> Result<(), Duration> {
+        let mut s = self.lock();
+        let Some(rate) = s.rate else { return Ok(()) };
+        let elapsed = now.saturating_duration_since(s.refilled).as_secs_f64();
+        s.tokens = (s.tokens + elapsed * rate).min(s.burst);
+        s.refilled = now;
+        if s.tokens >= 1.0 {
+            s.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - s.tokens) / rate))
+        }
+    }
+
+    /// Waits for a token.
+    pub async fn acquire(&self) {
+        loop {
+            match self.try_take(Instant::now()) {
+                Ok(()) => return,
+                Err(wait) => tokio::time::sleep(wait).await,
+            }
+        }
+    }
+
+    /// A call succeeded: count it, and grow the rate once a second.
+    pub fn on_success(&self) {
+        self.on_success_at(Instant::now());
+    }
+
+    fn on_success_at(&self, now: Instant) {
+        let mut s = self.lock();
+        s.window_count += 1;
+        let window = now.saturating_duration_since(s.window_start).as_secs_f64();
+        if window >= 1.0 {
+            s.achieved = s.window_count as f64 / window;
+            s.window_start = now;
+            s.window_count = 0;
+        }
+        if let Some(rate) = s.rate
+            && now.saturating_duration_since(s.last_increase) >= Duration::from_secs(1)
+        {
+            let cap = match s.ceiling {
+                Some(c) => c,
+                None => (s.achieved * 2.0).max(rate + s.increase),
+            };
+            s.rate = Some((rate + s.increase).min(cap));
+            s.last_increase = now;
+        }
+    }
+
+    /// A call was throttled: halve the rate (once per second).
+    pub fn on_throttle(&self) {
+        self.on_throttle_at(Instant::now());
+    }
+
+    fn on_throttle_at(&self, now: Instant) {
+        let mut s = self.lock();
+        if s.last_decrease
+            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        let window = now
+            .saturating_duration_since(s.window_start)
+            .as_secs_f64()
+            .max(0.001);
+        let achieved = s.achieved.max(s.window_count as f64 / window);
+        let current = s.rate.unwrap_or(achieved.max(2.0 * s.floor));
+        let next = (current / 2.0).max(s.floor);
+        if s.rate.is_none() {
+            s.increase = (next * 0.05).max(0.5);
+            s.burst = next.max(1.0);
+        }
+        s.rate = Some(next);
+        s.tokens = s.tokens.min(1.0);
+        s.last_decrease = Some(now);
+        s.last_increase = now;
+    }
+}
+
+/// The limiters of one engine.
+#[derive(Debug)]
+pub struct Limits {
+    pub create_certificate: RateLimiter,
+    pub create_keys: RateLimiter,
+    pub register_thing: RateLimiter,
+    /// Account-wide CONNECTs per second across all sessions.
+    pub connect: RateLimiter,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_paces() {
+        let l = RateLimiter::new("t", 10.0, 3.0);
+        let now = Instant::now();
+        for _ in 0..3 {
+            assert!(l.try_take(now).is_ok());
+        }
+        let wait = l.try_take(now).unwrap_err();
+        assert!(
+            wait > Duration::from_millis(90) && wait <= Duration::from_millis(100),
+            "{wait:?}"
+        );
+        // 100 ms later one token is back.
+        assert!(l.try_take(now + Duration::from_millis(101)).is_ok());
+    }
+
+    #[test]
+    fn unlimited_never_waits() {
+        let l = RateLimiter::new("t", 0.0, 0.0);
+        let now = Instant::now();
+        for _ in 0..10_000 {
+            assert!(l.try_take(now).is_ok());
+        }
+        assert_eq!(l.rate(), None);
+    }
+
+    #[test]
+    fn throttling_halves_once_per_second() {
+        let l = RateLimiter::new("t", 10.0, 10.0);
+        l.on_throttle();
+        assert_eq!(l.rate(), Some(5.0));
+        // A burst of 429s from many sessions is one signal.
+        l.on_throttle();
+        l.on_throttle();
+        assert_eq!(l.rate(), Some(5.0));
+    }
+
+    #[test]
+    fn the_rate_grows_back_additively_up_to_the_ceiling() {
+        let l = RateLimiter::new("t", 10.0, 10.0);
+        let t0 = Instant::now();
+        l.on_throttle_at(t0);
+        assert_eq!(l.rate(), Some(5.0));
+        l.on_success_at(t0 + Duration::from_millis(500));
+        assert_eq!(l.rate(), Some(5.0), "no increase within the second");
+        l.on_success_at(t0 + Duration::from_millis(1100));
+        assert_eq!(l.rate(), Some(5.5));
+        let mut t = t0 + Duration::from_millis(1100);
+        for _ in 0..100 {
+            t += Duration::from_millis(1001);
+            l.on_success_at(t);
+        }
+        assert_eq!(l.rate(), Some(10.0), "capped at the configured rate");
+    }
+
+    #[test]
+    fn an_unlimited_bucket_starts_limiting_on_throttle() {
+        let l = RateLimiter::new("t", 0.0, 0.0);
+        for _ in 0..100 {
+            l.on_success();
+        }
+        l.on_throttle();
+        let r = l.rate().expect("now limited");
+        assert!(r > 0.0);
+    }
+}
