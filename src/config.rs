@@ -300,6 +300,12 @@ pub struct JigsSection {
     /// Serial-number prefix of virtual boards.
     #[serde(default = "default_serial_prefix")]
     pub serial_prefix: String,
+    /// Stamp virtual serials with the run's start time (`<prefix>-<stamp>-<n>`), so every run
+    /// gets new boards. With `false` serials are `<prefix>-<n>` in every run and boards the
+    /// ledger shows verified are not placed again — a restarted station finds the boards of
+    /// the interrupted run where it left them.
+    #[serde(default = "default_true")]
+    pub stamp_serials: bool,
     /// Where virtual boards keep their flash files.
     #[serde(default = "default_flash_dir")]
     pub flash_dir: PathBuf,
@@ -335,6 +341,9 @@ fn default_baud() -> u32 {
 fn default_jig_timeout() -> u64 {
     250
 }
+fn default_true() -> bool {
+    true
+}
 fn default_serial_prefix() -> String {
     "SN".into()
 }
@@ -351,6 +360,7 @@ impl Default for JigsSection {
             baud: default_baud(),
             timeout_ms: default_jig_timeout(),
             serial_prefix: default_serial_prefix(),
+            stamp_serials: true,
             flash_dir: default_flash_dir(),
             ports: Vec::new(),
             board_root_ca: None,

@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 use fleet_station::config::Config;
 use fleet_station::emulator::Emulator;
 use fleet_station::jig::SimBoardOptions;
+use fleet_station::ledger::Ledger;
+use fleet_station::ledger::export::{self, ExportError};
 use fleet_station::shutdown::{self, Shutdown};
 use fleet_station::station::loadtest::{self, LoadtestOptions};
 use fleet_station::station::{self, RunOptions};
@@ -61,6 +63,23 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         report_dir: Option<PathBuf>,
     },
+    /// Check the endpoint without provisioning anything: TLS handshake with the claim
+    /// certificate, CONNACK, and a SUBACK for each topic the station needs.
+    ///
+    /// The first thing to run on line day. Exits 0 only if every step passed.
+    Check {
+        /// Station configuration file.
+        #[arg(long, default_value = "station.toml", value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// The ledger: export the audit trail, list orphaned certificates.
+    Ledger {
+        /// Station configuration file (for station.ledger and the endpoint's region).
+        #[arg(long, default_value = "station.toml", value_name = "FILE")]
+        config: PathBuf,
+        #[command(subcommand)]
+        what: LedgerCommand,
+    },
     /// Run the fleet-provisioning emulator alone (MQTT over mutual TLS) until Ctrl-C.
     ///
     /// Prints `listening on HOST:PORT` once it accepts connections, then the paths of
@@ -93,6 +112,25 @@ enum Command {
     Ports,
 }
 
+#[derive(Subcommand)]
+enum LedgerCommand {
+    /// Every device: serial, state, thing, certificate id, key source, jig, station, times.
+    Export {
+        /// `csv` or `json`.
+        #[arg(long, default_value = "csv", value_parser = ["csv", "json"])]
+        format: String,
+        /// Output file (default: standard output).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Certificates that will never reach a board, with the AWS CLI commands that clean up.
+    Orphans {
+        /// AWS account id for the certificate ARNs (default: a placeholder to replace).
+        #[arg(long, value_name = "ID", default_value = "<ACCOUNT_ID>")]
+        account: String,
+    },
+}
+
 fn init_logging(verbose: u8) {
     let default = match verbose {
         0 => "warn,fleet_station=info",
@@ -112,6 +150,31 @@ fn init_logging(verbose: u8) {
 fn report(err: impl miette::Diagnostic + Send + Sync + 'static) -> ExitCode {
     eprintln!("{:?}", miette::Report::new(err));
     ExitCode::from(2)
+}
+
+fn ledger_command(cfg: &Config, what: LedgerCommand) -> Result<(), ExportError> {
+    let ledger = Ledger::open(&cfg.station.ledger, &cfg.station.id)?;
+    match what {
+        LedgerCommand::Export { format, out } => {
+            let sink: Box<dyn std::io::Write> = match &out {
+                Some(path) => Box::new(std::fs::File::create(path).map_err(ExportError::Io)?),
+                None => Box::new(std::io::stdout().lock()),
+            };
+            if format == "json" {
+                export::write_json(&ledger, sink)
+            } else {
+                export::write_csv(&ledger, sink)
+            }
+        }
+        LedgerCommand::Orphans { account } => {
+            let region = export::region_of(&cfg.endpoint.endpoint).unwrap_or("<REGION>");
+            print!(
+                "{}",
+                export::orphan_report(&ledger.orphans()?, region, &account)
+            );
+            Ok(())
+        }
+    }
 }
 
 /// Prints the summary; exit 0 only if every device was provisioned.
@@ -183,6 +246,38 @@ fn main() -> ExitCode {
                     Err(e) => report(e),
                 }
             })
+        }
+        Command::Check { config } => {
+            let cfg = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => return report(e),
+            };
+            runtime().block_on(async {
+                match station::check(&cfg, Shutdown::new()).await {
+                    Ok(steps) => {
+                        for s in &steps {
+                            println!("{s}");
+                        }
+                        if steps.iter().all(|s| s.ok) {
+                            println!("the endpoint is ready for provisioning");
+                            ExitCode::SUCCESS
+                        } else {
+                            ExitCode::FAILURE
+                        }
+                    }
+                    Err(e) => report(e),
+                }
+            })
+        }
+        Command::Ledger { config, what } => {
+            let cfg = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => return report(e),
+            };
+            match ledger_command(&cfg, what) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => report(e),
+            }
         }
         Command::Emulate { config } => {
             let cfg = match Config::load(&config) {

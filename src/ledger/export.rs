@@ -7,7 +7,21 @@ use serde::Serialize;
 
 use super::{DeviceRow, Ledger, LedgerError, Orphan};
 
-/// One exported row.
+const HEADER: [&str; 11] = [
+    "serial",
+    "state",
+    "thing_name",
+    "certificate_id",
+    "key_source",
+    "jig",
+    "station",
+    "attempts",
+    "first_seen",
+    "last_change",
+    "reason",
+];
+
+/// One exported row (fields in [`HEADER`] order).
 #[derive(Debug, Serialize)]
 pub struct ExportRow<'a> {
     pub serial: &'a str,
@@ -52,7 +66,11 @@ fn row(d: &DeviceRow) -> ExportRow<'_> {
 /// Writes every device as CSV with a header row.
 pub fn write_csv(ledger: &Ledger, out: impl Write) -> Result<(), ExportError> {
     let devices = ledger.devices()?;
-    let mut w = csv::Writer::from_writer(out);
+    let mut w = csv::WriterBuilder::new()
+        .has_headers(false)
+        .from_writer(out);
+    // The header is written even when there are no rows.
+    w.write_record(HEADER)?;
     for d in &devices {
         w.serialize(row(d))?;
     }
@@ -79,9 +97,14 @@ pub fn orphan_report(orphans: &[Orphan], region: &str, account: &str) -> String 
     let mut out = String::new();
     for o in orphans {
         match (&o.certificate_id, o.status.as_str()) {
-            (Some(id), "active") => {
+            (Some(id), status @ ("active" | "unknown")) => {
+                let what = if status == "active" {
+                    "ACTIVE"
+                } else {
+                    "possibly ACTIVE (a registration may have happened)"
+                };
                 out.push_str(&format!(
-                    "# {id}: ACTIVE, board {} never got it ({})\n",
+                    "# {id}: {what}, board {} never got it ({})\n",
                     o.serial, o.reason
                 ));
                 out.push_str(&format!(

@@ -146,6 +146,8 @@ pub enum Transition {
     /// was refused); it becomes an orphan and the device goes back to `key_reserved`.
     CertificateAbandoned {
         reason: String,
+        /// What AWS may hold: `Pending` only when no RegisterThing can have used the token.
+        status: OrphanStatus,
     },
     Failed {
         reason: String,
@@ -164,7 +166,7 @@ impl std::fmt::Debug for Transition {
                 .debug_struct("Registered")
                 .field("thing_name", thing_name)
                 .finish_non_exhaustive(),
-            Transition::Failed { reason } | Transition::CertificateAbandoned { reason } => f
+            Transition::Failed { reason } | Transition::CertificateAbandoned { reason, .. } => f
                 .debug_struct(self.state().as_str())
                 .field("reason", reason)
                 .finish(),
@@ -203,6 +205,27 @@ pub struct DeviceRow {
     pub attempts: i64,
     pub created_ms: i64,
     pub updated_ms: i64,
+}
+
+/// What AWS may hold for an orphaned certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrphanStatus {
+    /// Never registered: `PENDING_ACTIVATION`, deleted by AWS when its token expires.
+    Pending,
+    /// Registered: `ACTIVE` and attached to a thing; deactivate and delete it.
+    Active,
+    /// Either (a request or a registration was in flight when the answer was lost).
+    Unknown,
+}
+
+impl OrphanStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrphanStatus::Pending => "pending",
+            OrphanStatus::Active => "active",
+            OrphanStatus::Unknown => "unknown",
+        }
+    }
 }
 
 /// A certificate that will never reach a board.
@@ -408,6 +431,7 @@ fn orphan_current(
     reason: &str,
     now: i64,
     only_issued: bool,
+    status: Option<OrphanStatus>,
 ) -> rusqlite::Result<()> {
     type Row = (
         String,
@@ -426,12 +450,18 @@ fn orphan_current(
         return Ok(());
     };
     let state = DeviceState::parse(&state).unwrap_or(DeviceState::Failed);
-    let status = match state {
-        DeviceState::CertificateIssued => "pending",
-        DeviceState::Registered | DeviceState::Written => "active",
+    let by_state = match state {
+        DeviceState::CertificateIssued => OrphanStatus::Pending,
+        DeviceState::Registered | DeviceState::Written => OrphanStatus::Active,
         // A request may have been in flight: AWS may hold a pending certificate for this key.
-        DeviceState::KeyReserved => "unknown",
+        DeviceState::KeyReserved => OrphanStatus::Unknown,
         _ => return Ok(()),
+    };
+    // A registered certificate is active whatever the caller believed.
+    let status = match (by_state, status) {
+        (OrphanStatus::Active, _) => "active",
+        (_, Some(s)) if cert.is_some() => s.as_str(),
+        (s, _) => s.as_str(),
     };
     if cert.is_none() && (only_issued || pk.is_none()) {
         return Ok(());
@@ -746,7 +776,7 @@ impl Ledger {
                     public_key_sha256,
                 } => {
                     // A certificate this device held before is abandoned now.
-                    orphan_current(tx, id, "replaced by a new certificate", now, true)?;
+                    orphan_current(tx, id, "replaced by a new certificate", now, true, None)?;
                     tx.prepare_cached(
                         "UPDATE devices SET state = ?2, certificate_id = ?3, certificate_pem = ?4,
                          token = ?5, token_expires_ms = ?6, updated_ms = ?7 WHERE id = ?1",
@@ -805,8 +835,8 @@ impl Ledger {
                     .execute(params![id, state, now])?;
                     None
                 }
-                Transition::CertificateAbandoned { reason } => {
-                    orphan_current(tx, id, reason, now, false)?;
+                Transition::CertificateAbandoned { reason, status } => {
+                    orphan_current(tx, id, reason, now, false, Some(*status))?;
                     tx.prepare_cached(
                         "UPDATE devices SET state = ?2, updated_ms = ?3 WHERE id = ?1",
                     )?
@@ -814,7 +844,7 @@ impl Ledger {
                     Some(reason.clone())
                 }
                 Transition::Failed { reason } => {
-                    orphan_current(tx, id, reason, now, false)?;
+                    orphan_current(tx, id, reason, now, false, None)?;
                     tx.prepare_cached(
                         "UPDATE devices SET state = ?2, reason = ?3, token = NULL, sealed_key = NULL,
                          updated_ms = ?4 WHERE id = ?1",

@@ -170,6 +170,7 @@ async fn abandoned_and_failed_certificates_become_orphans() {
             a,
             Transition::CertificateAbandoned {
                 reason: "token expired".into(),
+                status: OrphanStatus::Pending,
             },
         )
         .await

@@ -29,7 +29,7 @@ use crate::fleet::{
     ReplyKind,
 };
 use crate::keys::{KeyPool, certificate_public_key, csr_public_key, public_key_sha256};
-use crate::ledger::{DeviceState, KeySource, Ledger, Resume, Transition, now_ms};
+use crate::ledger::{DeviceState, KeySource, Ledger, OrphanStatus, Resume, Transition, now_ms};
 use crate::shutdown::Shutdown;
 use crate::telemetry::{Event, Stage, Telemetry};
 
@@ -129,6 +129,9 @@ pub async fn provision(
     let id = job.device_id;
     let parameters = board_parameters(&cfg.parameters, &job.board, &cfg.station_id)?;
 
+    // Could a RegisterThing have used the current token? (Then an abandoned certificate
+    // may be active.)
+    let mut tried_register = job.resume.is_some();
     let mut have = match job.resume.take() {
         Some(r) => resume_point(ctx, id, r).await?,
         None => Have::Nothing,
@@ -146,21 +149,29 @@ pub async fn provision(
                         ),
                     ));
                 }
+                tried_register = false;
                 Have::Issued(new_certificate(ctx, slot, id, &job.key, deadline).await?)
             }
             Have::Issued(issued) if now_ms() >= issued.token_expires_ms => {
-                abandon(ctx, id, "its ownership token expired before RegisterThing").await?;
+                let status = if tried_register {
+                    OrphanStatus::Unknown
+                } else {
+                    OrphanStatus::Pending
+                };
+                let reason = "its ownership token expired before RegisterThing";
+                abandon(ctx, id, reason, status).await?;
                 Have::Nothing
             }
             Have::Issued(issued) => {
+                tried_register = true;
                 match register(ctx, slot, &issued, &parameters, deadline).await? {
                     Some(r) => {
                         let thing = r.thing_name.clone().ok_or_else(|| {
-                        fail(
-                            "register_thing:no_thing_name",
-                            "RegisterThing was accepted but named no thing; the template needs an AWS::IoT::Thing resource",
-                        )
-                    })?;
+                            fail(
+                                "register_thing:no_thing_name",
+                                "RegisterThing was accepted but named no thing; the template needs an AWS::IoT::Thing resource",
+                            )
+                        })?;
                         ctx.ledger
                             .record(
                                 id,
@@ -174,7 +185,9 @@ pub async fn provision(
                         Have::Registered(issued, thing, r.device_configuration)
                     }
                     None => {
-                        abandon(ctx, id, "RegisterThing refused its ownership token").await?;
+                        // Refused: an earlier attempt whose answer was lost may have used it.
+                        let reason = "RegisterThing refused its ownership token";
+                        abandon(ctx, id, reason, OrphanStatus::Unknown).await?;
                         Have::Nothing
                     }
                 }
@@ -186,12 +199,18 @@ pub async fn provision(
     }
 }
 
-async fn abandon(ctx: &FlowContext, id: i64, reason: &str) -> Result<(), DeviceFailure> {
+async fn abandon(
+    ctx: &FlowContext,
+    id: i64,
+    reason: &str,
+    status: OrphanStatus,
+) -> Result<(), DeviceFailure> {
     ctx.ledger
         .record(
             id,
             Transition::CertificateAbandoned {
                 reason: reason.to_string(),
+                status,
             },
         )
         .await
@@ -237,7 +256,8 @@ async fn resume_point(ctx: &FlowContext, id: i64, r: Resume) -> Result<Have, Dev
         },
         _ => return Ok(Have::Nothing),
     };
-    abandon(ctx, id, reason).await?;
+    // Before the stop a request may have been answered without the station hearing it.
+    abandon(ctx, id, reason, OrphanStatus::Unknown).await?;
     Ok(Have::Nothing)
 }
 

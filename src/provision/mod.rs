@@ -4,6 +4,7 @@
 //! - [`tls`]: the claim identity as a rustls client config.
 //! - [`session`]: one MQTT connection, subscribed, with at most one outstanding request.
 //! - [`flow`]: the per-device certificate → `RegisterThing` flow with retries and resume.
+//! - [`check`]: `station check` — handshake, CONNACK and SUBACKs, nothing provisioned.
 //! - [`rate`]: token buckets per API shared by all sessions, adapting to throttling (AIMD).
 //!
 //! [`Provisioner::start`] runs one task per session; each takes the next [`DeviceJob`] from a
@@ -11,6 +12,7 @@
 //! Sessions are reused from device to device and rebuilt (paced to one CONNECT per second per
 //! client id) when they fail.
 
+pub mod check;
 pub mod flow;
 pub mod rate;
 pub mod session;

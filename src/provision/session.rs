@@ -1,4 +1,4 @@
-//! One MQTT session with the claim certificate (rumqttc over rustls).
+//! One MQTT session with the claim certificate (rumqttc over rustls), MQTT 3.1.1 or 5.
 //!
 //! A session is one connection: it connects, subscribes to the accepted/rejected topics of
 //! the APIs it will call and waits for the SUBACK before its first request (reference §2).
@@ -14,10 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc::{
-    AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Packet, QoS, SubscribeFilter,
-    SubscribeReasonCode, TlsConfiguration, Transport,
-};
+use rumqttc::v5 as mqtt5;
+use rumqttc::{QoS, TlsConfiguration, Transport};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
@@ -55,8 +53,8 @@ pub enum SessionError {
     Connect { endpoint: String, reason: String },
     #[error("CONNECT refused by {endpoint}: {code}")]
     Refused { endpoint: String, code: String },
-    #[error("SUBSCRIBE to {filter} refused")]
-    SubscribeRefused { filter: String },
+    #[error("SUBSCRIBE to {filter} refused: {code}")]
+    SubscribeRefused { filter: String, code: String },
     #[error("no reply to {api} within {secs} s")]
     Timeout { api: &'static str, secs: u64 },
     #[error("connection lost during {step}: {reason}")]
@@ -65,34 +63,72 @@ pub enum SessionError {
     BadReply { api: &'static str, reason: String },
 }
 
-impl SessionError {
-    /// Short stable code for failure counts.
-    pub fn code(&self) -> String {
+/// What the driver task saw.
+enum Incoming {
+    ConnAck(Result<(), String>),
+    /// Per filter: `Ok(granted QoS)` or `Err(reason)`.
+    SubAck(Vec<Result<u8, String>>),
+    Publish {
+        topic: String,
+        payload: Bytes,
+    },
+    Down(String),
+}
+
+enum Client {
+    V4(rumqttc::AsyncClient),
+    V5(mqtt5::AsyncClient),
+}
+
+impl Client {
+    async fn publish(&self, topic: String, payload: Vec<u8>) -> Result<(), String> {
         match self {
-            SessionError::Connect { .. } => "connect".into(),
-            SessionError::Refused { code, .. } => format!("connect_refused:{code}"),
-            SessionError::SubscribeRefused { .. } => "subscribe_refused".into(),
-            SessionError::Timeout { api, .. } => format!("timeout:{api}"),
-            SessionError::Disconnected { .. } => "disconnected".into(),
-            SessionError::BadReply { api, .. } => format!("bad_reply:{api}"),
+            Client::V4(c) => c
+                .publish(topic, QoS::AtLeastOnce, false, payload)
+                .await
+                .map_err(|e| e.to_string()),
+            Client::V5(c) => c
+                .publish(topic, mqtt5::mqttbytes::QoS::AtLeastOnce, false, payload)
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    async fn subscribe(&self, filters: &[String]) -> Result<(), String> {
+        match self {
+            Client::V4(c) => c
+                .subscribe_many(
+                    filters
+                        .iter()
+                        .map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce)),
+                )
+                .await
+                .map_err(|e| e.to_string()),
+            Client::V5(c) => c
+                .subscribe_many(filters.iter().map(|f| {
+                    mqtt5::mqttbytes::v5::Filter::new(f.clone(), mqtt5::mqttbytes::QoS::AtLeastOnce)
+                }))
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    async fn disconnect(&self) -> bool {
+        match self {
+            Client::V4(c) => c.disconnect().await.is_ok(),
+            Client::V5(c) => c.disconnect().await.is_ok(),
         }
     }
 }
 
-enum Incoming {
-    ConnAck(ConnectReturnCode),
-    SubAck(Vec<SubscribeReasonCode>),
-    Publish { topic: String, payload: Bytes },
-    Down(String),
-}
-
 /// A connected, subscribed session.
 pub struct Session {
-    client: AsyncClient,
+    client: Client,
     incoming: mpsc::Receiver<Incoming>,
     driver: JoinHandle<()>,
     format: Format,
     endpoint: String,
+    connect_timeout: Duration,
 }
 
 impl Drop for Session {
@@ -101,11 +137,31 @@ impl Drop for Session {
     }
 }
 
-async fn drive(mut eventloop: EventLoop, tx: mpsc::Sender<Incoming>) {
+fn qos_u8(q: QoS) -> u8 {
+    match q {
+        QoS::AtMostOnce => 0,
+        QoS::AtLeastOnce => 1,
+        QoS::ExactlyOnce => 2,
+    }
+}
+
+async fn drive_v4(mut eventloop: rumqttc::EventLoop, tx: mpsc::Sender<Incoming>) {
+    use rumqttc::{ConnectReturnCode, Event, Packet, SubscribeReasonCode};
     loop {
         let msg = match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(c))) => Incoming::ConnAck(c.code),
-            Ok(Event::Incoming(Packet::SubAck(s))) => Incoming::SubAck(s.return_codes),
+            Ok(Event::Incoming(Packet::ConnAck(c))) => Incoming::ConnAck(match c.code {
+                ConnectReturnCode::Success => Ok(()),
+                code => Err(format!("{code:?}")),
+            }),
+            Ok(Event::Incoming(Packet::SubAck(s))) => Incoming::SubAck(
+                s.return_codes
+                    .iter()
+                    .map(|c| match c {
+                        SubscribeReasonCode::Success(q) => Ok(qos_u8(*q)),
+                        SubscribeReasonCode::Failure => Err("Failure (0x80)".to_string()),
+                    })
+                    .collect(),
+            ),
             Ok(Event::Incoming(Packet::Publish(p))) => Incoming::Publish {
                 topic: p.topic,
                 payload: p.payload,
@@ -123,110 +179,151 @@ async fn drive(mut eventloop: EventLoop, tx: mpsc::Sender<Incoming>) {
     }
 }
 
+async fn drive_v5(mut eventloop: mqtt5::EventLoop, tx: mpsc::Sender<Incoming>) {
+    use mqtt5::mqttbytes::v5::{ConnectReturnCode, Packet, SubscribeReasonCode};
+    loop {
+        let msg = match eventloop.poll().await {
+            Ok(mqtt5::Event::Incoming(Packet::ConnAck(c))) => Incoming::ConnAck(match c.code {
+                ConnectReturnCode::Success => Ok(()),
+                code => Err(format!("{code:?}")),
+            }),
+            Ok(mqtt5::Event::Incoming(Packet::SubAck(s))) => Incoming::SubAck(
+                s.return_codes
+                    .iter()
+                    .map(|c| match c {
+                        SubscribeReasonCode::Success(q) => Ok(*q as u8),
+                        other => Err(format!("{other:?}")),
+                    })
+                    .collect(),
+            ),
+            Ok(mqtt5::Event::Incoming(Packet::Publish(p))) => Incoming::Publish {
+                topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                payload: p.payload,
+            },
+            Ok(mqtt5::Event::Incoming(Packet::Disconnect(d))) => {
+                Incoming::Down(format!("DISCONNECT from the server: {:?}", d.reason_code))
+            }
+            Ok(_) => continue,
+            Err(e) => {
+                let _ = tx.send(Incoming::Down(e.to_string())).await;
+                return;
+            }
+        };
+        let down = matches!(msg, Incoming::Down(_));
+        if tx.send(msg).await.is_err() || down {
+            return;
+        }
+    }
+}
+
 impl Session {
     /// Connects and subscribes; returns once every SUBACK has arrived.
     pub async fn connect(cfg: &SessionConfig) -> Result<Session, SessionError> {
+        let mut s = Session::connect_only(cfg).await?;
+        for api in &cfg.apis {
+            s.subscribe_api(api).await?;
+        }
+        Ok(s)
+    }
+
+    /// Connects (TLS handshake, CONNECT, CONNACK) without subscribing.
+    pub async fn connect_only(cfg: &SessionConfig) -> Result<Session, SessionError> {
         let endpoint = format!("{}:{}", cfg.host, cfg.port);
-        let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
-        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            cfg.tls.clone(),
-        )));
-        opts.set_keep_alive(cfg.keep_alive);
-        opts.set_clean_session(true);
-        opts.set_max_packet_size(256 * 1024, 256 * 1024);
-        let (client, mut eventloop) = AsyncClient::new(opts, 16);
+        let transport = Transport::tls_with_config(TlsConfiguration::Rustls(cfg.tls.clone()));
         // Requests are small and latency-bound: without TCP_NODELAY a PUBLISH that follows
         // the PUBACK of the previous reply waits for a delayed ACK (~40 ms).
         let mut net = rumqttc::NetworkOptions::new();
         net.set_tcp_nodelay(true);
         net.set_connection_timeout(cfg.connect_timeout.as_secs().max(1));
-        eventloop.set_network_options(net);
         let (tx, incoming) = mpsc::channel(64);
-        let driver = tokio::spawn(drive(eventloop, tx));
+        let (client, driver) = if cfg.mqtt_version == 5 {
+            let mut opts =
+                mqtt5::MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+            opts.set_transport(transport);
+            opts.set_keep_alive(cfg.keep_alive);
+            opts.set_clean_start(true);
+            opts.set_max_packet_size(Some(256 * 1024));
+            opts.set_network_options(net);
+            let (client, eventloop) = mqtt5::AsyncClient::new(opts, 16);
+            (Client::V5(client), tokio::spawn(drive_v5(eventloop, tx)))
+        } else {
+            let mut opts =
+                rumqttc::MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+            opts.set_transport(transport);
+            opts.set_keep_alive(cfg.keep_alive);
+            opts.set_clean_session(true);
+            opts.set_max_packet_size(256 * 1024, 256 * 1024);
+            let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 16);
+            eventloop.set_network_options(net);
+            (Client::V4(client), tokio::spawn(drive_v4(eventloop, tx)))
+        };
         let mut s = Session {
             client,
             incoming,
             driver,
             format: cfg.format,
             endpoint: endpoint.clone(),
+            connect_timeout: cfg.connect_timeout,
         };
-
         match timeout(cfg.connect_timeout, s.incoming.recv()).await {
-            Ok(Some(Incoming::ConnAck(ConnectReturnCode::Success))) => {}
-            Ok(Some(Incoming::ConnAck(code))) => {
-                return Err(SessionError::Refused {
-                    endpoint,
-                    code: format!("{code:?}"),
-                });
-            }
-            Ok(Some(Incoming::Down(reason))) => {
-                return Err(SessionError::Connect { endpoint, reason });
-            }
-            Ok(_) => {
-                return Err(SessionError::Connect {
-                    endpoint,
-                    reason: "connection ended before CONNACK".into(),
-                });
-            }
-            Err(_) => {
-                return Err(SessionError::Connect {
-                    endpoint,
-                    reason: format!("no CONNACK within {} s", cfg.connect_timeout.as_secs()),
-                });
-            }
+            Ok(Some(Incoming::ConnAck(Ok(())))) => Ok(s),
+            Ok(Some(Incoming::ConnAck(Err(code)))) => Err(SessionError::Refused { endpoint, code }),
+            Ok(Some(Incoming::Down(reason))) => Err(SessionError::Connect { endpoint, reason }),
+            Ok(_) => Err(SessionError::Connect {
+                endpoint,
+                reason: "connection ended before CONNACK".into(),
+            }),
+            Err(_) => Err(SessionError::Connect {
+                endpoint,
+                reason: format!("no CONNACK within {} s", cfg.connect_timeout.as_secs()),
+            }),
         }
+    }
 
-        if cfg.apis.is_empty() {
-            return Ok(s);
-        }
-        let filters: Vec<String> = cfg
-            .apis
-            .iter()
-            .flat_map(|api| {
-                [ReplyKind::Accepted, ReplyKind::Rejected].map(|k| api.reply_topic(cfg.format, k))
-            })
-            .collect();
-        s.client
-            .subscribe_many(
-                filters
-                    .iter()
-                    .map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce)),
-            )
+    /// Subscribes to `api`'s accepted and rejected topics; returns the granted QoS of each.
+    pub async fn subscribe_api(&mut self, api: &Api) -> Result<Vec<(String, u8)>, SessionError> {
+        let filters: Vec<String> = [ReplyKind::Accepted, ReplyKind::Rejected]
+            .map(|k| api.reply_topic(self.format, k))
+            .to_vec();
+        let step = format!("SUBSCRIBE {}", filters.join(", "));
+        self.client
+            .subscribe(&filters)
             .await
-            .map_err(|e| SessionError::Disconnected {
-                step: "SUBSCRIBE".into(),
-                reason: e.to_string(),
+            .map_err(|reason| SessionError::Disconnected {
+                step: step.clone(),
+                reason,
             })?;
         loop {
-            match timeout(cfg.connect_timeout, s.incoming.recv()).await {
+            match timeout(self.connect_timeout, self.incoming.recv()).await {
                 Ok(Some(Incoming::SubAck(codes))) => {
-                    if let Some(i) = codes
-                        .iter()
-                        .position(|c| matches!(c, SubscribeReasonCode::Failure))
-                    {
-                        return Err(SessionError::SubscribeRefused {
-                            filter: filters.get(i).cloned().unwrap_or_default(),
-                        });
+                    let mut granted = Vec::with_capacity(filters.len());
+                    for (filter, code) in filters.iter().zip(codes) {
+                        match code {
+                            Ok(q) => granted.push((filter.clone(), q)),
+                            Err(code) => {
+                                return Err(SessionError::SubscribeRefused {
+                                    filter: filter.clone(),
+                                    code,
+                                });
+                            }
+                        }
                     }
-                    return Ok(s);
+                    return Ok(granted);
                 }
                 Ok(Some(Incoming::Down(reason))) => {
-                    return Err(SessionError::Disconnected {
-                        step: "SUBSCRIBE".into(),
-                        reason,
-                    });
+                    return Err(SessionError::Disconnected { step, reason });
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => {
                     return Err(SessionError::Disconnected {
-                        step: "SUBSCRIBE".into(),
+                        step,
                         reason: "connection ended".into(),
                     });
                 }
                 Err(_) => {
                     return Err(SessionError::Disconnected {
-                        step: "SUBSCRIBE".into(),
-                        reason: format!("no SUBACK within {} s", cfg.connect_timeout.as_secs()),
+                        step,
+                        reason: format!("no SUBACK within {} s", self.connect_timeout.as_secs()),
                     });
                 }
             }
@@ -247,16 +344,11 @@ impl Session {
         let accepted = api.reply_topic(self.format, ReplyKind::Accepted);
         let rejected = api.reply_topic(self.format, ReplyKind::Rejected);
         self.client
-            .publish(
-                api.request_topic(self.format),
-                QoS::AtLeastOnce,
-                false,
-                payload,
-            )
+            .publish(api.request_topic(self.format), payload)
             .await
-            .map_err(|e| SessionError::Disconnected {
+            .map_err(|reason| SessionError::Disconnected {
                 step: format!("{} PUBLISH", api.name()),
-                reason: e.to_string(),
+                reason,
             })?;
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -301,7 +393,7 @@ impl Session {
 
     /// Sends DISCONNECT and waits briefly for the connection to close.
     pub async fn close(mut self) {
-        if self.client.disconnect().await.is_ok() {
+        if self.client.disconnect().await {
             let _ = timeout(Duration::from_secs(2), async {
                 while let Some(m) = self.incoming.recv().await {
                     if matches!(m, Incoming::Down(_)) {

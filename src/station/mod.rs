@@ -66,9 +66,44 @@ pub fn timestamp() -> String {
     .unwrap_or_else(|_| now.unix_timestamp().to_string())
 }
 
+/// `station check`: connects with the claim certificate and subscribes to the topics the
+/// configured key source and template need, reporting each step.
+pub async fn check(
+    cfg: &Config,
+    shutdown: Shutdown,
+) -> crate::Result<Vec<crate::provision::check::Step>> {
+    use crate::config::KeySourceConfig;
+    use crate::fleet::Api;
+    let endpoint = endpoint::Endpoint::resolve(cfg, &shutdown).await?;
+    let create = match cfg.keys.source {
+        KeySourceConfig::Aws => Api::CreateKeysAndCertificate,
+        KeySourceConfig::Pool | KeySourceConfig::Device => Api::CreateCertificateFromCsr,
+    };
+    let steps = crate::provision::check::run(&crate::provision::check::CheckConfig {
+        host: endpoint.host.clone(),
+        port: endpoint.port,
+        client_id: format!("{}-check", cfg.station.id),
+        tls: endpoint.tls.clone(),
+        apis: vec![
+            create,
+            Api::RegisterThing {
+                template: cfg.provision.template_name.clone(),
+            },
+        ],
+        format: cfg.provision.format(),
+        mqtt_version: cfg.provision.mqtt_version,
+        timeout: std::time::Duration::from_secs(cfg.provision.request_timeout_s),
+    })
+    .await;
+    if let Some(emu) = &endpoint.emulator {
+        emu.stop();
+    }
+    Ok(steps)
+}
+
 /// Provisions the boards of the configured line until `boards` are done or `shutdown`.
 pub async fn run(cfg: &Config, opts: &RunOptions, shutdown: Shutdown) -> crate::Result<RunReport> {
-    let target = if cfg.jigs.is_virtual() {
+    let requested = if cfg.jigs.is_virtual() {
         Some(opts.boards.unwrap_or(cfg.jigs.boards))
     } else {
         opts.boards
@@ -79,7 +114,7 @@ pub async fn run(cfg: &Config, opts: &RunOptions, shutdown: Shutdown) -> crate::
             report_dir: opts.report_dir.clone(),
             ledger: &cfg.station.ledger,
             sessions: cfg.provision.sessions,
-            target: target.unwrap_or(0) as u64,
+            target: requested.unwrap_or(0) as u64,
             progress: opts.progress,
         },
         &shutdown,
@@ -92,12 +127,20 @@ pub async fn run(cfg: &Config, opts: &RunOptions, shutdown: Shutdown) -> crate::
             source,
         }
     })?;
-    let progress_state = Arc::new(LineProgress::new(target.map(|t| t as u64)));
+    let unfinished = p.ledger.unfinished()?;
+    if !unfinished.is_empty() {
+        tracing::info!(
+            count = unfinished.len(),
+            "the ledger holds unfinished devices from an earlier run; they resume when their boards are placed"
+        );
+    }
 
     // The jigs: virtual ones on ptys, or the configured serial ports.
     let mut virtual_line = None;
+    let mut target = requested;
     let ports: Vec<(String, String, PortSettings)> = if cfg.jigs.is_virtual() {
-        let line = virtual_line::VirtualLine::start(cfg, target.unwrap_or(0))?;
+        let (line, fed) = virtual_line::VirtualLine::start(cfg, requested.unwrap_or(0), &p.ledger)?;
+        target = Some(fed);
         let ports = line.ports();
         virtual_line = Some(line);
         ports
@@ -114,6 +157,7 @@ pub async fn run(cfg: &Config, opts: &RunOptions, shutdown: Shutdown) -> crate::
     if ports.is_empty() {
         return Err(Error::NoJigs);
     }
+    let progress_state = Arc::new(LineProgress::new(target.map(|t| t as u64)));
     let ctx = LineContext {
         ledger: p.ledger.clone(),
         telemetry: p.telemetry.clone(),

@@ -2,7 +2,7 @@
 //! boards with generated serial numbers, so `station run` can provision a whole line on one
 //! machine. The station opens each jig's pty path exactly as it opens a USB adapter.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use super::line::ReleaseHook;
 use crate::config::Config;
 use crate::error::Error;
 use crate::jig::{PortSettings, SerialGenerator, VirtualJig, VirtualJigConfig};
+use crate::ledger::{DeviceState, Ledger};
 
 /// Port settings for a jig at `baud` from the `[jigs]` section.
 pub fn port_settings(cfg: &Config, baud: u32) -> PortSettings {
@@ -29,8 +30,14 @@ pub struct VirtualLine {
 
 impl VirtualLine {
     /// Starts `jigs.count` jigs sharing a queue of `boards` boards. Serials are
-    /// `<prefix>-<UTC yymmddHHMMSSmmm>-<n>`, so boards of different runs do not collide.
-    pub fn start(cfg: &Config, boards: usize) -> crate::Result<VirtualLine> {
+    /// `<prefix>-<UTC yymmddHHMMSSmmm>-<n>`, so boards of different runs do not collide; or,
+    /// with `jigs.stamp_serials = false`, `<prefix>-<n>` without the boards `ledger` shows
+    /// verified. Returns the line and the number of boards placed in its queue.
+    pub fn start(
+        cfg: &Config,
+        boards: usize,
+        ledger: &Ledger,
+    ) -> crate::Result<(VirtualLine, usize)> {
         let (tx, rx) = crossbeam_channel::bounded(boards.max(1));
         let now = time::OffsetDateTime::now_utc();
         let stamp = now
@@ -38,9 +45,27 @@ impl VirtualLine {
                 "[year repr:last_two][month][day][hour][minute][second][subsecond digits:3]"
             ))
             .unwrap_or_else(|_| now.unix_timestamp().to_string());
-        let prefix = format!("{}-{stamp}-", cfg.jigs.serial_prefix);
-        for spec in SerialGenerator::new(&prefix, 6, 1).take(boards) {
-            tx.send(spec).expect("queue sized for every board");
+        let mut fed = 0;
+        if cfg.jigs.stamp_serials {
+            let prefix = format!("{}-{stamp}-", cfg.jigs.serial_prefix);
+            for spec in SerialGenerator::new(&prefix, 6, 1).take(boards) {
+                tx.send(spec).expect("queue sized for every board");
+                fed += 1;
+            }
+        } else {
+            let verified: HashSet<String> = ledger
+                .devices()?
+                .into_iter()
+                .filter(|d| d.state == DeviceState::Verified)
+                .map(|d| d.serial)
+                .collect();
+            let prefix = format!("{}-", cfg.jigs.serial_prefix);
+            for spec in SerialGenerator::new(&prefix, 6, 1).take(boards) {
+                if !verified.contains(&spec.serial) {
+                    tx.send(spec).expect("queue sized for every board");
+                    fed += 1;
+                }
+            }
         }
         drop(tx);
         let mut jigs = Vec::with_capacity(cfg.jigs.count);
@@ -51,11 +76,12 @@ impl VirtualLine {
                 VirtualJig::spawn(jc, rx.clone()).map_err(|e| Error::VirtualJig(e.to_string()))?;
             jigs.push((format!("vjig-{}", i + 1), Arc::new(jig)));
         }
-        Ok(VirtualLine {
+        let line = VirtualLine {
             jigs,
             baud: cfg.jigs.baud,
             settings: port_settings(cfg, cfg.jigs.baud),
-        })
+        };
+        Ok((line, fed))
     }
 
     /// (name, pty path, settings) of every jig.
