@@ -46,6 +46,12 @@ enum Command {
         /// Where to write summary.json (default: <station.report_dir>/<UTC timestamp>/).
         #[arg(long, value_name = "DIR")]
         report_dir: Option<PathBuf>,
+        /// Number of virtual jigs (overrides jigs.count).
+        #[arg(long, value_name = "J", value_parser = clap::value_parser!(u16).range(1..=512))]
+        jigs: Option<u16>,
+        /// Line rate in baud (overrides jigs.baud; virtual boards emulate it, 0 = memory speed).
+        #[arg(long, value_name = "B")]
+        baud: Option<u32>,
     },
     /// Load-test the provisioning engine: synthetic devices, no jigs, as fast as the
     /// endpoint's quotas allow. Writes summary.json like `run`.
@@ -203,6 +209,8 @@ fn main() -> ExitCode {
             config,
             boards,
             report_dir,
+            jigs,
+            baud,
         } => {
             let cfg = match Config::load(&config) {
                 Ok(c) => c,
@@ -211,6 +219,8 @@ fn main() -> ExitCode {
             let opts = RunOptions {
                 boards,
                 report_dir,
+                jigs: jigs.map(usize::from),
+                baud,
                 progress: true,
             };
             runtime().block_on(async {

@@ -71,6 +71,7 @@ async fn provisions_a_line_of_virtual_boards_end_to_end() {
             boards: None,
             report_dir: Some(dir.path().join("report")),
             progress: false,
+            ..RunOptions::default()
         },
         Shutdown::new(),
     )
@@ -139,6 +140,7 @@ async fn a_line_where_every_board_is_rejected_ends_with_named_failures() {
             boards: None,
             report_dir: Some(dir.path().join("report")),
             progress: false,
+            ..RunOptions::default()
         },
         Shutdown::new(),
     )

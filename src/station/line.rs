@@ -104,11 +104,19 @@ pub fn run_jig(name: &str, path: &str, settings: &PortSettings, ctx: &LineContex
                         tracing::info!(jig = name, "port is back");
                         reported_disconnect = false;
                     }
+                    ctx.telemetry.emit_blocking(Event::JigConnection {
+                        jig: name.to_string(),
+                        connected: true,
+                    });
                     link.insert(l)
                 }
                 Err(e) => {
                     if !reported_disconnect {
-                        tracing::warn!(jig = name, error = %e, "jig port unavailable; waiting for it");
+                        tracing::warn!(jig = name, error = %e, "jig port unavailable (disconnected); waiting for it");
+                        ctx.telemetry.emit_blocking(Event::JigConnection {
+                            jig: name.to_string(),
+                            connected: false,
+                        });
                         reported_disconnect = true;
                     }
                     std::thread::sleep(Duration::from_millis(500));
@@ -121,6 +129,10 @@ pub fn run_jig(name: &str, path: &str, settings: &PortSettings, ctx: &LineContex
             Err(JigError::NoBoard { .. }) => continue,
             Err(e) => {
                 tracing::warn!(jig = name, error = %e, "jig link failed; reopening the port");
+                ctx.telemetry.emit_blocking(Event::JigConnection {
+                    jig: name.to_string(),
+                    connected: false,
+                });
                 link = None;
                 continue;
             }
@@ -136,7 +148,7 @@ pub fn run_jig(name: &str, path: &str, settings: &PortSettings, ctx: &LineContex
             hw_rev: Some(info.hw_rev.clone()),
             jig: name.to_string(),
         };
-        match provision_board(l, &board, ctx) {
+        match provision_board(l, &board, ctx, settings.baud) {
             Ok(()) => {}
             Err(BoardError::Ledger(e)) => {
                 tracing::error!(jig = name, error = %e, "ledger failure: stopping this jig");
@@ -166,6 +178,7 @@ fn provision_board(
     link: &mut JigLink,
     board: &BoardIdentity,
     ctx: &LineContext,
+    baud: u32,
 ) -> Result<(), BoardError> {
     let started = Instant::now();
     let begun = match ctx.ledger.begin_blocking(&board.serial, &board.jig) {
@@ -216,7 +229,7 @@ fn provision_board(
             })
         });
     let result = match outcome {
-        Ok(creds) => write_and_verify(link, device_id, &creds, ctx),
+        Ok(creds) => write_and_verify(link, device_id, &creds, ctx, &board.jig, baud),
         Err(f) => Err((f.code, f.message)),
     };
     match result {
@@ -309,6 +322,8 @@ fn write_and_verify(
     device_id: i64,
     creds: &Credentials,
     ctx: &LineContext,
+    jig: &str,
+    baud: u32,
 ) -> Result<(), (String, String)> {
     let started = Instant::now();
     let contents = slot_contents(creds, &ctx.root_ca_pem);
@@ -326,6 +341,7 @@ fn write_and_verify(
     }
     let ledger_err = |e: LedgerError| ("ledger".to_string(), e.to_string());
 
+    let retransmissions_before = link.stats().retransmissions;
     let mut last = None;
     for attempt in 0..WRITE_ATTEMPTS {
         if attempt > 0 {
@@ -339,14 +355,15 @@ fn write_and_verify(
                 continue;
             }
         };
+        // Write-to-verified time on the line: the ledger's sync in between is not line time.
+        let mut line_time = started.elapsed();
         ctx.ledger
             .record_blocking(device_id, Transition::Written)
             .map_err(ledger_err)?;
-        ctx.telemetry.emit_blocking(Event::JigBytes {
-            bytes: report.bytes as u64,
-        });
+        let verify_started = Instant::now();
         match link.verify(&items) {
             Ok(()) => {
+                line_time += verify_started.elapsed();
                 ctx.ledger
                     .record_blocking(device_id, Transition::Verified)
                     .map_err(ledger_err)?;
@@ -354,11 +371,22 @@ fn write_and_verify(
                     stage: Stage::JigWrite,
                     elapsed: started.elapsed(),
                 });
+                ctx.telemetry.emit_blocking(Event::JigWrite {
+                    jig: jig.to_string(),
+                    payload_bytes: report.bytes as u64,
+                    elapsed: line_time,
+                    baud,
+                    retries: link.stats().retransmissions - retransmissions_before
+                        + u64::from(attempt),
+                });
                 return Ok(());
             }
             Err(e) => last = Some(e),
         }
     }
+    ctx.telemetry.emit_blocking(Event::JigFailed {
+        jig: jig.to_string(),
+    });
     let e = last.expect("at least one attempt ran");
     Err((
         jig_code(&e),

@@ -132,5 +132,5 @@ pub async fn loadtest(
         });
     }
     while tasks.join_next().await.is_some() {}
-    p.finish(Some(opts.devices as u64)).await
+    p.finish(Some(opts.devices as u64), None).await
 }

@@ -26,7 +26,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::jig::PortSettings;
 use crate::shutdown::Shutdown;
-use crate::telemetry::summary::Summary;
+use crate::telemetry::summary::{LineInfo, Summary};
 
 use self::line::{LineContext, LineProgress};
 use self::pipeline::{Pipeline, PipelineOptions};
@@ -38,6 +38,10 @@ pub struct RunOptions {
     pub boards: Option<usize>,
     /// Report directory; default `<station.report_dir>/<UTC timestamp>/`.
     pub report_dir: Option<PathBuf>,
+    /// Virtual jigs (overrides `jigs.count`).
+    pub jigs: Option<usize>,
+    /// Line rate (overrides `jigs.baud`).
+    pub baud: Option<u32>,
     /// Print progress lines to stderr.
     pub progress: bool,
 }
@@ -103,6 +107,14 @@ pub async fn check(
 
 /// Provisions the boards of the configured line until `boards` are done or `shutdown`.
 pub async fn run(cfg: &Config, opts: &RunOptions, shutdown: Shutdown) -> crate::Result<RunReport> {
+    let mut cfg = cfg.clone();
+    if let Some(j) = opts.jigs {
+        cfg.jigs.count = j;
+    }
+    if let Some(b) = opts.baud {
+        cfg.jigs.baud = b;
+    }
+    let cfg = &cfg;
     let requested = if cfg.jigs.is_virtual() {
         Some(opts.boards.unwrap_or(cfg.jigs.boards))
     } else {
@@ -157,6 +169,10 @@ pub async fn run(cfg: &Config, opts: &RunOptions, shutdown: Shutdown) -> crate::
     if ports.is_empty() {
         return Err(Error::NoJigs);
     }
+    let line_info = LineInfo {
+        count: ports.len(),
+        baud: cfg.jigs.baud,
+    };
     let progress_state = Arc::new(LineProgress::new(target.map(|t| t as u64)));
     let ctx = LineContext {
         ledger: p.ledger.clone(),
@@ -195,5 +211,5 @@ pub async fn run(cfg: &Config, opts: &RunOptions, shutdown: Shutdown) -> crate::
     .await
     .ok();
     drop(virtual_line);
-    p.finish(target.map(|t| t as u64)).await
+    p.finish(target.map(|t| t as u64), Some(line_info)).await
 }

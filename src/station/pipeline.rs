@@ -19,7 +19,7 @@ use crate::provision::rate::Limits;
 use crate::provision::tls::read_roots;
 use crate::provision::{EngineConfig, Provisioner};
 use crate::shutdown::Shutdown;
-use crate::telemetry::summary::Summary;
+use crate::telemetry::summary::{LineInfo, Summary};
 use crate::telemetry::{self, Aggregate, Telemetry, progress};
 
 /// The running stages.
@@ -116,14 +116,18 @@ impl Pipeline {
     /// Stops the engine, closes telemetry, writes `summary.json` and stops the embedded
     /// emulator. `total` is the number of devices the run set out to do (`None`: those
     /// started).
-    pub async fn finish(self, total: Option<u64>) -> crate::Result<RunReport> {
+    pub async fn finish(
+        self,
+        total: Option<u64>,
+        line: Option<LineInfo>,
+    ) -> crate::Result<RunReport> {
         self.engine.shutdown().await;
         drop(self.telemetry);
         let aggregate = self.aggregator.await.expect("telemetry aggregator");
         if let Some(p) = self.printer {
             p.abort();
         }
-        let summary = Summary::from_aggregate(&aggregate, total.unwrap_or(aggregate.started));
+        let summary = Summary::from_aggregate(&aggregate, total.unwrap_or(aggregate.started), line);
         summary
             .write(&self.report_dir)
             .map_err(|source| Error::Report {

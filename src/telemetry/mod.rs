@@ -79,10 +79,41 @@ pub enum Event {
         level: usize,
         capacity: usize,
     },
-    /// Bytes of credentials written to boards.
-    JigBytes {
-        bytes: u64,
+    /// A board's credentials were written, committed and verified.
+    JigWrite {
+        jig: String,
+        /// Slot bytes written (the payload).
+        payload_bytes: u64,
+        /// From the first PUT to the verified read-back.
+        elapsed: Duration,
+        /// The port's line rate (0 = unpaced virtual line).
+        baud: u32,
+        /// Frames sent again (CRC errors, timeouts) and whole-write retries.
+        retries: u64,
     },
+    /// A board failed at the jig (write or verify failed twice).
+    JigFailed {
+        jig: String,
+    },
+    /// A jig's port went away or came back.
+    JigConnection {
+        jig: String,
+        connected: bool,
+    },
+}
+
+/// What one jig did in a run.
+#[derive(Debug, Clone, Default)]
+pub struct JigTotals {
+    pub boards: u64,
+    pub payload_bytes: u64,
+    pub write_time: Duration,
+    /// Σ baud/10 × write time: the bytes the line could have carried meanwhile.
+    pub capacity_bytes: f64,
+    pub retries: u64,
+    pub failed_boards: u64,
+    pub disconnects: u64,
+    pub connected: bool,
 }
 
 /// A cheap, cloneable handle for emitting events.
@@ -116,6 +147,8 @@ pub struct Snapshot {
     pub throttled: u64,
     pub key_stock: (usize, usize),
     pub jig_bytes: u64,
+    /// Jigs whose port is currently gone.
+    pub jigs_disconnected: usize,
     /// Median end-to-end latency so far.
     pub p50_end_to_end: Duration,
 }
@@ -141,6 +174,7 @@ pub struct Aggregate {
     pub throttled: u64,
     pub failures: BTreeMap<String, u64>,
     pub jig_bytes: u64,
+    pub jigs: BTreeMap<String, JigTotals>,
 }
 
 impl Aggregate {
@@ -166,6 +200,7 @@ impl Aggregate {
             throttled: 0,
             failures: BTreeMap::new(),
             jig_bytes: 0,
+            jigs: BTreeMap::new(),
         }
     }
 
@@ -190,7 +225,29 @@ impl Aggregate {
             Event::Retry { .. } => self.retries += 1,
             Event::Throttled { .. } => self.throttled += 1,
             Event::KeyStock { level, capacity } => *key_stock = (level, capacity),
-            Event::JigBytes { bytes } => self.jig_bytes += bytes,
+            Event::JigWrite {
+                jig,
+                payload_bytes,
+                elapsed,
+                baud,
+                retries,
+            } => {
+                self.jig_bytes += payload_bytes;
+                let j = self.jigs.entry(jig).or_default();
+                j.boards += 1;
+                j.payload_bytes += payload_bytes;
+                j.write_time += elapsed;
+                j.capacity_bytes += f64::from(baud) / 10.0 * elapsed.as_secs_f64();
+                j.retries += retries;
+            }
+            Event::JigFailed { jig } => self.jigs.entry(jig).or_default().failed_boards += 1,
+            Event::JigConnection { jig, connected } => {
+                let j = self.jigs.entry(jig).or_default();
+                if j.connected && !connected {
+                    j.disconnects += 1;
+                }
+                j.connected = connected;
+            }
         }
     }
 
@@ -207,6 +264,7 @@ impl Aggregate {
             throttled: self.throttled,
             key_stock,
             jig_bytes: self.jig_bytes,
+            jigs_disconnected: self.jigs.values().filter(|j| !j.connected).count(),
             p50_end_to_end: Duration::from_micros(
                 self.histograms[&Stage::EndToEnd].value_at_quantile(0.5),
             ),

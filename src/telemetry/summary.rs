@@ -24,6 +24,47 @@ pub struct Summary {
     pub failures: BTreeMap<String, u64>,
     pub retries: u64,
     pub throttled: u64,
+    /// The line's figures (absent for a load test, which has no jigs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jigs: Option<JigSummary>,
+}
+
+/// `"jigs"` in summary.json.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JigSummary {
+    pub count: usize,
+    pub baud: u32,
+    /// Payload (slot) bytes written to boards.
+    pub bytes_written: u64,
+    /// payload bytes ÷ (baud/10 × write-to-verified time), over every verified board.
+    pub line_efficiency: f64,
+    /// Frames sent again and whole writes repeated.
+    pub retries: u64,
+    /// Boards whose write or verify failed twice.
+    pub failed_boards: u64,
+    /// Line efficiency of each jig (0 for a jig that verified no board).
+    pub per_jig: BTreeMap<String, f64>,
+}
+
+/// The line the run used.
+#[derive(Debug, Clone, Copy)]
+pub struct LineInfo {
+    pub count: usize,
+    pub baud: u32,
+}
+
+/// payload bytes ÷ (baud/10 × time): the share of the line's byte capacity spent on payload.
+pub fn line_efficiency(payload_bytes: u64, time: std::time::Duration, baud: u32) -> f64 {
+    efficiency(payload_bytes, f64::from(baud) / 10.0 * time.as_secs_f64())
+}
+
+/// payload bytes ÷ capacity bytes, rounded to 4 decimals (0 without capacity).
+pub fn efficiency(payload_bytes: u64, capacity: f64) -> f64 {
+    if capacity > 0.0 {
+        ((payload_bytes as f64 / capacity) * 10_000.0).round() / 10_000.0
+    } else {
+        0.0
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,7 +111,7 @@ impl StageStats {
 
 impl Summary {
     /// Builds the summary; `total` is the number of devices the run set out to provision.
-    pub fn from_aggregate(agg: &Aggregate, total: u64) -> Summary {
+    pub fn from_aggregate(agg: &Aggregate, total: u64, line: Option<LineInfo>) -> Summary {
         let end = agg.last_done_at.unwrap_or(agg.finished_at);
         let elapsed = end.duration_since(agg.started_at).as_secs_f64();
         let stages = Stage::ALL
@@ -98,6 +139,25 @@ impl Summary {
             failures: agg.failures.clone(),
             retries: agg.retries,
             throttled: agg.throttled,
+            jigs: line.map(|l| {
+                let total = |f: fn(&super::JigTotals) -> u64| agg.jigs.values().map(f).sum::<u64>();
+                let capacity = agg.jigs.values().map(|j| j.capacity_bytes).sum();
+                JigSummary {
+                    count: l.count,
+                    baud: l.baud,
+                    bytes_written: total(|j| j.payload_bytes),
+                    line_efficiency: efficiency(total(|j| j.payload_bytes), capacity),
+                    retries: total(|j| j.retries),
+                    failed_boards: total(|j| j.failed_boards),
+                    per_jig: agg
+                        .jigs
+                        .iter()
+                        .map(|(name, j)| {
+                            (name.clone(), efficiency(j.payload_bytes, j.capacity_bytes))
+                        })
+                        .collect(),
+                }
+            }),
         }
     }
 
@@ -132,6 +192,17 @@ impl Summary {
                 st.max_ms
             ));
         }
+        if let Some(j) = &self.jigs {
+            out.push_str(&format!(
+                "line: {} jigs at {} baud, {} payload bytes, line efficiency {:.1}%, {} retries, {} boards failed at the jig\n",
+                j.count,
+                j.baud,
+                j.bytes_written,
+                j.line_efficiency * 100.0,
+                j.retries,
+                j.failed_boards
+            ));
+        }
         for (reason, n) in &self.failures {
             out.push_str(&format!("failed: {n} × {reason}\n"));
         }
@@ -142,6 +213,20 @@ impl Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn line_efficiency_is_payload_over_line_capacity() {
+        // 11 520 bytes in one second at 115 200 baud fill the line.
+        assert_eq!(
+            line_efficiency(11_520, std::time::Duration::from_secs(1), 115_200),
+            1.0
+        );
+        assert_eq!(
+            line_efficiency(5_760, std::time::Duration::from_secs(1), 115_200),
+            0.5
+        );
+        assert_eq!(line_efficiency(1, std::time::Duration::ZERO, 115_200), 0.0);
+    }
 
     #[test]
     fn stage_stats_are_in_milliseconds() {
