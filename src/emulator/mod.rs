@@ -199,7 +199,7 @@ impl Emulator {
         let hooks = Hooks::new(&cfg.hooks, Duration::from_millis(cfg.hook_timeout_ms))?;
         for t in templates.names().filter_map(|n| templates.get(n)) {
             if let Some(h) = t.hook.as_ref().filter(|h| !hooks.is_mapped(&h.target_arn)) {
-                tracing::warn!(
+                tracing::info!(
                     template = %t.name,
                     target = %h.target_arn,
                     "emulator: this template's pre-provisioning hook is not mapped in \
