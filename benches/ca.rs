@@ -17,7 +17,8 @@ use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PublicKeyData
 fn csr_for(key: &KeyPair) -> String {
     let mut p = CertificateParams::default();
     p.distinguished_name = DistinguishedName::new();
-    p.distinguished_name.push(DnType::CommonName, "bench device");
+    p.distinguished_name
+        .push(DnType::CommonName, "bench device");
     p.serialize_request(key).expect("CSR").pem().expect("PEM")
 }
 

@@ -273,6 +273,11 @@ async fn csr_with_a_refused_key_or_a_bad_signature_is_400_in_json_and_cbor() {
             csr_fixture("rsa1024.pem"),
             "not supported: RSA key of 1024 bits",
         ),
+        (
+            "RSA-8448",
+            csr_fixture("rsa8448.pem"),
+            "not supported: RSA key of 8448 bits",
+        ),
         ("Ed25519", ed25519, "not supported: key algorithm"),
         (
             "Ed448",

@@ -524,6 +524,29 @@ mod tests {
     }
 
     #[test]
+    fn the_emulator_section_takes_the_hook_table() {
+        let cfg: crate::emulator::EmulatorConfig = toml::from_str(
+            r#"
+            hook_timeout_ms = 300
+            rsa_stock = 4
+            rsa_workers = 2
+            [hooks]
+            "arn:aws:lambda:us-east-1:123456789012:function:check" = "command:fixtures/hooks/allow.sh"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            (cfg.hook_timeout_ms, cfg.rsa_stock, cfg.rsa_workers),
+            (300, 4, 2)
+        );
+        let hooks = Hooks::new(&cfg.hooks, Duration::from_millis(cfg.hook_timeout_ms)).unwrap();
+        assert!(hooks.is_mapped("arn:aws:lambda:us-east-1:123456789012:function:check"));
+        let defaults: crate::emulator::EmulatorConfig = toml::from_str("").unwrap();
+        assert_eq!(defaults.hook_timeout_ms, 5000);
+        assert!(defaults.hooks.is_empty());
+    }
+
+    #[test]
     fn allow_provisioning_true_or_1_allows() {
         let allow = |s: &str| parse_output(s.as_bytes());
         assert_eq!(
