@@ -679,6 +679,18 @@ mod tests {
         .await
         .unwrap_err();
         assert_eq!(e, HookFailure::Exit("status 3".into()));
+        let e = run_command(
+            "/bin/sh",
+            &["-c".into(), "yes | head -c 2000000".into()],
+            vec![],
+            DEFAULT_TIMEOUT,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&e, HookFailure::BadOutput(m) if m.contains("longer than")),
+            "{e:?}"
+        );
         let e = run_command("/nonexistent/hook", &[], vec![], DEFAULT_TIMEOUT)
             .await
             .unwrap_err();
