@@ -2,9 +2,18 @@
 //!
 //! At first start it creates, in the state directory, a root CA, a TLS server certificate
 //! (SAN `localhost`, `127.0.0.1`) and a claim certificate + key; later starts load them. It
-//! signs device certificates from CSRs the way AWS does for `CreateCertificateFromCsr`
-//! (reference §1.2, §1.4): the CSR's signature and key strength are checked, the subject is
-//! kept, the issuer is the AWS-style DN below and the certificate expires at the end of 2049.
+//! signs device certificates the way AWS does (reference §1.2, §1.4): the issuer is the
+//! AWS-style DN below and the certificate expires at the end of 2049, whether it is signed
+//! from a CSR (`CreateCertificateFromCsr`: the CSR's signature and key are checked, its
+//! subject is kept) or for a key the emulator made (`CreateKeysAndCertificate`: subject
+//! `CN=AWS IoT Certificate`).
+//!
+//! CSR rules (API-CreateCertificateFromCsr): RSA keys of 2048 to 8192 bits (8192 is the
+//! largest a signature can be verified for) and ECC keys on P-256, P-384 or P-521; any other
+//! key (RSA-1024, Ed25519, secp256k1, ...) is refused. The signature must verify with SHA-256,
+//! SHA-384 or SHA-512 (PKCS#1 v1.5, RSASSA-PSS or ECDSA); SHA-1 and unknown algorithms are
+//! refused. Signatures are verified with aws-lc-rs directly, since x509-parser's own
+//! verification knows neither P-521 nor ECDSA with SHA-512.
 //!
 //! The CA key is P-256 (AWS signs with RSA; an ECDSA CA signs in ~20 µs instead of ~1 ms, and
 //! no device can tell which kind of key signed its certificate). Parse the CA once at start:
@@ -23,12 +32,16 @@ use time::OffsetDateTime;
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::oid_registry::{
     OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_NIST_EC_P521,
-    OID_PKCS1_RSAENCRYPTION, OID_X509_COMMON_NAME, OID_X509_COUNTRY_NAME, OID_X509_DN_QUALIFIER,
-    OID_X509_LOCALITY_NAME, OID_X509_ORGANIZATION_NAME, OID_X509_ORGANIZATIONAL_UNIT,
-    OID_X509_SERIALNUMBER, OID_X509_STATE_OR_PROVINCE_NAME,
+    OID_NIST_HASH_SHA256, OID_NIST_HASH_SHA384, OID_NIST_HASH_SHA512, OID_PKCS1_RSAENCRYPTION,
+    OID_PKCS1_RSASSAPSS, OID_PKCS1_SHA256WITHRSA, OID_PKCS1_SHA384WITHRSA, OID_PKCS1_SHA512WITHRSA,
+    OID_SIG_ECDSA_WITH_SHA256, OID_SIG_ECDSA_WITH_SHA384, OID_SIG_ECDSA_WITH_SHA512,
+    OID_X509_COMMON_NAME, OID_X509_COUNTRY_NAME, OID_X509_DN_QUALIFIER, OID_X509_LOCALITY_NAME,
+    OID_X509_ORGANIZATION_NAME, OID_X509_ORGANIZATIONAL_UNIT, OID_X509_SERIALNUMBER,
+    OID_X509_STATE_OR_PROVINCE_NAME,
 };
 use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
+use x509_parser::signature_algorithm::RsaSsaPssParams;
 
 use super::template::SubjectFields;
 use crate::files;
@@ -71,7 +84,17 @@ pub enum CsrRejection {
         "The CSR key is not supported: {0}. Use RSA of at least 2048 bits or ECC on P-256, P-384 or P-521"
     )]
     UnsupportedKey(String),
+    #[error(
+        "The CSR signature algorithm is not supported: {0}. Sign the CSR with SHA-256, SHA-384 or SHA-512"
+    )]
+    UnsupportedSignature(String),
 }
+
+/// The largest RSA modulus whose signatures can be verified (aws-lc-rs: 8192 bits).
+pub const MAX_RSA_BITS: usize = 8192;
+
+/// The subject AWS gives certificates whose key it made (reference §1.4).
+pub const AWS_DEVICE_SUBJECT_CN: &str = "AWS IoT Certificate";
 
 /// A device certificate the CA has just signed.
 #[derive(Clone)]
@@ -303,25 +326,48 @@ impl CertificateAuthority {
         let (_, req) =
             X509CertificationRequest::from_der(&der).map_err(|_| CsrRejection::Unparsable)?;
         check_key(&req)?;
-        req.verify_signature()
-            .map_err(|_| CsrRejection::BadSignature)?;
+        verify_csr_signature(&req)?;
 
         let info = &req.certification_request_info;
-        let subject = subject_fields(&info.subject);
         let spki = SubjectPublicKeyInfo::from_der(info.subject_pki.raw)
             .map_err(|e| CsrRejection::UnsupportedKey(e.to_string()))?;
+        self.issue(
+            distinguished_name(&info.subject),
+            subject_fields(&info.subject),
+            &spki,
+        )
+        .map_err(|e| CsrRejection::UnsupportedKey(e.to_string()))
+    }
 
+    /// Signs a device certificate for a key the emulator made, as `CreateKeysAndCertificate`
+    /// does: subject `CN=AWS IoT Certificate`. `spki_der` is the key's SubjectPublicKeyInfo.
+    pub fn issue_for_key(&self, spki_der: &[u8]) -> Result<IssuedCertificate, rcgen::Error> {
+        let spki = SubjectPublicKeyInfo::from_der(spki_der)?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, AWS_DEVICE_SUBJECT_CN);
+        let fields = SubjectFields {
+            common_name: Some(AWS_DEVICE_SUBJECT_CN.to_string()),
+            ..SubjectFields::default()
+        };
+        self.issue(dn, fields, &spki)
+    }
+
+    /// The one place device certificates are signed: AWS issuer, NotAfter 2049, client auth.
+    fn issue(
+        &self,
+        dn: DistinguishedName,
+        subject: SubjectFields,
+        key: &SubjectPublicKeyInfo,
+    ) -> Result<IssuedCertificate, rcgen::Error> {
         let mut params = CertificateParams::default();
-        params.distinguished_name = distinguished_name(&info.subject);
+        params.distinguished_name = dn;
         params.not_before = now_minus_a_minute();
         params.not_after = aws_not_after();
         params.serial_number = Some(random_serial());
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
-        let cert = params
-            .signed_by(&spki, &self.issuer)
-            .map_err(|e| CsrRejection::UnsupportedKey(e.to_string()))?;
+        let cert = params.signed_by(key, &self.issuer)?;
         let der = cert.der().clone();
         Ok(IssuedCertificate {
             id: certificate_id(&der),
@@ -359,6 +405,11 @@ fn check_key(req: &X509CertificationRequest<'_>) -> Result<(), CsrRejection> {
                 "RSA key of {bits} bits"
             )));
         }
+        if bits > MAX_RSA_BITS {
+            return Err(CsrRejection::UnsupportedKey(format!(
+                "RSA key of {bits} bits (at most {MAX_RSA_BITS} bits can be verified)"
+            )));
+        }
         return Ok(());
     }
     if *alg == OID_KEY_TYPE_EC_PUBLIC_KEY {
@@ -376,6 +427,75 @@ fn check_key(req: &X509CertificationRequest<'_>) -> Result<(), CsrRejection> {
         };
     }
     Err(CsrRejection::UnsupportedKey(format!("key algorithm {alg}")))
+}
+
+/// Verifies the CSR's self-signature with the algorithm it names (key checked beforehand).
+fn verify_csr_signature(req: &X509CertificationRequest<'_>) -> Result<(), CsrRejection> {
+    use aws_lc_rs::signature as sig;
+    let alg = &req.signature_algorithm.algorithm;
+    let spki = &req.certification_request_info.subject_pki;
+    let unsupported = || CsrRejection::UnsupportedSignature(alg.to_id_string());
+    let ecdsa = |hash_bits: u16| -> Result<&'static dyn sig::VerificationAlgorithm, CsrRejection> {
+        let curve = spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok())
+            .ok_or_else(unsupported)?;
+        let p256 = curve == OID_EC_P256;
+        let p384 = curve == OID_NIST_EC_P384;
+        let p521 = curve == OID_NIST_EC_P521;
+        Ok(match hash_bits {
+            256 if p256 => &sig::ECDSA_P256_SHA256_ASN1,
+            384 if p256 => &sig::ECDSA_P256_SHA384_ASN1,
+            512 if p256 => &sig::ECDSA_P256_SHA512_ASN1,
+            256 if p384 => &sig::ECDSA_P384_SHA256_ASN1,
+            384 if p384 => &sig::ECDSA_P384_SHA384_ASN1,
+            512 if p384 => &sig::ECDSA_P384_SHA512_ASN1,
+            256 if p521 => &sig::ECDSA_P521_SHA256_ASN1,
+            384 if p521 => &sig::ECDSA_P521_SHA384_ASN1,
+            512 if p521 => &sig::ECDSA_P521_SHA512_ASN1,
+            _ => return Err(unsupported()),
+        })
+    };
+    let verifier: &dyn sig::VerificationAlgorithm = if *alg == OID_PKCS1_SHA256WITHRSA {
+        &sig::RSA_PKCS1_2048_8192_SHA256
+    } else if *alg == OID_PKCS1_SHA384WITHRSA {
+        &sig::RSA_PKCS1_2048_8192_SHA384
+    } else if *alg == OID_PKCS1_SHA512WITHRSA {
+        &sig::RSA_PKCS1_2048_8192_SHA512
+    } else if *alg == OID_PKCS1_RSASSAPSS {
+        let params = req
+            .signature_algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| RsaSsaPssParams::try_from(p).ok())
+            .ok_or_else(unsupported)?;
+        let hash = params.hash_algorithm_oid();
+        if *hash == OID_NIST_HASH_SHA256 {
+            &sig::RSA_PSS_2048_8192_SHA256
+        } else if *hash == OID_NIST_HASH_SHA384 {
+            &sig::RSA_PSS_2048_8192_SHA384
+        } else if *hash == OID_NIST_HASH_SHA512 {
+            &sig::RSA_PSS_2048_8192_SHA512
+        } else {
+            return Err(unsupported());
+        }
+    } else if *alg == OID_SIG_ECDSA_WITH_SHA256 {
+        ecdsa(256)?
+    } else if *alg == OID_SIG_ECDSA_WITH_SHA384 {
+        ecdsa(384)?
+    } else if *alg == OID_SIG_ECDSA_WITH_SHA512 {
+        ecdsa(512)?
+    } else {
+        return Err(unsupported());
+    };
+    sig::UnparsedPublicKey::new(verifier, &spki.subject_public_key.data)
+        .verify(
+            req.certification_request_info.raw,
+            &req.signature_value.data,
+        )
+        .map_err(|_| CsrRejection::BadSignature)
 }
 
 fn subject_fields(name: &x509_parser::x509::X509Name<'_>) -> SubjectFields {

@@ -10,6 +10,7 @@
 //! | 400    | `InvalidRequest`                   | template exists but is disabled              | UNCONFIRMED |
 //! | 404    | `ResourceNotFound`                 | no template of that name                     | UNCONFIRMED (v4 SDK enum) |
 //! | 403    | `AccessDenied`                     | pre-provisioning hook denied/failed/timed out| UNCONFIRMED (docs: ACCESS_DENIED) |
+//! | 500    | `InternalFailure`                  | no RSA key could be made (CreateKeysAndCertificate) | UNCONFIRMED |
 //! | 409    | `ResourceConflict`                 | OverrideSettings `FAIL` on an existing value | UNCONFIRMED |
 //! | 429    | `Throttling`                       | account quota for the API exceeded           | UNCONFIRMED (v4 SDK enum) |
 //! | 500    | `InternalFailure`                  | the emulator failed (or fault injection)     | UNCONFIRMED (v4 SDK enum) |
@@ -26,7 +27,11 @@ pub enum Rejection {
     InvalidParameters(String),
     TemplateDisabled(String),
     TemplateNotFound(String),
-    HookDenied(String),
+    /// The hook answered without `"allowProvisioning": true`.
+    HookDenied,
+    /// The hook could not be called, failed, answered badly or too late; the reason names
+    /// what went wrong (never the hook's own output, which may echo secrets).
+    HookFailed(String),
     Conflict(String),
     Throttled(&'static str),
     Internal(String),
@@ -59,7 +64,16 @@ impl Rejection {
                 "ResourceNotFound",
                 format!("Provisioning template {name} does not exist."),
             ),
-            Rejection::HookDenied(m) => (403, "AccessDenied", m.clone()),
+            Rejection::HookDenied => (
+                403,
+                "AccessDenied",
+                "The pre-provisioning hook did not allow provisioning.".to_string(),
+            ),
+            Rejection::HookFailed(reason) => (
+                403,
+                "AccessDenied",
+                format!("The pre-provisioning hook failed: {reason}."),
+            ),
             Rejection::Conflict(m) => (409, "ResourceConflict", m.clone()),
             Rejection::Throttled(api) => (429, "Throttling", format!("Rate exceeded for {api}.")),
             Rejection::Internal(m) => (500, "InternalFailure", m.clone()),
@@ -95,9 +109,15 @@ mod tests {
                 .status_code,
             429
         );
+        assert_eq!(Rejection::HookDenied.to_response().status_code, 403);
+        let failed = Rejection::HookFailed("it did not answer within 5 s".into()).to_response();
         assert_eq!(
-            Rejection::HookDenied("no".into()).to_response().status_code,
-            403
+            (failed.status_code, failed.error_code.as_str()),
+            (403, "AccessDenied")
+        );
+        assert_eq!(
+            failed.error_message,
+            "The pre-provisioning hook failed: it did not answer within 5 s."
         );
         assert_eq!(
             Rejection::TemplateNotFound("x".into())

@@ -7,7 +7,9 @@
 //!
 //! - [`broker`]: MQTT over mutual TLS, client table, topic routing.
 //! - [`api`]: one file per fleet-provisioning API.
-//! - [`ca`]: root CA, server and claim identities, signing from CSRs.
+//! - [`ca`]: root CA, server and claim identities, signing from CSRs and for emulator keys.
+//! - [`key_stock`]: RSA-2048 keys made ahead by worker threads for CreateKeysAndCertificate.
+//! - [`hook`]: the pre-provisioning hook (command, HTTP, Lambda ARN table).
 //! - [`template`]: the provisioning template engine and the template store.
 //! - [`registry`]: certificates, tokens, things and policies, persisted in SQLite.
 //! - [`policy`]: IoT policy evaluation for CONNECT/PUBLISH/SUBSCRIBE/RECEIVE.
@@ -17,10 +19,13 @@ pub mod api;
 pub mod broker;
 pub mod ca;
 pub mod errors;
+pub mod hook;
+pub mod key_stock;
 pub mod policy;
 pub mod registry;
 pub mod template;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,6 +36,8 @@ use serde::Deserialize;
 use self::api::{ApiService, ApiSettings};
 use self::broker::{Broker, BrokerLimits};
 use self::ca::{CaPaths, CertificateAuthority};
+use self::hook::Hooks;
+use self::key_stock::KeyStock;
 use self::registry::{CertStatus, Certificate, Policy, Registry, now_ms};
 use self::template::TemplateStore;
 use crate::shutdown::Shutdown;
@@ -58,6 +65,23 @@ pub struct EmulatorConfig {
     /// Ownership-token lifetime in seconds (AWS: 3600).
     #[serde(default = "default_token_ttl")]
     pub token_ttl_s: u64,
+
+    // --- API layer: CreateKeysAndCertificate key stock and the pre-provisioning hook ---
+    /// RSA-2048 keys kept ready for CreateKeysAndCertificate, made by background workers
+    /// from the first such request on. 0: each request makes its key (tens of ms).
+    #[serde(default = "default_rsa_stock")]
+    pub rsa_stock: usize,
+    /// Worker threads that keep the RSA key stock full (at least 1).
+    #[serde(default = "default_rsa_workers")]
+    pub rsa_workers: usize,
+    /// Deadline of one pre-provisioning hook call in milliseconds (AWS: 5000); a hook that
+    /// has not answered by then fails the RegisterThing with 403.
+    #[serde(default = "default_hook_timeout_ms")]
+    pub hook_timeout_ms: u64,
+    /// `[emulator.hooks]`: Lambda ARN of a template's `preProvisioningHook` → what to call
+    /// instead: `"command:/path/to/program ARGS"` or `"http://host:port/path"`.
+    #[serde(default)]
+    pub hooks: BTreeMap<String, String>,
 }
 
 fn default_listen() -> String {
@@ -72,6 +96,15 @@ fn default_templates() -> PathBuf {
 fn default_token_ttl() -> u64 {
     3600
 }
+fn default_rsa_stock() -> usize {
+    api::DEFAULT_RSA_STOCK
+}
+fn default_rsa_workers() -> usize {
+    1
+}
+fn default_hook_timeout_ms() -> u64 {
+    hook::DEFAULT_TIMEOUT.as_millis() as u64
+}
 
 impl Default for EmulatorConfig {
     fn default() -> Self {
@@ -81,6 +114,10 @@ impl Default for EmulatorConfig {
             templates: default_templates(),
             claim_policy: None,
             token_ttl_s: default_token_ttl(),
+            rsa_stock: default_rsa_stock(),
+            rsa_workers: default_rsa_workers(),
+            hook_timeout_ms: default_hook_timeout_ms(),
+            hooks: BTreeMap::new(),
         }
     }
 }
@@ -118,6 +155,9 @@ pub enum EmulatorError {
         help("[emulator] claim_policy must name a JSON IoT policy document with a Statement list")
     )]
     ClaimPolicy { path: PathBuf, reason: String },
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Hooks(#[from] hook::HookConfigError),
     #[error("emulator TLS setup: {0}")]
     #[diagnostic(code(station::emulator::tls))]
     Tls(#[from] rustls::Error),
@@ -156,14 +196,29 @@ impl Emulator {
         let claim_policy = load_claim_policy(cfg.claim_policy.as_deref())?;
         register_claim(&registry, &ca, claim_policy);
 
-        let api = Arc::new(ApiService::new(
-            ca.clone(),
-            registry.clone(),
-            templates,
-            ApiSettings {
-                token_ttl: Duration::from_secs(cfg.token_ttl_s),
-            },
-        ));
+        let hooks = Hooks::new(&cfg.hooks, Duration::from_millis(cfg.hook_timeout_ms))?;
+        for t in templates.names().filter_map(|n| templates.get(n)) {
+            if let Some(h) = t.hook.as_ref().filter(|h| !hooks.is_mapped(&h.target_arn)) {
+                tracing::info!(
+                    template = %t.name,
+                    target = %h.target_arn,
+                    "emulator: this template's pre-provisioning hook is not mapped in \
+                     [emulator.hooks]; its RegisterThing requests will be rejected (403)"
+                );
+            }
+        }
+        let api = Arc::new(
+            ApiService::new(
+                ca.clone(),
+                registry.clone(),
+                templates,
+                ApiSettings {
+                    token_ttl: Duration::from_secs(cfg.token_ttl_s),
+                },
+            )
+            .with_key_stock(KeyStock::new(cfg.rsa_stock, cfg.rsa_workers))
+            .with_hooks(hooks),
+        );
         let tls = broker::server_tls_config(&ca)?;
         let broker = Broker::start(
             &cfg.listen,

@@ -2,9 +2,8 @@
 //! `PENDING_ACTIVATION` and hand out an ownership token valid for the configured TTL
 //! (reference §1.2, §2).
 
-use super::{ApiRequest, ApiService};
+use super::{ApiRequest, ApiService, register_new_certificate};
 use crate::emulator::errors::Rejection;
-use crate::emulator::registry::{CertStatus, Certificate, TokenRecord, now_ms};
 use crate::fleet::payloads::{Secret, decode_or_default};
 use crate::fleet::{CreateCertificateFromCsrRequest, CreateCertificateFromCsrResponse};
 
@@ -26,29 +25,7 @@ pub(super) async fn handle(
         .map_err(|e| Rejection::Internal(format!("signing task failed: {e}")))?
         .map_err(|e| Rejection::InvalidCsr(e.to_string()))?;
 
-    let token = svc.new_token();
-    let now = now_ms();
-    {
-        let mut txn = svc.registry.txn();
-        txn.put_certificate(Certificate {
-            id: issued.id.clone(),
-            pem: issued.pem.clone(),
-            status: CertStatus::PendingActivation,
-            created_ms: now,
-            policies: Default::default(),
-            things: Default::default(),
-            claim: false,
-            subject: issued.subject.clone(),
-        });
-        txn.put_token(
-            &token,
-            TokenRecord {
-                certificate_id: issued.id.clone(),
-                expires_ms: now + svc.settings.token_ttl.as_millis() as u64,
-                used: false,
-            },
-        );
-    }
+    let token = register_new_certificate(svc, &issued);
     Ok(CreateCertificateFromCsrResponse {
         certificate_id: issued.id,
         certificate_pem: issued.pem,

@@ -1,9 +1,14 @@
 //! The fleet-provisioning APIs the broker routes reserved topics to, one file per API (as
 //! mini-redis keeps one file per command): each decodes its request in the topic's format,
 //! applies itself to the CA and registry, and answers with an accepted payload or a
-//! [`Rejection`] from the error table.
+//! [`Rejection`](super::errors::Rejection) from the error table.
+//!
+//! - `create_keys_and_certificate`: RSA-2048 key from the [`KeyStock`], certificate, token.
+//! - `create_certificate_from_csr`: CSR checked and signed, certificate, token.
+//! - `register_thing`: token redeemed, pre-provisioning hook ([`Hooks`]), template applied.
 
 mod create_certificate_from_csr;
+mod create_keys_and_certificate;
 mod register_thing;
 
 use std::sync::Arc;
@@ -12,9 +17,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use ring::rand::{SecureRandom, SystemRandom};
 
-use super::ca::CertificateAuthority;
-use super::errors::Rejection;
-use super::registry::Registry;
+use super::ca::{CertificateAuthority, IssuedCertificate};
+use super::hook::Hooks;
+use super::key_stock::KeyStock;
+use super::registry::{CertStatus, Certificate, Registry, TokenRecord, now_ms};
 use super::template::TemplateStore;
 use crate::fleet::payloads::encode;
 use crate::fleet::{Api, Format, ReplyKind};
@@ -54,16 +60,22 @@ impl Default for ApiSettings {
     }
 }
 
+/// RSA keys kept ready by default (see [`KeyStock`]).
+pub const DEFAULT_RSA_STOCK: usize = 8;
+
 /// The fleet-provisioning service behind the broker.
 pub struct ApiService {
     pub(crate) ca: Arc<CertificateAuthority>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) templates: Arc<TemplateStore>,
     pub(crate) settings: ApiSettings,
+    pub(crate) keys: KeyStock,
+    pub(crate) hooks: Hooks,
     rng: SystemRandom,
 }
 
 impl ApiService {
+    /// A service with the default key stock (one worker) and no Lambda ARN mapped for hooks.
     pub fn new(
         ca: Arc<CertificateAuthority>,
         registry: Arc<Registry>,
@@ -75,8 +87,22 @@ impl ApiService {
             registry,
             templates,
             settings,
+            keys: KeyStock::new(DEFAULT_RSA_STOCK, 1),
+            hooks: Hooks::default(),
             rng: SystemRandom::new(),
         }
+    }
+
+    /// Uses this stock of RSA keys for `CreateKeysAndCertificate`.
+    pub fn with_key_stock(mut self, keys: KeyStock) -> ApiService {
+        self.keys = keys;
+        self
+    }
+
+    /// Calls pre-provisioning hooks through this table and deadline.
+    pub fn with_hooks(mut self, hooks: Hooks) -> ApiService {
+        self.hooks = hooks;
+        self
     }
 
     /// Handles one request and builds the reply.
@@ -89,9 +115,9 @@ impl ApiService {
             Api::RegisterThing { template } => register_thing::handle(self, template, &req)
                 .await
                 .map(|r| encode(format, &r)),
-            Api::CreateKeysAndCertificate => Err(Rejection::InvalidPayload(
-                "CreateKeysAndCertificate is not served by this emulator build".into(),
-            )),
+            Api::CreateKeysAndCertificate => create_keys_and_certificate::handle(self, &req)
+                .await
+                .map(|r| encode(format, &r)),
         };
         let (kind, payload) = match result {
             Ok(p) => (ReplyKind::Accepted, p),
@@ -111,6 +137,8 @@ impl ApiService {
     }
 
     /// A fresh opaque ownership token (48 random bytes, hex).
+    ///
+    /// Only its hash is stored. It is bound to the one certificate it was issued with.
     fn new_token(&self) -> String {
         let mut bytes = [0u8; 48];
         self.rng
@@ -118,4 +146,32 @@ impl ApiService {
             .expect("the system random source is available");
         hex::encode(bytes)
     }
+}
+
+/// Registers a just-issued certificate as `PENDING_ACTIVATION` with a new ownership token
+/// (valid for the configured TTL), and returns the token.
+fn register_new_certificate(svc: &ApiService, issued: &IssuedCertificate) -> String {
+    let token = svc.new_token();
+    let now = now_ms();
+    let ttl_ms = u64::try_from(svc.settings.token_ttl.as_millis()).unwrap_or(u64::MAX);
+    let mut txn = svc.registry.txn();
+    txn.put_certificate(Certificate {
+        id: issued.id.clone(),
+        pem: issued.pem.clone(),
+        status: CertStatus::PendingActivation,
+        created_ms: now,
+        policies: Default::default(),
+        things: Default::default(),
+        claim: false,
+        subject: issued.subject.clone(),
+    });
+    txn.put_token(
+        &token,
+        TokenRecord {
+            certificate_id: issued.id.clone(),
+            expires_ms: now.saturating_add(ttl_ms),
+            used: false,
+        },
+    );
+    token
 }

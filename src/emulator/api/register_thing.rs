@@ -1,5 +1,10 @@
-//! `RegisterThing`: redeem the ownership token, evaluate the template and apply its
-//! resources to the registry (reference §1.2, §3).
+//! `RegisterThing`: redeem the ownership token, ask the pre-provisioning hook, evaluate the
+//! template and apply its resources to the registry (reference §1.2, §3, §4).
+//!
+//! Order: payload → token present → template exists and is enabled → token valid (looked
+//! up, not consumed) → hook, when the template has one → parameters merged (request, then
+//! the hook's `parameterOverrides` over them; the engine fills `Default`s for what is still
+//! missing, reference §9.5) → template evaluated → resources applied.
 //!
 //! Application, all under one registry transaction so a token is redeemed at most once:
 //! - the thing is created, or updated per its `OverrideSettings` (see below);
@@ -14,12 +19,17 @@
 //!   identical re-registration is not a conflict;
 //! - `CertificateId` must evaluate to the certificate the token was issued for;
 //! - a template without a certificate resource leaves the certificate `PENDING_ACTIVATION`
-//!   (it is deleted when its token's hour is over, as AWS does).
+//!   (it is deleted when its token's hour is over, as AWS does);
+//! - a token is not consumed by a rejected request (hook denial included), so the device may
+//!   retry with it until it expires;
+//! - a token is not bound to the connection or claim certificate that obtained it: any
+//!   claim connection may redeem it, for its own certificate only.
 
 use std::collections::BTreeMap;
 
 use super::{ApiRequest, ApiService};
 use crate::emulator::errors::Rejection;
+use crate::emulator::hook::{HookInput, HookOutcome, template_arn};
 use crate::emulator::registry::{CertStatus, Policy, Thing, TokenProblem, Txn, now_ms};
 use crate::emulator::template::{CertificateStatus, EvalContext, Override, Provisioned, ThingSpec};
 use crate::fleet::payloads::decode_or_default;
@@ -45,21 +55,41 @@ pub(super) async fn handle(
     }
 
     // Look the token up first (without consuming it) to evaluate the template.
-    let (certificate_id, subject) = {
+    let (certificate_id, subject, certificate_pem) = {
         let txn = svc.registry.txn();
         let rec = txn
             .check_token(token.expose(), now_ms())
             .map_err(|_| Rejection::TokenInvalid)?;
-        let subject = txn
+        let cert = txn
             .state
             .certificates
             .get(&rec.certificate_id)
-            .map(|c| c.subject.clone())
             .ok_or(Rejection::TokenInvalid)?;
-        (rec.certificate_id, subject)
+        (rec.certificate_id, cert.subject.clone(), cert.pem.clone())
     };
 
-    let parameters = body.parameters.unwrap_or_default();
+    let mut parameters = body.parameters.unwrap_or_default();
+    if let Some(hook) = &stored.hook {
+        let input = HookInput {
+            claim_certificate_id: &req.principal,
+            certificate_id: &certificate_id,
+            certificate_pem: &certificate_pem,
+            template_arn: template_arn(template_name),
+            client_id: &req.client_id,
+            parameters: &parameters,
+        };
+        match svc.hooks.invoke(&hook.target_arn, &input).await {
+            Ok(HookOutcome::Allow(overrides)) => parameters.extend(overrides),
+            Ok(HookOutcome::Deny) => {
+                tracing::info!(template = template_name, client = %req.client_id, "emulator: pre-provisioning hook denied");
+                return Err(Rejection::HookDenied);
+            }
+            Err(failure) => {
+                tracing::warn!(template = template_name, client = %req.client_id, %failure, "emulator: pre-provisioning hook failed");
+                return Err(Rejection::HookFailed(failure.to_string()));
+            }
+        }
+    }
     let provisioned = stored
         .template
         .evaluate(&EvalContext {
