@@ -580,6 +580,13 @@ impl Config {
                 }
             }
         }
+        if let Err((key, problem)) = self.emulator.validate() {
+            return Err(invalid(
+                &key,
+                problem,
+                "see the [emulator] keys in README.md (quotas, faults, error_codes)",
+            ));
+        }
         let j = &self.jigs;
         match j.mode.as_str() {
             "virtual" => {

@@ -22,7 +22,7 @@
 //! MQTT broker over mutual TLS, a CA, the template engine, the registry.
 //!
 //! Shared plumbing: [`error`] (the operator-facing error type), [`files`] (atomic and private
-//! file writes) and [`shutdown`].
+//! file writes), [`shutdown`] and [`token_bucket`].
 
 pub mod config;
 pub mod emulator;
@@ -36,5 +36,6 @@ pub mod provision;
 pub mod shutdown;
 pub mod station;
 pub mod telemetry;
+pub mod token_bucket;
 
 pub use error::{Error, Result};

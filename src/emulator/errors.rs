@@ -37,7 +37,33 @@ pub enum Rejection {
     Internal(String),
 }
 
+/// Every errorCode the table can send (the keys `[emulator.error_codes]` may rename).
+pub const ERROR_CODES: &[&str] = &[
+    "InvalidPayload",
+    "InvalidCSR",
+    "InvalidCertificateOwnershipToken",
+    "InvalidParameters",
+    "InvalidRequest",
+    "ResourceNotFound",
+    "AccessDenied",
+    "ResourceConflict",
+    "Throttling",
+    "InternalFailure",
+];
+
 impl Rejection {
+    /// The payload with errorCodes renamed per `renames` (default code → configured code).
+    pub fn to_response_with(
+        &self,
+        renames: &std::collections::BTreeMap<String, String>,
+    ) -> ErrorResponse {
+        let mut r = self.to_response();
+        if let Some(code) = renames.get(&r.error_code) {
+            r.error_code = code.clone();
+        }
+        r
+    }
+
     /// The payload sent on the rejected topic.
     pub fn to_response(&self) -> ErrorResponse {
         let (status, code, message) = match self {

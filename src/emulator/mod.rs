@@ -19,9 +19,11 @@ pub mod api;
 pub mod broker;
 pub mod ca;
 pub mod errors;
+pub mod faults;
 pub mod hook;
 pub mod key_stock;
 pub mod policy;
+pub mod quota;
 pub mod registry;
 pub mod template;
 
@@ -36,8 +38,10 @@ use serde::Deserialize;
 use self::api::{ApiService, ApiSettings};
 use self::broker::{Broker, BrokerLimits};
 use self::ca::{CaPaths, CertificateAuthority};
+use self::faults::{FaultConfig, Faults};
 use self::hook::Hooks;
 use self::key_stock::KeyStock;
+use self::quota::{QuotaConfig, Quotas};
 use self::registry::{CertStatus, Certificate, Policy, Registry, now_ms};
 use self::template::TemplateStore;
 use crate::shutdown::Shutdown;
@@ -82,6 +86,18 @@ pub struct EmulatorConfig {
     /// instead: `"command:/path/to/program ARGS"` or `"http://host:port/path"`.
     #[serde(default)]
     pub hooks: BTreeMap<String, String>,
+
+    // --- Quotas, fault injection, errorCode names ---
+    /// `[emulator.quotas]`: account TPS per API (`profile = "unlimited" | "aws"`).
+    #[serde(default)]
+    pub quotas: QuotaConfig,
+    /// `[emulator.faults]`: fault injection, all off by default.
+    #[serde(default)]
+    pub faults: FaultConfig,
+    /// `[emulator.error_codes]`: rename errorCodes whose AWS spelling is unconfirmed, e.g.
+    /// `Throttling = "ThrottlingException"`.
+    #[serde(default)]
+    pub error_codes: BTreeMap<String, String>,
 }
 
 fn default_listen() -> String {
@@ -118,7 +134,30 @@ impl Default for EmulatorConfig {
             rsa_workers: default_rsa_workers(),
             hook_timeout_ms: default_hook_timeout_ms(),
             hooks: BTreeMap::new(),
+            quotas: QuotaConfig::default(),
+            faults: FaultConfig::default(),
+            error_codes: BTreeMap::new(),
         }
+    }
+}
+
+impl EmulatorConfig {
+    /// Checks quotas, faults and errorCode renames; returns `(key, problem)` on error.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        self.quotas.validate()?;
+        self.faults.validate()?;
+        for code in self.error_codes.keys() {
+            if !errors::ERROR_CODES.contains(&code.as_str()) {
+                return Err((
+                    format!("emulator.error_codes.{code}"),
+                    format!(
+                        "{code} is not an errorCode of the emulator; known: {}",
+                        errors::ERROR_CODES.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -158,6 +197,12 @@ pub enum EmulatorError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Hooks(#[from] hook::HookConfigError),
+    #[error("[emulator] `{key}`: {problem}")]
+    #[diagnostic(
+        code(station::emulator::config),
+        help("fix the value in the [emulator] section; README.md lists the keys")
+    )]
+    Config { key: String, problem: String },
     #[error("emulator TLS setup: {0}")]
     #[diagnostic(code(station::emulator::tls))]
     Tls(#[from] rustls::Error),
@@ -175,6 +220,7 @@ pub enum EmulatorError {
 /// A running emulator.
 pub struct Emulator {
     broker: Broker,
+    api: Arc<ApiService>,
     registry: Arc<Registry>,
     paths: CaPaths,
     shutdown: Shutdown,
@@ -186,6 +232,8 @@ impl Emulator {
         cfg: &EmulatorConfig,
         shutdown: Shutdown,
     ) -> Result<Emulator, EmulatorError> {
+        cfg.validate()
+            .map_err(|(key, problem)| EmulatorError::Config { key, problem })?;
         std::fs::create_dir_all(&cfg.state_dir).map_err(|source| EmulatorError::StateDir {
             path: cfg.state_dir.clone(),
             source,
@@ -217,14 +265,17 @@ impl Emulator {
                 },
             )
             .with_key_stock(KeyStock::new(cfg.rsa_stock, cfg.rsa_workers))
-            .with_hooks(hooks),
+            .with_hooks(hooks)
+            .with_quotas(Quotas::new(&cfg.quotas))
+            .with_faults(Faults::new(cfg.faults.clone()))
+            .with_error_codes(cfg.error_codes.clone()),
         );
         let tls = broker::server_tls_config(&ca)?;
         let broker = Broker::start(
             &cfg.listen,
             tls,
             registry.clone(),
-            api,
+            api.clone(),
             BrokerLimits::default(),
             shutdown.clone(),
         )
@@ -240,10 +291,16 @@ impl Emulator {
         ));
         Ok(Emulator {
             broker,
+            api,
             registry,
             paths: ca.paths().clone(),
             shutdown,
         })
+    }
+
+    /// Replaces the fault plan while the emulator runs.
+    pub fn set_faults(&self, faults: FaultConfig) {
+        self.api.faults().set(faults);
     }
 
     /// The address the broker listens on.

@@ -11,6 +11,8 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::token_bucket::TokenBucket;
+
 /// One token bucket with AIMD adaptation.
 #[derive(Debug)]
 pub struct RateLimiter {
@@ -20,13 +22,11 @@ pub struct RateLimiter {
 
 #[derive(Debug)]
 struct State {
-    /// Current rate in tokens/s; `None` = unlimited.
-    rate: Option<f64>,
+    /// The bucket at the current rate; `None` = unlimited.
+    bucket: Option<TokenBucket>,
     /// Configured ceiling; `None` = none.
     ceiling: Option<f64>,
     burst: f64,
-    tokens: f64,
-    refilled: Instant,
     last_decrease: Option<Instant>,
     last_increase: Instant,
     increase: f64,
@@ -46,11 +46,9 @@ impl RateLimiter {
         RateLimiter {
             name,
             state: Mutex::new(State {
-                rate: ceiling,
+                bucket: ceiling.map(|c| TokenBucket::new(c, burst, now)),
                 ceiling,
                 burst,
-                tokens: burst,
-                refilled: now,
                 last_decrease: None,
                 last_increase: now,
                 increase: ceiling.map_or(1.0, |c| (c * 0.05).max(0.5)),
@@ -68,7 +66,7 @@ impl RateLimiter {
 
     /// Current rate (tokens/s), `None` if unlimited.
     pub fn rate(&self) -> Option<f64> {
-        self.lock().rate
+        self.lock().bucket.as_ref().map(TokenBucket::rate)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -77,16 +75,9 @@ impl RateLimiter {
 
     /// Takes a token now, or says how long to wait for one.
     fn try_take(&self, now: Instant) -> Result<(), Duration> {
-        let mut s = self.lock();
-        let Some(rate) = s.rate else { return Ok(()) };
-        let elapsed = now.saturating_duration_since(s.refilled).as_secs_f64();
-        s.tokens = (s.tokens + elapsed * rate).min(s.burst);
-        s.refilled = now;
-        if s.tokens >= 1.0 {
-            s.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - s.tokens) / rate))
+        match self.lock().bucket.as_mut() {
+            Some(b) => b.try_take(now),
+            None => Ok(()),
         }
     }
 
@@ -114,14 +105,17 @@ impl RateLimiter {
             s.window_start = now;
             s.window_count = 0;
         }
-        if let Some(rate) = s.rate
+        if let Some(rate) = s.bucket.as_ref().map(TokenBucket::rate)
             && now.saturating_duration_since(s.last_increase) >= Duration::from_secs(1)
         {
             let cap = match s.ceiling {
                 Some(c) => c,
                 None => (s.achieved * 2.0).max(rate + s.increase),
             };
-            s.rate = Some((rate + s.increase).min(cap));
+            let (next, burst) = ((rate + s.increase).min(cap), s.burst);
+            if let Some(b) = s.bucket.as_mut() {
+                b.set_rate(next, burst, now);
+            }
             s.last_increase = now;
         }
     }
@@ -143,14 +137,21 @@ impl RateLimiter {
             .as_secs_f64()
             .max(0.001);
         let achieved = s.achieved.max(s.window_count as f64 / window);
-        let current = s.rate.unwrap_or(achieved.max(2.0 * s.floor));
+        let current = s
+            .bucket
+            .as_ref()
+            .map_or(achieved.max(2.0 * s.floor), TokenBucket::rate);
         let next = (current / 2.0).max(s.floor);
-        if s.rate.is_none() {
+        if s.bucket.is_none() {
             s.increase = (next * 0.05).max(0.5);
             s.burst = next.max(1.0);
         }
-        s.rate = Some(next);
-        s.tokens = s.tokens.min(1.0);
+        let burst = s.burst;
+        let bucket = s
+            .bucket
+            .get_or_insert_with(|| TokenBucket::new(next, burst, now));
+        bucket.set_rate(next, burst, now);
+        bucket.drain_to_one();
         s.last_decrease = Some(now);
         s.last_increase = now;
     }

@@ -10,6 +10,7 @@ use crate::fleet::{CreateCertificateFromCsrRequest, CreateCertificateFromCsrResp
 pub(super) async fn handle(
     svc: &ApiService,
     req: &ApiRequest,
+    foreign: bool,
 ) -> Result<CreateCertificateFromCsrResponse, Rejection> {
     let body: CreateCertificateFromCsrRequest = decode_or_default(req.format, &req.payload)
         .map_err(|e| Rejection::InvalidPayload(e.to_string()))?;
@@ -25,10 +26,33 @@ pub(super) async fn handle(
         .map_err(|e| Rejection::Internal(format!("signing task failed: {e}")))?
         .map_err(|e| Rejection::InvalidCsr(e.to_string()))?;
 
+    if foreign {
+        return foreign_reply(svc).await;
+    }
     let token = register_new_certificate(svc, &issued);
     Ok(CreateCertificateFromCsrResponse {
         certificate_id: issued.id,
         certificate_pem: issued.pem,
         certificate_ownership_token: Secret::new(token),
+    })
+}
+
+/// Fault injection: a reply meant for another device — a certificate for a key the requester
+/// does not hold, with a token for it. Nothing is registered: the certificate belongs to
+/// whoever the reply was really for.
+async fn foreign_reply(svc: &ApiService) -> Result<CreateCertificateFromCsrResponse, Rejection> {
+    let ca = svc.ca.clone();
+    let issued = tokio::task::spawn_blocking(move || {
+        let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+        ca.issue_for_key(&rcgen::PublicKeyData::subject_public_key_info(&key))
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| Rejection::Internal(format!("signing task failed: {e}")))?
+    .map_err(Rejection::Internal)?;
+    Ok(CreateCertificateFromCsrResponse {
+        certificate_id: issued.id,
+        certificate_pem: issued.pem,
+        certificate_ownership_token: Secret::new(svc.new_token()),
     })
 }

@@ -11,6 +11,7 @@ mod create_certificate_from_csr;
 mod create_keys_and_certificate;
 mod register_thing;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,8 +19,11 @@ use bytes::Bytes;
 use ring::rand::{SecureRandom, SystemRandom};
 
 use super::ca::{CertificateAuthority, IssuedCertificate};
+use super::errors::Rejection;
+use super::faults::Faults;
 use super::hook::Hooks;
 use super::key_stock::KeyStock;
+use super::quota::{QuotaConfig, Quotas};
 use super::registry::{CertStatus, Certificate, Registry, TokenRecord, now_ms};
 use super::template::TemplateStore;
 use crate::fleet::payloads::encode;
@@ -71,6 +75,10 @@ pub struct ApiService {
     pub(crate) settings: ApiSettings,
     pub(crate) keys: KeyStock,
     pub(crate) hooks: Hooks,
+    pub(crate) quotas: Quotas,
+    pub(crate) faults: Faults,
+    /// errorCode renames (`[emulator.error_codes]`).
+    pub(crate) error_codes: BTreeMap<String, String>,
     rng: SystemRandom,
 }
 
@@ -89,8 +97,34 @@ impl ApiService {
             settings,
             keys: KeyStock::new(DEFAULT_RSA_STOCK, 1),
             hooks: Hooks::default(),
+            quotas: Quotas::new(&QuotaConfig::default()),
+            faults: Faults::default(),
+            error_codes: BTreeMap::new(),
             rng: SystemRandom::new(),
         }
+    }
+
+    /// Enforces these account quotas.
+    pub fn with_quotas(mut self, quotas: Quotas) -> ApiService {
+        self.quotas = quotas;
+        self
+    }
+
+    /// Injects these faults.
+    pub fn with_faults(mut self, faults: Faults) -> ApiService {
+        self.faults = faults;
+        self
+    }
+
+    /// Renames errorCodes of the error table (where AWS's exact strings are unconfirmed).
+    pub fn with_error_codes(mut self, codes: BTreeMap<String, String>) -> ApiService {
+        self.error_codes = codes;
+        self
+    }
+
+    /// The fault plan (tests change it while the emulator runs).
+    pub fn faults(&self) -> &Faults {
+        &self.faults
     }
 
     /// Uses this stock of RSA keys for `CreateKeysAndCertificate`.
@@ -108,16 +142,38 @@ impl ApiService {
     /// Handles one request and builds the reply.
     pub async fn handle(&self, req: ApiRequest) -> ApiReply {
         let format = req.format;
-        let result = match &req.api {
-            Api::CreateCertificateFromCsr => create_certificate_from_csr::handle(self, &req)
-                .await
-                .map(|r| encode(format, &r)),
-            Api::RegisterThing { template } => register_thing::handle(self, template, &req)
-                .await
-                .map(|r| encode(format, &r)),
-            Api::CreateKeysAndCertificate => create_keys_and_certificate::handle(self, &req)
-                .await
-                .map(|r| encode(format, &r)),
+        let fault = self
+            .faults
+            .decide(matches!(req.api, Api::CreateCertificateFromCsr));
+        if !fault.delay.is_zero() {
+            tokio::time::sleep(fault.delay).await;
+        }
+        let admitted = if fault.throttle {
+            Err(Rejection::Throttled(req.api.name()))
+        } else if fault.error_500 {
+            Err(Rejection::Internal(
+                "Internal failure (injected by the emulator's fault plan).".into(),
+            ))
+        } else {
+            self.quotas.admit(&req.api)
+        };
+        let result = match (&req.api, admitted) {
+            (_, Err(rejection)) => Err(rejection),
+            (Api::CreateCertificateFromCsr, Ok(())) => {
+                create_certificate_from_csr::handle(self, &req, fault.foreign_certificate)
+                    .await
+                    .map(|r| encode(format, &r))
+            }
+            (Api::RegisterThing { template }, Ok(())) => {
+                register_thing::handle(self, template, &req)
+                    .await
+                    .map(|r| encode(format, &r))
+            }
+            (Api::CreateKeysAndCertificate, Ok(())) => {
+                create_keys_and_certificate::handle(self, &req)
+                    .await
+                    .map(|r| encode(format, &r))
+            }
         };
         let (kind, payload) = match result {
             Ok(p) => (ReplyKind::Accepted, p),
@@ -125,7 +181,7 @@ impl ApiService {
                 tracing::debug!(api = req.api.name(), client = %req.client_id, ?rejection, "rejected");
                 (
                     ReplyKind::Rejected,
-                    encode(format, &rejection.to_response()),
+                    encode(format, &rejection.to_response_with(&self.error_codes)),
                 )
             }
         };

@@ -1,0 +1,247 @@
+//! The provisioning engine against an emulator injecting faults: throttle bursts, 500s, slow
+//! replies past the request timeout, foreign certificates and dropped connections. Every
+//! device must end provisioned or failed with a named reason, without hanging, and no thing
+//! may hold two active certificates unless the extra one is in the ledger's orphan list.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::TestEmulator;
+use fleet_station::config::KeyAlgorithm;
+use fleet_station::emulator::faults::FaultConfig;
+use fleet_station::emulator::registry::CertStatus;
+use fleet_station::fleet::Format;
+use fleet_station::keys::KeyPool;
+use fleet_station::keys::pool::PoolConfig;
+use fleet_station::ledger::{DeviceState, Ledger, Transition};
+use fleet_station::provision::rate::Limits;
+use fleet_station::provision::{BoardIdentity, DeviceJob, EngineConfig, KeyPlan, Provisioner};
+use fleet_station::shutdown::Shutdown;
+use fleet_station::telemetry::{self, Aggregate};
+use tokio::sync::oneshot;
+
+struct Outcome {
+    provisioned: usize,
+    failed: Vec<(String, String)>,
+    aggregate: Aggregate,
+}
+
+async fn provision_all(
+    emu: &TestEmulator,
+    devices: usize,
+    sessions: usize,
+    request_timeout: Duration,
+    max_attempts: u32,
+) -> Outcome {
+    let mut parameters = BTreeMap::new();
+    parameters.insert("ThingName".to_string(), "{serial}".to_string());
+    parameters.insert("SerialNumber".to_string(), "{serial}".to_string());
+    parameters.insert("DeviceLocation".to_string(), "Seattle".to_string());
+    let cfg = EngineConfig {
+        host: "localhost".into(),
+        port: emu.port(),
+        tls: emu.claim_tls(),
+        station_id: "faults".into(),
+        sessions,
+        template: "FleetTemplate".into(),
+        format: Format::Json,
+        request_timeout,
+        max_attempts,
+        parameters,
+        limits: Arc::new(Limits::new(0.0, 0.0, 0.0, 1000.0)),
+        device_deadline: Duration::from_secs(120),
+        mqtt_version: 3,
+        post_provision_check: false,
+        roots: fleet_station::provision::tls::read_roots(&emu.emulator.paths().ca_cert).unwrap(),
+    };
+    let keys = Arc::new(KeyPool::start(&PoolConfig {
+        algorithm: KeyAlgorithm::P256,
+        workers: 1,
+        stock: 16,
+        common_name: "t".into(),
+    }));
+    let ledger = Ledger::open(&emu.dir.path().join("ledger.db"), "faults").unwrap();
+    let (telemetry, _snap, aggregator) = telemetry::start();
+    let engine = Provisioner::start(
+        cfg,
+        keys,
+        ledger.clone(),
+        telemetry.clone(),
+        Shutdown::new(),
+    );
+    let jobs = engine.submitter();
+    let mut waits = Vec::new();
+    for i in 0..devices {
+        let serial = format!("F{i:04}");
+        let id = ledger.begin(&serial, "j").await.unwrap().id;
+        let (reply, rx) = oneshot::channel();
+        jobs.send(DeviceJob {
+            device_id: id,
+            board: BoardIdentity {
+                serial: serial.clone(),
+                jig: "j".into(),
+                ..Default::default()
+            },
+            key: KeyPlan::Pool,
+            resume: None,
+            reply,
+        })
+        .await
+        .unwrap();
+        waits.push((id, serial, rx));
+    }
+    let mut provisioned = 0;
+    let mut failed = Vec::new();
+    for (id, serial, rx) in waits {
+        // No hang: every device answers well within its deadline.
+        let result = tokio::time::timeout(Duration::from_secs(150), rx)
+            .await
+            .expect("a device hung")
+            .unwrap();
+        match result {
+            Ok(creds) => {
+                assert_eq!(creds.thing_name, serial);
+                ledger.record(id, Transition::Written).await.unwrap();
+                ledger.record(id, Transition::Verified).await.unwrap();
+                provisioned += 1;
+            }
+            Err(f) => {
+                assert!(!f.code.is_empty() && !f.message.is_empty());
+                ledger
+                    .record(
+                        id,
+                        Transition::Failed {
+                            reason: f.code.clone(),
+                        },
+                    )
+                    .await
+                    .unwrap();
+                failed.push((serial, f.code));
+            }
+        }
+    }
+    drop(jobs);
+    engine.shutdown().await;
+    drop(telemetry);
+    let aggregate = aggregator.await.unwrap();
+    check_no_double_identity(emu, &ledger);
+    Outcome {
+        provisioned,
+        failed,
+        aggregate,
+    }
+}
+
+/// No thing holds two active certificates unless the extra one is an orphan.
+fn check_no_double_identity(emu: &TestEmulator, ledger: &Ledger) {
+    let orphans: HashSet<String> = ledger
+        .orphans()
+        .unwrap()
+        .into_iter()
+        .filter_map(|o| o.certificate_id)
+        .collect();
+    let devices = ledger.devices().unwrap();
+    let registry = emu.emulator.registry();
+    for d in devices.iter().filter(|d| d.state == DeviceState::Verified) {
+        let thing = registry.thing(d.thing_name.as_deref().unwrap()).unwrap();
+        let own = d.certificate_id.clone().unwrap();
+        assert!(thing.principals.contains(&own));
+        for p in &thing.principals {
+            let active = registry
+                .certificate(p)
+                .is_some_and(|c| c.status == CertStatus::Active);
+            if *p != own && active {
+                assert!(
+                    orphans.contains(p),
+                    "{} holds an extra active certificate {p} not in the orphan list",
+                    d.serial
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttle_bursts_are_retried_and_counted() {
+    let emu = TestEmulator::start_with(|c| {
+        c.faults = FaultConfig {
+            throttle_burst_every: Some(6),
+            throttle_burst_len: 3,
+            ..FaultConfig::default()
+        };
+    })
+    .await;
+    let out = provision_all(&emu, 30, 4, Duration::from_secs(10), 8).await;
+    assert_eq!(out.provisioned, 30, "{:?}", out.failed);
+    assert!(out.aggregate.throttled > 0);
+    assert!(out.aggregate.retries >= out.aggregate.throttled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_errors_are_retried_or_fail_with_a_named_reason() {
+    let emu = TestEmulator::start_with(|c| {
+        c.faults = FaultConfig {
+            error_500_fraction: 0.3,
+            seed: Some(11),
+            ..FaultConfig::default()
+        };
+    })
+    .await;
+    let out = provision_all(&emu, 30, 4, Duration::from_secs(10), 8).await;
+    assert!(out.aggregate.retries > 0);
+    assert_eq!(out.provisioned + out.failed.len(), 30);
+    for (_, code) in &out.failed {
+        assert!(code.ends_with(":gave_up"), "{code}");
+    }
+    assert!(out.provisioned >= 25, "{:?}", out.failed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_later_than_the_timeout_never_pair_with_the_wrong_request() {
+    // Half the replies come after the station gave up on them; the late ones arrive on a
+    // connection the station has already dropped.
+    let emu = TestEmulator::start_with(|c| {
+        c.faults = FaultConfig {
+            delay_ms: 100,
+            delay_jitter_ms: 300,
+            seed: Some(3),
+            ..FaultConfig::default()
+        };
+    })
+    .await;
+    let out = provision_all(&emu, 12, 4, Duration::from_millis(250), 12).await;
+    assert!(out.aggregate.retries > 0, "no reply was late");
+    assert_eq!(out.provisioned + out.failed.len(), 12);
+    // A registration whose reply came too late used its token: the retry is refused, the
+    // certificate is abandoned (an orphan) and a new one requested, up to three rounds.
+    for (_, code) in &out.failed {
+        assert!(
+            code.ends_with(":gave_up")
+                || code.ends_with(":deadline")
+                || code == "certificate:rounds",
+            "{code}"
+        );
+    }
+    assert!(out.provisioned >= 6, "{:?}", out.failed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_certificates_are_refused_and_requested_again() {
+    let emu = TestEmulator::start_with(|c| {
+        c.faults = FaultConfig {
+            foreign_certificate_fraction: 0.4,
+            seed: Some(5),
+            ..FaultConfig::default()
+        };
+    })
+    .await;
+    let out = provision_all(&emu, 20, 4, Duration::from_secs(10), 10).await;
+    assert_eq!(out.provisioned, 20, "{:?}", out.failed);
+    assert!(
+        out.aggregate.retries > 0,
+        "no foreign certificate was served"
+    );
+}
