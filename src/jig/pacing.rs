@@ -32,11 +32,20 @@ impl RxPacer {
         self.byte_time.is_some()
     }
 
+    /// In the middle of a burst (bytes have been taken since the line was last quiet).
+    pub fn in_burst(&self) -> bool {
+        self.epoch.is_some()
+    }
+
     /// How many bytes may be taken at `now` (`usize::MAX` when unpaced). The first byte of a
-    /// burst is always allowed.
+    /// burst is allowed at once; the rest arrive one byte time after another, however many
+    /// the station has already put in the pty.
     pub fn allowance(&self, now: Instant) -> usize {
-        let (Some(bt), Some(epoch)) = (self.byte_time, self.epoch) else {
+        let Some(bt) = self.byte_time else {
             return usize::MAX;
+        };
+        let Some(epoch) = self.epoch else {
+            return 1;
         };
         let arrived =
             (now.saturating_duration_since(epoch).as_nanos() / bt.as_nanos().max(1)) as u64 + 1;
@@ -121,14 +130,18 @@ mod tests {
     fn rx_allowance_follows_line_rate() {
         let mut p = RxPacer::new(100_000); // 100 µs per byte
         let t = Instant::now();
-        assert_eq!(p.allowance(t), usize::MAX, "idle: first byte may come");
+        assert_eq!(
+            p.allowance(t),
+            1,
+            "idle: the first byte may come, the rest follow at line rate"
+        );
         p.took(1, t);
         assert_eq!(p.allowance(t), 0);
         assert_eq!(p.allowance(t + Duration::from_micros(1000)), 10);
         p.took(10, t + Duration::from_micros(1000));
         assert_eq!(p.allowance(t + Duration::from_micros(1050)), 0);
         p.idle();
-        assert_eq!(p.allowance(t), usize::MAX);
+        assert_eq!(p.allowance(t), 1);
         assert_eq!(RxPacer::new(0).allowance(t), usize::MAX);
         assert_eq!(p.batch(), 10);
         assert_eq!(p.time_for(10), Duration::from_millis(1));

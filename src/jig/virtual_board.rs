@@ -253,7 +253,7 @@ impl Worker {
             let now = Instant::now();
             let allowance = self.rx_pacer.allowance(now);
             let batch = self.rx_pacer.batch();
-            if allowance < batch {
+            if allowance < batch && self.rx_pacer.in_burst() {
                 // Mid-burst: let a batch of bytes "arrive" before reading again.
                 std::thread::sleep(self.rx_pacer.time_for(batch - allowance));
                 continue;
@@ -269,6 +269,11 @@ impl Worker {
                 Ok(0) => self.rx_pacer.idle(),
                 Ok(n) => {
                     self.rx_pacer.took(n, Instant::now());
+                    if n < want && self.rx_pacer.is_paced() {
+                        // Everything the station has sent so far has arrived: the line is
+                        // quiet now, and no arrival credit carries over into the next burst.
+                        self.rx_pacer.idle();
+                    }
                     let kept = if n > room.max(1) {
                         // Arrived while the RX buffer was full: lost, as on a real UART.
                         lock(&self.shared.stats).rx_overrun_bytes += (n - room) as u64;
