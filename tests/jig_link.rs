@@ -313,7 +313,12 @@ fn board_paces_to_the_baud_rate_and_the_window_prevents_overrun() {
 
 #[test]
 fn a_sender_that_ignores_the_rx_buffer_overruns_the_board() {
-    let fx = Fixture::new(&["P-2"], slow_board);
+    // The board needs 80 ms per PUT while the line delivers ~920 bytes in that time: bytes
+    // pile up in its 1 KiB RX buffer until they overflow.
+    let fx = Fixture::new(&["P-2"], |c| {
+        slow_board(c);
+        c.put_process_time = Duration::from_millis(80);
+    });
     let mut port = fleet_station::jig::port::open_port(
         fx.jig.path(),
         &PortSettings {
