@@ -240,9 +240,13 @@ impl TryFrom<RawOverrides> for BrokerLimitOverrides {
         if r.keep_alive_min_s == Some(0) {
             return Err("keep_alive_min_s must be at least 1 (AWS: 30)".into());
         }
-        if let (Some(min), Some(max)) = (r.keep_alive_min_s, r.keep_alive_max_s)
-            && min > max
-        {
+        // Both profiles clamp to 30–1200 s, so an override of one end is checked against the
+        // other end's profile value.
+        let (min, max) = (
+            r.keep_alive_min_s.unwrap_or(30),
+            r.keep_alive_max_s.unwrap_or(1200),
+        );
+        if min > max {
             return Err(format!(
                 "keep_alive_min_s ({min}) must not exceed keep_alive_max_s ({max})"
             ));
@@ -393,8 +397,39 @@ mod tests {
                 .unwrap_err()
                 .to_string();
         assert!(e.contains("keep_alive_min_s"), "{e}");
+        assert!(toml::from_str::<BrokerLimitOverrides>("keep_alive_min_s = 2000").is_err());
+        assert!(toml::from_str::<BrokerLimitOverrides>("keep_alive_max_s = 10").is_err());
         assert!(toml::from_str::<BrokerLimitOverrides>("no_such_limit = 1").is_err());
         assert!(toml::from_str::<BrokerLimitOverrides>("max_payload_bytes = 0").is_err());
+    }
+
+    #[test]
+    fn the_emulator_section_reads_the_broker_keys() {
+        let cfg: crate::emulator::EmulatorConfig = toml::from_str(
+            r#"
+            broker_profile = "aws"
+            alpn_listen = "127.0.0.1:8443"
+            [broker_limits]
+            max_subscriptions = 10
+            publishes_per_second = 0
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.alpn_listen.as_deref(), Some("127.0.0.1:8443"));
+        let l = BrokerLimits::resolve(cfg.broker_profile, &cfg.broker_limits);
+        assert_eq!(l.max_subscriptions, Some(10));
+        assert_eq!(l.publishes_per_second, None);
+        assert_eq!(l.max_filters_per_subscribe, Some(8));
+        let d = crate::emulator::EmulatorConfig::default();
+        assert_eq!(
+            BrokerLimits::resolve(d.broker_profile, &d.broker_limits),
+            BrokerLimits::unlimited()
+        );
+        assert!(d.alpn_listen.is_none());
+        let e = toml::from_str::<crate::emulator::EmulatorConfig>("broker_profile = \"fast\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unlimited") && e.contains("aws"), "{e}");
     }
 
     #[test]
