@@ -425,6 +425,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         policy::is_allowed(&self.policies, action, name, &vars)
     }
 
+    /// Serves packets and control messages until the connection ends. The keep-alive timer
+    /// restarts on every packet from the client (MQTT's rule; AWS's quota page lists PUBLISH,
+    /// SUBSCRIBE, PINGREQ and PUBACK, and is silent on UNSUBSCRIBE) and fires at 1.5 × the
+    /// granted keep-alive.
     async fn session(
         &mut self,
         control: &mut mpsc::Receiver<Control>,
