@@ -469,7 +469,12 @@ async fn hook_that_does_not_answer_in_time_is_killed_and_403() {
         .map(|l| l.parse().unwrap())
         .collect();
     assert_eq!(pids.len(), 2);
+    // SIGKILL is delivered asynchronously: wait (bounded) for the kernel to act on it.
     for pid in pids {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !process_is_gone(pid) && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
         assert!(process_is_gone(pid), "hook process {pid} still runs");
     }
     assert_eq!(

@@ -36,7 +36,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use self::api::{ApiService, ApiSettings};
-use self::broker::{Broker, BrokerLimits};
+use self::broker::{Broker, BrokerLimitOverrides, BrokerLimits, BrokerProfile};
 use self::ca::{CaPaths, CertificateAuthority};
 use self::faults::{FaultConfig, Faults};
 use self::hook::Hooks;
@@ -98,6 +98,21 @@ pub struct EmulatorConfig {
     /// `Throttling = "ThrottlingException"`.
     #[serde(default)]
     pub error_codes: BTreeMap<String, String>,
+
+    // --- MQTT broker ---
+    /// Optional second listener, AWS's port-443 style: clients must negotiate the TLS ALPN
+    /// protocol `x-amzn-mqtt-ca` or are refused. Same broker as `listen`. Port 0 picks a
+    /// free port. Unset: no such listener.
+    #[serde(default)]
+    pub alpn_listen: Option<String>,
+    /// Broker limits to start from: `"unlimited"` (default: no quotas, 128 KB payload) or
+    /// `"aws"` (AWS IoT Core's message-broker quotas).
+    #[serde(default)]
+    pub broker_profile: BrokerProfile,
+    /// `[emulator.broker_limits]`: per-limit overrides on top of `broker_profile`
+    /// (`0` lifts an optional limit). Keys: see `BrokerLimits`.
+    #[serde(default)]
+    pub broker_limits: BrokerLimitOverrides,
 }
 
 fn default_listen() -> String {
@@ -137,6 +152,9 @@ impl Default for EmulatorConfig {
             quotas: QuotaConfig::default(),
             faults: FaultConfig::default(),
             error_codes: BTreeMap::new(),
+            alpn_listen: None,
+            broker_profile: BrokerProfile::default(),
+            broker_limits: BrokerLimitOverrides::default(),
         }
     }
 }
@@ -273,16 +291,17 @@ impl Emulator {
         let tls = broker::server_tls_config(&ca)?;
         let broker = Broker::start(
             &cfg.listen,
+            cfg.alpn_listen.as_deref(),
             tls,
             registry.clone(),
             api.clone(),
-            BrokerLimits::default(),
+            BrokerLimits::resolve(cfg.broker_profile, &cfg.broker_limits),
             shutdown.clone(),
         )
         .await
-        .map_err(|source| EmulatorError::Listen {
-            listen: cfg.listen.clone(),
-            source,
+        .map_err(|e| EmulatorError::Listen {
+            listen: e.addr,
+            source: e.source,
         })?;
         tokio::spawn(expire_tokens(
             registry.clone(),
@@ -306,6 +325,17 @@ impl Emulator {
     /// The address the broker listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.broker.local_addr()
+    }
+
+    /// The address of the listener that requires ALPN `x-amzn-mqtt-ca`, if `alpn_listen`
+    /// is set.
+    pub fn alpn_addr(&self) -> Option<SocketAddr> {
+        self.broker.alpn_addr()
+    }
+
+    /// The limits the broker enforces (profile plus overrides).
+    pub fn broker_limits(&self) -> &BrokerLimits {
+        self.broker.limits()
     }
 
     /// Paths of `ca.pem`, `claim-cert.pem` and `claim-key.pem`.

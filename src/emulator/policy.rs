@@ -21,6 +21,8 @@ pub enum Action {
     Publish,
     Subscribe,
     Receive,
+    /// Publishing with the RETAIN flag (needed in addition to `iot:Publish`).
+    RetainPublish,
 }
 
 impl Action {
@@ -30,6 +32,7 @@ impl Action {
             Action::Publish => "iot:Publish",
             Action::Subscribe => "iot:Subscribe",
             Action::Receive => "iot:Receive",
+            Action::RetainPublish => "iot:RetainPublish",
         }
     }
 
@@ -37,7 +40,7 @@ impl Action {
     pub fn resource_arn(self, name: &str) -> String {
         let kind = match self {
             Action::Connect => "client",
-            Action::Publish | Action::Receive => "topic",
+            Action::Publish | Action::Receive | Action::RetainPublish => "topic",
             Action::Subscribe => "topicfilter",
         };
         format!("arn:aws:iot:{REGION}:{ACCOUNT}:{kind}/{name}")

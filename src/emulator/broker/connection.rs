@@ -1,5 +1,17 @@
-//! One client connection: TLS handshake and principal lookup, CONNECT, then packets until the
-//! client leaves, breaks a rule, goes silent past 1.5 × keep-alive, or the broker shuts down.
+//! One client connection: TLS handshake (and ALPN check on the 443-style listener) and
+//! principal lookup, CONNECT, then packets until the client leaves, breaks a rule, goes silent
+//! past 1.5 × keep-alive, is taken over, or the broker shuts down.
+//!
+//! The session logic is the same for MQTT 3.1.1 and MQTT 5; they differ in how a refusal
+//! reaches the client (reference §6):
+//! - a request the client was not allowed to make (policy, AWS topic limits, RETAIN on a
+//!   reserved topic) closes a 3.1.1 connection; MQTT 5 gets a PUBACK/SUBACK reason code and
+//!   keeps the connection;
+//! - a fatal error (malformed packet, packet too large, keep-alive timeout, take-over,
+//!   shutdown) closes both; MQTT 5 first gets a DISCONNECT with the reason code.
+//!
+//! QoS 2 is not supported, as on AWS: a PUBLISH or SUBSCRIBE asking for it gets no PUBACK or
+//! SUBACK and is not processed (reference §2), on both versions.
 //!
 //! Fleet-provisioning requests are handed to the API service on their own task; the reply
 //! comes back on this connection's control channel and is published only to this connection,
@@ -14,37 +26,37 @@ use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio::time::{Instant, timeout_at};
+use tokio::time::{Instant, timeout, timeout_at};
 use tokio_rustls::TlsAcceptor;
 
-use super::codec::{self, ConnectResult, Inbound, Outbound, Protocol, ReadError};
+use super::codec::{
+    self, ConnAckProps, Connect, ConnectCode, DisconnectCode, ForwardedProps, Inbound, Outbound,
+    Protocol, PubAckCode, ReadError, SubCode, SubFilter, UnsubCode,
+};
+use super::limits::TokenBucket;
 use super::topic;
-use super::{BrokerShared, Control};
+use super::{ALPN_MQTT_CA, BrokerShared, Control};
 use crate::emulator::api::ApiRequest;
 use crate::emulator::ca::certificate_id;
 use crate::emulator::policy::{self, Action, Variables};
 use crate::emulator::registry::CertStatus;
 use crate::fleet::ReservedTopic;
 
-/// Keep-alive as AWS applies it: 0 or > 1200 s → 1200 s; < 30 s → 30 s (reference §5.2).
-pub fn effective_keep_alive(requested_s: u16) -> Duration {
-    let s = match requested_s {
-        0 => 1200,
-        s if s > 1200 => 1200,
-        s if s < 30 => 30,
-        s => s,
-    };
-    Duration::from_secs(u64::from(s))
-}
+/// How long the broker waits to hand a closing client its last packets.
+const DISCONNECT_GRACE: Duration = Duration::from_secs(1);
+
+/// Queued outbound bytes that are written without waiting for the end of a batch.
+const FLUSH_AT: usize = 64 * 1024;
 
 pub(super) async fn serve(
     socket: TcpStream,
     peer: SocketAddr,
     acceptor: TlsAcceptor,
     shared: Arc<BrokerShared>,
+    require_alpn: bool,
 ) {
-    let deadline = Instant::now() + shared.limits.connect_timeout;
-    let tls = match timeout_at(deadline, acceptor.accept(socket)).await {
+    let deadline = Instant::now() + shared.limits.connect_timeout();
+    let mut tls = match timeout_at(deadline, acceptor.accept(socket)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "emulator: TLS handshake refused");
@@ -52,6 +64,14 @@ pub(super) async fn serve(
         }
         Err(_) => return,
     };
+    // AWS port 443 with a client certificate requires ALPN `x-amzn-mqtt-ca` (reference §7).
+    // A client offering other protocols fails the handshake (rustls: no_application_protocol);
+    // one offering none completes it and is closed here.
+    if require_alpn && tls.get_ref().1.alpn_protocol() != Some(ALPN_MQTT_CA) {
+        tracing::debug!(%peer, "emulator: ALPN x-amzn-mqtt-ca not negotiated; closing");
+        let _ = timeout(DISCONNECT_GRACE, tls.shutdown()).await;
+        return;
+    }
     let principal = tls
         .get_ref()
         .1
@@ -76,13 +96,27 @@ pub(super) async fn serve(
         principal,
         protocol: Protocol::V311,
         client_id: String::new(),
+        conn_id: 0,
         policies: Vec::new(),
         thing_name: None,
         subscriptions: Vec::new(),
         next_pkid: 0,
         control: None,
+        topic_aliases: Vec::new(),
+        client_max_packet: None,
+        inbound_rate: None,
+        outbound_rate: None,
     };
     conn.run(deadline).await;
+}
+
+/// One subscription of a connection.
+struct Subscription {
+    filter: String,
+    /// Granted QoS (0 or 1).
+    qos: u8,
+    /// MQTT 5 No Local.
+    no_local: bool,
 }
 
 struct Connection<S> {
@@ -93,25 +127,60 @@ struct Connection<S> {
     principal: String,
     protocol: Protocol,
     client_id: String,
+    /// This connection's id in the client table (for MQTT 5 No Local).
+    conn_id: u64,
     policies: Vec<serde_json::Value>,
     thing_name: Option<String>,
-    /// (filter, granted QoS)
-    subscriptions: Vec<(String, u8)>,
+    subscriptions: Vec<Subscription>,
     next_pkid: u16,
     /// This connection's own control sender, handed to API tasks for their reply.
     control: Option<mpsc::Sender<Control>>,
+    /// MQTT 5 topic aliases set by the client; index = alias − 1.
+    topic_aliases: Vec<Option<String>>,
+    /// MQTT 5 Maximum Packet Size of the client: larger packets to it are discarded.
+    client_max_packet: Option<usize>,
+    inbound_rate: Option<TokenBucket>,
+    outbound_rate: Option<TokenBucket>,
 }
 
-/// Why a connection ends (for the debug log).
+/// Why a connection ends.
+#[derive(Debug)]
 enum Close {
     ClientDisconnect,
     PeerClosed,
     Io(String),
+    Malformed(String),
     Protocol(String),
+    TopicAlias(String),
+    TooLarge(usize),
     NotAuthorized(String),
+    /// A 3.1.1 request over one of AWS's quotas (MQTT 5 gets a reason code instead).
+    Quota(String),
+    /// A 3.1.1 request AWS refuses (MQTT 5 gets a reason code instead).
+    Refused(String),
     KeepAliveTimeout,
     Kicked,
     Shutdown,
+    Encode(String),
+}
+
+impl Close {
+    /// The reason an MQTT 5 client is given in the server's DISCONNECT, if it gets one.
+    fn disconnect_code(&self) -> Option<DisconnectCode> {
+        Some(match self {
+            Close::ClientDisconnect | Close::PeerClosed | Close::Io(_) => return None,
+            Close::Malformed(_) => DisconnectCode::MalformedPacket,
+            Close::Protocol(_) => DisconnectCode::ProtocolError,
+            Close::TopicAlias(_) => DisconnectCode::TopicAliasInvalid,
+            Close::TooLarge(_) => DisconnectCode::PacketTooLarge,
+            Close::NotAuthorized(_) => DisconnectCode::NotAuthorized,
+            Close::Quota(_) => DisconnectCode::QuotaExceeded,
+            Close::Refused(_) | Close::Encode(_) => DisconnectCode::ImplementationSpecific,
+            Close::KeepAliveTimeout => DisconnectCode::KeepAliveTimeout,
+            Close::Kicked => DisconnectCode::SessionTakenOver,
+            Close::Shutdown => DisconnectCode::ServerShuttingDown,
+        })
+    }
 }
 
 impl std::fmt::Display for Close {
@@ -120,19 +189,24 @@ impl std::fmt::Display for Close {
             Close::ClientDisconnect => write!(f, "client sent DISCONNECT"),
             Close::PeerClosed => write!(f, "client closed the connection"),
             Close::Io(e) => write!(f, "I/O error: {e}"),
+            Close::Malformed(e) => write!(f, "malformed packet: {e}"),
             Close::Protocol(e) => write!(f, "protocol error: {e}"),
+            Close::TopicAlias(e) => write!(f, "invalid topic alias: {e}"),
+            Close::TooLarge(n) => write!(f, "packet or payload of {n} bytes over the limit"),
             Close::NotAuthorized(what) => write!(f, "not authorized: {what}"),
+            Close::Quota(what) => write!(f, "quota exceeded: {what}"),
+            Close::Refused(what) => write!(f, "refused: {what}"),
             Close::KeepAliveTimeout => write!(f, "no packet within 1.5 × keep-alive"),
             Close::Kicked => write!(f, "another connection took over the client id"),
             Close::Shutdown => write!(f, "emulator shutting down"),
+            Close::Encode(e) => write!(f, "{e}"),
         }
     }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     fn max_packet(&self) -> usize {
-        // Payload limit plus room for the fixed header and a maximal topic.
-        self.shared.limits.max_payload + 512
+        self.shared.limits.max_packet_bytes()
     }
 
     async fn run(&mut self, connect_deadline: Instant) {
@@ -146,12 +220,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             Err(_) => return,
         };
         let (control_tx, mut control_rx) = mpsc::channel::<Control>(1024);
-        let Some((conn_id, keep_alive)) = self.connect(first, control_tx).await else {
+        let Some(keep_alive) = self.connect(first, control_tx).await else {
+            self.close_gracefully(None).await;
             return;
         };
         let close = self.session(&mut control_rx, keep_alive).await;
         tracing::debug!(client = %self.client_id, %close, "emulator: connection closed");
-        self.shared.release_client_id(&self.client_id, conn_id);
+        self.shared.release_client_id(&self.client_id, self.conn_id);
+        if !matches!(close, Close::Io(_) | Close::PeerClosed) {
+            self.close_gracefully(close.disconnect_code()).await;
+        }
+    }
+
+    /// Sends what is queued (and an MQTT 5 DISCONNECT with `code`), then closes the TLS
+    /// stream. Best effort, bounded in time: the client may have stopped reading.
+    async fn close_gracefully(&mut self, code: Option<DisconnectCode>) {
+        let _ = timeout(DISCONNECT_GRACE, async {
+            if let Some(code) = code {
+                let _ = self.send(Outbound::Disconnect(code)).await;
+            }
+            if self.flush_out().await.is_ok() {
+                let _ = self.io.shutdown().await;
+            }
+        })
+        .await;
     }
 
     async fn read_first(&mut self) -> Result<Inbound, Close> {
@@ -163,7 +255,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     return Ok(packet);
                 }
                 Err(ReadError::Incomplete) => self.fill().await?,
-                Err(e) => return Err(Close::Protocol(e.to_string())),
+                Err(ReadError::UnsupportedVersion(level)) => {
+                    // MQTT 3.1.1 §3.1.2.2: answer CONNACK 0x01, then close.
+                    let _ = self
+                        .send(Outbound::ConnAck {
+                            code: ConnectCode::UnsupportedProtocolVersion,
+                            props: None,
+                        })
+                        .await;
+                    self.close_gracefully(None).await;
+                    return Err(Close::Protocol(format!("MQTT protocol level {level}")));
+                }
+                Err(ReadError::TooLarge(n)) => return Err(Close::TooLarge(n)),
+                Err(ReadError::Malformed(e)) => return Err(Close::Malformed(e)),
             }
         }
     }
@@ -176,59 +280,141 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
+    /// Queues one packet for the client; it is written by the next [`Self::flush_out`] (the
+    /// session flushes before it waits for anything, so acks for a batch of packets go out
+    /// together). A packet larger than the client's MQTT 5 Maximum Packet Size is discarded,
+    /// as MQTT 5 §3.1.2.11.4 requires.
     async fn send(&mut self, packet: Outbound) -> Result<(), Close> {
-        codec::write(self.protocol, &packet, &mut self.wbuf);
-        let r = self.io.write_all(&self.wbuf).await;
-        self.wbuf.clear();
-        r.map_err(|e| Close::Io(e.to_string()))
+        let start = self.wbuf.len();
+        codec::write(self.protocol, packet, &mut self.wbuf)
+            .map_err(|e| Close::Encode(e.to_string()))?;
+        if self
+            .client_max_packet
+            .is_some_and(|m| self.wbuf.len() - start > m)
+        {
+            self.wbuf.truncate(start);
+        }
+        if self.wbuf.len() >= FLUSH_AT {
+            self.flush_out().await?;
+        }
+        Ok(())
     }
 
-    /// Handles CONNECT; returns the connection id and keep-alive, or `None` if refused.
+    /// Writes every queued packet and flushes the TLS stream (tokio-rustls may otherwise keep
+    /// written records buffered until the next write).
+    async fn flush_out(&mut self) -> Result<(), Close> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let r = self.io.write_all(&self.wbuf).await;
+        self.wbuf.clear();
+        r.map_err(|e| Close::Io(e.to_string()))?;
+        self.io.flush().await.map_err(|e| Close::Io(e.to_string()))
+    }
+
+    /// Refuses a CONNECT with `code` (no CONNACK on 3.1.1 when `code` has no 3.1.1 form).
+    async fn refuse(&mut self, code: ConnectCode, why: &str) {
+        tracing::debug!(client = %self.client_id, ?code, why, "emulator: CONNECT refused");
+        let _ = self.send(Outbound::ConnAck { code, props: None }).await;
+    }
+
+    /// Handles CONNECT; returns the keep-alive, or `None` if refused.
     async fn connect(
         &mut self,
         first: Inbound,
         control: mpsc::Sender<Control>,
-    ) -> Option<(u64, Duration)> {
-        let Inbound::Connect {
-            client_id,
-            keep_alive_s,
-            ..
-        } = first
-        else {
+    ) -> Option<Duration> {
+        let Inbound::Connect(c) = first else {
             return None;
         };
-        // AWS: ≤ 128 bytes; a `$` prefix is reserved; an empty id is refused.
-        if client_id.is_empty() || client_id.len() > 128 || client_id.starts_with('$') {
-            let _ = self
-                .send(Outbound::ConnAck(ConnectResult::BadClientId))
+        let shared = self.shared.clone();
+        let limits = &shared.limits;
+        let Connect {
+            client_id,
+            keep_alive_s,
+            will_payload_len,
+            session_expiry_s,
+            max_packet_size,
+            auth_method,
+            ..
+        } = c;
+        // AWS: a `$` prefix is reserved and the id is at most 128 bytes (aws profile);
+        // an empty id is refused.
+        if client_id.is_empty()
+            || client_id.starts_with('$')
+            || limits
+                .max_client_id_bytes
+                .is_some_and(|m| client_id.len() > m)
+        {
+            self.refuse(ConnectCode::ClientIdNotValid, "client id")
                 .await;
             return None;
         }
         self.client_id = client_id;
-        self.policies = self.shared.registry.policies_of(&self.principal);
-        self.thing_name = self
-            .shared
+        // AWS authenticates by certificate (or custom authorizer); there is no MQTT 5
+        // enhanced authentication, so an Authentication Method is refused (MQTT 5 §3.1.2.11.9).
+        if auth_method.is_some() {
+            self.refuse(
+                ConnectCode::BadAuthenticationMethod,
+                "authentication method",
+            )
+            .await;
+            return None;
+        }
+        // AWS rejects "publish and connect requests larger than" the payload limit.
+        if will_payload_len.is_some_and(|n| n > limits.max_payload_bytes) {
+            self.refuse(ConnectCode::PacketTooLarge, "will payload")
+                .await;
+            return None;
+        }
+        if !shared.admit_connect(&self.client_id) {
+            self.refuse(
+                ConnectCode::ConnectionRateExceeded,
+                "CONNECTs per second per client id",
+            )
+            .await;
+            return None;
+        }
+        self.policies = shared.registry.policies_of(&self.principal);
+        self.thing_name = shared
             .registry
             .thing(&self.client_id)
             .filter(|t| t.principals.contains(&self.principal))
             .map(|t| t.name);
-        if !self.allowed(Action::Connect, &self.client_id.clone()) {
-            let _ = self
-                .send(Outbound::ConnAck(ConnectResult::NotAuthorized))
-                .await;
+        if !self.allowed(Action::Connect, &self.client_id) {
+            self.refuse(ConnectCode::NotAuthorized, "iot:Connect").await;
             return None;
         }
+        self.client_max_packet = max_packet_size.map(|m| m as usize);
+        let now = std::time::Instant::now();
+        self.inbound_rate = limits
+            .publishes_per_second
+            .map(|r| TokenBucket::new(r, now));
+        self.outbound_rate = limits
+            .publishes_per_second
+            .map(|r| TokenBucket::new(r, now));
         self.control = Some(control.clone());
-        let conn_id = self.shared.claim_client_id(&self.client_id, control);
-        if self
-            .send(Outbound::ConnAck(ConnectResult::Accepted))
-            .await
-            .is_err()
-        {
-            self.shared.release_client_id(&self.client_id, conn_id);
+        self.conn_id = shared.claim_client_id(&self.client_id, control);
+        let granted = limits.effective_keep_alive(keep_alive_s);
+        let props = (self.protocol == Protocol::V5).then(|| {
+            Box::new(ConnAckProps {
+                server_keep_alive: (granted != keep_alive_s).then_some(granted),
+                receive_maximum: limits.receive_maximum,
+                maximum_packet_size: u32::try_from(limits.max_packet_bytes()).unwrap_or(u32::MAX),
+                topic_alias_maximum: limits.topic_alias_maximum,
+                // The emulator keeps no session after the connection ends.
+                session_expiry_s: (session_expiry_s > 0).then_some(0),
+            })
+        });
+        let accepted = Outbound::ConnAck {
+            code: ConnectCode::Accepted,
+            props,
+        };
+        if self.send(accepted).await.is_err() || self.flush_out().await.is_err() {
+            shared.release_client_id(&self.client_id, self.conn_id);
             return None;
         }
-        Some((conn_id, effective_keep_alive(keep_alive_s)))
+        Some(Duration::from_secs(u64::from(granted)))
     }
 
     fn allowed(&self, action: Action, name: &str) -> bool {
@@ -239,6 +425,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         policy::is_allowed(&self.policies, action, name, &vars)
     }
 
+    /// Serves packets and control messages until the connection ends. The keep-alive timer
+    /// restarts on every packet from the client (MQTT's rule; AWS's quota page lists PUBLISH,
+    /// SUBSCRIBE, PINGREQ and PUBACK, and is silent on UNSUBSCRIBE) and fires at 1.5 × the
+    /// granted keep-alive.
     async fn session(
         &mut self,
         control: &mut mpsc::Receiver<Control>,
@@ -259,8 +449,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         }
                     }
                     Err(ReadError::Incomplete) => break,
-                    Err(e) => return Close::Protocol(e.to_string()),
+                    Err(ReadError::TooLarge(n)) => return Close::TooLarge(n),
+                    Err(ReadError::Malformed(e)) => return Close::Malformed(e),
+                    Err(ReadError::UnsupportedVersion(n)) => {
+                        return Close::Protocol(format!("protocol level {n}"));
+                    }
                 }
+            }
+            // Everything the batch produced goes out before waiting.
+            if let Err(close) = self.flush_out().await {
+                return close;
             }
             tokio::select! {
                 r = self.io.read_buf(&mut self.rbuf) => match r {
@@ -271,10 +469,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 msg = control.recv() => match msg {
                     Some(Control::Kick) | None => return Close::Kicked,
                     Some(Control::Reply { topic, payload }) => {
-                        if let Err(c) = self.deliver(topic, payload, None).await { return c; }
+                        if let Err(c) = self.deliver(topic, payload, None, None, None).await {
+                            return c;
+                        }
                     }
-                    Some(Control::Deliver { topic, payload, qos }) => {
-                        if let Err(c) = self.deliver(topic, payload, Some(qos)).await { return c; }
+                    Some(Control::Deliver { topic, payload, qos, props, origin }) => {
+                        if let Err(c) = self.deliver(topic, payload, Some(qos), props, Some(origin)).await {
+                            return c;
+                        }
                     }
                 },
                 _ = tokio::time::sleep_until(deadline) => return Close::KeepAliveTimeout,
@@ -289,42 +491,84 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 topic,
                 qos,
                 pkid,
+                retain,
                 payload,
-                ..
-            } => self.on_publish(topic, qos, pkid, payload).await,
-            Inbound::Subscribe { pkid, filters } => self.on_subscribe(pkid, filters).await,
+                topic_alias,
+                props,
+            } => {
+                let topic = self.resolve_alias(topic, topic_alias)?;
+                self.on_publish(topic, qos, pkid, retain, payload, props)
+                    .await
+            }
+            Inbound::Subscribe {
+                pkid,
+                filters,
+                has_subscription_id,
+            } => self.on_subscribe(pkid, filters, has_subscription_id).await,
             Inbound::Unsubscribe { pkid, filters } => {
-                self.subscriptions.retain(|(f, _)| !filters.contains(f));
-                self.send(Outbound::UnsubAck { pkid }).await
+                let codes = filters
+                    .iter()
+                    .map(|f| {
+                        let before = self.subscriptions.len();
+                        self.subscriptions.retain(|s| s.filter != *f);
+                        if self.subscriptions.len() < before {
+                            UnsubCode::Success
+                        } else {
+                            UnsubCode::NoSubscriptionExisted
+                        }
+                    })
+                    .collect();
+                self.send(Outbound::UnsubAck { pkid, codes }).await
             }
             Inbound::PubAck { .. } => Ok(()),
             Inbound::PingReq => self.send(Outbound::PingResp).await,
             Inbound::Disconnect => Err(Close::ClientDisconnect),
-            Inbound::Connect { .. } => Err(Close::Protocol("second CONNECT".into())),
+            Inbound::Connect(_) => Err(Close::Protocol("second CONNECT".into())),
             Inbound::Unexpected(what) => Err(Close::Protocol(format!("unexpected {what}"))),
         }
     }
 
-    async fn on_subscribe(&mut self, pkid: u16, filters: Vec<(String, u8)>) -> Result<(), Close> {
-        // AWS does not support QoS 2 and sends no SUBACK when it is requested (reference §2).
-        if filters.iter().any(|(_, q)| *q > 1) {
-            return Ok(());
+    /// Applies an MQTT 5 topic alias: sets it when the PUBLISH has a topic, uses it when the
+    /// topic is empty.
+    fn resolve_alias(&mut self, topic: String, alias: Option<u16>) -> Result<String, Close> {
+        let Some(alias) = alias else {
+            return Ok(topic);
+        };
+        let max = self.shared.limits.topic_alias_maximum;
+        if alias == 0 || alias > max {
+            return Err(Close::TopicAlias(format!(
+                "alias {alias} outside 1..={max}"
+            )));
         }
-        let mut granted = Vec::with_capacity(filters.len());
-        for (filter, qos) in filters {
-            if !topic::valid_filter(&filter) {
-                granted.push(None);
-                continue;
-            }
-            if !self.allowed(Action::Subscribe, &filter) {
-                // MQTT 3.1.1: a policy violation closes the connection (reference §6).
-                return Err(Close::NotAuthorized(format!("SUBSCRIBE {filter}")));
-            }
-            self.subscriptions.retain(|(f, _)| *f != filter);
-            self.subscriptions.push((filter, qos));
-            granted.push(Some(qos));
+        let slot = usize::from(alias - 1);
+        if self.topic_aliases.len() <= slot {
+            self.topic_aliases.resize(slot + 1, None);
         }
-        self.send(Outbound::SubAck { pkid, granted }).await
+        if topic.is_empty() {
+            self.topic_aliases[slot]
+                .clone()
+                .ok_or_else(|| Close::Protocol(format!("topic alias {alias} was never set")))
+        } else {
+            self.topic_aliases[slot] = Some(topic.clone());
+            Ok(topic)
+        }
+    }
+
+    /// A PUBLISH the broker will not process. 3.1.1: `close_v311` closes the connection, or
+    /// (if `None`) the message is dropped silently. MQTT 5: a QoS 1 PUBLISH gets PUBACK `code`
+    /// and the connection stays; a QoS 0 one is dropped.
+    async fn reject_publish(
+        &mut self,
+        qos: u8,
+        pkid: u16,
+        code: PubAckCode,
+        close_v311: Option<Close>,
+    ) -> Result<(), Close> {
+        match self.protocol {
+            Protocol::V311 => close_v311.map_or(Ok(()), Err),
+            Protocol::V5 if qos == 1 => self.send(Outbound::PubAck { pkid, code }).await,
+            Protocol::V5 => Ok(()),
+        }
     }
 
     async fn on_publish(
@@ -332,17 +576,53 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         topic: String,
         qos: u8,
         pkid: u16,
+        retain: bool,
         payload: Bytes,
+        props: Option<Arc<ForwardedProps>>,
     ) -> Result<(), Close> {
         if !topic::valid_topic_name(&topic) {
             return Err(Close::Protocol(format!("invalid topic name {topic:?}")));
+        }
+        let limits = &self.shared.limits;
+        // AWS: payloads over 128 KB are rejected; 3.1.1 is closed (lifecycle CLIENT_ERROR),
+        // MQTT 5 gets DISCONNECT 0x95.
+        if payload.len() > limits.max_payload_bytes {
+            return Err(Close::TooLarge(payload.len()));
         }
         // AWS does not support QoS 2: no PUBACK, and the message is not processed.
         if qos > 1 {
             return Ok(());
         }
-        if !self.allowed(Action::Publish, &topic) {
-            return Err(Close::NotAuthorized(format!("PUBLISH {topic}")));
+        // AWS: publishes over the per-connection rate are discarded.
+        if let Some(bucket) = &mut self.inbound_rate
+            && !bucket.try_take(std::time::Instant::now())
+        {
+            return self
+                .reject_publish(qos, pkid, PubAckCode::QuotaExceeded, None)
+                .await;
+        }
+        if !topic::within_aws_limits(&topic, limits.max_topic_bytes, limits.max_topic_slashes) {
+            let close = Close::Refused(format!("topic {topic:?} is over AWS's topic limits"));
+            return self
+                .reject_publish(qos, pkid, PubAckCode::TopicNameInvalid, Some(close))
+                .await;
+        }
+        if !self.allowed(Action::Publish, &topic)
+            || (retain && !self.allowed(Action::RetainPublish, &topic))
+        {
+            // MQTT 3.1.1: a policy violation closes the connection; MQTT 5: PUBACK 0x87
+            // (reference §6).
+            let close = Close::NotAuthorized(format!("PUBLISH {topic}"));
+            return self
+                .reject_publish(qos, pkid, PubAckCode::NotAuthorized, Some(close))
+                .await;
+        }
+        // AWS: "You can't publish to a reserved topic with the RETAIN flag set."
+        if retain && topic.starts_with('$') {
+            let close = Close::Refused(format!("RETAIN on reserved topic {topic}"));
+            return self
+                .reject_publish(qos, pkid, PubAckCode::ImplementationSpecific, Some(close))
+                .await;
         }
         match ReservedTopic::parse(&topic) {
             Some(ReservedTopic {
@@ -373,27 +653,167 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
             // Devices do not publish on reply topics; such messages go nowhere.
             Some(_) => {}
-            None => self.shared.fan_out(&topic, &payload, qos),
+            None => {
+                if retain {
+                    self.shared.retain(&topic, &payload, qos, &props);
+                }
+                self.shared
+                    .fan_out(&topic, &payload, qos, &props, self.conn_id);
+            }
         }
         if qos == 1 {
-            self.send(Outbound::PubAck { pkid }).await?;
+            self.send(Outbound::PubAck {
+                pkid,
+                code: PubAckCode::Success,
+            })
+            .await?;
         }
         Ok(())
     }
 
+    async fn on_subscribe(
+        &mut self,
+        pkid: u16,
+        filters: Vec<SubFilter>,
+        has_subscription_id: bool,
+    ) -> Result<(), Close> {
+        // AWS does not support QoS 2 and sends no SUBACK when it is requested (reference §2).
+        if filters.iter().any(|f| f.qos > 1) {
+            return Ok(());
+        }
+        let v5 = self.protocol == Protocol::V5;
+        let n = filters.len();
+        // AWS does not support MQTT 5 Subscription Identifiers (CONNACK says so); a SUBSCRIBE
+        // carrying one is not accepted: SUBACK 0xA1 for every filter (MQTT 5 §3.9.3).
+        if has_subscription_id {
+            let codes = vec![SubCode::SubscriptionIdsNotSupported; n];
+            return self.send(Outbound::SubAck { pkid, codes }).await;
+        }
+        let shared = self.shared.clone();
+        let limits = &shared.limits;
+        if let Some(max) = limits.max_filters_per_subscribe
+            && n > max
+        {
+            if !v5 {
+                return Err(Close::Quota(format!(
+                    "{n} topic filters in one SUBSCRIBE (limit {max})"
+                )));
+            }
+            let codes = vec![SubCode::QuotaExceeded; n];
+            return self.send(Outbound::SubAck { pkid, codes }).await;
+        }
+        let mut codes = Vec::with_capacity(n);
+        let mut over_quota = false;
+        let mut retained_for: Vec<(String, u8)> = Vec::new();
+        for f in filters {
+            let code = if !topic::valid_filter(&f.filter) {
+                SubCode::TopicFilterInvalid
+            } else if topic::is_shared_filter(&f.filter) {
+                SubCode::SharedSubscriptionsNotSupported
+            } else if !topic::within_aws_limits(
+                &f.filter,
+                limits.max_topic_bytes,
+                limits.max_topic_slashes,
+            ) {
+                SubCode::TopicFilterInvalid
+            } else if !self.allowed(Action::Subscribe, &f.filter) {
+                // MQTT 3.1.1: a policy violation closes the connection; MQTT 5: SUBACK 0x87
+                // (reference §6).
+                if !v5 {
+                    return Err(Close::NotAuthorized(format!("SUBSCRIBE {}", f.filter)));
+                }
+                SubCode::NotAuthorized
+            } else {
+                let exact = !f.filter.contains(['+', '#']);
+                let existing = self.subscriptions.iter().position(|s| s.filter == f.filter);
+                let new_sub = Subscription {
+                    filter: f.filter.clone(),
+                    qos: f.qos,
+                    no_local: f.no_local,
+                };
+                match existing {
+                    Some(i) => {
+                        self.subscriptions[i] = new_sub;
+                        // Retain Handling 0: retained messages on every subscribe.
+                        if exact && f.retain_handling == 0 {
+                            retained_for.push((f.filter, f.qos));
+                        }
+                        SubCode::Granted(f.qos)
+                    }
+                    None if limits
+                        .max_subscriptions
+                        .is_some_and(|m| self.subscriptions.len() >= m) =>
+                    {
+                        over_quota = true;
+                        SubCode::QuotaExceeded
+                    }
+                    None => {
+                        self.subscriptions.push(new_sub);
+                        // AWS sends a retained message on subscribe only to a filter that
+                        // names its topic exactly (no wildcards).
+                        if exact && f.retain_handling < 2 {
+                            retained_for.push((f.filter, f.qos));
+                        }
+                        SubCode::Granted(f.qos)
+                    }
+                }
+            };
+            codes.push(code);
+        }
+        self.send(Outbound::SubAck { pkid, codes }).await?;
+        if over_quota && !v5 {
+            // AWS: subscriptions over the per-connection limit "may be rejected … and the
+            // connection will be closed".
+            return Err(Close::Quota("subscriptions per connection".into()));
+        }
+        for (topic, qos) in retained_for {
+            self.deliver_retained(topic, qos).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the retained message of `topic`, if any, with the RETAIN flag set.
+    async fn deliver_retained(&mut self, topic: String, granted_qos: u8) -> Result<(), Close> {
+        let Some(r) = self.shared.retained(&topic) else {
+            return Ok(());
+        };
+        if !self.allowed(Action::Receive, &topic) {
+            return Ok(());
+        }
+        let mut props = r.props;
+        // MQTT 5 §3.3.2.3.3: the expiry sent on is what remains; an expired message is not sent.
+        if let Some(p) = &props
+            && let Some(expiry) = p.message_expiry_interval
+        {
+            let elapsed = u32::try_from(r.stored.elapsed().as_secs()).unwrap_or(u32::MAX);
+            if elapsed >= expiry {
+                return Ok(());
+            }
+            let mut adjusted = ForwardedProps::clone(p);
+            adjusted.message_expiry_interval = Some(expiry - elapsed);
+            props = Some(Arc::new(adjusted));
+        }
+        self.publish_out(topic, r.qos.min(granted_qos), true, r.payload, props)
+            .await
+    }
+
     /// Publishes to this client if a subscription matches (and `iot:Receive` allows it).
-    /// `publish_qos` is `None` for API replies, which go out at the subscription's QoS.
+    /// `publish_qos` is `None` for API replies, which go out at the subscription's QoS;
+    /// `origin` is the publishing connection, for MQTT 5 No Local.
     async fn deliver(
         &mut self,
         topic: String,
         payload: Bytes,
         publish_qos: Option<u8>,
+        props: Option<Arc<ForwardedProps>>,
+        origin: Option<u64>,
     ) -> Result<(), Close> {
+        let own = origin == Some(self.conn_id);
         let Some(sub_qos) = self
             .subscriptions
             .iter()
-            .filter(|(f, _)| topic::matches(f, &topic))
-            .map(|(_, q)| *q)
+            .filter(|s| !(own && s.no_local) && topic::matches(&s.filter, &topic))
+            .map(|s| s.qos)
             .max()
         else {
             return Ok(());
@@ -402,6 +822,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             return Ok(());
         }
         let qos = publish_qos.map_or(sub_qos, |q| q.min(sub_qos)).min(1);
+        self.publish_out(topic, qos, false, payload, props).await
+    }
+
+    async fn publish_out(
+        &mut self,
+        topic: String,
+        qos: u8,
+        retain: bool,
+        payload: Bytes,
+        props: Option<Arc<ForwardedProps>>,
+    ) -> Result<(), Close> {
+        // AWS: outbound publishes over the per-connection rate are discarded.
+        if let Some(bucket) = &mut self.outbound_rate
+            && !bucket.try_take(std::time::Instant::now())
+        {
+            tracing::trace!(client = %self.client_id, %topic, "emulator: outbound publish over the rate; dropped");
+            return Ok(());
+        }
         let pkid = if qos == 1 {
             self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
             self.next_pkid
@@ -412,21 +850,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             topic,
             qos,
             pkid,
+            retain,
             payload,
+            props,
         })
         .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keep_alive_is_clamped_like_aws() {
-        assert_eq!(effective_keep_alive(0), Duration::from_secs(1200));
-        assert_eq!(effective_keep_alive(5), Duration::from_secs(30));
-        assert_eq!(effective_keep_alive(60), Duration::from_secs(60));
-        assert_eq!(effective_keep_alive(5000), Duration::from_secs(1200));
     }
 }

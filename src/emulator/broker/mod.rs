@@ -1,19 +1,25 @@
-//! The emulator's MQTT broker: TLS listener with client-certificate authentication, the
-//! client table (one connection per client id) and routing of fleet-provisioning requests.
+//! The emulator's MQTT broker: TLS listeners with client-certificate authentication (the
+//! 8883-style one, and optionally a 443-style one that requires ALPN `x-amzn-mqtt-ca`), the
+//! client table (one connection per client id), retained messages and routing of
+//! fleet-provisioning requests.
 //!
-//! - [`codec`]: packets as the session logic sees them, encoded with rumqttc's `mqttbytes`.
-//! - [`connection`]: one task per connection: CONNECT, SUBSCRIBE, PUBLISH, keep-alive.
-//! - [`topic`]: topic and filter validation and matching.
+//! - [`codec`]: packets as the session logic sees them, encoded with rumqttc's codecs for
+//!   MQTT 3.1.1 and MQTT 5.
+//! - [`connection`]: one task per connection: CONNECT, SUBSCRIBE, PUBLISH, keep-alive, and
+//!   how each version is told about a refusal.
+//! - [`limits`]: AWS's broker limits, the `unlimited` and `aws` profiles, rate limiters.
+//! - [`topic`]: topic and filter validation, matching and AWS's topic size limits.
 
 pub mod codec;
 mod connection;
+pub mod limits;
 pub mod topic;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rustls::server::WebPkiClientVerifier;
@@ -21,39 +27,30 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
+use self::codec::ForwardedProps;
+use self::limits::ConnectRate;
+pub use self::limits::{BrokerLimitOverrides, BrokerLimits, BrokerProfile};
 use super::api::ApiService;
 use super::ca::CertificateAuthority;
 use super::registry::Registry;
 use crate::shutdown::Shutdown;
 
-/// Limits the broker enforces (reference §5.2).
-#[derive(Debug, Clone)]
-pub struct BrokerLimits {
-    /// Largest PUBLISH payload accepted (AWS: 128 KB).
-    pub max_payload: usize,
-    /// Time allowed for the TLS handshake and the CONNECT packet.
-    pub connect_timeout: Duration,
-}
-
-impl Default for BrokerLimits {
-    fn default() -> Self {
-        BrokerLimits {
-            max_payload: 128 * 1024,
-            connect_timeout: Duration::from_secs(10),
-        }
-    }
-}
+/// The ALPN protocol AWS IoT Core requires for MQTT with an X.509 client certificate on
+/// port 443 (reference §7).
+pub const ALPN_MQTT_CA: &[u8] = b"x-amzn-mqtt-ca";
 
 /// Messages to a connection task from elsewhere in the broker.
 #[derive(Debug)]
 pub(crate) enum Control {
     /// An API reply: delivered only if this connection subscribed to its topic.
     Reply { topic: String, payload: Bytes },
-    /// A normal publish from another client, for subscribers.
+    /// A normal publish from a client (connection `origin`), for subscribers.
     Deliver {
         topic: String,
         payload: Bytes,
         qos: u8,
+        props: Option<Arc<ForwardedProps>>,
+        origin: u64,
     },
     /// Another connection took over this client id.
     Kick,
@@ -64,6 +61,15 @@ struct ClientEntry {
     control: mpsc::Sender<Control>,
 }
 
+/// A retained message (AWS supports the RETAIN flag on non-reserved topics).
+#[derive(Debug, Clone)]
+pub(crate) struct Retained {
+    pub payload: Bytes,
+    pub qos: u8,
+    pub props: Option<Arc<ForwardedProps>>,
+    pub stored: Instant,
+}
+
 /// State shared by all connections.
 pub(crate) struct BrokerShared {
     pub registry: Arc<Registry>,
@@ -72,18 +78,40 @@ pub(crate) struct BrokerShared {
     pub shutdown: Shutdown,
     clients: Mutex<HashMap<String, ClientEntry>>,
     next_conn_id: AtomicU64,
+    retained: Mutex<HashMap<String, Retained>>,
+    /// Present when CONNECTs per client id are limited.
+    connect_rate: Option<Mutex<ConnectRate>>,
 }
 
 impl BrokerShared {
-    /// Registers a connection under its client id; the previous holder is kicked (AWS: a
-    /// duplicate client id disconnects the older connection, reference §5.2).
+    fn new(
+        registry: Arc<Registry>,
+        api: Arc<ApiService>,
+        limits: BrokerLimits,
+        shutdown: Shutdown,
+    ) -> BrokerShared {
+        let connect_rate = limits
+            .connects_per_second_per_client_id
+            .map(|r| Mutex::new(ConnectRate::new(r)));
+        BrokerShared {
+            registry,
+            api,
+            limits,
+            shutdown,
+            clients: Mutex::new(HashMap::new()),
+            next_conn_id: AtomicU64::new(1),
+            retained: Mutex::new(HashMap::new()),
+            connect_rate,
+        }
+    }
+
+    /// Registers a connection under its client id and returns its connection id; the
+    /// previous holder is kicked (AWS: a duplicate client id disconnects the older
+    /// connection, reference §5.2).
     fn claim_client_id(&self, client_id: &str, control: mpsc::Sender<Control>) -> u64 {
         let conn_id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
-        let old = self
-            .clients
-            .lock()
-            .expect("client table lock")
-            .insert(client_id.to_string(), ClientEntry { conn_id, control });
+        let old =
+            lock(&self.clients).insert(client_id.to_string(), ClientEntry { conn_id, control });
         if let Some(old) = old {
             let _ = old.control.try_send(Control::Kick);
         }
@@ -91,29 +119,73 @@ impl BrokerShared {
     }
 
     fn release_client_id(&self, client_id: &str, conn_id: u64) {
-        let mut clients = self.clients.lock().expect("client table lock");
+        let mut clients = lock(&self.clients);
         if clients.get(client_id).is_some_and(|e| e.conn_id == conn_id) {
             clients.remove(client_id);
         }
     }
 
+    /// Records a CONNECT for `client_id`; false when it exceeds the per-client-id rate.
+    fn admit_connect(&self, client_id: &str) -> bool {
+        match &self.connect_rate {
+            None => true,
+            Some(rate) => lock(rate).admit(client_id, Instant::now()),
+        }
+    }
+
     /// Offers a normal publish to every connection; each checks its own subscriptions.
-    fn fan_out(&self, topic: &str, payload: &Bytes, qos: u8) {
-        let clients = self.clients.lock().expect("client table lock");
+    fn fan_out(
+        &self,
+        topic: &str,
+        payload: &Bytes,
+        qos: u8,
+        props: &Option<Arc<ForwardedProps>>,
+        origin: u64,
+    ) {
+        let clients = lock(&self.clients);
         for entry in clients.values() {
             // A full queue drops the message, as AWS drops beyond its per-connection limits.
             let _ = entry.control.try_send(Control::Deliver {
                 topic: topic.to_string(),
                 payload: payload.clone(),
                 qos,
+                props: props.clone(),
+                origin,
             });
         }
     }
 
+    /// Stores (or, with an empty payload, deletes) the retained message of `topic`.
+    fn retain(&self, topic: &str, payload: &Bytes, qos: u8, props: &Option<Arc<ForwardedProps>>) {
+        let mut retained = lock(&self.retained);
+        if payload.is_empty() {
+            retained.remove(topic);
+        } else {
+            retained.insert(
+                topic.to_string(),
+                Retained {
+                    payload: payload.clone(),
+                    qos,
+                    props: props.clone(),
+                    stored: Instant::now(),
+                },
+            );
+        }
+    }
+
+    fn retained(&self, topic: &str) -> Option<Retained> {
+        lock(&self.retained).get(topic).cloned()
+    }
+
     /// Number of connected clients.
     pub fn connected(&self) -> usize {
-        self.clients.lock().expect("client table lock").len()
+        lock(&self.clients).len()
     }
+}
+
+/// Locks a mutex, recovering it if a thread panicked while holding it (the maps stay valid).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Builds the TLS server configuration: the emulator's server certificate, and client
@@ -131,47 +203,93 @@ pub fn server_tls_config(ca: &CertificateAuthority) -> Result<rustls::ServerConf
         .with_single_cert(ca.server_chain(), ca.server_key())
 }
 
+/// A listen address that could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct BindError {
+    pub addr: String,
+    pub source: std::io::Error,
+}
+
 /// A running broker.
 pub struct Broker {
     pub(crate) shared: Arc<BrokerShared>,
     addr: SocketAddr,
+    alpn_addr: Option<SocketAddr>,
 }
 
 impl Broker {
-    /// Binds `listen` and starts accepting connections until `shutdown` triggers.
+    /// Binds `listen` (and `alpn_listen`, whose clients must negotiate ALPN
+    /// `x-amzn-mqtt-ca`) and accepts connections until `shutdown` triggers. Both listeners
+    /// serve the same broker.
     pub async fn start(
         listen: &str,
+        alpn_listen: Option<&str>,
         tls: rustls::ServerConfig,
         registry: Arc<Registry>,
         api: Arc<ApiService>,
         limits: BrokerLimits,
         shutdown: Shutdown,
-    ) -> std::io::Result<Broker> {
-        let listener = TcpListener::bind(listen).await?;
-        let addr = listener.local_addr()?;
-        let shared = Arc::new(BrokerShared {
-            registry,
-            api,
-            limits,
-            shutdown: shutdown.clone(),
-            clients: Mutex::new(HashMap::new()),
-            next_conn_id: AtomicU64::new(1),
-        });
+    ) -> Result<Broker, BindError> {
+        let bind = |addr: &str| {
+            let addr = addr.to_string();
+            async move {
+                match TcpListener::bind(&addr).await {
+                    Ok(l) => match l.local_addr() {
+                        Ok(a) => Ok((l, a)),
+                        Err(source) => Err(BindError { addr, source }),
+                    },
+                    Err(source) => Err(BindError { addr, source }),
+                }
+            }
+        };
+        let (listener, addr) = bind(listen).await?;
+        let alpn = match alpn_listen {
+            Some(a) => Some(bind(a).await?),
+            None => None,
+        };
+        let shared = Arc::new(BrokerShared::new(registry, api, limits, shutdown));
+        let alpn_addr = alpn.as_ref().map(|(_, a)| *a);
+        if let Some((alpn_listener, _)) = alpn {
+            let mut alpn_tls = tls.clone();
+            alpn_tls.alpn_protocols = vec![ALPN_MQTT_CA.to_vec()];
+            let acceptor = TlsAcceptor::from(Arc::new(alpn_tls));
+            tokio::spawn(accept_loop(alpn_listener, acceptor, shared.clone(), true));
+        }
         let acceptor = TlsAcceptor::from(Arc::new(tls));
-        tokio::spawn(accept_loop(listener, acceptor, shared.clone()));
-        Ok(Broker { shared, addr })
+        tokio::spawn(accept_loop(listener, acceptor, shared.clone(), false));
+        Ok(Broker {
+            shared,
+            addr,
+            alpn_addr,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }
 
+    /// The address of the listener that requires ALPN `x-amzn-mqtt-ca`, if configured.
+    pub fn alpn_addr(&self) -> Option<SocketAddr> {
+        self.alpn_addr
+    }
+
     pub fn connected_clients(&self) -> usize {
         self.shared.connected()
     }
+
+    /// The limits this broker enforces.
+    pub fn limits(&self) -> &BrokerLimits {
+        &self.shared.limits
+    }
 }
 
-async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<BrokerShared>) {
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    shared: Arc<BrokerShared>,
+    require_alpn: bool,
+) {
     loop {
         let accepted = tokio::select! {
             _ = shared.shutdown.wait() => return,
@@ -183,7 +301,7 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<B
                 let acceptor = acceptor.clone();
                 let shared = shared.clone();
                 tokio::spawn(async move {
-                    connection::serve(socket, peer, acceptor, shared).await;
+                    connection::serve(socket, peer, acceptor, shared, require_alpn).await;
                 });
             }
             Err(e) => {

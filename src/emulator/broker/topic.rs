@@ -1,4 +1,5 @@
-//! MQTT topic names and filters: validation and matching (MQTT 3.1.1 §4.7).
+//! MQTT topic names and filters: validation and matching (MQTT 3.1.1 §4.7, MQTT 5 §4.7), and
+//! AWS IoT Core's topic size and depth limits.
 
 /// A topic name a client may publish to: non-empty, no wildcards, no NUL.
 pub fn valid_topic_name(topic: &str) -> bool {
@@ -40,6 +41,59 @@ pub fn matches(filter: &str, topic: &str) -> bool {
     }
 }
 
+/// True for an MQTT 5 shared-subscription filter (`$share/<group>/<filter>`).
+pub fn is_shared_filter(filter: &str) -> bool {
+    filter.starts_with("$share/")
+}
+
+/// The part of a topic name or filter that AWS counts against its size and slash limits.
+///
+/// AWS: the limits exclude "the first three mandatory segments for Basic Ingest topics
+/// (`$AWS/rules/rule-name/`)" (quotas page, "Topic size" and "Maximum number of slashes in
+/// topic and topic filter"). AWS's own client (aws-c-mqtt `mqtt5_utils.c`,
+/// `aws_mqtt_is_valid_topic_for_iot_core`) also skips a `$share/<group>/` prefix and matches
+/// `$aws/rules/` case-insensitively; this does the same. Every other reserved `$aws/...` topic
+/// counts in full.
+pub fn aws_counted_part(topic: &str) -> &str {
+    let t = skip_prefix_segments(topic, "$share", 2);
+    skip_prefix_segments(t, "$aws/rules", 3)
+}
+
+/// Strips `first/.../<name>/` when `topic` starts with `first` (ASCII case-insensitive) and
+/// has at least `segments` non-empty leading segments followed by more text.
+fn skip_prefix_segments<'a>(topic: &'a str, first: &str, segments: usize) -> &'a str {
+    let head = topic.get(..first.len());
+    let whole_segment = topic.as_bytes().get(first.len()) == Some(&b'/');
+    if !whole_segment || !head.is_some_and(|h| h.eq_ignore_ascii_case(first)) {
+        return topic;
+    }
+    let mut end = 0;
+    for _ in 0..segments {
+        match topic[end..].find('/') {
+            Some(i) if i > 0 => end += i + 1,
+            _ => return topic,
+        }
+    }
+    if end >= topic.len() {
+        topic
+    } else {
+        &topic[end..]
+    }
+}
+
+/// Whether `topic` (name or filter) is within AWS's size and slash limits.
+pub fn within_aws_limits(
+    topic: &str,
+    max_bytes: Option<usize>,
+    max_slashes: Option<usize>,
+) -> bool {
+    let counted = aws_counted_part(topic);
+    if max_bytes.is_some_and(|m| counted.len() > m) {
+        return false;
+    }
+    max_slashes.is_none_or(|m| counted.bytes().filter(|b| *b == b'/').count() <= m)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +121,42 @@ mod tests {
         assert!(!valid_filter(""));
         assert!(valid_topic_name("a/b"));
         assert!(!valid_topic_name("a/+"));
+    }
+
+    #[test]
+    fn aws_limits_skip_basic_ingest_and_shared_prefixes() {
+        assert_eq!(aws_counted_part("$aws/rules/my_rule/a/b"), "a/b");
+        assert_eq!(aws_counted_part("$AWS/Rules/my_rule/a"), "a");
+        assert_eq!(aws_counted_part("$share/g/a/+"), "a/+");
+        assert_eq!(aws_counted_part("$share/g/$aws/rules/r/x"), "x");
+        assert_eq!(aws_counted_part("$aws/rules/"), "$aws/rules/");
+        assert_eq!(aws_counted_part("$sharex/g/a"), "$sharex/g/a");
+        assert_eq!(aws_counted_part("$aws/rules/r"), "$aws/rules/r");
+        assert_eq!(
+            aws_counted_part("$aws/things/t/shadow/update"),
+            "$aws/things/t/shadow/update"
+        );
+        let eight_levels = "a/b/c/d/e/f/g/h";
+        assert!(within_aws_limits(eight_levels, Some(256), Some(7)));
+        assert!(!within_aws_limits("a/b/c/d/e/f/g/h/i", Some(256), Some(7)));
+        assert!(within_aws_limits(
+            "$aws/rules/r/a/b/c/d/e/f/g/h",
+            Some(256),
+            Some(7)
+        ));
+        let long = "x".repeat(257);
+        assert!(!within_aws_limits(&long, Some(256), None));
+        assert!(within_aws_limits(
+            &format!("$aws/rules/r/{}", &long[1..]),
+            Some(256),
+            None
+        ));
+        assert!(within_aws_limits(&long, None, None));
+        // The fleet-provisioning reply topics fit.
+        assert!(within_aws_limits(
+            "$aws/provisioning-templates/FleetTemplate/provision/json/accepted",
+            Some(256),
+            Some(7)
+        ));
     }
 }
