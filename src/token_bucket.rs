@@ -23,6 +23,12 @@ impl TokenBucket {
         }
     }
 
+    /// `rate` per second, holding at most one second's worth.
+    pub fn per_second(rate: u32, now: Instant) -> TokenBucket {
+        let r = f64::from(rate.max(1));
+        TokenBucket::new(r, r, now)
+    }
+
     pub fn rate(&self) -> f64 {
         self.rate
     }
@@ -50,6 +56,17 @@ impl TokenBucket {
         } else {
             Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
         }
+    }
+
+    /// Takes a token if there is one now.
+    pub fn take(&mut self, now: Instant) -> bool {
+        self.try_take(now).is_ok()
+    }
+
+    /// True when the bucket has refilled completely (its state carries no information).
+    pub fn is_full(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= self.burst
     }
 
     /// Drops the saved-up tokens to at most one (after a throttle, no burst).

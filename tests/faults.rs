@@ -245,3 +245,25 @@ async fn foreign_certificates_are_refused_and_requested_again() {
         "no foreign certificate was served"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_sessions_reconnect_and_the_device_in_flight_resumes() {
+    // Every connection is dropped when it sends its fourth request: the request in flight
+    // is retried on a new connection (a RegisterThing with the token it already holds), so
+    // no device needs a second certificate.
+    let emu = TestEmulator::start_with(|c| {
+        c.faults = FaultConfig {
+            drop_after_messages: Some(3),
+            ..FaultConfig::default()
+        };
+    })
+    .await;
+    let out = provision_all(&emu, 16, 4, Duration::from_secs(10), 6).await;
+    assert_eq!(out.provisioned, 16, "{:?}", out.failed);
+    assert!(out.aggregate.retries > 0, "no connection was dropped");
+    let issued = emu
+        .emulator
+        .registry()
+        .read(|s| s.certificates.values().filter(|c| !c.claim).count());
+    assert_eq!(issued, 16, "a device restarted instead of resuming");
+}

@@ -33,7 +33,6 @@ use super::codec::{
     self, ConnAckProps, Connect, ConnectCode, DisconnectCode, ForwardedProps, Inbound, Outbound,
     Protocol, PubAckCode, ReadError, SubCode, SubFilter, UnsubCode,
 };
-use super::limits::TokenBucket;
 use super::topic;
 use super::{ALPN_MQTT_CA, BrokerShared, Control};
 use crate::emulator::api::ApiRequest;
@@ -41,6 +40,7 @@ use crate::emulator::ca::certificate_id;
 use crate::emulator::policy::{self, Action, Variables};
 use crate::emulator::registry::CertStatus;
 use crate::fleet::ReservedTopic;
+use crate::token_bucket::TokenBucket;
 
 /// How long the broker waits to hand a closing client its last packets.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(1);
@@ -106,6 +106,7 @@ pub(super) async fn serve(
         client_max_packet: None,
         inbound_rate: None,
         outbound_rate: None,
+        api_requests: 0,
     };
     conn.run(deadline).await;
 }
@@ -141,6 +142,8 @@ struct Connection<S> {
     client_max_packet: Option<usize>,
     inbound_rate: Option<TokenBucket>,
     outbound_rate: Option<TokenBucket>,
+    /// Fleet-provisioning requests received on this connection (for fault injection).
+    api_requests: u64,
 }
 
 /// Why a connection ends.
@@ -162,13 +165,17 @@ enum Close {
     Kicked,
     Shutdown,
     Encode(String),
+    /// Fault injection: the connection is dropped (without a DISCONNECT, as a network would).
+    InjectedDrop(u64),
 }
 
 impl Close {
     /// The reason an MQTT 5 client is given in the server's DISCONNECT, if it gets one.
     fn disconnect_code(&self) -> Option<DisconnectCode> {
         Some(match self {
-            Close::ClientDisconnect | Close::PeerClosed | Close::Io(_) => return None,
+            Close::ClientDisconnect | Close::PeerClosed | Close::Io(_) | Close::InjectedDrop(_) => {
+                return None;
+            }
             Close::Malformed(_) => DisconnectCode::MalformedPacket,
             Close::Protocol(_) => DisconnectCode::ProtocolError,
             Close::TopicAlias(_) => DisconnectCode::TopicAliasInvalid,
@@ -200,6 +207,7 @@ impl std::fmt::Display for Close {
             Close::Kicked => write!(f, "another connection took over the client id"),
             Close::Shutdown => write!(f, "emulator shutting down"),
             Close::Encode(e) => write!(f, "{e}"),
+            Close::InjectedDrop(n) => write!(f, "dropped after {n} API requests (fault injection)"),
         }
     }
 }
@@ -389,10 +397,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let now = std::time::Instant::now();
         self.inbound_rate = limits
             .publishes_per_second
-            .map(|r| TokenBucket::new(r, now));
+            .map(|r| TokenBucket::per_second(r, now));
         self.outbound_rate = limits
             .publishes_per_second
-            .map(|r| TokenBucket::new(r, now));
+            .map(|r| TokenBucket::per_second(r, now));
         self.control = Some(control.clone());
         self.conn_id = shared.claim_client_id(&self.client_id, control);
         let granted = limits.effective_keep_alive(keep_alive_s);
@@ -595,7 +603,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
         // AWS: publishes over the per-connection rate are discarded.
         if let Some(bucket) = &mut self.inbound_rate
-            && !bucket.try_take(std::time::Instant::now())
+            && !bucket.take(std::time::Instant::now())
         {
             return self
                 .reject_publish(qos, pkid, PubAckCode::QuotaExceeded, None)
@@ -630,6 +638,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 format,
                 reply: None,
             }) => {
+                if let Some(limit) = self.shared.api.faults().drop_after()
+                    && self.api_requests >= limit
+                {
+                    return Err(Close::InjectedDrop(self.api_requests));
+                }
+                self.api_requests += 1;
                 let req = ApiRequest {
                     api,
                     format,
@@ -835,7 +849,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     ) -> Result<(), Close> {
         // AWS: outbound publishes over the per-connection rate are discarded.
         if let Some(bucket) = &mut self.outbound_rate
-            && !bucket.try_take(std::time::Instant::now())
+            && !bucket.take(std::time::Instant::now())
         {
             tracing::trace!(client = %self.client_id, %topic, "emulator: outbound publish over the rate; dropped");
             return Ok(());

@@ -7,6 +7,7 @@
 //! part of MQTT handling (128 KB payload, keep-alive clamping to 30–1200 s, topic aliases) is
 //! the same in both profiles.
 
+use crate::token_bucket::TokenBucket;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -285,49 +286,6 @@ impl TryFrom<RawOverrides> for BrokerLimitOverrides {
     }
 }
 
-/// A token bucket: `rate` tokens per second, holding at most one second's worth.
-#[derive(Debug, Clone)]
-pub(crate) struct TokenBucket {
-    rate: u64,
-    /// Tokens in millionths.
-    micro_tokens: u64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    pub fn new(rate_per_s: u32, now: Instant) -> TokenBucket {
-        let rate = u64::from(rate_per_s.max(1));
-        TokenBucket {
-            rate,
-            micro_tokens: rate * 1_000_000,
-            last: now,
-        }
-    }
-
-    /// Takes one token if there is one.
-    pub fn try_take(&mut self, now: Instant) -> bool {
-        let elapsed_us = now.saturating_duration_since(self.last).as_micros();
-        if elapsed_us > 0 {
-            let add = u128::from(self.rate).saturating_mul(elapsed_us);
-            let cap = self.rate * 1_000_000;
-            self.micro_tokens = (u128::from(self.micro_tokens) + add).min(u128::from(cap)) as u64;
-            self.last = now;
-        }
-        if self.micro_tokens >= 1_000_000 {
-            self.micro_tokens -= 1_000_000;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// True when the bucket has refilled completely (its state carries no information).
-    fn is_full(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.last) >= Duration::from_secs(1)
-            || self.micro_tokens >= self.rate * 1_000_000
-    }
-}
-
 /// CONNECT rate per client id: one token bucket per client id seen recently.
 pub(crate) struct ConnectRate {
     rate: u32,
@@ -352,10 +310,10 @@ impl ConnectRate {
             self.sweep_at = (self.buckets.len() * 2).max(1024);
         }
         match self.buckets.get_mut(client_id) {
-            Some(b) => b.try_take(now),
+            Some(b) => b.take(now),
             None => {
-                let mut b = TokenBucket::new(self.rate, now);
-                let ok = b.try_take(now);
+                let mut b = TokenBucket::per_second(self.rate, now);
+                let ok = b.take(now);
                 self.buckets.insert(client_id.to_string(), b);
                 ok
             }
@@ -435,13 +393,13 @@ mod tests {
     #[test]
     fn token_bucket_allows_a_burst_then_the_rate() {
         let t0 = Instant::now();
-        let mut b = TokenBucket::new(10, t0);
-        assert_eq!((0..20).filter(|_| b.try_take(t0)).count(), 10);
-        assert!(!b.try_take(t0 + Duration::from_millis(50)));
-        assert!(b.try_take(t0 + Duration::from_millis(100)));
+        let mut b = TokenBucket::per_second(10, t0);
+        assert_eq!((0..20).filter(|_| b.take(t0)).count(), 10);
+        assert!(!b.take(t0 + Duration::from_millis(50)));
+        assert!(b.take(t0 + Duration::from_millis(100)));
         assert_eq!(
             (0..20)
-                .filter(|_| b.try_take(t0 + Duration::from_secs(5)))
+                .filter(|_| b.take(t0 + Duration::from_secs(5)))
                 .count(),
             10
         );

@@ -11,7 +11,7 @@
 //! | `templateBody` | required; the body as a JSON string (as AWS takes it) or, for convenience, as an object. The 10240-character limit applies to the string, or to the object's compact JSON text. |
 //! | `enabled` | optional boolean; **defaults to `false`**, as `CreateProvisioningTemplate` does, so an envelope without `"enabled": true` loads a disabled template |
 //! | `provisioningRoleArn` | required, as AWS requires it (20-2048 characters); kept, not used |
-//! | `preProvisioningHook` | optional `{targetArn, payloadVersion}`; `targetArn` is a Lambda ARN (`arn:<partition>:lambda:...`), `payloadVersion` defaults to `2020-04-01` |
+//! | `preProvisioningHook` | optional `{targetArn, payloadVersion}`; `targetArn` is a Lambda ARN (`arn:<partition>:lambda:...`) — or, emulator only, `command:PATH ARGS` or `http://URL` — and `payloadVersion` defaults to `2020-04-01` |
 //! | `description` | optional, at most 500 characters, no control characters |
 //! | `type` | optional; `FLEET_PROVISIONING` (the default). `JITP` is refused: it is not served over MQTT. |
 //! | `tags` | optional list of `{Key, Value}`; checked and ignored |
@@ -538,11 +538,21 @@ impl Envelope<'_> {
             ));
         }
         let target_arn = match map.get("targetArn") {
-            Some(Value::String(arn)) if is_lambda_arn(arn) => arn.clone(),
+            // AWS takes only Lambda ARNs; the emulator also takes a local command or an
+            // HTTP URL directly (for templates that never go to AWS).
+            Some(Value::String(arn))
+                if is_lambda_arn(arn)
+                    || arn.starts_with("command:")
+                    || arn.starts_with("http://") =>
+            {
+                arn.clone()
+            }
             Some(other) => {
                 return Err(self.error(
                     &format!("{FIELD}.targetArn"),
-                    format!("{other} is not a Lambda function ARN; AWS supports only Lambda hooks"),
+                    format!(
+                        "{other} is not a Lambda function ARN (nor, for the emulator only, `command:…` or `http://…`)"
+                    ),
                     FIX,
                 ));
             }
@@ -756,6 +766,26 @@ mod tests {
             })
         );
         assert_eq!(t.description.as_deref(), Some("test template"));
+    }
+
+    #[test]
+    fn the_emulator_also_takes_a_command_or_an_http_hook_directly() {
+        for target in ["command:/usr/bin/true --flag", "http://127.0.0.1:9/hook"] {
+            let store = load(&[(
+                "Env.json",
+                &envelope(serde_json::json!({
+                    "templateBody": BODY,
+                    "enabled": true,
+                    "provisioningRoleArn": ROLE,
+                    "preProvisioningHook": {"targetArn": target},
+                })),
+            )])
+            .unwrap();
+            assert_eq!(
+                store.get("Env").unwrap().hook.as_ref().unwrap().target_arn,
+                target
+            );
+        }
     }
 
     #[test]
