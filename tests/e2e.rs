@@ -15,10 +15,10 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 fn config(dir: &Path, jigs: usize, boards: usize) -> Config {
-    config_with(dir, jigs, boards, "Seattle")
+    config_with(dir, jigs, boards, "Seattle", "")
 }
 
-fn config_with(dir: &Path, jigs: usize, boards: usize, location: &str) -> Config {
+fn config_with(dir: &Path, jigs: usize, boards: usize, location: &str, keys: &str) -> Config {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/templates");
     let text = format!(
         r#"
@@ -46,6 +46,9 @@ flash_dir = "{dir}/boards"
 [emulator]
 state_dir = "{dir}/emulator"
 templates = "{fixtures}"
+
+[keys]
+{keys}
 "#,
         dir = dir.display(),
         fixtures = fixtures.display(),
@@ -133,7 +136,7 @@ async fn provisions_a_line_of_virtual_boards_end_to_end() {
 async fn a_line_where_every_board_is_rejected_ends_with_named_failures() {
     let dir = tempfile::tempdir().unwrap();
     // Atlantis is not in the template's LocationTable: RegisterThing is rejected (400).
-    let cfg = config_with(dir.path(), 2, 6, "Atlantis");
+    let cfg = config_with(dir.path(), 2, 6, "Atlantis", "");
     let report = station::run(
         &cfg,
         &RunOptions {
@@ -163,5 +166,108 @@ async fn a_line_where_every_board_is_rejected_ends_with_named_failures() {
         );
         // Nothing was written to a board that got no identity.
         assert!(!Flash::path_for(&cfg.jigs.flash_dir, &d.serial).exists());
+    }
+}
+
+/// Every file under `dir` except the boards' own flash files.
+fn station_files(dir: &Path, boards: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                if p != boards {
+                    stack.push(p);
+                }
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn board_made_keys_never_leave_the_board() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_with(dir.path(), 2, 8, "Seattle", "source = \"device\"");
+    let report = station::run(
+        &cfg,
+        &RunOptions {
+            report_dir: Some(dir.path().join("report")),
+            ..RunOptions::default()
+        },
+        Shutdown::new(),
+    )
+    .await
+    .unwrap();
+    assert!(report.all_provisioned(), "{:?}", report.summary);
+    // The keygen stage is the board's GEN_CSR.
+    assert_eq!(report.summary.stages["keygen"].count, 8);
+
+    let ledger = Ledger::open(&cfg.station.ledger, "e2e").unwrap();
+    let mut secrets: Vec<Vec<u8>> = Vec::new();
+    for d in ledger.devices().unwrap() {
+        assert_eq!(d.state, DeviceState::Verified);
+        assert_eq!(d.key_source.as_deref(), Some("device"));
+        let flash = Flash::load(&Flash::path_for(&cfg.jigs.flash_dir, &d.serial)).unwrap();
+        let key_pem = flash.private_key().unwrap().to_vec();
+        let cert = CertificateDer::from_pem_slice(flash.certificate().unwrap()).unwrap();
+        let (_, cert) = X509Certificate::from_der(&cert).unwrap();
+        assert_eq!(cert.public_key().raw, public_key_of(&key_pem).as_slice());
+        let der = PrivateKeyDer::from_pem_slice(&key_pem)
+            .unwrap()
+            .secret_der()
+            .to_vec();
+        // The PEM body lines and the DER itself.
+        secrets.extend(
+            std::str::from_utf8(&key_pem)
+                .unwrap()
+                .lines()
+                .filter(|l| !l.starts_with("-----") && l.len() > 16)
+                .map(|l| l.as_bytes().to_vec()),
+        );
+        secrets.push(der);
+    }
+    // Nothing the station stored or reported holds any of it: ledger (and its WAL and key
+    // file), reports, the emulator's state.
+    for file in station_files(dir.path(), &cfg.jigs.flash_dir) {
+        let bytes = std::fs::read(&file).unwrap();
+        for s in &secrets {
+            assert!(
+                !bytes.windows(s.len()).any(|w| w == s.as_slice()),
+                "{} holds private key material",
+                file.display()
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_made_keys_reach_the_board() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_with(dir.path(), 2, 4, "Seattle", "source = \"aws\"");
+    let report = station::run(
+        &cfg,
+        &RunOptions {
+            report_dir: Some(dir.path().join("report")),
+            ..RunOptions::default()
+        },
+        Shutdown::new(),
+    )
+    .await
+    .unwrap();
+    assert!(report.all_provisioned(), "{:?}", report.summary);
+    let ledger = Ledger::open(&cfg.station.ledger, "e2e").unwrap();
+    for d in ledger.devices().unwrap() {
+        assert_eq!(d.key_source.as_deref(), Some("aws"));
+        let flash = Flash::load(&Flash::path_for(&cfg.jigs.flash_dir, &d.serial)).unwrap();
+        assert!(
+            flash
+                .private_key()
+                .unwrap()
+                .starts_with(b"-----BEGIN RSA PRIVATE KEY-----")
+        );
     }
 }

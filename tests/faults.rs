@@ -56,6 +56,7 @@ async fn provision_all(
         mqtt_version: 3,
         post_provision_check: false,
         roots: fleet_station::provision::tls::read_roots(&emu.emulator.paths().ca_cert).unwrap(),
+        aws_keys: false,
     };
     let keys = Arc::new(KeyPool::start(&PoolConfig {
         algorithm: KeyAlgorithm::P256,

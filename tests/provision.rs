@@ -18,6 +18,7 @@ use fleet_station::provision::rate::Limits;
 use fleet_station::provision::{BoardIdentity, DeviceJob, EngineConfig, KeyPlan, Provisioner};
 use fleet_station::shutdown::Shutdown;
 use fleet_station::telemetry;
+use rustls_pki_types::pem::PemObject;
 use tokio::sync::oneshot;
 
 fn engine_config(emu: &TestEmulator, sessions: usize, template: &str) -> EngineConfig {
@@ -41,6 +42,7 @@ fn engine_config(emu: &TestEmulator, sessions: usize, template: &str) -> EngineC
         mqtt_version: 3,
         post_provision_check: false,
         roots: fleet_station::provision::tls::read_roots(&emu.emulator.paths().ca_cert).unwrap(),
+        aws_keys: false,
     }
 }
 
@@ -194,6 +196,90 @@ async fn an_unknown_template_is_named_in_the_failure() {
     assert_eq!(failure.code, "register_thing:ResourceNotFound");
     assert!(
         failure.message.contains("NoSuchTemplate"),
+        "{}",
+        failure.message
+    );
+}
+
+async fn provision_one(
+    emu: &TestEmulator,
+    cfg: EngineConfig,
+    serial: &str,
+    key: KeyPlan,
+) -> Result<fleet_station::provision::Credentials, fleet_station::provision::DeviceFailure> {
+    let ledger = Ledger::open(&emu.dir.path().join(format!("{serial}.db")), "t").unwrap();
+    let (telemetry, _snap, _agg) = telemetry::start();
+    let engine = Provisioner::start(cfg, key_pool(), ledger.clone(), telemetry, Shutdown::new());
+    let device_id = ledger.begin(serial, "jig").await.unwrap().id;
+    let (reply, rx) = oneshot::channel();
+    engine
+        .submitter()
+        .send(DeviceJob {
+            device_id,
+            board: BoardIdentity {
+                serial: serial.into(),
+                jig: "jig".into(),
+                ..Default::default()
+            },
+            key,
+            resume: None,
+            reply,
+        })
+        .await
+        .unwrap();
+    rx.await.unwrap()
+}
+
+#[tokio::test]
+async fn mqtt5_sessions_provision_as_3_1_1_ones_do() {
+    let emu = TestEmulator::start().await;
+    let mut cfg = engine_config(&emu, 1, "FleetTemplate");
+    cfg.mqtt_version = 5;
+    let creds = provision_one(&emu, cfg, "SN-V5", KeyPlan::Pool)
+        .await
+        .unwrap();
+    assert_eq!(creds.thing_name, "thing-SN-V5");
+    assert!(emu.emulator.registry().thing("thing-SN-V5").is_some());
+}
+
+#[tokio::test]
+async fn aws_made_keys_arrive_as_rsa_and_match_the_certificate() {
+    let emu = TestEmulator::start().await;
+    let mut cfg = engine_config(&emu, 1, "FleetTemplate");
+    cfg.aws_keys = true;
+    let creds = provision_one(&emu, cfg, "SN-AWS", KeyPlan::Aws)
+        .await
+        .unwrap();
+    let key = creds.private_key.unwrap();
+    assert!(key.expose().starts_with("-----BEGIN RSA PRIVATE KEY-----"));
+    let der = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.expose().as_bytes()).unwrap();
+    let pair = rcgen::KeyPair::from_der_and_sign_algo(&der, &rcgen::PKCS_RSA_SHA256).unwrap();
+    assert!(certificate_matches_key(
+        &creds.certificate_pem,
+        &rcgen::PublicKeyData::subject_public_key_info(&pair)
+    ));
+    assert_eq!(creds.key_source, fleet_station::ledger::KeySource::Aws);
+}
+
+#[tokio::test]
+async fn the_post_provision_check_connects_with_the_new_identity() {
+    let emu = TestEmulator::start().await;
+    // PySampleTemplate's policy lets the device connect.
+    let mut cfg = engine_config(&emu, 1, "PySampleTemplate");
+    cfg.post_provision_check = true;
+    let creds = provision_one(&emu, cfg, "1", KeyPlan::Pool).await.unwrap();
+    assert_eq!(creds.thing_name, "ThingPrefix_1");
+
+    // FleetTemplate's policy (AWS's example) allows no iot:Connect: the check catches it
+    // before the board leaves the jig.
+    let mut cfg = engine_config(&emu, 1, "FleetTemplate");
+    cfg.post_provision_check = true;
+    let failure = provision_one(&emu, cfg, "SN-PC", KeyPlan::Pool)
+        .await
+        .unwrap_err();
+    assert_eq!(failure.code, "post_check:connect");
+    assert!(
+        failure.message.contains("thing-SN-PC"),
         "{}",
         failure.message
     );

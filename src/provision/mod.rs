@@ -124,6 +124,9 @@ pub struct EngineConfig {
     pub post_provision_check: bool,
     /// Trust anchors of the endpoint (for the post-provision check).
     pub roots: rustls::RootCertStore,
+    /// Whether devices get AWS-made keys (CreateKeysAndCertificate) rather than CSRs; the
+    /// sessions subscribe to that API's replies only (a claim policy may allow just one).
+    pub aws_keys: bool,
 }
 
 impl Limits {
@@ -203,7 +206,11 @@ fn session_config(cfg: &EngineConfig, n: usize) -> SessionConfig {
         tls: cfg.tls.clone(),
         format: cfg.format,
         apis: vec![
-            Api::CreateCertificateFromCsr,
+            if cfg.aws_keys {
+                Api::CreateKeysAndCertificate
+            } else {
+                Api::CreateCertificateFromCsr
+            },
             Api::RegisterThing {
                 template: cfg.template.clone(),
             },

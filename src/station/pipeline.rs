@@ -95,6 +95,7 @@ impl Pipeline {
                 mqtt_version: cfg.provision.mqtt_version,
                 post_provision_check: cfg.provision.post_provision_check,
                 roots: read_roots(&endpoint.claim.root_ca)?,
+                aws_keys: cfg.keys.source == crate::config::KeySourceConfig::Aws,
             },
             keys.clone(),
             ledger.clone(),
