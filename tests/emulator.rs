@@ -349,3 +349,46 @@ async fn a_duplicate_client_id_disconnects_the_older_connection() {
         }
     }
 }
+
+#[tokio::test]
+async fn over_quota_requests_get_429_with_the_configured_error_code() {
+    use fleet_station::emulator::quota::{Quota, QuotaConfig};
+    let emu = TestEmulator::start_with(|c| {
+        c.quotas = QuotaConfig {
+            create_certificate_from_csr: Some(Quota::Full {
+                tps: 0.5,
+                burst: Some(1.0),
+            }),
+            ..QuotaConfig::default()
+        };
+        c.error_codes
+            .insert("Throttling".into(), "ThrottlingException".into());
+    })
+    .await;
+    let mut c = claim_client(&emu, "station-test-q").await;
+    let key = KeyPair::generate().unwrap();
+    create_certificate(&mut c, &key).await;
+    // The burst of one is spent: the next request within two seconds is throttled.
+    let (topic, payload) = c
+        .request(
+            &Api::CreateCertificateFromCsr.request_topic(Format::Json),
+            encode(
+                Format::Json,
+                &CreateCertificateFromCsrRequest {
+                    certificate_signing_request: Some(csr(&key)),
+                },
+            ),
+        )
+        .await;
+    assert!(topic.ends_with("/rejected"), "{topic}");
+    let e: ErrorResponse = decode(Format::Json, &payload).unwrap();
+    assert_eq!((e.status_code, e.error_code.as_str()), (429, "ThrottlingException"));
+    assert!(e.error_message.contains("CreateCertificateFromCsr"));
+    // Other APIs have their own quota: RegisterThing is not throttled (it is refused for
+    // its missing token instead).
+    let (_, payload) = c
+        .request(&template().request_topic(Format::Json), b"{}".to_vec())
+        .await;
+    let e: ErrorResponse = decode(Format::Json, &payload).unwrap();
+    assert_eq!(e.status_code, 400);
+}
