@@ -382,7 +382,10 @@ async fn over_quota_requests_get_429_with_the_configured_error_code() {
         .await;
     assert!(topic.ends_with("/rejected"), "{topic}");
     let e: ErrorResponse = decode(Format::Json, &payload).unwrap();
-    assert_eq!((e.status_code, e.error_code.as_str()), (429, "ThrottlingException"));
+    assert_eq!(
+        (e.status_code, e.error_code.as_str()),
+        (429, "ThrottlingException")
+    );
     assert!(e.error_message.contains("CreateCertificateFromCsr"));
     // Other APIs have their own quota: RegisterThing is not throttled (it is refused for
     // its missing token instead).

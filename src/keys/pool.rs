@@ -35,12 +35,14 @@ pub struct KeyPool {
 }
 
 impl KeyPool {
+    /// Starts `cfg.workers` workers (none with `workers = 0`: a pool that is never used, for
+    /// lines whose keys come from the boards or from AWS; taking from it fails).
     pub fn start(cfg: &PoolConfig) -> KeyPool {
         let (tx, rx) = crossbeam_channel::bounded(cfg.stock.max(1));
         let stop = Arc::new(AtomicBool::new(false));
         let generated = Arc::new(AtomicU64::new(0));
         let gen_nanos = Arc::new(AtomicU64::new(0));
-        let workers = (0..cfg.workers.max(1))
+        let workers = (0..cfg.workers)
             .map(|i| {
                 let (tx, stop, generated, gen_nanos) = (
                     tx.clone(),
@@ -97,7 +99,8 @@ impl KeyPool {
         loop {
             match self.rx.recv_timeout(Duration::from_millis(200)) {
                 Ok(k) => return k,
-                Err(RecvTimeoutError::Timeout) if !self.stop.load(Ordering::Relaxed) => {}
+                Err(RecvTimeoutError::Timeout)
+                    if !self.stop.load(Ordering::Relaxed) && !self.workers.is_empty() => {}
                 Err(_) => return Err(KeyError("the key pool has stopped".into())),
             }
         }
@@ -161,6 +164,16 @@ mod tests {
         assert_ne!(a.spki_der(), b.spki_der());
         assert!(pool.stock() <= 4);
         assert_eq!(pool.capacity(), 4);
+    }
+
+    #[test]
+    fn a_pool_without_workers_refuses_at_once() {
+        let pool = KeyPool::start(&PoolConfig {
+            workers: 0,
+            ..cfg(4)
+        });
+        assert!(pool.take_blocking().is_err());
+        assert_eq!(pool.generated().0, 0);
     }
 
     #[tokio::test]

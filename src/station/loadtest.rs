@@ -47,6 +47,7 @@ pub async fn loadtest(
             sessions,
             target: opts.devices as u64,
             progress: opts.progress,
+            key_pool: cfg.keys.source != KeySourceConfig::Aws,
         },
         &shutdown,
     )

@@ -128,6 +128,7 @@ pub async fn run(cfg: &Config, opts: &RunOptions, shutdown: Shutdown) -> crate::
             sessions: cfg.provision.sessions,
             target: requested.unwrap_or(0) as u64,
             progress: opts.progress,
+            key_pool: cfg.keys.source == crate::config::KeySourceConfig::Pool,
         },
         &shutdown,
     )

@@ -42,6 +42,8 @@ pub struct PipelineOptions<'a> {
     /// Devices the run sets out to do (for the progress line); 0 if open-ended.
     pub target: u64,
     pub progress: bool,
+    /// Whether devices take keys from the station's pool (else no key workers run).
+    pub key_pool: bool,
 }
 
 impl Pipeline {
@@ -69,7 +71,7 @@ impl Pipeline {
         });
         let keys = Arc::new(KeyPool::start(&PoolConfig {
             algorithm: cfg.keys.algorithm,
-            workers: cfg.keys.workers,
+            workers: if opts.key_pool { cfg.keys.workers } else { 0 },
             stock: cfg.keys.stock,
             common_name: format!("{} device", cfg.station.id),
         }));
