@@ -417,7 +417,76 @@ pub struct SyntaxError {
     pub help: String,
 }
 
+/// Command-line overrides of the endpoint settings, named like the AWS SDK samples'
+/// arguments (`--endpoint`, `--port`, `--cert`, … `--template_name`,
+/// `--template_parameters`).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub endpoint: Option<String>,
+    pub port: Option<u16>,
+    pub claim_cert: Option<PathBuf>,
+    pub claim_key: Option<PathBuf>,
+    pub root_ca: Option<PathBuf>,
+    pub template_name: Option<String>,
+    /// A JSON object of string values, merged over `[parameters]`.
+    pub template_parameters: Option<String>,
+    pub mqtt_version: Option<u8>,
+}
+
 impl Config {
+    /// Applies command-line overrides and validates the result again.
+    pub fn with_overrides(mut self, o: &Overrides, path: &Path) -> Result<Config, ConfigError> {
+        let invalid = |key: &str, problem: String, help: &str| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            problem,
+            help: help.to_string(),
+        };
+        if let Some(e) = &o.endpoint {
+            self.endpoint.endpoint = e.clone();
+        }
+        if let Some(p) = o.port {
+            self.endpoint.port = p;
+        }
+        if let Some(c) = &o.claim_cert {
+            self.endpoint.claim_cert = Some(c.clone());
+        }
+        if let Some(k) = &o.claim_key {
+            self.endpoint.claim_key = Some(k.clone());
+        }
+        if let Some(r) = &o.root_ca {
+            self.endpoint.root_ca = Some(r.clone());
+        }
+        if let Some(t) = &o.template_name {
+            self.provision.template_name = t.clone();
+        }
+        if let Some(v) = o.mqtt_version {
+            self.provision.mqtt_version = v;
+        }
+        if let Some(json) = &o.template_parameters {
+            let map: BTreeMap<String, serde_json::Value> =
+                serde_json::from_str(json).map_err(|e| {
+                    invalid(
+                        "--template-parameters",
+                        format!("is not a JSON object: {e}"),
+                        "pass an object of strings, e.g. '{\"SerialNumber\":\"{serial}\",\"DeviceLocation\":\"Seattle\"}'",
+                    )
+                })?;
+            for (k, v) in map {
+                let serde_json::Value::String(v) = v else {
+                    return Err(invalid(
+                        "--template-parameters",
+                        format!("has a non-string value for {k}"),
+                        "template parameters are strings: quote every value",
+                    ));
+                };
+                self.parameters.insert(k, v);
+            }
+        }
+        self.validate(path)?;
+        Ok(self)
+    }
+
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -790,6 +859,47 @@ mod tests {
                 other => panic!("{text}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn command_line_overrides_apply_and_are_validated() {
+        let o = Overrides {
+            endpoint: Some("abc-ats.iot.eu-west-1.amazonaws.com".into()),
+            claim_cert: Some("c.pem".into()),
+            claim_key: Some("k.pem".into()),
+            root_ca: Some("ca.pem".into()),
+            template_name: Some("Other".into()),
+            template_parameters: Some(r#"{"DeviceLocation":"Berlin","Extra":"{mac}"}"#.into()),
+            ..Overrides::default()
+        };
+        let c = parse("[parameters]\nDeviceLocation = \"Seattle\"\n")
+            .unwrap()
+            .with_overrides(&o, Path::new("station.toml"))
+            .unwrap();
+        assert_eq!(c.provision.template_name, "Other");
+        assert_eq!(c.parameters["DeviceLocation"], "Berlin");
+        assert_eq!(c.parameters["Extra"], "{mac}");
+        assert!(!c.endpoint.is_embedded());
+
+        let bad = |o: Overrides| {
+            parse("")
+                .unwrap()
+                .with_overrides(&o, Path::new("station.toml"))
+                .unwrap_err()
+        };
+        let e = bad(Overrides {
+            template_parameters: Some("[1]".into()),
+            ..Overrides::default()
+        });
+        assert!(
+            matches!(e, ConfigError::Invalid { ref key, .. } if key == "--template-parameters")
+        );
+        // A real endpoint without the claim files is refused as in the file.
+        let e = bad(Overrides {
+            endpoint: Some("abc-ats.iot.eu-west-1.amazonaws.com".into()),
+            ..Overrides::default()
+        });
+        assert!(matches!(e, ConfigError::Invalid { ref key, .. } if key == "endpoint.claim_cert"));
     }
 
     #[test]

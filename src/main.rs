@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use fleet_station::config::Config;
+use fleet_station::config::{Config, ConfigError, Overrides};
 use fleet_station::emulator::Emulator;
 use fleet_station::jig::SimBoardOptions;
 use fleet_station::ledger::Ledger;
@@ -52,6 +52,8 @@ enum Command {
         /// Line rate in baud (overrides jigs.baud; virtual boards emulate it, 0 = memory speed).
         #[arg(long, value_name = "B")]
         baud: Option<u32>,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
     },
     /// Load-test the provisioning engine: synthetic devices, no jigs, as fast as the
     /// endpoint's quotas allow. Writes summary.json like `run`.
@@ -68,6 +70,8 @@ enum Command {
         /// Where to write summary.json (default: <station.report_dir>/loadtest-<UTC timestamp>/).
         #[arg(long, value_name = "DIR")]
         report_dir: Option<PathBuf>,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
     },
     /// Check the endpoint without provisioning anything: TLS handshake with the claim
     /// certificate, CONNACK, and a SUBACK for each topic the station needs.
@@ -77,6 +81,8 @@ enum Command {
         /// Station configuration file.
         #[arg(long, default_value = "station.toml", value_name = "FILE")]
         config: PathBuf,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
     },
     /// The ledger: export the audit trail, list orphaned certificates.
     Ledger {
@@ -116,6 +122,56 @@ enum Command {
     },
     /// List the serial ports of this machine.
     Ports,
+}
+
+/// Endpoint overrides, named like the AWS IoT SDK samples' arguments.
+#[derive(clap::Args, Default)]
+struct EndpointArgs {
+    /// AWS IoT data endpoint (`xxxx-ats.iot.REGION.amazonaws.com`), or `embedded`.
+    #[arg(long, value_name = "HOST")]
+    endpoint: Option<String>,
+    /// MQTT port: 8883, or 443 (ALPN x-amzn-mqtt-ca).
+    #[arg(long)]
+    port: Option<u16>,
+    /// Claim certificate (PEM).
+    #[arg(long = "cert", value_name = "FILE")]
+    claim_cert: Option<PathBuf>,
+    /// Claim private key (PEM).
+    #[arg(long = "key", value_name = "FILE")]
+    claim_key: Option<PathBuf>,
+    /// CA of the endpoint's server certificate (Amazon Root CA 1).
+    #[arg(long = "ca-file", value_name = "FILE")]
+    root_ca: Option<PathBuf>,
+    /// Provisioning template name.
+    #[arg(long)]
+    template_name: Option<String>,
+    /// Template parameters as a JSON object of strings, merged over [parameters]; values may
+    /// use {serial}, {mac}, {hw_rev}, {station_id}, {jig}.
+    #[arg(long, value_name = "JSON")]
+    template_parameters: Option<String>,
+    /// MQTT protocol version: 3 (3.1.1) or 5.
+    #[arg(long, value_parser = ["3", "5"])]
+    mqtt_version: Option<String>,
+}
+
+impl EndpointArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            endpoint: self.endpoint.clone(),
+            port: self.port,
+            claim_cert: self.claim_cert.clone(),
+            claim_key: self.claim_key.clone(),
+            root_ca: self.root_ca.clone(),
+            template_name: self.template_name.clone(),
+            template_parameters: self.template_parameters.clone(),
+            mqtt_version: self.mqtt_version.as_deref().and_then(|v| v.parse().ok()),
+        }
+    }
+}
+
+/// Loads the configuration and applies the command-line overrides.
+fn load(config: &std::path::Path, args: &EndpointArgs) -> Result<Config, ConfigError> {
+    Config::load(config)?.with_overrides(&args.overrides(), config)
 }
 
 #[derive(Subcommand)]
@@ -211,8 +267,9 @@ fn main() -> ExitCode {
             report_dir,
             jigs,
             baud,
+            endpoint,
         } => {
-            let cfg = match Config::load(&config) {
+            let cfg = match load(&config, &endpoint) {
                 Ok(c) => c,
                 Err(e) => return report(e),
             };
@@ -237,8 +294,9 @@ fn main() -> ExitCode {
             devices,
             sessions,
             report_dir,
+            endpoint,
         } => {
-            let cfg = match Config::load(&config) {
+            let cfg = match load(&config, &endpoint) {
                 Ok(c) => c,
                 Err(e) => return report(e),
             };
@@ -257,8 +315,8 @@ fn main() -> ExitCode {
                 }
             })
         }
-        Command::Check { config } => {
-            let cfg = match Config::load(&config) {
+        Command::Check { config, endpoint } => {
+            let cfg = match load(&config, &endpoint) {
                 Ok(c) => c,
                 Err(e) => return report(e),
             };

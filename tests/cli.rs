@@ -169,3 +169,106 @@ async fn emulate_prints_where_it_listens_and_serves_the_claim_identity() {
     assert!(status.success(), "{status:?}");
     assert!(dir.path().join("emulator/registry.db").exists());
 }
+
+/// Starts `station emulate` with `extra` config; returns the child, port and claim paths.
+fn emulate(dir: &Path, extra: &str) -> (std::process::Child, u16, Vec<String>) {
+    let config = write_config(dir, extra);
+    let mut child = station()
+        .args(["emulate", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let port = first.rsplit(':').next().unwrap().parse().unwrap();
+    let paths = (0..3)
+        .map(|_| {
+            lines
+                .next()
+                .unwrap()
+                .unwrap()
+                .split_once(": ")
+                .unwrap()
+                .1
+                .to_string()
+        })
+        .collect();
+    (child, port, paths)
+}
+
+fn check(dir: &Path, port: u16, paths: &[String]) -> std::process::Output {
+    let empty = dir.join("check.toml");
+    std::fs::write(&empty, "").unwrap();
+    station()
+        .args(["check", "--config"])
+        .arg(&empty)
+        .args(["--endpoint", "localhost", "--port", &port.to_string()])
+        .args([
+            "--ca-file",
+            &paths[0],
+            "--cert",
+            &paths[1],
+            "--key",
+            &paths[2],
+        ])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn check_reports_each_step_against_a_standalone_emulator() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut emu, port, paths) = emulate(dir.path(), "");
+    let out = check(dir.path(), port, &paths);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert_eq!(stdout.matches("[ ok ]").count(), 3, "{stdout}");
+    assert!(
+        stdout.contains("create-from-csr/json/accepted (QoS 1)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("FleetTemplate/provision/json/rejected (QoS 1)"),
+        "{stdout}"
+    );
+    emu.kill().unwrap();
+    emu.wait().unwrap();
+}
+
+#[test]
+fn check_names_the_topic_a_claim_policy_does_not_allow() {
+    let dir = tempfile::tempdir().unwrap();
+    // A claim policy for the CSR API only (like AWS's embedded-C CSR demo without the
+    // template topics).
+    let policy = dir.path().join("claim-policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"Statement":[{"Effect":"Allow","Action":"iot:Connect","Resource":"*"},
+            {"Effect":"Allow","Action":["iot:Publish","iot:Receive"],"Resource":"arn:aws:iot:*:*:topic/$aws/certificates/create-from-csr/*"},
+            {"Effect":"Allow","Action":"iot:Subscribe","Resource":"arn:aws:iot:*:*:topicfilter/$aws/certificates/create-from-csr/*"}]}"#,
+    )
+    .unwrap();
+    let (mut emu, port, paths) = emulate(
+        dir.path(),
+        &format!("claim_policy = \"{}\"", policy.display()),
+    );
+    let out = check(dir.path(), port, &paths);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("[ ok ] SUBSCRIBE CreateCertificateFromCsr"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("[FAIL] SUBSCRIBE RegisterThing"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("iot:Subscribe"),
+        "the help names the policy action: {stdout}"
+    );
+    emu.kill().unwrap();
+    emu.wait().unwrap();
+}
