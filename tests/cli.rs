@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{RawClient, fixtures};
+use common::{RawClient, StandaloneEmulator, fixtures};
 use fleet_station::provision::tls::{client_config_from_pem, read_roots};
 
 fn station() -> Command {
@@ -170,49 +170,19 @@ async fn emulate_prints_where_it_listens_and_serves_the_claim_identity() {
     assert!(dir.path().join("emulator/registry.db").exists());
 }
 
-/// Starts `station emulate` with `extra` config; returns the child, port and claim paths.
-fn emulate(dir: &Path, extra: &str) -> (std::process::Child, u16, Vec<String>) {
-    let config = write_config(dir, extra);
-    let mut child = station()
-        .args(["emulate", "--config"])
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    let port = first.rsplit(':').next().unwrap().parse().unwrap();
-    let paths = (0..3)
-        .map(|_| {
-            lines
-                .next()
-                .unwrap()
-                .unwrap()
-                .split_once(": ")
-                .unwrap()
-                .1
-                .to_string()
-        })
-        .collect();
-    (child, port, paths)
-}
-
-fn check(dir: &Path, port: u16, paths: &[String]) -> std::process::Output {
+fn check(dir: &Path, emu: &StandaloneEmulator) -> std::process::Output {
     let empty = dir.join("check.toml");
     std::fs::write(&empty, "").unwrap();
     station()
         .args(["check", "--config"])
         .arg(&empty)
-        .args(["--endpoint", "localhost", "--port", &port.to_string()])
-        .args([
-            "--ca-file",
-            &paths[0],
-            "--cert",
-            &paths[1],
-            "--key",
-            &paths[2],
-        ])
+        .args(["--endpoint", "localhost", "--port", &emu.port.to_string()])
+        .arg("--ca-file")
+        .arg(&emu.ca)
+        .arg("--cert")
+        .arg(&emu.cert)
+        .arg("--key")
+        .arg(&emu.key)
         .output()
         .unwrap()
 }
@@ -220,8 +190,8 @@ fn check(dir: &Path, port: u16, paths: &[String]) -> std::process::Output {
 #[test]
 fn check_reports_each_step_against_a_standalone_emulator() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut emu, port, paths) = emulate(dir.path(), "");
-    let out = check(dir.path(), port, &paths);
+    let emu = StandaloneEmulator::start(dir.path(), "");
+    let out = check(dir.path(), &emu);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert_eq!(stdout.matches("[ ok ]").count(), 3, "{stdout}");
@@ -233,8 +203,7 @@ fn check_reports_each_step_against_a_standalone_emulator() {
         stdout.contains("FleetTemplate/provision/json/rejected (QoS 1)"),
         "{stdout}"
     );
-    emu.kill().unwrap();
-    emu.wait().unwrap();
+    emu.stop();
 }
 
 #[test]
@@ -250,11 +219,11 @@ fn check_names_the_topic_a_claim_policy_does_not_allow() {
             {"Effect":"Allow","Action":"iot:Subscribe","Resource":"arn:aws:iot:*:*:topicfilter/$aws/certificates/create-from-csr/*"}]}"#,
     )
     .unwrap();
-    let (mut emu, port, paths) = emulate(
+    let emu = StandaloneEmulator::start(
         dir.path(),
         &format!("claim_policy = \"{}\"", policy.display()),
     );
-    let out = check(dir.path(), port, &paths);
+    let out = check(dir.path(), &emu);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(
@@ -269,6 +238,5 @@ fn check_names_the_topic_a_claim_policy_does_not_allow() {
         stdout.contains("iot:Subscribe"),
         "the help names the policy action: {stdout}"
     );
-    emu.kill().unwrap();
-    emu.wait().unwrap();
+    emu.stop();
 }

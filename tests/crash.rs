@@ -6,12 +6,11 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::fixtures;
+use common::StandaloneEmulator;
 use fleet_station::emulator::ca::certificate_id;
 use fleet_station::emulator::registry::{CertStatus, Registry};
 use fleet_station::jig::Flash;
@@ -27,48 +26,7 @@ fn station() -> Command {
     Command::new(env!("CARGO_BIN_EXE_station"))
 }
 
-struct Emulator {
-    child: Child,
-    port: u16,
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-fn start_emulator(dir: &Path) -> Emulator {
-    let config = dir.join("emulator.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[emulator]\nstate_dir = \"{}\"\ntemplates = \"{}\"\n",
-            dir.join("emulator").display(),
-            fixtures().join("templates").display()
-        ),
-    )
-    .unwrap();
-    let mut child = station()
-        .args(["emulate", "--config"])
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut next = || lines.next().unwrap().unwrap();
-    let first = next();
-    let port = first.rsplit(':').next().unwrap().parse().unwrap();
-    let mut path = || PathBuf::from(next().split_once(": ").unwrap().1);
-    let (ca, cert, key) = (path(), path(), path());
-    Emulator {
-        child,
-        port,
-        ca,
-        cert,
-        key,
-    }
-}
-
-fn station_config(dir: &Path, emu: &Emulator) -> PathBuf {
+fn station_config(dir: &Path, emu: &StandaloneEmulator) -> PathBuf {
     let path = dir.join("station.toml");
     std::fs::write(
         &path,
@@ -158,7 +116,7 @@ fn public_key_of(key_pem: &[u8]) -> Vec<u8> {
 #[test]
 fn sigkill_at_several_points_loses_no_identity() {
     let dir = tempfile::tempdir().unwrap();
-    let mut emu = start_emulator(dir.path());
+    let emu = StandaloneEmulator::start(dir.path(), "");
     let config = station_config(dir.path(), &emu);
     let ledger_path = dir.path().join("ledger.db");
 
@@ -181,14 +139,7 @@ fn sigkill_at_several_points_loses_no_identity() {
     );
 
     // Stop the emulator cleanly so its registry is on disk.
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &emu.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert!(emu.child.wait().unwrap().success());
+    emu.stop();
 
     let ledger = Ledger::open(&ledger_path, "check").unwrap();
     let devices = ledger.devices().unwrap();

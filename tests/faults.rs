@@ -5,20 +5,14 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::time::Duration;
 
 use common::TestEmulator;
-use fleet_station::config::KeyAlgorithm;
 use fleet_station::emulator::faults::FaultConfig;
 use fleet_station::emulator::registry::CertStatus;
-use fleet_station::fleet::Format;
-use fleet_station::keys::KeyPool;
-use fleet_station::keys::pool::PoolConfig;
 use fleet_station::ledger::{DeviceState, Ledger, Transition};
-use fleet_station::provision::rate::Limits;
-use fleet_station::provision::{BoardIdentity, DeviceJob, EngineConfig, KeyPlan, Provisioner};
+use fleet_station::provision::{BoardIdentity, DeviceJob, KeyPlan, Provisioner};
 use fleet_station::shutdown::Shutdown;
 use fleet_station::telemetry::{self, Aggregate};
 use tokio::sync::oneshot;
@@ -36,34 +30,10 @@ async fn provision_all(
     request_timeout: Duration,
     max_attempts: u32,
 ) -> Outcome {
-    let mut parameters = BTreeMap::new();
-    parameters.insert("ThingName".to_string(), "{serial}".to_string());
-    parameters.insert("SerialNumber".to_string(), "{serial}".to_string());
-    parameters.insert("DeviceLocation".to_string(), "Seattle".to_string());
-    let cfg = EngineConfig {
-        host: "localhost".into(),
-        port: emu.port(),
-        tls: emu.claim_tls(),
-        station_id: "faults".into(),
-        sessions,
-        template: "FleetTemplate".into(),
-        format: Format::Json,
-        request_timeout,
-        max_attempts,
-        parameters,
-        limits: Arc::new(Limits::new(0.0, 0.0, 0.0, 1000.0)),
-        device_deadline: Duration::from_secs(120),
-        mqtt_version: 3,
-        post_provision_check: false,
-        roots: fleet_station::provision::tls::read_roots(&emu.emulator.paths().ca_cert).unwrap(),
-        aws_keys: false,
-    };
-    let keys = Arc::new(KeyPool::start(&PoolConfig {
-        algorithm: KeyAlgorithm::P256,
-        workers: 1,
-        stock: 16,
-        common_name: "t".into(),
-    }));
+    let mut cfg = common::engine_config(emu, sessions, "FleetTemplate", "{serial}");
+    cfg.request_timeout = request_timeout;
+    cfg.max_attempts = max_attempts;
+    let keys = common::key_pool();
     let ledger = Ledger::open(&emu.dir.path().join("ledger.db"), "faults").unwrap();
     let (telemetry, _snap, aggregator) = telemetry::start();
     let engine = Provisioner::start(

@@ -4,17 +4,11 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashSet;
 
-use common::TestEmulator;
-use fleet_station::config::KeyAlgorithm;
-use fleet_station::fleet::Format;
-use fleet_station::keys::pool::PoolConfig;
-use fleet_station::keys::{KeyPool, certificate_matches_key};
+use common::{TestEmulator, key_pool};
+use fleet_station::keys::certificate_matches_key;
 use fleet_station::ledger::{DeviceState, Ledger};
-use fleet_station::provision::rate::Limits;
 use fleet_station::provision::{BoardIdentity, DeviceJob, EngineConfig, KeyPlan, Provisioner};
 use fleet_station::shutdown::Shutdown;
 use fleet_station::telemetry;
@@ -22,37 +16,7 @@ use rustls_pki_types::pem::PemObject;
 use tokio::sync::oneshot;
 
 fn engine_config(emu: &TestEmulator, sessions: usize, template: &str) -> EngineConfig {
-    let mut parameters = BTreeMap::new();
-    parameters.insert("ThingName".to_string(), "thing-{serial}".to_string());
-    parameters.insert("SerialNumber".to_string(), "{serial}".to_string());
-    parameters.insert("DeviceLocation".to_string(), "Seattle".to_string());
-    EngineConfig {
-        host: "localhost".into(),
-        port: emu.port(),
-        tls: emu.claim_tls(),
-        station_id: "test-station".into(),
-        sessions,
-        template: template.into(),
-        format: Format::Json,
-        request_timeout: Duration::from_secs(10),
-        max_attempts: 3,
-        parameters,
-        limits: Arc::new(Limits::new(0.0, 0.0, 0.0, 1000.0)),
-        device_deadline: Duration::from_secs(60),
-        mqtt_version: 3,
-        post_provision_check: false,
-        roots: fleet_station::provision::tls::read_roots(&emu.emulator.paths().ca_cert).unwrap(),
-        aws_keys: false,
-    }
-}
-
-fn key_pool() -> Arc<KeyPool> {
-    Arc::new(KeyPool::start(&PoolConfig {
-        algorithm: KeyAlgorithm::P256,
-        workers: 1,
-        stock: 16,
-        common_name: "test".into(),
-    }))
+    common::engine_config(emu, sessions, template, "thing-{serial}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -178,3 +178,114 @@ impl RawClient {
         }
     }
 }
+
+/// An engine configuration against `emu`: `sessions` sessions, `template`, and parameters
+/// `ThingName = thing_name` (a pattern such as `"thing-{serial}"`), `SerialNumber = {serial}`,
+/// `DeviceLocation = Seattle`.
+pub fn engine_config(
+    emu: &TestEmulator,
+    sessions: usize,
+    template: &str,
+    thing_name: &str,
+) -> fleet_station::provision::EngineConfig {
+    let mut parameters = std::collections::BTreeMap::new();
+    parameters.insert("ThingName".to_string(), thing_name.to_string());
+    parameters.insert("SerialNumber".to_string(), "{serial}".to_string());
+    parameters.insert("DeviceLocation".to_string(), "Seattle".to_string());
+    fleet_station::provision::EngineConfig {
+        host: "localhost".into(),
+        port: emu.port(),
+        tls: emu.claim_tls(),
+        station_id: "test-station".into(),
+        sessions,
+        template: template.into(),
+        format: fleet_station::fleet::Format::Json,
+        request_timeout: Duration::from_secs(10),
+        max_attempts: 3,
+        parameters,
+        limits: Arc::new(fleet_station::provision::rate::Limits::new(
+            0.0, 0.0, 0.0, 1000.0,
+        )),
+        device_deadline: Duration::from_secs(120),
+        mqtt_version: 3,
+        post_provision_check: false,
+        roots: read_roots(&emu.emulator.paths().ca_cert).unwrap(),
+        aws_keys: false,
+    }
+}
+
+/// A small P-256 key pool with one worker.
+pub fn key_pool() -> Arc<fleet_station::keys::KeyPool> {
+    Arc::new(fleet_station::keys::KeyPool::start(
+        &fleet_station::keys::pool::PoolConfig {
+            algorithm: fleet_station::config::KeyAlgorithm::P256,
+            workers: 1,
+            stock: 16,
+            common_name: "test".into(),
+        },
+    ))
+}
+
+/// `station emulate` as a separate process, as an operator runs it.
+pub struct StandaloneEmulator {
+    pub child: std::process::Child,
+    pub port: u16,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl StandaloneEmulator {
+    /// Starts it with state in `dir/emulator`, the fixture templates and `extra` lines in
+    /// its `[emulator]` section; returns once it printed where it listens.
+    pub fn start(dir: &Path, extra: &str) -> StandaloneEmulator {
+        use std::io::{BufRead, BufReader};
+        let config = dir.join("emulator.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[emulator]\nstate_dir = \"{}\"\ntemplates = \"{}\"\n{extra}\n",
+                dir.join("emulator").display(),
+                fixtures().join("templates").display()
+            ),
+        )
+        .unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_station"))
+            .args(["emulate", "--config"])
+            .arg(&config)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut next = || lines.next().unwrap().unwrap();
+        let first = next();
+        let port = first
+            .strip_prefix("listening on ")
+            .and_then(|a| a.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line: {first}"));
+        let mut path = || PathBuf::from(next().split_once(": ").unwrap().1);
+        let (ca, cert, key) = (path(), path(), path());
+        StandaloneEmulator {
+            child,
+            port,
+            ca,
+            cert,
+            key,
+        }
+    }
+
+    /// SIGTERM, and waits for a clean exit (the registry is then on disk).
+    pub fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        assert!(self.child.wait().unwrap().success());
+    }
+}
