@@ -625,15 +625,22 @@ async fn call_with_retry<T>(
     let name = api.name();
     let code = snake(name);
     let mut last = String::from("not tried");
-    for attempt in 0..cfg.max_attempts {
-        if attempt > 0 {
+    // Failures count against `max_attempts`; throttles do not (a 429 means "slower", not
+    // "broken": the shared limiter slows down and the call waits its turn), but every retry
+    // backs off further and none goes past the device's deadline.
+    let mut failures = 0;
+    let mut tries: u32 = 0;
+    while failures < cfg.max_attempts {
+        if tries > 0 {
             ctx.telemetry.emit(Event::Retry { api: name }).await;
-            let wait = backoff(attempt).min(deadline.saturating_duration_since(Instant::now()));
+            let wait =
+                backoff(tries.min(6)).min(deadline.saturating_duration_since(Instant::now()));
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = ctx.shutdown.wait() => break,
             }
         }
+        tries += 1;
         if Instant::now() >= deadline {
             return Err(CallFailure::GaveUp {
                 code: format!("{code}:deadline"),
@@ -648,6 +655,7 @@ async fn call_with_retry<T>(
             Ok(s) => s,
             Err(e) => {
                 last = format!("{name}: {e}");
+                failures += 1;
                 continue;
             }
         };
@@ -664,6 +672,7 @@ async fn call_with_retry<T>(
                     // Unusable reply: start over on a fresh connection.
                     last = format!("{name} accepted reply refused: {reason}");
                     slot.reset();
+                    failures += 1;
                 }
             },
             Ok(Reply::Rejected(err)) => {
@@ -678,17 +687,20 @@ async fn call_with_retry<T>(
                         message: last,
                         error: err,
                     });
+                } else {
+                    failures += 1;
                 }
             }
             Err(e) => {
                 last = format!("{name}: {e}");
                 slot.reset();
+                failures += 1;
             }
         }
     }
     Err(CallFailure::GaveUp {
         code: format!("{code}:gave_up"),
-        message: format!("{last} (gave up after {} attempts)", cfg.max_attempts),
+        message: format!("{last} (gave up after {failures} failed attempts)"),
     })
 }
 

@@ -2,16 +2,21 @@
 //! AIMD adaptation of the API rates to what the account actually sustains.
 //!
 //! - A bucket refills at `rate` tokens per second up to `burst`; a call waits for a token.
-//! - On a throttled (429) reply the rate is cut in half (multiplicative decrease), at most
-//!   once per second so a burst of 429s from many sessions counts as one signal. A bucket
-//!   with no configured rate starts limiting at half the rate it was achieving.
-//! - Every second without a throttle the rate grows by `increase` (additive increase), up to
-//!   the configured ceiling; with no ceiling, up to twice the achieved rate.
+//! - On a throttled (429) reply the rate drops to 70% of what was actually getting through
+//!   (multiplicative decrease), at most once per second so a burst of 429s from many
+//!   sessions counts as one signal. A bucket with no configured rate starts limiting then.
+//! - Every second without a throttle the rate grows by `increase` (additive increase: 5% of
+//!   the configured rate, or 3% of the rate found), up to the configured ceiling; with no
+//!   ceiling, up to twice the achieved rate. The gentle climb keeps the time spent above the
+//!   quota, and so the share of throttled requests, small.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::token_bucket::TokenBucket;
+
+/// Multiplicative decrease on a throttle.
+const DECREASE: f64 = 0.7;
 
 /// One token bucket with AIMD adaptation.
 #[derive(Debug)]
@@ -141,9 +146,16 @@ impl RateLimiter {
             .bucket
             .as_ref()
             .map_or(achieved.max(2.0 * s.floor), TokenBucket::rate);
-        let next = (current / 2.0).max(s.floor);
+        // What got through, if measured, is a better estimate of the quota than the rate
+        // that was just refused.
+        let base = if achieved > s.floor {
+            current.min(achieved)
+        } else {
+            current
+        };
+        let next = (base * DECREASE).max(s.floor);
         if s.bucket.is_none() {
-            s.increase = (next * 0.05).max(0.5);
+            s.increase = (next * 0.03).max(0.1);
             s.burst = next.max(1.0);
         }
         let burst = s.burst;
@@ -198,14 +210,14 @@ mod tests {
     }
 
     #[test]
-    fn throttling_halves_once_per_second() {
+    fn throttling_cuts_the_rate_once_per_second() {
         let l = RateLimiter::new("t", 10.0, 10.0);
         l.on_throttle();
-        assert_eq!(l.rate(), Some(5.0));
+        assert_eq!(l.rate(), Some(7.0));
         // A burst of 429s from many sessions is one signal.
         l.on_throttle();
         l.on_throttle();
-        assert_eq!(l.rate(), Some(5.0));
+        assert_eq!(l.rate(), Some(7.0));
     }
 
     #[test]
@@ -213,11 +225,11 @@ mod tests {
         let l = RateLimiter::new("t", 10.0, 10.0);
         let t0 = Instant::now();
         l.on_throttle_at(t0);
-        assert_eq!(l.rate(), Some(5.0));
+        assert_eq!(l.rate(), Some(7.0));
         l.on_success_at(t0 + Duration::from_millis(500));
-        assert_eq!(l.rate(), Some(5.0), "no increase within the second");
+        assert_eq!(l.rate(), Some(7.0), "no increase within the second");
         l.on_success_at(t0 + Duration::from_millis(1100));
-        assert_eq!(l.rate(), Some(5.5));
+        assert_eq!(l.rate(), Some(7.5));
         let mut t = t0 + Duration::from_millis(1100);
         for _ in 0..100 {
             t += Duration::from_millis(1001);
