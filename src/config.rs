@@ -317,6 +317,8 @@ pub struct JigsSection {
     pub board_root_ca: Option<PathBuf>,
 }
 
+/// One real jig: a named serial port and its line settings (default 8N1, no flow control,
+/// `jigs.baud`, `jigs.timeout_ms`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PortEntry {
@@ -324,6 +326,34 @@ pub struct PortEntry {
     pub path: String,
     #[serde(default)]
     pub baud: Option<u32>,
+    #[serde(default)]
+    pub parity: Option<ParityConfig>,
+    #[serde(default)]
+    pub flow_control: Option<FlowControlConfig>,
+    /// 5, 6, 7 or 8.
+    #[serde(default)]
+    pub data_bits: Option<u8>,
+    /// 1 or 2.
+    #[serde(default)]
+    pub stop_bits: Option<u8>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParityConfig {
+    None,
+    Even,
+    Odd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowControlConfig {
+    None,
+    Software,
+    Hardware,
 }
 
 fn default_jig_mode() -> String {
@@ -687,6 +717,30 @@ impl Config {
                         "add [[jigs.ports]] entries with name and path (see `station ports`)",
                     ));
                 }
+                let mut names = std::collections::HashSet::new();
+                for (i, p) in j.ports.iter().enumerate() {
+                    if p.name.is_empty() || !names.insert(p.name.as_str()) {
+                        return Err(invalid(
+                            &format!("jigs.ports[{i}].name"),
+                            format!("{:?} is empty or used twice", p.name),
+                            "give every jig its own name (it appears in the ledger and reports)",
+                        ));
+                    }
+                    if p.data_bits.is_some_and(|b| !(5..=8).contains(&b)) {
+                        return Err(invalid(
+                            &format!("jigs.ports[{i}].data_bits"),
+                            format!("is {}", p.data_bits.unwrap_or(0)),
+                            "use 5, 6, 7 or 8 (8 is usual)",
+                        ));
+                    }
+                    if p.stop_bits.is_some_and(|b| b != 1 && b != 2) {
+                        return Err(invalid(
+                            &format!("jigs.ports[{i}].stop_bits"),
+                            format!("is {}", p.stop_bits.unwrap_or(0)),
+                            "use 1 or 2",
+                        ));
+                    }
+                }
             }
             other => {
                 return Err(invalid(
@@ -847,6 +901,14 @@ mod tests {
             ),
             ("[jigs]\nmode = \"usb\"\n", "jigs.mode"),
             ("[jigs]\nmode = \"serial\"\n", "jigs.ports"),
+            (
+                "[jigs]\nmode = \"serial\"\n[[jigs.ports]]\nname = \"a\"\npath = \"/dev/ttyUSB0\"\nstop_bits = 3\n",
+                "jigs.ports[0].stop_bits",
+            ),
+            (
+                "[jigs]\nmode = \"serial\"\n[[jigs.ports]]\nname = \"a\"\npath = \"x\"\n[[jigs.ports]]\nname = \"a\"\npath = \"y\"\n",
+                "jigs.ports[1].name",
+            ),
             ("[keys]\nworkers = 0\n", "keys.workers"),
             ("[provision]\nformat = \"xml\"\n", "provision.format"),
         ];

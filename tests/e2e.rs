@@ -271,3 +271,64 @@ async fn aws_made_keys_reach_the_board() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_mode_drives_a_port_by_its_path_as_on_the_line() {
+    use fleet_station::jig::{BoardSpec, VirtualJig, VirtualJigConfig};
+    // A virtual board behind a pty stands in for a USB adapter: the station gets only its
+    // path, in jigs.mode = "serial", exactly as a real port is configured.
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    for s in ["REAL-1", "REAL-2", "REAL-3"] {
+        tx.send(BoardSpec::new(s)).unwrap();
+    }
+    drop(tx);
+    let mut jc = VirtualJigConfig::new(&dir.path().join("boards"));
+    jc.baud = 115_200;
+    let jig = VirtualJig::spawn(jc, rx).unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/templates");
+    let text = format!(
+        r#"
+[station]
+ledger = "{d}/ledger.db"
+[parameters]
+ThingName = "{{serial}}"
+SerialNumber = "{{serial}}"
+DeviceLocation = "Seattle"
+[jigs]
+mode = "serial"
+[[jigs.ports]]
+name = "line-1"
+path = "{path}"
+baud = 115200
+parity = "none"
+flow_control = "none"
+[emulator]
+state_dir = "{d}/emulator"
+templates = "{t}"
+"#,
+        d = dir.path().display(),
+        path = jig.path(),
+        t = fixtures.display()
+    );
+    let cfg = Config::parse(&text, Path::new("serial.toml")).unwrap();
+    let report = station::run(
+        &cfg,
+        &RunOptions {
+            boards: Some(3),
+            report_dir: Some(dir.path().join("report")),
+            ..RunOptions::default()
+        },
+        Shutdown::new(),
+    )
+    .await
+    .unwrap();
+    assert!(report.all_provisioned(), "{:?}", report.summary);
+    let jigs = report.summary.jigs.as_ref().unwrap();
+    assert_eq!((jigs.count, jigs.baud), (1, 115_200));
+    assert!(jigs.per_jig.contains_key("line-1"));
+    for s in ["REAL-1", "REAL-2", "REAL-3"] {
+        let flash = Flash::load(&jig.flash_path(s)).unwrap();
+        assert_eq!(flash.thing_name(), Some(s));
+    }
+}

@@ -162,7 +162,7 @@ pub async fn run(cfg: &Config, opts: &RunOptions, shutdown: Shutdown) -> crate::
             .ports
             .iter()
             .map(|p| {
-                let settings = virtual_line::port_settings(cfg, p.baud.unwrap_or(cfg.jigs.baud));
+                let settings = virtual_line::serial_port_settings(cfg, p);
                 (p.name.clone(), p.path.clone(), settings)
             })
             .collect()
@@ -170,9 +170,16 @@ pub async fn run(cfg: &Config, opts: &RunOptions, shutdown: Shutdown) -> crate::
     if ports.is_empty() {
         return Err(Error::NoJigs);
     }
+    // The line's baud rate; 0 when the ports run at different rates (each jig's efficiency
+    // uses its own).
+    let first_baud = ports[0].2.baud;
     let line_info = LineInfo {
         count: ports.len(),
-        baud: cfg.jigs.baud,
+        baud: if ports.iter().all(|p| p.2.baud == first_baud) {
+            first_baud
+        } else {
+            0
+        },
     };
     let progress_state = Arc::new(LineProgress::new(target.map(|t| t as u64)));
     let ctx = LineContext {

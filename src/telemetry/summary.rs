@@ -33,6 +33,7 @@ pub struct Summary {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JigSummary {
     pub count: usize,
+    /// The ports' line rate (0 when they run at different rates).
     pub baud: u32,
     /// Payload (slot) bytes written to boards.
     pub bytes_written: u64,
