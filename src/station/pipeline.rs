@@ -59,6 +59,12 @@ impl Pipeline {
             path: report_dir.clone(),
             source,
         })?;
+        if cfg.keys.source == crate::config::KeySourceConfig::Aws {
+            tracing::warn!(
+                "keys.source = \"aws\": AWS makes each private key and sends it over the network; \
+                 prefer \"pool\" or \"device\" when the boards allow it"
+            );
+        }
         let endpoint = Endpoint::resolve(cfg, shutdown).await?;
         let ledger = Ledger::open(opts.ledger, &cfg.station.id)?;
         let (telemetry, snapshots, aggregator) = telemetry::start();
