@@ -237,7 +237,7 @@ async fn an_mqtt5_client_provisions_a_device() {
 async fn mqtt5_connack_tells_the_client_what_aws_enforces() {
     let b = BrokerEmu::start(aws).await;
     let mut props = v5::ConnectProperties::new();
-    props.session_expiry_interval = Some(3600);
+    props.session_expiry_interval = Some(7200);
     for (i, (asked, told)) in [
         (5u16, Some(30u16)),
         (0, Some(1200)),
@@ -269,8 +269,8 @@ async fn mqtt5_connack_tells_the_client_what_aws_enforces() {
         assert_eq!(p.receive_max, Some(100));
         assert_eq!(p.topic_alias_max, Some(8));
         assert_eq!(p.max_packet_size, Some((PAYLOAD_LIMIT + 16 * 1024) as u32));
-        // The emulator keeps no session after the connection: it says so.
-        assert_eq!(p.session_expiry_interval, Some(0));
+        // A persistent session lasts at most AWS's hour: a longer interval is cut to it.
+        assert_eq!(p.session_expiry_interval, Some(3600));
     }
 }
 

@@ -395,3 +395,86 @@ async fn over_quota_requests_get_429_with_the_configured_error_code() {
     let e: ErrorResponse = decode(Format::Json, &payload).unwrap();
     assert_eq!(e.status_code, 400);
 }
+
+/// Waits (bounded) until the emulator has no connected client.
+async fn until_no_clients(emu: &TestEmulator) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while emu.emulator.connected_clients() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a client stayed connected"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn a_persistent_session_keeps_subscriptions_and_queues_messages_while_away() {
+    // A claim policy that lets the test publish and subscribe anywhere.
+    let policy_dir = tempfile::tempdir().unwrap();
+    let policy = policy_dir.path().join("allow-all.json");
+    std::fs::write(
+        &policy,
+        r#"{"Statement":[{"Effect":"Allow","Action":"iot:*","Resource":"*"}]}"#,
+    )
+    .unwrap();
+    let emu = TestEmulator::start_with(|c| c.claim_policy = Some(policy.clone())).await;
+    let tls = emu.claim_tls();
+
+    let mut a = RawClient::connect_with(emu.port(), "persist-a", tls.clone(), false);
+    assert!(!a.connected_session().await, "no session to resume yet");
+    a.subscribe(&["devices/a/#".to_string()]).await;
+    a.client.disconnect().await.unwrap();
+    drop(a);
+    until_no_clients(&emu).await;
+
+    // Published while A is away: queued for its session.
+    let mut b = RawClient::connect(emu.port(), "publisher-b", tls.clone());
+    b.connected().await;
+    b.client
+        .publish(
+            "devices/a/1",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            b"queued".to_vec(),
+        )
+        .await
+        .unwrap();
+    while !matches!(b.next().await, Seen::PubAck(_)) {}
+
+    let mut a = RawClient::connect_with(emu.port(), "persist-a", tls.clone(), false);
+    assert!(a.connected_session().await, "CONNACK says session present");
+    match a.next().await {
+        Seen::Publish(t, p) => assert_eq!((t.as_str(), &p[..]), ("devices/a/1", &b"queued"[..])),
+        other => panic!("expected the queued message, got {other:?}"),
+    }
+    // The subscription is live again without a new SUBSCRIBE.
+    b.client
+        .publish(
+            "devices/a/2",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            b"live".to_vec(),
+        )
+        .await
+        .unwrap();
+    loop {
+        match a.next().await {
+            Seen::Publish(t, _) => {
+                assert_eq!(t, "devices/a/2");
+                break;
+            }
+            Seen::Down(e) => panic!("{e}"),
+            _ => {}
+        }
+    }
+
+    // A clean connect discards the session.
+    a.client.disconnect().await.unwrap();
+    drop(a);
+    b.client.disconnect().await.unwrap();
+    drop(b);
+    until_no_clients(&emu).await;
+    let mut a = RawClient::connect_with(emu.port(), "persist-a", tls, true);
+    assert!(!a.connected_session().await);
+}

@@ -82,7 +82,8 @@ impl Drop for TestEmulator {
 /// What a raw client sees.
 #[derive(Debug)]
 pub enum Seen {
-    ConnAck(rumqttc::ConnectReturnCode),
+    /// Return code and session present.
+    ConnAck(rumqttc::ConnectReturnCode, bool),
     SubAck(Vec<rumqttc::SubscribeReasonCode>),
     Publish(String, bytes::Bytes),
     PubAck(u16),
@@ -98,7 +99,7 @@ pub struct RawClient {
 async fn pump(mut el: EventLoop, tx: mpsc::UnboundedSender<Seen>) {
     loop {
         let seen = match el.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(c))) => Seen::ConnAck(c.code),
+            Ok(Event::Incoming(Packet::ConnAck(c))) => Seen::ConnAck(c.code, c.session_present),
             Ok(Event::Incoming(Packet::SubAck(s))) => Seen::SubAck(s.return_codes),
             Ok(Event::Incoming(Packet::Publish(p))) => Seen::Publish(p.topic, p.payload),
             Ok(Event::Incoming(Packet::PubAck(a))) => Seen::PubAck(a.pkid),
@@ -116,7 +117,18 @@ async fn pump(mut el: EventLoop, tx: mpsc::UnboundedSender<Seen>) {
 
 impl RawClient {
     pub fn connect(port: u16, client_id: &str, tls: Arc<rustls::ClientConfig>) -> RawClient {
+        Self::connect_with(port, client_id, tls, true)
+    }
+
+    /// With `clean = false` the broker keeps the session (MQTT 3.1.1 persistent session).
+    pub fn connect_with(
+        port: u16,
+        client_id: &str,
+        tls: Arc<rustls::ClientConfig>,
+        clean: bool,
+    ) -> RawClient {
         let mut opts = MqttOptions::new(client_id, "localhost", port);
+        opts.set_clean_session(clean);
         opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
         opts.set_keep_alive(Duration::from_secs(60));
         let (client, mut el) = AsyncClient::new(opts, 16);
@@ -136,10 +148,18 @@ impl RawClient {
             .expect("client pump ended")
     }
 
+    /// Waits for CONNACK (asserting success); returns its session-present flag.
+    pub async fn connected_session(&mut self) -> bool {
+        match self.next().await {
+            Seen::ConnAck(rumqttc::ConnectReturnCode::Success, present) => present,
+            other => panic!("expected CONNACK success, got {other:?}"),
+        }
+    }
+
     /// Waits for CONNACK (asserting success).
     pub async fn connected(&mut self) {
         match self.next().await {
-            Seen::ConnAck(rumqttc::ConnectReturnCode::Success) => {}
+            Seen::ConnAck(rumqttc::ConnectReturnCode::Success, _) => {}
             other => panic!("expected CONNACK success, got {other:?}"),
         }
     }

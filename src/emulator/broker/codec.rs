@@ -124,7 +124,7 @@ pub struct ConnAckProps {
     pub receive_maximum: Option<u16>,
     pub maximum_packet_size: u32,
     pub topic_alias_maximum: u16,
-    /// Sent (as 0) when the client asked for a session the broker will not keep.
+    /// Sent when the session expiry granted differs from the one asked for (at most an hour).
     pub session_expiry_s: Option<u32>,
 }
 
@@ -196,6 +196,8 @@ impl DisconnectCode {
 pub enum Outbound {
     ConnAck {
         code: ConnectCode,
+        /// A stored (persistent) session was resumed.
+        session_present: bool,
         /// MQTT 5 only; ignored on 3.1.1.
         props: Option<Box<ConnAckProps>>,
     },
@@ -515,7 +517,11 @@ pub fn write(protocol: Protocol, packet: Outbound, out: &mut BytesMut) -> Result
 
 fn write_v4(packet: Outbound, out: &mut BytesMut) -> Result<(), WriteError> {
     let p = match packet {
-        Outbound::ConnAck { code, .. } => {
+        Outbound::ConnAck {
+            code,
+            session_present,
+            ..
+        } => {
             let rc = match code {
                 ConnectCode::Accepted => v4::ConnectReturnCode::Success,
                 ConnectCode::UnsupportedProtocolVersion => {
@@ -529,7 +535,7 @@ fn write_v4(packet: Outbound, out: &mut BytesMut) -> Result<(), WriteError> {
                 | ConnectCode::ConnectionRateExceeded => return Ok(()),
             };
             let start = out.len();
-            v4::Packet::ConnAck(v4::ConnAck::new(rc, false))
+            v4::Packet::ConnAck(v4::ConnAck::new(rc, session_present))
                 .write(out, usize::MAX)
                 .map_err(|e| WriteError(e.to_string()))?;
             if code == ConnectCode::NotAuthorized {
@@ -578,8 +584,12 @@ fn write_v4(packet: Outbound, out: &mut BytesMut) -> Result<(), WriteError> {
 
 fn write_v5(packet: Outbound, out: &mut BytesMut) -> Result<(), WriteError> {
     let p = match packet {
-        Outbound::ConnAck { code, props } => v5::Packet::ConnAck(v5::ConnAck {
-            session_present: false,
+        Outbound::ConnAck {
+            code,
+            session_present,
+            props,
+        } => v5::Packet::ConnAck(v5::ConnAck {
+            session_present,
             code: match code {
                 ConnectCode::Accepted => v5::ConnectReturnCode::Success,
                 ConnectCode::UnsupportedProtocolVersion => {
@@ -1038,6 +1048,7 @@ mod tests {
         );
         let refused = Outbound::ConnAck {
             code: ConnectCode::ConnectionRateExceeded,
+            session_present: false,
             props: None,
         };
         assert!(out(Protocol::V311, refused).is_empty());
@@ -1049,6 +1060,7 @@ mod tests {
             Protocol::V311,
             Outbound::ConnAck {
                 code: ConnectCode::NotAuthorized,
+                session_present: false,
                 props: None,
             },
         );
@@ -1057,6 +1069,7 @@ mod tests {
             Protocol::V311,
             Outbound::ConnAck {
                 code: ConnectCode::Accepted,
+                session_present: false,
                 props: None,
             },
         );
@@ -1069,6 +1082,7 @@ mod tests {
             Protocol::V5,
             Outbound::ConnAck {
                 code: ConnectCode::Accepted,
+                session_present: false,
                 props: Some(Box::new(ConnAckProps {
                     server_keep_alive: Some(30),
                     receive_maximum: Some(100),
@@ -1122,7 +1136,14 @@ mod tests {
                 v5::ConnectReturnCode::UnsupportedProtocolVersion,
             ),
         ] {
-            match read5(out(Protocol::V5, Outbound::ConnAck { code, props: None })) {
+            match read5(out(
+                Protocol::V5,
+                Outbound::ConnAck {
+                    code,
+                    session_present: false,
+                    props: None,
+                },
+            )) {
                 v5::Packet::ConnAck(c) => assert_eq!(c.code, want),
                 other => panic!("{other:?}"),
             }

@@ -33,6 +33,7 @@ use super::codec::{
     self, ConnAckProps, Connect, ConnectCode, DisconnectCode, ForwardedProps, Inbound, Outbound,
     Protocol, PubAckCode, ReadError, SubCode, SubFilter, UnsubCode,
 };
+use super::session::{self, StoredSubscription};
 use super::topic;
 use super::{ALPN_MQTT_CA, BrokerShared, Control};
 use crate::emulator::api::ApiRequest;
@@ -107,6 +108,7 @@ pub(super) async fn serve(
         inbound_rate: None,
         outbound_rate: None,
         api_requests: 0,
+        persistent: false,
     };
     conn.run(deadline).await;
 }
@@ -144,6 +146,30 @@ struct Connection<S> {
     outbound_rate: Option<TokenBucket>,
     /// Fleet-provisioning requests received on this connection (for fault injection).
     api_requests: u64,
+    /// The session outlives the connection (its subscriptions are saved as they change).
+    persistent: bool,
+}
+
+impl<S> Connection<S> {
+    /// Saves the subscriptions of a persistent session as they change.
+    fn save_session(&self) {
+        if self.persistent {
+            let subs = self
+                .subscriptions
+                .iter()
+                .map(|s| StoredSubscription {
+                    filter: s.filter.clone(),
+                    qos: s.qos,
+                    no_local: s.no_local,
+                })
+                .collect();
+            lock_sessions(&self.shared).save(&self.client_id, self.conn_id, subs);
+        }
+    }
+}
+
+fn lock_sessions(shared: &BrokerShared) -> std::sync::MutexGuard<'_, session::Sessions> {
+    shared.sessions.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Why a connection ends.
@@ -234,6 +260,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         };
         let close = self.session(&mut control_rx, keep_alive).await;
         tracing::debug!(client = %self.client_id, %close, "emulator: connection closed");
+        lock_sessions(&self.shared).close(&self.client_id, self.conn_id, std::time::Instant::now());
         self.shared.release_client_id(&self.client_id, self.conn_id);
         if !matches!(close, Close::Io(_) | Close::PeerClosed) {
             self.close_gracefully(close.disconnect_code()).await;
@@ -268,6 +295,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     let _ = self
                         .send(Outbound::ConnAck {
                             code: ConnectCode::UnsupportedProtocolVersion,
+                            session_present: false,
                             props: None,
                         })
                         .await;
@@ -323,7 +351,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// Refuses a CONNECT with `code` (no CONNACK on 3.1.1 when `code` has no 3.1.1 form).
     async fn refuse(&mut self, code: ConnectCode, why: &str) {
         tracing::debug!(client = %self.client_id, ?code, why, "emulator: CONNECT refused");
-        let _ = self.send(Outbound::ConnAck { code, props: None }).await;
+        let _ = self
+            .send(Outbound::ConnAck {
+                code,
+                session_present: false,
+                props: None,
+            })
+            .await;
     }
 
     /// Handles CONNECT; returns the keep-alive, or `None` if refused.
@@ -344,6 +378,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             session_expiry_s,
             max_packet_size,
             auth_method,
+            clean_start,
             ..
         } = c;
         // AWS: a `$` prefix is reserved and the id is at most 128 bytes (aws profile);
@@ -403,6 +438,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             .map(|r| TokenBucket::per_second(r, now));
         self.control = Some(control.clone());
         self.conn_id = shared.claim_client_id(&self.client_id, control);
+        // Persistent session: MQTT 3.1.1 cleanSession = 0 keeps it for AWS's hour; MQTT 5
+        // keeps it for the Session Expiry Interval asked for, at most an hour.
+        let (persistent, expiry) = match self.protocol {
+            Protocol::V311 => (!clean_start, session::MAX_EXPIRY),
+            Protocol::V5 => (
+                session_expiry_s > 0,
+                Duration::from_secs(u64::from(session_expiry_s)).min(session::MAX_EXPIRY),
+            ),
+        };
+        self.persistent = persistent;
+        let resumed = lock_sessions(&shared).open(
+            &self.client_id,
+            self.conn_id,
+            clean_start,
+            persistent,
+            expiry,
+            std::time::Instant::now(),
+        );
+        let session_present = resumed.is_some();
+        if let Some(r) = &resumed {
+            self.subscriptions = r
+                .subscriptions
+                .iter()
+                .map(|s| Subscription {
+                    filter: s.filter.clone(),
+                    qos: s.qos,
+                    no_local: s.no_local,
+                })
+                .collect();
+        }
         let granted = limits.effective_keep_alive(keep_alive_s);
         let props = (self.protocol == Protocol::V5).then(|| {
             Box::new(ConnAckProps {
@@ -410,17 +475,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 receive_maximum: limits.receive_maximum,
                 maximum_packet_size: u32::try_from(limits.max_packet_bytes()).unwrap_or(u32::MAX),
                 topic_alias_maximum: limits.topic_alias_maximum,
-                // The emulator keeps no session after the connection ends.
-                session_expiry_s: (session_expiry_s > 0).then_some(0),
+                // An interval above AWS's hour is cut to the hour.
+                session_expiry_s: (u64::from(session_expiry_s) > session::MAX_EXPIRY.as_secs())
+                    .then_some(session::MAX_EXPIRY.as_secs() as u32),
             })
         });
         let accepted = Outbound::ConnAck {
             code: ConnectCode::Accepted,
+            session_present,
             props,
         };
         if self.send(accepted).await.is_err() || self.flush_out().await.is_err() {
+            lock_sessions(&shared).close(&self.client_id, self.conn_id, std::time::Instant::now());
             shared.release_client_id(&self.client_id, self.conn_id);
             return None;
+        }
+        // What was published to the session while the client was away.
+        for q in resumed.map(|r| r.queued).unwrap_or_default() {
+            if self
+                .deliver(q.topic, q.payload, Some(q.qos), q.props, None)
+                .await
+                .is_err()
+            {
+                break;
+            }
         }
         Some(Duration::from_secs(u64::from(granted)))
     }
@@ -526,6 +604,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         }
                     })
                     .collect();
+                self.save_session();
                 self.send(Outbound::UnsubAck { pkid, codes }).await
             }
             Inbound::PubAck { .. } => Ok(()),
@@ -774,6 +853,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             };
             codes.push(code);
         }
+        self.save_session();
         self.send(Outbound::SubAck { pkid, codes }).await?;
         if over_quota && !v5 {
             // AWS: subscriptions over the per-connection limit "may be rejected … and the

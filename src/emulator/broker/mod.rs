@@ -8,11 +8,14 @@
 //! - [`connection`]: one task per connection: CONNECT, SUBSCRIBE, PUBLISH, keep-alive, and
 //!   how each version is told about a refusal.
 //! - [`limits`]: AWS's broker limits, the `unlimited` and `aws` profiles, rate limiters.
+//! - [`session`]: persistent sessions (subscriptions and queued QoS 1 messages kept for an
+//!   hour after a non-clean disconnect).
 //! - [`topic`]: topic and filter validation, matching and AWS's topic size limits.
 
 pub mod codec;
 mod connection;
 pub mod limits;
+pub mod session;
 pub mod topic;
 
 use std::collections::HashMap;
@@ -81,6 +84,8 @@ pub(crate) struct BrokerShared {
     retained: Mutex<HashMap<String, Retained>>,
     /// Present when CONNECTs per client id are limited.
     connect_rate: Option<Mutex<ConnectRate>>,
+    /// Persistent sessions.
+    pub(crate) sessions: Mutex<session::Sessions>,
 }
 
 impl BrokerShared {
@@ -102,6 +107,7 @@ impl BrokerShared {
             next_conn_id: AtomicU64::new(1),
             retained: Mutex::new(HashMap::new()),
             connect_rate,
+            sessions: Mutex::new(session::Sessions::default()),
         }
     }
 
@@ -142,6 +148,15 @@ impl BrokerShared {
         props: &Option<Arc<ForwardedProps>>,
         origin: u64,
     ) {
+        lock(&self.sessions).queue(
+            &session::Queued {
+                topic: topic.to_string(),
+                payload: payload.clone(),
+                qos,
+                props: props.clone(),
+            },
+            Instant::now(),
+        );
         let clients = lock(&self.clients);
         for entry in clients.values() {
             // A full queue drops the message, as AWS drops beyond its per-connection limits.
