@@ -30,7 +30,7 @@ fn bench(c: &mut Criterion) {
             let pool = KeyPool::start(&PoolConfig {
                 algorithm: alg,
                 workers,
-                stock: 2,
+                stock: 64,
                 common_name: "bench".into(),
             });
             group.bench_with_input(BenchmarkId::new("workers", workers), &batch, |b, &n| {
