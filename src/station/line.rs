@@ -126,7 +126,12 @@ pub fn run_jig(name: &str, path: &str, settings: &PortSettings, ctx: &LineContex
         };
         let info = match l.hello() {
             Ok(info) => info,
-            Err(JigError::NoBoard { .. }) => continue,
+            Err(JigError::NoBoard { .. }) => {
+                // The jig is empty: whatever is placed next is a new placement, even the
+                // board that was just taken off (an operator retrying a failed board).
+                last_serial = None;
+                continue;
+            }
             Err(e) => {
                 tracing::warn!(jig = name, error = %e, "jig link failed; reopening the port");
                 ctx.telemetry.emit_blocking(Event::JigConnection {
