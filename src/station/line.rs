@@ -127,9 +127,13 @@ pub fn run_jig(name: &str, path: &str, settings: &PortSettings, ctx: &LineContex
         let info = match l.hello() {
             Ok(info) => info,
             Err(JigError::NoBoard { .. }) => {
-                // The jig is empty: whatever is placed next is a new placement, even the
-                // board that was just taken off (an operator retrying a failed board).
-                last_serial = None;
+                // On a real line an empty jig means the operator took the board off: whatever
+                // is placed next is a new placement, even the same failed board put back for
+                // another try. (A virtual line's simulated operator removes boards itself,
+                // and a rebooting virtual board is silent for a moment.)
+                if ctx.release.is_none() {
+                    last_serial = None;
+                }
                 continue;
             }
             Err(e) => {
