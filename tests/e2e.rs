@@ -332,3 +332,120 @@ templates = "{t}"
         assert_eq!(flash.thing_name(), Some(s));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_real_line_a_failed_board_put_back_is_tried_again() {
+    use fleet_station::jig::{BoardSpec, FaultConfig, VirtualJig, VirtualJigConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    tx.send(BoardSpec::new("RETRY-1")).unwrap();
+    let mut jc = VirtualJigConfig::new(&dir.path().join("boards"));
+    jc.baud = 0;
+    // The board refuses every COMMIT: its write fails twice.
+    jc.faults = FaultConfig {
+        refuse_commit: true,
+        ..FaultConfig::default()
+    };
+    let jig = VirtualJig::spawn(jc, rx).unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/templates");
+    let text = format!(
+        r#"
+[station]
+ledger = "{d}/ledger.db"
+[parameters]
+ThingName = "{{serial}}"
+SerialNumber = "{{serial}}"
+DeviceLocation = "Seattle"
+[jigs]
+mode = "serial"
+timeout_ms = 100
+[[jigs.ports]]
+name = "line-1"
+path = "{path}"
+[emulator]
+state_dir = "{d}/emulator"
+templates = "{t}"
+"#,
+        d = dir.path().display(),
+        path = jig.path(),
+        t = fixtures.display()
+    );
+    let cfg = Config::parse(&text, Path::new("serial.toml")).unwrap();
+    let ledger_path = cfg.station.ledger.clone();
+    let run = tokio::spawn({
+        let cfg = cfg.clone();
+        let report_dir = dir.path().join("report");
+        async move {
+            station::run(
+                &cfg,
+                &RunOptions {
+                    // The first try and the retry.
+                    boards: Some(2),
+                    report_dir: Some(report_dir),
+                    ..RunOptions::default()
+                },
+                Shutdown::new(),
+            )
+            .await
+        }
+    });
+    // Wait (bounded) for the first try to fail.
+    // Read-only peeks at the ledger the running station writes.
+    let state = |serial: &str| -> Option<String> {
+        let c = rusqlite::Connection::open_with_flags(
+            &ledger_path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .ok()?;
+        c.query_row(
+            "SELECT state FROM devices WHERE serial = ?1",
+            [serial],
+            |r| r.get(0),
+        )
+        .ok()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while state("RETRY-1").as_deref() != Some("failed") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first try never failed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The operator takes it off (the jig is seen empty), fixes it, and puts it back.
+    jig.set_faults(FaultConfig::default());
+    jig.take_off("RETRY-1");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while jig.current_board().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the board was not taken off"
+        );
+        tokio::task::yield_now().await;
+    }
+    // Put it back only once the station has seen the empty jig: it has sent at least ten
+    // more HELLOs (~10 bytes each), more than one full "no board" round of retries.
+    let before = jig.stats().bytes_received;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while jig.stats().bytes_received < before + 100 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the station stopped polling the jig"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    tx.send(BoardSpec::new("RETRY-1")).unwrap();
+    drop(tx);
+    let report = run.await.unwrap().unwrap();
+    let d = &report.summary.devices;
+    assert_eq!((d.provisioned, d.failed), (1, 1), "{:?}", report.summary);
+    let ledger = Ledger::open(&ledger_path, "check").unwrap();
+    let row = ledger.device("RETRY-1").unwrap().unwrap();
+    assert_eq!((row.state, row.attempts), (DeviceState::Verified, 2));
+    assert_eq!(
+        Flash::load(&jig.flash_path("RETRY-1"))
+            .unwrap()
+            .thing_name(),
+        Some("RETRY-1")
+    );
+}

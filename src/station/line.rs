@@ -93,7 +93,10 @@ fn jig_code(e: &JigError) -> String {
 /// Runs the line cycle on one port until the line is done or the station stops.
 pub fn run_jig(name: &str, path: &str, settings: &PortSettings, ctx: &LineContext) {
     let mut link: Option<JigLink> = None;
-    let mut last_serial: Option<String> = None;
+    // The board this jig finished last, and whether it was verified.
+    let mut last: Option<(String, bool)> = None;
+    // The jig has been seen empty since then (an operator took the board off).
+    let mut emptied = false;
     let mut reported_disconnect = false;
     while !ctx.stopping() {
         let l = match link.as_mut() {
@@ -127,13 +130,7 @@ pub fn run_jig(name: &str, path: &str, settings: &PortSettings, ctx: &LineContex
         let info = match l.hello() {
             Ok(info) => info,
             Err(JigError::NoBoard { .. }) => {
-                // On a real line an empty jig means the operator took the board off: whatever
-                // is placed next is a new placement, even the same failed board put back for
-                // another try. (A virtual line's simulated operator removes boards itself,
-                // and a rebooting virtual board is silent for a moment.)
-                if ctx.release.is_none() {
-                    last_serial = None;
-                }
+                emptied = true;
                 continue;
             }
             Err(e) => {
@@ -146,64 +143,70 @@ pub fn run_jig(name: &str, path: &str, settings: &PortSettings, ctx: &LineContex
                 continue;
             }
         };
-        if last_serial.as_deref() == Some(info.serial.as_str()) {
-            // The board we just finished is still on the jig: wait for the operator.
-            std::thread::sleep(Duration::from_millis(100));
-            continue;
+        if let Some((serial, verified)) = &last
+            && *serial == info.serial
+        {
+            // The board just finished is still there (or rebooted, or was put back). Only a
+            // failed board that was taken off and put back on a real line is tried again; a
+            // virtual line's simulated operator never puts one back.
+            let retry = !verified && emptied && ctx.release.is_none();
+            if !retry {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
         }
+        emptied = false;
         let board = BoardIdentity {
             serial: info.serial.clone(),
             mac: Some(info.mac_string()),
             hw_rev: Some(info.hw_rev.clone()),
             jig: name.to_string(),
         };
-        match provision_board(l, &board, ctx, settings.baud) {
-            Ok(()) => {}
-            Err(BoardError::Ledger(e)) => {
+        let verified = match provision_board(l, &board, ctx, settings.baud) {
+            Ok(verified) => verified,
+            Err(e) => {
                 tracing::error!(jig = name, error = %e, "ledger failure: stopping this jig");
                 return;
             }
-            Err(BoardError::Skipped) => {}
-        }
-        last_serial = Some(info.serial);
+        };
         // Release the board (it reboots into its new identity; a virtual fixture then places
         // the next board).
         if let Err(e) = l.reset() {
             tracing::debug!(jig = name, error = %e, "RESET not acknowledged");
         }
-        if let (Some(release), Some(serial)) = (&ctx.release, &last_serial) {
-            release(name, serial);
+        if let Some(release) = &ctx.release {
+            release(name, &info.serial);
         }
+        last = Some((info.serial, verified));
     }
 }
 
-enum BoardError {
-    Ledger(LedgerError),
-    /// Nothing to do for this board (already provisioned).
-    Skipped,
-}
-
+/// Provisions the board on the jig; `Ok(true)` when it holds a verified identity (now, or
+/// already before: a board the ledger shows verified is never provisioned again).
 fn provision_board(
     link: &mut JigLink,
     board: &BoardIdentity,
     ctx: &LineContext,
     baud: u32,
-) -> Result<(), BoardError> {
+) -> Result<bool, LedgerError> {
     let started = Instant::now();
     let begun = match ctx.ledger.begin_blocking(&board.serial, &board.jig) {
         Ok(b) => b,
         Err(e @ LedgerError::AlreadyProvisioned { .. }) => {
-            // Not provisioned again (it would orphan its identity); it counts as a board
-            // this run did not provision.
+            // Not provisioned again (it would orphan its identity). On a real line the
+            // operator is told and the jig waits for the next board; a virtual line counts it
+            // as a board this run did not provision (its queue holds no other copy).
             tracing::warn!(jig = %board.jig, serial = %board.serial, "{e}");
-            ctx.telemetry.emit_blocking(Event::DeviceFailed {
-                serial: board.serial.clone(),
-                reason: "already_provisioned".into(),
-            });
-            ctx.progress.board_done();
-            return Err(BoardError::Skipped);
+            if ctx.release.is_some() {
+                ctx.telemetry.emit_blocking(Event::DeviceFailed {
+                    serial: board.serial.clone(),
+                    reason: "already_provisioned".into(),
+                });
+                ctx.progress.board_done();
+            }
+            return Ok(true);
         }
-        Err(e) => return Err(BoardError::Ledger(e)),
+        Err(e) => return Err(e),
     };
     let device_id = begun.id;
     if let Some(r) = &begun.resume {
@@ -241,6 +244,7 @@ fn provision_board(
         Ok(creds) => write_and_verify(link, device_id, &creds, ctx, &board.jig, baud),
         Err(f) => Err((f.code, f.message)),
     };
+    let verified = result.is_ok();
     match result {
         Ok(()) => {
             ctx.telemetry.emit_blocking(Event::StageTime {
@@ -253,14 +257,12 @@ fn provision_board(
         }
         Err((code, message)) => {
             tracing::warn!(jig = %board.jig, serial = %board.serial, reason = %code, "{message}");
-            ctx.ledger
-                .record_blocking(
-                    device_id,
-                    Transition::Failed {
-                        reason: format!("{code}: {message}"),
-                    },
-                )
-                .map_err(BoardError::Ledger)?;
+            ctx.ledger.record_blocking(
+                device_id,
+                Transition::Failed {
+                    reason: format!("{code}: {message}"),
+                },
+            )?;
             ctx.telemetry.emit_blocking(Event::DeviceFailed {
                 serial: board.serial.clone(),
                 reason: code,
@@ -268,7 +270,7 @@ fn provision_board(
         }
     }
     ctx.progress.board_done();
-    Ok(())
+    Ok(verified)
 }
 
 /// Where this board's key comes from. With `keys.source = "device"` the board makes a key
