@@ -196,10 +196,10 @@ fn power_cut_during_commit_keeps_the_previous_identity() {
                 .unwrap()
                 .file_name()
                 .to_string_lossy()
-                .contains(".tmp.")
+                .ends_with(".tmp")
         })
         .count();
-    assert_eq!(leftovers, 1, "the interrupted write went to a temp file");
+    assert_eq!(leftovers, 1, "the interrupted write went to the spare file");
     a.assert_in(&Flash::load(&path).unwrap());
 }
 
