@@ -363,6 +363,7 @@ impl Worker {
         board.faults = BoardFaults {
             refuse_commit: self.plan.config().refuse_commit,
             power_cut_in_commit: self.plan.config().power_cut_in_commit,
+            flip_bit_in: self.plan.config().flip_bit_in,
         };
         match (frame, rx_fault) {
             (_, RxFault::Unplug) => {
