@@ -1,6 +1,7 @@
 //! Fault injection for the virtual jig: what can go wrong on a real line (noise, lost
 //! bytes, a stalled or busy board, a refused commit, a board pulled off or rebooting
 //! mid-write, power lost during a flash write, a weak flash cell). All off by default.
+//! (Pulling the jig's USB adapter is not a fault of the line: see `VirtualJig::unplug`.)
 //!
 //! Faults addressed "at" an index apply to the frame with that index among the frames the
 //! board receives (0-based, corrupt frames included), counted from the jig's start or the
