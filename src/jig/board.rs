@@ -474,15 +474,16 @@ impl Board {
             let _ = next.store_torn(&self.flash_path);
             return Ok(Outcome::PowerCut);
         }
-        let stored = match self.spare.take() {
+        let written = match self.spare.take() {
             Some(spare) => next.store_prepared(&self.flash_path, spare),
-            None => next.store(&self.flash_path),
+            None => Flash::prepare_spare(&self.flash_path)
+                .and_then(|spare| next.store_prepared(&self.flash_path, spare)),
         };
-        if stored.is_err() {
+        let Ok(written) = written else {
             return Err((ErrorCode::FlashError, 0, "flash write failed"));
-        }
+        };
         // Read back what is now on flash: that is what the answer's digest vouches for.
-        let stored = match Flash::load(&self.flash_path) {
+        let stored = match next.read_back(&self.flash_path, &written) {
             Ok(f) => f,
             Err(_) => {
                 self.flash = next;

@@ -58,6 +58,8 @@ impl std::fmt::Debug for Flash {
 pub struct Spare {
     path: PathBuf,
     file: File,
+    /// A flash file was there when the spare was made: swap with it (else rename).
+    replaces: bool,
 }
 
 impl Spare {
@@ -111,13 +113,35 @@ impl Flash {
 
     /// Reads a flash file.
     pub fn load(path: &Path) -> Result<Flash, JigError> {
+        let bytes = Zeroizing::new(fs::read(path).map_err(|e| JigError::Flash {
+            path: path.to_path_buf(),
+            detail: format!("cannot read: {e}"),
+        })?);
+        Flash::parse(&bytes, path)
+    }
+
+    /// Reads back the flash `store_prepared` just wrote to `path` (`written` is what it
+    /// returned): when the file holds exactly those bytes it holds `self`; otherwise whatever
+    /// it holds is parsed.
+    pub fn read_back(&self, path: &Path, written: &[u8]) -> Result<Flash, JigError> {
+        let bytes = Zeroizing::new(fs::read(path).map_err(|e| JigError::Flash {
+            path: path.to_path_buf(),
+            detail: format!("cannot read back: {e}"),
+        })?);
+        if *bytes == *written {
+            Ok(self.clone())
+        } else {
+            Flash::parse(&bytes, path)
+        }
+    }
+
+    fn parse(bytes: &[u8], path: &Path) -> Result<Flash, JigError> {
         let err = |detail: String| JigError::Flash {
             path: path.to_path_buf(),
             detail,
         };
-        let bytes = Zeroizing::new(fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?);
         let file: FlashFile =
-            serde_json::from_slice(&bytes).map_err(|e| err(format!("not a flash file: {e}")))?;
+            serde_json::from_slice(bytes).map_err(|e| err(format!("not a flash file: {e}")))?;
         if file.format != FORMAT {
             return Err(err(format!("unknown format {:?}", file.format)));
         }
@@ -152,6 +176,7 @@ impl Flash {
     /// fsynced: see the module docs.
     pub fn store(&self, path: &Path) -> Result<(), JigError> {
         self.store_prepared(path, Flash::prepare_spare(path)?)
+            .map(|_| ())
     }
 
     /// Creates (or empties) the spare file of the flash at `path` and keeps it open, so a
@@ -159,6 +184,7 @@ impl Flash {
     /// takes the directory's lock and an inode, the slow part of a store).
     pub fn prepare_spare(path: &Path) -> Result<Spare, JigError> {
         let spare = Flash::spare_path(path);
+        let replaces = path.exists();
         let file = OpenOptions::new()
             .write(true)
             .create(true)
@@ -169,11 +195,20 @@ impl Flash {
                 path: spare.clone(),
                 detail: format!("cannot create: {e}"),
             })?;
-        Ok(Spare { path: spare, file })
+        Ok(Spare {
+            path: spare,
+            file,
+            replaces,
+        })
     }
 
-    /// [`store`](Self::store) through a spare file prepared earlier.
-    pub fn store_prepared(&self, path: &Path, mut spare: Spare) -> Result<(), JigError> {
+    /// [`store`](Self::store) through a spare file prepared earlier. Returns the image
+    /// written, for [`read_back`](Self::read_back).
+    pub fn store_prepared(
+        &self,
+        path: &Path,
+        mut spare: Spare,
+    ) -> Result<Zeroizing<Vec<u8>>, JigError> {
         let bytes = self.serialize();
         spare
             .file
@@ -182,15 +217,16 @@ impl Flash {
         drop(spare.file);
         // An exchange, unlike a rename over an existing file, does not make ext4 start
         // writing the new file back on the spot (its replace-via-rename heuristic).
-        if exchange(&spare.path, path).is_ok() {
+        if spare.replaces && exchange(&spare.path, path).is_ok() {
             let _ = OpenOptions::new()
                 .write(true)
                 .truncate(true)
                 .open(&spare.path);
-            return Ok(());
+            return Ok(bytes);
         }
         fs::rename(&spare.path, path)
-            .map_err(|e| self.flash_err(path, format!("cannot rename into place: {e}")))
+            .map_err(|e| self.flash_err(path, format!("cannot rename into place: {e}")))?;
+        Ok(bytes)
     }
 
     /// Emulates power loss half-way through `store`: part of the new image reaches the spare
@@ -375,6 +411,29 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn read_back_returns_what_the_file_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = Flash::path_for(dir.path(), "R");
+        let mut f = Flash::new("R");
+        f.set_slot(Slot::Certificate, b"cert");
+        f.set_generation(1);
+        let written = f
+            .store_prepared(&path, Flash::prepare_spare(&path).unwrap())
+            .unwrap();
+        let back = f.read_back(&path, &written).unwrap();
+        assert_eq!(back.certificate(), Some(&b"cert"[..]));
+        // The file changed under us (a flash fault): what it holds now is parsed.
+        let mut g = f.clone();
+        g.set_slot(Slot::Certificate, b"CERT");
+        g.store(&path).unwrap();
+        let back = f.read_back(&path, &written).unwrap();
+        assert_eq!(back.certificate(), Some(&b"CERT"[..]));
+        // Gone: an error, not a panic.
+        fs::remove_file(&path).unwrap();
+        assert!(f.read_back(&path, &written).is_err());
     }
 
     #[test]
