@@ -81,7 +81,9 @@ fn nothing_crosses_the_line_faster_than_the_baud_rate() {
         // A whole write: every byte the station sent crossed, then COMMIT's answer did.
         let mut link = fleet_station::jig::JigLink::open(fx.jig.path(), &link_settings).unwrap();
         let report = link.write_and_verify(&id.items(), &mut |_, _| {}).unwrap();
-        let commit_ack = fleet_station::jig::codec::wire_len_for_payload(37);
+        let commit_ack = fleet_station::jig::codec::wire_len_for_payload(
+            5 + fleet_station::jig::protocol::DIGEST_LEN,
+        );
         let floor = line_time(report.wire_bytes_written as usize + commit_ack, baud);
         assert!(
             report.elapsed >= floor,

@@ -16,9 +16,9 @@ use super::codec::Frame;
 use super::error::JigError;
 use super::flash::{Flash, Spare};
 use super::protocol::{
-    Capabilities, Command, CommitEntry, CommitSource, CsrFormat, ErrorCode, HelloAck,
-    KEY_TYPE_P256, PROTOCOL_VERSION, Response, SHA256_LEN, STAGING_CAPACITY, Slot, SlotHash,
-    SubjectAttrs, attr, cmd, commit_digest, sha256,
+    Capabilities, Command, CommitEntry, CommitSource, CsrFormat, DIGEST_LEN, ErrorCode, HelloAck,
+    KEY_TYPE_P256, PROTOCOL_VERSION, Response, STAGING_CAPACITY, Slot, SlotHash, SubjectAttrs,
+    attr, cmd, commit_digest, sha256,
 };
 
 /// Identity of a physical board, as the jig's queue hands it over.
@@ -400,7 +400,7 @@ impl Board {
         &mut self,
         seq: u16,
         entries: &[CommitEntry],
-        digest: &[u8; SHA256_LEN],
+        digest: &[u8; DIGEST_LEN],
         out: &mut Vec<u8>,
     ) -> Result<Outcome, Nak> {
         if entries.is_empty() {
@@ -660,7 +660,7 @@ mod tests {
         }
     }
 
-    fn commit_ack_digest(out: &[u8]) -> [u8; SHA256_LEN] {
+    fn commit_ack_digest(out: &[u8]) -> [u8; DIGEST_LEN] {
         let mut asm = FrameAssembler::new();
         let (_, ev) = asm.push(out);
         match Response::decode(&ev.unwrap().unwrap()).unwrap() {
@@ -704,7 +704,7 @@ mod tests {
         };
         let (out, _) = h.send(&Command::Commit {
             entries: entries.clone(),
-            digest: [0; SHA256_LEN],
+            digest: [0; DIGEST_LEN],
         });
         assert_eq!(Harness::code_of(&out).1, Some(ErrorCode::HashMismatch));
         assert_eq!(h.board.flash().certificate(), None);
@@ -886,7 +886,7 @@ mod tests {
                 source: CommitSource::Staged,
                 len: 129,
             }],
-            digest: [0; SHA256_LEN],
+            digest: [0; DIGEST_LEN],
         });
         assert_eq!(Harness::code_of(&out).1, Some(ErrorCode::OutOfRange));
     }

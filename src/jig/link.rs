@@ -23,9 +23,9 @@ use super::error::JigError;
 use super::pem;
 use super::port::{PortSettings, Transport, open_port};
 use super::protocol::{
-    self, Capabilities, CommitEntry, CommitSource, CsrFormat, CsrSubject, ErrorCode, KEY_TYPE_P256,
-    MAX_HASH_SLOTS, PROTOCOL_VERSION, Response, SHA256_LEN, Slot, SlotHash, SubjectAttrs, attr,
-    cmd,
+    self, Capabilities, CommitEntry, CommitSource, CsrFormat, CsrSubject, DIGEST_LEN, ErrorCode,
+    KEY_TYPE_P256, MAX_HASH_SLOTS, PROTOCOL_VERSION, Response, SHA256_LEN, Slot, SlotHash,
+    SubjectAttrs, attr, cmd,
 };
 use super::window::PutWindow;
 
@@ -144,7 +144,7 @@ enum Reply {
     CommitAck {
         count: u8,
         generation: u32,
-        digest: [u8; SHA256_LEN],
+        digest: [u8; DIGEST_LEN],
     },
     HashAck(Vec<SlotHash>),
     ReadAck {
@@ -241,14 +241,14 @@ const PUT_HEADER: usize = 4;
 const MAX_CHUNK: usize = codec::MAX_PAYLOAD - PUT_HEADER;
 /// Wire size of a PUT_ACK and of a COMMIT_ACK, for deadline estimates.
 const ACK_WIRE: usize = codec::wire_len_for_payload(6);
-const COMMIT_ACK_WIRE: usize = codec::wire_len_for_payload(5 + SHA256_LEN);
+const COMMIT_ACK_WIRE: usize = codec::wire_len_for_payload(5 + DIGEST_LEN);
 /// The COMMIT's place in the send window (PUTs use their chunk index).
 const COMMIT_FRAME: usize = usize::MAX;
 
 /// What COMMIT's answer said.
 struct Committed {
     generation: u32,
-    digest: [u8; SHA256_LEN],
+    digest: [u8; DIGEST_LEN],
     rounds: u32,
 }
 
