@@ -16,7 +16,7 @@ use std::collections::{HashSet, VecDeque};
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::codec::{self, FrameAssembler};
 use super::error::JigError;
@@ -523,8 +523,12 @@ impl JigLink {
         progress(0, total);
         let started = Instant::now();
         let committed =
-            self.stream_and_commit(&image, &chunks, &commit, board.rx_buffer as usize, progress)?;
+            self.stream_and_commit(&image, &chunks, &commit, board.rx_buffer as usize, progress);
         let elapsed = started.elapsed();
+        // The frames held the slot contents (a private key among them).
+        self.wire.zeroize();
+        self.batch.zeroize();
+        let committed = committed?;
         if board_key || items.iter().any(|i| i.slot == Slot::PrivateKey) {
             self.board_key_staged = false;
         }

@@ -17,7 +17,7 @@
 //! - [`virtual_board`]: [`VirtualJig`], boards served on a pty behind a stable path (with
 //!   unplug/replug of the adapter), an exact line model and faults.
 //! - [`faults`], [`pacing`]: fault injection and the exact line-rate model for the virtual jig.
-//! - [`line`]: serial-number generator for a virtual line.
+//! - [`line`](mod@line): serial-number generator for a virtual line.
 //! - [`sim`]: `station sim-board` ([`run_sim_board`]).
 
 pub mod board;

@@ -6,7 +6,11 @@
 //! The line is emulated exactly (see [`Line`]): what the station writes is read off the pty
 //! as soon as it is there and stamped with the time each byte would arrive over a UART at
 //! the configured baud; the board sees a frame when its delimiter has arrived, and its
-//! answers reach the station when their last byte would have. The board's RX buffer is
+//! answers reach the station when their last byte would have. An answer's first bit goes out
+//! after the board's own work on the frame (a flash write is real time), counted from when
+//! the frame arrived: how late the host got round to running the board thread (up to
+//! 2 ms) is the host's scheduling, not the emulated board's, and is not charged to
+//! the line. Nothing ever crosses faster than the baud rate. The board's RX buffer is
 //! bounded: bytes that arrive while the board is busy (a slow flash, a stall) and the buffer
 //! is full are lost, as on a real UART.
 //!
