@@ -56,17 +56,21 @@ impl std::fmt::Debug for Flash {
 /// A flash's spare file, created and open, ready for [`Flash::store_prepared`].
 #[derive(Debug)]
 pub struct Spare {
-    path: PathBuf,
     file: File,
-    /// A flash file was there when the spare was made: swap with it (else rename).
+    /// Its name, or `None` for an anonymous file (`O_TMPFILE`).
+    named: Option<PathBuf>,
+    /// A flash file was there when the spare was made: swap with it (else put it in place).
     replaces: bool,
 }
 
 impl Spare {
-    /// Removes the spare file (a board that leaves the jig without committing).
+    /// Removes the spare (a board that leaves the jig without committing). An anonymous one
+    /// just goes away when closed.
     pub fn discard(self) {
         drop(self.file);
-        let _ = fs::remove_file(&self.path);
+        if let Some(path) = &self.named {
+            let _ = fs::remove_file(path);
+        }
     }
 }
 
@@ -169,22 +173,45 @@ impl Flash {
         }
     }
 
-    /// Writes the whole flash to `path` atomically, mode 0600: the new image goes to the spare
-    /// file beside it ([`Flash::spare_path`]), which then trades places with `path` in one
-    /// atomic `renameat2(RENAME_EXCHANGE)` (or is renamed to `path` for the first commit).
-    /// The spare then holds the previous image; it is emptied, so no old key lingers. Not
-    /// fsynced: see the module docs.
+    /// Writes the whole flash to `path` atomically, mode 0600: the new image goes to a spare
+    /// file, which becomes `path` in one atomic step — linked in as `path` when there is no
+    /// flash file yet, else swapped with it (`renameat2(RENAME_EXCHANGE)`) under the name
+    /// [`Flash::spare_path`], which then holds the previous image and is emptied, so no old
+    /// key lingers. Not fsynced: see the module docs.
     pub fn store(&self, path: &Path) -> Result<(), JigError> {
         self.store_prepared(path, Flash::prepare_spare(path)?)
             .map(|_| ())
     }
 
-    /// Creates (or empties) the spare file of the flash at `path` and keeps it open, so a
-    /// later [`store_prepared`](Self::store_prepared) does not have to create a file (which
-    /// takes the directory's lock and an inode, the slow part of a store).
+    /// Creates the spare file of the flash at `path` and keeps it open, so a later
+    /// [`store_prepared`](Self::store_prepared) does not have to allocate an inode (the slow
+    /// part of a store, done under the directory's lock when the file has a name). The spare
+    /// is an anonymous file in the flash's directory (`O_TMPFILE`: no name, nothing to clean
+    /// up if it is never used) where the file system allows it, else `.<name>.tmp`.
     pub fn prepare_spare(path: &Path) -> Result<Spare, JigError> {
-        let spare = Flash::spare_path(path);
         let replaces = path.exists();
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let anonymous = OpenOptions::new()
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_TMPFILE)
+            .open(dir);
+        match anonymous {
+            Ok(file) => Ok(Spare {
+                file,
+                named: None,
+                replaces,
+            }),
+            Err(_) => Flash::prepare_named_spare(path, replaces),
+        }
+    }
+
+    /// The spare as `.<name>.tmp` beside `path`, created or emptied.
+    fn prepare_named_spare(path: &Path, replaces: bool) -> Result<Spare, JigError> {
+        let spare = Flash::spare_path(path);
         let file = OpenOptions::new()
             .write(true)
             .create(true)
@@ -196,8 +223,8 @@ impl Flash {
                 detail: format!("cannot create: {e}"),
             })?;
         Ok(Spare {
-            path: spare,
             file,
+            named: Some(spare),
             replaces,
         })
     }
@@ -210,21 +237,38 @@ impl Flash {
         mut spare: Spare,
     ) -> Result<Zeroizing<Vec<u8>>, JigError> {
         let bytes = self.serialize();
+        let spare_path = Flash::spare_path(path);
         spare
             .file
             .write_all(&bytes)
-            .map_err(|e| self.flash_err(&spare.path, format!("cannot write: {e}")))?;
+            .map_err(|e| self.flash_err(&spare_path, format!("cannot write: {e}")))?;
+        if spare.named.is_none() {
+            // The first flash file: the anonymous spare appears as `path`, whole, in one link.
+            if !spare.replaces && link_open_file(&spare.file, path).is_ok() {
+                return Ok(bytes);
+            }
+            // Otherwise it takes the spare's name, to be swapped in below.
+            let _ = fs::remove_file(&spare_path);
+            if link_open_file(&spare.file, &spare_path).is_err() {
+                // No way to name it (no /proc?): write a named spare after all.
+                spare = Flash::prepare_named_spare(path, spare.replaces)?;
+                spare
+                    .file
+                    .write_all(&bytes)
+                    .map_err(|e| self.flash_err(&spare_path, format!("cannot write: {e}")))?;
+            }
+        }
         drop(spare.file);
         // An exchange, unlike a rename over an existing file, does not make ext4 start
         // writing the new file back on the spot (its replace-via-rename heuristic).
-        if spare.replaces && exchange(&spare.path, path).is_ok() {
+        if spare.replaces && exchange(&spare_path, path).is_ok() {
             let _ = OpenOptions::new()
                 .write(true)
                 .truncate(true)
-                .open(&spare.path);
+                .open(&spare_path);
             return Ok(bytes);
         }
-        fs::rename(&spare.path, path)
+        fs::rename(&spare_path, path)
             .map_err(|e| self.flash_err(path, format!("cannot rename into place: {e}")))?;
         Ok(bytes)
     }
@@ -233,11 +277,11 @@ impl Flash {
     /// file, nothing is renamed, so the committed file keeps its previous content.
     pub fn store_torn(&self, path: &Path) -> Result<(), JigError> {
         let bytes = self.serialize();
-        let mut spare = Flash::prepare_spare(path)?;
+        let mut spare = Flash::prepare_named_spare(path, path.exists())?;
         spare
             .file
             .write_all(&bytes[..bytes.len() / 2])
-            .map_err(|e| self.flash_err(&spare.path, format!("cannot write: {e}")))
+            .map_err(|e| self.flash_err(&Flash::spare_path(path), format!("cannot write: {e}")))
     }
 
     /// The spare file `store` writes before swapping it in: `.<name>.tmp` beside `path`.
@@ -332,6 +376,30 @@ impl Flash {
     }
 }
 
+/// Gives an open file (an anonymous `O_TMPFILE` one) the name `to`; fails if `to` exists.
+fn link_open_file(file: &File, to: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let from = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
+    let to = CString::new(to.as_os_str().as_bytes())?;
+    // SAFETY: two valid NUL-terminated paths; following the /proc link names the open file.
+    let r = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Swaps the files at `a` and `b` atomically (`renameat2(RENAME_EXCHANGE)`).
 fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
     use std::ffi::CString;
@@ -411,6 +479,35 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_prepared_spare_leaves_nothing_behind_used_or_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = Flash::path_for(dir.path(), "S");
+        // Unused: nothing to clean up.
+        Flash::prepare_spare(&path).unwrap().discard();
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+        // Used for a first commit: it is the flash file, and the only file.
+        let mut f = Flash::new("S");
+        f.set_slot(Slot::ThingName, b"t");
+        f.store_prepared(&path, Flash::prepare_spare(&path).unwrap())
+            .unwrap();
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![path.file_name().unwrap().to_owned()]);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // Used to replace it: swapped in; the spare name is left empty.
+        f.set_slot(Slot::ThingName, b"u");
+        f.store_prepared(&path, Flash::prepare_spare(&path).unwrap())
+            .unwrap();
+        assert_eq!(Flash::load(&path).unwrap().thing_name(), Some("u"));
+        assert_eq!(fs::metadata(Flash::spare_path(&path)).unwrap().len(), 0);
     }
 
     #[test]
