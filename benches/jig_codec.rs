@@ -1,12 +1,12 @@
 //! Criterion bench of the jig codec: encode and decode (COBS + CRC-32 + PUT parsing) of a
-//! full PUT frame, at the virtual board's default chunk (1024 bytes) and at the protocol's
-//! largest payload.
+//! full PUT frame: 1024 bytes of data, the ~2 KB the station puts in one frame with a 4 KiB
+//! board RX buffer (a whole identity), and the protocol's largest PUT (4092 bytes of data).
 
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use fleet_station::jig::codec::{self, FrameAssembler};
-use fleet_station::jig::protocol::{Command, Slot};
+use fleet_station::jig::protocol::Command;
 
 fn data(len: usize) -> Vec<u8> {
     // PEM-like bytes with some zeros, so COBS has work to do.
@@ -23,10 +23,9 @@ fn data(len: usize) -> Vec<u8> {
 
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("jig_codec");
-    for len in [1024usize, codec::MAX_PAYLOAD - 5] {
+    for len in [1024usize, 2020, codec::MAX_PAYLOAD - 4] {
         let payload = data(len);
         let put = Command::Put {
-            slot: Slot::Certificate,
             offset: 4096,
             data: &payload,
         };

@@ -1,12 +1,14 @@
 //! Station ↔ virtual board over real ptys with injected faults: every fault either heals by
 //! retransmission (and the board ends verified) or fails cleanly with the board's flash
-//! holding the previous identity, never a mix.
+//! holding the previous identity, never a mix. A PUT lost before the pipelined COMMIT makes
+//! the board refuse that COMMIT; the link resends what is missing and commits again. A flash
+//! that reads back different from what was sent is reported with the slot that differs.
 
 mod jig_support;
 
 use std::time::Duration;
 
-use fleet_station::jig::{ErrorCode, FaultConfig, Flash, JigError, JigLink, PortSettings};
+use fleet_station::jig::{ErrorCode, FaultConfig, Flash, JigError, JigLink, PortSettings, Slot};
 use jig_support::{Fixture, Identity};
 
 /// Writes identity A without faults, then arms `faults` (indices count from the next frame).
@@ -96,8 +98,9 @@ fn stalled_commit_is_retransmitted_but_committed_once() {
 
     // After arming, frames are the PUTs, then COMMIT.
     let b = Identity::new("new");
+    let chunk = link.put_chunk().unwrap();
     fx.jig.set_faults(FaultConfig {
-        stall: Some((b.puts(1024), Duration::from_millis(700))),
+        stall: Some((b.puts(chunk), Duration::from_millis(700))),
         ..FaultConfig::default()
     });
     let report = link.write_identity(&b.items(), &mut |_, _| {}).unwrap();
@@ -196,10 +199,10 @@ fn power_cut_during_commit_keeps_the_previous_identity() {
                 .unwrap()
                 .file_name()
                 .to_string_lossy()
-                .contains(".tmp.")
+                .ends_with(".tmp")
         })
         .count();
-    assert_eq!(leftovers, 1, "the interrupted write went to a temp file");
+    assert_eq!(leftovers, 1, "the interrupted write went to the spare file");
     a.assert_in(&Flash::load(&path).unwrap());
 }
 
@@ -221,4 +224,126 @@ fn a_link_that_garbles_everything_is_reported_as_such() {
         }
         other => panic!("expected Garbled, got {other:?}"),
     }
+}
+
+#[test]
+fn a_put_lost_or_garbled_before_the_pipelined_commit_is_resent_and_committed_again() {
+    // The line's identity goes out as one PUT and the COMMIT in one burst; the bigger test
+    // identity as several PUTs, two in flight at a time, the COMMIT right behind the last.
+    let small = Identity::line_sized("new");
+    let big = Identity::new("new");
+    let fx = Fixture::new(&["F-10"], |_| {});
+    let mut link = fx.link();
+    link.hello().unwrap();
+    let chunk = link.put_chunk().unwrap();
+    drop(link);
+    assert_eq!(small.puts(chunk), 1);
+    let puts = big.puts(chunk);
+    assert!(puts >= 3, "{puts} PUTs");
+    // Frame indices after arming: the PUTs (0..puts), then the COMMIT.
+    let cases: Vec<(&str, &Identity, FaultConfig, u32)> = vec![
+        (
+            "the PUT garbled (NAK BAD_CRC): nothing staged when the COMMIT behind it arrives",
+            &small,
+            FaultConfig {
+                corrupt_rx_at: Some(0),
+                ..FaultConfig::default()
+            },
+            2,
+        ),
+        (
+            "the PUT lost on the line: INCOMPLETE",
+            &small,
+            FaultConfig {
+                drop_rx_at: Some(0),
+                ..FaultConfig::default()
+            },
+            2,
+        ),
+        (
+            "a middle PUT lost: a gap in the staged data, HASH_MISMATCH",
+            &big,
+            FaultConfig {
+                drop_rx_at: Some(1),
+                ..FaultConfig::default()
+            },
+            2,
+        ),
+        (
+            "the COMMIT itself lost: retransmitted with the same seq",
+            &small,
+            FaultConfig {
+                drop_rx_at: Some(1),
+                ..FaultConfig::default()
+            },
+            1,
+        ),
+        (
+            "the COMMIT's answer garbled: the board replays it",
+            &small,
+            FaultConfig {
+                corrupt_tx_at: Some(1),
+                ..FaultConfig::default()
+            },
+            1,
+        ),
+    ];
+    for (i, (what, new, faults, rounds)) in cases.into_iter().enumerate() {
+        let serial = format!("F-10-{i}");
+        let (fx, mut link, _old) = provisioned(&serial, faults);
+        let before = fx.flash(&serial).generation();
+        let report = link
+            .write_and_verify(&new.items(), &mut |_, _| {})
+            .unwrap_or_else(|e| panic!("{what}: {e:?}"));
+        assert!(report.verified, "{what}");
+        assert_eq!(report.commit_rounds, rounds, "{what}: {report:?}");
+        assert!(report.retransmissions >= 1, "{what}: {report:?}");
+        let flash = fx.flash(&serial);
+        new.assert_in(&flash);
+        assert_eq!(flash.generation(), before + 1, "{what}: committed once");
+    }
+}
+
+#[test]
+fn a_read_back_that_differs_is_reported_with_the_slot_that_differs() {
+    let (fx, mut link, _old) = provisioned(
+        "F-11",
+        FaultConfig {
+            flip_bit_in: Some(Slot::RootCa),
+            ..FaultConfig::default()
+        },
+    );
+    let new = Identity::new("new");
+    match link.write_and_verify(&new.items(), &mut |_, _| {}) {
+        Err(e @ JigError::VerifyMismatch { .. }) => {
+            let JigError::VerifyMismatch { slot, .. } = &e else {
+                unreachable!()
+            };
+            assert_eq!(*slot, Slot::RootCa, "{e}");
+            assert!(e.to_string().contains("root_ca"), "{e}");
+        }
+        other => panic!("expected a verify mismatch, got {other:?}"),
+    }
+    // The board did commit (atomically, all five slots), but the root CA it holds has a
+    // flipped bit.
+    let flash = fx.flash("F-11");
+    assert_eq!(flash.certificate(), Some(&new.cert[..]));
+    assert_eq!(flash.slot(Slot::ThingName), Some(&new.thing[..]));
+    assert_ne!(flash.root_ca(), Some(&new.root_ca[..]));
+    assert_eq!(flash.root_ca().map(<[u8]>::len), Some(new.root_ca.len()));
+    // write_identity reports the same write as not verified; verify() names the slot.
+    let report = link.write_identity(&new.items(), &mut |_, _| {}).unwrap();
+    assert!(!report.verified);
+    assert!(matches!(
+        link.verify(&new.items()),
+        Err(JigError::VerifyMismatch {
+            slot: Slot::RootCa,
+            ..
+        })
+    ));
+    // A good flash again: the rewrite verifies.
+    fx.jig.set_faults(FaultConfig::default());
+    let report = link.write_and_verify(&new.items(), &mut |_, _| {}).unwrap();
+    assert!(report.verified);
+    new.assert_in(&fx.flash("F-11"));
 }

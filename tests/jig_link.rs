@@ -1,5 +1,6 @@
-//! Station ↔ virtual board over real ptys: the normal paths (HELLO, windowed write, COMMIT,
-//! verify, read-back, GEN_CSR, ERASE, RESET and board swap, empty jig, baud pacing, the
+//! Station ↔ virtual board over real ptys: the normal paths (HELLO, the pipelined write with
+//! its COMMIT right behind the PUTs and the read-back digest in COMMIT's answer, verify,
+//! read-back, GEN_CSR, ERASE, RESET and board swap, empty jig, RX buffer and overrun, the
 //! sim-board entry point).
 
 mod jig_support;
@@ -16,7 +17,7 @@ use fleet_station::jig::{
     BoardParams, CsrSubject, JigError, JigLink, PortSettings, SimBoardOptions, Slot, SlotWrite,
     serve_sim_board,
 };
-use jig_support::{Fixture, Identity, settings};
+use jig_support::{Fixture, Identity, IoEvent, frames, settings};
 use rcgen::PublicKeyData;
 
 #[test]
@@ -28,7 +29,7 @@ fn write_verify_and_read_back_match_flash_file() {
     assert_eq!(info.protocol_version, 1);
     assert!(!info.has_identity());
     assert_eq!(info.thing_name, None);
-    assert_eq!((info.max_chunk, info.rx_buffer), (1024, 4096));
+    assert_eq!((info.max_chunk, info.rx_buffer), (4092, 4096));
 
     let id = Identity::new("a");
     let mut calls = Vec::new();
@@ -39,6 +40,8 @@ fn write_verify_and_read_back_match_flash_file() {
     assert_eq!(report.slots.len(), 5);
     assert!(!report.board_key_committed);
     assert_eq!(report.generation, 1);
+    assert!(report.verified, "the read-back digest matched");
+    assert_eq!(report.commit_rounds, 1);
     assert_eq!(calls.first(), Some(&(0, id.total())));
     assert_eq!(calls.last(), Some(&(id.total(), id.total())));
     assert!(calls.windows(2).all(|w| w[0].0 <= w[1].0));
@@ -85,9 +88,101 @@ fn write_verify_and_read_back_match_flash_file() {
 
     let stats = link.stats();
     assert_eq!(stats.crc_errors, 0);
-    assert!(stats.frames_sent > id.puts(1024));
+    assert!(stats.frames_sent > id.puts(link.put_chunk().unwrap()));
     assert!(stats.wire_bytes_written > id.total() as u64);
     assert!(stats.payload_bytes_written >= id.total() as u64);
+}
+
+#[test]
+fn the_commit_goes_out_right_behind_the_puts_before_any_answer() {
+    let fx = Fixture::new(&["PL-1"], |_| {});
+    let (mut link, log) = fx.recorded_link(&settings());
+    link.hello().unwrap();
+    // What the line writes fits the board's RX buffer: one burst.
+    let id = Identity::line_sized("pipelined");
+    assert!(id.total() < 2000, "{}", id.total());
+    let chunk = link.put_chunk().unwrap();
+    log.clear();
+    let report = link.write_and_verify(&id.items(), &mut |_, _| {}).unwrap();
+    assert!(report.verified);
+    assert_eq!(report.commit_rounds, 1);
+
+    // Every PUT and the COMMIT were on their way before the board had answered anything.
+    let sent = log.written_before_first_read();
+    let puts = id.puts(chunk) as usize;
+    assert_eq!(puts, 1, "one PUT frame carries all the slots");
+    let codes: Vec<u8> = sent.iter().map(|(code, _)| *code).collect();
+    let mut want = vec![protocol::cmd::PUT; puts];
+    want.push(protocol::cmd::COMMIT);
+    assert_eq!(codes, want);
+    assert_eq!(report.frames_sent, puts as u64 + 1, "nothing else was sent");
+    // The PUTs carry the slots back to back, in the order COMMIT lists them.
+    let image: Vec<u8> = id.items().iter().flat_map(|i| i.data.to_vec()).collect();
+    let mut staged = Vec::new();
+    for (_, payload) in &sent[..puts] {
+        let offset = u32::from_le_bytes(payload[..4].try_into().unwrap()) as usize;
+        assert_eq!(offset, staged.len());
+        staged.extend_from_slice(&payload[4..]);
+    }
+    assert_eq!(staged, image);
+    // COMMIT: five staged entries with their lengths, then the digest over them.
+    let commit = &sent[puts].1;
+    assert_eq!(commit[0], 5);
+    let digest = protocol::commit_digest(id.items().iter().map(|i| (i.slot, i.data)));
+    assert_eq!(commit[1 + 5 * 4..], digest);
+
+    // The board answered each PUT and the COMMIT, in that order; the COMMIT's answer is the
+    // last thing read and carries the same digest, read back from its flash.
+    let received: Vec<u8> = log
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            IoEvent::Read(b) => Some(b),
+            IoEvent::Wrote(_) => None,
+        })
+        .flatten()
+        .collect();
+    let answers = frames(&received);
+    let codes: Vec<u8> = answers.iter().map(|(code, _)| *code).collect();
+    let mut want = vec![protocol::rsp::PUT_ACK; puts];
+    want.push(protocol::rsp::COMMIT_ACK);
+    assert_eq!(codes, want);
+    assert_eq!(answers[puts].1[5..], digest);
+}
+
+#[test]
+fn with_a_small_rx_buffer_the_window_still_puts_the_commit_before_the_last_answer() {
+    let fx = Fixture::new(&["PL-2"], |c| {
+        c.params = BoardParams {
+            max_chunk: 256,
+            rx_buffer: 1024,
+        }
+    });
+    let (mut link, log) = fx.recorded_link(&settings());
+    link.hello().unwrap();
+    let id = Identity::new("windowed");
+    log.clear();
+    link.write_and_verify(&id.items(), &mut |_, _| {}).unwrap();
+    id.assert_in(&fx.flash("PL-2"));
+    // Replay the conversation: the COMMIT was written while PUTs were still unanswered.
+    let (mut written, mut answered) = (0usize, 0usize);
+    let mut commit_written_with_unanswered = None;
+    for e in log.events() {
+        match e {
+            IoEvent::Wrote(b) => {
+                for (code, _) in frames(&b) {
+                    if code == protocol::cmd::COMMIT {
+                        commit_written_with_unanswered = Some(written - answered);
+                    }
+                    written += 1;
+                }
+            }
+            IoEvent::Read(b) => answered += frames(&b).len(),
+        }
+    }
+    let unanswered = commit_written_with_unanswered.expect("a COMMIT was written");
+    assert!(unanswered >= 1, "COMMIT waited for every PUT_ACK");
+    assert_eq!(written as u64, id.puts(256) + 1);
 }
 
 #[test]
@@ -335,7 +430,6 @@ fn a_sender_that_ignores_the_rx_buffer_overruns_the_board() {
     let data = vec![0x5Au8; 256];
     for i in 0..12u16 {
         Command::Put {
-            slot: Slot::DeviceConfig,
             offset: u32::from(i) * 256,
             data: &data,
         }

@@ -1,7 +1,8 @@
 //! The board side of jig protocol v1 as a state machine without I/O: it takes decoded
 //! frames and appends encoded answers. Holds the committed slots (`Flash`, persisted on
-//! COMMIT/ERASE), the staged slots and board-generated key (RAM only, lost on reboot), the
+//! COMMIT/ERASE), the staging area and board-generated key (RAM only, lost on reboot), the
 //! session flag (HELLO seen since boot) and the replay cache that makes retransmissions safe.
+//! COMMIT answers with the digest of what it reads back from flash after committing.
 //!
 //! The virtual jig (`virtual_board.rs`) drives it over a pty; tests can drive it directly.
 
@@ -13,10 +14,11 @@ use zeroize::Zeroizing;
 
 use super::codec::Frame;
 use super::error::JigError;
-use super::flash::Flash;
+use super::flash::{Flash, Spare};
 use super::protocol::{
-    Capabilities, Command, CommitEntry, CommitSource, CsrFormat, ErrorCode, HelloAck,
-    KEY_TYPE_P256, PROTOCOL_VERSION, Response, Slot, SubjectAttrs, attr, cmd, sha256,
+    Capabilities, Command, CommitEntry, CommitSource, CsrFormat, DIGEST_LEN, ErrorCode, HelloAck,
+    KEY_TYPE_P256, PROTOCOL_VERSION, Response, STAGING_CAPACITY, Slot, SlotHash, SubjectAttrs,
+    attr, cmd, commit_digest, sha256,
 };
 
 /// Identity of a physical board, as the jig's queue hands it over.
@@ -52,9 +54,11 @@ pub struct BoardParams {
 }
 
 impl Default for BoardParams {
+    /// The largest chunk a PUT frame can carry (payload 4096 minus the 4-byte offset), and a
+    /// 4 KiB RX buffer.
     fn default() -> Self {
         BoardParams {
-            max_chunk: 1024,
+            max_chunk: (super::codec::MAX_PAYLOAD - 4) as u16,
             rx_buffer: 4096,
         }
     }
@@ -78,6 +82,9 @@ pub struct BoardFaults {
     pub refuse_commit: bool,
     /// Lose power half-way through the next COMMIT's flash write.
     pub power_cut_in_commit: bool,
+    /// A weak flash cell: COMMIT stores this slot with one bit flipped, so what it reads
+    /// back differs from what it was sent.
+    pub flip_bit_in: Option<Slot>,
 }
 
 struct Cached {
@@ -97,7 +104,11 @@ pub struct Board {
     params: BoardParams,
     flash: Flash,
     flash_path: PathBuf,
-    staging: [Option<Zeroizing<Vec<u8>>>; 5],
+    /// The flash's spare file, created when the board is placed so that COMMIT, on the
+    /// station's critical path, only writes and renames.
+    spare: Option<Spare>,
+    /// The staging area: PUT data, the new slot values back to back.
+    staging: Option<Zeroizing<Vec<u8>>>,
     staged_key: Option<Zeroizing<Vec<u8>>>,
     session: bool,
     replay: VecDeque<Cached>,
@@ -119,14 +130,16 @@ impl Board {
     /// Powers a board up: loads its flash from `flash_dir` (or starts blank).
     pub fn new(spec: BoardSpec, params: BoardParams, flash_dir: &Path) -> Result<Board, JigError> {
         let flash_path = Flash::path_for(flash_dir, &spec.serial);
-        Flash::clean_temp_files(&flash_path);
+        // Also empties what a torn store may have left in the spare.
+        let spare = Flash::prepare_spare(&flash_path).ok();
         let flash = Flash::load_or_new(&flash_path, &spec.serial)?;
         Ok(Board {
             spec,
             params,
             flash,
             flash_path,
-            staging: Default::default(),
+            spare,
+            staging: None,
             staged_key: None,
             session: false,
             replay: VecDeque::new(),
@@ -158,7 +171,7 @@ impl Board {
 
     /// Reboot: RAM is lost (staged data, generated key, session, replay cache).
     pub fn reboot(&mut self) {
-        self.staging = Default::default();
+        self.staging = None;
         self.staged_key = None;
         self.session = false;
         self.replay.clear();
@@ -217,19 +230,24 @@ impl Board {
                 format,
                 subject,
             } => self.gen_csr(seq, key_type, format, &subject, out),
-            Command::Put { slot, offset, data } => self.put(seq, slot, offset, data, out),
-            Command::Commit { entries } => match self.commit(seq, &entries, out) {
+            Command::Put { offset, data } => self.put(seq, offset, data, out),
+            Command::Commit { entries, digest } => match self.commit(seq, &entries, &digest, out) {
                 Ok(Outcome::PowerCut) => return Outcome::PowerCut,
                 other => other.map(|_| ()),
             },
-            Command::Hash { slot } => {
-                let data = self.flash.slot(slot).unwrap_or_default();
-                let r = Response::HashAck {
-                    slot,
-                    len: data.len() as u32,
-                    sha256: sha256(data),
-                };
-                encode(&mut self.head, seq, &r, out);
+            Command::Hash { slots } => {
+                let entries = slots
+                    .iter()
+                    .map(|&slot| {
+                        let data = self.flash.slot(slot).unwrap_or_default();
+                        SlotHash {
+                            slot,
+                            len: data.len() as u32,
+                            sha256: sha256(data),
+                        }
+                    })
+                    .collect();
+                encode(&mut self.head, seq, &Response::HashAck { entries }, out);
                 Ok(())
             }
             Command::Read { slot, offset, len } => self.read(seq, slot, offset, len, out),
@@ -354,27 +372,23 @@ impl Board {
         Ok(())
     }
 
-    fn put(
-        &mut self,
-        seq: u16,
-        slot: Slot,
-        offset: u32,
-        data: &[u8],
-        out: &mut Vec<u8>,
-    ) -> Result<(), Nak> {
+    fn put(&mut self, seq: u16, offset: u32, data: &[u8], out: &mut Vec<u8>) -> Result<(), Nak> {
         let end = offset as usize + data.len();
-        if data.len() > self.params.max_chunk as usize || end > slot.capacity() {
-            return Err((ErrorCode::OutOfRange, slot as u8, "beyond slot capacity"));
+        if data.len() > self.params.max_chunk as usize {
+            return Err((ErrorCode::OutOfRange, 0, "chunk larger than max_chunk"));
+        }
+        if end > STAGING_CAPACITY {
+            return Err((ErrorCode::OutOfRange, 0, "beyond the staging area"));
         }
         // Allocated at full capacity once, so it never reallocates (and leaves no copies).
-        let buf = self.staging[slot.index()]
-            .get_or_insert_with(|| Zeroizing::new(Vec::with_capacity(slot.capacity())));
+        let buf = self
+            .staging
+            .get_or_insert_with(|| Zeroizing::new(Vec::with_capacity(STAGING_CAPACITY)));
         if buf.len() < end {
             buf.resize(end, 0);
         }
         buf[offset as usize..end].copy_from_slice(data);
         let r = Response::PutAck {
-            slot,
             offset,
             len: data.len() as u16,
         };
@@ -386,62 +400,110 @@ impl Board {
         &mut self,
         seq: u16,
         entries: &[CommitEntry],
+        digest: &[u8; DIGEST_LEN],
         out: &mut Vec<u8>,
     ) -> Result<Outcome, Nak> {
         if entries.is_empty() {
             return Err((ErrorCode::BadFrame, 0, "empty COMMIT"));
         }
         for (i, e) in entries.iter().enumerate() {
+            let detail = e.slot as u8;
             if entries[..i].iter().any(|f| f.slot == e.slot) {
-                return Err((ErrorCode::BadFrame, e.slot as u8, "slot listed twice"));
+                return Err((ErrorCode::BadFrame, detail, "slot listed twice"));
+            }
+            match e.source {
+                CommitSource::Staged if e.len as usize > e.slot.capacity() => {
+                    return Err((ErrorCode::OutOfRange, detail, "longer than the slot"));
+                }
+                CommitSource::BoardKey if e.slot != Slot::PrivateKey => {
+                    return Err((ErrorCode::BadSlot, detail, "board key goes to slot 2"));
+                }
+                CommitSource::BoardKey if e.len != 0 => {
+                    return Err((ErrorCode::BadFrame, detail, "board key entry with a length"));
+                }
+                _ => {}
             }
         }
         if self.faults.refuse_commit {
             return Err((ErrorCode::CommitRefused, 0, "write-protected"));
         }
-        let mut next = self.flash.clone();
+        // Where each staged entry's bytes are in the staging area.
+        let staged: &[u8] = self.staging.as_deref().map_or(&[], |v| v.as_slice());
+        let mut ranges = Vec::with_capacity(entries.len());
+        let mut pos = 0usize;
         for e in entries {
-            let detail = e.slot as u8;
-            match e.source {
-                CommitSource::Staged => {
-                    let Some(staged) = self.staging[e.slot.index()].as_ref() else {
-                        return Err((ErrorCode::NothingStaged, detail, "nothing staged"));
-                    };
-                    let len = e.len as usize;
-                    if len > staged.len() || sha256(&staged[..len]) != e.sha256 {
-                        return Err((ErrorCode::HashMismatch, detail, "staged data differs"));
-                    }
-                    next.set_slot(e.slot, &staged[..len]);
+            if e.source == CommitSource::Staged {
+                let end = pos + e.len as usize;
+                if end > staged.len() {
+                    return Err((
+                        ErrorCode::Incomplete,
+                        e.slot as u8,
+                        "staged data incomplete",
+                    ));
                 }
-                CommitSource::BoardKey => {
-                    if e.slot != Slot::PrivateKey {
-                        return Err((ErrorCode::BadSlot, detail, "board key goes to slot 2"));
-                    }
-                    let Some(key) = self.staged_key.as_ref() else {
-                        return Err((ErrorCode::NothingStaged, detail, "no GEN_CSR key"));
-                    };
-                    next.set_slot(Slot::PrivateKey, key);
-                }
+                ranges.push((e.slot, pos..end));
+                pos = end;
+            }
+        }
+        let sent = commit_digest(ranges.iter().map(|(s, r)| (*s, &staged[r.clone()])));
+        if sent != *digest {
+            return Err((ErrorCode::HashMismatch, 0, "staged data differs"));
+        }
+        let mut next = self.flash.clone();
+        for (slot, range) in &ranges {
+            let mut value = Zeroizing::new(staged[range.clone()].to_vec());
+            if self.faults.flip_bit_in == Some(*slot)
+                && let Some(b) = value.first_mut()
+            {
+                *b ^= 0x01;
+            }
+            next.set_slot(*slot, &value);
+        }
+        for e in entries {
+            if e.source == CommitSource::BoardKey {
+                let Some(key) = self.staged_key.as_ref() else {
+                    return Err((ErrorCode::NothingStaged, e.slot as u8, "no GEN_CSR key"));
+                };
+                next.set_slot(Slot::PrivateKey, key);
             }
         }
         next.set_generation(self.flash.generation().wrapping_add(1));
         if self.faults.power_cut_in_commit {
+            // The torn image stays in the spare file, as it would on a real flash.
+            self.spare = None;
             let _ = next.store_torn(&self.flash_path);
             return Ok(Outcome::PowerCut);
         }
-        if next.store(&self.flash_path).is_err() {
+        let written = match self.spare.take() {
+            Some(spare) => next.store_prepared(&self.flash_path, spare),
+            None => Flash::prepare_spare(&self.flash_path)
+                .and_then(|spare| next.store_prepared(&self.flash_path, spare)),
+        };
+        let Ok(written) = written else {
             return Err((ErrorCode::FlashError, 0, "flash write failed"));
-        }
-        self.flash = next;
-        for e in entries {
-            self.staging[e.slot.index()] = None;
-            if e.slot == Slot::PrivateKey {
-                self.staged_key = None;
+        };
+        // Read back what is now on flash: that is what the answer's digest vouches for.
+        let stored = match next.read_back(&self.flash_path, &written) {
+            Ok(f) => f,
+            Err(_) => {
+                self.flash = next;
+                return Err((ErrorCode::FlashError, 0, "read-back after commit failed"));
             }
+        };
+        self.flash = stored;
+        self.staging = None;
+        if entries.iter().any(|e| e.slot == Slot::PrivateKey) {
+            self.staged_key = None;
         }
+        let digest = commit_digest(
+            ranges
+                .iter()
+                .map(|(slot, _)| (*slot, self.flash.slot(*slot).unwrap_or_default())),
+        );
         let r = Response::CommitAck {
             count: entries.len() as u8,
             generation: self.flash.generation(),
+            digest,
         };
         encode(&mut self.head, seq, &r, out);
         Ok(Outcome::Continue)
@@ -490,11 +552,9 @@ impl Board {
             return Err((ErrorCode::FlashError, 0, "flash write failed"));
         }
         self.flash = next;
-        for s in slots {
-            self.staging[s.index()] = None;
-            if *s == Slot::PrivateKey {
-                self.staged_key = None;
-            }
+        self.staging = None;
+        if slots.contains(&Slot::PrivateKey) {
+            self.staged_key = None;
         }
         encode(
             &mut self.head,
@@ -505,6 +565,15 @@ impl Board {
             out,
         );
         Ok(())
+    }
+}
+
+impl Drop for Board {
+    /// A board taken off the jig without committing leaves no empty spare file behind.
+    fn drop(&mut self) {
+        if let Some(spare) = self.spare.take() {
+            spare.discard();
+        }
     }
 }
 
@@ -522,7 +591,6 @@ fn encode(head: &mut Vec<u8>, seq: u16, r: &Response<'_>, out: &mut Vec<u8>) {
 mod tests {
     use super::*;
     use crate::jig::codec::FrameAssembler;
-    use crate::jig::protocol::SHA256_LEN;
 
     /// Sends one command to the board and decodes its answer, without I/O.
     struct Harness {
@@ -534,9 +602,12 @@ mod tests {
 
     impl Harness {
         fn new() -> Harness {
+            Harness::with_params(BoardParams::default())
+        }
+
+        fn with_params(params: BoardParams) -> Harness {
             let dir = tempfile::tempdir().unwrap();
-            let board =
-                Board::new(BoardSpec::new("T-1"), BoardParams::default(), dir.path()).unwrap();
+            let board = Board::new(BoardSpec::new("T-1"), params, dir.path()).unwrap();
             Harness {
                 board,
                 seq: 0,
@@ -577,8 +648,24 @@ mod tests {
         CommitEntry {
             slot,
             source: CommitSource::Staged,
-            len: data.len() as u32,
-            sha256: sha256(data),
+            len: data.len() as u16,
+        }
+    }
+
+    /// A COMMIT of `slots` staged back to back, with the right digest.
+    fn commit_of(slots: &[(Slot, &[u8])]) -> Command<'static> {
+        Command::Commit {
+            entries: slots.iter().map(|(s, d)| entry(*s, d)).collect(),
+            digest: commit_digest(slots.iter().map(|(s, d)| (*s, *d))),
+        }
+    }
+
+    fn commit_ack_digest(out: &[u8]) -> [u8; DIGEST_LEN] {
+        let mut asm = FrameAssembler::new();
+        let (_, ev) = asm.push(out);
+        match Response::decode(&ev.unwrap().unwrap()).unwrap() {
+            Response::CommitAck { digest, .. } => digest,
+            other => panic!("expected COMMIT_ACK, got {other:?}"),
         }
     }
 
@@ -586,7 +673,7 @@ mod tests {
     fn commands_before_hello_get_need_hello() {
         let mut h = Harness::new();
         let (out, _) = h.send(&Command::Hash {
-            slot: Slot::Certificate,
+            slots: vec![Slot::Certificate],
         });
         assert_eq!(Harness::code_of(&out).1, Some(ErrorCode::NeedHello));
         let (out, _) = h.send(&Command::Reset);
@@ -599,41 +686,49 @@ mod tests {
         h.send(&Command::Hello { version: 1 });
         let cert = b"CERTIFICATE".repeat(50);
         let name = b"thing-1";
+        let image = [&cert[..], name].concat();
+        // Out of order, in two pieces: the staging area is offset-addressed.
         h.send(&Command::Put {
-            slot: Slot::Certificate,
-            offset: 0,
-            data: &cert[..300],
-        });
-        h.send(&Command::Put {
-            slot: Slot::Certificate,
             offset: 300,
-            data: &cert[300..],
+            data: &image[300..],
         });
         h.send(&Command::Put {
-            slot: Slot::ThingName,
             offset: 0,
-            data: name,
+            data: &image[..300],
         });
-        // A wrong hash on one slot: nothing becomes live.
-        let mut bad = entry(Slot::ThingName, name);
-        bad.sha256 = [0; SHA256_LEN];
+        // A wrong digest: nothing becomes live.
+        let Command::Commit { entries, .. } =
+            commit_of(&[(Slot::Certificate, &cert), (Slot::ThingName, name)])
+        else {
+            unreachable!()
+        };
         let (out, _) = h.send(&Command::Commit {
-            entries: vec![entry(Slot::Certificate, &cert), bad],
+            entries: entries.clone(),
+            digest: [0; DIGEST_LEN],
         });
         assert_eq!(Harness::code_of(&out).1, Some(ErrorCode::HashMismatch));
         assert_eq!(h.board.flash().certificate(), None);
         assert!(!h.board.flash_path().exists());
-        // Correct: both live, file written.
+        // Lengths that split the staged bytes differently from what the digest covers.
+        let mut shifted = entries.clone();
+        shifted[0].len -= 1;
+        shifted[1].len += 1;
         let (out, _) = h.send(&Command::Commit {
-            entries: vec![
-                entry(Slot::Certificate, &cert),
-                entry(Slot::ThingName, name),
-            ],
+            entries: shifted,
+            digest: commit_digest([(Slot::Certificate, &cert[..]), (Slot::ThingName, name)]),
         });
+        assert_eq!(Harness::code_of(&out).1, Some(ErrorCode::HashMismatch));
+        // Correct: both live, file written, and the answer carries the read-back digest.
+        let want = commit_digest([(Slot::Certificate, &cert[..]), (Slot::ThingName, name)]);
+        let (out, _) = h.send(&commit_of(&[
+            (Slot::Certificate, &cert),
+            (Slot::ThingName, name),
+        ]));
         assert_eq!(
             Harness::code_of(&out),
             (crate::jig::protocol::rsp::COMMIT_ACK, None)
         );
+        assert_eq!(commit_ack_digest(&out), want);
         let on_disk = Flash::load(h.board.flash_path()).unwrap();
         assert_eq!(on_disk.certificate(), Some(&cert[..]));
         assert_eq!(on_disk.thing_name(), Some("thing-1"));
@@ -641,24 +736,101 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_put_is_reported_as_incomplete_or_mismatch_and_a_resend_repairs_it() {
+        let mut h = Harness::new();
+        h.send(&Command::Hello { version: 1 });
+        let cert = b"C".repeat(600);
+        let key = b"K".repeat(200);
+        let image = [&cert[..], &key[..]].concat();
+        let commit = commit_of(&[(Slot::Certificate, &cert), (Slot::PrivateKey, &key)]);
+        // The last PUT is lost: the staging area is too short.
+        h.send(&Command::Put {
+            offset: 0,
+            data: &image[..500],
+        });
+        let (out, _) = h.send(&commit);
+        let mut asm = FrameAssembler::new();
+        let (_, ev) = asm.push(&out);
+        match Response::decode(&ev.unwrap().unwrap()).unwrap() {
+            Response::Nak { code, detail, .. } => {
+                assert_eq!(code, ErrorCode::Incomplete);
+                assert_eq!(
+                    detail,
+                    Slot::Certificate as u8,
+                    "the first slot missing bytes"
+                );
+            }
+            other => panic!("expected INCOMPLETE, got {other:?}"),
+        }
+        // A middle PUT lost (a gap reads as zeros): the digest differs.
+        h.send(&Command::Put {
+            offset: 700,
+            data: &image[700..],
+        });
+        let (out, _) = h.send(&commit);
+        assert_eq!(Harness::code_of(&out).1, Some(ErrorCode::HashMismatch));
+        // The station resends the missing PUT and commits again (a new seq): success.
+        h.send(&Command::Put {
+            offset: 500,
+            data: &image[500..700],
+        });
+        let (out, _) = h.send(&commit);
+        assert_eq!(Harness::code_of(&out).1, None);
+        assert_eq!(h.board.flash().certificate(), Some(&cert[..]));
+        assert_eq!(h.board.flash().private_key(), Some(&key[..]));
+        assert_eq!(h.board.flash().generation(), 1);
+    }
+
+    #[test]
+    fn a_weak_flash_cell_shows_in_the_read_back_digest_and_in_hash() {
+        let mut h = Harness::new();
+        h.send(&Command::Hello { version: 1 });
+        h.board.faults.flip_bit_in = Some(Slot::RootCa);
+        let (cert, ca) = (b"cert".to_vec(), b"root ca".to_vec());
+        h.send(&Command::Put {
+            offset: 0,
+            data: &[&cert[..], &ca[..]].concat(),
+        });
+        let (out, _) = h.send(&commit_of(&[
+            (Slot::Certificate, &cert),
+            (Slot::RootCa, &ca),
+        ]));
+        let sent = commit_digest([(Slot::Certificate, &cert[..]), (Slot::RootCa, &ca[..])]);
+        assert_ne!(commit_ack_digest(&out), sent, "the read-back differs");
+        // HASH names the slot that differs, in one round trip.
+        let (out, _) = h.send(&Command::Hash {
+            slots: vec![Slot::Certificate, Slot::RootCa],
+        });
+        let mut asm = FrameAssembler::new();
+        let (_, ev) = asm.push(&out);
+        let Response::HashAck { entries } = Response::decode(&ev.unwrap().unwrap()).unwrap() else {
+            panic!("expected HASH_ACK")
+        };
+        assert_eq!(entries.len(), 2);
+        assert_eq!(
+            (entries[0].slot, entries[0].sha256),
+            (Slot::Certificate, sha256(&cert))
+        );
+        assert_eq!(entries[1].slot, Slot::RootCa);
+        assert_ne!(entries[1].sha256, sha256(&ca));
+    }
+
+    #[test]
     fn retransmitted_commit_is_replayed_not_reexecuted() {
         let mut h = Harness::new();
         h.send(&Command::Hello { version: 1 });
         h.send(&Command::Put {
-            slot: Slot::RootCa,
             offset: 0,
             data: b"CA",
         });
-        let commit = Command::Commit {
-            entries: vec![entry(Slot::RootCa, b"CA")],
-        };
+        let commit = commit_of(&[(Slot::RootCa, b"CA")]);
         let (first, _) = h.send_seq(&commit, 500);
         let (again, _) = h.send_seq(&commit, 500);
         assert_eq!(first, again, "same answer");
         assert_eq!(h.board.flash().generation(), 1, "committed once");
         // A new command with a new seq is executed (and fails: staging was consumed).
         let (out, _) = h.send_seq(&commit, 501);
-        assert_eq!(Harness::code_of(&out).1, Some(ErrorCode::NothingStaged));
+        assert_eq!(Harness::code_of(&out).1, Some(ErrorCode::Incomplete));
     }
 
     #[test]
@@ -666,7 +838,6 @@ mod tests {
         let mut h = Harness::new();
         h.send(&Command::Hello { version: 1 });
         h.send(&Command::Put {
-            slot: Slot::RootCa,
             offset: 0,
             data: b"CA",
         });
@@ -674,15 +845,16 @@ mod tests {
         assert_eq!(outcome, Outcome::Reboot);
         h.board.reboot();
         h.send(&Command::Hello { version: 1 });
-        let (out, _) = h.send(&Command::Commit {
-            entries: vec![entry(Slot::RootCa, b"CA")],
-        });
-        assert_eq!(Harness::code_of(&out).1, Some(ErrorCode::NothingStaged));
+        let (out, _) = h.send(&commit_of(&[(Slot::RootCa, b"CA")]));
+        assert_eq!(Harness::code_of(&out).1, Some(ErrorCode::Incomplete));
     }
 
     #[test]
     fn private_key_is_not_readable_and_ranges_are_checked() {
-        let mut h = Harness::new();
+        let mut h = Harness::with_params(BoardParams {
+            max_chunk: 64,
+            rx_buffer: 4096,
+        });
         h.send(&Command::Hello { version: 1 });
         let (out, _) = h.send(&Command::Read {
             slot: Slot::PrivateKey,
@@ -698,9 +870,23 @@ mod tests {
         assert_eq!(Harness::code_of(&out).1, Some(ErrorCode::OutOfRange));
         let big = vec![1u8; 100];
         let (out, _) = h.send(&Command::Put {
-            slot: Slot::ThingName,
-            offset: 100,
+            offset: (STAGING_CAPACITY - 99) as u32,
             data: &big,
+        });
+        assert_eq!(Harness::code_of(&out).1, Some(ErrorCode::OutOfRange));
+        let (out, _) = h.send(&Command::Put {
+            offset: 0,
+            data: &vec![1u8; h.board.params().max_chunk as usize + 1],
+        });
+        assert_eq!(Harness::code_of(&out).1, Some(ErrorCode::OutOfRange));
+        // A slot longer than its capacity.
+        let (out, _) = h.send(&Command::Commit {
+            entries: vec![CommitEntry {
+                slot: Slot::ThingName,
+                source: CommitSource::Staged,
+                len: 129,
+            }],
+            digest: [0; DIGEST_LEN],
         });
         assert_eq!(Harness::code_of(&out).1, Some(ErrorCode::OutOfRange));
     }
@@ -713,11 +899,12 @@ mod tests {
             slot: Slot::PrivateKey,
             source: CommitSource::BoardKey,
             len: 0,
-            sha256: [0; SHA256_LEN],
         };
-        let (out, _) = h.send(&Command::Commit {
+        let key_only = Command::Commit {
             entries: vec![key_entry],
-        });
+            digest: commit_digest([]),
+        };
+        let (out, _) = h.send(&key_only);
         assert_eq!(Harness::code_of(&out).1, Some(ErrorCode::NothingStaged));
         let (out, _) = h.send(&Command::GenCsr {
             key_type: KEY_TYPE_P256,
@@ -730,9 +917,7 @@ mod tests {
             Harness::code_of(&out),
             (crate::jig::protocol::rsp::CSR, None)
         );
-        let (out, _) = h.send(&Command::Commit {
-            entries: vec![key_entry],
-        });
+        let (out, _) = h.send(&key_only);
         assert_eq!(Harness::code_of(&out).1, None);
         let key = h.board.flash().private_key().unwrap();
         assert!(std::str::from_utf8(key).unwrap().contains("PRIVATE KEY"));

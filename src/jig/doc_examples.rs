@@ -8,7 +8,7 @@
 use super::codec;
 use super::protocol::{
     Capabilities, Command, CommitEntry, CommitSource, CsrFormat, ErrorCode, HelloAck,
-    KEY_TYPE_P256, Response, Slot, SubjectAttrs, attr, cmd, sha256,
+    KEY_TYPE_P256, Response, Slot, SlotHash, SubjectAttrs, attr, cmd, commit_digest, sha256,
 };
 
 const DOC: &str = include_str!("../../docs/jig-protocol.md");
@@ -64,25 +64,15 @@ fn examples() -> Vec<Example> {
             "put",
             0x0003,
             Command::Put {
-                slot: Slot::ThingName,
                 offset: 0,
                 data: thing,
             },
         ),
-        response(
-            "put-ack",
-            0x0003,
-            Response::PutAck {
-                slot: Slot::ThingName,
-                offset: 0,
-                len: 8,
-            },
-        ),
+        response("put-ack", 0x0003, Response::PutAck { offset: 0, len: 8 }),
         command(
             "put-zeros",
             0x0004,
             Command::Put {
-                slot: Slot::DeviceConfig,
                 offset: 0x100,
                 data: &[0x00, 0x01, 0x00],
             },
@@ -95,8 +85,8 @@ fn examples() -> Vec<Example> {
                     slot: Slot::ThingName,
                     source: CommitSource::Staged,
                     len: 8,
-                    sha256: sha256(thing),
                 }],
+                digest: commit_digest([(Slot::ThingName, &thing[..])]),
             },
         ),
         response(
@@ -105,22 +95,42 @@ fn examples() -> Vec<Example> {
             Response::CommitAck {
                 count: 1,
                 generation: 1,
+                digest: commit_digest([(Slot::ThingName, &thing[..])]),
             },
         ),
         command(
             "hash",
             0x0006,
             Command::Hash {
-                slot: Slot::ThingName,
+                slots: vec![Slot::ThingName],
             },
         ),
         response(
             "hash-ack",
             0x0006,
             Response::HashAck {
-                slot: Slot::ThingName,
-                len: 8,
-                sha256: sha256(thing),
+                entries: vec![SlotHash {
+                    slot: Slot::ThingName,
+                    len: 8,
+                    sha256: sha256(thing),
+                }],
+            },
+        ),
+        command(
+            "hash-two",
+            0x0007,
+            Command::Hash {
+                slots: vec![Slot::Certificate, Slot::ThingName],
+            },
+        ),
+        response(
+            "nak-incomplete",
+            0x0005,
+            Response::Nak {
+                code: ErrorCode::Incomplete,
+                detail: Slot::ThingName as u8,
+                command: cmd::COMMIT,
+                text: "staged data incomplete",
             },
         ),
         response(
@@ -211,7 +221,7 @@ fn doc_names_the_crc_variant_and_its_check_value() {
 #[test]
 fn doc_tables_match_the_code() {
     use super::protocol::ErrorCode;
-    for v in 1..=0x0Eu8 {
+    for v in 1..=0x0Fu8 {
         let e = ErrorCode::from_u8(v);
         let row = format!("| 0x{v:02X} | {}", e.name());
         assert!(DOC.contains(&row), "error code row {row:?} missing");

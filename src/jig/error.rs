@@ -106,16 +106,24 @@ pub enum JigError {
         text: String,
     },
 
-    #[error("the board on jig {port} refused COMMIT: hash mismatch on slot {slot}")]
+    #[error(
+        "the board on jig {port} refused COMMIT {tries} times: its staged data was {code} \
+         (frames lost or garbled on the line)"
+    )]
     #[diagnostic(
         code(jig::commit_hash_mismatch),
         help(
-            "the bytes the board received for slot {slot} differ from what was sent (line noise \
-             or a board fault); nothing was committed, the previous identity is intact: retry the \
-             write, and if it repeats, check the jig's cable"
+            "the bytes the board received differ from what was sent, even after resending them \
+             (line noise or a board fault); nothing was committed, the previous identity is \
+             intact: retry the write, and if it repeats, check the jig's cable and baud rate"
         )
     )]
-    CommitHashMismatch { port: String, slot: Slot },
+    CommitHashMismatch {
+        port: String,
+        /// INCOMPLETE or HASH_MISMATCH, as the board said the last time.
+        code: ErrorCode,
+        tries: u32,
+    },
 
     #[error("the board on jig {port} refused COMMIT ({code}{slot_text}): {text}")]
     #[diagnostic(

@@ -1,6 +1,7 @@
 //! Fault injection for the virtual jig: what can go wrong on a real line (noise, lost
 //! bytes, a stalled or busy board, a refused commit, a board pulled off or rebooting
-//! mid-write, power lost during a flash write). All off by default.
+//! mid-write, power lost during a flash write, a weak flash cell). All off by default.
+//! (Pulling the jig's USB adapter is not a fault of the line: see `VirtualJig::unplug`.)
 //!
 //! Faults addressed "at" an index apply to the frame with that index among the frames the
 //! board receives (0-based, corrupt frames included), counted from the jig's start or the
@@ -8,7 +9,7 @@
 
 use std::time::Duration;
 
-use super::protocol::ErrorCode;
+use super::protocol::{ErrorCode, Slot};
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FaultConfig {
@@ -39,6 +40,9 @@ pub struct FaultConfig {
     pub reboot_at: Option<u64>,
     /// Power is lost half-way through the next COMMIT's flash write; the board is gone after.
     pub power_cut_in_commit: bool,
+    /// A weak flash cell: every COMMIT stores this slot with one bit flipped, so the digest
+    /// the board reads back differs from what the station sent.
+    pub flip_bit_in: Option<Slot>,
 }
 
 /// What to do with one received frame, decided before the board sees it.

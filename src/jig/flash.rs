@@ -1,16 +1,28 @@
 //! A virtual board's persistent slots, kept in one JSON file per board serial.
 //!
-//! The file only ever holds committed content: it is rewritten whole, atomically (temp file
-//! in the same directory, fsync, rename, fsync of the directory), with mode 0600 because it
-//! holds a private key. Staged (uncommitted) data lives in the board's RAM, never here.
+//! The file only ever holds committed content: it is rewritten whole, atomically (the new
+//! image goes to a spare file beside it, which then trades places with it in one atomic
+//! rename), with mode 0600 because it holds a private key. Staged (uncommitted) data lives in the board's RAM, never here.
 //! Slot bytes are zeroized when a `Flash` is dropped, and `Debug` shows lengths only.
+//!
+//! # Durability: no fsync
+//!
+//! The guarantee a virtual board must give is the protocol's: after a crash at any instant
+//! it holds all previous slot values or all new ones, never a mix. The events a virtual
+//! board lives through are the station process dying (killed, crashed), the board being
+//! unplugged, or an emulated power cut ([`Flash::store_torn`]). A rename replaces the file
+//! atomically in the kernel, and the kernel's page cache outlives the process, so write +
+//! rename alone gives that guarantee for all of them. An fsync of the file and of its
+//! directory would add protection only against the *host* losing power, which a virtual
+//! board does not emulate, and it costs milliseconds per COMMIT on the line's critical path
+//! (the station waits for COMMIT's answer). So `store` does not fsync. A real board's
+//! firmware must make its commit power-safe on its own flash (A/B copies or a journal).
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use zeroize::{Zeroize, Zeroizing};
 
@@ -38,6 +50,27 @@ impl std::fmt::Debug for Flash {
             .field("generation", &self.generation)
             .field("slot_lengths", &lens)
             .finish()
+    }
+}
+
+/// A flash's spare file, created and open, ready for [`Flash::store_prepared`].
+#[derive(Debug)]
+pub struct Spare {
+    file: File,
+    /// Its name, or `None` for an anonymous file (`O_TMPFILE`).
+    named: Option<PathBuf>,
+    /// A flash file was there when the spare was made: swap with it (else put it in place).
+    replaces: bool,
+}
+
+impl Spare {
+    /// Removes the spare (a board that leaves the jig without committing). An anonymous one
+    /// just goes away when closed.
+    pub fn discard(self) {
+        drop(self.file);
+        if let Some(path) = &self.named {
+            let _ = fs::remove_file(path);
+        }
     }
 }
 
@@ -84,13 +117,35 @@ impl Flash {
 
     /// Reads a flash file.
     pub fn load(path: &Path) -> Result<Flash, JigError> {
+        let bytes = Zeroizing::new(fs::read(path).map_err(|e| JigError::Flash {
+            path: path.to_path_buf(),
+            detail: format!("cannot read: {e}"),
+        })?);
+        Flash::parse(&bytes, path)
+    }
+
+    /// Reads back the flash `store_prepared` just wrote to `path` (`written` is what it
+    /// returned): when the file holds exactly those bytes it holds `self`; otherwise whatever
+    /// it holds is parsed.
+    pub fn read_back(&self, path: &Path, written: &[u8]) -> Result<Flash, JigError> {
+        let bytes = Zeroizing::new(fs::read(path).map_err(|e| JigError::Flash {
+            path: path.to_path_buf(),
+            detail: format!("cannot read back: {e}"),
+        })?);
+        if *bytes == *written {
+            Ok(self.clone())
+        } else {
+            Flash::parse(&bytes, path)
+        }
+    }
+
+    fn parse(bytes: &[u8], path: &Path) -> Result<Flash, JigError> {
         let err = |detail: String| JigError::Flash {
             path: path.to_path_buf(),
             detail,
         };
-        let bytes = Zeroizing::new(fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?);
         let file: FlashFile =
-            serde_json::from_slice(&bytes).map_err(|e| err(format!("not a flash file: {e}")))?;
+            serde_json::from_slice(bytes).map_err(|e| err(format!("not a flash file: {e}")))?;
         if file.format != FORMAT {
             return Err(err(format!("unknown format {:?}", file.format)));
         }
@@ -118,39 +173,129 @@ impl Flash {
         }
     }
 
-    /// Writes the whole flash to `path` atomically, mode 0600.
+    /// Writes the whole flash to `path` atomically, mode 0600: the new image goes to a spare
+    /// file, which becomes `path` in one atomic step — linked in as `path` when there is no
+    /// flash file yet, else swapped with it (`renameat2(RENAME_EXCHANGE)`) under the name
+    /// [`Flash::spare_path`], which then holds the previous image and is emptied, so no old
+    /// key lingers. Not fsynced: see the module docs.
     pub fn store(&self, path: &Path) -> Result<(), JigError> {
-        let bytes = self.serialize();
-        let tmp = self.write_temp(path, &bytes)?;
-        fs::rename(&tmp, path).map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            self.flash_err(path, format!("cannot rename into place: {e}"))
-        })?;
-        sync_dir(path);
-        Ok(())
+        self.store_prepared(path, Flash::prepare_spare(path)?)
+            .map(|_| ())
     }
 
-    /// Emulates power loss half-way through `store`: part of the new image reaches a temp
+    /// Creates the spare file of the flash at `path` and keeps it open, so a later
+    /// [`store_prepared`](Self::store_prepared) does not have to allocate an inode (the slow
+    /// part of a store, done under the directory's lock when the file has a name). The spare
+    /// is an anonymous file in the flash's directory (`O_TMPFILE`: no name, nothing to clean
+    /// up if it is never used) where the file system allows it, else `.<name>.tmp`.
+    pub fn prepare_spare(path: &Path) -> Result<Spare, JigError> {
+        let replaces = path.exists();
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let anonymous = OpenOptions::new()
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_TMPFILE)
+            .open(dir);
+        match anonymous {
+            Ok(file) => Ok(Spare {
+                file,
+                named: None,
+                replaces,
+            }),
+            Err(_) => Flash::prepare_named_spare(path, replaces),
+        }
+    }
+
+    /// The spare as `.<name>.tmp` beside `path`, created or emptied.
+    fn prepare_named_spare(path: &Path, replaces: bool) -> Result<Spare, JigError> {
+        let spare = Flash::spare_path(path);
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&spare)
+            .map_err(|e| JigError::Flash {
+                path: spare.clone(),
+                detail: format!("cannot create: {e}"),
+            })?;
+        Ok(Spare {
+            file,
+            named: Some(spare),
+            replaces,
+        })
+    }
+
+    /// [`store`](Self::store) through a spare file prepared earlier. Returns the image
+    /// written, for [`read_back`](Self::read_back).
+    pub fn store_prepared(
+        &self,
+        path: &Path,
+        mut spare: Spare,
+    ) -> Result<Zeroizing<Vec<u8>>, JigError> {
+        let bytes = self.serialize();
+        let spare_path = Flash::spare_path(path);
+        spare
+            .file
+            .write_all(&bytes)
+            .map_err(|e| self.flash_err(&spare_path, format!("cannot write: {e}")))?;
+        if spare.named.is_none() {
+            // The first flash file: the anonymous spare appears as `path`, whole, in one link.
+            if !spare.replaces && link_open_file(&spare.file, path).is_ok() {
+                return Ok(bytes);
+            }
+            // Otherwise it takes the spare's name, to be swapped in below.
+            let _ = fs::remove_file(&spare_path);
+            if link_open_file(&spare.file, &spare_path).is_err() {
+                // No way to name it (no /proc?): write a named spare after all.
+                spare = Flash::prepare_named_spare(path, spare.replaces)?;
+                spare
+                    .file
+                    .write_all(&bytes)
+                    .map_err(|e| self.flash_err(&spare_path, format!("cannot write: {e}")))?;
+            }
+        }
+        drop(spare.file);
+        // An exchange, unlike a rename over an existing file, does not make ext4 start
+        // writing the new file back on the spot (its replace-via-rename heuristic).
+        if spare.replaces && exchange(&spare_path, path).is_ok() {
+            let _ = OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&spare_path);
+            return Ok(bytes);
+        }
+        fs::rename(&spare_path, path)
+            .map_err(|e| self.flash_err(path, format!("cannot rename into place: {e}")))?;
+        Ok(bytes)
+    }
+
+    /// Emulates power loss half-way through `store`: part of the new image reaches the spare
     /// file, nothing is renamed, so the committed file keeps its previous content.
     pub fn store_torn(&self, path: &Path) -> Result<(), JigError> {
         let bytes = self.serialize();
-        self.write_temp(path, &bytes[..bytes.len() / 2])?;
-        Ok(())
+        let mut spare = Flash::prepare_named_spare(path, path.exists())?;
+        spare
+            .file
+            .write_all(&bytes[..bytes.len() / 2])
+            .map_err(|e| self.flash_err(&Flash::spare_path(path), format!("cannot write: {e}")))
     }
 
-    /// Removes temp files a torn store left next to `path`.
+    /// The spare file `store` writes before swapping it in: `.<name>.tmp` beside `path`.
+    pub fn spare_path(path: &Path) -> PathBuf {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        path.with_file_name(format!(".{name}.tmp"))
+    }
+
+    /// Removes the spare file next to `path` (what a torn store may have left).
     pub fn clean_temp_files(path: &Path) {
-        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-            return;
-        };
-        let prefix = format!(".{}.tmp.", name.to_string_lossy());
-        if let Ok(entries) = fs::read_dir(dir) {
-            for e in entries.flatten() {
-                if e.file_name().to_string_lossy().starts_with(&prefix) {
-                    let _ = fs::remove_file(e.path());
-                }
-            }
-        }
+        let _ = fs::remove_file(Flash::spare_path(path));
     }
 
     pub fn serial(&self) -> &str {
@@ -223,32 +368,6 @@ impl Flash {
         Zeroizing::new(serde_json::to_vec_pretty(&file).unwrap_or_default())
     }
 
-    fn write_temp(&self, path: &Path, bytes: &[u8]) -> Result<PathBuf, JigError> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = dir.join(format!(
-            ".{name}.tmp.{}.{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| self.flash_err(&tmp, format!("cannot create: {e}")))?;
-        let written = f.write_all(bytes).and_then(|()| f.sync_all());
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(self.flash_err(&tmp, format!("cannot write: {e}")));
-        }
-        Ok(tmp)
-    }
-
     fn flash_err(&self, path: &Path, detail: String) -> JigError {
         JigError::Flash {
             path: path.to_path_buf(),
@@ -257,11 +376,50 @@ impl Flash {
     }
 }
 
-fn sync_dir(path: &Path) {
-    if let Some(dir) = path.parent()
-        && let Ok(d) = File::open(dir)
-    {
-        let _ = d.sync_all();
+/// Gives an open file (an anonymous `O_TMPFILE` one) the name `to`; fails if `to` exists.
+fn link_open_file(file: &File, to: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let from = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
+    let to = CString::new(to.as_os_str().as_bytes())?;
+    // SAFETY: two valid NUL-terminated paths; following the /proc link names the open file.
+    let r = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Swaps the files at `a` and `b` atomically (`renameat2(RENAME_EXCHANGE)`).
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let a = CString::new(a.as_os_str().as_bytes())?;
+    let b = CString::new(b.as_os_str().as_bytes())?;
+    // SAFETY: two valid NUL-terminated paths, relative to the working directory.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -303,8 +461,76 @@ mod tests {
         f.set_slot(Slot::Certificate, b"new");
         f.store_torn(&path).unwrap();
         assert_eq!(Flash::load(&path).unwrap().certificate(), Some(&b"old"[..]));
+        assert!(Flash::spare_path(&path).exists());
         Flash::clean_temp_files(&path);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        // A store after a torn one overwrites the spare and swaps it in; the previous image
+        // does not linger in the spare.
+        f.store(&path).unwrap();
+        f.set_slot(Slot::Certificate, b"newer");
+        f.store(&path).unwrap();
+        assert_eq!(
+            Flash::load(&path).unwrap().certificate(),
+            Some(&b"newer"[..])
+        );
+        assert_eq!(fs::metadata(Flash::spare_path(&path)).unwrap().len(), 0);
+        let mode = fs::metadata(Flash::spare_path(&path))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_prepared_spare_leaves_nothing_behind_used_or_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = Flash::path_for(dir.path(), "S");
+        // Unused: nothing to clean up.
+        Flash::prepare_spare(&path).unwrap().discard();
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+        // Used for a first commit: it is the flash file, and the only file.
+        let mut f = Flash::new("S");
+        f.set_slot(Slot::ThingName, b"t");
+        f.store_prepared(&path, Flash::prepare_spare(&path).unwrap())
+            .unwrap();
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![path.file_name().unwrap().to_owned()]);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // Used to replace it: swapped in; the spare name is left empty.
+        f.set_slot(Slot::ThingName, b"u");
+        f.store_prepared(&path, Flash::prepare_spare(&path).unwrap())
+            .unwrap();
+        assert_eq!(Flash::load(&path).unwrap().thing_name(), Some("u"));
+        assert_eq!(fs::metadata(Flash::spare_path(&path)).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn read_back_returns_what_the_file_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = Flash::path_for(dir.path(), "R");
+        let mut f = Flash::new("R");
+        f.set_slot(Slot::Certificate, b"cert");
+        f.set_generation(1);
+        let written = f
+            .store_prepared(&path, Flash::prepare_spare(&path).unwrap())
+            .unwrap();
+        let back = f.read_back(&path, &written).unwrap();
+        assert_eq!(back.certificate(), Some(&b"cert"[..]));
+        // The file changed under us (a flash fault): what it holds now is parsed.
+        let mut g = f.clone();
+        g.set_slot(Slot::Certificate, b"CERT");
+        g.store(&path).unwrap();
+        let back = f.read_back(&path, &written).unwrap();
+        assert_eq!(back.certificate(), Some(&b"CERT"[..]));
+        // Gone: an error, not a panic.
+        fs::remove_file(&path).unwrap();
+        assert!(f.read_back(&path, &written).is_err());
     }
 
     #[test]

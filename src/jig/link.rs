@@ -1,21 +1,31 @@
 //! The station side of one jig: `JigLink` sends jig-protocol commands over a serial port
 //! (blocking; one OS thread per port), matches answers by sequence number, retransmits on
-//! timeout or corruption, and keeps PUT frames windowed against the board's RX buffer.
+//! timeout or corruption, and keeps frames in flight windowed against the board's RX buffer.
+//!
+//! Writing an identity is one pipelined stream: the slot values back to back as PUTs into
+//! the board's staging area, and COMMIT right behind the last PUT without waiting for any
+//! acknowledgement. COMMIT carries one digest over the slots; the board answers with the
+//! digest it reads back from its flash after committing, which is the verification. A PUT
+//! lost on the line makes the board refuse the COMMIT (staged data incomplete or different);
+//! the link then resends what the board did not acknowledge and commits again.
 //!
 //! Nothing here logs or reports slot contents: logs name commands, slots, sequence numbers
 //! and lengths only.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
+
+use zeroize::{Zeroize, Zeroizing};
 
 use super::codec::{self, FrameAssembler};
 use super::error::JigError;
 use super::pem;
 use super::port::{PortSettings, Transport, open_port};
 use super::protocol::{
-    self, Capabilities, CommitEntry, CommitSource, CsrFormat, CsrSubject, ErrorCode, KEY_TYPE_P256,
-    PROTOCOL_VERSION, Response, SHA256_LEN, Slot, SubjectAttrs, attr, cmd,
+    self, Capabilities, CommitEntry, CommitSource, CsrFormat, CsrSubject, DIGEST_LEN, ErrorCode,
+    KEY_TYPE_P256, MAX_HASH_SLOTS, PROTOCOL_VERSION, Response, SHA256_LEN, Slot, SlotHash,
+    SubjectAttrs, attr, cmd,
 };
 use super::window::PutWindow;
 
@@ -74,7 +84,7 @@ impl std::fmt::Debug for SlotWrite<'_> {
     }
 }
 
-/// What `write_identity` did.
+/// What `write_identity` / `write_and_verify` did.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct WriteReport {
     /// Slot bytes written (each once, retransmissions excluded).
@@ -85,9 +95,16 @@ pub struct WriteReport {
     pub board_key_committed: bool,
     /// The board's flash generation after the commit.
     pub generation: u32,
+    /// The digest the board read back from its flash after committing equals the digest of
+    /// what was sent: the identity on the board is verified.
+    pub verified: bool,
+    /// COMMITs sent: 1, plus one for each time the board found staged data missing or
+    /// different and the link repaired it.
+    pub commit_rounds: u32,
     pub frames_sent: u64,
     pub wire_bytes_written: u64,
     pub retransmissions: u64,
+    /// From the first PUT on the line to COMMIT's answer (the verified read-back).
     pub elapsed: Duration,
 }
 
@@ -121,19 +138,15 @@ enum Reply {
         csr: Vec<u8>,
     },
     PutAck {
-        slot: Slot,
         offset: u32,
         len: u16,
     },
     CommitAck {
         count: u8,
         generation: u32,
+        digest: [u8; DIGEST_LEN],
     },
-    HashAck {
-        slot: Slot,
-        len: u32,
-        sha256: [u8; SHA256_LEN],
-    },
+    HashAck(Vec<SlotHash>),
     ReadAck {
         slot: Slot,
         offset: u32,
@@ -166,9 +179,17 @@ impl Reply {
                 format,
                 csr: csr.to_vec(),
             },
-            Response::PutAck { slot, offset, len } => Reply::PutAck { slot, offset, len },
-            Response::CommitAck { count, generation } => Reply::CommitAck { count, generation },
-            Response::HashAck { slot, len, sha256 } => Reply::HashAck { slot, len, sha256 },
+            Response::PutAck { offset, len } => Reply::PutAck { offset, len },
+            Response::CommitAck {
+                count,
+                generation,
+                digest,
+            } => Reply::CommitAck {
+                count,
+                generation,
+                digest,
+            },
+            Response::HashAck { entries } => Reply::HashAck(entries),
             Response::ReadAck { slot, offset, data } => Reply::ReadAck {
                 slot,
                 offset,
@@ -197,7 +218,7 @@ impl Reply {
             Reply::Csr { .. } => "CSR",
             Reply::PutAck { .. } => "PUT_ACK",
             Reply::CommitAck { .. } => "COMMIT_ACK",
-            Reply::HashAck { .. } => "HASH_ACK",
+            Reply::HashAck(_) => "HASH_ACK",
             Reply::ReadAck { .. } => "READ_ACK",
             Reply::EraseAck => "ERASE_ACK",
             Reply::ResetAck => "RESET_ACK",
@@ -216,10 +237,20 @@ enum Incoming {
 }
 
 /// Largest data in one PUT or READ the station uses (payload minus the PUT header).
-const PUT_HEADER: usize = 5;
+const PUT_HEADER: usize = 4;
 const MAX_CHUNK: usize = codec::MAX_PAYLOAD - PUT_HEADER;
-/// Wire size of a PUT_ACK, for deadline estimates.
-const ACK_WIRE: usize = codec::wire_len_for_payload(7);
+/// Wire size of a PUT_ACK and of a COMMIT_ACK, for deadline estimates.
+const ACK_WIRE: usize = codec::wire_len_for_payload(6);
+const COMMIT_ACK_WIRE: usize = codec::wire_len_for_payload(5 + DIGEST_LEN);
+/// The COMMIT's place in the send window (PUTs use their chunk index).
+const COMMIT_FRAME: usize = usize::MAX;
+
+/// What COMMIT's answer said.
+struct Committed {
+    generation: u32,
+    digest: [u8; DIGEST_LEN],
+    rounds: u32,
+}
 
 /// The station's connection to one jig.
 pub struct JigLink {
@@ -230,6 +261,8 @@ pub struct JigLink {
     /// Payload length of the frame in `wire`.
     payload_len: usize,
     wire: Vec<u8>,
+    /// Frames to write to the port in one go.
+    batch: Vec<u8>,
     asm: FrameAssembler,
     rx: Vec<u8>,
     rx_start: usize,
@@ -268,6 +301,7 @@ impl JigLink {
             head: Vec::with_capacity(256),
             payload_len: 0,
             wire: Vec::with_capacity(codec::MAX_WIRE),
+            batch: Vec::with_capacity(codec::MAX_WIRE),
             asm: FrameAssembler::new(),
             rx: vec![0; 4096],
             rx_start: 0,
@@ -291,6 +325,11 @@ impl JigLink {
 
     pub fn stats(&self) -> LinkStats {
         self.stats
+    }
+
+    /// PUT data size this link uses with the board seen by the last HELLO.
+    pub fn put_chunk(&self) -> Option<usize> {
+        self.board.as_ref().map(chunk_size)
     }
 
     /// Greets the board. `Err(JigError::NoBoard)` when nothing answers.
@@ -402,40 +441,67 @@ impl JigLink {
         }
     }
 
-    /// Writes the slots (windowed PUTs) and commits them, with the board-generated key when
-    /// `gen_csr` made one on this link and `items` has no private key. All slots become live
-    /// together or none does. `progress(done, total)` is called with slot bytes acknowledged.
+    /// Writes the slots and commits them, with the board-generated key when `gen_csr` made one
+    /// on this link and `items` has no private key. All slots become live together or none
+    /// does. Pipelined: the PUTs go out back to back within the board's RX buffer and COMMIT
+    /// right behind the last one. COMMIT's answer carries the digest the board reads back from
+    /// its flash; [`WriteReport::verified`] says whether it matches what was sent.
+    /// `progress(done, total)` is called with slot bytes acknowledged.
     pub fn write_identity(
         &mut self,
         items: &[SlotWrite<'_>],
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<WriteReport, JigError> {
-        let started = Instant::now();
-        let before = self.stats;
+        self.write(items, progress)
+    }
+
+    /// [`write_identity`](Self::write_identity) that insists on the read-back: `Ok` only when
+    /// the digest the board read back after committing matches. Otherwise the board has
+    /// committed something else than was sent (a flash fault): every slot's HASH is asked in
+    /// one round trip and the error, [`JigError::VerifyMismatch`], names the slot that
+    /// differs. The previous identity is gone then; write again.
+    pub fn write_and_verify(
+        &mut self,
+        items: &[SlotWrite<'_>],
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<WriteReport, JigError> {
+        let report = self.write(items, progress)?;
+        if report.verified {
+            return Ok(report);
+        }
+        match self.verify(items) {
+            Err(e) => Err(e),
+            Ok(()) => Err(self.protocol_error(
+                "COMMIT",
+                "the digest read back after COMMIT differs from the one sent, yet every slot's \
+                 HASH matches"
+                    .into(),
+            )),
+        }
+    }
+
+    fn write(
+        &mut self,
+        items: &[SlotWrite<'_>],
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<WriteReport, JigError> {
         validate(items)?;
         let board = self.ensure_hello()?;
+        let before = self.stats;
 
-        let chunk = chunk_size(&board);
-        let mut chunks: Vec<(usize, usize, usize)> = Vec::new(); // (item, offset, len)
-        for (i, item) in items.iter().enumerate() {
-            let mut off = 0;
-            while off < item.data.len() {
-                let len = chunk.min(item.data.len() - off);
-                chunks.push((i, off, len));
-                off += len;
-            }
-        }
+        // The staging image: the slot values back to back, in the order COMMIT lists them.
         let total: usize = items.iter().map(|i| i.data.len()).sum();
-        progress(0, total);
-        self.put_windowed(items, &chunks, board.rx_buffer as usize, total, progress)?;
-
+        let mut image = Zeroizing::new(Vec::with_capacity(total));
+        for item in items {
+            image.extend_from_slice(item.data);
+        }
         let mut entries: Vec<CommitEntry> = items
             .iter()
             .map(|i| CommitEntry {
                 slot: i.slot,
                 source: CommitSource::Staged,
-                len: i.data.len() as u32,
-                sha256: protocol::sha256(i.data),
+                // validate() checked it fits the slot (≤ 8192).
+                len: i.data.len() as u16,
             })
             .collect();
         let board_key = self.board_key_staged && !items.iter().any(|i| i.slot == Slot::PrivateKey);
@@ -444,50 +510,64 @@ impl JigLink {
                 slot: Slot::PrivateKey,
                 source: CommitSource::BoardKey,
                 len: 0,
-                sha256: [0; SHA256_LEN],
             });
         }
-        let n = entries.len();
-        let generation = match self.transact(&protocol::Command::Commit { entries }, true)? {
-            Reply::CommitAck { count, generation } if count as usize == n => generation,
-            Reply::CommitAck { count, .. } => {
-                return Err(self.protocol_error(
-                    "COMMIT",
-                    format!("board committed {count} slots, {n} were asked"),
-                ));
-            }
-            Reply::Nak {
-                code, detail, text, ..
-            } => return Err(self.nak_error("COMMIT", code, detail, text)),
-            other => return Err(self.unexpected("COMMIT", other)),
-        };
+        let digest = protocol::commit_digest(items.iter().map(|i| (i.slot, i.data)));
+        let commit = protocol::Command::Commit { entries, digest };
+        let chunk = chunk_size(&board);
+        let chunks: Vec<(usize, usize)> = (0..total)
+            .step_by(chunk)
+            .map(|off| (off, chunk.min(total - off)))
+            .collect();
+
+        progress(0, total);
+        let started = Instant::now();
+        let committed =
+            self.stream_and_commit(&image, &chunks, &commit, board.rx_buffer as usize, progress);
+        let elapsed = started.elapsed();
+        // The frames held the slot contents (a private key among them).
+        self.wire.zeroize();
+        self.batch.zeroize();
+        let committed = committed?;
         if board_key || items.iter().any(|i| i.slot == Slot::PrivateKey) {
             self.board_key_staged = false;
         }
-        tracing::debug!(port = %self.port, slots = n, bytes = total, generation, "identity committed");
+        let verified = committed.digest == digest;
+        if verified {
+            tracing::debug!(port = %self.port, slots = items.len(), bytes = total,
+                generation = committed.generation, rounds = committed.rounds,
+                "identity committed and verified");
+        } else {
+            tracing::warn!(port = %self.port, generation = committed.generation,
+                "the digest the board read back after COMMIT differs from the one sent");
+        }
         Ok(WriteReport {
             bytes: total,
             slots: items.iter().map(|i| (i.slot, i.data.len())).collect(),
             board_key_committed: board_key,
-            generation,
+            generation: committed.generation,
+            verified,
+            commit_rounds: committed.rounds,
             frames_sent: self.stats.frames_sent - before.frames_sent,
             wire_bytes_written: self.stats.wire_bytes_written - before.wire_bytes_written,
             retransmissions: self.stats.retransmissions - before.retransmissions,
-            elapsed: started.elapsed(),
+            elapsed,
         })
     }
 
-    /// Reads back the length and SHA-256 of each slot (HASH) and compares them with `items`.
+    /// Reads back the length and SHA-256 of each slot (HASH, up to five slots per round
+    /// trip) and compares them with `items`; the error names the first slot that differs.
     pub fn verify(&mut self, items: &[SlotWrite<'_>]) -> Result<(), JigError> {
         self.ensure_hello()?;
-        for item in items {
-            let (len, sha) = self.hash(item.slot)?;
-            if len as usize != item.data.len() || sha != protocol::sha256(item.data) {
+        let slots: Vec<Slot> = items.iter().map(|i| i.slot).collect();
+        let hashes = self.hashes(&slots)?;
+        for (item, h) in items.iter().zip(&hashes) {
+            if h.len as usize != item.data.len() || h.sha256 != protocol::sha256(item.data) {
                 return Err(JigError::VerifyMismatch {
                     port: self.port.clone(),
                     slot: item.slot,
                     expected_len: item.data.len(),
-                    found_len: len as usize,
+                    found_len: h.len as usize,
                 });
             }
         }
@@ -496,17 +576,42 @@ impl JigLink {
 
     /// Length and SHA-256 of a live slot.
     pub fn hash(&mut self, slot: Slot) -> Result<(u32, [u8; SHA256_LEN]), JigError> {
-        match self.transact(&protocol::Command::Hash { slot }, false)? {
-            Reply::HashAck {
-                slot: s,
-                len,
-                sha256,
-            } if s == slot => Ok((len, sha256)),
-            Reply::Nak {
-                code, detail, text, ..
-            } => Err(self.nak_error("HASH", code, detail, text)),
-            other => Err(self.unexpected("HASH", other)),
+        match self.hashes(&[slot])?.first() {
+            Some(h) => Ok((h.len, h.sha256)),
+            None => Err(self.protocol_error("HASH", "empty HASH_ACK".into())),
         }
+    }
+
+    /// Length and SHA-256 of live slots, in the order asked (five per round trip).
+    pub fn hashes(&mut self, slots: &[Slot]) -> Result<Vec<SlotHash>, JigError> {
+        let mut out = Vec::with_capacity(slots.len());
+        for group in slots.chunks(MAX_HASH_SLOTS) {
+            let command = protocol::Command::Hash {
+                slots: group.to_vec(),
+            };
+            match self.transact(&command, false)? {
+                Reply::HashAck(entries)
+                    if entries.len() == group.len()
+                        && entries.iter().zip(group).all(|(e, s)| e.slot == *s) =>
+                {
+                    out.extend(entries)
+                }
+                Reply::HashAck(entries) => {
+                    return Err(self.protocol_error(
+                        "HASH",
+                        format!(
+                            "HASH_ACK answers slots {:?}, asked {group:?}",
+                            entries.iter().map(|e| e.slot).collect::<Vec<_>>()
+                        ),
+                    ));
+                }
+                Reply::Nak {
+                    code, detail, text, ..
+                } => return Err(self.nak_error("HASH", code, detail, text)),
+                other => return Err(self.unexpected("HASH", other)),
+            }
+        }
+        Ok(out)
     }
 
     /// Reads a live slot byte for byte (READ), checked against its HASH. The private-key slot
@@ -634,27 +739,28 @@ impl JigLink {
         Ok(())
     }
 
-    /// Writes `self.wire`, preceded by a lone delimiter on retransmissions so the board drops
-    /// any partial frame first.
-    fn send_wire(&mut self, command: &'static str, retransmission: bool) -> Result<(), JigError> {
-        let payload = self.payload_len as u64;
-        let result = if retransmission {
-            self.io
-                .write_all(&[codec::DELIMITER])
-                .and_then(|()| self.io.write_all(&self.wire))
-        } else {
-            self.io.write_all(&self.wire)
-        };
+    /// Adds `self.wire` to the batch of frames to write, preceded by a lone delimiter on
+    /// retransmissions so the board drops any partial frame first.
+    fn stage_wire(&mut self, retransmission: bool) {
+        if retransmission {
+            self.batch.push(codec::DELIMITER);
+            self.stats.retransmissions += 1;
+        }
+        self.batch.extend_from_slice(&self.wire);
+        self.stats.frames_sent += 1;
+        self.stats.payload_bytes_written += self.payload_len as u64;
+        self.stats.wire_bytes_written += self.wire.len() as u64 + u64::from(retransmission);
+    }
+
+    /// Writes the batch to the port in one go.
+    fn flush(&mut self, command: &'static str) -> Result<(), JigError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let result = self.io.write_all(&self.batch);
+        self.batch.clear();
         match result {
-            Ok(()) => {
-                self.stats.frames_sent += 1;
-                self.stats.payload_bytes_written += payload;
-                self.stats.wire_bytes_written += self.wire.len() as u64 + retransmission as u64;
-                if retransmission {
-                    self.stats.retransmissions += 1;
-                }
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                 self.stats.timeouts += 1;
                 Err(JigError::Timeout {
@@ -668,6 +774,12 @@ impl JigLink {
                 source,
             }),
         }
+    }
+
+    /// Writes `self.wire` (after a lone delimiter on a retransmission).
+    fn send_wire(&mut self, command: &'static str, retransmission: bool) -> Result<(), JigError> {
+        self.stage_wire(retransmission);
+        self.flush(command)
     }
 
     /// One command, one answer, with retransmission. NAKs other than BAD_CRC and BUSY are
@@ -769,41 +881,68 @@ impl JigLink {
         }
     }
 
-    /// Sends all chunks as PUT frames, keeping unacknowledged wire bytes within `budget`.
-    fn put_windowed(
+    /// Streams `chunks` of `image` as PUTs with `commit` right behind the last one, keeping
+    /// the wire bytes in flight within `budget` (the board's RX buffer), and waits for
+    /// COMMIT's answer. Frames lost or garbled on the line are sent again (same `seq`: the
+    /// board replays answers it already gave). When the board refuses the COMMIT because
+    /// staged data is missing or differs, the PUTs it did not acknowledge are sent again —
+    /// all of them if it acknowledged every one — and a new COMMIT follows them.
+    fn stream_and_commit(
         &mut self,
-        items: &[SlotWrite<'_>],
-        chunks: &[(usize, usize, usize)],
+        image: &[u8],
+        chunks: &[(usize, usize)],
+        commit: &protocol::Command<'_>,
         budget: usize,
-        total: usize,
         progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<(), JigError> {
-        let mut window = PutWindow::new(budget);
-        let mut next = 0;
-        let mut done = 0;
-        let mut acked: HashSet<usize> = HashSet::new();
-        let put = |i: usize| {
-            let (item, off, len) = chunks[i];
+    ) -> Result<Committed, JigError> {
+        let put = |c: usize| {
+            let (off, len) = chunks[c];
             protocol::Command::Put {
-                slot: items[item].slot,
                 offset: off as u32,
-                data: &items[item].data[off..off + len],
+                data: &image[off..off + len],
             }
         };
-        while next < chunks.len() || !window.is_empty() {
-            // Fill the window.
-            while next < chunks.len() {
-                let wire_len = codec::wire_len_for_payload(PUT_HEADER + chunks[next].2);
+        let slots_committed = match commit {
+            protocol::Command::Commit { entries, .. } => entries.len(),
+            _ => 0,
+        };
+        let total = image.len();
+        let crc_before = self.stats.crc_errors + self.stats.naks_crc;
+        self.encode(commit, 0)?;
+        let commit_wire = self.wire.len();
+
+        let mut window = PutWindow::new(budget);
+        let mut queue: VecDeque<usize> = (0..chunks.len()).collect();
+        // Acknowledged since it was last (re)queued / counted for progress.
+        let mut acked = vec![false; chunks.len()];
+        let mut counted = vec![false; chunks.len()];
+        let mut done = 0;
+        let mut commit_seq: Option<u16> = None;
+        let mut rounds = 1;
+        loop {
+            // Fill the window: the PUTs, then the COMMIT right behind the last one.
+            while let Some(&c) = queue.front() {
+                let wire_len = codec::wire_len_for_payload(PUT_HEADER + chunks[c].1);
                 if !window.can_send(wire_len) {
                     break;
                 }
+                queue.pop_front();
                 let seq = self.next_seq();
-                self.encode(&put(next), seq)?;
-                self.send_wire("PUT", false)?;
-                let deadline = self.put_deadline(&window, wire_len);
-                window.sent(seq, next, wire_len, deadline);
-                next += 1;
+                self.encode(&put(c), seq)?;
+                self.stage_wire(false);
+                let deadline = self.frame_deadline(&window, wire_len, false);
+                window.sent(seq, c, wire_len, deadline);
             }
+            if queue.is_empty() && commit_seq.is_none() && window.can_send(commit_wire) {
+                let seq = self.next_seq();
+                self.encode(commit, seq)?;
+                self.stage_wire(false);
+                let deadline = self.frame_deadline(&window, commit_wire, true);
+                window.sent(seq, COMMIT_FRAME, commit_wire, deadline);
+                commit_seq = Some(seq);
+            }
+            self.flush("PUT")?;
+
             let deadline = window
                 .next_deadline()
                 .unwrap_or_else(|| Instant::now() + self.settings.timeout);
@@ -813,39 +952,90 @@ impl JigLink {
                     self.stats.timeouts += 1;
                     resend = window.expired(Instant::now());
                 }
-                Some(Incoming::Corrupt) => {}
+                // Most likely the answer to the oldest frame in flight, garbled: send that
+                // frame again and the board replays its answer.
+                Some(Incoming::Corrupt) => resend.extend(window.oldest()),
                 Some(Incoming::Reply { seq, reply }) => match reply {
-                    Reply::PutAck { slot, offset, len } if window.contains(seq) => {
+                    Reply::PutAck { offset, len }
+                        if window.get(seq).is_some_and(|f| f.chunk != COMMIT_FRAME) =>
+                    {
                         let Some((f, skipped)) = window.ack(seq) else {
                             continue;
                         };
-                        let (item, off, clen) = chunks[f.chunk];
-                        if slot != items[item].slot
-                            || offset as usize != off
-                            || len as usize != clen
-                        {
+                        let (off, clen) = chunks[f.chunk];
+                        if offset as usize != off || len as usize != clen {
                             return Err(self.protocol_error(
                                 "PUT",
                                 format!(
-                                    "PUT_ACK for seq {seq} acknowledges {slot}@{offset}+{len}, \
-                                     sent {}@{off}+{clen}",
-                                    items[item].slot
+                                    "PUT_ACK for seq {seq} acknowledges {len} bytes at {offset}, \
+                                     sent {clen} at {off}"
                                 ),
                             ));
                         }
-                        if acked.insert(f.chunk) {
+                        acked[f.chunk] = true;
+                        if !counted[f.chunk] {
+                            counted[f.chunk] = true;
                             done += clen;
                             progress(done, total);
                         }
+                        // The board answers in order: frames sent before this one and still
+                        // unanswered were lost (or their answers were).
                         resend = skipped;
+                    }
+                    Reply::CommitAck {
+                        count,
+                        generation,
+                        digest,
+                    } if Some(seq) == commit_seq => {
+                        if count as usize != slots_committed {
+                            return Err(self.protocol_error(
+                                "COMMIT",
+                                format!(
+                                    "board committed {count} slots, {slots_committed} were asked"
+                                ),
+                            ));
+                        }
+                        if done < total {
+                            progress(total, total);
+                        }
+                        return Ok(Committed {
+                            generation,
+                            digest,
+                            rounds,
+                        });
+                    }
+                    Reply::Nak {
+                        code: code @ (ErrorCode::Incomplete | ErrorCode::HashMismatch),
+                        detail,
+                        text,
+                    } if Some(seq) == commit_seq => {
+                        let skipped = window.ack(seq).map(|(_, s)| s).unwrap_or_default();
+                        commit_seq = None;
+                        if rounds >= self.max_tries() {
+                            return Err(self.nak_error("COMMIT", code, detail, text));
+                        }
+                        rounds += 1;
+                        tracing::debug!(port = %self.port, %code, rounds,
+                            "staged data incomplete or different at COMMIT; resending");
+                        if acked.iter().all(|a| *a) {
+                            // Every PUT was acknowledged, yet the staging area differs: stage
+                            // everything again.
+                            acked.iter_mut().for_each(|a| *a = false);
+                            queue = (0..chunks.len()).collect();
+                        } else {
+                            resend = skipped;
+                        }
                     }
                     Reply::Nak {
                         code: ErrorCode::BadCrc,
                         ..
                     } => {
+                        // The board could not read one of our frames (its seq may be garbled).
                         self.stats.naks_crc += 1;
                         if window.contains(seq) {
                             resend.push(seq);
+                        } else {
+                            resend.extend(window.oldest());
                         }
                     }
                     Reply::Nak {
@@ -861,37 +1051,74 @@ impl JigLink {
                     } => return Err(self.rebooted()),
                     Reply::Nak {
                         code, detail, text, ..
+                    } if Some(seq) == commit_seq => {
+                        return Err(self.nak_error("COMMIT", code, detail, text));
+                    }
+                    Reply::Nak {
+                        code, detail, text, ..
                     } if window.contains(seq) => {
                         return Err(self.nak_error("PUT", code, detail, text));
                     }
                     _ => self.stats.stray_frames += 1,
                 },
             }
+            let mut seen = HashSet::new();
             for seq in resend {
+                if !seen.insert(seq) {
+                    continue;
+                }
                 let Some(f) = window.get(seq).copied() else {
                     continue;
                 };
+                let is_commit = f.chunk == COMMIT_FRAME;
+                let command = if is_commit { "COMMIT" } else { "PUT" };
                 if f.tries >= self.max_tries() {
-                    return Err(JigError::Timeout {
-                        port: self.port.clone(),
-                        command: "PUT",
-                        tries: f.tries,
+                    let garbled = self.stats.crc_errors + self.stats.naks_crc - crc_before;
+                    return Err(if garbled > 0 {
+                        JigError::Garbled {
+                            port: self.port.clone(),
+                            command,
+                            tries: f.tries,
+                            crc_errors: garbled,
+                        }
+                    } else {
+                        JigError::Timeout {
+                            port: self.port.clone(),
+                            command,
+                            tries: f.tries,
+                        }
                     });
                 }
-                tracing::debug!(port = %self.port, seq, tries = f.tries, "retransmitting PUT");
-                self.encode(&put(f.chunk), seq)?;
-                self.send_wire("PUT", true)?;
-                let deadline = self.put_deadline(&window, 0);
+                tracing::debug!(port = %self.port, command, seq, tries = f.tries, "retransmitting");
+                if is_commit {
+                    self.encode(commit, seq)?;
+                } else {
+                    self.encode(&put(f.chunk), seq)?;
+                }
+                self.stage_wire(true);
+                let deadline = self.frame_deadline(&window, 0, is_commit);
                 window.resent(seq, deadline);
             }
+            self.flush(if commit_seq.is_some() {
+                "COMMIT"
+            } else {
+                "PUT"
+            })?;
         }
-        Ok(())
     }
 
-    /// When the answer to a frame just sent behind `window`'s bytes is due.
-    fn put_deadline(&self, window: &PutWindow, extra: usize) -> Instant {
-        let bytes = window.bytes_in_flight() + extra + ACK_WIRE * (window.len() + 1);
-        Instant::now() + self.settings.timeout + self.settings.line_time(bytes)
+    /// When the answer to a frame of `extra` wire bytes, sent now behind `window`'s frames,
+    /// is due: the line time of everything ahead of it and of the answers, plus the board's
+    /// time (longer for COMMIT, which writes flash).
+    fn frame_deadline(&self, window: &PutWindow, extra: usize, commit: bool) -> Instant {
+        let answers = ACK_WIRE * (window.len() + 1) + if commit { COMMIT_ACK_WIRE } else { 0 };
+        let bytes = window.bytes_in_flight() + extra + answers;
+        let wait = if commit {
+            self.settings.long_timeout
+        } else {
+            self.settings.timeout
+        };
+        Instant::now() + wait + self.settings.line_time(bytes)
     }
 
     /// The next frame from the board, or `None` at `deadline`.
@@ -995,15 +1222,13 @@ impl JigLink {
         let slot = Slot::from_u8(detail);
         match code {
             ErrorCode::NeedHello => self.rebooted(),
-            ErrorCode::HashMismatch if command == "COMMIT" => match slot {
-                Some(slot) => JigError::CommitHashMismatch { port, slot },
-                None => JigError::CommitRefused {
+            ErrorCode::HashMismatch | ErrorCode::Incomplete if command == "COMMIT" => {
+                JigError::CommitHashMismatch {
                     port,
                     code,
-                    slot_text: String::new(),
-                    text,
-                },
-            },
+                    tries: self.settings.retries + 1,
+                }
+            }
             ErrorCode::CommitRefused | ErrorCode::NothingStaged | ErrorCode::FlashError
                 if command == "COMMIT" =>
             {
@@ -1058,15 +1283,26 @@ fn validate(items: &[SlotWrite<'_>]) -> Result<(), JigError> {
     Ok(())
 }
 
-/// The largest PUT data size that fits both the board's chunk limit and its RX buffer.
+/// The PUT data size: the board's chunk limit, and small enough that two PUT frames fit in
+/// its RX buffer (one being handled while the next streams in); one when two cannot.
 fn chunk_size(board: &BoardInfo) -> usize {
-    let budget = board.rx_buffer as usize;
-    let fits = |c: usize| codec::wire_len_for_payload(PUT_HEADER + c) <= budget;
     let max = (board.max_chunk as usize).clamp(1, MAX_CHUNK);
+    let rx = board.rx_buffer as usize;
+    let half = rx / 2;
+    if codec::wire_len_for_payload(PUT_HEADER + 1) <= half {
+        largest_chunk(max, half)
+    } else {
+        largest_chunk(max, rx)
+    }
+}
+
+/// The largest chunk ≤ `max` whose PUT frame takes at most `budget` wire bytes (at least 1;
+/// HELLO checked that one byte fits the RX buffer).
+fn largest_chunk(max: usize, budget: usize) -> usize {
+    let fits = |c: usize| codec::wire_len_for_payload(PUT_HEADER + c) <= budget;
     if fits(max) {
         return max;
     }
-    // Largest chunk that fits (HELLO checked that one byte does).
     let (mut lo, mut hi) = (1, max);
     while lo < hi {
         let mid = (lo + hi).div_ceil(2);
@@ -1100,12 +1336,18 @@ mod tests {
     }
 
     #[test]
-    fn chunk_fits_rx_buffer() {
+    fn two_put_frames_fit_the_rx_buffer() {
         assert_eq!(chunk_size(&info(1024, 4096)), 1024);
+        let c = chunk_size(&info(4092, 4096));
+        assert!(2 * codec::wire_len_for_payload(PUT_HEADER + c) <= 4096);
+        assert!(2 * codec::wire_len_for_payload(PUT_HEADER + c + 1) > 4096);
         let c = chunk_size(&info(4000, 600));
-        assert!(codec::wire_len_for_payload(PUT_HEADER + c) <= 600);
-        assert!(codec::wire_len_for_payload(PUT_HEADER + c + 1) > 600);
+        assert!(codec::wire_len_for_payload(PUT_HEADER + c) <= 300);
+        assert!(codec::wire_len_for_payload(PUT_HEADER + c + 1) > 300);
         assert_eq!(chunk_size(&info(60_000, 60_000)), MAX_CHUNK);
+        // Too small for two frames of one byte: one frame, as large as fits.
+        let tiny = codec::wire_len_for_payload(PUT_HEADER + 1) + 3;
+        assert_eq!(chunk_size(&info(100, tiny as u16)), 4);
     }
 
     #[test]

@@ -7,15 +7,17 @@
 //!
 //! - [`codec`]: frame layout, CRC-32, COBS framing, the streaming frame assembler.
 //! - [`protocol`]: commands, responses, slots, error codes and their byte layouts.
-//! - [`window`]: the PUT send window (in-flight frames, RX-buffer budget), no I/O.
+//! - [`window`]: the send window of a pipelined write (PUTs and the COMMIT behind them, their
+//!   RX-buffer budget), no I/O.
 //! - [`link`]: [`JigLink`], the station side: blocking, one OS thread per port.
 //! - [`port`]: port settings, the byte transport, port listing.
 //! - [`error`]: [`JigError`], what went wrong and what the operator should do.
 //! - [`board`]: the board side as a state machine, no I/O.
 //! - [`flash`]: a virtual board's committed slots in a file, written atomically.
-//! - [`virtual_board`]: [`VirtualJig`], boards served on a pty with pacing and faults.
-//! - [`faults`], [`pacing`]: fault injection and baud-rate emulation for the virtual jig.
-//! - [`line`]: serial-number generator for a virtual line.
+//! - [`virtual_board`]: [`VirtualJig`], boards served on a pty behind a stable path (with
+//!   unplug/replug of the adapter), an exact line model and faults.
+//! - [`faults`], [`pacing`]: fault injection and the exact line-rate model for the virtual jig.
+//! - [`line`](mod@line): serial-number generator for a virtual line.
 //! - [`sim`]: `station sim-board` ([`run_sim_board`]).
 
 pub mod board;

@@ -1,11 +1,12 @@
-//! The station's send window for PUT frames, without I/O: which frames are in flight, how
-//! many wire bytes they hold in the board's RX buffer, when each times out, and which must
-//! be retransmitted when a later frame is acknowledged first.
+//! The station's send window for a pipelined write (PUT frames and the COMMIT behind them),
+//! without I/O: which frames are in flight, how many wire bytes they hold in the board's RX
+//! buffer, when each times out, and which must be retransmitted when a later frame is
+//! answered first.
 //!
-//! Rules (see `docs/jig-protocol.md`, "Windowed PUT"): the wire bytes of unacknowledged
+//! Rules (see `docs/jig-protocol.md`, "Pipelined write"): the wire bytes of unanswered
 //! frames never exceed the board's announced RX buffer; the board handles frames and sends
-//! acknowledgements in arrival order, so an ack for a frame sent later than an
-//! unacknowledged one means that one (or its ack) was lost and it is resent at once.
+//! answers in arrival order, so an answer to a frame sent later than an unanswered one
+//! means that one (or its answer) was lost and it is resent at once.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -114,6 +115,11 @@ impl PutWindow {
         Some((f, skipped))
     }
 
+    /// The frame in flight that was sent (or resent) longest ago.
+    pub fn oldest(&self) -> Option<u16> {
+        self.frames.front().map(|f| f.seq)
+    }
+
     /// The earliest deadline among frames in flight.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.frames.iter().map(|f| f.deadline).min()
@@ -187,5 +193,8 @@ mod tests {
         w.postpone(2, t + Duration::from_millis(100));
         assert!(w.expired(t + Duration::from_millis(20)).is_empty());
         assert_eq!(w.expired(t + Duration::from_millis(60)), vec![1]);
+        assert_eq!(w.oldest(), Some(1));
+        w.resent(1, t);
+        assert_eq!(w.oldest(), Some(2), "a resent frame is the newest");
     }
 }

@@ -3,7 +3,8 @@
 //! the board and wait for the next one.
 //!
 //! The ledger sees every step before the next one starts: `begin` when the board is seen,
-//! the engine's steps, then `written` after COMMIT and `verified` after the read-back.
+//! the engine's steps, then `written` once COMMIT is answered and `verified` once the digest
+//! the board read back after committing matched (both come with COMMIT's answer).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -353,28 +354,23 @@ fn write_and_verify(
     let ledger_err = |e: LedgerError| ("ledger".to_string(), e.to_string());
 
     let retransmissions_before = link.stats().retransmissions;
+    // The line time runs from the first PUT of the first attempt to the verified read-back.
+    let line_started = Instant::now();
     let mut last = None;
     for attempt in 0..WRITE_ATTEMPTS {
         if attempt > 0 {
             ctx.telemetry
                 .emit_blocking(Event::Retry { api: "jig_write" });
         }
-        let report = match link.write_identity(&items, &mut |_, _| {}) {
-            Ok(r) => r,
-            Err(e) => {
-                last = Some(e);
-                continue;
-            }
-        };
-        // Write-to-verified time on the line: the ledger's sync in between is not line time.
-        let mut line_time = started.elapsed();
-        ctx.ledger
-            .record_blocking(device_id, Transition::Written)
-            .map_err(ledger_err)?;
-        let verify_started = Instant::now();
-        match link.verify(&items) {
-            Ok(()) => {
-                line_time += verify_started.elapsed();
+        // One pipelined stream: PUTs, COMMIT, and COMMIT's answer carrying the digest the
+        // board read back from its flash, compared by the link.
+        match link.write_and_verify(&items, &mut |_, _| {}) {
+            Ok(report) => {
+                let line_time = line_started.elapsed();
+                // COMMIT answered: the board holds the identity; the digest matched: verified.
+                ctx.ledger
+                    .record_blocking(device_id, Transition::Written)
+                    .map_err(ledger_err)?;
                 ctx.ledger
                     .record_blocking(device_id, Transition::Verified)
                     .map_err(ledger_err)?;
@@ -391,6 +387,14 @@ fn write_and_verify(
                         + u64::from(attempt),
                 });
                 return Ok(());
+            }
+            Err(e @ JigError::VerifyMismatch { .. }) => {
+                // COMMIT was answered (the board holds what it read back, which is not what
+                // was sent): the credentials are on the board, unverified.
+                ctx.ledger
+                    .record_blocking(device_id, Transition::Written)
+                    .map_err(ledger_err)?;
+                last = Some(e);
             }
             Err(e) => last = Some(e),
         }

@@ -1,9 +1,14 @@
 //! Shared helpers for the jig tests over real ptys: a virtual jig with queued boards, link
-//! settings for tests, and a realistic identity to write.
+//! settings for tests, a realistic identity to write, and a transport that records what the
+//! link writes and reads.
 #![allow(dead_code)]
 
+use std::io::{self, Read, Write};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use fleet_station::jig::codec::FrameAssembler;
+use fleet_station::jig::port::{Transport, open_port};
 use fleet_station::jig::{
     BoardSpec, Flash, JigLink, PortSettings, Slot, SlotWrite, VirtualJig, VirtualJigConfig,
 };
@@ -31,6 +36,18 @@ impl Fixture {
 
     pub fn link(&self) -> JigLink {
         JigLink::open(self.jig.path(), &settings()).unwrap()
+    }
+
+    /// A link over a [`Recorder`] on the jig's port, and the recorder's log.
+    pub fn recorded_link(&self, settings: &PortSettings) -> (JigLink, IoLog) {
+        let port = open_port(self.jig.path(), settings).unwrap();
+        let log = IoLog::default();
+        let recorder = Recorder {
+            port,
+            log: log.clone(),
+        };
+        let link = JigLink::from_transport(Box::new(recorder), self.jig.path(), settings);
+        (link, log)
     }
 
     pub fn flash(&self, serial: &str) -> Flash {
@@ -87,6 +104,19 @@ impl Identity {
         }
     }
 
+    /// The size of what the line writes (~1.8 KB: a P-256 certificate, key, root CA, a short
+    /// configuration and a thing name), distinct per `tag`.
+    pub fn line_sized(tag: &str) -> Identity {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        Identity {
+            cert: pem_like("CERTIFICATE", tag, 700),
+            key: key.serialize_pem().into_bytes(),
+            root_ca: pem_like("CERTIFICATE", &format!("ca-{tag}"), 600),
+            config: format!("{{\"DeviceLocation\":\"Seattle\",\"tag\":\"{tag}\"}}").into_bytes(),
+            thing: format!("thing-{tag}").into_bytes(),
+        }
+    }
+
     pub fn items(&self) -> Vec<SlotWrite<'_>> {
         vec![
             SlotWrite {
@@ -116,12 +146,9 @@ impl Identity {
         self.items().iter().map(|i| i.data.len()).sum()
     }
 
-    /// Number of PUT frames at `chunk` bytes per frame.
+    /// Number of PUT frames at `chunk` bytes per frame (the slots are staged back to back).
     pub fn puts(&self, chunk: usize) -> u64 {
-        self.items()
-            .iter()
-            .map(|i| i.data.len().div_ceil(chunk) as u64)
-            .sum()
+        self.total().div_ceil(chunk) as u64
     }
 
     /// The flash holds exactly this identity.
@@ -131,5 +158,103 @@ impl Identity {
         assert_eq!(flash.root_ca(), Some(&self.root_ca[..]));
         assert_eq!(flash.device_config(), Some(&self.config[..]));
         assert_eq!(flash.slot(Slot::ThingName), Some(&self.thing[..]));
+    }
+}
+
+/// One write or one (non-empty) read of a [`Recorder`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IoEvent {
+    Wrote(Vec<u8>),
+    Read(Vec<u8>),
+}
+
+/// What a [`Recorder`] saw, in order.
+#[derive(Debug, Clone, Default)]
+pub struct IoLog(Arc<Mutex<Vec<IoEvent>>>);
+
+impl IoLog {
+    pub fn clear(&self) {
+        self.0.lock().unwrap().clear();
+    }
+
+    pub fn events(&self) -> Vec<IoEvent> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// The frames written before the first byte was read back, as (code, payload).
+    pub fn written_before_first_read(&self) -> Vec<(u8, Vec<u8>)> {
+        let events = self.events();
+        let end = events
+            .iter()
+            .position(|e| matches!(e, IoEvent::Read(_)))
+            .unwrap_or(events.len());
+        let mut bytes = Vec::new();
+        for e in &events[..end] {
+            if let IoEvent::Wrote(b) = e {
+                bytes.extend_from_slice(b);
+            }
+        }
+        frames(&bytes)
+    }
+}
+
+/// The valid frames in a byte stream, as (code, payload).
+pub fn frames(stream: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut asm = FrameAssembler::new();
+    let mut out = Vec::new();
+    let mut rest = stream;
+    while !rest.is_empty() {
+        let (used, ev) = asm.push(rest);
+        if let Some(Ok(f)) = ev {
+            out.push((f.code, f.payload.to_vec()));
+        }
+        rest = &rest[used..];
+    }
+    out
+}
+
+/// A transport over a real port that records every write and every read, in order.
+pub struct Recorder {
+    port: Box<dyn serialport::SerialPort>,
+    log: IoLog,
+}
+
+impl Read for Recorder {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.port.read(buf)?;
+        if n > 0 {
+            self.log
+                .0
+                .lock()
+                .unwrap()
+                .push(IoEvent::Read(buf[..n].to_vec()));
+        }
+        Ok(n)
+    }
+}
+
+impl Write for Recorder {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.port.write(buf)?;
+        self.log
+            .0
+            .lock()
+            .unwrap()
+            .push(IoEvent::Wrote(buf[..n].to_vec()));
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.port.flush()
+    }
+}
+
+impl Transport for Recorder {
+    fn set_read_timeout(&mut self, timeout: Duration) -> io::Result<()> {
+        Transport::set_read_timeout(&mut self.port, timeout)
+    }
+
+    fn discard_input(&mut self) -> io::Result<()> {
+        Transport::discard_input(&mut self.port)
     }
 }
