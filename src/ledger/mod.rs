@@ -367,6 +367,9 @@ pub fn now_ms() -> i64 {
 
 const SCHEMA_VERSION: i64 = 2;
 
+/// Marks a `begin` result whose device resumes (row ids stay far below it).
+const RESUMED: i64 = 1 << 48;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS devices (
     id INTEGER PRIMARY KEY,
@@ -567,7 +570,8 @@ impl Ledger {
         }
     }
 
-    /// Returns the row id, negated when the board is already verified.
+    /// Returns the row id: negated when the board is already verified, with [`RESUMED`] set
+    /// when an earlier run left it unfinished.
     fn begin_job(&self, serial: &str, jig: &str) -> Job {
         let (serial, jig, station) = (serial.to_string(), jig.to_string(), self.station.clone());
         Box::new(move |tx| {
@@ -602,7 +606,7 @@ impl Ledger {
                         Some(&format!("jig={jig} from={state}")),
                         now,
                     )?;
-                    id
+                    id | RESUMED
                 }
                 None => {
                     tx.prepare_cached(
@@ -636,6 +640,14 @@ impl Ledger {
     }
 
     fn finish_begin(&self, serial: &str, id: i64) -> Result<Begun, LedgerError> {
+        if id > 0 && id & RESUMED != 0 {
+            // Only an unfinished device needs its resume point read back.
+            let id = id & !RESUMED;
+            return Ok(Begun {
+                id,
+                resume: self.resume_point(id)?,
+            });
+        }
         if id < 0 {
             let thing = self
                 .device(serial)?
@@ -646,10 +658,7 @@ impl Ledger {
                 thing,
             });
         }
-        Ok(Begun {
-            id,
-            resume: self.resume_point(id)?,
-        })
+        Ok(Begun { id, resume: None })
     }
 
     /// The resume point of an unfinished device (`None` for a fresh start).
