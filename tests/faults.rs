@@ -8,14 +8,13 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::TestEmulator;
+use common::{TestEmulator, submit};
 use fleet_station::emulator::faults::FaultConfig;
 use fleet_station::emulator::registry::CertStatus;
 use fleet_station::ledger::{DeviceState, Ledger, Transition};
-use fleet_station::provision::{BoardIdentity, DeviceJob, KeyPlan, Provisioner};
+use fleet_station::provision::{KeyPlan, Provisioner};
 use fleet_station::shutdown::Shutdown;
 use fleet_station::telemetry::{self, Aggregate};
-use tokio::sync::oneshot;
 
 struct Outcome {
     provisioned: usize,
@@ -47,21 +46,7 @@ async fn provision_all(
     let mut waits = Vec::new();
     for i in 0..devices {
         let serial = format!("F{i:04}");
-        let id = ledger.begin(&serial, "j").await.unwrap().id;
-        let (reply, rx) = oneshot::channel();
-        jobs.send(DeviceJob {
-            device_id: id,
-            board: BoardIdentity {
-                serial: serial.clone(),
-                jig: "j".into(),
-                ..Default::default()
-            },
-            key: KeyPlan::Pool,
-            resume: None,
-            reply,
-        })
-        .await
-        .unwrap();
+        let (id, rx) = submit(&jobs, &ledger, &serial, "j", KeyPlan::Pool).await;
         waits.push((id, serial, rx));
     }
     let mut provisioned = 0;

@@ -6,14 +6,13 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{TestEmulator, key_pool};
+use common::{TestEmulator, key_pool, submit};
 use fleet_station::keys::certificate_matches_key;
 use fleet_station::ledger::{DeviceState, Ledger};
-use fleet_station::provision::{BoardIdentity, DeviceJob, EngineConfig, KeyPlan, Provisioner};
+use fleet_station::provision::{EngineConfig, KeyPlan, Provisioner};
 use fleet_station::shutdown::Shutdown;
 use fleet_station::telemetry;
 use rustls_pki_types::pem::PemObject;
-use tokio::sync::oneshot;
 
 fn engine_config(emu: &TestEmulator, sessions: usize, template: &str) -> EngineConfig {
     common::engine_config(emu, sessions, template, "thing-{serial}")
@@ -35,21 +34,7 @@ async fn provisions_many_devices_over_a_session_pool() {
     let mut waits = Vec::new();
     for i in 0..40 {
         let serial = format!("SN{i:03}");
-        let device_id = ledger.begin(&serial, "jig-0").await.unwrap().id;
-        let (reply, rx) = oneshot::channel();
-        jobs.send(DeviceJob {
-            device_id,
-            board: BoardIdentity {
-                serial: serial.clone(),
-                jig: "jig-0".into(),
-                ..Default::default()
-            },
-            key: KeyPlan::Pool,
-            resume: None,
-            reply,
-        })
-        .await
-        .unwrap();
+        let (_, rx) = submit(&jobs, &ledger, &serial, "jig-0", KeyPlan::Pool).await;
         waits.push((serial, rx));
     }
     let mut cert_ids = HashSet::new();
@@ -99,23 +84,7 @@ async fn a_rejection_fails_the_device_with_the_api_and_error_code() {
     cfg.parameters
         .insert("DeviceLocation".into(), "Atlantis".into());
     let engine = Provisioner::start(cfg, key_pool(), ledger.clone(), telemetry, Shutdown::new());
-    let device_id = ledger.begin("SN-X", "jig").await.unwrap().id;
-    let (reply, rx) = oneshot::channel();
-    engine
-        .submitter()
-        .send(DeviceJob {
-            device_id,
-            board: BoardIdentity {
-                serial: "SN-X".into(),
-                jig: "jig".into(),
-                ..Default::default()
-            },
-            key: KeyPlan::Pool,
-            resume: None,
-            reply,
-        })
-        .await
-        .unwrap();
+    let (_, rx) = submit(&engine.submitter(), &ledger, "SN-X", "jig", KeyPlan::Pool).await;
     let failure = rx.await.unwrap().unwrap_err();
     assert_eq!(failure.code, "register_thing:InvalidParameters");
     assert!(
@@ -138,23 +107,7 @@ async fn an_unknown_template_is_named_in_the_failure() {
         telemetry,
         Shutdown::new(),
     );
-    let device_id = ledger.begin("SN-Y", "jig").await.unwrap().id;
-    let (reply, rx) = oneshot::channel();
-    engine
-        .submitter()
-        .send(DeviceJob {
-            device_id,
-            board: BoardIdentity {
-                serial: "SN-Y".into(),
-                jig: "jig".into(),
-                ..Default::default()
-            },
-            key: KeyPlan::Pool,
-            resume: None,
-            reply,
-        })
-        .await
-        .unwrap();
+    let (_, rx) = submit(&engine.submitter(), &ledger, "SN-Y", "jig", KeyPlan::Pool).await;
     let failure = rx.await.unwrap().unwrap_err();
     // The default claim policy allows every template's topics; the service answers 404.
     assert_eq!(failure.code, "register_thing:ResourceNotFound");
@@ -174,23 +127,7 @@ async fn provision_one(
     let ledger = Ledger::open(&emu.dir.path().join(format!("{serial}.db")), "t").unwrap();
     let (telemetry, _snap, _agg) = telemetry::start();
     let engine = Provisioner::start(cfg, key_pool(), ledger.clone(), telemetry, Shutdown::new());
-    let device_id = ledger.begin(serial, "jig").await.unwrap().id;
-    let (reply, rx) = oneshot::channel();
-    engine
-        .submitter()
-        .send(DeviceJob {
-            device_id,
-            board: BoardIdentity {
-                serial: serial.into(),
-                jig: "jig".into(),
-                ..Default::default()
-            },
-            key,
-            resume: None,
-            reply,
-        })
-        .await
-        .unwrap();
+    let (_, rx) = submit(&engine.submitter(), &ledger, serial, "jig", key).await;
     rx.await.unwrap()
 }
 

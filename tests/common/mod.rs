@@ -309,3 +309,38 @@ impl StandaloneEmulator {
         assert!(self.child.wait().unwrap().success());
     }
 }
+
+/// What [`submit`] hands back: the device's ledger id and where its outcome arrives.
+pub type Submitted = (
+    i64,
+    tokio::sync::oneshot::Receiver<
+        Result<fleet_station::provision::Credentials, fleet_station::provision::DeviceFailure>,
+    >,
+);
+
+/// Journals a fresh board `serial` on `jig` in `ledger` and submits it to the engine behind
+/// `jobs` with key plan `key`.
+pub async fn submit(
+    jobs: &tokio::sync::mpsc::Sender<fleet_station::provision::DeviceJob>,
+    ledger: &fleet_station::ledger::Ledger,
+    serial: &str,
+    jig: &str,
+    key: fleet_station::provision::KeyPlan,
+) -> Submitted {
+    let device_id = ledger.begin(serial, jig).await.unwrap().id;
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    jobs.send(fleet_station::provision::DeviceJob {
+        device_id,
+        board: fleet_station::provision::BoardIdentity {
+            serial: serial.into(),
+            jig: jig.into(),
+            ..Default::default()
+        },
+        key,
+        resume: None,
+        reply,
+    })
+    .await
+    .unwrap();
+    (device_id, rx)
+}
