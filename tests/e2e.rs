@@ -57,6 +57,21 @@ templates = "{fixtures}"
     Config::parse(&text, Path::new("e2e.toml")).unwrap()
 }
 
+/// `station run` of `cfg` with reports in `dir/report`; `boards` as `--boards`.
+async fn run_line(cfg: &Config, dir: &Path, boards: Option<usize>) -> station::RunReport {
+    station::run(
+        cfg,
+        &RunOptions {
+            boards,
+            report_dir: Some(dir.join("report")),
+            ..RunOptions::default()
+        },
+        Shutdown::new(),
+    )
+    .await
+    .unwrap()
+}
+
 /// Public key (SPKI DER) of a PEM private key.
 fn public_key_of(key_pem: &[u8]) -> Vec<u8> {
     let key = PrivateKeyDer::from_pem_slice(key_pem).unwrap();
@@ -68,18 +83,7 @@ fn public_key_of(key_pem: &[u8]) -> Vec<u8> {
 async fn provisions_a_line_of_virtual_boards_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), 4, 60);
-    let report = station::run(
-        &cfg,
-        &RunOptions {
-            boards: None,
-            report_dir: Some(dir.path().join("report")),
-            progress: false,
-            ..RunOptions::default()
-        },
-        Shutdown::new(),
-    )
-    .await
-    .unwrap();
+    let report = run_line(&cfg, dir.path(), None).await;
     assert!(report.all_provisioned(), "{:?}", report.summary);
     assert_eq!(report.summary.devices.provisioned, 60);
     assert_eq!(report.summary.stages["end_to_end"].count, 60);
@@ -137,18 +141,7 @@ async fn a_line_where_every_board_is_rejected_ends_with_named_failures() {
     let dir = tempfile::tempdir().unwrap();
     // Atlantis is not in the template's LocationTable: RegisterThing is rejected (400).
     let cfg = config_with(dir.path(), 2, 6, "Atlantis", "");
-    let report = station::run(
-        &cfg,
-        &RunOptions {
-            boards: None,
-            report_dir: Some(dir.path().join("report")),
-            progress: false,
-            ..RunOptions::default()
-        },
-        Shutdown::new(),
-    )
-    .await
-    .unwrap();
+    let report = run_line(&cfg, dir.path(), None).await;
     assert!(!report.all_provisioned());
     let s = &report.summary;
     assert_eq!(
@@ -192,16 +185,7 @@ fn station_files(dir: &Path, boards: &Path) -> Vec<std::path::PathBuf> {
 async fn board_made_keys_never_leave_the_board() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config_with(dir.path(), 2, 8, "Seattle", "source = \"device\"");
-    let report = station::run(
-        &cfg,
-        &RunOptions {
-            report_dir: Some(dir.path().join("report")),
-            ..RunOptions::default()
-        },
-        Shutdown::new(),
-    )
-    .await
-    .unwrap();
+    let report = run_line(&cfg, dir.path(), None).await;
     assert!(report.all_provisioned(), "{:?}", report.summary);
     // The keygen stage is the board's GEN_CSR.
     assert_eq!(report.summary.stages["keygen"].count, 8);
@@ -248,16 +232,7 @@ async fn board_made_keys_never_leave_the_board() {
 async fn aws_made_keys_reach_the_board() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config_with(dir.path(), 2, 4, "Seattle", "source = \"aws\"");
-    let report = station::run(
-        &cfg,
-        &RunOptions {
-            report_dir: Some(dir.path().join("report")),
-            ..RunOptions::default()
-        },
-        Shutdown::new(),
-    )
-    .await
-    .unwrap();
+    let report = run_line(&cfg, dir.path(), None).await;
     assert!(report.all_provisioned(), "{:?}", report.summary);
     let ledger = Ledger::open(&cfg.station.ledger, "e2e").unwrap();
     for d in ledger.devices().unwrap() {
@@ -312,17 +287,7 @@ templates = "{t}"
         t = fixtures.display()
     );
     let cfg = Config::parse(&text, Path::new("serial.toml")).unwrap();
-    let report = station::run(
-        &cfg,
-        &RunOptions {
-            boards: Some(3),
-            report_dir: Some(dir.path().join("report")),
-            ..RunOptions::default()
-        },
-        Shutdown::new(),
-    )
-    .await
-    .unwrap();
+    let report = run_line(&cfg, dir.path(), Some(3)).await;
     assert!(report.all_provisioned(), "{:?}", report.summary);
     let jigs = report.summary.jigs.as_ref().unwrap();
     assert_eq!((jigs.count, jigs.baud), (1, 115_200));
