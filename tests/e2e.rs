@@ -57,6 +57,34 @@ templates = "{fixtures}"
     Config::parse(&text, Path::new("e2e.toml")).unwrap()
 }
 
+/// A line in serial mode, as on the factory floor: one port `line-1` described by `port`
+/// (its `path` and line settings), `jigs` extra lines in `[jigs]`, the embedded emulator.
+fn serial_line_config(dir: &Path, jigs: &str, port: &str) -> Config {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/templates");
+    let text = format!(
+        r#"
+[station]
+ledger = "{d}/ledger.db"
+[parameters]
+ThingName = "{{serial}}"
+SerialNumber = "{{serial}}"
+DeviceLocation = "Seattle"
+[jigs]
+mode = "serial"
+{jigs}
+[[jigs.ports]]
+name = "line-1"
+{port}
+[emulator]
+state_dir = "{d}/emulator"
+templates = "{t}"
+"#,
+        d = dir.display(),
+        t = fixtures.display()
+    );
+    Config::parse(&text, Path::new("serial.toml")).unwrap()
+}
+
 /// `station run` of `cfg` with reports in `dir/report`; `boards` as `--boards`.
 async fn run_line(cfg: &Config, dir: &Path, boards: Option<usize>) -> station::RunReport {
     station::run(
@@ -261,32 +289,14 @@ async fn serial_mode_drives_a_port_by_its_path_as_on_the_line() {
     let mut jc = VirtualJigConfig::new(&dir.path().join("boards"));
     jc.baud = 115_200;
     let jig = VirtualJig::spawn(jc, rx).unwrap();
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/templates");
-    let text = format!(
-        r#"
-[station]
-ledger = "{d}/ledger.db"
-[parameters]
-ThingName = "{{serial}}"
-SerialNumber = "{{serial}}"
-DeviceLocation = "Seattle"
-[jigs]
-mode = "serial"
-[[jigs.ports]]
-name = "line-1"
-path = "{path}"
-baud = 115200
-parity = "none"
-flow_control = "none"
-[emulator]
-state_dir = "{d}/emulator"
-templates = "{t}"
-"#,
-        d = dir.path().display(),
-        path = jig.path(),
-        t = fixtures.display()
+    let cfg = serial_line_config(
+        dir.path(),
+        "",
+        &format!(
+            "path = \"{}\"\nbaud = 115200\nparity = \"none\"\nflow_control = \"none\"",
+            jig.path()
+        ),
     );
-    let cfg = Config::parse(&text, Path::new("serial.toml")).unwrap();
     let report = run_line(&cfg, dir.path(), Some(3)).await;
     assert!(report.all_provisioned(), "{:?}", report.summary);
     let jigs = report.summary.jigs.as_ref().unwrap();
@@ -312,30 +322,11 @@ async fn on_a_real_line_a_failed_board_put_back_is_tried_again() {
         ..FaultConfig::default()
     };
     let jig = VirtualJig::spawn(jc, rx).unwrap();
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/templates");
-    let text = format!(
-        r#"
-[station]
-ledger = "{d}/ledger.db"
-[parameters]
-ThingName = "{{serial}}"
-SerialNumber = "{{serial}}"
-DeviceLocation = "Seattle"
-[jigs]
-mode = "serial"
-timeout_ms = 100
-[[jigs.ports]]
-name = "line-1"
-path = "{path}"
-[emulator]
-state_dir = "{d}/emulator"
-templates = "{t}"
-"#,
-        d = dir.path().display(),
-        path = jig.path(),
-        t = fixtures.display()
+    let cfg = serial_line_config(
+        dir.path(),
+        "timeout_ms = 100",
+        &format!("path = \"{}\"", jig.path()),
     );
-    let cfg = Config::parse(&text, Path::new("serial.toml")).unwrap();
     let ledger_path = cfg.station.ledger.clone();
     let run = tokio::spawn({
         let cfg = cfg.clone();
