@@ -447,6 +447,34 @@ pub struct SyntaxError {
     pub help: String,
 }
 
+/// Checks that an endpoint is a bare host name (or `embedded`): no scheme, port, path or
+/// spaces; returns what is wrong.
+fn validate_endpoint_host(host: &str) -> Result<(), String> {
+    if host.is_empty() {
+        return Err("is empty".into());
+    }
+    if let Some((scheme, _)) = host.split_once("://") {
+        return Err(format!(
+            "is {host:?}, a URL with the scheme {scheme}://; the station connects with MQTT over TLS itself"
+        ));
+    }
+    if host.contains(':') {
+        return Err(format!("is {host:?}, which carries a port"));
+    }
+    if let Some(c) = host
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '.'))
+    {
+        return Err(format!(
+            "is {host:?}, which has {c:?}: a host name has only letters, digits, '-' and '.'"
+        ));
+    }
+    if host.starts_with('.') || host.ends_with('.') || host.contains("..") {
+        return Err(format!("is {host:?}, which is not a host name"));
+    }
+    Ok(())
+}
+
 /// Command-line overrides of the endpoint settings, named like the AWS SDK samples'
 /// arguments (`--endpoint`, `--port`, `--cert`, … `--template_name`,
 /// `--template_parameters`).
@@ -664,6 +692,20 @@ impl Config {
             ));
         }
         let e = &self.endpoint;
+        if let Err(problem) = validate_endpoint_host(&e.endpoint) {
+            return Err(invalid(
+                "endpoint.endpoint",
+                problem,
+                "give the host name alone, e.g. \"abcdefghij1234-ats.iot.eu-west-1.amazonaws.com\" (aws iot describe-endpoint --endpoint-type iot:Data-ATS), the port in endpoint.port; or \"embedded\"",
+            ));
+        }
+        if e.port == 0 {
+            return Err(invalid(
+                "endpoint.port",
+                "is 0".into(),
+                "use 8883 (MQTT over TLS) or 443 (with ALPN x-amzn-mqtt-ca)",
+            ));
+        }
         if !e.is_embedded() {
             for (key, v) in [
                 ("endpoint.claim_cert", &e.claim_cert),
@@ -911,6 +953,17 @@ mod tests {
             ),
             ("[keys]\nworkers = 0\n", "keys.workers"),
             ("[provision]\nformat = \"xml\"\n", "provision.format"),
+            ("[endpoint]\nendpoint = \"\"\n", "endpoint.endpoint"),
+            (
+                "[endpoint]\nendpoint = \"mqtts://abc-ats.iot.eu-west-1.amazonaws.com\"\n",
+                "endpoint.endpoint",
+            ),
+            (
+                "[endpoint]\nendpoint = \"abc-ats.iot.eu-west-1.amazonaws.com:8883\"\n",
+                "endpoint.endpoint",
+            ),
+            ("[endpoint]\nendpoint = \"abc ats\"\n", "endpoint.endpoint"),
+            ("[endpoint]\nport = 0\n", "endpoint.port"),
         ];
         for (text, key) in cases {
             match parse(text) {
