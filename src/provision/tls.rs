@@ -36,6 +36,14 @@ pub enum TlsSetupError {
         path: PathBuf,
         kind: &'static str,
     },
+    #[error("claim key {path} is encrypted with a passphrase")]
+    #[diagnostic(
+        code(station::tls::encrypted_key),
+        help(
+            "the station cannot ask for a passphrase on the line: store the key unencrypted in a file only the station user can read (openssl pkey -in ENCRYPTED.pem -out claim-key.pem && chmod 600 claim-key.pem)"
+        )
+    )]
+    EncryptedKey { path: PathBuf },
     #[error("the claim certificate and key do not form a usable client identity: {0}")]
     #[diagnostic(
         code(station::tls::identity),
@@ -119,6 +127,12 @@ pub fn claim_client_config(
     let roots = read_roots(&files.root_ca)?;
     let cert = read("claim certificate", &files.claim_cert)?;
     let key = zeroize::Zeroizing::new(read("claim key", &files.claim_key)?);
+    // PKCS#8 `ENCRYPTED PRIVATE KEY`, or a legacy PEM with `Proc-Type: 4,ENCRYPTED`.
+    if key.windows(9).any(|w| w == b"ENCRYPTED") {
+        return Err(TlsSetupError::EncryptedKey {
+            path: files.claim_key.clone(),
+        });
+    }
     if !cert.windows(11).any(|w| w == b"CERTIFICATE") {
         return Err(TlsSetupError::Pem {
             what: "claim certificate",
@@ -140,4 +154,38 @@ pub fn claim_client_config(
             },
             other => other,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_encrypted_claim_key_is_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = rcgen::CertificateParams::new(vec!["ca".into()])
+            .unwrap()
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        let files = ClaimFiles {
+            root_ca: dir.path().join("ca.pem"),
+            claim_cert: dir.path().join("cert.pem"),
+            claim_key: dir.path().join("key.pem"),
+        };
+        std::fs::write(&files.root_ca, ca.pem()).unwrap();
+        std::fs::write(&files.claim_cert, ca.pem()).unwrap();
+        for encrypted in [
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIBvTBXBgkqhkiG9w0BBQ0wSjApBgkq\n-----END ENCRYPTED PRIVATE KEY-----\n",
+            "-----BEGIN EC PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-256-CBC,00\n\nAAAA\n-----END EC PRIVATE KEY-----\n",
+        ] {
+            std::fs::write(&files.claim_key, encrypted).unwrap();
+            let e = claim_client_config(&files, 8883).unwrap_err();
+            assert!(
+                matches!(&e, TlsSetupError::EncryptedKey { path } if *path == files.claim_key),
+                "{e}"
+            );
+            let help = miette::Diagnostic::help(&e).unwrap().to_string();
+            assert!(help.contains("openssl pkey"), "{help}");
+        }
+    }
 }
