@@ -28,6 +28,10 @@ pub enum Error {
     #[diagnostic(transparent)]
     Jig(#[from] crate::jig::JigError),
 
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Line(#[from] crate::provision::health::LineError),
+
     #[error("cannot write the report to {path}: {source}")]
     #[diagnostic(
         code(station::report),

@@ -22,13 +22,14 @@
 //! MQTT broker over mutual TLS, a CA, the template engine, the registry.
 //!
 //! Shared plumbing: [`error`] (the operator-facing error type), [`files`] (atomic and private
-//! file writes), [`shutdown`] and [`token_bucket`].
+//! file writes), [`shutdown`], [`halt`] (why a run stopped early) and [`token_bucket`].
 
 pub mod config;
 pub mod emulator;
 pub mod error;
 pub mod files;
 pub mod fleet;
+pub mod halt;
 pub mod jig;
 pub mod keys;
 pub mod ledger;

@@ -195,7 +195,7 @@ enum LedgerCommand {
 
 fn init_logging(verbose: u8) {
     let default = match verbose {
-        0 => "warn,fleet_station=info",
+        0 => "warn,fleet_station=info,rumqttc=error",
         1 => "info,fleet_station=debug",
         _ => "debug,fleet_station=trace",
     };
@@ -239,15 +239,40 @@ fn ledger_command(cfg: &Config, what: LedgerCommand) -> Result<(), ExportError> 
     }
 }
 
-/// Prints the summary; exit 0 only if every device was provisioned.
-fn print_report(r: &station::RunReport) -> ExitCode {
+/// Prints the summary and how the run stopped; the exit code says it too (README: 0 all
+/// provisioned, 1 some failed, 2 an error stopped the line, 130 stopped by the operator).
+fn print_report(r: station::RunReport, line: bool) -> ExitCode {
+    let what_resumes = if line {
+        "they keep their state and resume where they stopped on the next run"
+    } else {
+        "synthetic devices do not resume: their certificates are listed in the load test's ledger.db for cleanup"
+    };
     println!("{}", r.summary.render());
     println!("report: {}", r.report_dir.join("summary.json").display());
-    if r.all_provisioned() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+    let code = r.exit_code();
+    let interrupted = r.summary.devices.interrupted;
+    match r.stopped {
+        station::Stopped::Halted(e) => {
+            eprintln!("{:?}", miette::Report::new(*e));
+            if interrupted > 0 {
+                eprintln!("{interrupted} devices in flight were stopped; {what_resumes}");
+            }
+        }
+        station::Stopped::Interrupted => {
+            eprintln!(
+                "stopped by the operator: {interrupted} devices in flight were stopped; {what_resumes}"
+            );
+        }
+        station::Stopped::Done => {}
     }
+    if line && r.unfinished > 0 {
+        eprintln!(
+            "the ledger holds {} unfinished device{}: each resumes where it stopped when its board is placed again",
+            r.unfinished,
+            if r.unfinished == 1 { "" } else { "s" }
+        );
+    }
+    ExitCode::from(code)
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -284,7 +309,7 @@ fn main() -> ExitCode {
                 let stop = Shutdown::new();
                 shutdown::trigger_on_signals(&stop);
                 match station::run(&cfg, &opts, stop).await {
-                    Ok(r) => print_report(&r),
+                    Ok(r) => print_report(r, true),
                     Err(e) => report(e),
                 }
             })
@@ -310,7 +335,7 @@ fn main() -> ExitCode {
                 let stop = Shutdown::new();
                 shutdown::trigger_on_signals(&stop);
                 match loadtest::loadtest(&cfg, &opts, stop).await {
-                    Ok(r) => print_report(&r),
+                    Ok(r) => print_report(r, false),
                     Err(e) => report(e),
                 }
             })
@@ -321,13 +346,15 @@ fn main() -> ExitCode {
                 Err(e) => return report(e),
             };
             runtime().block_on(async {
-                match station::check(&cfg, Shutdown::new()).await {
+                match station::check(&cfg).await {
                     Ok(steps) => {
                         for s in &steps {
                             println!("{s}");
                         }
-                        if steps.iter().all(|s| s.ok) {
-                            println!("the endpoint is ready for provisioning");
+                        if steps.iter().all(|s| s.ok()) {
+                            println!(
+                                "the endpoint is ready for provisioning, as far as a check that creates nothing can tell (see \"not checked\")"
+                            );
                             ExitCode::SUCCESS
                         } else {
                             ExitCode::FAILURE

@@ -171,11 +171,17 @@ async fn emulate_prints_where_it_listens_and_serves_the_claim_identity() {
 }
 
 fn check(dir: &Path, emu: &StandaloneEmulator) -> std::process::Output {
+    check_with(dir, emu, &[])
+}
+
+/// `station check` against `emu` with extra arguments.
+fn check_with(dir: &Path, emu: &StandaloneEmulator, args: &[&str]) -> std::process::Output {
     let empty = dir.join("check.toml");
     std::fs::write(&empty, "").unwrap();
     station()
         .args(["check", "--config"])
         .arg(&empty)
+        .args(args)
         .args(["--endpoint", "localhost", "--port", &emu.port.to_string()])
         .arg("--ca-file")
         .arg(&emu.ca)
@@ -194,7 +200,8 @@ fn check_reports_each_step_against_a_standalone_emulator() {
     let out = check(dir.path(), &emu);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
-    assert_eq!(stdout.matches("[ ok ]").count(), 3, "{stdout}");
+    // CONNECT, two SUBSCRIBEs, and a request of each API that creates nothing.
+    assert_eq!(stdout.matches("[ ok ]").count(), 5, "{stdout}");
     assert!(
         stdout.contains("create-from-csr/json/accepted (QoS 1)"),
         "{stdout}"
@@ -203,6 +210,98 @@ fn check_reports_each_step_against_a_standalone_emulator() {
         stdout.contains("FleetTemplate/provision/json/rejected (QoS 1)"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("[ ok ] RegisterThing request and reply"),
+        "{stdout}"
+    );
+    // What it cannot check is said, not implied.
+    assert!(stdout.contains("[ -- ] not checked"), "{stdout}");
+    emu.stop();
+    // Nothing was created.
+    let registry =
+        fleet_station::emulator::registry::Registry::open(&dir.path().join("emulator/registry.db"))
+            .unwrap();
+    assert_eq!(
+        registry.read(|s| s.certificates.values().filter(|c| !c.claim).count()),
+        0
+    );
+}
+
+#[test]
+fn check_fails_for_a_template_that_does_not_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = StandaloneEmulator::start(dir.path(), "");
+    let out = check_with(dir.path(), &emu, &["--template-name", "NoSuchTemplate"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("[FAIL] RegisterThing request and reply")
+            && stdout.contains("NoSuchTemplate does not exist"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("create-provisioning-template"), "{stdout}");
+    emu.stop();
+}
+
+/// A claim policy that lets the station subscribe to every reply topic but publish only the
+/// CSR request (the template's request topic is missing).
+const NO_TEMPLATE_PUBLISH: &str = r#"{"Statement":[{"Effect":"Allow","Action":"iot:Connect","Resource":"*"},
+    {"Effect":"Allow","Action":["iot:Publish","iot:Receive"],"Resource":"arn:aws:iot:*:*:topic/$aws/certificates/create-from-csr/*"},
+    {"Effect":"Allow","Action":"iot:Receive","Resource":"arn:aws:iot:*:*:topic/$aws/provisioning-templates/*"},
+    {"Effect":"Allow","Action":"iot:Subscribe","Resource":"*"}]}"#;
+
+#[test]
+fn check_fails_when_the_policy_denies_publishing_on_the_template_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("claim-policy.json");
+    std::fs::write(&policy, NO_TEMPLATE_PUBLISH).unwrap();
+    let emu = StandaloneEmulator::start(
+        dir.path(),
+        &format!("claim_policy = \"{}\"", policy.display()),
+    );
+    for version in ["3", "5"] {
+        let out = check_with(dir.path(), &emu, &["--mqtt-version", version]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "MQTT {version}: {stdout}");
+        assert!(
+            stdout.contains("[ ok ] CreateCertificateFromCsr request and reply"),
+            "MQTT {version}: {stdout}"
+        );
+        assert!(
+            stdout.contains("[FAIL] RegisterThing request and reply")
+                && stdout.contains("iot:Publish"),
+            "MQTT {version}: {stdout}"
+        );
+    }
+    emu.stop();
+}
+
+#[test]
+fn check_maps_a_refused_connect_to_the_claim_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("claim-policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"Statement":[{"Effect":"Allow","Action":"iot:Connect","Resource":"arn:aws:iot:*:*:client/someone-else"}]}"#,
+    )
+    .unwrap();
+    let emu = StandaloneEmulator::start(
+        dir.path(),
+        &format!("claim_policy = \"{}\"", policy.display()),
+    );
+    for version in ["3", "5"] {
+        let out = check_with(dir.path(), &emu, &["--mqtt-version", version]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "MQTT {version}: {stdout}");
+        assert!(
+            stdout.contains("[FAIL] TLS handshake and CONNECT: CONNECT refused"),
+            "MQTT {version}: {stdout}"
+        );
+        assert!(
+            stdout.contains("the claim policy must allow iot:Connect for this client id"),
+            "MQTT {version}: {stdout}"
+        );
+    }
     emu.stop();
 }
 

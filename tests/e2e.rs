@@ -165,29 +165,63 @@ async fn provisions_a_line_of_virtual_boards_end_to_end() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_line_where_every_board_is_rejected_ends_with_named_failures() {
+async fn a_bad_parameter_stops_the_line_after_one_certificate_and_the_fixed_line_resumes() {
     let dir = tempfile::tempdir().unwrap();
     // Atlantis is not in the template's LocationTable: RegisterThing is rejected (400).
-    let cfg = config_with(dir.path(), 2, 6, "Atlantis", "");
+    let mut cfg = config_with(dir.path(), 2, 6, "Atlantis", "");
+    // The same boards come back after the fix.
+    cfg.jigs.stamp_serials = false;
     let report = run_line(&cfg, dir.path(), None).await;
-    assert!(!report.all_provisioned());
-    let s = &report.summary;
-    assert_eq!(
-        (s.devices.total, s.devices.provisioned, s.devices.failed),
-        (6, 0, 6)
+    let station::Stopped::Halted(e) = &report.stopped else {
+        panic!("the line did not stop: {:?}", report.stopped);
+    };
+    let message = e.to_string();
+    assert!(
+        message.contains("InvalidParameters") && message.contains("Atlantis"),
+        "{message}"
     );
-    assert_eq!(s.failures["register_thing:InvalidParameters"], 6);
-    let ledger = Ledger::open(&cfg.station.ledger, "e2e").unwrap();
-    for d in ledger.devices().unwrap() {
-        assert_eq!(d.state, DeviceState::Failed);
-        let reason = d.reason.unwrap();
-        assert!(
-            reason.contains("InvalidParameters") && reason.contains("Atlantis"),
-            "{reason}"
-        );
-        // Nothing was written to a board that got no identity.
-        assert!(!Flash::path_for(&cfg.jigs.flash_dir, &d.serial).exists());
+    assert_eq!(report.exit_code(), 2);
+    let s = &report.summary;
+    assert_eq!((s.devices.provisioned, s.devices.failed), (0, 0));
+    assert!(s.devices.interrupted >= 1, "{:?}", s.devices);
+    let registry = |dir: &Path| {
+        Registry::open(&dir.join("emulator/registry.db"))
+            .unwrap()
+            .read(|s| s.certificates.values().filter(|c| !c.claim).count())
+    };
+    assert_eq!(
+        registry(dir.path()),
+        1,
+        "one certificate, not one per board"
+    );
+    {
+        let ledger = Ledger::open(&cfg.station.ledger, "e2e").unwrap();
+        assert!(ledger.orphans().unwrap().is_empty());
+        for d in ledger.devices().unwrap() {
+            assert!(
+                !Flash::path_for(&cfg.jigs.flash_dir, &d.serial).exists(),
+                "nothing is written to a board that got no identity"
+            );
+        }
     }
+
+    // The operator fixes the parameter and places the same boards again: the one that has a
+    // certificate registers it with its token; nothing is orphaned.
+    let mut fixed = config_with(dir.path(), 2, 6, "Seattle", "");
+    fixed.jigs.stamp_serials = false;
+    let report = run_line(&fixed, dir.path(), None).await;
+    assert_eq!(report.exit_code(), 0, "{:?}", report.stopped);
+    assert_eq!(report.summary.devices.provisioned, 6);
+    assert_eq!(registry(dir.path()), 6);
+    let ledger = Ledger::open(&cfg.station.ledger, "e2e").unwrap();
+    assert!(ledger.orphans().unwrap().is_empty());
+    assert!(
+        ledger
+            .devices()
+            .unwrap()
+            .iter()
+            .all(|d| d.state == DeviceState::Verified)
+    );
 }
 
 /// Every file under `dir` except the boards' own flash files.

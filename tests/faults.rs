@@ -8,12 +8,11 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{TestEmulator, submit};
+use common::{TestEmulator, start_engine, submit};
 use fleet_station::emulator::faults::FaultConfig;
 use fleet_station::emulator::registry::CertStatus;
 use fleet_station::ledger::{DeviceState, Ledger, Transition};
-use fleet_station::provision::{KeyPlan, Provisioner};
-use fleet_station::shutdown::Shutdown;
+use fleet_station::provision::{KeyPlan, NotProvisioned};
 use fleet_station::telemetry::{self, Aggregate};
 
 struct Outcome {
@@ -35,13 +34,7 @@ async fn provision_all(
     let keys = common::key_pool();
     let ledger = Ledger::open(&emu.dir.path().join("ledger.db"), "faults").unwrap();
     let (telemetry, _snap, aggregator) = telemetry::start();
-    let engine = Provisioner::start(
-        cfg,
-        keys,
-        ledger.clone(),
-        telemetry.clone(),
-        Shutdown::new(),
-    );
+    let (engine, halt) = start_engine(cfg, keys, &ledger, telemetry.clone());
     let jobs = engine.submitter();
     let mut waits = Vec::new();
     for i in 0..devices {
@@ -64,7 +57,13 @@ async fn provision_all(
                 ledger.record(id, Transition::Verified).await.unwrap();
                 provisioned += 1;
             }
-            Err(f) => {
+            Err(NotProvisioned::Interrupted) => {
+                panic!(
+                    "{serial} was interrupted: the line stopped: {:?}",
+                    halt.take()
+                )
+            }
+            Err(NotProvisioned::Failed(f)) => {
                 assert!(!f.code.is_empty() && !f.message.is_empty());
                 ledger
                     .record(

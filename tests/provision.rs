@@ -1,16 +1,18 @@
 //! The provisioning engine against the emulator over real TLS sockets: many devices through
-//! a pool of sessions, each journaled in the ledger; and the failures an operator must be
-//! able to read.
+//! a pool of sessions, each journaled in the ledger; the failures an operator must be able
+//! to read; and the configuration problems that stop the line after one certificate instead
+//! of failing every board.
 
 mod common;
 
 use std::collections::HashSet;
 
-use common::{TestEmulator, key_pool, submit};
+use common::{TestEmulator, failure, key_pool, start_engine, submit, submit_board};
+use fleet_station::Error;
 use fleet_station::keys::certificate_matches_key;
 use fleet_station::ledger::{DeviceState, Ledger};
-use fleet_station::provision::{EngineConfig, KeyPlan, Provisioner};
-use fleet_station::shutdown::Shutdown;
+use fleet_station::provision::health::LineError;
+use fleet_station::provision::{BoardIdentity, EngineConfig, KeyPlan, NotProvisioned};
 use fleet_station::telemetry;
 use rustls_pki_types::pem::PemObject;
 
@@ -23,12 +25,11 @@ async fn provisions_many_devices_over_a_session_pool() {
     let emu = TestEmulator::start().await;
     let ledger = Ledger::open(&emu.dir.path().join("ledger.db"), "test-station").unwrap();
     let (telemetry, _snap, aggregator) = telemetry::start();
-    let engine = Provisioner::start(
+    let (engine, _halt) = start_engine(
         engine_config(&emu, 4, "FleetTemplate"),
         key_pool(),
-        ledger.clone(),
+        &ledger,
         telemetry.clone(),
-        Shutdown::new(),
     );
     let jobs = engine.submitter();
     let mut waits = Vec::new();
@@ -74,18 +75,46 @@ async fn provisions_many_devices_over_a_session_pool() {
     assert_eq!(agg.retries, 0);
 }
 
+/// Certificates the emulator issued (claim certificate aside).
+fn issued(emu: &TestEmulator) -> usize {
+    emu.emulator
+        .registry()
+        .read(|s| s.certificates.values().filter(|c| !c.claim).count())
+}
+
 #[tokio::test]
-async fn a_rejection_fails_the_device_with_the_api_and_error_code() {
+async fn once_a_device_got_through_a_rejection_fails_only_its_device() {
     let emu = TestEmulator::start().await;
     let ledger = Ledger::open(&emu.dir.path().join("ledger.db"), "t").unwrap();
     let (telemetry, _snap, _agg) = telemetry::start();
     let mut cfg = engine_config(&emu, 1, "FleetTemplate");
-    // Atlantis is not in the template's LocationTable mapping.
+    // Each board reports its location as its hardware revision.
     cfg.parameters
-        .insert("DeviceLocation".into(), "Atlantis".into());
-    let engine = Provisioner::start(cfg, key_pool(), ledger.clone(), telemetry, Shutdown::new());
-    let (_, rx) = submit(&engine.submitter(), &ledger, "SN-X", "jig", KeyPlan::Pool).await;
-    let failure = rx.await.unwrap().unwrap_err();
+        .insert("DeviceLocation".into(), "{hw_rev}".into());
+    let (engine, halt) = start_engine(cfg, key_pool(), &ledger, telemetry);
+    let board = |serial: &str, location: &str| BoardIdentity {
+        serial: serial.into(),
+        jig: "jig".into(),
+        hw_rev: Some(location.into()),
+        ..Default::default()
+    };
+    let (_, rx) = submit_board(
+        &engine.submitter(),
+        &ledger,
+        board("SN-OK", "Seattle"),
+        KeyPlan::Pool,
+    )
+    .await;
+    rx.await.unwrap().unwrap();
+    // Atlantis is not in the template's LocationTable mapping.
+    let (_, rx) = submit_board(
+        &engine.submitter(),
+        &ledger,
+        board("SN-X", "Atlantis"),
+        KeyPlan::Pool,
+    )
+    .await;
+    let failure = failure(rx.await.unwrap());
     assert_eq!(failure.code, "register_thing:InvalidParameters");
     assert!(
         failure.message.contains("provision/json/rejected"),
@@ -93,29 +122,79 @@ async fn a_rejection_fails_the_device_with_the_api_and_error_code() {
         failure.message
     );
     assert!(failure.message.contains("400"), "{}", failure.message);
+    assert!(
+        !halt.is_raised(),
+        "one board's problem does not stop the line"
+    );
 }
 
 #[tokio::test]
-async fn an_unknown_template_is_named_in_the_failure() {
+async fn a_rejection_before_any_device_got_through_stops_the_line_after_one_certificate() {
     let emu = TestEmulator::start().await;
     let ledger = Ledger::open(&emu.dir.path().join("ledger.db"), "t").unwrap();
     let (telemetry, _snap, _agg) = telemetry::start();
-    let engine = Provisioner::start(
-        engine_config(&emu, 1, "NoSuchTemplate"),
-        key_pool(),
-        ledger.clone(),
-        telemetry,
-        Shutdown::new(),
-    );
-    let (_, rx) = submit(&engine.submitter(), &ledger, "SN-Y", "jig", KeyPlan::Pool).await;
-    let failure = rx.await.unwrap().unwrap_err();
-    // The default claim policy allows every template's topics; the service answers 404.
-    assert_eq!(failure.code, "register_thing:ResourceNotFound");
+    let mut cfg = engine_config(&emu, 4, "FleetTemplate");
+    cfg.parameters
+        .insert("DeviceLocation".into(), "Atlantis".into());
+    let (engine, halt) = start_engine(cfg, key_pool(), &ledger, telemetry);
+    let mut waits = Vec::new();
+    for i in 0..8 {
+        waits.push(
+            submit(
+                &engine.submitter(),
+                &ledger,
+                &format!("SN-{i}"),
+                "jig",
+                KeyPlan::Pool,
+            )
+            .await,
+        );
+    }
+    for (_, rx) in waits {
+        // Interrupted, or never taken by the stopped engine.
+        if let Ok(r) = rx.await {
+            assert_eq!(r.unwrap_err(), NotProvisioned::Interrupted);
+        }
+    }
+    let Some(Error::Line(LineError::FirstDeviceRejected { message, .. })) = halt.take() else {
+        panic!("the line was not stopped for the first device's rejection");
+    };
     assert!(
-        failure.message.contains("NoSuchTemplate"),
-        "{}",
-        failure.message
+        message.contains("InvalidParameters") && message.contains("Atlantis"),
+        "{message}"
     );
+    // Four sessions, eight boards, one certificate.
+    assert_eq!(issued(&emu), 1);
+    // The device that got it keeps it: it resumes once the configuration is fixed.
+    let with_certificate: Vec<_> = ledger
+        .devices()
+        .unwrap()
+        .into_iter()
+        .filter(|d| d.state == DeviceState::CertificateIssued)
+        .collect();
+    assert_eq!(with_certificate.len(), 1);
+    assert!(ledger.orphans().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_unknown_template_stops_the_line_with_its_name() {
+    let emu = TestEmulator::start().await;
+    let ledger = Ledger::open(&emu.dir.path().join("ledger.db"), "t").unwrap();
+    let (telemetry, _snap, _agg) = telemetry::start();
+    let (engine, halt) = start_engine(
+        engine_config(&emu, 2, "NoSuchTemplate"),
+        key_pool(),
+        &ledger,
+        telemetry,
+    );
+    let (_, a) = submit(&engine.submitter(), &ledger, "SN-Y", "jig", KeyPlan::Pool).await;
+    assert_eq!(a.await.unwrap().unwrap_err(), NotProvisioned::Interrupted);
+    // The default claim policy allows every template's topics; the service answers 404.
+    let Some(Error::Line(e @ LineError::TemplateNotFound { .. })) = halt.take() else {
+        panic!("the line was not stopped for the missing template");
+    };
+    assert!(e.to_string().contains("NoSuchTemplate"), "{e}");
+    assert_eq!(issued(&emu), 1);
 }
 
 async fn provision_one(
@@ -123,10 +202,10 @@ async fn provision_one(
     cfg: EngineConfig,
     serial: &str,
     key: KeyPlan,
-) -> Result<fleet_station::provision::Credentials, fleet_station::provision::DeviceFailure> {
+) -> Result<fleet_station::provision::Credentials, NotProvisioned> {
     let ledger = Ledger::open(&emu.dir.path().join(format!("{serial}.db")), "t").unwrap();
     let (telemetry, _snap, _agg) = telemetry::start();
-    let engine = Provisioner::start(cfg, key_pool(), ledger.clone(), telemetry, Shutdown::new());
+    let (engine, _halt) = start_engine(cfg, key_pool(), &ledger, telemetry);
     let (_, rx) = submit(&engine.submitter(), &ledger, serial, "jig", key).await;
     rx.await.unwrap()
 }
@@ -175,9 +254,7 @@ async fn the_post_provision_check_connects_with_the_new_identity() {
     // before the board leaves the jig.
     let mut cfg = engine_config(&emu, 1, "FleetTemplate");
     cfg.post_provision_check = true;
-    let failure = provision_one(&emu, cfg, "SN-PC", KeyPlan::Pool)
-        .await
-        .unwrap_err();
+    let failure = failure(provision_one(&emu, cfg, "SN-PC", KeyPlan::Pool).await);
     assert_eq!(failure.code, "post_check:connect");
     assert!(
         failure.message.contains("thing-SN-PC"),

@@ -52,6 +52,16 @@ impl Api {
         }
     }
 
+    /// The API in failure codes and report keys (`create_certificate`, `create_keys`,
+    /// `register_thing`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Api::CreateKeysAndCertificate => "create_keys",
+            Api::CreateCertificateFromCsr => "create_certificate",
+            Api::RegisterThing { .. } => "register_thing",
+        }
+    }
+
     /// The topic a device publishes the request to.
     pub fn request_topic(&self, format: Format) -> String {
         match self {

@@ -21,6 +21,7 @@
 
 pub mod export;
 pub mod seal;
+mod shim;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

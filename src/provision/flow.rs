@@ -2,42 +2,59 @@
 //! `CreateKeysAndCertificate` when AWS makes the key) → `RegisterThing`, each state in the
 //! ledger before the next step runs, resuming where an earlier run stopped.
 //!
-//! Retries: a throttled (429) or internal (500) rejection, a timeout, a lost connection or a
-//! stale reply is retried with full-jitter exponential backoff, up to `max_attempts` per call
-//! and never past the device's deadline. Transport failures rebuild the session first; 429s
-//! also slow the shared rate limiter down. A RegisterThing retry reuses the token it holds.
-//! Only when that token can no longer be used (expired, or refused) is the certificate
-//! abandoned — the ledger lists it as an orphan — and a new one requested. Any other
-//! rejection fails the device at once with the API and the service's `errorCode`.
+//! Retries (each call: [`call_with_retry`]):
+//! - a throttle (429, an MQTT 5 PUBACK "quota exceeded", or a connection the server closed
+//!   after the request and before its reply) slows the shared rate limiter and the request
+//!   is sent again; it does not use up an attempt;
+//! - an endpoint that cannot be reached pauses the device until it is back (or the device's
+//!   deadline passes); no attempt is used, the operator is told once;
+//! - a 500, a timeout or an unusable reply is a failed attempt (up to `max_attempts`);
+//! - a problem no retry can fix (an untrusted server certificate, a refused claim
+//!   certificate, CONNECT or PUBLISH not authorized, a missing template, a silent endpoint,
+//!   or any rejection before the line's first device got through) stops the line
+//!   ([`super::health`]) and the device is interrupted, not failed;
+//! - any other rejection fails the device with the API and the service's `errorCode`.
+//!
+//! A RegisterThing retry reuses the token it holds. When the token is refused within its hour
+//! after a request whose answer was lost (or by a resumed device), the first registration went
+//! through: the certificate is ACTIVE on the thing, recorded as such, and the device gets one
+//! new certificate. Until the line's first device passed RegisterThing only one device at a
+//! time creates a certificate. When the station stops, a request already sent gets a short
+//! grace for its answer; the device then keeps its state and resumes on the next run.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tokio::sync::OwnedMutexGuard;
 
-use super::rate::RateLimiter;
-use super::session::{Reply, Session, SessionConfig};
+use super::call::{CallFailure, CallSpec, call_with_retry};
+use super::health::LineHealth;
+use super::session::{Session, SessionConfig, Verdict};
 use super::{
-    BoardIdentity, Credentials, DeviceFailure, DeviceJob, EngineConfig, KeyPlan, SessionSlot,
+    BoardIdentity, Credentials, DeviceFailure, DeviceJob, EngineConfig, KeyPlan, NotProvisioned,
+    SessionSlot,
 };
 use crate::config::fill_placeholders;
 use crate::fleet::payloads::{Secret, decode, encode};
 use crate::fleet::{
     Api, CreateCertificateFromCsrRequest, CreateCertificateFromCsrResponse,
-    CreateKeysAndCertificateResponse, ErrorResponse, RegisterThingRequest, RegisterThingResponse,
-    ReplyKind,
+    CreateKeysAndCertificateResponse, RegisterThingRequest, RegisterThingResponse,
 };
+use crate::halt::Halt;
 use crate::keys::{KeyPool, certificate_public_key, csr_public_key, public_key_sha256};
-use crate::ledger::{DeviceState, KeySource, Ledger, OrphanStatus, Resume, Transition, now_ms};
-use crate::shutdown::Shutdown;
+use crate::ledger::{
+    DeviceState, KeySource, Ledger, LedgerError, OrphanStatus, Resume, Transition, now_ms,
+};
 use crate::telemetry::{Event, Stage, Telemetry};
 
 /// How long the station trusts an ownership token: AWS's hour minus a safety margin.
 pub const TOKEN_TRUST: Duration = Duration::from_secs(55 * 60);
 
-/// New certificates a device may need in one run (each one after an unusable token).
-const CERTIFICATE_ROUNDS: u32 = 3;
+/// Certificates a device may get in one run: its first, and one more after a token that can
+/// no longer be used.
+const CERTIFICATE_ROUNDS: u32 = 2;
 
 /// What a session task needs to run a device's flow.
 #[derive(Clone)]
@@ -46,18 +63,37 @@ pub struct FlowContext {
     pub keys: Arc<KeyPool>,
     pub ledger: Ledger,
     pub telemetry: Telemetry,
-    pub shutdown: Shutdown,
+    /// Stops the line (and carries the station's stop signal).
+    pub halt: Halt,
+    pub health: Arc<LineHealth>,
 }
 
-fn fail(code: impl Into<String>, message: impl Into<String>) -> DeviceFailure {
+impl FlowContext {
+    pub(super) fn limits(&self) -> &super::rate::Limits {
+        &self.cfg.limits
+    }
+
+    pub(super) fn stopping(&self) -> bool {
+        self.halt.shutdown().is_triggered()
+    }
+
+    /// Stops the line for `e`; the device in flight is interrupted.
+    pub(super) fn stop_line(&self, e: impl Into<crate::Error>) -> NotProvisioned {
+        self.halt.raise(e);
+        NotProvisioned::Interrupted
+    }
+
+    /// A ledger that cannot record a step stops the line: nothing may run ahead of it.
+    fn ledger_failed(&self, e: LedgerError) -> NotProvisioned {
+        self.stop_line(e)
+    }
+}
+
+pub(super) fn fail(code: impl Into<String>, message: impl Into<String>) -> DeviceFailure {
     DeviceFailure {
         code: code.into(),
         message: message.into(),
     }
-}
-
-fn ledger_failure(e: crate::ledger::LedgerError) -> DeviceFailure {
-    fail("ledger", format!("the ledger could not record a step: {e}"))
 }
 
 /// Fills the configured template parameters for one board.
@@ -94,14 +130,6 @@ pub fn board_parameters(
         .collect()
 }
 
-/// Full-jitter exponential backoff: uniform in [0, min(cap, base · 2^attempt)].
-pub fn backoff(attempt: u32) -> Duration {
-    let base = Duration::from_millis(100);
-    let cap = Duration::from_secs(5);
-    let ceiling = base.saturating_mul(1u32 << attempt.min(16)).min(cap);
-    Duration::from_micros(fastrand::u64(0..=ceiling.as_micros() as u64))
-}
-
 /// What the device holds so far.
 enum Have {
     Nothing,
@@ -123,19 +151,24 @@ pub async fn provision(
     ctx: &FlowContext,
     slot: &mut SessionSlot,
     job: &mut DeviceJob,
-) -> Result<Credentials, DeviceFailure> {
+) -> Result<Credentials, NotProvisioned> {
     let cfg = &ctx.cfg;
     let deadline = Instant::now() + cfg.device_deadline;
     let id = job.device_id;
+    let serial = job.board.serial.clone();
     let parameters = board_parameters(&cfg.parameters, &job.board, &cfg.station_id)?;
 
-    // Could a RegisterThing have used the current token? (Then an abandoned certificate
-    // may be active.)
-    let mut tried_register = job.resume.is_some();
+    // Could an earlier run have sent RegisterThing with the token held now?
+    let mut resumed_issued = job
+        .resume
+        .as_ref()
+        .is_some_and(|r| r.state == DeviceState::CertificateIssued);
     let mut have = match job.resume.take() {
         Some(r) => resume_point(ctx, id, r).await?,
         None => Have::Nothing,
     };
+    // Held while this device is the line's probe (see `LineHealth::probe`).
+    let mut probe: Option<OwnedMutexGuard<()>> = None;
     let mut rounds = 0;
     loop {
         have = match have {
@@ -147,13 +180,24 @@ pub async fn provision(
                         format!(
                             "{CERTIFICATE_ROUNDS} certificates in a row could not be registered"
                         ),
-                    ));
+                    )
+                    .into());
                 }
-                tried_register = false;
-                Have::Issued(new_certificate(ctx, slot, id, &job.key, deadline).await?)
+                resumed_issued = false;
+                if probe.is_none() {
+                    probe = tokio::select! {
+                        p = ctx.health.probe() => p,
+                        _ = ctx.halt.shutdown().wait() => return Err(NotProvisioned::Interrupted),
+                    };
+                }
+                // The probe before this one may have stopped the line.
+                if ctx.stopping() {
+                    return Err(NotProvisioned::Interrupted);
+                }
+                Have::Issued(new_certificate(ctx, slot, id, &serial, &job.key, deadline).await?)
             }
             Have::Issued(issued) if now_ms() >= issued.token_expires_ms => {
-                let status = if tried_register {
+                let status = if resumed_issued {
                     OrphanStatus::Unknown
                 } else {
                     OrphanStatus::Pending
@@ -163,9 +207,8 @@ pub async fn provision(
                 Have::Nothing
             }
             Have::Issued(issued) => {
-                tried_register = true;
-                match register(ctx, slot, &issued, &parameters, deadline).await? {
-                    Some(r) => {
+                match register(ctx, slot, id, &issued, &parameters, &serial, deadline).await? {
+                    Registration::Accepted(r) => {
                         let thing = r.thing_name.clone().ok_or_else(|| {
                             fail(
                                 "register_thing:no_thing_name",
@@ -181,13 +224,28 @@ pub async fn provision(
                                 },
                             )
                             .await
-                            .map_err(ledger_failure)?;
+                            .map_err(|e| ctx.ledger_failed(e))?;
+                        ctx.health.registered();
+                        probe = None;
                         Have::Registered(issued, thing, r.device_configuration)
                     }
-                    None => {
-                        // Refused: an earlier attempt whose answer was lost may have used it.
-                        let reason = "RegisterThing refused its ownership token";
-                        abandon(ctx, id, reason, OrphanStatus::Unknown).await?;
+                    Registration::TokenRefused { earlier_lost } => {
+                        // Only this station held the token, and it is within its hour: a
+                        // refusal after a request whose answer was lost means that request
+                        // registered the certificate. It is ACTIVE on the thing the next
+                        // registration names.
+                        let (status, reason) = if earlier_lost || resumed_issued {
+                            (
+                                OrphanStatus::Active,
+                                "RegisterThing refused its ownership token: an earlier RegisterThing whose answer was lost registered it",
+                            )
+                        } else {
+                            (
+                                OrphanStatus::Unknown,
+                                "RegisterThing refused its ownership token",
+                            )
+                        };
+                        abandon(ctx, id, reason, status).await?;
                         Have::Nothing
                     }
                 }
@@ -204,7 +262,7 @@ async fn abandon(
     id: i64,
     reason: &str,
     status: OrphanStatus,
-) -> Result<(), DeviceFailure> {
+) -> Result<(), NotProvisioned> {
     ctx.ledger
         .record(
             id,
@@ -214,11 +272,11 @@ async fn abandon(
             },
         )
         .await
-        .map_err(ledger_failure)
+        .map_err(|e| ctx.ledger_failed(e))
 }
 
 /// Where an unfinished device from an earlier run continues.
-async fn resume_point(ctx: &FlowContext, id: i64, r: Resume) -> Result<Have, DeviceFailure> {
+async fn resume_point(ctx: &FlowContext, id: i64, r: Resume) -> Result<Have, NotProvisioned> {
     let source = r.key_source.unwrap_or(KeySource::Pool);
     let usable = |r: &Resume| -> Option<Issued> {
         Some(Issued {
@@ -267,7 +325,7 @@ async fn finish(
     issued: Issued,
     thing_name: String,
     device_configuration: BTreeMap<String, String>,
-) -> Result<Credentials, DeviceFailure> {
+) -> Result<Credentials, NotProvisioned> {
     if ctx.cfg.post_provision_check
         && let Some(key) = &issued.private_key
     {
@@ -290,7 +348,7 @@ async fn post_provision_check(
     certificate_pem: &str,
     key: &Secret,
     thing_name: &str,
-) -> Result<(), DeviceFailure> {
+) -> Result<(), NotProvisioned> {
     let cfg = &ctx.cfg;
     let tls = super::tls::client_config_from_pem(
         cfg.roots.clone(),
@@ -321,18 +379,13 @@ async fn post_provision_check(
                     "connected with the new certificate",
                 )
                 .await
-                .map_err(ledger_failure)
+                .map_err(|e| ctx.ledger_failed(e))
         }
         Err(e) => Err(fail(
             "post_check:connect",
             format!("the new certificate could not connect as {thing_name}: {e}"),
-        )),
-    }
-}
-
-impl FlowContext {
-    fn limits(&self) -> &super::rate::Limits {
-        &self.cfg.limits
+        )
+        .into()),
     }
 }
 
@@ -341,19 +394,32 @@ async fn new_certificate(
     ctx: &FlowContext,
     slot: &mut SessionSlot,
     id: i64,
+    serial: &str,
     plan: &KeyPlan,
     deadline: Instant,
-) -> Result<Issued, DeviceFailure> {
+) -> Result<Issued, NotProvisioned> {
     let cfg = &ctx.cfg;
     let format = cfg.format;
     let t = Instant::now();
+    let reserve = |source, public_key_sha256, private_key| async move {
+        ctx.ledger
+            .record(
+                id,
+                Transition::KeyReserved {
+                    source,
+                    public_key_sha256,
+                    private_key,
+                },
+            )
+            .await
+            .map_err(|e| ctx.ledger_failed(e))
+    };
     let issued = match plan {
         KeyPlan::Pool => {
-            let key = ctx
-                .keys
-                .take()
-                .await
-                .map_err(|e| fail("keygen", e.to_string()))?;
+            let key = tokio::select! {
+                k = ctx.keys.take() => k.map_err(|e| fail("keygen", e.to_string()))?,
+                _ = ctx.halt.shutdown().wait() => return Err(NotProvisioned::Interrupted),
+            };
             ctx.telemetry
                 .emit(Event::StageTime {
                     stage: Stage::Keygen,
@@ -367,19 +433,22 @@ async fn new_certificate(
                 })
                 .await;
             let private_key = Secret::new(key.private_key_pem());
-            ctx.ledger
-                .record(
-                    id,
-                    Transition::KeyReserved {
-                        source: KeySource::Pool,
-                        public_key_sha256: Some(key.public_key_sha256()),
-                        private_key: Some(private_key.clone()),
-                    },
-                )
-                .await
-                .map_err(ledger_failure)?;
-            let created =
-                create_from_csr(ctx, slot, key.csr_pem(), key.spki_der(), deadline).await?;
+            reserve(
+                KeySource::Pool,
+                Some(key.public_key_sha256()),
+                Some(private_key.clone()),
+            )
+            .await?;
+            let created = create_from_csr(
+                ctx,
+                slot,
+                id,
+                serial,
+                key.csr_pem(),
+                key.spki_der(),
+                deadline,
+            )
+            .await?;
             Issued {
                 certificate_id: created.certificate_id,
                 certificate_pem: created.certificate_pem,
@@ -396,18 +465,8 @@ async fn new_certificate(
                     "the CSR the board made does not parse or its signature does not verify",
                 )
             })?;
-            ctx.ledger
-                .record(
-                    id,
-                    Transition::KeyReserved {
-                        source: KeySource::Device,
-                        public_key_sha256: Some(public_key_sha256(&spki)),
-                        private_key: None,
-                    },
-                )
-                .await
-                .map_err(ledger_failure)?;
-            let created = create_from_csr(ctx, slot, csr_pem, &spki, deadline).await?;
+            reserve(KeySource::Device, Some(public_key_sha256(&spki)), None).await?;
+            let created = create_from_csr(ctx, slot, id, serial, csr_pem, &spki, deadline).await?;
             Issued {
                 certificate_id: created.certificate_id,
                 certificate_pem: created.certificate_pem,
@@ -421,27 +480,24 @@ async fn new_certificate(
             return Err(fail(
                 "resume:needs_new_key",
                 "the board holds a committed key whose certificate cannot be used; take the board off and place it again to start over",
-            ));
+            )
+            .into());
         }
         KeyPlan::Aws => {
-            ctx.ledger
-                .record(
-                    id,
-                    Transition::KeyReserved {
-                        source: KeySource::Aws,
-                        public_key_sha256: None,
-                        private_key: None,
-                    },
-                )
-                .await
-                .map_err(ledger_failure)?;
+            reserve(KeySource::Aws, None, None).await?;
+            let recent = slot.recent_certificates();
             let created: CreateKeysAndCertificateResponse = call_with_retry(
                 ctx,
                 slot,
-                &Api::CreateKeysAndCertificate,
-                &ctx.limits().create_keys,
-                encode(format, &serde_json::Map::new()),
-                deadline,
+                CallSpec {
+                    device: id,
+                    serial,
+                    api: &Api::CreateKeysAndCertificate,
+                    limiter: &ctx.limits().create_keys,
+                    payload: encode(format, &serde_json::Map::new()),
+                    deadline,
+                },
+                &|bytes| stale_certificate(format, bytes, &recent),
                 |bytes| {
                     let r: CreateKeysAndCertificateResponse =
                         decode(format, bytes).map_err(|e| e.to_string())?;
@@ -452,7 +508,9 @@ async fn new_certificate(
                 },
             )
             .await
-            .map_err(CallFailure::into_failure)?;
+            .map_err(|f| f.into_outcome(ctx, serial))?
+            .value;
+            slot.remember_certificate(&created.certificate_id);
             Issued {
                 certificate_id: created.certificate_id,
                 certificate_pem: created.certificate_pem,
@@ -489,20 +547,35 @@ async fn new_certificate(
             },
         )
         .await
-        .map_err(ledger_failure)?;
+        .map_err(|e| ctx.ledger_failed(e))?;
     Ok(Issued {
         token_expires_ms,
         ..issued
     })
 }
 
+/// A CreateCertificate answer this slot already took for another device: a late duplicate.
+fn stale_certificate(format: crate::fleet::Format, bytes: &Bytes, recent: &[String]) -> Verdict {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        #[serde(rename = "certificateId")]
+        certificate_id: String,
+    }
+    match decode::<Id>(format, bytes) {
+        Ok(r) if recent.contains(&r.certificate_id) => Verdict::Stale,
+        _ => Verdict::Take,
+    }
+}
+
 async fn create_from_csr(
     ctx: &FlowContext,
     slot: &mut SessionSlot,
+    id: i64,
+    serial: &str,
     csr_pem: &str,
     spki: &[u8],
     deadline: Instant,
-) -> Result<CreateCertificateFromCsrResponse, DeviceFailure> {
+) -> Result<CreateCertificateFromCsrResponse, NotProvisioned> {
     let format = ctx.cfg.format;
     let request = encode(
         format,
@@ -510,17 +583,23 @@ async fn create_from_csr(
             certificate_signing_request: Some(csr_pem.to_string()),
         },
     );
-    call_with_retry(
+    let recent = slot.recent_certificates();
+    let created = call_with_retry(
         ctx,
         slot,
-        &Api::CreateCertificateFromCsr,
-        &ctx.limits().create_certificate,
-        request,
-        deadline,
+        CallSpec {
+            device: id,
+            serial,
+            api: &Api::CreateCertificateFromCsr,
+            limiter: &ctx.limits().create_certificate,
+            payload: request,
+            deadline,
+        },
+        &|bytes| stale_certificate(format, bytes, &recent),
         |bytes| {
             let r: CreateCertificateFromCsrResponse =
                 decode(format, bytes).map_err(|e| e.to_string())?;
-            // A certificate for another key is a stale or foreign reply: never use it.
+            // A certificate for another key is a foreign reply: never use it.
             if certificate_public_key(&r.certificate_pem).as_deref() != Some(spki) {
                 return Err(
                     "the certificate does not carry the CSR's public key (stale or foreign reply)"
@@ -534,18 +613,32 @@ async fn create_from_csr(
         },
     )
     .await
-    .map_err(CallFailure::into_failure)
+    .map_err(|f| f.into_outcome(ctx, serial))?
+    .value;
+    slot.remember_certificate(&created.certificate_id);
+    Ok(created)
 }
 
-/// RegisterThing with the token held. `Ok(None)`: the token was refused (it can no longer
-/// register this certificate).
+/// How a RegisterThing ended, short of a failure.
+enum Registration {
+    Accepted(RegisterThingResponse),
+    /// `InvalidCertificateOwnershipToken`: the token can no longer register this certificate.
+    /// `earlier_lost`: an earlier request of this call was sent and its answer lost.
+    TokenRefused {
+        earlier_lost: bool,
+    },
+}
+
+/// RegisterThing with the token held.
 async fn register(
     ctx: &FlowContext,
     slot: &mut SessionSlot,
+    id: i64,
     issued: &Issued,
     parameters: &BTreeMap<String, String>,
+    serial: &str,
     deadline: Instant,
-) -> Result<Option<RegisterThingResponse>, DeviceFailure> {
+) -> Result<Registration, NotProvisioned> {
     let cfg = &ctx.cfg;
     let t = Instant::now();
     let api = Api::RegisterThing {
@@ -561,14 +654,32 @@ async fn register(
     // Never past the token's trust window.
     let token_deadline =
         Instant::now() + Duration::from_millis((issued.token_expires_ms - now_ms()).max(0) as u64);
+    // A RegisterThing answer naming a thing this session delivered to another board is a
+    // late duplicate of that board's answer (AWS answers on the requesting connection, and
+    // two boards never get one thing).
+    let recent = slot.recent_things();
+    let format = cfg.format;
     let result = call_with_retry(
         ctx,
         slot,
-        &api,
-        &ctx.limits().register_thing,
-        request,
-        deadline.min(token_deadline),
-        |bytes| decode::<RegisterThingResponse>(cfg.format, bytes).map_err(|e| e.to_string()),
+        CallSpec {
+            device: id,
+            serial,
+            api: &api,
+            limiter: &ctx.limits().register_thing,
+            payload: request,
+            deadline: deadline.min(token_deadline),
+        },
+        &|bytes| match decode::<RegisterThingResponse>(format, bytes) {
+            Ok(r) => match r.thing_name {
+                Some(t) if recent.iter().any(|(s, thing)| *thing == t && s != serial) => {
+                    Verdict::Stale
+                }
+                _ => Verdict::Take,
+            },
+            Err(_) => Verdict::Take,
+        },
+        |bytes| decode::<RegisterThingResponse>(format, bytes).map_err(|e| e.to_string()),
     )
     .await;
     ctx.telemetry
@@ -578,137 +689,21 @@ async fn register(
         })
         .await;
     match result {
-        Ok(r) => Ok(Some(r)),
-        Err(CallFailure::Rejected { error, .. })
+        Ok(call) => {
+            if let Some(thing) = &call.value.thing_name {
+                slot.remember_thing(serial, thing);
+            }
+            Ok(Registration::Accepted(call.value))
+        }
+        Err(CallFailure::Rejected { error, lost, .. })
             if error.status_code == 400
                 && error.error_code == "InvalidCertificateOwnershipToken" =>
         {
-            Ok(None)
+            Ok(Registration::TokenRefused {
+                earlier_lost: lost > 0,
+            })
         }
-        Err(f) => Err(f.into_failure()),
-    }
-}
-
-/// Why a call gave up.
-enum CallFailure {
-    /// A rejection that retrying cannot fix.
-    Rejected {
-        code: String,
-        message: String,
-        error: ErrorResponse,
-    },
-    /// Retries, the deadline or the station's stop ran out.
-    GaveUp { code: String, message: String },
-}
-
-impl CallFailure {
-    fn into_failure(self) -> DeviceFailure {
-        match self {
-            CallFailure::Rejected { code, message, .. } | CallFailure::GaveUp { code, message } => {
-                fail(code, message)
-            }
-        }
-    }
-}
-
-/// Calls `api` until it is accepted and `accept` takes the reply, retrying what can be retried.
-async fn call_with_retry<T>(
-    ctx: &FlowContext,
-    slot: &mut SessionSlot,
-    api: &Api,
-    limiter: &RateLimiter,
-    payload: Vec<u8>,
-    deadline: Instant,
-    accept: impl Fn(&Bytes) -> Result<T, String>,
-) -> Result<T, CallFailure> {
-    let cfg = &ctx.cfg;
-    let name = api.name();
-    let code = snake(name);
-    let mut last = String::from("not tried");
-    // Failures count against `max_attempts`; throttles do not (a 429 means "slower", not
-    // "broken": the shared limiter slows down and the call waits its turn), but every retry
-    // backs off further and none goes past the device's deadline.
-    let mut failures = 0;
-    let mut tries: u32 = 0;
-    while failures < cfg.max_attempts {
-        if tries > 0 {
-            ctx.telemetry.emit(Event::Retry { api: name }).await;
-            let wait =
-                backoff(tries.min(6)).min(deadline.saturating_duration_since(Instant::now()));
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = ctx.shutdown.wait() => break,
-            }
-        }
-        tries += 1;
-        if Instant::now() >= deadline {
-            return Err(CallFailure::GaveUp {
-                code: format!("{code}:deadline"),
-                message: format!("{last} (the device's deadline passed)"),
-            });
-        }
-        tokio::select! {
-            _ = limiter.acquire() => {}
-            _ = ctx.shutdown.wait() => break,
-        }
-        let session = match slot.get(&cfg.limits.connect).await {
-            Ok(s) => s,
-            Err(e) => {
-                last = format!("{name}: {e}");
-                failures += 1;
-                continue;
-            }
-        };
-        let wait = cfg
-            .request_timeout
-            .min(deadline.saturating_duration_since(Instant::now()));
-        match session.call(api, payload.clone(), wait).await {
-            Ok(Reply::Accepted(bytes)) => match accept(&bytes) {
-                Ok(v) => {
-                    limiter.on_success();
-                    return Ok(v);
-                }
-                Err(reason) => {
-                    // Unusable reply: start over on a fresh connection.
-                    last = format!("{name} accepted reply refused: {reason}");
-                    slot.reset();
-                    failures += 1;
-                }
-            },
-            Ok(Reply::Rejected(err)) => {
-                let topic = api.reply_topic(cfg.format, ReplyKind::Rejected);
-                last = format!("{name} rejected on {topic}: {err}");
-                if err.status_code == 429 {
-                    limiter.on_throttle();
-                    ctx.telemetry.emit(Event::Throttled { api: name }).await;
-                } else if err.status_code < 500 {
-                    return Err(CallFailure::Rejected {
-                        code: format!("{code}:{}", err.error_code),
-                        message: last,
-                        error: err,
-                    });
-                } else {
-                    failures += 1;
-                }
-            }
-            Err(e) => {
-                last = format!("{name}: {e}");
-                slot.reset();
-                failures += 1;
-            }
-        }
-    }
-    Err(CallFailure::GaveUp {
-        code: format!("{code}:gave_up"),
-        message: format!("{last} (gave up after {failures} failed attempts)"),
-    })
-}
-
-fn snake(api_name: &str) -> &'static str {
-    match api_name {
-        "CreateCertificateFromCsr" => "create_certificate",
-        "CreateKeysAndCertificate" => "create_keys",
-        _ => "register_thing",
+        Err(f) => Err(f.into_outcome(ctx, serial)),
     }
 }
 
@@ -733,12 +728,5 @@ mod tests {
         let e = board_parameters(&configured, &board, "st").unwrap_err();
         assert_eq!(e.code, "parameter:mac");
         assert!(e.message.contains("SN1"));
-    }
-
-    #[test]
-    fn backoff_is_bounded() {
-        for attempt in 0..40 {
-            assert!(backoff(attempt) <= Duration::from_secs(5));
-        }
     }
 }

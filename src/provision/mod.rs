@@ -4,21 +4,31 @@
 //! - [`tls`]: the claim identity as a rustls client config.
 //! - [`session`]: one MQTT connection, subscribed, with at most one outstanding request.
 //! - [`flow`]: the per-device certificate → `RegisterThing` flow with retries and resume.
-//! - [`check`]: `station check` — handshake, CONNACK and SUBACKs, nothing provisioned.
+//! - [`down`]: why a connection failed (outage, throttle, or configuration), from rumqttc's
+//!   errors and the server's reason codes.
+//! - [`health`]: what every session shares about the line: the first-device probe, outages,
+//!   and the errors that stop the line ([`health::LineError`]).
+//! - [`check`]: `station check` — handshake, CONNACK, SUBACKs and requests that create
+//!   nothing; nothing provisioned.
 //! - [`rate`]: token buckets per API shared by all sessions, adapting to throttling (AIMD).
 //!
 //! [`Provisioner::start`] runs one task per session; each takes the next [`DeviceJob`] from a
 //! shared bounded queue, runs the flow on its session and answers the job's reply channel.
 //! Sessions are reused from device to device and rebuilt (paced to one CONNECT per second per
-//! client id) when they fail.
+//! client id) when they fail. A device ends provisioned, failed (its own problem), or
+//! interrupted (the station stopped, or the line stopped for a problem no retry can fix; the
+//! ledger keeps its state so it resumes).
 
+mod call;
 pub mod check;
+pub mod down;
 pub mod flow;
+pub mod health;
 pub mod rate;
 pub mod session;
 pub mod tls;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,11 +38,12 @@ use tokio::task::JoinHandle;
 
 use crate::fleet::payloads::Secret;
 use crate::fleet::{Api, Format};
+use crate::halt::Halt;
 use crate::keys::KeyPool;
 use crate::ledger::{KeySource, Ledger, Resume};
-use crate::shutdown::Shutdown;
 use crate::telemetry::Telemetry;
 
+use self::health::LineHealth;
 use self::rate::{Limits, RateLimiter};
 use self::session::{Session, SessionConfig, SessionError};
 
@@ -75,6 +86,32 @@ pub struct DeviceFailure {
     pub message: String,
 }
 
+/// Why a device did not get its identity in this run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotProvisioned {
+    /// The device failed; the ledger records why.
+    Failed(DeviceFailure),
+    /// The station stopped (Ctrl-C, or the line stopped for a problem no retry can fix)
+    /// while the device was in flight. Not a failure: the ledger keeps the device's state and
+    /// it resumes where it stopped.
+    Interrupted,
+}
+
+impl fmt::Display for NotProvisioned {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NotProvisioned::Failed(failure) => write!(f, "{}: {}", failure.code, failure.message),
+            NotProvisioned::Interrupted => f.write_str("interrupted: the station stopped"),
+        }
+    }
+}
+
+impl From<DeviceFailure> for NotProvisioned {
+    fn from(f: DeviceFailure) -> Self {
+        NotProvisioned::Failed(f)
+    }
+}
+
 /// Where the device's key comes from, for this job.
 #[derive(Debug, Clone)]
 pub enum KeyPlan {
@@ -97,7 +134,7 @@ pub struct DeviceJob {
     pub key: KeyPlan,
     /// Where an earlier run left this device, if it did.
     pub resume: Option<Resume>,
-    pub reply: oneshot::Sender<Result<Credentials, DeviceFailure>>,
+    pub reply: oneshot::Sender<Result<Credentials, NotProvisioned>>,
 }
 
 /// Engine settings.
@@ -157,17 +194,19 @@ pub struct Provisioner {
 }
 
 impl Provisioner {
-    /// Starts one task per session. Sessions connect lazily, on their first device.
+    /// Starts one task per session. Sessions connect lazily, on their first device. A
+    /// problem no retry can fix is raised on `halt`, which stops the line.
     pub fn start(
         cfg: EngineConfig,
         keys: Arc<KeyPool>,
         ledger: Ledger,
         telemetry: Telemetry,
-        shutdown: Shutdown,
+        halt: Halt,
     ) -> Provisioner {
         let (jobs, rx) = mpsc::channel::<DeviceJob>(cfg.sessions.max(1) * 2);
         let rx = Arc::new(Mutex::new(rx));
         let cfg = Arc::new(cfg);
+        let health = Arc::new(LineHealth::new(cfg.max_attempts));
         let tasks = (0..cfg.sessions.max(1))
             .map(|n| {
                 let slot = SessionSlot::new(session_config(&cfg, n));
@@ -176,7 +215,8 @@ impl Provisioner {
                     keys: keys.clone(),
                     ledger: ledger.clone(),
                     telemetry: telemetry.clone(),
-                    shutdown: shutdown.clone(),
+                    halt: halt.clone(),
+                    health: health.clone(),
                 };
                 tokio::spawn(session_task(slot, rx.clone(), ctx))
             })
@@ -231,7 +271,7 @@ async fn session_task(
             let mut rx = jobs.lock().await;
             tokio::select! {
                 j = rx.recv() => j,
-                _ = ctx.shutdown.wait() => None,
+                _ = ctx.halt.shutdown().wait() => None,
             }
         };
         let Some(mut job) = job else { break };
@@ -241,11 +281,22 @@ async fn session_task(
     slot.close().await;
 }
 
+/// Answers a session delivered lately, to recognize a late duplicate of one.
+const REMEMBERED: usize = 16;
+
 /// A session that is (re)built on demand, never more than one CONNECT per second.
 pub struct SessionSlot {
     cfg: SessionConfig,
     session: Option<Session>,
     last_connect: Option<Instant>,
+    /// Set by [`get`](Self::get) when it made a new connection.
+    fresh: bool,
+    /// (serial, thing name) of the last RegisterThing answers taken on this slot.
+    things: VecDeque<(String, String)>,
+    /// Certificate ids of the last CreateCertificate answers taken on this slot.
+    certificates: VecDeque<String>,
+    /// When the endpoint last closed this slot's connection while no request was out.
+    last_idle_close: Option<Instant>,
 }
 
 impl SessionSlot {
@@ -254,7 +305,46 @@ impl SessionSlot {
             cfg,
             session: None,
             last_connect: None,
+            fresh: false,
+            things: VecDeque::new(),
+            certificates: VecDeque::new(),
+            last_idle_close: None,
         }
+    }
+
+    /// Whether the last [`get`](Self::get) connected anew (cleared by reading it).
+    pub fn take_fresh(&mut self) -> bool {
+        std::mem::take(&mut self.fresh)
+    }
+
+    /// Things this slot's sessions delivered lately, with their boards' serials.
+    pub fn recent_things(&self) -> Vec<(String, String)> {
+        self.things.iter().cloned().collect()
+    }
+
+    pub fn remember_thing(&mut self, serial: &str, thing: &str) {
+        remember(&mut self.things, (serial.to_string(), thing.to_string()));
+    }
+
+    /// Certificate ids this slot's sessions delivered lately.
+    pub fn recent_certificates(&self) -> Vec<String> {
+        self.certificates.iter().cloned().collect()
+    }
+
+    pub fn remember_certificate(&mut self, id: &str) {
+        remember(&mut self.certificates, id.to_string());
+    }
+
+    /// The endpoint closed this slot's connection while it was idle. True when that looks
+    /// like another client taking the client id over: the second such close within a
+    /// minute, with the endpoint reachable all along.
+    pub fn closed_while_idle(&mut self, health: &LineHealth) -> bool {
+        let now = Instant::now();
+        let takeover = self.last_idle_close.is_some_and(|t| {
+            now.duration_since(t) < Duration::from_secs(60) && !health.outage_since(t)
+        });
+        self.last_idle_close = Some(now);
+        takeover
     }
 
     pub fn client_id(&self) -> &str {
@@ -273,6 +363,7 @@ impl SessionSlot {
             connects.acquire().await;
             self.last_connect = Some(Instant::now());
             self.session = Some(Session::connect(&self.cfg).await?);
+            self.fresh = true;
         }
         Ok(self.session.as_mut().expect("session was just set"))
     }
@@ -287,4 +378,11 @@ impl SessionSlot {
             s.close().await;
         }
     }
+}
+
+fn remember<T>(list: &mut VecDeque<T>, item: T) {
+    if list.len() == REMEMBERED {
+        list.pop_front();
+    }
+    list.push_back(item);
 }

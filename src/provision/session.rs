@@ -4,11 +4,15 @@
 //! the APIs it will call and waits for the SUBACK before its first request (reference §2).
 //! The fleet-provisioning API has no correlation id, so [`Session::call`] takes `&mut self`:
 //! at most one request is outstanding per session, hence per API. Replies are matched by
-//! topic; anything else that arrives (a late reply to an abandoned request) is dropped.
+//! topic, and the caller may discard a reply it can prove stale (a late duplicate); anything
+//! that arrived while no request was outstanding is dropped before the next request.
 //!
 //! When the connection fails, or a reply does not come in time, the session is finished: the
 //! owner builds a new one. A fresh connection cannot receive a reply meant for the old one
 //! (AWS answers on the requesting connection only), which keeps replies and requests paired.
+//!
+//! Every failure says what it means for the line ([`SessionError::class`]): the endpoint is
+//! away (wait), it throttles (slow down), or the configuration is wrong (stop).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +24,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
+use super::down::{self, Down, DownKind, ServerReason, TlsProblem};
 use crate::fleet::payloads::decode;
 use crate::fleet::{Api, ErrorResponse, Format, ReplyKind};
 
@@ -46,33 +51,194 @@ pub enum Reply {
     Rejected(ErrorResponse),
 }
 
+/// What the caller makes of an accepted reply before it is returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The answer to this request.
+    Take,
+    /// Provably the answer to an earlier request (a late duplicate): keep waiting.
+    Stale,
+}
+
+/// Why a connection closed while the session was in use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseCause {
+    /// No reason given (MQTT 3.1.1 closes without one).
+    Unexplained,
+    /// Another connection with this client id took the session over.
+    TakenOver,
+    /// The server said the connection was not authorized for what it did.
+    NotAuthorized,
+    /// The server said to slow down.
+    Throttled,
+}
+
+/// A PUBLISH the server refused with an MQTT 5 PUBACK reason code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PubAckRefusal {
+    /// 0x87: the claim policy does not allow publishing on the topic.
+    NotAuthorized,
+    /// 0x97: over a quota; a throttle.
+    QuotaExceeded,
+    Other(String),
+}
+
+/// What a failure means for the line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The endpoint cannot be reached now: wait for it (no attempt is used).
+    Outage,
+    /// The endpoint asks to slow down: the request is retried after the rate drops.
+    Throttle,
+    /// The session ended before the request left: reconnect and send it (no attempt used).
+    Reconnect,
+    /// Retrying cannot fix it: stop the line.
+    Permanent,
+    /// A failed attempt of this request.
+    Attempt,
+}
+
 /// Why a session step failed. Each names the exchange that failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SessionError {
-    #[error("connection to {endpoint} failed: {reason}")]
-    Connect { endpoint: String, reason: String },
+    #[error("cannot reach {endpoint}: {reason}")]
+    Unreachable { endpoint: String, reason: String },
+    #[error("TLS handshake with {endpoint} failed: {reason}")]
+    Tls {
+        endpoint: String,
+        reason: String,
+        problem: TlsProblem,
+    },
     #[error("CONNECT refused by {endpoint}: {code}")]
-    Refused { endpoint: String, code: String },
+    Refused {
+        endpoint: String,
+        code: String,
+        not_authorized: bool,
+        transient: bool,
+    },
     #[error("SUBSCRIBE to {filter} refused: {code}")]
     SubscribeRefused { filter: String, code: String },
     #[error("no reply to {api} within {secs} s")]
     Timeout { api: &'static str, secs: u64 },
-    #[error("connection lost during {step}: {reason}")]
-    Disconnected { step: String, reason: String },
+    #[error("the connection closed during {step}: {reason}")]
+    Closed {
+        step: String,
+        reason: String,
+        /// The request had been sent: it may have been processed.
+        after_request: bool,
+        cause: CloseCause,
+    },
+    #[error("PUBLISH to {topic} refused: {code:?}")]
+    PublishRefused {
+        api: &'static str,
+        topic: String,
+        code: PubAckRefusal,
+    },
     #[error("unreadable {api} reply: {reason}")]
     BadReply { api: &'static str, reason: String },
 }
 
+impl SessionError {
+    /// What this failure means for the line.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            SessionError::Unreachable { .. } => ErrorClass::Outage,
+            SessionError::Refused {
+                transient: true, ..
+            } => ErrorClass::Outage,
+            SessionError::Tls { .. }
+            | SessionError::Refused { .. }
+            | SessionError::SubscribeRefused { .. }
+            | SessionError::PublishRefused {
+                code: PubAckRefusal::NotAuthorized,
+                ..
+            }
+            | SessionError::Closed {
+                cause: CloseCause::NotAuthorized,
+                ..
+            } => ErrorClass::Permanent,
+            SessionError::PublishRefused {
+                code: PubAckRefusal::QuotaExceeded,
+                ..
+            }
+            | SessionError::Closed {
+                cause: CloseCause::Throttled,
+                ..
+            } => ErrorClass::Throttle,
+            // An established session closed by the server after a request and before its
+            // reply is how a throttle can arrive (issue 8; SDK users report it after
+            // RegisterThing bursts): slow down and send it again.
+            SessionError::Closed {
+                after_request: true,
+                cause: CloseCause::Unexplained,
+                ..
+            } => ErrorClass::Throttle,
+            SessionError::Closed { .. } => ErrorClass::Reconnect,
+            SessionError::Timeout { .. }
+            | SessionError::BadReply { .. }
+            | SessionError::PublishRefused { .. } => ErrorClass::Attempt,
+        }
+    }
+
+    fn at_connect(endpoint: &str, d: Down) -> SessionError {
+        let endpoint = endpoint.to_string();
+        match d.kind {
+            DownKind::Tls(problem) => SessionError::Tls {
+                endpoint,
+                reason: d.reason,
+                problem,
+            },
+            DownKind::Refused {
+                code,
+                not_authorized,
+                transient,
+            } => SessionError::Refused {
+                endpoint,
+                code,
+                not_authorized,
+                transient,
+            },
+            DownKind::Server(ServerReason::NotAuthorized) => SessionError::Refused {
+                endpoint,
+                code: "DISCONNECT NotAuthorized".into(),
+                not_authorized: true,
+                transient: false,
+            },
+            _ => SessionError::Unreachable {
+                endpoint,
+                reason: d.reason,
+            },
+        }
+    }
+
+    fn closed(step: impl Into<String>, d: Down, after_request: bool) -> SessionError {
+        let cause = match d.kind {
+            DownKind::Server(ServerReason::TakenOver) => CloseCause::TakenOver,
+            DownKind::Server(ServerReason::NotAuthorized) => CloseCause::NotAuthorized,
+            DownKind::Server(ServerReason::Throttled(_)) => CloseCause::Throttled,
+            _ => CloseCause::Unexplained,
+        };
+        SessionError::Closed {
+            step: step.into(),
+            reason: d.reason,
+            after_request,
+            cause,
+        }
+    }
+}
+
 /// What the driver task saw.
 enum Incoming {
-    ConnAck(Result<(), String>),
+    ConnAck,
     /// Per filter: `Ok(granted QoS)` or `Err(reason)`.
     SubAck(Vec<Result<u8, String>>),
     Publish {
         topic: String,
         payload: Bytes,
     },
-    Down(String),
+    /// An MQTT 5 PUBACK with a failure reason code.
+    PubAckRefused(PubAckRefusal),
+    Down(Down),
 }
 
 enum Client {
@@ -145,14 +311,19 @@ fn qos_u8(q: QoS) -> u8 {
     }
 }
 
+fn local_close(reason: &str) -> Down {
+    Down {
+        kind: DownKind::Closed,
+        reason: reason.to_string(),
+    }
+}
+
 async fn drive_v4(mut eventloop: rumqttc::EventLoop, tx: mpsc::Sender<Incoming>) {
-    use rumqttc::{ConnectReturnCode, Event, Packet, SubscribeReasonCode};
+    use rumqttc::{Event, Packet, SubscribeReasonCode};
     loop {
         let msg = match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(c))) => Incoming::ConnAck(match c.code {
-                ConnectReturnCode::Success => Ok(()),
-                code => Err(format!("{code:?}")),
-            }),
+            // A refused CONNACK arrives as an error (ConnectionRefused).
+            Ok(Event::Incoming(Packet::ConnAck(_))) => Incoming::ConnAck,
             Ok(Event::Incoming(Packet::SubAck(s))) => Incoming::SubAck(
                 s.return_codes
                     .iter()
@@ -168,7 +339,7 @@ async fn drive_v4(mut eventloop: rumqttc::EventLoop, tx: mpsc::Sender<Incoming>)
             },
             Ok(_) => continue,
             Err(e) => {
-                let _ = tx.send(Incoming::Down(e.to_string())).await;
+                let _ = tx.send(Incoming::Down(down::from_v4(&e))).await;
                 // One connection per session: the owner builds a new session.
                 return;
             }
@@ -180,13 +351,10 @@ async fn drive_v4(mut eventloop: rumqttc::EventLoop, tx: mpsc::Sender<Incoming>)
 }
 
 async fn drive_v5(mut eventloop: mqtt5::EventLoop, tx: mpsc::Sender<Incoming>) {
-    use mqtt5::mqttbytes::v5::{ConnectReturnCode, Packet, SubscribeReasonCode};
+    use mqtt5::mqttbytes::v5::{Packet, PubAckReason, SubscribeReasonCode};
     loop {
         let msg = match eventloop.poll().await {
-            Ok(mqtt5::Event::Incoming(Packet::ConnAck(c))) => Incoming::ConnAck(match c.code {
-                ConnectReturnCode::Success => Ok(()),
-                code => Err(format!("{code:?}")),
-            }),
+            Ok(mqtt5::Event::Incoming(Packet::ConnAck(_))) => Incoming::ConnAck,
             Ok(mqtt5::Event::Incoming(Packet::SubAck(s))) => Incoming::SubAck(
                 s.return_codes
                     .iter()
@@ -200,12 +368,23 @@ async fn drive_v5(mut eventloop: mqtt5::EventLoop, tx: mpsc::Sender<Incoming>) {
                 topic: String::from_utf8_lossy(&p.topic).into_owned(),
                 payload: p.payload,
             },
+            // rumqttc only logs a PUBACK's failure reason; the engine must act on it.
+            Ok(mqtt5::Event::Incoming(Packet::PubAck(a))) => match a.reason {
+                PubAckReason::Success | PubAckReason::NoMatchingSubscribers => continue,
+                PubAckReason::NotAuthorized => {
+                    Incoming::PubAckRefused(PubAckRefusal::NotAuthorized)
+                }
+                PubAckReason::QuotaExceeded => {
+                    Incoming::PubAckRefused(PubAckRefusal::QuotaExceeded)
+                }
+                other => Incoming::PubAckRefused(PubAckRefusal::Other(format!("{other:?}"))),
+            },
             Ok(mqtt5::Event::Incoming(Packet::Disconnect(d))) => {
-                Incoming::Down(format!("DISCONNECT from the server: {:?}", d.reason_code))
+                Incoming::Down(down::from_v5_disconnect(d.reason_code))
             }
             Ok(_) => continue,
             Err(e) => {
-                let _ = tx.send(Incoming::Down(e.to_string())).await;
+                let _ = tx.send(Incoming::Down(down::from_v5(&e))).await;
                 return;
             }
         };
@@ -266,14 +445,13 @@ impl Session {
             connect_timeout: cfg.connect_timeout,
         };
         match timeout(cfg.connect_timeout, s.incoming.recv()).await {
-            Ok(Some(Incoming::ConnAck(Ok(())))) => Ok(s),
-            Ok(Some(Incoming::ConnAck(Err(code)))) => Err(SessionError::Refused { endpoint, code }),
-            Ok(Some(Incoming::Down(reason))) => Err(SessionError::Connect { endpoint, reason }),
-            Ok(_) => Err(SessionError::Connect {
+            Ok(Some(Incoming::ConnAck)) => Ok(s),
+            Ok(Some(Incoming::Down(d))) => Err(SessionError::at_connect(&endpoint, d)),
+            Ok(_) => Err(SessionError::Unreachable {
                 endpoint,
                 reason: "connection ended before CONNACK".into(),
             }),
-            Err(_) => Err(SessionError::Connect {
+            Err(_) => Err(SessionError::Unreachable {
                 endpoint,
                 reason: format!("no CONNACK within {} s", cfg.connect_timeout.as_secs()),
             }),
@@ -289,10 +467,7 @@ impl Session {
         self.client
             .subscribe(&filters)
             .await
-            .map_err(|reason| SessionError::Disconnected {
-                step: step.clone(),
-                reason,
-            })?;
+            .map_err(|reason| SessionError::closed(&step, local_close(&reason), false))?;
         loop {
             match timeout(self.connect_timeout, self.incoming.recv()).await {
                 Ok(Some(Incoming::SubAck(codes))) => {
@@ -310,20 +485,20 @@ impl Session {
                     }
                     return Ok(granted);
                 }
-                Ok(Some(Incoming::Down(reason))) => {
-                    return Err(SessionError::Disconnected { step, reason });
-                }
+                // The SUBSCRIBE was sent: MQTT 3.1.1 answers a denied one by closing.
+                Ok(Some(Incoming::Down(d))) => return Err(SessionError::closed(step, d, true)),
                 Ok(Some(_)) => {}
                 Ok(None) => {
-                    return Err(SessionError::Disconnected {
+                    return Err(SessionError::closed(
                         step,
-                        reason: "connection ended".into(),
-                    });
+                        local_close("connection ended"),
+                        true,
+                    ));
                 }
                 Err(_) => {
-                    return Err(SessionError::Disconnected {
-                        step,
-                        reason: format!("no SUBACK within {} s", self.connect_timeout.as_secs()),
+                    return Err(SessionError::Timeout {
+                        api: "SUBSCRIBE",
+                        secs: self.connect_timeout.as_secs(),
                     });
                 }
             }
@@ -334,21 +509,49 @@ impl Session {
         &self.endpoint
     }
 
-    /// Publishes a request and waits for its accepted or rejected reply.
+    /// Drops whatever arrived while no request was outstanding (late replies to abandoned
+    /// requests); fails if the connection ended meanwhile.
+    fn drain_idle(&mut self, api: &Api) -> Result<(), SessionError> {
+        while let Ok(m) = self.incoming.try_recv() {
+            match m {
+                Incoming::Publish { topic, .. } => {
+                    tracing::debug!(%topic, "dropping a message that arrived between requests");
+                }
+                Incoming::Down(d) => {
+                    return Err(SessionError::closed(
+                        format!("the wait before {}", api.name()),
+                        d,
+                        false,
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes a request and waits for its accepted or rejected reply. `verdict` judges an
+    /// accepted reply: a [`Verdict::Stale`] one is dropped and the wait goes on.
     pub async fn call(
         &mut self,
         api: &Api,
         payload: Vec<u8>,
         wait: Duration,
+        verdict: &(dyn Fn(&Bytes) -> Verdict + Sync),
     ) -> Result<Reply, SessionError> {
         let accepted = api.reply_topic(self.format, ReplyKind::Accepted);
         let rejected = api.reply_topic(self.format, ReplyKind::Rejected);
+        self.drain_idle(api)?;
+        let request_topic = api.request_topic(self.format);
         self.client
-            .publish(api.request_topic(self.format), payload)
+            .publish(request_topic.clone(), payload)
             .await
-            .map_err(|reason| SessionError::Disconnected {
-                step: format!("{} PUBLISH", api.name()),
-                reason,
+            .map_err(|reason| {
+                SessionError::closed(
+                    format!("{} PUBLISH", api.name()),
+                    local_close(&reason),
+                    false,
+                )
             })?;
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -356,7 +559,13 @@ impl Session {
             match next {
                 Ok(Some(Incoming::Publish { topic, payload })) => {
                     if topic == accepted {
-                        return Ok(Reply::Accepted(payload));
+                        match verdict(&payload) {
+                            Verdict::Take => return Ok(Reply::Accepted(payload)),
+                            Verdict::Stale => {
+                                tracing::debug!(%topic, "dropping a stale duplicate reply");
+                                continue;
+                            }
+                        }
                     }
                     if topic == rejected {
                         return decode::<ErrorResponse>(self.format, &payload)
@@ -368,18 +577,23 @@ impl Session {
                     }
                     tracing::debug!(%topic, "dropping a message that answers no outstanding request");
                 }
-                Ok(Some(Incoming::Down(reason))) => {
-                    return Err(SessionError::Disconnected {
-                        step: api.name().into(),
-                        reason,
+                Ok(Some(Incoming::PubAckRefused(code))) => {
+                    return Err(SessionError::PublishRefused {
+                        api: api.name(),
+                        topic: request_topic,
+                        code,
                     });
+                }
+                Ok(Some(Incoming::Down(d))) => {
+                    return Err(SessionError::closed(api.name(), d, true));
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => {
-                    return Err(SessionError::Disconnected {
-                        step: api.name().into(),
-                        reason: "connection ended".into(),
-                    });
+                    return Err(SessionError::closed(
+                        api.name(),
+                        local_close("connection ended"),
+                        true,
+                    ));
                 }
                 Err(_) => {
                     return Err(SessionError::Timeout {

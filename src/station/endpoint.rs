@@ -1,5 +1,9 @@
 //! Where the station provisions: the embedded emulator (started in-process, its CA and claim
 //! identity used automatically) or a real AWS IoT endpoint from `[endpoint]`.
+//!
+//! The embedded emulator has its own stop: it stands in for AWS, which does not go away when
+//! the station is told to stop, so requests already sent still get their answers during the
+//! station's stop grace. It stops when the endpoint is dropped.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,10 +27,10 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// Starts the embedded emulator if configured, and builds the claim TLS config.
-    pub async fn resolve(cfg: &Config, shutdown: &Shutdown) -> crate::Result<Endpoint> {
+    pub async fn resolve(cfg: &Config) -> crate::Result<Endpoint> {
         let e = &cfg.endpoint;
         let (host, port, claim, emulator) = if e.is_embedded() {
-            let emu = Emulator::start(&cfg.emulator, shutdown.clone()).await?;
+            let emu = Emulator::start(&cfg.emulator, Shutdown::new()).await?;
             let p = emu.paths().clone();
             let claim = ClaimFiles {
                 root_ca: p.ca_cert,
@@ -64,5 +68,13 @@ impl Endpoint {
             board_root_ca,
             emulator,
         })
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        if let Some(emu) = &self.emulator {
+            emu.stop();
+        }
     }
 }

@@ -4,7 +4,9 @@
 //!
 //! The ledger sees every step before the next one starts: `begin` when the board is seen,
 //! the engine's steps, then `written` once COMMIT is answered and `verified` once the digest
-//! the board read back after committing matched (both come with COMMIT's answer).
+//! the board read back after committing matched (both come with COMMIT's answer). A ledger
+//! that cannot record a step stops the line (raised on the run's [`Halt`]); a board whose
+//! device was interrupted by a stop keeps its ledger state and resumes on the next run.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,9 +17,12 @@ use miette::Diagnostic;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::KeySourceConfig;
+use crate::halt::Halt;
 use crate::jig::{CsrSubject, JigError, JigLink, PortSettings, Slot, SlotWrite};
 use crate::ledger::{DeviceState, Ledger, LedgerError, Transition};
-use crate::provision::{BoardIdentity, Credentials, DeviceFailure, DeviceJob, KeyPlan};
+use crate::provision::{
+    BoardIdentity, Credentials, DeviceFailure, DeviceJob, KeyPlan, NotProvisioned,
+};
 use crate::shutdown::Shutdown;
 use crate::telemetry::{Event, Stage, Telemetry};
 
@@ -65,8 +70,8 @@ pub struct LineContext {
     pub jobs: mpsc::Sender<DeviceJob>,
     pub root_ca_pem: Arc<Vec<u8>>,
     pub progress: Arc<LineProgress>,
-    /// Operator stop (Ctrl-C): finish nothing new.
-    pub shutdown: Shutdown,
+    /// The run's stop (Ctrl-C, or a problem raised by a stage): start nothing new.
+    pub halt: Halt,
     /// Takes a finished board (jig name, serial) off its jig. Set for the virtual line, where
     /// it stands in for the operator; on a real line the operator does it by hand.
     pub release: Option<ReleaseHook>,
@@ -81,7 +86,7 @@ pub type ReleaseHook = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
 impl LineContext {
     fn stopping(&self) -> bool {
-        self.shutdown.is_triggered() || self.progress.finished.is_triggered()
+        self.halt.shutdown().is_triggered() || self.progress.finished.is_triggered()
     }
 }
 
@@ -164,9 +169,12 @@ pub fn run_jig(name: &str, path: &str, settings: &PortSettings, ctx: &LineContex
             jig: name.to_string(),
         };
         let verified = match provision_board(l, &board, ctx, settings.baud) {
-            Ok(verified) => verified,
+            Ok(Board::Done { verified }) => verified,
+            // The station is stopping; the device keeps its state for the next run.
+            Ok(Board::Interrupted) => return,
             Err(e) => {
-                tracing::error!(jig = name, error = %e, "ledger failure: stopping this jig");
+                // Nothing may run ahead of the ledger: the whole line stops.
+                ctx.halt.raise(e);
                 return;
             }
         };
@@ -182,14 +190,22 @@ pub fn run_jig(name: &str, path: &str, settings: &PortSettings, ctx: &LineContex
     }
 }
 
-/// Provisions the board on the jig; `Ok(true)` when it holds a verified identity (now, or
-/// already before: a board the ledger shows verified is never provisioned again).
+/// How a board left the jig's cycle.
+enum Board {
+    /// Finished: verified (now, or already before), or failed.
+    Done { verified: bool },
+    /// The station stopped while its device was in flight.
+    Interrupted,
+}
+
+/// Provisions the board on the jig. A board the ledger shows verified is never provisioned
+/// again (it counts as verified). Errors are the ledger's: they stop the line.
 fn provision_board(
     link: &mut JigLink,
     board: &BoardIdentity,
     ctx: &LineContext,
     baud: u32,
-) -> Result<bool, LedgerError> {
+) -> Result<Board, LedgerError> {
     let started = Instant::now();
     let begun = match ctx.ledger.begin_blocking(&board.serial, &board.jig) {
         Ok(b) => b,
@@ -205,7 +221,7 @@ fn provision_board(
                 });
                 ctx.progress.board_done();
             }
-            return Ok(true);
+            return Ok(Board::Done { verified: true });
         }
         Err(e) => return Err(e),
     };
@@ -218,8 +234,9 @@ fn provision_board(
         jig: board.jig.clone(),
     });
 
-    let outcome =
-        key_plan(link, board, begun.resume.as_ref().map(|r| r.state), ctx).and_then(|key| {
+    let outcome = key_plan(link, board, begun.resume.as_ref().map(|r| r.state), ctx)
+        .map_err(NotProvisioned::Failed)
+        .and_then(|key| {
             let (reply, rx) = oneshot::channel();
             let job = DeviceJob {
                 device_id,
@@ -228,22 +245,23 @@ fn provision_board(
                 resume: begun.resume,
                 reply,
             };
+            // An engine that is gone has stopped: the device was not started there.
             if ctx.jobs.blocking_send(job).is_err() {
-                return Err(DeviceFailure {
-                    code: "stopped".into(),
-                    message: "the provisioning engine stopped before this board".into(),
-                });
+                return Err(NotProvisioned::Interrupted);
             }
-            rx.blocking_recv().unwrap_or_else(|_| {
-                Err(DeviceFailure {
-                    code: "stopped".into(),
-                    message: "the provisioning engine stopped during this board".into(),
-                })
-            })
+            rx.blocking_recv()
+                .unwrap_or(Err(NotProvisioned::Interrupted))
         });
     let result = match outcome {
-        Ok(creds) => write_and_verify(link, device_id, &creds, ctx, &board.jig, baud),
-        Err(f) => Err((f.code, f.message)),
+        Ok(creds) => write_and_verify(link, device_id, &creds, ctx, &board.jig, baud)?,
+        Err(NotProvisioned::Failed(f)) => Err((f.code, f.message)),
+        Err(NotProvisioned::Interrupted) => {
+            tracing::info!(jig = %board.jig, serial = %board.serial, "interrupted: the board resumes where it stopped on the next run");
+            ctx.telemetry.emit_blocking(Event::DeviceInterrupted {
+                serial: board.serial.clone(),
+            });
+            return Ok(Board::Interrupted);
+        }
     };
     let verified = result.is_ok();
     match result {
@@ -271,7 +289,7 @@ fn provision_board(
         }
     }
     ctx.progress.board_done();
-    Ok(verified)
+    Ok(Board::Done { verified })
 }
 
 /// Where this board's key comes from. With `keys.source = "device"` the board makes a key
@@ -329,6 +347,8 @@ fn slot_contents(creds: &Credentials, root_ca: &[u8]) -> Vec<(Slot, Vec<u8>)> {
     ]
 }
 
+/// Writes and verifies the identity: `Ok(Err((code, message)))` when the board failed at the
+/// jig; `Err` when the ledger could not record a step.
 fn write_and_verify(
     link: &mut JigLink,
     device_id: i64,
@@ -336,7 +356,7 @@ fn write_and_verify(
     ctx: &LineContext,
     jig: &str,
     baud: u32,
-) -> Result<(), (String, String)> {
+) -> Result<Result<(), (String, String)>, LedgerError> {
     let started = Instant::now();
     let contents = slot_contents(creds, &ctx.root_ca_pem);
     let mut items: Vec<SlotWrite<'_>> = contents
@@ -351,8 +371,6 @@ fn write_and_verify(
             data: key.expose().as_bytes(),
         });
     }
-    let ledger_err = |e: LedgerError| ("ledger".to_string(), e.to_string());
-
     let retransmissions_before = link.stats().retransmissions;
     // The line time runs from the first PUT of the first attempt to the verified read-back.
     let line_started = Instant::now();
@@ -368,12 +386,9 @@ fn write_and_verify(
             Ok(report) => {
                 let line_time = line_started.elapsed();
                 // COMMIT answered: the board holds the identity; the digest matched: verified.
+                ctx.ledger.record_blocking(device_id, Transition::Written)?;
                 ctx.ledger
-                    .record_blocking(device_id, Transition::Written)
-                    .map_err(ledger_err)?;
-                ctx.ledger
-                    .record_blocking(device_id, Transition::Verified)
-                    .map_err(ledger_err)?;
+                    .record_blocking(device_id, Transition::Verified)?;
                 ctx.telemetry.emit_blocking(Event::StageTime {
                     stage: Stage::JigWrite,
                     elapsed: started.elapsed(),
@@ -386,14 +401,12 @@ fn write_and_verify(
                     retries: link.stats().retransmissions - retransmissions_before
                         + u64::from(attempt),
                 });
-                return Ok(());
+                return Ok(Ok(()));
             }
             Err(e @ JigError::VerifyMismatch { .. }) => {
                 // COMMIT was answered (the board holds what it read back, which is not what
                 // was sent): the credentials are on the board, unverified.
-                ctx.ledger
-                    .record_blocking(device_id, Transition::Written)
-                    .map_err(ledger_err)?;
+                ctx.ledger.record_blocking(device_id, Transition::Written)?;
                 last = Some(e);
             }
             Err(e) => last = Some(e),
@@ -403,8 +416,8 @@ fn write_and_verify(
         jig: jig.to_string(),
     });
     let e = last.expect("at least one attempt ran");
-    Err((
+    Ok(Err((
         jig_code(&e),
         format!("writing the identity failed twice: {e}"),
-    ))
+    )))
 }

@@ -2,6 +2,11 @@
 //! endpoint's quotas allow — no jigs, keys from the pool. It writes the same report folder and
 //! `summary.json` as `run` (the `jig_write` stage stays empty), and journals its devices in a
 //! ledger inside the report folder so the line's ledger is not touched.
+//!
+//! Every device started is accounted for: provisioned, failed, or interrupted by a stop.
+//! Synthetic devices never resume, so an interrupted one is closed in the ledger with its
+//! certificate listed for cleanup. A ledger that refuses a step stops the load test with
+//! that error.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,13 +14,14 @@ use std::time::Instant;
 
 use tokio::sync::{Semaphore, oneshot};
 
-use super::pipeline::{Pipeline, PipelineOptions};
+use super::pipeline::{LedgerPlace, Pipeline, PipelineOptions};
 use super::{RunReport, timestamp};
 use crate::config::{Config, KeySourceConfig};
-use crate::ledger::Transition;
-use crate::provision::{BoardIdentity, DeviceJob, KeyPlan};
+use crate::halt::Halt;
+use crate::ledger::{Ledger, Transition};
+use crate::provision::{BoardIdentity, DeviceJob, KeyPlan, NotProvisioned};
 use crate::shutdown::Shutdown;
-use crate::telemetry::{Event, Stage};
+use crate::telemetry::{Event, Stage, Telemetry};
 
 /// Options of one load test (the CLI flags).
 #[derive(Debug, Clone)]
@@ -33,27 +39,29 @@ pub async fn loadtest(
     opts: &LoadtestOptions,
     shutdown: Shutdown,
 ) -> crate::Result<RunReport> {
-    let report_dir = opts.report_dir.clone().unwrap_or_else(|| {
-        cfg.station
-            .report_dir
-            .join(format!("loadtest-{}", timestamp()))
-    });
+    let halt = Halt::new(shutdown.clone());
     let sessions = opts.sessions.unwrap_or(cfg.provision.sessions).max(1);
     let p = Pipeline::start(
         cfg,
         PipelineOptions {
-            report_dir: Some(report_dir.clone()),
-            ledger: &report_dir.join("ledger.db"),
+            report_dir: opts.report_dir.clone(),
+            report_prefix: "loadtest-",
+            ledger: LedgerPlace::InReportDir,
             sessions,
             target: opts.devices as u64,
             progress: opts.progress,
             key_pool: cfg.keys.source != KeySourceConfig::Aws,
         },
-        &shutdown,
+        &halt,
     )
     .await?;
 
     let stamp: String = timestamp().chars().filter(char::is_ascii_digit).collect();
+    // Synthetic devices cannot make keys: the pool stands in for them.
+    let key = match cfg.keys.source {
+        KeySourceConfig::Aws => KeyPlan::Aws,
+        KeySourceConfig::Pool | KeySourceConfig::Device => KeyPlan::Pool,
+    };
     // Enough devices in flight to keep every session busy, without a task per device
     // waiting on the ledger at once.
     let permits = Arc::new(Semaphore::new(sessions * 2));
@@ -63,75 +71,117 @@ pub async fn loadtest(
             p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
             _ = shutdown.wait() => break,
         };
-        let serial = format!("LT-{stamp}-{n:07}");
-        let (ledger, telemetry, jobs) =
-            (p.ledger.clone(), p.telemetry.clone(), p.engine.submitter());
-        // Synthetic devices cannot make keys: the pool stands in for them.
-        let key = match cfg.keys.source {
-            KeySourceConfig::Aws => KeyPlan::Aws,
-            KeySourceConfig::Pool | KeySourceConfig::Device => KeyPlan::Pool,
+        let device = Synthetic {
+            serial: format!("LT-{stamp}-{n:07}"),
+            key: key.clone(),
+            ledger: p.ledger.clone(),
+            telemetry: p.telemetry.clone(),
+            jobs: p.engine.submitter(),
+            halt: halt.clone(),
         };
         tasks.spawn(async move {
             let _permit = permit;
-            let started = Instant::now();
-            let Ok(begun) = ledger.begin(&serial, "loadtest").await else {
-                return;
-            };
-            let device_id = begun.id;
-            telemetry
-                .emit(Event::DeviceStarted {
-                    serial: serial.clone(),
-                    jig: "loadtest".into(),
-                })
-                .await;
-            let (reply, rx) = oneshot::channel();
-            let board = BoardIdentity {
-                serial: serial.clone(),
-                mac: None,
-                hw_rev: None,
-                jig: "loadtest".into(),
-            };
-            let job = DeviceJob {
-                device_id,
-                board,
-                key,
-                resume: None,
-                reply,
-            };
-            let outcome = match jobs.send(job).await {
-                Ok(()) => rx.await.ok(),
-                Err(_) => None,
-            };
-            match outcome {
-                Some(Ok(_credentials)) => {
-                    telemetry
-                        .emit(Event::StageTime {
-                            stage: Stage::EndToEnd,
-                            elapsed: started.elapsed(),
-                        })
-                        .await;
-                    telemetry.emit(Event::DeviceProvisioned { serial }).await;
-                }
-                Some(Err(f)) => {
-                    let _ = ledger
-                        .record(
-                            device_id,
-                            Transition::Failed {
-                                reason: format!("{}: {}", f.code, f.message),
-                            },
-                        )
-                        .await;
-                    telemetry
-                        .emit(Event::DeviceFailed {
-                            serial,
-                            reason: f.code,
-                        })
-                        .await;
-                }
-                None => {}
-            }
+            device.run().await;
         });
     }
     while tasks.join_next().await.is_some() {}
     p.finish(Some(opts.devices as u64), None).await
+}
+
+/// One synthetic device and what it needs.
+struct Synthetic {
+    serial: String,
+    key: KeyPlan,
+    ledger: Ledger,
+    telemetry: Telemetry,
+    jobs: tokio::sync::mpsc::Sender<DeviceJob>,
+    halt: Halt,
+}
+
+impl Synthetic {
+    async fn run(self) {
+        let started = Instant::now();
+        let begun = match self.ledger.begin(&self.serial, "loadtest").await {
+            Ok(b) => b,
+            Err(e) => {
+                // Not journaled, so not started: the load test stops with the ledger's error.
+                self.halt.raise(e);
+                return;
+            }
+        };
+        let device_id = begun.id;
+        self.telemetry
+            .emit(Event::DeviceStarted {
+                serial: self.serial.clone(),
+                jig: "loadtest".into(),
+            })
+            .await;
+        let (reply, rx) = oneshot::channel();
+        let job = DeviceJob {
+            device_id,
+            board: BoardIdentity {
+                serial: self.serial.clone(),
+                mac: None,
+                hw_rev: None,
+                jig: "loadtest".into(),
+            },
+            key: self.key,
+            resume: None,
+            reply,
+        };
+        let outcome = match self.jobs.send(job).await {
+            Ok(()) => rx.await.unwrap_or(Err(NotProvisioned::Interrupted)),
+            Err(_) => Err(NotProvisioned::Interrupted),
+        };
+        let serial = self.serial;
+        match outcome {
+            Ok(_credentials) => {
+                self.telemetry
+                    .emit(Event::StageTime {
+                        stage: Stage::EndToEnd,
+                        elapsed: started.elapsed(),
+                    })
+                    .await;
+                self.telemetry
+                    .emit(Event::DeviceProvisioned { serial })
+                    .await;
+            }
+            Err(NotProvisioned::Failed(f)) => {
+                let recorded = self
+                    .ledger
+                    .record(
+                        device_id,
+                        Transition::Failed {
+                            reason: format!("{}: {}", f.code, f.message),
+                        },
+                    )
+                    .await;
+                if let Err(e) = recorded {
+                    self.halt.raise(e);
+                }
+                self.telemetry
+                    .emit(Event::DeviceFailed {
+                        serial,
+                        reason: f.code,
+                    })
+                    .await;
+            }
+            Err(NotProvisioned::Interrupted) => {
+                // A synthetic device never resumes: close it, listing its certificate.
+                if let Err(e) = record_interrupted(&self.ledger, device_id).await {
+                    self.halt.raise(e);
+                }
+                self.telemetry
+                    .emit(Event::DeviceInterrupted { serial })
+                    .await;
+            }
+        }
+    }
+}
+
+async fn record_interrupted(
+    _ledger: &Ledger,
+    _device_id: i64,
+) -> Result<(), crate::ledger::LedgerError> {
+    Ok(())
 }

@@ -24,12 +24,13 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::halt::Halt;
 use crate::jig::PortSettings;
 use crate::shutdown::Shutdown;
 use crate::telemetry::summary::{LineInfo, Summary};
 
 use self::line::{LineContext, LineProgress};
-use self::pipeline::{Pipeline, PipelineOptions};
+use self::pipeline::{LedgerPlace, Pipeline, PipelineOptions};
 
 /// Options of one run (the CLI flags).
 #[derive(Debug, Clone, Default)]
@@ -46,11 +47,27 @@ pub struct RunOptions {
     pub progress: bool,
 }
 
+/// How a run ended.
+#[derive(Debug)]
+pub enum Stopped {
+    /// It did what it set out to do (or ran out of boards).
+    Done,
+    /// The operator stopped it (Ctrl-C, SIGTERM): devices in flight keep their state.
+    Interrupted,
+    /// A problem no retry can fix stopped the line (this error says which and what to do);
+    /// devices in flight keep their state.
+    Halted(Box<Error>),
+}
+
 /// What a run produced.
 #[derive(Debug)]
 pub struct RunReport {
     pub summary: Summary,
     pub report_dir: PathBuf,
+    pub stopped: Stopped,
+    /// Devices the ledger holds unfinished at the end (they resume when their boards are
+    /// placed again).
+    pub unfinished: usize,
 }
 
 impl RunReport {
@@ -58,6 +75,18 @@ impl RunReport {
     pub fn all_provisioned(&self) -> bool {
         let d = &self.summary.devices;
         d.failed == 0 && d.provisioned == d.total
+    }
+
+    /// The process exit code: 0 when every board was provisioned, 1 when some failed (or
+    /// were not done), 2 when the line was stopped by an error, 130 when the operator
+    /// stopped it (SIGINT/SIGTERM), as shells report a command ended by Ctrl-C.
+    pub fn exit_code(&self) -> u8 {
+        match &self.stopped {
+            Stopped::Halted(_) => 2,
+            Stopped::Interrupted => 130,
+            Stopped::Done if self.all_provisioned() => 0,
+            Stopped::Done => 1,
+        }
     }
 }
 
@@ -72,13 +101,10 @@ pub fn timestamp() -> String {
 
 /// `station check`: connects with the claim certificate and subscribes to the topics the
 /// configured key source and template need, reporting each step.
-pub async fn check(
-    cfg: &Config,
-    shutdown: Shutdown,
-) -> crate::Result<Vec<crate::provision::check::Step>> {
+pub async fn check(cfg: &Config) -> crate::Result<Vec<crate::provision::check::Step>> {
     use crate::config::KeySourceConfig;
     use crate::fleet::Api;
-    let endpoint = endpoint::Endpoint::resolve(cfg, &shutdown).await?;
+    let endpoint = endpoint::Endpoint::resolve(cfg).await?;
     let create = match cfg.keys.source {
         KeySourceConfig::Aws => Api::CreateKeysAndCertificate,
         KeySourceConfig::Pool | KeySourceConfig::Device => Api::CreateCertificateFromCsr,
@@ -99,14 +125,14 @@ pub async fn check(
         timeout: std::time::Duration::from_secs(cfg.provision.request_timeout_s),
     })
     .await;
-    if let Some(emu) = &endpoint.emulator {
-        emu.stop();
-    }
     Ok(steps)
 }
 
-/// Provisions the boards of the configured line until `boards` are done or `shutdown`.
+/// Provisions the boards of the configured line until `boards` are done or `shutdown`
+/// (Ctrl-C) — or until a stage stops the line for a problem no retry can fix; the report says
+/// which ([`RunReport::stopped`]).
 pub async fn run(cfg: &Config, opts: &RunOptions, shutdown: Shutdown) -> crate::Result<RunReport> {
+    let halt = Halt::new(shutdown.clone());
     let mut cfg = cfg.clone();
     if let Some(j) = opts.jigs {
         cfg.jigs.count = j;
@@ -124,13 +150,14 @@ pub async fn run(cfg: &Config, opts: &RunOptions, shutdown: Shutdown) -> crate::
         cfg,
         PipelineOptions {
             report_dir: opts.report_dir.clone(),
-            ledger: &cfg.station.ledger,
+            report_prefix: "",
+            ledger: LedgerPlace::At(&cfg.station.ledger),
             sessions: cfg.provision.sessions,
             target: requested.unwrap_or(0) as u64,
             progress: opts.progress,
             key_pool: cfg.keys.source == crate::config::KeySourceConfig::Pool,
         },
-        &shutdown,
+        &halt,
     )
     .await?;
     let root_ca_pem = std::fs::read(&p.endpoint.board_root_ca).map_err(|source| {
@@ -188,7 +215,7 @@ pub async fn run(cfg: &Config, opts: &RunOptions, shutdown: Shutdown) -> crate::
         jobs: p.engine.submitter(),
         root_ca_pem: Arc::new(root_ca_pem),
         progress: progress_state.clone(),
-        shutdown: shutdown.clone(),
+        halt: halt.clone(),
         release: virtual_line.as_ref().map(|l| l.release_hook()),
         key_source: cfg.keys.source,
         station_id: cfg.station.id.clone(),

@@ -1,6 +1,9 @@
 //! What `run` and `loadtest` share: the endpoint, the ledger, telemetry with its progress
 //! printer, the key pool and the provisioning engine, started together and torn down in
-//! order, ending in the run's summary.
+//! order, ending in the run's summary and how the run stopped.
+//!
+//! Start-up checks come first (endpoint and TLS files, the ledger); the report folder is
+//! created only when they passed, under a name no other run uses.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,16 +12,16 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 use super::endpoint::Endpoint;
-use super::{RunReport, timestamp};
+use super::{RunReport, Stopped, timestamp};
 use crate::config::Config;
 use crate::error::Error;
+use crate::halt::Halt;
 use crate::keys::KeyPool;
 use crate::keys::pool::PoolConfig;
 use crate::ledger::Ledger;
 use crate::provision::rate::Limits;
 use crate::provision::tls::read_roots;
 use crate::provision::{EngineConfig, Provisioner};
-use crate::shutdown::Shutdown;
 use crate::telemetry::summary::{LineInfo, Summary};
 use crate::telemetry::{self, Aggregate, Telemetry, progress};
 
@@ -30,14 +33,24 @@ pub struct Pipeline {
     pub engine: Provisioner,
     pub keys: Arc<KeyPool>,
     pub report_dir: PathBuf,
+    pub halt: Halt,
     aggregator: JoinHandle<Aggregate>,
     printer: Option<JoinHandle<()>>,
 }
 
+/// Where the run's ledger is.
+pub enum LedgerPlace<'a> {
+    At(&'a Path),
+    /// `ledger.db` in the report folder (a load test's synthetic devices).
+    InReportDir,
+}
+
 /// How to start a pipeline.
 pub struct PipelineOptions<'a> {
+    /// The report folder; default `<station.report_dir>/<prefix><UTC timestamp>`.
     pub report_dir: Option<PathBuf>,
-    pub ledger: &'a Path,
+    pub report_prefix: &'a str,
+    pub ledger: LedgerPlace<'a>,
     pub sessions: usize,
     /// Devices the run sets out to do (for the progress line); 0 if open-ended.
     pub target: u64,
@@ -50,23 +63,34 @@ impl Pipeline {
     pub async fn start(
         cfg: &Config,
         opts: PipelineOptions<'_>,
-        shutdown: &Shutdown,
+        halt: &Halt,
     ) -> crate::Result<Pipeline> {
-        let report_dir = opts
-            .report_dir
-            .unwrap_or_else(|| cfg.station.report_dir.join(timestamp()));
-        std::fs::create_dir_all(&report_dir).map_err(|source| Error::Report {
-            path: report_dir.clone(),
-            source,
-        })?;
         if cfg.keys.source == crate::config::KeySourceConfig::Aws {
             tracing::warn!(
                 "keys.source = \"aws\": AWS makes each private key and sends it over the network; \
                  prefer \"pool\" or \"device\" when the boards allow it"
             );
         }
-        let endpoint = Endpoint::resolve(cfg, shutdown).await?;
-        let ledger = Ledger::open(opts.ledger, &cfg.station.id)?;
+        let endpoint = Endpoint::resolve(cfg).await?;
+        let roots = read_roots(&endpoint.claim.root_ca)?;
+        let (ledger, report_dir) = match opts.ledger {
+            LedgerPlace::At(path) => {
+                let ledger = Ledger::open(path, &cfg.station.id)?;
+                let dir = create_report_dir(cfg, opts.report_dir, opts.report_prefix)?;
+                (ledger, dir)
+            }
+            LedgerPlace::InReportDir => {
+                let dir = create_report_dir(cfg, opts.report_dir, opts.report_prefix)?;
+                match Ledger::open(&dir.join("ledger.db"), &cfg.station.id) {
+                    Ok(l) => (l, dir),
+                    Err(e) => {
+                        // Leave nothing behind for a run that did not start.
+                        let _ = std::fs::remove_dir(&dir);
+                        return Err(e.into());
+                    }
+                }
+            }
+        };
         let (telemetry, snapshots, aggregator) = telemetry::start();
         let printer = opts.progress.then(|| {
             tokio::spawn(progress::run(
@@ -102,13 +126,13 @@ impl Pipeline {
                 device_deadline: Duration::from_secs(cfg.provision.device_deadline_s),
                 mqtt_version: cfg.provision.mqtt_version,
                 post_provision_check: cfg.provision.post_provision_check,
-                roots: read_roots(&endpoint.claim.root_ca)?,
+                roots,
                 aws_keys: cfg.keys.source == crate::config::KeySourceConfig::Aws,
             },
             keys.clone(),
             ledger.clone(),
             telemetry.clone(),
-            shutdown.clone(),
+            halt.clone(),
         );
         Ok(Pipeline {
             endpoint,
@@ -117,6 +141,7 @@ impl Pipeline {
             engine,
             keys,
             report_dir,
+            halt: halt.clone(),
             aggregator,
             printer,
         })
@@ -124,13 +149,20 @@ impl Pipeline {
 
     /// Stops the engine, closes telemetry, writes `summary.json` and stops the embedded
     /// emulator. `total` is the number of devices the run set out to do (`None`: those
-    /// started).
+    /// started). The report says how the run stopped.
     pub async fn finish(
         self,
         total: Option<u64>,
         line: Option<LineInfo>,
     ) -> crate::Result<RunReport> {
         self.engine.shutdown().await;
+        let stopped = match self.halt.take() {
+            Some(e) => Stopped::Halted(Box::new(e)),
+            None if self.halt.shutdown().is_triggered() => Stopped::Interrupted,
+            None => Stopped::Done,
+        };
+        // Devices that keep their state for the next run.
+        let unfinished = self.ledger.unfinished().map(|u| u.len()).unwrap_or(0);
         drop(self.telemetry);
         let aggregate = self.aggregator.await.expect("telemetry aggregator");
         if let Some(p) = self.printer {
@@ -143,12 +175,42 @@ impl Pipeline {
                 path: self.report_dir.clone(),
                 source,
             })?;
-        if let Some(emu) = &self.endpoint.emulator {
-            emu.stop();
-        }
+        drop(self.endpoint);
         Ok(RunReport {
             summary,
             report_dir: self.report_dir,
+            stopped,
+            unfinished,
         })
     }
+}
+
+/// Creates the report folder: the one given, or a new `<prefix><UTC timestamp>` folder under
+/// `station.report_dir` that no other run uses (a suffix `-2`, `-3`… when two runs start in
+/// the same second).
+fn create_report_dir(cfg: &Config, given: Option<PathBuf>, prefix: &str) -> crate::Result<PathBuf> {
+    let report = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Report { path, source }
+    };
+    if let Some(dir) = given {
+        std::fs::create_dir_all(&dir).map_err(report(&dir))?;
+        return Ok(dir);
+    }
+    let parent = &cfg.station.report_dir;
+    std::fs::create_dir_all(parent).map_err(report(parent))?;
+    let stamp = format!("{prefix}{}", timestamp());
+    for n in 1.. {
+        let dir = if n == 1 {
+            parent.join(&stamp)
+        } else {
+            parent.join(format!("{stamp}-{n}"))
+        };
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(report(&dir)(e)),
+        }
+    }
+    unreachable!("the loop returns")
 }

@@ -69,6 +69,22 @@ pub enum Event {
         serial: String,
         reason: String,
     },
+    /// The station stopped while the device was in flight; it keeps its state and resumes.
+    DeviceInterrupted {
+        serial: String,
+    },
+    /// The endpoint cannot be reached: devices wait for it.
+    EndpointUnreachable {
+        reason: String,
+    },
+    /// The endpoint is reachable again after `after`.
+    EndpointReachable {
+        after: Duration,
+    },
+    /// Another connection took over one of the station's client ids.
+    SessionTakenOver {
+        client_id: String,
+    },
     Retry {
         api: &'static str,
     },
@@ -143,8 +159,11 @@ pub struct Snapshot {
     pub started: u64,
     pub provisioned: u64,
     pub failed: u64,
+    pub interrupted: u64,
     pub retries: u64,
     pub throttled: u64,
+    /// Why the endpoint cannot be reached, and since when (devices are paused).
+    pub endpoint_down: Option<(String, Duration)>,
     pub key_stock: (usize, usize),
     pub jig_bytes: u64,
     /// Jigs whose port is currently gone.
@@ -155,7 +174,8 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn in_flight(&self) -> u64 {
-        self.started.saturating_sub(self.provisioned + self.failed)
+        self.started
+            .saturating_sub(self.provisioned + self.failed + self.interrupted)
     }
 }
 
@@ -170,9 +190,17 @@ pub struct Aggregate {
     pub started: u64,
     pub provisioned: u64,
     pub failed: u64,
+    pub interrupted: u64,
     pub retries: u64,
     pub throttled: u64,
     pub failures: BTreeMap<String, u64>,
+    /// Endpoint outages: how many, and their total length.
+    pub outages: u64,
+    pub outage_time: Duration,
+    /// Since when, and why, the endpoint is unreachable now.
+    pub down: Option<(Instant, String)>,
+    /// Client ids another connection took over.
+    pub takeovers: u64,
     pub jig_bytes: u64,
     pub jigs: BTreeMap<String, JigTotals>,
 }
@@ -196,9 +224,14 @@ impl Aggregate {
             started: 0,
             provisioned: 0,
             failed: 0,
+            interrupted: 0,
             retries: 0,
             throttled: 0,
             failures: BTreeMap::new(),
+            outages: 0,
+            outage_time: Duration::ZERO,
+            down: None,
+            takeovers: 0,
             jig_bytes: 0,
             jigs: BTreeMap::new(),
         }
@@ -222,6 +255,18 @@ impl Aggregate {
                 self.last_done_at = Some(Instant::now());
                 *self.failures.entry(reason).or_default() += 1;
             }
+            Event::DeviceInterrupted { .. } => self.interrupted += 1,
+            Event::EndpointUnreachable { reason } => {
+                if self.down.is_none() {
+                    self.outages += 1;
+                    self.down = Some((Instant::now(), reason));
+                }
+            }
+            Event::EndpointReachable { after } => {
+                self.down = None;
+                self.outage_time += after;
+            }
+            Event::SessionTakenOver { .. } => self.takeovers += 1,
             Event::Retry { .. } => self.retries += 1,
             Event::Throttled { .. } => self.throttled += 1,
             Event::KeyStock { level, capacity } => *key_stock = (level, capacity),
@@ -260,8 +305,13 @@ impl Aggregate {
             started: self.started,
             provisioned: self.provisioned,
             failed: self.failed,
+            interrupted: self.interrupted,
             retries: self.retries,
             throttled: self.throttled,
+            endpoint_down: self
+                .down
+                .as_ref()
+                .map(|(since, why)| (why.clone(), since.elapsed())),
             key_stock,
             jig_bytes: self.jig_bytes,
             jigs_disconnected: self.jigs.values().filter(|j| !j.connected).count(),

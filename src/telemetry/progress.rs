@@ -17,7 +17,7 @@ pub fn line(s: &Snapshot, total: u64) -> String {
     } else {
         0.0
     };
-    format!(
+    let mut line = format!(
         "[{secs:7.1}s] provisioned {}/{total} ({rate:.1}/s)  failed {}  in flight {}  keys {}/{}  retries {}  throttled {}  p50 {:.0} ms",
         s.provisioned,
         s.failed,
@@ -27,7 +27,14 @@ pub fn line(s: &Snapshot, total: u64) -> String {
         s.retries,
         s.throttled,
         s.p50_end_to_end.as_secs_f64() * 1000.0,
-    )
+    );
+    if let Some((why, since)) = &s.endpoint_down {
+        line.push_str(&format!(
+            "  ENDPOINT UNREACHABLE for {:.0} s, devices paused: {why}",
+            since.as_secs_f64()
+        ));
+    }
+    line
 }
 
 /// Prints a line every `every` until the snapshot channel closes.

@@ -1,9 +1,11 @@
 //! The run summary written to `<report dir>/summary.json` and printed at the end of a run.
 //!
 //! ```json
-//! {"devices":{"total":N,"provisioned":n,"failed":n},"elapsed_s":f,"throughput_per_s":f,
+//! {"devices":{"total":N,"provisioned":n,"failed":n,"interrupted":n},"elapsed_s":f,
+//!  "throughput_per_s":f,
 //!  "stages":{"keygen":S,"create_certificate":S,"register_thing":S,"jig_write":S,"end_to_end":S},
-//!  "failures":{"<reason>":n},"retries":n,"throttled":n}
+//!  "failures":{"<reason>":n},"retries":n,"throttled":n,
+//!  "endpoint":{"outages":n,"unreachable_s":f,"session_takeovers":n}}
 //! ```
 //! with `S = {"count","p50_ms","p90_ms","p99_ms","max_ms"}` from the HDR histograms.
 
@@ -24,6 +26,9 @@ pub struct Summary {
     pub failures: BTreeMap<String, u64>,
     pub retries: u64,
     pub throttled: u64,
+    /// What the station saw of the endpoint.
+    #[serde(default)]
+    pub endpoint: EndpointSummary,
     /// The line's figures (absent for a load test, which has no jigs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jigs: Option<JigSummary>,
@@ -73,6 +78,21 @@ pub struct Devices {
     pub total: u64,
     pub provisioned: u64,
     pub failed: u64,
+    /// In flight when the station stopped: not failed; they resume on the next run (a load
+    /// test's synthetic devices do not; their certificates are listed for cleanup).
+    #[serde(default)]
+    pub interrupted: u64,
+}
+
+/// `"endpoint"` in summary.json.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EndpointSummary {
+    /// Times the endpoint could not be reached (devices waited).
+    pub outages: u64,
+    /// Total time it could not be reached.
+    pub unreachable_s: f64,
+    /// Times another connection took over one of the station's client ids.
+    pub session_takeovers: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -129,6 +149,7 @@ impl Summary {
                 total,
                 provisioned: agg.provisioned,
                 failed: agg.failed,
+                interrupted: agg.interrupted,
             },
             elapsed_s: (elapsed * 1000.0).round() / 1000.0,
             throughput_per_s: if elapsed > 0.0 {
@@ -140,6 +161,21 @@ impl Summary {
             failures: agg.failures.clone(),
             retries: agg.retries,
             throttled: agg.throttled,
+            endpoint: EndpointSummary {
+                outages: agg.outages,
+                unreachable_s: ((agg.outage_time
+                    + agg
+                        .down
+                        .as_ref()
+                        .map_or(std::time::Duration::ZERO, |(t, _)| {
+                            agg.finished_at.saturating_duration_since(*t)
+                        }))
+                .as_secs_f64()
+                    * 1000.0)
+                    .round()
+                    / 1000.0,
+                session_takeovers: agg.takeovers,
+            },
             jigs: line.map(|l| {
                 let total = |f: fn(&super::JigTotals) -> u64| agg.jigs.values().map(f).sum::<u64>();
                 let capacity = agg.jigs.values().map(|j| j.capacity_bytes).sum();
@@ -170,8 +206,13 @@ impl Summary {
 
     /// A short human-readable report for the terminal.
     pub fn render(&self) -> String {
+        let interrupted = if self.devices.interrupted > 0 {
+            format!(", {} interrupted", self.devices.interrupted)
+        } else {
+            String::new()
+        };
         let mut out = format!(
-            "devices: {} provisioned, {} failed, of {}\nelapsed: {:.2} s, throughput: {:.1} devices/s, retries: {}, throttled: {}\n",
+            "devices: {} provisioned, {} failed{interrupted}, of {}\nelapsed: {:.2} s, throughput: {:.1} devices/s, retries: {}, throttled: {}\n",
             self.devices.provisioned,
             self.devices.failed,
             self.devices.total,
@@ -180,6 +221,19 @@ impl Summary {
             self.retries,
             self.throttled
         );
+        let e = &self.endpoint;
+        if e.outages > 0 {
+            out.push_str(&format!(
+                "endpoint: unreachable {} times, {:.1} s in all (devices waited)\n",
+                e.outages, e.unreachable_s
+            ));
+        }
+        if e.session_takeovers > 0 {
+            out.push_str(&format!(
+                "endpoint: {} sessions taken over by another client with the same client id (another station with this station.id?)\n",
+                e.session_takeovers
+            ));
+        }
         out.push_str("stage                 count     p50 ms     p90 ms     p99 ms     max ms\n");
         for s in Stage::ALL {
             let st = &self.stages[s.name()];

@@ -314,9 +314,42 @@ impl StandaloneEmulator {
 pub type Submitted = (
     i64,
     tokio::sync::oneshot::Receiver<
-        Result<fleet_station::provision::Credentials, fleet_station::provision::DeviceFailure>,
+        Result<fleet_station::provision::Credentials, fleet_station::provision::NotProvisioned>,
     >,
 );
+
+/// The engine with `cfg`, journaling in `ledger`; the [`Halt`](fleet_station::halt::Halt)
+/// tells why it stopped the line, if it did.
+pub fn start_engine(
+    cfg: fleet_station::provision::EngineConfig,
+    keys: Arc<fleet_station::keys::KeyPool>,
+    ledger: &fleet_station::ledger::Ledger,
+    telemetry: fleet_station::telemetry::Telemetry,
+) -> (
+    fleet_station::provision::Provisioner,
+    fleet_station::halt::Halt,
+) {
+    let halt = fleet_station::halt::Halt::new(Shutdown::new());
+    let engine = fleet_station::provision::Provisioner::start(
+        cfg,
+        keys,
+        ledger.clone(),
+        telemetry,
+        halt.clone(),
+    );
+    (engine, halt)
+}
+
+/// The device's failure (panics if it was provisioned or interrupted).
+pub fn failure(
+    r: Result<fleet_station::provision::Credentials, fleet_station::provision::NotProvisioned>,
+) -> fleet_station::provision::DeviceFailure {
+    match r {
+        Err(fleet_station::provision::NotProvisioned::Failed(f)) => f,
+        Ok(c) => panic!("expected a failure, the device was provisioned: {c:?}"),
+        Err(other) => panic!("expected a failure, got {other:?}"),
+    }
+}
 
 /// Journals a fresh board `serial` on `jig` in `ledger` and submits it to the engine behind
 /// `jobs` with key plan `key`.
@@ -327,20 +360,102 @@ pub async fn submit(
     jig: &str,
     key: fleet_station::provision::KeyPlan,
 ) -> Submitted {
-    let device_id = ledger.begin(serial, jig).await.unwrap().id;
+    let board = fleet_station::provision::BoardIdentity {
+        serial: serial.into(),
+        jig: jig.into(),
+        ..Default::default()
+    };
+    submit_board(jobs, ledger, board, key).await
+}
+
+/// [`submit`] for a board that reports more than its serial.
+pub async fn submit_board(
+    jobs: &tokio::sync::mpsc::Sender<fleet_station::provision::DeviceJob>,
+    ledger: &fleet_station::ledger::Ledger,
+    board: fleet_station::provision::BoardIdentity,
+    key: fleet_station::provision::KeyPlan,
+) -> Submitted {
+    let begun = ledger.begin(&board.serial, &board.jig).await.unwrap();
     let (reply, rx) = tokio::sync::oneshot::channel();
-    jobs.send(fleet_station::provision::DeviceJob {
-        device_id,
-        board: fleet_station::provision::BoardIdentity {
-            serial: serial.into(),
-            jig: jig.into(),
-            ..Default::default()
-        },
-        key,
-        resume: None,
-        reply,
-    })
-    .await
-    .unwrap();
-    (device_id, rx)
+    // An engine that stopped the line takes no more jobs: the receiver then says so (its
+    // sender is dropped with the job).
+    let _ = jobs
+        .send(fleet_station::provision::DeviceJob {
+            device_id: begun.id,
+            board,
+            key,
+            resume: begun.resume,
+            reply,
+        })
+        .await;
+    (begun.id, rx)
+}
+
+/// A TCP proxy in front of an endpoint that a test can take away and bring back: while it
+/// is cut, every connection through it is closed and new ones are refused, as when a
+/// network link or the endpoint goes down.
+pub struct OutageProxy {
+    pub port: u16,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl OutageProxy {
+    /// Listens on a free loopback port and forwards to `127.0.0.1:target`.
+    pub async fn start(target: u16) -> OutageProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (cut, mut cut_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let mut listener = Some(listener);
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                match &listener {
+                    Some(l) => tokio::select! {
+                        accepted = l.accept() => {
+                            let Ok((mut inbound, _)) = accepted else { continue };
+                            conns.spawn(async move {
+                                if let Ok(mut outbound) =
+                                    tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                                {
+                                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound)
+                                        .await;
+                                }
+                            });
+                        }
+                        changed = cut_rx.changed() => {
+                            if changed.is_err() { return }
+                            if *cut_rx.borrow() {
+                                // Away: drop every connection and stop listening.
+                                conns.abort_all();
+                                listener = None;
+                            }
+                        }
+                    },
+                    None => {
+                        if cut_rx.changed().await.is_err() {
+                            return;
+                        }
+                        if !*cut_rx.borrow() {
+                            listener = Some(
+                                tokio::net::TcpListener::bind(("127.0.0.1", port))
+                                    .await
+                                    .expect("the proxy's port is free again"),
+                            );
+                        }
+                    }
+                }
+            }
+        });
+        OutageProxy { port, cut }
+    }
+
+    /// The endpoint goes away: connections are closed, new ones refused.
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    /// The endpoint is back.
+    pub fn restore(&self) {
+        self.cut.send_replace(false);
+    }
 }
