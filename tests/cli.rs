@@ -339,3 +339,28 @@ fn check_names_the_topic_a_claim_policy_does_not_allow() {
     );
     emu.stop();
 }
+
+#[test]
+fn a_run_that_fails_its_start_up_checks_leaves_no_report_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let out = station()
+        .args(["run", "--config"])
+        .arg(&config)
+        .args(["--endpoint", "abc-ats.iot.eu-west-1.amazonaws.com"])
+        .arg("--cert")
+        .arg(dir.path().join("missing-cert.pem"))
+        .arg("--key")
+        .arg(dir.path().join("missing-key.pem"))
+        .arg("--ca-file")
+        .arg(dir.path().join("missing-ca.pem"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("missing-ca.pem"), "{stderr}");
+    assert!(
+        !dir.path().join("reports").exists(),
+        "a report folder was created for a run that never started"
+    );
+}

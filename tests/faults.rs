@@ -216,6 +216,9 @@ async fn dropped_sessions_reconnect_and_the_device_in_flight_resumes() {
     let out = provision_all(&emu, 16, 4, Duration::from_secs(10), 6).await;
     assert_eq!(out.provisioned, 16, "{:?}", out.failed);
     assert!(out.aggregate.retries > 0, "no connection was dropped");
+    // A connection the server closes after a request and before its reply is how a
+    // throttle can arrive: it slows the rate controller like a 429.
+    assert!(out.aggregate.throttled > 0, "the closes slowed nothing");
     let issued = emu
         .emulator
         .registry()

@@ -214,3 +214,28 @@ fn create_report_dir(cfg: &Config, given: Option<PathBuf>, prefix: &str) -> crat
     }
     unreachable!("the loop returns")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_started_in_the_same_second_get_their_own_report_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::parse("", Path::new("t.toml")).unwrap();
+        cfg.station.report_dir = dir.path().join("reports");
+        let a = create_report_dir(&cfg, None, "").unwrap();
+        let b = create_report_dir(&cfg, None, "").unwrap();
+        let c = create_report_dir(&cfg, None, "loadtest-").unwrap();
+        assert_ne!(a, b);
+        assert!(a.is_dir() && b.is_dir() && c.is_dir());
+        assert!(
+            c.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("loadtest-")
+        );
+        // A folder given on the command line is used as it is, even if it exists.
+        assert_eq!(create_report_dir(&cfg, Some(a.clone()), "").unwrap(), a);
+    }
+}
