@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use fleet_station::config::{Config, ConfigError, Overrides};
 use fleet_station::emulator::Emulator;
 use fleet_station::jig::SimBoardOptions;
-use fleet_station::ledger::Ledger;
+use fleet_station::ledger::LedgerView;
 use fleet_station::ledger::export::{self, ExportError};
 use fleet_station::shutdown::{self, Shutdown};
 use fleet_station::station::loadtest::{self, LoadtestOptions};
@@ -84,7 +84,8 @@ enum Command {
         #[command(flatten)]
         endpoint: EndpointArgs,
     },
-    /// The ledger: export the audit trail, list orphaned certificates.
+    /// The ledger: export the audit trail, list orphaned certificates. Both only read the
+    /// ledger, so they run safely while a station is working on it.
     Ledger {
         /// Station configuration file (for station.ledger and the endpoint's region).
         #[arg(long, default_value = "station.toml", value_name = "FILE")]
@@ -214,8 +215,9 @@ fn report(err: impl miette::Diagnostic + Send + Sync + 'static) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// The ledger commands read a [`LedgerView`]: no lock, no write, beside a running station.
 fn ledger_command(cfg: &Config, what: LedgerCommand) -> Result<(), ExportError> {
-    let ledger = Ledger::open(&cfg.station.ledger, &cfg.station.id)?;
+    let ledger = LedgerView::open(&cfg.station.ledger)?;
     match what {
         LedgerCommand::Export { format, out } => {
             let sink: Box<dyn std::io::Write> = match &out {

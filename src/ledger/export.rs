@@ -1,11 +1,12 @@
 //! The ledger for people: the audit trail as CSV or JSON (serial ↔ certificate id ↔ thing ↔
-//! jig ↔ station ↔ times), and the orphan report with the AWS CLI commands that clean up.
+//! jig ↔ station ↔ times), read through a [`LedgerView`] so it runs beside a working station,
+//! and the orphan report with the AWS CLI commands that clean up.
 
 use std::io::Write;
 
 use serde::Serialize;
 
-use super::{DeviceRow, Ledger, LedgerError, Orphan};
+use super::{DeviceRow, LedgerError, LedgerView, Orphan};
 
 const HEADER: [&str; 11] = [
     "serial",
@@ -64,7 +65,7 @@ fn row(d: &DeviceRow) -> ExportRow<'_> {
 }
 
 /// Writes every device as CSV with a header row.
-pub fn write_csv(ledger: &Ledger, out: impl Write) -> Result<(), ExportError> {
+pub fn write_csv(ledger: &LedgerView, out: impl Write) -> Result<(), ExportError> {
     let devices = ledger.devices()?;
     let mut w = csv::WriterBuilder::new()
         .has_headers(false)
@@ -80,7 +81,7 @@ pub fn write_csv(ledger: &Ledger, out: impl Write) -> Result<(), ExportError> {
 }
 
 /// Writes every device as a JSON array.
-pub fn write_json(ledger: &Ledger, mut out: impl Write) -> Result<(), ExportError> {
+pub fn write_json(ledger: &LedgerView, mut out: impl Write) -> Result<(), ExportError> {
     let devices = ledger.devices()?;
     let rows: Vec<ExportRow<'_>> = devices.iter().map(row).collect();
     serde_json::to_writer_pretty(&mut out, &rows).map_err(|e| ExportError::Io(e.into()))?;
