@@ -32,8 +32,10 @@
 //! - [`view`]: read-only access ([`LedgerView`]), also what [`Ledger`] reads through.
 //! - [`lock`]: the one-writer lock.
 //! - [`seal`]: encryption of station-made private keys kept for resuming.
-//! - [`export`]: the audit trail as CSV/JSON and the orphan report.
+//! - [`export`]: the audit trail as CSV/JSON.
+//! - [`cleanup`]: what to run on AWS to remove the orphans, as steps and as a bash script.
 
+pub mod cleanup;
 pub mod export;
 pub mod lock;
 pub mod seal;
