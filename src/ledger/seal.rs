@@ -6,6 +6,11 @@
 //! is not. Keys are sealed with AES-256-GCM under a random master key in `<ledger>.key`
 //! (mode 0600), with the board serial as associated data so a sealed key cannot be moved to
 //! another device's row. The sealed copy is deleted once the board is verified.
+//!
+//! The key file belongs to its ledger: back it up whenever the ledger is backed up (kept where
+//! the ledger's readers cannot read it, or the encryption protects nothing). Without it, the
+//! unfinished devices whose keys are sealed cannot resume, so
+//! [`Ledger::open`](super::Ledger::open) refuses to start rather than make a new key.
 
 use std::path::{Path, PathBuf};
 
