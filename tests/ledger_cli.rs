@@ -44,9 +44,35 @@ templates = "{t}"
     path
 }
 
+/// A running station, killed if the test ends (or fails) before it exits.
+struct Running(Child);
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Starts `station run` with its output in files (a full pipe never stalls it).
-fn spawn_run(dir: &Path, config: &Path, name: &str, args: &[&str]) -> Child {
-    station()
+fn spawn_run(dir: &Path, config: &Path, name: &str, args: &[&str]) -> Running {
+    let child = station()
         .args(["run", "--config"])
         .arg(config)
         .arg("--report-dir")
@@ -55,7 +81,8 @@ fn spawn_run(dir: &Path, config: &Path, name: &str, args: &[&str]) -> Child {
         .stdout(std::fs::File::create(dir.join(format!("{name}.out"))).unwrap())
         .stderr(std::fs::File::create(dir.join(format!("{name}.err"))).unwrap())
         .spawn()
-        .unwrap()
+        .unwrap();
+    Running(child)
 }
 
 fn output_of(dir: &Path, name: &str) -> String {
@@ -87,15 +114,13 @@ fn count(ledger: &Path, sql: &str) -> i64 {
 }
 
 /// Polls `ready` (an observable state of the station) until it holds; fails the test at
-/// `deadline`, killing `child` so nothing is left running.
+/// `deadline` (the station is then killed by its guard).
 fn wait_for(child: &mut Child, deadline: Instant, what: &str, mut ready: impl FnMut() -> bool) {
     while !ready() {
         if let Some(status) = child.try_wait().unwrap() {
             panic!("the station exited ({status}) before {what}");
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
             panic!("timed out waiting for {what}");
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -139,8 +164,8 @@ fn export_and_orphans_run_beside_a_working_line_without_stopping_it() {
         }
         during += 1;
         if Instant::now() > deadline {
-            let _ = run.kill();
-            let _ = run.wait();
+            run.kill().unwrap();
+            run.wait().unwrap();
             panic!(
                 "the run did not finish within 120 s beside {exports} exports (a hang?):\n{}",
                 output_of(dir.path(), "run")
