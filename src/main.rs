@@ -7,7 +7,8 @@ use clap::{Parser, Subcommand};
 use fleet_station::config::{Config, ConfigError, Overrides};
 use fleet_station::emulator::Emulator;
 use fleet_station::jig::SimBoardOptions;
-use fleet_station::ledger::Ledger;
+use fleet_station::ledger::LedgerView;
+use fleet_station::ledger::cleanup;
 use fleet_station::ledger::export::{self, ExportError};
 use fleet_station::shutdown::{self, Shutdown};
 use fleet_station::station::loadtest::{self, LoadtestOptions};
@@ -84,9 +85,10 @@ enum Command {
         #[command(flatten)]
         endpoint: EndpointArgs,
     },
-    /// The ledger: export the audit trail, list orphaned certificates.
+    /// The ledger: export the audit trail, list orphaned certificates. Both only read the
+    /// ledger, so they run safely while a station is working on it.
     Ledger {
-        /// Station configuration file (for station.ledger and the endpoint's region).
+        /// Station configuration file (for station.ledger).
         #[arg(long, default_value = "station.toml", value_name = "FILE")]
         config: PathBuf,
         #[command(subcommand)]
@@ -185,11 +187,13 @@ enum LedgerCommand {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
-    /// Certificates that will never reach a board, with the AWS CLI commands that clean up.
+    /// Certificates that will never reach a board, as a bash script of the AWS CLI commands
+    /// that remove them (detach from things, deactivate, delete). Read it, then run it with
+    /// credentials for the account: `station ledger orphans > cleanup.sh && bash cleanup.sh`.
     Orphans {
-        /// AWS account id for the certificate ARNs (default: a placeholder to replace).
-        #[arg(long, value_name = "ID", default_value = "<ACCOUNT_ID>")]
-        account: String,
+        /// No longer needed (the script reads each certificate's ARN from AWS); ignored.
+        #[arg(long, value_name = "ID", hide = true)]
+        account: Option<String>,
     },
 }
 
@@ -214,8 +218,9 @@ fn report(err: impl miette::Diagnostic + Send + Sync + 'static) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// The ledger commands read a [`LedgerView`]: no lock, no write, beside a running station.
 fn ledger_command(cfg: &Config, what: LedgerCommand) -> Result<(), ExportError> {
-    let ledger = Ledger::open(&cfg.station.ledger, &cfg.station.id)?;
+    let ledger = LedgerView::open(&cfg.station.ledger)?;
     match what {
         LedgerCommand::Export { format, out } => {
             let sink: Box<dyn std::io::Write> = match &out {
@@ -229,12 +234,14 @@ fn ledger_command(cfg: &Config, what: LedgerCommand) -> Result<(), ExportError> 
             }
         }
         LedgerCommand::Orphans { account } => {
-            let region = export::region_of(&cfg.endpoint.endpoint).unwrap_or("<REGION>");
-            print!(
-                "{}",
-                export::orphan_report(&ledger.orphans()?, region, &account)
-            );
-            Ok(())
+            if account.is_some() {
+                eprintln!(
+                    "note: --account is no longer needed: the script reads each certificate's ARN from AWS"
+                );
+            }
+            let script = cleanup::cleanup_script(&ledger.orphans()?);
+            std::io::Write::write_all(&mut std::io::stdout().lock(), script.as_bytes())
+                .map_err(ExportError::Io)
         }
     }
 }

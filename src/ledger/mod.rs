@@ -9,19 +9,37 @@
 //! Every change is durable (WAL, `synchronous = FULL`) before the call that records it
 //! returns, so the step after it never runs ahead of the journal. One writer thread commits
 //! whatever changes are waiting in one transaction (group commit), so many devices share one
-//! disk sync.
+//! disk sync. It takes SQLite's write lock when the transaction begins (`BEGIN IMMEDIATE`) and
+//! every connection waits for a busy lock, so a reader or another program touching the file
+//! delays a commit instead of failing it.
+//!
+//! One station writes a ledger at a time: [`Ledger::open`] takes `<ledger>.lock` ([`lock`])
+//! and refuses to start while another process holds it. Reading needs no lock:
+//! [`LedgerView`] opens the file read-only and writes nothing, so `station ledger export`
+//! and `station ledger orphans` run safely beside a running station.
+//!
+//! Station-made private keys of unfinished devices are sealed under `<ledger>.key`
+//! ([`seal`]). That file is part of the ledger: [`Ledger::open`] refuses to start when it is
+//! missing or is not the key the sealed rows were made with, instead of making a new key and
+//! silently losing the devices that need the old one.
 //!
 //! Orphans are recorded here, in one place: whenever a device's certificate is abandoned
-//! (the device fails, or a new certificate replaces one that can no longer be registered),
-//! the old certificate moves to `orphans`. A certificate is therefore either on a verified
-//! board or in the orphan list.
+//! (the device fails or is interrupted, or a new certificate replaces one that can no longer
+//! be registered), the old certificate moves to `orphans`; so does a certificate request whose
+//! answer was lost ([`Ledger::note_lost_request`]). A certificate is therefore either on a
+//! verified board or in the orphan list, and each is listed once.
 //!
+//! - [`view`]: read-only access ([`LedgerView`]), also what [`Ledger`] reads through.
+//! - [`lock`]: the one-writer lock.
 //! - [`seal`]: encryption of station-made private keys kept for resuming.
-//! - [`export`]: the audit trail as CSV/JSON and the orphan report.
+//! - [`export`]: the audit trail as CSV/JSON.
+//! - [`cleanup`]: what to run on AWS to remove the orphans, as steps and as a bash script.
 
+pub mod cleanup;
 pub mod export;
+pub mod lock;
 pub mod seal;
-mod shim;
+pub mod view;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,7 +52,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 use zeroize::Zeroizing;
 
+use self::lock::LedgerLock;
 use self::seal::Sealer;
+pub use self::view::LedgerView;
 use crate::fleet::payloads::Secret;
 
 /// Where a device stands. Stored as its lowercase name.
@@ -54,6 +74,9 @@ pub enum DeviceState {
     Verified,
     /// Gave up; `reason` says why.
     Failed,
+    /// The run stopped before the device finished (a load test interrupted); `reason` says
+    /// why. Like `Failed`, the next run starts it over.
+    Interrupted,
 }
 
 impl DeviceState {
@@ -66,6 +89,7 @@ impl DeviceState {
             DeviceState::Written => "written",
             DeviceState::Verified => "verified",
             DeviceState::Failed => "failed",
+            DeviceState::Interrupted => "interrupted",
         }
     }
 
@@ -78,13 +102,18 @@ impl DeviceState {
             "written" => DeviceState::Written,
             "verified" => DeviceState::Verified,
             "failed" => DeviceState::Failed,
+            "interrupted" => DeviceState::Interrupted,
             _ => return None,
         })
     }
 
-    /// Verified and Failed are final.
+    /// Verified, Failed and Interrupted are final (for this attempt: a failed or
+    /// interrupted board placed again starts over).
     pub fn is_final(self) -> bool {
-        matches!(self, DeviceState::Verified | DeviceState::Failed)
+        matches!(
+            self,
+            DeviceState::Verified | DeviceState::Failed | DeviceState::Interrupted
+        )
     }
 }
 
@@ -143,14 +172,33 @@ pub enum Transition {
     },
     Written,
     Verified,
-    /// The device's current certificate can no longer be registered (its token expired or
-    /// was refused); it becomes an orphan and the device goes back to `key_reserved`.
+    /// The device's current certificate (or its unanswered certificate request) can no
+    /// longer be used: its token expired or was refused, or the station stopped while the
+    /// request was in flight. The certificate — or, with no certificate yet, the key whose
+    /// request may have been answered — becomes an orphan, and the device goes back to
+    /// `started` holding no key material: the next attempt reserves a fresh key, so one
+    /// in-flight key is never recorded twice.
+    ///
+    /// An `Active` orphan may be recorded before the thing's name is known (RegisterThing
+    /// refused a token an earlier, lost attempt had used); the device's next `Registered`
+    /// names the thing, and the ledger fills it into that orphan.
     CertificateAbandoned {
         reason: String,
         /// What AWS may hold: `Pending` only when no RegisterThing can have used the token.
         status: OrphanStatus,
     },
+    /// The key reserved for a certificate request is given back before any request was
+    /// sent (the station stopped while the device waited for its turn): nothing can have
+    /// been issued for it, so nothing is orphaned, and the device is back at `started`.
+    KeyReleased {
+        reason: String,
+    },
     Failed {
+        reason: String,
+    },
+    /// The run stopped before the device finished (a load test interrupted). Its current
+    /// certificate becomes an orphan as with `Failed`.
+    Interrupted {
         reason: String,
     },
 }
@@ -167,9 +215,16 @@ impl std::fmt::Debug for Transition {
                 .debug_struct("Registered")
                 .field("thing_name", thing_name)
                 .finish_non_exhaustive(),
-            Transition::Failed { reason } | Transition::CertificateAbandoned { reason, .. } => f
+            Transition::Failed { reason }
+            | Transition::Interrupted { reason }
+            | Transition::KeyReleased { reason } => f
                 .debug_struct(self.state().as_str())
                 .field("reason", reason)
+                .finish(),
+            Transition::CertificateAbandoned { reason, status } => f
+                .debug_struct("certificate_abandoned")
+                .field("reason", reason)
+                .field("status", status)
                 .finish(),
             other => f.write_str(other.state().as_str()),
         }
@@ -179,14 +234,16 @@ impl std::fmt::Debug for Transition {
 impl Transition {
     pub fn state(&self) -> DeviceState {
         match self {
-            Transition::KeyReserved { .. } | Transition::CertificateAbandoned { .. } => {
-                DeviceState::KeyReserved
+            Transition::KeyReserved { .. } => DeviceState::KeyReserved,
+            Transition::CertificateAbandoned { .. } | Transition::KeyReleased { .. } => {
+                DeviceState::Started
             }
             Transition::CertificateIssued { .. } => DeviceState::CertificateIssued,
             Transition::Registered { .. } => DeviceState::Registered,
             Transition::Written => DeviceState::Written,
             Transition::Verified => DeviceState::Verified,
             Transition::Failed { .. } => DeviceState::Failed,
+            Transition::Interrupted { .. } => DeviceState::Interrupted,
         }
     }
 }
@@ -299,11 +356,13 @@ pub enum LedgerError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("ledger {path} was written by an older fleet-station (schema {found}, need {need})")]
+    #[error(
+        "ledger {path} has schema version {found}, but this fleet-station reads version {need} (0: the file is not a ledger)"
+    )]
     #[diagnostic(
         code(station::ledger::schema),
         help(
-            "export it with the old version if you need it, then move it aside: a new ledger is created"
+            "read it with the fleet-station version that wrote it (`station ledger export`); to start a new ledger, move the file aside together with its .key file"
         )
     )]
     Schema {
@@ -311,6 +370,63 @@ pub enum LedgerError {
         found: i64,
         need: i64,
     },
+    #[error("ledger {path} does not exist")]
+    #[diagnostic(
+        code(station::ledger::not_found),
+        help(
+            "check station.ledger in the configuration you passed with --config; the first `station run` creates the ledger"
+        )
+    )]
+    NotFound { path: PathBuf },
+    #[error("ledger {path} is in use by another station: {holder}")]
+    #[diagnostic(
+        code(station::ledger::in_use),
+        help(
+            "stop the other station first (one station writes a ledger at a time), or give this one its own station.ledger in its configuration"
+        )
+    )]
+    InUse {
+        path: PathBuf,
+        /// Who holds the lock: station id, pid, host and start time.
+        holder: String,
+    },
+    #[error(
+        "the key file {key} of ledger {path} is missing, and {sealed} unfinished device(s) in the ledger have private keys sealed under it"
+    )]
+    #[diagnostic(
+        code(station::ledger::key_missing),
+        help(
+            "restore <ledger>.key from the backup kept with the ledger, then start again; without it those {sealed} unfinished devices cannot resume (a new key cannot open their sealed keys)"
+        )
+    )]
+    KeyMissing {
+        path: PathBuf,
+        key: PathBuf,
+        sealed: i64,
+    },
+    #[error(
+        "the key file {key} does not open the private keys sealed in ledger {path} (tried board {serial}): it belongs to another ledger"
+    )]
+    #[diagnostic(
+        code(station::ledger::key_mismatch),
+        help(
+            "restore the <ledger>.key that was backed up together with this ledger; a key file from another ledger cannot resume its {sealed} unfinished device(s)"
+        )
+    )]
+    KeyMismatch {
+        path: PathBuf,
+        key: PathBuf,
+        serial: String,
+        sealed: i64,
+    },
+    #[error("ledger {path} could not record a change: {reason}")]
+    #[diagnostic(
+        code(station::ledger::write),
+        help(
+            "check that the disk holding station.ledger is writable and not full; \"database is locked\" means another program (e.g. an sqlite3 shell with an open transaction) held the ledger's write lock for more than 5 s: close it"
+        )
+    )]
+    Write { path: PathBuf, reason: String },
     #[error("ledger writer has stopped")]
     #[diagnostic(
         code(station::ledger::stopped),
@@ -334,19 +450,32 @@ struct Op {
     ack: oneshot::Sender<Result<i64, String>>,
 }
 
-/// A handle to the ledger. Cloneable; all clones share the writer thread.
+/// A handle to the ledger, the one writer of its file. Cloneable; all clones share the writer
+/// thread and the ledger lock, which is released when the last clone is dropped. Reads go
+/// through [`LedgerView`], which it dereferences to.
 #[derive(Clone)]
 pub struct Ledger {
     tx: Sender<Op>,
-    path: PathBuf,
+    view: LedgerView,
     station: String,
     sealer: Arc<Sealer>,
     _writer: Arc<WriterGuard>,
 }
 
+impl std::ops::Deref for Ledger {
+    type Target = LedgerView;
+
+    fn deref(&self) -> &LedgerView {
+        &self.view
+    }
+}
+
 struct WriterGuard {
     handle: std::sync::Mutex<Option<JoinHandle<()>>>,
     stop_tx: std::sync::Mutex<Option<Sender<Op>>>,
+    /// Dropped after the writer thread has finished (fields drop after `drop`), so the next
+    /// station cannot open the ledger while this one still commits.
+    _lock: LedgerLock,
 }
 
 impl Drop for WriterGuard {
@@ -426,9 +555,43 @@ fn event(
     Ok(())
 }
 
-/// Moves device `id`'s current certificate (if any) into `orphans` and clears it. With
-/// `only_issued`, a certificate request still unanswered is not counted (its answer is what
-/// is being recorded).
+/// Records an orphan unless the same one is listed already: the same serial and certificate
+/// id, or (no certificate id) the same serial and public key.
+#[allow(clippy::too_many_arguments)]
+fn insert_orphan(
+    tx: &rusqlite::Transaction<'_>,
+    certificate_id: Option<&str>,
+    public_key_sha256: Option<&str>,
+    serial: &str,
+    status: &str,
+    thing_name: Option<&str>,
+    reason: &str,
+    now: i64,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO orphans (certificate_id, public_key_sha256, serial, status, thing_name, reason, recorded_ms)
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7
+         WHERE NOT EXISTS (
+             SELECT 1 FROM orphans WHERE serial = ?3 AND (
+                 (?1 IS NOT NULL AND certificate_id = ?1)
+                 OR (?1 IS NULL AND certificate_id IS NULL AND public_key_sha256 = ?2)))",
+    )?
+    .execute(params![
+        certificate_id,
+        public_key_sha256,
+        serial,
+        status,
+        thing_name,
+        reason,
+        now
+    ])?;
+    Ok(())
+}
+
+/// Moves device `id`'s current certificate into `orphans` and clears it. With no certificate
+/// but a key reserved, a certificate request may have been answered unheard: the key's sha256
+/// is recorded instead. With `only_issued`, a certificate request still unanswered is not
+/// counted (its answer is what is being recorded).
 fn orphan_current(
     tx: &rusqlite::Transaction<'_>,
     id: i64,
@@ -463,18 +626,26 @@ fn orphan_current(
     };
     // A registered certificate is active whatever the caller believed.
     let status = match (by_state, status) {
-        (OrphanStatus::Active, _) => "active",
-        (_, Some(s)) if cert.is_some() => s.as_str(),
-        (s, _) => s.as_str(),
+        (OrphanStatus::Active, _) => OrphanStatus::Active,
+        (_, Some(s)) if cert.is_some() => s,
+        (s, _) => s,
     };
     if cert.is_none() && (only_issued || pk.is_none()) {
         return Ok(());
     }
-    tx.prepare_cached(
-        "INSERT INTO orphans (certificate_id, public_key_sha256, serial, status, thing_name, reason, recorded_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![cert, pk, serial, status, if status == "active" { thing } else { None }, reason, now])?;
+    // The thing is known when the device itself was registered (NULL otherwise: an active
+    // orphan of a device that was not gets it from the device's next registration).
+    let thing = thing.filter(|_| status == OrphanStatus::Active);
+    insert_orphan(
+        tx,
+        cert.as_deref(),
+        pk.as_deref(),
+        &serial,
+        status.as_str(),
+        thing.as_deref(),
+        reason,
+        now,
+    )?;
     tx.prepare_cached(
         "UPDATE devices SET certificate_id = NULL, certificate_pem = NULL, token = NULL,
          token_expires_ms = NULL, thing_name = NULL, device_configuration = NULL WHERE id = ?1",
@@ -483,8 +654,69 @@ fn orphan_current(
     Ok(())
 }
 
+/// The ledger's key: the existing key file, checked against a sealed row; a new one only for
+/// a ledger without sealed keys.
+fn open_sealer(conn: &Connection, path: &Path, has_tables: bool) -> Result<Sealer, LedgerError> {
+    let key = seal::key_path(path);
+    let sql = |source| LedgerError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    };
+    let io = |source| LedgerError::Io {
+        path: key.clone(),
+        source,
+    };
+    let (sealed, sample): (i64, Option<(String, Vec<u8>)>) = if has_tables {
+        let count = conn
+            .query_row(
+                "SELECT count(*) FROM devices WHERE sealed_key IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sql)?;
+        let sample = conn
+            .query_row(
+                "SELECT serial, sealed_key FROM devices WHERE sealed_key IS NOT NULL LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(sql)?;
+        (count, sample)
+    } else {
+        (0, None)
+    };
+    match Sealer::load(&key).map_err(io)? {
+        Some(sealer) => {
+            if let Some((serial, blob)) = sample
+                && sealer.open(&serial, &blob).is_none()
+            {
+                return Err(LedgerError::KeyMismatch {
+                    path: path.to_path_buf(),
+                    key,
+                    serial,
+                    sealed,
+                });
+            }
+            Ok(sealer)
+        }
+        None if sealed > 0 => Err(LedgerError::KeyMissing {
+            path: path.to_path_buf(),
+            key,
+            sealed,
+        }),
+        None => Sealer::create_new(&key).map_err(io),
+    }
+}
+
 impl Ledger {
-    /// Opens (or creates) the ledger file and its key file (`<ledger>.key`).
+    /// Opens (or creates) the ledger file and its key file (`<ledger>.key`), as the one
+    /// writer of the ledger.
+    ///
+    /// Refused when another process has the ledger open ([`LedgerError::InUse`]), when the
+    /// ledger holds sealed keys and the key file is missing ([`LedgerError::KeyMissing`]) or
+    /// is not theirs ([`LedgerError::KeyMismatch`]), and for a schema this version does not
+    /// know. A key file is created only for a ledger without sealed keys.
     pub fn open(path: &Path, station: &str) -> Result<Ledger, LedgerError> {
         let sql = |source| LedgerError::Sqlite {
             path: path.to_path_buf(),
@@ -497,8 +729,10 @@ impl Ledger {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        let sealer = Sealer::load_or_create(&seal::key_path(path)).map_err(io)?;
+        // First of all: nothing else may touch the ledger while another station writes it.
+        let lock = LedgerLock::acquire(path, station)?;
         let conn = Connection::open(path).map_err(sql)?;
+        conn.busy_timeout(view::BUSY_TIMEOUT).map_err(sql)?;
         // The ledger holds ownership tokens: owner-only, like key files. SQLite gives its
         // -wal and -shm files the database file's mode.
         {
@@ -507,24 +741,15 @@ impl Ledger {
         }
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
             .map_err(sql)?;
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(sql)?;
-        let has_devices: bool = conn
-            .query_row(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'devices'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .map_err(sql)?
-            > 0;
-        if has_devices && version != SCHEMA_VERSION {
+        let version = view::schema_version(&conn).map_err(sql)?;
+        if let Some(found) = version.filter(|v| *v != SCHEMA_VERSION) {
             return Err(LedgerError::Schema {
                 path: path.to_path_buf(),
-                found: version,
+                found,
                 need: SCHEMA_VERSION,
             });
         }
+        let sealer = open_sealer(&conn, path, version.is_some())?;
         conn.execute_batch(SCHEMA).map_err(sql)?;
         conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
             .map_err(sql)?;
@@ -535,18 +760,15 @@ impl Ledger {
             .expect("spawn ledger writer");
         Ok(Ledger {
             tx: tx.clone(),
-            path: path.to_path_buf(),
+            view: LedgerView::trusted(path),
             station: station.to_string(),
             sealer: Arc::new(sealer),
             _writer: Arc::new(WriterGuard {
                 handle: std::sync::Mutex::new(Some(handle)),
                 stop_tx: std::sync::Mutex::new(Some(tx)),
+                _lock: lock,
             }),
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     fn submit(&self, job: Job) -> Result<oneshot::Receiver<Result<i64, String>>, LedgerError> {
@@ -563,9 +785,9 @@ impl Ledger {
     ) -> Result<i64, LedgerError> {
         match r {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(msg)) => Err(LedgerError::Sqlite {
-                path: self.path.clone(),
-                source: rusqlite::Error::ToSqlConversionFailure(msg.into()),
+            Ok(Err(reason)) => Err(LedgerError::Write {
+                path: self.path().to_path_buf(),
+                reason,
             }),
             Err(_) => Err(LedgerError::Stopped),
         }
@@ -583,7 +805,10 @@ impl Ledger {
                 .optional()?;
             let id = match existing {
                 Some((id, state)) if state == DeviceState::Verified.as_str() => return Ok(-id),
-                Some((id, state)) if state == DeviceState::Failed.as_str() => {
+                Some((id, state))
+                    if state == DeviceState::Failed.as_str()
+                        || state == DeviceState::Interrupted.as_str() =>
+                {
                     tx.prepare_cached(
                         "UPDATE devices SET jig = ?2, station = ?3, state = 'started', reason = NULL,
                          key_source = NULL, public_key_sha256 = NULL, sealed_key = NULL,
@@ -664,11 +889,8 @@ impl Ledger {
 
     /// The resume point of an unfinished device (`None` for a fresh start).
     fn resume_point(&self, id: i64) -> Result<Option<Resume>, LedgerError> {
-        let c = self.reader()?;
-        let sql = |source| LedgerError::Sqlite {
-            path: self.path.clone(),
-            source,
-        };
+        let c = self.view.reader()?;
+        let sql = self.view.sql_err();
         type Row = (
             String,
             String,
@@ -816,6 +1038,13 @@ impl Ledger {
                     thing_name,
                     device_configuration,
                 } => {
+                    // An earlier certificate of this device that a lost RegisterThing made
+                    // active was recorded before the thing's name was known: it is this thing.
+                    tx.prepare_cached(
+                        "UPDATE orphans SET thing_name = ?2
+                         WHERE serial = ?1 AND status = 'active' AND thing_name IS NULL",
+                    )?
+                    .execute(params![serial, thing_name])?;
                     tx.prepare_cached(
                         "UPDATE devices SET state = ?2, thing_name = ?3, device_configuration = ?4,
                          updated_ms = ?5 WHERE id = ?1",
@@ -847,13 +1076,33 @@ impl Ledger {
                 }
                 Transition::CertificateAbandoned { reason, status } => {
                     orphan_current(tx, id, reason, now, false, Some(*status))?;
+                    // Back to the start with no key: the next attempt reserves a fresh one, so
+                    // this key is never recorded as in flight again.
                     tx.prepare_cached(
-                        "UPDATE devices SET state = ?2, updated_ms = ?3 WHERE id = ?1",
+                        "UPDATE devices SET state = ?2, key_source = NULL, public_key_sha256 = NULL,
+                         sealed_key = NULL, updated_ms = ?3 WHERE id = ?1",
                     )?
                     .execute(params![id, state, now])?;
-                    Some(reason.clone())
+                    Some(format!(
+                        "certificate abandoned ({}): {reason}",
+                        status.as_str()
+                    ))
                 }
-                Transition::Failed { reason } => {
+                Transition::KeyReleased { reason } => {
+                    // Only a key no certificate came for: a device holding one keeps it.
+                    let released = tx
+                        .prepare_cached(
+                            "UPDATE devices SET state = ?2, key_source = NULL, public_key_sha256 = NULL,
+                             sealed_key = NULL, updated_ms = ?3
+                             WHERE id = ?1 AND state = 'key_reserved' AND certificate_id IS NULL",
+                        )?
+                        .execute(params![id, state, now])?;
+                    if released == 0 {
+                        return Ok(id);
+                    }
+                    Some(format!("key released: {reason}"))
+                }
+                Transition::Failed { reason } | Transition::Interrupted { reason } => {
                     orphan_current(tx, id, reason, now, false, None)?;
                     tx.prepare_cached(
                         "UPDATE devices SET state = ?2, reason = ?3, token = NULL, sealed_key = NULL,
@@ -890,109 +1139,37 @@ impl Ledger {
         self.map_ack(rx.await).map(|_| ())
     }
 
-    fn reader(&self) -> Result<Connection, LedgerError> {
-        Connection::open_with_flags(&self.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(
-            |source| LedgerError::Sqlite {
-                path: self.path.clone(),
-                source,
-            },
-        )
+    /// Records that a CreateCertificateFromCsr request was sent and its answer lost (a
+    /// timeout, or the connection closed after the publish), before the engine retries with
+    /// the same key: AWS may have issued a certificate the station never saw. It is listed as
+    /// a `pending` orphan with no certificate id and the device's current public key (once
+    /// per key); the device's state is unchanged. Nothing is recorded when the device has no
+    /// public key on record.
+    pub async fn note_lost_request(&self, id: i64, reason: &str) -> Result<(), LedgerError> {
+        let reason = reason.to_string();
+        let rx = self.submit(Box::new(move |tx| {
+            let now = now_ms();
+            let row: Option<(String, Option<String>)> = tx
+                .prepare_cached("SELECT serial, public_key_sha256 FROM devices WHERE id = ?1")?
+                .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            if let Some((serial, Some(pk))) = row {
+                insert_orphan(
+                    tx,
+                    None,
+                    Some(&pk),
+                    &serial,
+                    OrphanStatus::Pending.as_str(),
+                    None,
+                    &reason,
+                    now,
+                )?;
+                event(tx, id, "request_lost", Some(&reason), now)?;
+            }
+            Ok(id)
+        }))?;
+        self.map_ack(rx.await).map(|_| ())
     }
-
-    fn sql_err(&self) -> impl Fn(rusqlite::Error) -> LedgerError + '_ {
-        |source| LedgerError::Sqlite {
-            path: self.path.clone(),
-            source,
-        }
-    }
-
-    /// One device by serial.
-    pub fn device(&self, serial: &str) -> Result<Option<DeviceRow>, LedgerError> {
-        let c = self.reader()?;
-        c.query_row(
-            &format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE serial = ?1"),
-            params![serial],
-            device_row,
-        )
-        .optional()
-        .map_err(self.sql_err())
-    }
-
-    /// Every device, in the order they were first seen.
-    pub fn devices(&self) -> Result<Vec<DeviceRow>, LedgerError> {
-        let c = self.reader()?;
-        let mut stmt = c
-            .prepare(&format!("SELECT {DEVICE_COLUMNS} FROM devices ORDER BY id"))
-            .map_err(self.sql_err())?;
-        let rows = stmt.query_map([], device_row).map_err(self.sql_err())?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(self.sql_err())
-    }
-
-    /// Devices an earlier run left unfinished.
-    pub fn unfinished(&self) -> Result<Vec<DeviceRow>, LedgerError> {
-        Ok(self
-            .devices()?
-            .into_iter()
-            .filter(|d| !d.state.is_final() && d.state != DeviceState::Started)
-            .collect())
-    }
-
-    /// The audit trail of one device: (state, detail, time).
-    pub fn events(&self, id: i64) -> Result<Vec<(String, Option<String>, i64)>, LedgerError> {
-        let c = self.reader()?;
-        let mut stmt = c
-            .prepare("SELECT state, detail, at_ms FROM events WHERE device_id = ?1 ORDER BY id")
-            .map_err(self.sql_err())?;
-        let rows = stmt
-            .query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .map_err(self.sql_err())?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(self.sql_err())
-    }
-
-    /// Every orphaned certificate.
-    pub fn orphans(&self) -> Result<Vec<Orphan>, LedgerError> {
-        let c = self.reader()?;
-        let mut stmt = c
-            .prepare(
-                "SELECT certificate_id, public_key_sha256, serial, status, thing_name, reason, recorded_ms
-                 FROM orphans ORDER BY id",
-            )
-            .map_err(self.sql_err())?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok(Orphan {
-                    certificate_id: r.get(0)?,
-                    public_key_sha256: r.get(1)?,
-                    serial: r.get(2)?,
-                    status: r.get(3)?,
-                    thing_name: r.get(4)?,
-                    reason: r.get(5)?,
-                    recorded_ms: r.get(6)?,
-                })
-            })
-            .map_err(self.sql_err())?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(self.sql_err())
-    }
-}
-
-const DEVICE_COLUMNS: &str = "id, serial, jig, station, state, key_source, certificate_id, thing_name, reason, attempts, created_ms, updated_ms";
-
-fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {
-    let state: String = r.get(4)?;
-    Ok(DeviceRow {
-        id: r.get(0)?,
-        serial: r.get(1)?,
-        jig: r.get(2)?,
-        station: r.get(3)?,
-        state: DeviceState::parse(&state).unwrap_or(DeviceState::Failed),
-        key_source: r.get(5)?,
-        certificate_id: r.get(6)?,
-        thing_name: r.get(7)?,
-        reason: r.get(8)?,
-        attempts: r.get(9)?,
-        created_ms: r.get(10)?,
-        updated_ms: r.get(11)?,
-    })
 }
 
 fn writer_loop(mut conn: Connection, rx: Receiver<Op>) {
@@ -1005,8 +1182,10 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Op>) {
             }
         }
         // One transaction, one sync, for the whole batch. A failing job fails only itself
-        // (its savepoint is rolled back); the others commit.
-        let tx = match conn.transaction() {
+        // (its savepoint is rolled back); the others commit. The write lock is taken at BEGIN,
+        // where SQLite's busy handler waits for it: a deferred transaction that reads first
+        // and upgrades later fails at once when another connection wrote in between.
+        let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
             Ok(tx) => tx,
             Err(e) => {
                 for op in batch {

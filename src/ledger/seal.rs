@@ -6,6 +6,11 @@
 //! is not. Keys are sealed with AES-256-GCM under a random master key in `<ledger>.key`
 //! (mode 0600), with the board serial as associated data so a sealed key cannot be moved to
 //! another device's row. The sealed copy is deleted once the board is verified.
+//!
+//! The key file belongs to its ledger: back it up whenever the ledger is backed up (kept where
+//! the ledger's readers cannot read it, or the encryption protects nothing). Without it, the
+//! unfinished devices whose keys are sealed cannot resume, so
+//! [`Ledger::open`](super::Ledger::open) refuses to start rather than make a new key.
 
 use std::path::{Path, PathBuf};
 
@@ -27,21 +32,71 @@ pub struct Sealer {
 }
 
 impl Sealer {
+    /// Loads the master key; `None` if there is no key file.
+    pub fn load(path: &Path) -> std::io::Result<Option<Sealer>> {
+        match std::fs::read(path) {
+            Ok(b) => Sealer::from_bytes(path, &Zeroizing::new(b)).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates a new random master key file (mode 0600), exclusively: the key is written to a
+    /// temporary file and linked to `path`, which fails if `path` exists; then the existing
+    /// key is loaded instead. Two processes creating a key at once thus end with one key.
+    pub fn create_new(path: &Path) -> std::io::Result<Sealer> {
+        let rng = SystemRandom::new();
+        let mut k = Zeroizing::new(vec![0u8; 32]);
+        rng.fill(&mut k)
+            .map_err(|_| std::io::Error::other("no system randomness"))?;
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(
+            ".tmp{}-{:016x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        let tmp = PathBuf::from(tmp);
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            let written = f.write_all(&k).and_then(|_| f.sync_all());
+            if let Err(e) = written {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        }
+        let linked = std::fs::hard_link(&tmp, path);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+                    && let Ok(d) = std::fs::File::open(dir)
+                {
+                    let _ = d.sync_all();
+                }
+                Sealer::from_bytes(path, &k)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Sealer::load(path)?
+                .ok_or_else(|| std::io::Error::other("the key file vanished while it was created")),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Loads the master key, creating it (mode 0600) if there is none.
     pub fn load_or_create(path: &Path) -> std::io::Result<Sealer> {
-        let rng = SystemRandom::new();
-        let bytes = match std::fs::read(path) {
-            Ok(b) => Zeroizing::new(b),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut k = Zeroizing::new(vec![0u8; 32]);
-                rng.fill(&mut k)
-                    .map_err(|_| std::io::Error::other("no system randomness"))?;
-                crate::files::write_private(path, &k)?;
-                k
-            }
-            Err(e) => return Err(e),
-        };
-        let unbound = UnboundKey::new(&AES_256_GCM, &bytes).map_err(|_| {
+        match Sealer::load(path)? {
+            Some(s) => Ok(s),
+            None => Sealer::create_new(path),
+        }
+    }
+
+    fn from_bytes(path: &Path, bytes: &[u8]) -> std::io::Result<Sealer> {
+        let unbound = UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 format!("{} is not a 32-byte key", path.display()),
@@ -49,7 +104,7 @@ impl Sealer {
         })?;
         Ok(Sealer {
             key: LessSafeKey::new(unbound),
-            rng,
+            rng: SystemRandom::new(),
         })
     }
 
@@ -94,6 +149,22 @@ impl Sealer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_is_created_once_and_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = key_path(&dir.path().join("ledger.db"));
+        assert!(Sealer::load(&path).unwrap().is_none());
+        let first = Sealer::create_new(&path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        // A second creator finds the file there and uses it instead of writing its own.
+        let second = Sealer::create_new(&path).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        let sealed = first.seal("SN-1", b"key");
+        assert_eq!(&second.open("SN-1", &sealed).unwrap()[..], b"key");
+        // No temporary file is left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
 
     #[test]
     fn seals_per_serial_and_keeps_the_key_file_private() {

@@ -14,11 +14,63 @@ fn issued(cert: &str) -> Transition {
 }
 
 fn key_reserved() -> Transition {
+    key_reserved_with("ab")
+}
+
+/// A pool key whose public key's sha256 is `pk` repeated.
+fn key_reserved_with(pk: &str) -> Transition {
     Transition::KeyReserved {
         source: KeySource::Pool,
-        public_key_sha256: Some("ab".repeat(32)),
+        public_key_sha256: Some(pk.repeat(32)),
         private_key: Some(Secret::new("-----BEGIN PRIVATE KEY-----PLAINTEXT-KEY")),
     }
+}
+
+fn abandoned(status: OrphanStatus) -> Transition {
+    Transition::CertificateAbandoned {
+        reason: "the station stopped while its certificate request was in flight".into(),
+        status,
+    }
+}
+
+/// (certificate id, status, serial, public key sha256, thing) of every orphan.
+type OrphanSummary = (
+    Option<String>,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+);
+
+fn orphan_summary(ledger: &LedgerView) -> Vec<OrphanSummary> {
+    ledger
+        .orphans()
+        .unwrap()
+        .into_iter()
+        .map(|o| {
+            (
+                o.certificate_id,
+                o.status,
+                o.serial,
+                o.public_key_sha256,
+                o.thing_name,
+            )
+        })
+        .collect()
+}
+
+/// Raw columns the public rows do not show.
+fn secrets_of(
+    path: &std::path::Path,
+    serial: &str,
+) -> (Option<String>, Option<Vec<u8>>, Option<String>) {
+    let c = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    c.query_row(
+        "SELECT token, sealed_key, public_key_sha256 FROM devices WHERE serial = ?1",
+        params![serial],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
+    .unwrap()
 }
 
 fn registered(thing: &str) -> Transition {
@@ -177,9 +229,10 @@ async fn abandoned_and_failed_certificates_become_orphans() {
         .unwrap();
     assert_eq!(
         ledger.device("SN-A").unwrap().unwrap().state,
-        DeviceState::KeyReserved
+        DeviceState::Started
     );
     assert_eq!(ledger.device("SN-A").unwrap().unwrap().certificate_id, None);
+    ledger.record(a, key_reserved()).await.unwrap();
     ledger.record(a, issued("cert-a2")).await.unwrap();
 
     // A registered certificate whose board failed: active orphan with its thing.
@@ -231,4 +284,626 @@ async fn abandoned_and_failed_certificates_become_orphans() {
     );
     assert_eq!(orphans[1].thing_name.as_deref(), Some("thing-b"));
     assert!(orphans[2].public_key_sha256.is_some());
+}
+
+// ---- concurrency: locks, readers, a second station ----
+
+#[test]
+fn a_write_waits_while_another_connection_holds_the_write_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l.db");
+    let ledger = Ledger::open(&path, "st").unwrap();
+    let id = ledger.begin_blocking("SN-W", "j").unwrap().id;
+    // Another program (an sqlite3 shell, say) holds the write lock with a change pending.
+    let other = Connection::open(&path).unwrap();
+    other
+        .execute_batch(
+            "BEGIN IMMEDIATE; INSERT INTO events (device_id, state, at_ms) VALUES (1, 'other', 0);",
+        )
+        .unwrap();
+    let l = ledger.clone();
+    let write = std::thread::spawn(move || l.record_blocking(id, key_reserved()));
+    // It holds the lock for a while (the scenario, not a synchronisation: the write succeeds
+    // however long it takes the writer thread to reach the lock).
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    other.execute_batch("COMMIT").unwrap();
+    write
+        .join()
+        .unwrap()
+        .expect("the write waited for the lock");
+    assert_eq!(
+        ledger.device("SN-W").unwrap().unwrap().state,
+        DeviceState::KeyReserved
+    );
+    // The line goes on.
+    ledger.record_blocking(id, issued("c")).unwrap();
+}
+
+#[tokio::test]
+async fn a_reader_holding_a_snapshot_does_not_stop_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l.db");
+    let ledger = Ledger::open(&path, "st").unwrap();
+    let id = ledger.begin("SN-1", "j").await.unwrap().id;
+    let reader = LedgerView::open(&path).unwrap().reader().unwrap();
+    reader.execute_batch("BEGIN").unwrap();
+    let count = |c: &Connection| -> i64 {
+        c.query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .unwrap()
+    };
+    let before = count(&reader);
+    ledger.record(id, key_reserved()).await.unwrap();
+    ledger.begin("SN-2", "j").await.unwrap();
+    // The reader keeps its snapshot; the writer commits past it.
+    assert_eq!(count(&reader), before);
+    reader.execute_batch("COMMIT").unwrap();
+    assert_eq!(count(&reader), before + 2);
+    ledger.record(id, issued("c")).await.unwrap();
+}
+
+#[test]
+fn a_second_station_on_one_ledger_is_refused_naming_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l.db");
+    let first = Ledger::open(&path, "st-first").unwrap();
+    let clone = first.clone();
+    drop(first);
+    // A clone keeps the lock.
+    let err = Ledger::open(&path, "st-second").err().expect("refused");
+    let LedgerError::InUse { path: p, holder } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(p, &path);
+    assert!(holder.contains("station st-first"), "{holder}");
+    assert!(
+        holder.contains(&format!("pid {}", std::process::id())),
+        "{holder}"
+    );
+    assert!(
+        holder.contains("host ") && holder.contains("since "),
+        "{holder}"
+    );
+    let shown = format!("{:?}", miette::Report::new(err));
+    assert!(shown.contains("station::ledger::in_use"), "{shown}");
+    assert!(shown.contains("stop the other station"), "{shown}");
+    // Reading is not writing: a view opens beside the writer.
+    assert_eq!(LedgerView::open(&path).unwrap().devices().unwrap().len(), 0);
+
+    // When the last clone is gone the lock is free again; the lock file stays, owner-only.
+    drop(clone);
+    let again = Ledger::open(&path, "st-second").unwrap();
+    let lock = lock::lock_path(&path);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&lock).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(
+        std::fs::read_to_string(&lock)
+            .unwrap()
+            .starts_with("station st-second, pid ")
+    );
+    drop(again);
+    assert!(lock.exists(), "the lock file is never deleted");
+}
+
+#[test]
+fn writer_failures_are_reported_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(&dir.path().join("l.db"), "st").unwrap();
+    let err = ledger
+        .record_blocking(4242, Transition::Written)
+        .expect_err("no such device");
+    assert!(matches!(err, LedgerError::Write { .. }), "{err:?}");
+}
+
+// ---- the key file ----
+
+#[tokio::test]
+async fn a_missing_key_file_is_refused_while_keys_are_sealed_under_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l.db");
+    let key = dir.path().join("l.db.key");
+    {
+        let ledger = Ledger::open(&path, "st").unwrap();
+        for serial in ["SN-1", "SN-2"] {
+            let id = ledger.begin(serial, "j").await.unwrap().id;
+            ledger.record(id, key_reserved()).await.unwrap();
+        }
+    }
+    let saved = std::fs::read(&key).unwrap();
+    std::fs::remove_file(&key).unwrap();
+    let err = Ledger::open(&path, "st").err().expect("refused");
+    assert!(
+        matches!(&err, LedgerError::KeyMissing { sealed: 2, key: k, .. } if k == &key),
+        "{err:?}"
+    );
+    let shown = format!("{:?}", miette::Report::new(err));
+    assert!(
+        shown.contains("restore <ledger>.key from the backup"),
+        "{shown}"
+    );
+    assert!(!key.exists(), "no new key was made");
+
+    // Restored from the backup, the devices resume with their keys.
+    std::fs::write(&key, &saved).unwrap();
+    let ledger = Ledger::open(&path, "st").unwrap();
+    let r = ledger.begin("SN-1", "j").await.unwrap().resume.unwrap();
+    assert!(r.private_key.is_some());
+}
+
+#[tokio::test]
+async fn a_key_file_of_another_ledger_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l.db");
+    {
+        let ledger = Ledger::open(&path, "st").unwrap();
+        let id = ledger.begin("SN-1", "j").await.unwrap().id;
+        ledger.record(id, key_reserved()).await.unwrap();
+    }
+    let key = dir.path().join("l.db.key");
+    let saved = std::fs::read(&key).unwrap();
+    std::fs::remove_file(&key).unwrap();
+    seal::Sealer::create_new(&key).unwrap();
+    let err = Ledger::open(&path, "st").err().expect("refused");
+    assert!(
+        matches!(&err, LedgerError::KeyMismatch { serial, sealed: 1, .. } if serial == "SN-1"),
+        "{err:?}"
+    );
+    assert_ne!(
+        std::fs::read(&key).unwrap(),
+        saved,
+        "the wrong key is left as found"
+    );
+}
+
+#[tokio::test]
+async fn a_ledger_without_sealed_keys_gets_a_new_key_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l.db");
+    {
+        let ledger = Ledger::open(&path, "st").unwrap();
+        let id = ledger.begin("SN-1", "j").await.unwrap().id;
+        ledger.record(id, key_reserved()).await.unwrap();
+        ledger
+            .record(id, Transition::Failed { reason: "r".into() })
+            .await
+            .unwrap();
+    }
+    let key = dir.path().join("l.db.key");
+    let old = std::fs::read(&key).unwrap();
+    std::fs::remove_file(&key).unwrap();
+    let ledger = Ledger::open(&path, "st").unwrap();
+    assert!(key.exists());
+    assert_ne!(std::fs::read(&key).unwrap(), old);
+    let id = ledger.begin("SN-1", "j").await.unwrap().id;
+    ledger.record(id, key_reserved()).await.unwrap();
+}
+
+// ---- orphans: each listed once, with what AWS holds ----
+
+#[tokio::test]
+async fn a_second_kill_in_flight_records_the_key_once_and_starts_afresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l.db");
+    let ledger = Ledger::open(&path, "st").unwrap();
+    let id = ledger.begin("SN-K", "j").await.unwrap().id;
+    ledger.record(id, key_reserved_with("aa")).await.unwrap();
+    // Killed with the request in flight; on resume the engine abandons it.
+    let r = ledger.begin("SN-K", "j").await.unwrap().resume.unwrap();
+    assert_eq!(r.state, DeviceState::KeyReserved);
+    ledger
+        .record(id, abandoned(OrphanStatus::Unknown))
+        .await
+        .unwrap();
+    // The device holds no key material any more: the engine reserves a fresh key.
+    let d = ledger.device("SN-K").unwrap().unwrap();
+    assert_eq!(
+        (d.state, d.key_source, d.certificate_id),
+        (DeviceState::Started, None, None)
+    );
+    assert_eq!(secrets_of(&path, "SN-K"), (None, None, None));
+    assert!(ledger.unfinished().unwrap().is_empty());
+    // Killed again before the new key is reserved: the next run starts it afresh, and a
+    // second abandonment has nothing left to record.
+    let b = ledger.begin("SN-K", "j").await.unwrap();
+    assert!(
+        b.resume.is_none(),
+        "a device at `started` resumes as a fresh start"
+    );
+    ledger
+        .record(id, abandoned(OrphanStatus::Unknown))
+        .await
+        .unwrap();
+    assert_eq!(
+        orphan_summary(&ledger),
+        [(
+            None,
+            "unknown".to_string(),
+            "SN-K".to_string(),
+            Some("aa".repeat(32)),
+            None,
+        )]
+    );
+    // A fresh key in flight at the next kill is a second, different orphan.
+    ledger.record(id, key_reserved_with("bb")).await.unwrap();
+    ledger
+        .record(id, abandoned(OrphanStatus::Unknown))
+        .await
+        .unwrap();
+    assert_eq!(orphan_summary(&ledger).len(), 2);
+    assert_eq!(orphan_summary(&ledger)[1].3, Some("bb".repeat(32)));
+    let last = ledger.events(id).unwrap().pop().unwrap();
+    assert_eq!(last.0, "started");
+    assert!(
+        last.1
+            .unwrap()
+            .starts_with("certificate abandoned (unknown): ")
+    );
+}
+
+#[tokio::test]
+async fn the_same_orphan_is_never_listed_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l.db");
+    let ledger = Ledger::open(&path, "st").unwrap();
+    let id = ledger.begin("SN-D", "j").await.unwrap().id;
+    ledger.record(id, key_reserved_with("cc")).await.unwrap();
+    // A lost request, then the same key abandoned: one row for the key.
+    ledger.note_lost_request(id, "timed out").await.unwrap();
+    ledger
+        .record(id, abandoned(OrphanStatus::Unknown))
+        .await
+        .unwrap();
+    // The same certificate id recorded again (a row written straight into the journal, as
+    // an older version could leave) is not added a second time.
+    ledger.record(id, key_reserved_with("dd")).await.unwrap();
+    ledger.record(id, issued("cert-d")).await.unwrap();
+    {
+        let c = Connection::open(&path).unwrap();
+        c.execute(
+            "INSERT INTO orphans (certificate_id, public_key_sha256, serial, status, reason, recorded_ms)
+             VALUES ('cert-d', NULL, 'SN-D', 'pending', 'earlier', 0)",
+            [],
+        )
+        .unwrap();
+    }
+    ledger
+        .record(id, Transition::Failed { reason: "r".into() })
+        .await
+        .unwrap();
+    let ids: Vec<Option<String>> = orphan_summary(&ledger).into_iter().map(|o| o.0).collect();
+    assert_eq!(ids, [None, Some("cert-d".to_string())]);
+}
+
+#[tokio::test]
+async fn an_active_orphan_gets_its_thing_from_the_next_registration() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(&dir.path().join("l.db"), "st").unwrap();
+    let other = ledger.begin("SN-O", "j").await.unwrap().id;
+    ledger.record(other, key_reserved()).await.unwrap();
+    ledger.record(other, issued("c-other")).await.unwrap();
+    ledger
+        .record(other, abandoned(OrphanStatus::Active))
+        .await
+        .unwrap();
+
+    let id = ledger.begin("SN-T", "j").await.unwrap().id;
+    ledger.record(id, key_reserved()).await.unwrap();
+    ledger.record(id, issued("c1")).await.unwrap();
+    // Resumed: RegisterThing refuses the token within its hour, so a lost attempt used it.
+    ledger
+        .record(id, abandoned(OrphanStatus::Active))
+        .await
+        .unwrap();
+    ledger.record(id, key_reserved_with("ee")).await.unwrap();
+    ledger.record(id, issued("c2")).await.unwrap();
+    ledger
+        .record(id, abandoned(OrphanStatus::Pending))
+        .await
+        .unwrap();
+    let thingless = orphan_summary(&ledger);
+    assert!(thingless.iter().all(|o| o.4.is_none()), "{thingless:?}");
+    ledger.record(id, key_reserved_with("ff")).await.unwrap();
+    ledger.record(id, issued("c3")).await.unwrap();
+    ledger.record(id, registered("thing-t")).await.unwrap();
+    let things: Vec<(Option<String>, String, Option<String>)> = orphan_summary(&ledger)
+        .into_iter()
+        .map(|o| (o.0, o.1, o.4))
+        .collect();
+    assert_eq!(
+        things,
+        [
+            // Another device's orphan keeps waiting for its own registration.
+            (Some("c-other".into()), "active".into(), None),
+            (Some("c1".into()), "active".into(), Some("thing-t".into())),
+            // A pending certificate was never attached to a thing.
+            (Some("c2".into()), "pending".into(), None),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_interrupted_device_orphans_what_it_holds_and_starts_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l.db");
+    let ledger = Ledger::open(&path, "st").unwrap();
+    let interrupted = || Transition::Interrupted {
+        reason: "load test interrupted".into(),
+    };
+    let issued_dev = ledger.begin("LT-1", "loadtest").await.unwrap().id;
+    ledger.record(issued_dev, key_reserved()).await.unwrap();
+    ledger.record(issued_dev, issued("c-issued")).await.unwrap();
+    let registered_dev = ledger.begin("LT-2", "loadtest").await.unwrap().id;
+    ledger.record(registered_dev, key_reserved()).await.unwrap();
+    ledger
+        .record(registered_dev, issued("c-reg"))
+        .await
+        .unwrap();
+    ledger
+        .record(registered_dev, registered("thing-2"))
+        .await
+        .unwrap();
+    let in_flight = ledger.begin("LT-3", "loadtest").await.unwrap().id;
+    ledger
+        .record(in_flight, key_reserved_with("99"))
+        .await
+        .unwrap();
+    let fresh = ledger.begin("LT-4", "loadtest").await.unwrap().id;
+    for id in [issued_dev, registered_dev, in_flight, fresh] {
+        ledger.record(id, interrupted()).await.unwrap();
+    }
+    for serial in ["LT-1", "LT-2", "LT-3", "LT-4"] {
+        let d = ledger.device(serial).unwrap().unwrap();
+        assert_eq!(d.state, DeviceState::Interrupted, "{serial}");
+        assert_eq!(d.reason.as_deref(), Some("load test interrupted"));
+        let (token, sealed, _) = secrets_of(&path, serial);
+        assert_eq!((token, sealed), (None, None), "{serial}");
+    }
+    assert_eq!(
+        orphan_summary(&ledger),
+        [
+            (
+                Some("c-issued".into()),
+                "pending".into(),
+                "LT-1".into(),
+                Some("ab".repeat(32)),
+                None
+            ),
+            (
+                Some("c-reg".into()),
+                "active".into(),
+                "LT-2".into(),
+                Some("ab".repeat(32)),
+                Some("thing-2".into())
+            ),
+            (
+                None,
+                "unknown".into(),
+                "LT-3".into(),
+                Some("99".repeat(32)),
+                None
+            ),
+        ]
+    );
+    assert!(ledger.unfinished().unwrap().is_empty());
+    // The export says so.
+    let mut csv = Vec::new();
+    export::write_csv(&ledger, &mut csv).unwrap();
+    let csv = String::from_utf8(csv).unwrap();
+    assert_eq!(csv.matches(",interrupted,").count(), 4, "{csv}");
+    // Placed again, an interrupted board starts over like a failed one.
+    let b = ledger.begin("LT-2", "j").await.unwrap();
+    assert!(b.resume.is_none());
+    let d = ledger.device("LT-2").unwrap().unwrap();
+    assert_eq!(
+        (d.state, d.attempts, d.reason),
+        (DeviceState::Started, 2, None)
+    );
+}
+
+#[tokio::test]
+async fn a_lost_certificate_request_is_listed_once_as_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(&dir.path().join("l.db"), "st").unwrap();
+    let id = ledger.begin("SN-L", "j").await.unwrap().id;
+    // No key on record yet: nothing to list.
+    ledger.note_lost_request(id, "timed out").await.unwrap();
+    assert!(ledger.orphans().unwrap().is_empty());
+    ledger.record(id, key_reserved_with("12")).await.unwrap();
+    ledger
+        .note_lost_request(id, "no answer within 10 s")
+        .await
+        .unwrap();
+    // The retry with the same key loses its answer too.
+    ledger
+        .note_lost_request(id, "connection closed after the publish")
+        .await
+        .unwrap();
+    let orphans = ledger.orphans().unwrap();
+    assert_eq!(orphans.len(), 1);
+    assert_eq!(
+        (
+            orphans[0].certificate_id.as_deref(),
+            orphans[0].status.as_str(),
+            orphans[0].public_key_sha256.clone(),
+            orphans[0].reason.as_str()
+        ),
+        (
+            None,
+            "pending",
+            Some("12".repeat(32)),
+            "no answer within 10 s"
+        )
+    );
+    assert_eq!(
+        ledger.device("SN-L").unwrap().unwrap().state,
+        DeviceState::KeyReserved
+    );
+    // Then the retry is answered: the device goes on with its certificate.
+    ledger.record(id, issued("c-l")).await.unwrap();
+    assert_eq!(ledger.orphans().unwrap().len(), 1);
+    let events: Vec<String> = ledger
+        .events(id)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "started",
+            "key_reserved",
+            "request_lost",
+            "request_lost",
+            "certificate_issued"
+        ]
+    );
+}
+
+// ---- the read-only view ----
+
+/// Every file of `dir`: name, a digest of its bytes, length, mtime.
+fn snapshot(dir: &std::path::Path) -> Vec<(String, String, u64, std::time::SystemTime)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            let bytes = std::fs::read(e.path()).unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                hex::encode(ring::digest::digest(&ring::digest::SHA256, &bytes)),
+                m.len(),
+                m.modified().unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[tokio::test]
+async fn the_view_reads_without_writing_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l.db");
+    let id = {
+        let ledger = Ledger::open(&path, "st").unwrap();
+        let id = ledger.begin("SN-V", "j").await.unwrap().id;
+        ledger.record(id, key_reserved()).await.unwrap();
+        ledger.record(id, issued("c-v")).await.unwrap();
+        ledger
+            .record(id, Transition::Failed { reason: "r".into() })
+            .await
+            .unwrap();
+        id
+    };
+    // The view needs neither the key file nor the lock file.
+    std::fs::remove_file(dir.path().join("l.db.key")).unwrap();
+    std::fs::remove_file(dir.path().join("l.db.lock")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let before = snapshot(dir.path());
+
+    let view = LedgerView::open(&path).unwrap();
+    assert_eq!(view.devices().unwrap().len(), 1);
+    assert_eq!(
+        view.device("SN-V").unwrap().unwrap().state,
+        DeviceState::Failed
+    );
+    assert!(view.unfinished().unwrap().is_empty());
+    assert_eq!(view.events(id).unwrap().len(), 4);
+    assert_eq!(view.orphans().unwrap().len(), 1);
+    drop(view);
+
+    // SQLite's own companions of a WAL database may appear (a reader needs the shared-memory
+    // index, and an empty log); the ledger, its key and its lock are as they were.
+    let after: Vec<_> = snapshot(dir.path())
+        .into_iter()
+        .filter(|f| f.0 != "l.db-shm" && !(f.0 == "l.db-wal" && f.2 == 0))
+        .collect();
+    assert_eq!(after, before, "no file was created, changed or touched");
+    let version: i64 =
+        Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o640,
+        "no chmod"
+    );
+}
+
+#[test]
+fn the_view_refuses_a_missing_ledger_and_an_unknown_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("none.db");
+    let err = LedgerView::open(&missing).err().unwrap();
+    assert!(matches!(err, LedgerError::NotFound { .. }), "{err:?}");
+    assert!(!missing.exists(), "nothing is created");
+
+    let path = dir.path().join("l.db");
+    drop(Ledger::open(&path, "st").unwrap());
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch("PRAGMA user_version = 99")
+        .unwrap();
+    let err = LedgerView::open(&path).err().unwrap();
+    assert!(
+        matches!(
+            err,
+            LedgerError::Schema {
+                found: 99,
+                need: SCHEMA_VERSION,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let version: i64 = Connection::open(&path)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 99, "left as found");
+    // Nor does the writer take over a ledger of another version.
+    assert!(matches!(
+        Ledger::open(&path, "st"),
+        Err(LedgerError::Schema { found: 99, .. })
+    ));
+
+    // A database that is not a ledger at all.
+    let other = dir.path().join("other.db");
+    Connection::open(&other)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (x)")
+        .unwrap();
+    assert!(matches!(
+        LedgerView::open(&other),
+        Err(LedgerError::Schema { found: 0, .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_key_released_before_its_request_was_sent_leaves_no_orphan() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(&dir.path().join("l.db"), "st").unwrap();
+    let id = ledger.begin("SN-R", "jig").await.unwrap().id;
+    ledger.record(id, key_reserved()).await.unwrap();
+    let released = || Transition::KeyReleased {
+        reason: "stopped".into(),
+    };
+    ledger.record(id, released()).await.unwrap();
+    let d = ledger.device("SN-R").unwrap().unwrap();
+    assert_eq!(d.state, DeviceState::Started);
+    assert_eq!(d.key_source, None);
+    assert!(ledger.orphans().unwrap().is_empty());
+    // A device that holds a certificate keeps it (and its state).
+    ledger.record(id, key_reserved()).await.unwrap();
+    ledger.record(id, issued(&"d".repeat(64))).await.unwrap();
+    ledger.record(id, released()).await.unwrap();
+    let d = ledger.device("SN-R").unwrap().unwrap();
+    assert_eq!(d.state, DeviceState::CertificateIssued);
+    assert_eq!(d.certificate_id.as_deref(), Some("d".repeat(64).as_str()));
 }

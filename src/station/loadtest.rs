@@ -179,9 +179,17 @@ impl Synthetic {
     }
 }
 
+/// Closes an interrupted synthetic device: its certificate goes to the orphans.
 async fn record_interrupted(
-    _ledger: &Ledger,
-    _device_id: i64,
+    ledger: &Ledger,
+    device_id: i64,
 ) -> Result<(), crate::ledger::LedgerError> {
-    Ok(())
+    ledger
+        .record(
+            device_id,
+            Transition::Interrupted {
+                reason: "the load test was stopped; synthetic devices do not resume".into(),
+            },
+        )
+        .await
 }
