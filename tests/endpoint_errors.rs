@@ -212,17 +212,37 @@ async fn an_mqtt5_quota_refusal_is_a_throttle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_station_with_the_same_id_is_reported() {
-    let emu = TestEmulator::start().await;
-    let run = |name: &'static str| {
+    // Every request takes 10 ms, so the two stations' sessions are surely connected at once.
+    let emu = TestEmulator::start_with(|c| c.faults.delay_ms = 10).await;
+    // Two engines with one station id: both use client ids test-station-0 and -1.
+    let mut engines = Vec::new();
+    for name in ["a", "b"] {
         let mut cfg = common::engine_config(&emu, 2, "FleetTemplate", "{serial}");
         cfg.mqtt_version = 5;
-        run_devices(&emu, cfg, 20, name)
-    };
-    // Both use client ids test-station-0 and test-station-1.
-    let ((a, _, agg_a), (b, _, agg_b)) = tokio::join!(run("a"), run("b"));
-    assert!(a.iter().chain(&b).all(Result::is_ok));
-    assert!(
-        agg_a.takeovers + agg_b.takeovers > 0,
-        "the take-over was reported"
-    );
+        let ledger = Ledger::open(&emu.dir.path().join(format!("{name}.db")), "t").unwrap();
+        let (telemetry, _snap, aggregator) = telemetry::start();
+        let (engine, _halt) = start_engine(cfg, key_pool(), &ledger, telemetry);
+        engines.push((name, ledger, engine, aggregator));
+    }
+    // Devices alternate between the stations.
+    let mut waits = Vec::new();
+    for i in 0..20 {
+        for (name, ledger, engine, _) in &engines {
+            let serial = format!("{name}-{i:03}");
+            waits.push(submit(&engine.submitter(), ledger, &serial, "j", KeyPlan::Pool).await);
+        }
+    }
+    for (_, rx) in waits {
+        tokio::time::timeout(Duration::from_secs(60), rx)
+            .await
+            .expect("a device hung")
+            .unwrap()
+            .unwrap();
+    }
+    let mut takeovers = 0;
+    for (_, _, engine, aggregator) in engines {
+        engine.shutdown().await;
+        takeovers += aggregator.await.unwrap().takeovers;
+    }
+    assert!(takeovers > 0, "the take-over was reported");
 }

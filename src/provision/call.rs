@@ -30,7 +30,6 @@ pub fn backoff(attempt: u32) -> Duration {
 pub(super) struct CallSpec<'a> {
     /// Ledger id of the device.
     pub device: i64,
-    pub serial: &'a str,
     pub api: &'a Api,
     pub limiter: &'a RateLimiter,
     pub payload: Vec<u8>,
@@ -51,10 +50,15 @@ pub(super) enum CallFailure {
         error: ErrorResponse,
         lost: u32,
     },
-    /// Retries or the deadline ran out.
-    GaveUp { code: String, message: String },
+    /// Retries or the deadline ran out. `lost`: requests sent whose answers never came.
+    GaveUp {
+        code: String,
+        message: String,
+        lost: u32,
+    },
     /// The station stopped, or the line was stopped (the cause is raised on the halt).
-    Interrupted,
+    /// `sent`: a request of this call may have been acted on (its answer never came).
+    Interrupted { sent: bool },
 }
 
 impl CallFailure {
@@ -75,10 +79,11 @@ impl CallFailure {
                     message,
                 })
             }
-            CallFailure::Rejected { code, message, .. } | CallFailure::GaveUp { code, message } => {
+            CallFailure::Rejected { code, message, .. }
+            | CallFailure::GaveUp { code, message, .. } => {
                 NotProvisioned::Failed(super::flow::fail(code, message))
             }
-            CallFailure::Interrupted => NotProvisioned::Interrupted,
+            CallFailure::Interrupted { .. } => NotProvisioned::Interrupted,
         }
     }
 }
@@ -191,7 +196,6 @@ pub(super) async fn call_with_retry<T>(
     let cfg = &ctx.cfg;
     let CallSpec {
         device,
-        serial,
         api,
         limiter,
         payload,
@@ -206,17 +210,19 @@ pub(super) async fn call_with_retry<T>(
     // goes past the device's deadline.
     let mut failures = 0;
     let mut tries: u32 = 0;
+    // Requests sent whose answers never came: AWS may have acted on them.
     let mut lost = 0;
     while failures < cfg.max_attempts {
+        let sent = lost > 0;
         if ctx.stopping() {
-            return Err(CallFailure::Interrupted);
+            return Err(CallFailure::Interrupted { sent });
         }
         if tries > 0 {
             ctx.telemetry.emit(Event::Retry { api: name }).await;
             let wait =
                 backoff(tries.min(6)).min(deadline.saturating_duration_since(Instant::now()));
             if !pause(ctx, wait).await {
-                return Err(CallFailure::Interrupted);
+                return Err(CallFailure::Interrupted { sent });
             }
         }
         tries += 1;
@@ -224,11 +230,12 @@ pub(super) async fn call_with_retry<T>(
             return Err(CallFailure::GaveUp {
                 code: format!("{code}:deadline"),
                 message: format!("{last} (the device's deadline passed)"),
+                lost,
             });
         }
         tokio::select! {
             _ = limiter.acquire() => {}
-            _ = ctx.halt.shutdown().wait() => return Err(CallFailure::Interrupted),
+            _ = ctx.halt.shutdown().wait() => return Err(CallFailure::Interrupted { sent }),
         }
         let client_id = slot.client_id().to_string();
         let session = match slot.get(&cfg.limits.connect).await {
@@ -240,7 +247,7 @@ pub(super) async fn call_with_retry<T>(
                         failures += u32::from(counts);
                         continue;
                     }
-                    ConnectOutcome::Stop => return Err(CallFailure::Interrupted),
+                    ConnectOutcome::Stop => return Err(CallFailure::Interrupted { sent }),
                 }
             }
         };
@@ -276,7 +283,7 @@ pub(super) async fn call_with_retry<T>(
             if creates_certificate {
                 note_lost(ctx, device, "the station stopped before the answer came").await;
             }
-            return Err(CallFailure::Interrupted);
+            return Err(CallFailure::Interrupted { sent: true });
         };
         match result {
             Ok(Reply::Accepted(bytes)) => {
@@ -332,14 +339,14 @@ pub(super) async fn call_with_retry<T>(
                 match e.class() {
                     ErrorClass::Permanent => {
                         ctx.halt.raise(line_error(&e, &client_id));
-                        return Err(CallFailure::Interrupted);
+                        return Err(CallFailure::Interrupted { sent });
                     }
                     ErrorClass::Throttle => {
                         if let SessionError::Closed { .. } = e {
                             slot.reset();
                             if let Some(line) = ctx.health.closed_at_request(name) {
                                 ctx.halt.raise(line);
-                                return Err(CallFailure::Interrupted);
+                                return Err(CallFailure::Interrupted { sent });
                             }
                         }
                         limiter.on_throttle();
@@ -367,7 +374,7 @@ pub(super) async fn call_with_retry<T>(
                             && let Some(line) = ctx.health.unanswered(name, secs)
                         {
                             ctx.halt.raise(line);
-                            return Err(CallFailure::Interrupted);
+                            return Err(CallFailure::Interrupted { sent });
                         }
                         if !matches!(
                             e,
@@ -384,10 +391,10 @@ pub(super) async fn call_with_retry<T>(
             }
         }
     }
-    let _ = serial;
     Err(CallFailure::GaveUp {
         code: format!("{code}:gave_up"),
         message: format!("{last} (gave up after {failures} failed attempts)"),
+        lost,
     })
 }
 

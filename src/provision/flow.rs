@@ -486,12 +486,11 @@ async fn new_certificate(
         KeyPlan::Aws => {
             reserve(KeySource::Aws, None, None).await?;
             let recent = slot.recent_certificates();
-            let created: CreateKeysAndCertificateResponse = call_with_retry(
+            let created = call_with_retry::<CreateKeysAndCertificateResponse>(
                 ctx,
                 slot,
                 CallSpec {
                     device: id,
-                    serial,
                     api: &Api::CreateKeysAndCertificate,
                     limiter: &ctx.limits().create_keys,
                     payload: encode(format, &serde_json::Map::new()),
@@ -507,9 +506,11 @@ async fn new_certificate(
                     Ok(r)
                 },
             )
-            .await
-            .map_err(|f| f.into_outcome(ctx, serial))?
-            .value;
+            .await;
+            let created = match created {
+                Ok(call) => call.value,
+                Err(f) => return Err(creation_failed(ctx, id, serial, f).await),
+            };
             slot.remember_certificate(&created.certificate_id);
             Issued {
                 certificate_id: created.certificate_id,
@@ -584,12 +585,11 @@ async fn create_from_csr(
         },
     );
     let recent = slot.recent_certificates();
-    let created = call_with_retry(
+    let created = call_with_retry::<CreateCertificateFromCsrResponse>(
         ctx,
         slot,
         CallSpec {
             device: id,
-            serial,
             api: &Api::CreateCertificateFromCsr,
             limiter: &ctx.limits().create_certificate,
             payload: request,
@@ -612,11 +612,39 @@ async fn create_from_csr(
             Ok(r)
         },
     )
-    .await
-    .map_err(|f| f.into_outcome(ctx, serial))?
-    .value;
+    .await;
+    let created = match created {
+        Ok(call) => call.value,
+        Err(f) => return Err(creation_failed(ctx, id, serial, f).await),
+    };
     slot.remember_certificate(&created.certificate_id);
     Ok(created)
+}
+
+/// A certificate request that did not get its certificate. Stopped before any request went
+/// out, the key reserved for it is given back: nothing can have been issued, so the next run
+/// does not list it as a possible orphan.
+async fn creation_failed(
+    ctx: &FlowContext,
+    id: i64,
+    serial: &str,
+    f: CallFailure,
+) -> NotProvisioned {
+    if let CallFailure::Interrupted { sent: false } = f {
+        let released = ctx
+            .ledger
+            .record(
+                id,
+                Transition::KeyReleased {
+                    reason: "the station stopped before the certificate request was sent".into(),
+                },
+            )
+            .await;
+        if let Err(e) = released {
+            return ctx.ledger_failed(e);
+        }
+    }
+    f.into_outcome(ctx, serial)
 }
 
 /// How a RegisterThing ended, short of a failure.
@@ -664,7 +692,6 @@ async fn register(
         slot,
         CallSpec {
             device: id,
-            serial,
             api: &api,
             limiter: &ctx.limits().register_thing,
             payload: request,
@@ -702,6 +729,15 @@ async fn register(
             Ok(Registration::TokenRefused {
                 earlier_lost: lost > 0,
             })
+        }
+        // Answers were lost and the device gives up: one of those requests may have
+        // registered the certificate. It is listed as possibly active, not as pending.
+        Err(
+            f @ (CallFailure::GaveUp { lost: 1.., .. } | CallFailure::Rejected { lost: 1.., .. }),
+        ) => {
+            let reason = "RegisterThing's answers were lost before the device gave up: one of them may have registered it";
+            abandon(ctx, id, reason, OrphanStatus::Unknown).await?;
+            Err(f.into_outcome(ctx, serial))
         }
         Err(f) => Err(f.into_outcome(ctx, serial)),
     }

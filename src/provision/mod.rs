@@ -386,3 +386,56 @@ fn remember<T>(list: &mut VecDeque<T>, item: T) {
     }
     list.push_back(item);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot() -> SessionSlot {
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        SessionSlot::new(SessionConfig {
+            host: "localhost".into(),
+            port: 8883,
+            client_id: "st-0".into(),
+            tls: Arc::new(tls),
+            format: Format::Json,
+            apis: Vec::new(),
+            connect_timeout: Duration::from_secs(1),
+            keep_alive: Duration::from_secs(60),
+            mqtt_version: 3,
+        })
+    }
+
+    #[test]
+    fn two_idle_closes_within_a_minute_look_like_a_take_over_unless_the_endpoint_was_away() {
+        let health = LineHealth::new(5);
+        let mut s = slot();
+        assert!(!s.closed_while_idle(&health), "one close is not a pattern");
+        assert!(s.closed_while_idle(&health));
+        // An outage closes idle sessions too: that is not a take-over.
+        let mut s = slot();
+        assert!(!s.closed_while_idle(&health));
+        health.unreachable();
+        health.reachable();
+        assert!(!s.closed_while_idle(&health));
+    }
+
+    #[test]
+    fn a_slot_remembers_only_its_latest_answers() {
+        let mut s = slot();
+        for i in 0..REMEMBERED + 4 {
+            s.remember_thing(&format!("SN{i}"), &format!("thing-{i}"));
+            s.remember_certificate(&format!("cert-{i}"));
+        }
+        let things = s.recent_things();
+        assert_eq!(things.len(), REMEMBERED);
+        assert_eq!(things[0].1, "thing-4");
+        assert_eq!(s.recent_certificates().last().unwrap(), &format!("cert-{}", REMEMBERED + 3));
+    }
+}
