@@ -436,6 +436,9 @@ mod tests {
         let things = s.recent_things();
         assert_eq!(things.len(), REMEMBERED);
         assert_eq!(things[0].1, "thing-4");
-        assert_eq!(s.recent_certificates().last().unwrap(), &format!("cert-{}", REMEMBERED + 3));
+        assert_eq!(
+            s.recent_certificates().last().unwrap(),
+            &format!("cert-{}", REMEMBERED + 3)
+        );
     }
 }

@@ -2,8 +2,9 @@
 //! printer, the key pool and the provisioning engine, started together and torn down in
 //! order, ending in the run's summary and how the run stopped.
 //!
-//! Start-up checks come first (endpoint and TLS files, the ledger); the report folder is
-//! created only when they passed, under a name no other run uses.
+//! Start-up checks come first (the line's ledger and its lock, then the endpoint and TLS
+//! files); the report folder is created only when they passed, under a name no other run
+//! uses.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -71,25 +72,25 @@ impl Pipeline {
                  prefer \"pool\" or \"device\" when the boards allow it"
             );
         }
+        // The line's ledger first: a second station on it is refused before it starts
+        // anything (an embedded emulator on the same state directory, a report folder).
+        let line_ledger = match opts.ledger {
+            LedgerPlace::At(path) => Some(Ledger::open(path, &cfg.station.id)?),
+            LedgerPlace::InReportDir => None,
+        };
         let endpoint = Endpoint::resolve(cfg).await?;
         let roots = read_roots(&endpoint.claim.root_ca)?;
-        let (ledger, report_dir) = match opts.ledger {
-            LedgerPlace::At(path) => {
-                let ledger = Ledger::open(path, &cfg.station.id)?;
-                let dir = create_report_dir(cfg, opts.report_dir, opts.report_prefix)?;
-                (ledger, dir)
-            }
-            LedgerPlace::InReportDir => {
-                let dir = create_report_dir(cfg, opts.report_dir, opts.report_prefix)?;
-                match Ledger::open(&dir.join("ledger.db"), &cfg.station.id) {
-                    Ok(l) => (l, dir),
-                    Err(e) => {
-                        // Leave nothing behind for a run that did not start.
-                        let _ = std::fs::remove_dir(&dir);
-                        return Err(e.into());
-                    }
+        let report_dir = create_report_dir(cfg, opts.report_dir, opts.report_prefix)?;
+        let ledger = match line_ledger {
+            Some(l) => l,
+            None => match Ledger::open(&report_dir.join("ledger.db"), &cfg.station.id) {
+                Ok(l) => l,
+                Err(e) => {
+                    // Leave nothing behind for a run that did not start.
+                    let _ = std::fs::remove_dir(&report_dir);
+                    return Err(e.into());
                 }
-            }
+            },
         };
         let (telemetry, snapshots, aggregator) = telemetry::start();
         let printer = opts.progress.then(|| {
