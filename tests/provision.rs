@@ -262,3 +262,129 @@ async fn the_post_provision_check_connects_with_the_new_identity() {
         failure.message
     );
 }
+
+/// The crash the issue describes, made exact: the station recorded a certificate and sent
+/// RegisterThing; the registration went through but the station died before it heard so
+/// (here a raw client registers with the station's token). On resume the token is refused
+/// within its hour: the old certificate is recorded as ACTIVE on the thing the new
+/// registration names, and the device gets exactly one new certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_refused_on_resume_lists_the_first_certificate_as_active_on_its_thing() {
+    use fleet_station::config::KeyAlgorithm;
+    use fleet_station::fleet::payloads::{Secret, decode, encode};
+    use fleet_station::fleet::{
+        Api, CreateCertificateFromCsrRequest, CreateCertificateFromCsrResponse, Format,
+        RegisterThingRequest, ReplyKind,
+    };
+    use fleet_station::keys::KeyMaterial;
+    use fleet_station::ledger::{KeySource, Transition, now_ms};
+
+    let emu = TestEmulator::start().await;
+    let ledger = Ledger::open(&emu.dir.path().join("ledger.db"), "t").unwrap();
+    let serial = "SN-CRASH";
+
+    // What the station journaled before it died: key reserved, certificate issued.
+    let key = KeyMaterial::generate(KeyAlgorithm::P256, "t").unwrap();
+    let mut client = common::RawClient::connect(emu.port(), "test-station-0", emu.claim_tls());
+    client.connected().await;
+    let create = Api::CreateCertificateFromCsr;
+    let register = Api::RegisterThing {
+        template: "FleetTemplate".into(),
+    };
+    let filters: Vec<String> = [&create, &register]
+        .iter()
+        .flat_map(|a| {
+            [ReplyKind::Accepted, ReplyKind::Rejected].map(|k| a.reply_topic(Format::Json, k))
+        })
+        .collect();
+    client.subscribe(&filters).await;
+    let (_, reply) = client
+        .request(
+            &create.request_topic(Format::Json),
+            encode(
+                Format::Json,
+                &CreateCertificateFromCsrRequest {
+                    certificate_signing_request: Some(key.csr_pem().to_string()),
+                },
+            ),
+        )
+        .await;
+    let created: CreateCertificateFromCsrResponse = decode(Format::Json, &reply).unwrap();
+    let id = ledger.begin(serial, "jig").await.unwrap().id;
+    ledger
+        .record(
+            id,
+            Transition::KeyReserved {
+                source: KeySource::Pool,
+                public_key_sha256: Some(key.public_key_sha256()),
+                private_key: Some(Secret::new(key.private_key_pem())),
+            },
+        )
+        .await
+        .unwrap();
+    ledger
+        .record(
+            id,
+            Transition::CertificateIssued {
+                certificate_id: created.certificate_id.clone(),
+                certificate_pem: created.certificate_pem.clone(),
+                token: created.certificate_ownership_token.clone(),
+                token_expires_ms: (now_ms() + 3_000_000) as u64,
+                private_key: None,
+                public_key_sha256: None,
+            },
+        )
+        .await
+        .unwrap();
+    // Its RegisterThing went through; the answer never reached the ledger.
+    let mut parameters = std::collections::BTreeMap::new();
+    for (k, v) in [
+        ("ThingName", serial),
+        ("SerialNumber", serial),
+        ("DeviceLocation", "Seattle"),
+    ] {
+        parameters.insert(k.to_string(), v.to_string());
+    }
+    let (topic, _) = client
+        .request(
+            &register.request_topic(Format::Json),
+            encode(
+                Format::Json,
+                &RegisterThingRequest {
+                    certificate_ownership_token: Some(created.certificate_ownership_token),
+                    parameters: Some(parameters),
+                },
+            ),
+        )
+        .await;
+    assert!(topic.ends_with("/accepted"), "{topic}");
+    drop(client);
+
+    // The restarted station resumes the device.
+    let (telemetry, _snap, _agg) = telemetry::start();
+    let (engine, halt) = start_engine(
+        common::engine_config(&emu, 1, "FleetTemplate", "{serial}"),
+        key_pool(),
+        &ledger,
+        telemetry,
+    );
+    let (_, rx) = submit(&engine.submitter(), &ledger, serial, "jig", KeyPlan::Pool).await;
+    let creds = rx.await.unwrap().unwrap();
+    assert!(!halt.is_raised());
+    assert_eq!(creds.thing_name, serial);
+    assert_ne!(creds.certificate_id, created.certificate_id);
+    let orphans = ledger.orphans().unwrap();
+    assert_eq!(orphans.len(), 1, "{orphans:?}");
+    let o = &orphans[0];
+    assert_eq!(
+        o.certificate_id.as_deref(),
+        Some(created.certificate_id.as_str())
+    );
+    assert_eq!(o.status, "active");
+    assert_eq!(o.thing_name.as_deref(), Some(serial));
+    // What AWS holds: the thing with both certificates ACTIVE; two certificates in all.
+    let thing = emu.emulator.registry().thing(serial).unwrap();
+    assert!(thing.principals.contains(&created.certificate_id));
+    assert!(thing.principals.contains(&creds.certificate_id));
+    assert_eq!(issued(&emu), 2, "one new certificate, no more");
+}
