@@ -206,6 +206,30 @@ fn sigterm_stops_a_load_test_with_its_devices_interrupted_not_failed() {
         count(&ledger, "SELECT count(*) FROM devices") as u64,
         "{summary}"
     );
+    // An interrupted device that held a certificate has it listed for cleanup.
+    let view = fleet_station::ledger::view::LedgerView::open(&ledger).unwrap();
+    let orphans = view.orphans().unwrap();
+    let mut with_certificate = 0;
+    for d in view.devices().unwrap() {
+        if d.state != DeviceState::Interrupted {
+            continue;
+        }
+        let events = view.events(d.id).unwrap();
+        if events.iter().any(|e| e.0 == "certificate_issued") {
+            with_certificate += 1;
+            assert!(
+                orphans
+                    .iter()
+                    .any(|o| o.serial == d.serial && o.certificate_id.is_some()),
+                "{} was interrupted with a certificate that is not listed",
+                d.serial
+            );
+        }
+    }
+    assert!(
+        with_certificate >= 1,
+        "no interrupted device held a certificate"
+    );
 }
 
 /// Holds SQLite's write lock on `db` until released, as another writer would.
