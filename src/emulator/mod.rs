@@ -258,6 +258,7 @@ impl Emulator {
         })?;
         let ca = Arc::new(CertificateAuthority::load_or_create(&cfg.state_dir)?);
         let registry = Registry::open(&cfg.state_dir.join("registry.db"))?;
+        registry.set_storage_delay(Duration::from_millis(cfg.faults.storage_delay_ms));
         let templates = Arc::new(TemplateStore::load_dir(&cfg.templates)?);
         let claim_policy = load_claim_policy(cfg.claim_policy.as_deref())?;
         register_claim(&registry, &ca, claim_policy);
@@ -319,6 +320,8 @@ impl Emulator {
 
     /// Replaces the fault plan while the emulator runs.
     pub fn set_faults(&self, faults: FaultConfig) {
+        self.registry
+            .set_storage_delay(Duration::from_millis(faults.storage_delay_ms));
         self.api.faults().set(faults);
     }
 

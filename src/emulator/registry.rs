@@ -10,9 +10,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender};
 use ring::digest;
@@ -154,6 +155,8 @@ pub struct Registry {
     state: Mutex<State>,
     writes: Mutex<Option<Sender<Write>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Fault injection: extra milliseconds every commit takes (`storage_delay_ms`).
+    storage_delay_ms: Arc<AtomicU64>,
 }
 
 /// A mutation batch: changes made under the lock, persisted when it is dropped.
@@ -277,15 +280,26 @@ impl Registry {
         load_table(&conn, &p, "policies", &mut state.policies)?;
 
         let (tx, rx) = crossbeam_channel::bounded(65_536);
+        let storage_delay_ms = Arc::new(AtomicU64::new(0));
+        let delay = storage_delay_ms.clone();
         let writer = std::thread::Builder::new()
             .name("registry-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(conn, rx, delay))
             .expect("spawn registry writer");
         Ok(Arc::new(Registry {
             state: Mutex::new(state),
             writes: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
+            storage_delay_ms,
         }))
+    }
+
+    /// Fault injection: every commit from now on takes `delay` longer, as on a slow disk.
+    pub fn set_storage_delay(&self, delay: Duration) {
+        self.storage_delay_ms.store(
+            u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     /// Starts a mutation; changes are persisted when the returned guard drops.
@@ -414,7 +428,7 @@ fn load_table<T: DeserializeOwned>(
     Ok(())
 }
 
-fn writer_loop(mut conn: Connection, rx: Receiver<Write>) {
+fn writer_loop(mut conn: Connection, rx: Receiver<Write>, storage_delay_ms: Arc<AtomicU64>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < 4096 {
@@ -442,6 +456,10 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Write>) {
                     }
                     Write::Flush(ack) => acks.push(ack),
                 }
+            }
+            let delay = storage_delay_ms.load(Ordering::Relaxed);
+            if delay > 0 {
+                std::thread::sleep(Duration::from_millis(delay));
             }
             tx.commit()
         })();

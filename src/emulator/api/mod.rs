@@ -47,6 +47,9 @@ pub struct ApiReply {
     pub topic: String,
     pub kind: ReplyKind,
     pub payload: Bytes,
+    /// Fault injection (`duplicate_reply_after_ms`): publish this reply once more on the
+    /// same connection this long after the first.
+    pub duplicate_after: Option<Duration>,
 }
 
 /// Settings of the API layer.
@@ -142,9 +145,7 @@ impl ApiService {
     /// Handles one request and builds the reply.
     pub async fn handle(&self, req: ApiRequest) -> ApiReply {
         let format = req.format;
-        let fault = self
-            .faults
-            .decide(matches!(req.api, Api::CreateCertificateFromCsr));
+        let fault = self.faults.decide(&req.api);
         if !fault.delay.is_zero() {
             tokio::time::sleep(fault.delay).await;
         }
@@ -189,6 +190,9 @@ impl ApiService {
             topic: req.api.reply_topic(format, kind),
             kind,
             payload: Bytes::from(payload),
+            duplicate_after: fault
+                .duplicate_after
+                .filter(|_| kind == ReplyKind::Accepted),
         }
     }
 
