@@ -1,8 +1,9 @@
 //! The emulator's timing faults over a real claim connection, each changed at run time with
-//! `Emulator::set_faults`: `register_thing_delay_ms` delays only RegisterThing, and
+//! `Emulator::set_faults`: `register_thing_delay_ms` delays only RegisterThing,
 //! `duplicate_reply_after_ms` publishes an accepted RegisterThing reply once more on the same
-//! connection after the delay. Order of arrival is what is asserted, plus lower bounds on
-//! time, never upper ones.
+//! connection after the delay, and `storage_delay_ms` delays the replies that follow a
+//! registry change. Order of arrival is what is asserted, plus lower bounds on time, never
+//! upper ones.
 
 mod common;
 
@@ -168,4 +169,28 @@ async fn an_accepted_register_thing_reply_is_duplicated_on_the_same_connection_a
 
     // The other connection's next message is the reply to its own request.
     let _ = new_certificate(&mut other).await;
+}
+
+#[tokio::test]
+async fn storage_delay_delays_the_replies_that_change_the_registry() {
+    let emu = TestEmulator::start().await;
+    emu.emulator.set_faults(FaultConfig {
+        storage_delay_ms: 500,
+        ..FaultConfig::default()
+    });
+    let mut c = claim_client(&emu, "slow-disk").await;
+    let started = Instant::now();
+    let created = new_certificate(&mut c).await;
+    assert!(started.elapsed() >= Duration::from_millis(500));
+
+    let started = Instant::now();
+    publish(
+        &c,
+        &register_api(),
+        register_body(created.certificate_ownership_token.expose(), "slow-1"),
+    )
+    .await;
+    let (topic, _) = next_publish(&mut c).await;
+    assert_eq!(topic, accepted(&register_api()));
+    assert!(started.elapsed() >= Duration::from_millis(500));
 }

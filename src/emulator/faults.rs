@@ -9,8 +9,9 @@
 //!   next M with 429, as a burst of quota pressure would.
 //! - `foreign_certificate_fraction`: answer this fraction of `CreateCertificateFromCsr`
 //!   requests with a certificate for another key (a stale or foreign reply).
-//! - `storage_delay_ms`: every registry commit takes this much longer, as on a slow disk
-//!   (it widens the window in which a kill finds changes not yet on disk).
+//! - `storage_delay_ms`: every registry commit takes this much longer, as on a slow disk.
+//!   Replies that follow a registry change wait for its commit, so they come this much later
+//!   too, and a kill in that window finds changes that are neither on disk nor acknowledged.
 //! - `register_thing_delay_ms`: answer `RegisterThing` requests this much later, on top of
 //!   `delay_ms` (the request is processed after the delay, like `delay_ms`), so a test can
 //!   kill a station while its `RegisterThing` is in flight.

@@ -290,15 +290,15 @@ impl StandaloneEmulator {
             .args(["emulate", "--config"])
             .arg(&config)
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("emulator.stderr")).unwrap())
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let Some(Ok(first)) = lines.next() else {
             let status = child.wait().unwrap();
             panic!(
-                "station emulate ended ({status}) before it listened; config:\n{}",
-                std::fs::read_to_string(&config).unwrap_or_default()
+                "station emulate ended ({status}) before it listened: {}",
+                std::fs::read_to_string(dir.join("emulator.stderr")).unwrap_or_default()
             );
         };
         let mut next = || lines.next().unwrap().unwrap();
@@ -367,13 +367,31 @@ impl StandaloneEmulator {
     }
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago (bound with port 0, then released).
+/// A TCP port on 127.0.0.1 for a fixed `listen` address: free a moment ago, and below the
+/// kernel's ephemeral range (`ip_local_port_range`, 32768 and up on Linux), so no client
+/// socket of a parallel test is given it as its local port between now and the bind (or
+/// between a kill and a restart), which would make the bind fail.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let (low, high) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| {
+            let mut it = r.split_whitespace().map(|n| n.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999));
+    // Up to 10 000 ports just below the ephemeral range, or else the ones above it.
+    let (from, to) = if low > 2048 {
+        (low.saturating_sub(10_000).max(1024), low)
+    } else {
+        (high.saturating_add(1), u16::MAX)
+    };
+    for _ in 0..1000 {
+        let port = fastrand::u16(from..to);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {from}..{to}");
 }
 
 /// What [`submit`] hands back: the device's ledger id and where its outcome arrives.

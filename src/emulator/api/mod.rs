@@ -24,7 +24,7 @@ use super::faults::Faults;
 use super::hook::Hooks;
 use super::key_stock::KeyStock;
 use super::quota::{QuotaConfig, Quotas};
-use super::registry::{CertStatus, Certificate, Registry, TokenRecord, now_ms};
+use super::registry::{CertStatus, Certificate, Commit, Registry, TokenRecord, now_ms};
 use super::template::TemplateStore;
 use crate::fleet::payloads::encode;
 use crate::fleet::{Api, Format, ReplyKind};
@@ -209,29 +209,45 @@ impl ApiService {
 }
 
 /// Registers a just-issued certificate as `PENDING_ACTIVATION` with a new ownership token
-/// (valid for the configured TTL), and returns the token.
-fn register_new_certificate(svc: &ApiService, issued: &IssuedCertificate) -> String {
+/// (valid for the configured TTL), and returns the token once both are committed. A commit
+/// that fails is not acknowledged: 500 `InternalFailure`.
+async fn register_new_certificate(
+    svc: &ApiService,
+    issued: &IssuedCertificate,
+) -> Result<String, Rejection> {
     let token = svc.new_token();
     let now = now_ms();
     let ttl_ms = u64::try_from(svc.settings.token_ttl.as_millis()).unwrap_or(u64::MAX);
-    let mut txn = svc.registry.txn();
-    txn.put_certificate(Certificate {
-        id: issued.id.clone(),
-        pem: issued.pem.clone(),
-        status: CertStatus::PendingActivation,
-        created_ms: now,
-        policies: Default::default(),
-        things: Default::default(),
-        claim: false,
-        subject: issued.subject.clone(),
-    });
-    txn.put_token(
-        &token,
-        TokenRecord {
-            certificate_id: issued.id.clone(),
-            expires_ms: now.saturating_add(ttl_ms),
-            used: false,
-        },
-    );
-    token
+    let commit = {
+        let mut txn = svc.registry.txn();
+        txn.put_certificate(Certificate {
+            id: issued.id.clone(),
+            pem: issued.pem.clone(),
+            status: CertStatus::PendingActivation,
+            created_ms: now,
+            policies: Default::default(),
+            things: Default::default(),
+            claim: false,
+            subject: issued.subject.clone(),
+        });
+        txn.put_token(
+            &token,
+            TokenRecord {
+                certificate_id: issued.id.clone(),
+                expires_ms: now.saturating_add(ttl_ms),
+                used: false,
+            },
+        );
+        txn.commit()
+    };
+    durable(commit, "certificate", &issued.id).await?;
+    Ok(token)
+}
+
+/// Waits for a commit; a failed one is logged and answered 500 `InternalFailure`.
+async fn durable(commit: Commit, what: &str, id: &str) -> Result<(), Rejection> {
+    commit.durable().await.map_err(|e| {
+        tracing::error!(error = %e, %what, %id, "emulator: a change could not be committed; answering 500");
+        Rejection::Internal(format!("The service could not store the {what}."))
+    })
 }
