@@ -13,6 +13,8 @@
 //! - [`template`]: the provisioning template engine and the template store.
 //! - [`registry`]: certificates, tokens, things and policies, persisted in SQLite; a reply
 //!   that follows a change waits until the change is committed.
+//! - [`control`]: AWS IoT control-plane operations on the registry (describe, list, detach,
+//!   update and delete certificates), for orphan cleanup.
 //! - [`faults`]: fault injection (delays, errors, throttling, slow disk, duplicate replies).
 //! - [`quota`]: account TPS quotas per API.
 //! - [`policy`]: IoT policy evaluation for CONNECT/PUBLISH/SUBSCRIBE/RECEIVE.
@@ -21,6 +23,7 @@
 pub mod api;
 pub mod broker;
 pub mod ca;
+pub mod control;
 pub mod errors;
 pub mod faults;
 pub mod hook;
