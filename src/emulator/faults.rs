@@ -20,7 +20,8 @@
 //!   duplicate). Rejected replies and the certificate APIs are not duplicated.
 //! - `seed`: makes the fractions reproducible.
 //!
-//! Every delay is at most [`MAX_DELAY_MS`]; a larger value is a configuration error.
+//! `storage_delay_ms`, `register_thing_delay_ms` and `duplicate_reply_after_ms` are at most
+//! [`MAX_DELAY_MS`]; a larger value is a configuration error naming the key.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
