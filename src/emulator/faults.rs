@@ -9,13 +9,30 @@
 //!   next M with 429, as a burst of quota pressure would.
 //! - `foreign_certificate_fraction`: answer this fraction of `CreateCertificateFromCsr`
 //!   requests with a certificate for another key (a stale or foreign reply).
+//! - `storage_delay_ms`: every registry commit takes this much longer, as on a slow disk.
+//!   Replies that follow a registry change wait for its commit, so they come this much later
+//!   too, and a kill in that window finds changes that are neither on disk nor acknowledged.
+//! - `register_thing_delay_ms`: answer `RegisterThing` requests this much later, on top of
+//!   `delay_ms` (the request is processed after the delay, like `delay_ms`), so a test can
+//!   kill a station while its `RegisterThing` is in flight.
+//! - `duplicate_reply_after_ms`: publish every accepted `RegisterThing` reply once more on
+//!   the same connection this long after the first (QoS 1 is at-least-once: a late
+//!   duplicate). Rejected replies and the certificate APIs are not duplicated.
 //! - `seed`: makes the fractions reproducible.
+//!
+//! `storage_delay_ms`, `register_thing_delay_ms` and `duplicate_reply_after_ms` are at most
+//! [`MAX_DELAY_MS`]; a larger value is a configuration error naming the key.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::fleet::Api;
+
+/// The longest delay any fault may add (ten minutes): beyond that a test is hung, not slow.
+pub const MAX_DELAY_MS: u64 = 600_000;
 
 /// The `[emulator.faults]` section.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -35,6 +52,12 @@ pub struct FaultConfig {
     pub throttle_burst_len: u64,
     #[serde(default)]
     pub foreign_certificate_fraction: f64,
+    #[serde(default)]
+    pub storage_delay_ms: u64,
+    #[serde(default)]
+    pub register_thing_delay_ms: u64,
+    #[serde(default)]
+    pub duplicate_reply_after_ms: Option<u64>,
     #[serde(default)]
     pub seed: Option<u64>,
 }
@@ -59,6 +82,21 @@ impl FaultConfig {
         if self.throttle_burst_every == Some(0) || self.drop_after_messages == Some(0) {
             return Err(("emulator.faults".into(), "counts must be at least 1".into()));
         }
+        for (key, ms) in [
+            ("storage_delay_ms", Some(self.storage_delay_ms)),
+            (
+                "register_thing_delay_ms",
+                Some(self.register_thing_delay_ms),
+            ),
+            ("duplicate_reply_after_ms", self.duplicate_reply_after_ms),
+        ] {
+            if let Some(ms) = ms.filter(|ms| *ms > MAX_DELAY_MS) {
+                return Err((
+                    format!("emulator.faults.{key}"),
+                    format!("is {ms}; it must be at most {MAX_DELAY_MS} (ten minutes)"),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -70,6 +108,8 @@ pub struct Decision {
     pub error_500: bool,
     pub throttle: bool,
     pub foreign_certificate: bool,
+    /// Publish an accepted reply once more this long after the first (RegisterThing only).
+    pub duplicate_after: Option<Duration>,
 }
 
 /// The running fault plan.
@@ -113,8 +153,8 @@ impl Faults {
             .drop_after_messages
     }
 
-    /// Decides the faults for the next request.
-    pub fn decide(&self, is_csr: bool) -> Decision {
+    /// Decides the faults for the next request to `api`.
+    pub fn decide(&self, api: &Api) -> Decision {
         let c = self
             .config
             .lock()
@@ -129,11 +169,26 @@ impl Faults {
         let throttle = c
             .throttle_burst_every
             .is_some_and(|every| n % (every + c.throttle_burst_len) >= every);
+        let register = matches!(api, Api::RegisterThing { .. });
+        let extra = if register {
+            c.register_thing_delay_ms
+        } else {
+            0
+        };
         Decision {
-            delay: Duration::from_millis(c.delay_ms + rng.u64(0..=c.delay_jitter_ms)),
+            delay: Duration::from_millis(
+                c.delay_ms
+                    .saturating_add(rng.u64(0..=c.delay_jitter_ms))
+                    .saturating_add(extra),
+            ),
             throttle,
             error_500: !throttle && rng.f64() < c.error_500_fraction,
-            foreign_certificate: is_csr && rng.f64() < c.foreign_certificate_fraction,
+            foreign_certificate: matches!(api, Api::CreateCertificateFromCsr)
+                && rng.f64() < c.foreign_certificate_fraction,
+            duplicate_after: c
+                .duplicate_reply_after_ms
+                .filter(|_| register)
+                .map(Duration::from_millis),
         }
     }
 }
@@ -146,7 +201,10 @@ mod tests {
     fn off_by_default() {
         let f = Faults::default();
         for _ in 0..100 {
-            assert_eq!(f.decide(true), Decision::default());
+            assert_eq!(
+                f.decide(&Api::CreateCertificateFromCsr),
+                Decision::default()
+            );
         }
         assert_eq!(f.drop_after(), None);
     }
@@ -158,7 +216,9 @@ mod tests {
             throttle_burst_len: 2,
             ..FaultConfig::default()
         });
-        let pattern: Vec<bool> = (0..10).map(|_| f.decide(false).throttle).collect();
+        let pattern: Vec<bool> = (0..10)
+            .map(|_| f.decide(&Api::CreateKeysAndCertificate).throttle)
+            .collect();
         assert_eq!(
             pattern,
             [
@@ -176,15 +236,82 @@ mod tests {
         };
         let a: Vec<bool> = {
             let f = Faults::new(cfg.clone());
-            (0..200).map(|_| f.decide(false).error_500).collect()
+            (0..200)
+                .map(|_| f.decide(&Api::CreateKeysAndCertificate).error_500)
+                .collect()
         };
         let b: Vec<bool> = {
             let f = Faults::new(cfg);
-            (0..200).map(|_| f.decide(false).error_500).collect()
+            (0..200)
+                .map(|_| f.decide(&Api::CreateKeysAndCertificate).error_500)
+                .collect()
         };
         assert_eq!(a, b);
         let hits = a.iter().filter(|x| **x).count();
         assert!((30..=90).contains(&hits), "{hits}");
+    }
+
+    fn register() -> Api {
+        Api::RegisterThing {
+            template: "T".into(),
+        }
+    }
+
+    #[test]
+    fn the_register_delay_and_the_duplicate_apply_to_register_thing_only() {
+        let f = Faults::new(FaultConfig {
+            delay_ms: 10,
+            register_thing_delay_ms: 200,
+            duplicate_reply_after_ms: Some(50),
+            ..FaultConfig::default()
+        });
+        let r = f.decide(&register());
+        assert_eq!(r.delay, Duration::from_millis(210));
+        assert_eq!(r.duplicate_after, Some(Duration::from_millis(50)));
+        for api in [Api::CreateCertificateFromCsr, Api::CreateKeysAndCertificate] {
+            let d = f.decide(&api);
+            assert_eq!(d.delay, Duration::from_millis(10), "{api:?}");
+            assert_eq!(d.duplicate_after, None, "{api:?}");
+        }
+        f.set(FaultConfig::default());
+        assert_eq!(f.decide(&register()), Decision::default());
+    }
+
+    #[test]
+    fn delays_over_ten_minutes_are_refused_by_name() {
+        for (cfg, key) in [
+            (
+                FaultConfig {
+                    storage_delay_ms: MAX_DELAY_MS + 1,
+                    ..FaultConfig::default()
+                },
+                "emulator.faults.storage_delay_ms",
+            ),
+            (
+                FaultConfig {
+                    register_thing_delay_ms: u64::MAX,
+                    ..FaultConfig::default()
+                },
+                "emulator.faults.register_thing_delay_ms",
+            ),
+            (
+                FaultConfig {
+                    duplicate_reply_after_ms: Some(MAX_DELAY_MS + 1),
+                    ..FaultConfig::default()
+                },
+                "emulator.faults.duplicate_reply_after_ms",
+            ),
+        ] {
+            let (k, problem) = cfg.validate().unwrap_err();
+            assert_eq!(k, key);
+            assert!(problem.contains("at most 600000"), "{problem}");
+        }
+        let ok = FaultConfig {
+            storage_delay_ms: MAX_DELAY_MS,
+            duplicate_reply_after_ms: Some(0),
+            ..FaultConfig::default()
+        };
+        assert_eq!(ok.validate(), Ok(()));
     }
 
     #[test]

@@ -11,13 +11,19 @@
 //! - [`key_stock`]: RSA-2048 keys made ahead by worker threads for CreateKeysAndCertificate.
 //! - [`hook`]: the pre-provisioning hook (command, HTTP, Lambda ARN table).
 //! - [`template`]: the provisioning template engine and the template store.
-//! - [`registry`]: certificates, tokens, things and policies, persisted in SQLite.
+//! - [`registry`]: certificates, tokens, things and policies, persisted in SQLite; a reply
+//!   that follows a change waits until the change is committed.
+//! - [`control`]: AWS IoT control-plane operations on the registry (describe, list, detach,
+//!   update and delete certificates), for orphan cleanup.
+//! - [`faults`]: fault injection (delays, errors, throttling, slow disk, duplicate replies).
+//! - [`quota`]: account TPS quotas per API.
 //! - [`policy`]: IoT policy evaluation for CONNECT/PUBLISH/SUBSCRIBE/RECEIVE.
 //! - [`errors`]: the table of every rejected response the emulator sends.
 
 pub mod api;
 pub mod broker;
 pub mod ca;
+pub mod control;
 pub mod errors;
 pub mod faults;
 pub mod hook;
@@ -257,7 +263,8 @@ impl Emulator {
             source,
         })?;
         let ca = Arc::new(CertificateAuthority::load_or_create(&cfg.state_dir)?);
-        let registry = Registry::open(&cfg.state_dir.join("registry.db"))?;
+        let registry = Registry::open_state_dir(&cfg.state_dir)?;
+        registry.set_storage_delay(Duration::from_millis(cfg.faults.storage_delay_ms));
         let templates = Arc::new(TemplateStore::load_dir(&cfg.templates)?);
         let claim_policy = load_claim_policy(cfg.claim_policy.as_deref())?;
         register_claim(&registry, &ca, claim_policy);
@@ -319,6 +326,8 @@ impl Emulator {
 
     /// Replaces the fault plan while the emulator runs.
     pub fn set_faults(&self, faults: FaultConfig) {
+        self.registry
+            .set_storage_delay(Duration::from_millis(faults.storage_delay_ms));
         self.api.faults().set(faults);
     }
 
@@ -354,7 +363,9 @@ impl Emulator {
     /// Stops accepting and closes every connection; the registry is flushed to disk.
     pub fn stop(&self) {
         self.shutdown.trigger();
-        self.registry.flush();
+        if let Err(e) = self.registry.flush() {
+            tracing::error!(error = %e, "emulator: the registry could not be saved at stop");
+        }
     }
 }
 

@@ -253,18 +253,34 @@ pub struct StandaloneEmulator {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// What it was started with, for [`StandaloneEmulator::restart`].
+    dir: PathBuf,
+    extra: String,
 }
 
 impl StandaloneEmulator {
     /// Starts it with state in `dir/emulator`, the fixture templates and `extra` lines in
     /// its `[emulator]` section; returns once it printed where it listens.
     pub fn start(dir: &Path, extra: &str) -> StandaloneEmulator {
+        Self::spawn(dir, None, extra)
+    }
+
+    /// As [`StandaloneEmulator::start`], listening on `127.0.0.1:port` (`listen` in its
+    /// configuration), as the station's crash and outage tests need to restart it there.
+    pub fn start_on(dir: &Path, port: u16, extra: &str) -> StandaloneEmulator {
+        Self::spawn(dir, Some(port), extra)
+    }
+
+    fn spawn(dir: &Path, port: Option<u16>, extra: &str) -> StandaloneEmulator {
         use std::io::{BufRead, BufReader};
         let config = dir.join("emulator.toml");
+        let listen = port
+            .map(|p| format!("listen = \"127.0.0.1:{p}\"\n"))
+            .unwrap_or_default();
         std::fs::write(
             &config,
             format!(
-                "[emulator]\nstate_dir = \"{}\"\ntemplates = \"{}\"\n{extra}\n",
+                "[emulator]\n{listen}state_dir = \"{}\"\ntemplates = \"{}\"\n{extra}\n",
                 dir.join("emulator").display(),
                 fixtures().join("templates").display()
             ),
@@ -274,12 +290,18 @@ impl StandaloneEmulator {
             .args(["emulate", "--config"])
             .arg(&config)
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("emulator.stderr")).unwrap())
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let Some(Ok(first)) = lines.next() else {
+            let status = child.wait().unwrap();
+            panic!(
+                "station emulate ended ({status}) before it listened: {}",
+                std::fs::read_to_string(dir.join("emulator.stderr")).unwrap_or_default()
+            );
+        };
         let mut next = || lines.next().unwrap().unwrap();
-        let first = next();
         let port = first
             .strip_prefix("listening on ")
             .and_then(|a| a.rsplit(':').next())
@@ -293,7 +315,42 @@ impl StandaloneEmulator {
             ca,
             cert,
             key,
+            dir: dir.to_path_buf(),
+            extra: extra.to_string(),
         }
+    }
+
+    /// SIGKILL (nothing is flushed, no signal handler runs), and waits until the process is
+    /// gone. Killing an emulator that is already gone does nothing.
+    pub fn kill(&mut self) {
+        if self.child.try_wait().unwrap().is_none() {
+            // SIGKILL on Unix.
+            let _ = self.child.kill();
+        }
+        self.child.wait().unwrap();
+    }
+
+    /// Kills it if it still runs, then starts it again at once with the same configuration
+    /// and state directory, on the same port; returns once it listens again.
+    pub fn restart(&mut self) {
+        self.kill();
+        let (dir, extra) = (self.dir.clone(), self.extra.clone());
+        *self = Self::spawn(&dir, Some(self.port), &extra);
+    }
+
+    /// TLS config with the claim identity and the emulator's CA as trust anchor.
+    pub fn claim_tls(&self) -> Arc<rustls::ClientConfig> {
+        let cert = std::fs::read(&self.cert).unwrap();
+        let key = std::fs::read(&self.key).unwrap();
+        self.tls_with(&cert, &key)
+    }
+
+    /// TLS config with another identity (PEM) and the emulator's CA as trust anchor.
+    pub fn tls_with(&self, cert_pem: &[u8], key_pem: &[u8]) -> Arc<rustls::ClientConfig> {
+        Arc::new(
+            client_config_from_pem(read_roots(&self.ca).unwrap(), cert_pem, key_pem, false)
+                .unwrap(),
+        )
     }
 
     /// SIGTERM, and waits for a clean exit (the registry is then on disk).
@@ -308,6 +365,33 @@ impl StandaloneEmulator {
         );
         assert!(self.child.wait().unwrap().success());
     }
+}
+
+/// A TCP port on 127.0.0.1 for a fixed `listen` address: free a moment ago, and below the
+/// kernel's ephemeral range (`ip_local_port_range`, 32768 and up on Linux), so no client
+/// socket of a parallel test is given it as its local port between now and the bind (or
+/// between a kill and a restart), which would make the bind fail.
+pub fn free_port() -> u16 {
+    let (low, high) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| {
+            let mut it = r.split_whitespace().map(|n| n.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999));
+    // Up to 10 000 ports just below the ephemeral range, or else the ones above it.
+    let (from, to) = if low > 2048 {
+        (low.saturating_sub(10_000).max(1024), low)
+    } else {
+        (high.saturating_add(1), u16::MAX)
+    };
+    for _ in 0..1000 {
+        let port = fastrand::u16(from..to);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {from}..{to}");
 }
 
 /// What [`submit`] hands back: the device's ledger id and where its outcome arrives.

@@ -29,7 +29,7 @@ pub(super) async fn handle(
     if foreign {
         return foreign_reply(svc).await;
     }
-    let token = register_new_certificate(svc, &issued);
+    let token = register_new_certificate(svc, &issued).await?;
     Ok(CreateCertificateFromCsrResponse {
         certificate_id: issued.id,
         certificate_pem: issued.pem,

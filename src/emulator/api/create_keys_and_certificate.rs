@@ -33,7 +33,7 @@ pub(super) async fn handle(
     .map_err(|e| Rejection::Internal(format!("signing task failed: {e}")))?;
     let issued = issued.map_err(|e| Rejection::Internal(format!("signing failed: {e}")))?;
 
-    let token = register_new_certificate(svc, &issued);
+    let token = register_new_certificate(svc, &issued).await?;
     Ok(CreateKeysAndCertificateResponse {
         certificate_id: issued.id,
         certificate_pem: issued.pem,

@@ -24,7 +24,7 @@ use super::faults::Faults;
 use super::hook::Hooks;
 use super::key_stock::KeyStock;
 use super::quota::{QuotaConfig, Quotas};
-use super::registry::{CertStatus, Certificate, Registry, TokenRecord, now_ms};
+use super::registry::{CertStatus, Certificate, Commit, Registry, TokenRecord, now_ms};
 use super::template::TemplateStore;
 use crate::fleet::payloads::encode;
 use crate::fleet::{Api, Format, ReplyKind};
@@ -47,6 +47,9 @@ pub struct ApiReply {
     pub topic: String,
     pub kind: ReplyKind,
     pub payload: Bytes,
+    /// Fault injection (`duplicate_reply_after_ms`): publish this reply once more on the
+    /// same connection this long after the first.
+    pub duplicate_after: Option<Duration>,
 }
 
 /// Settings of the API layer.
@@ -142,9 +145,7 @@ impl ApiService {
     /// Handles one request and builds the reply.
     pub async fn handle(&self, req: ApiRequest) -> ApiReply {
         let format = req.format;
-        let fault = self
-            .faults
-            .decide(matches!(req.api, Api::CreateCertificateFromCsr));
+        let fault = self.faults.decide(&req.api);
         if !fault.delay.is_zero() {
             tokio::time::sleep(fault.delay).await;
         }
@@ -189,6 +190,9 @@ impl ApiService {
             topic: req.api.reply_topic(format, kind),
             kind,
             payload: Bytes::from(payload),
+            duplicate_after: fault
+                .duplicate_after
+                .filter(|_| kind == ReplyKind::Accepted),
         }
     }
 
@@ -205,29 +209,45 @@ impl ApiService {
 }
 
 /// Registers a just-issued certificate as `PENDING_ACTIVATION` with a new ownership token
-/// (valid for the configured TTL), and returns the token.
-fn register_new_certificate(svc: &ApiService, issued: &IssuedCertificate) -> String {
+/// (valid for the configured TTL), and returns the token once both are committed. A commit
+/// that fails is not acknowledged: 500 `InternalFailure`.
+async fn register_new_certificate(
+    svc: &ApiService,
+    issued: &IssuedCertificate,
+) -> Result<String, Rejection> {
     let token = svc.new_token();
     let now = now_ms();
     let ttl_ms = u64::try_from(svc.settings.token_ttl.as_millis()).unwrap_or(u64::MAX);
-    let mut txn = svc.registry.txn();
-    txn.put_certificate(Certificate {
-        id: issued.id.clone(),
-        pem: issued.pem.clone(),
-        status: CertStatus::PendingActivation,
-        created_ms: now,
-        policies: Default::default(),
-        things: Default::default(),
-        claim: false,
-        subject: issued.subject.clone(),
-    });
-    txn.put_token(
-        &token,
-        TokenRecord {
-            certificate_id: issued.id.clone(),
-            expires_ms: now.saturating_add(ttl_ms),
-            used: false,
-        },
-    );
-    token
+    let commit = {
+        let mut txn = svc.registry.txn();
+        txn.put_certificate(Certificate {
+            id: issued.id.clone(),
+            pem: issued.pem.clone(),
+            status: CertStatus::PendingActivation,
+            created_ms: now,
+            policies: Default::default(),
+            things: Default::default(),
+            claim: false,
+            subject: issued.subject.clone(),
+        });
+        txn.put_token(
+            &token,
+            TokenRecord {
+                certificate_id: issued.id.clone(),
+                expires_ms: now.saturating_add(ttl_ms),
+                used: false,
+            },
+        );
+        txn.commit()
+    };
+    durable(commit, "certificate", &issued.id).await?;
+    Ok(token)
+}
+
+/// Waits for a commit; a failed one is logged and answered 500 `InternalFailure`.
+async fn durable(commit: Commit, what: &str, id: &str) -> Result<(), Rejection> {
+    commit.durable().await.map_err(|e| {
+        tracing::error!(error = %e, %what, %id, "emulator: a change could not be committed; answering 500");
+        Rejection::Internal(format!("The service could not store the {what}."))
+    })
 }

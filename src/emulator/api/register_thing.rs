@@ -6,7 +6,8 @@
 //! the hook's `parameterOverrides` over them; the engine fills `Default`s for what is still
 //! missing, reference §9.5) → template evaluated → resources applied.
 //!
-//! Application, all under one registry transaction so a token is redeemed at most once:
+//! Application, all under one registry transaction so a token is redeemed at most once, and
+//! answered only once that transaction is committed (a failed commit is 500):
 //! - the thing is created, or updated per its `OverrideSettings` (see below);
 //! - policies named by `PolicyName` must exist; a `PolicyDocument` policy is created under
 //!   its hash name if missing; each is attached to the certificate;
@@ -27,7 +28,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{ApiRequest, ApiService};
+use super::{ApiRequest, ApiService, durable};
 use crate::emulator::errors::Rejection;
 use crate::emulator::hook::{HookInput, HookOutcome, template_arn};
 use crate::emulator::registry::{CertStatus, Policy, Thing, TokenProblem, Txn, now_ms};
@@ -99,17 +100,22 @@ pub(super) async fn handle(
         })
         .map_err(|e| Rejection::InvalidParameters(e.error_message()))?;
 
-    let mut txn = svc.registry.txn();
-    // Re-check under the same lock that applies: a concurrent request may have used it.
-    match txn.check_token(token.expose(), now_ms()) {
-        Ok(rec) if rec.certificate_id == certificate_id => {}
-        Ok(_) | Err(TokenProblem::Unknown | TokenProblem::Expired | TokenProblem::AlreadyUsed) => {
-            return Err(Rejection::TokenInvalid);
+    let commit = {
+        let mut txn = svc.registry.txn();
+        // Re-check under the same lock that applies: a concurrent request may have used it.
+        match txn.check_token(token.expose(), now_ms()) {
+            Ok(rec) if rec.certificate_id == certificate_id => {}
+            Ok(_)
+            | Err(TokenProblem::Unknown | TokenProblem::Expired | TokenProblem::AlreadyUsed) => {
+                return Err(Rejection::TokenInvalid);
+            }
         }
-    }
-    apply(&mut txn, &certificate_id, &provisioned)?;
-    txn.consume_token(token.expose());
-    drop(txn);
+        apply(&mut txn, &certificate_id, &provisioned)?;
+        txn.consume_token(token.expose());
+        txn.commit()
+    };
+    // The reply goes out only once the thing, its policy and the activation are on disk.
+    durable(commit, "registration", &certificate_id).await?;
 
     let thing_name = provisioned.thing_name().map(str::to_string);
     Ok(RegisterThingResponse {

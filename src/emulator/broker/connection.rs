@@ -734,7 +734,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 let control = self.control.clone();
                 tokio::spawn(async move {
                     let reply = api.handle(req).await;
-                    if let Some(control) = control {
+                    let Some(control) = control else { return };
+                    let delivered = control
+                        .send(Control::Reply {
+                            topic: reply.topic.clone(),
+                            payload: reply.payload.clone(),
+                        })
+                        .await;
+                    // Fault injection: the same reply once more, later, on this connection
+                    // only (a closed connection drops it, as its channel is gone).
+                    if let (Ok(()), Some(after)) = (delivered, reply.duplicate_after) {
+                        tokio::time::sleep(after).await;
                         let _ = control
                             .send(Control::Reply {
                                 topic: reply.topic,

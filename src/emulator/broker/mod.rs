@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rustls::server::WebPkiClientVerifier;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
@@ -246,18 +246,6 @@ impl Broker {
         limits: BrokerLimits,
         shutdown: Shutdown,
     ) -> Result<Broker, BindError> {
-        let bind = |addr: &str| {
-            let addr = addr.to_string();
-            async move {
-                match TcpListener::bind(&addr).await {
-                    Ok(l) => match l.local_addr() {
-                        Ok(a) => Ok((l, a)),
-                        Err(source) => Err(BindError { addr, source }),
-                    },
-                    Err(source) => Err(BindError { addr, source }),
-                }
-            }
-        };
         let (listener, addr) = bind(listen).await?;
         let alpn = match alpn_listen {
             Some(a) => Some(bind(a).await?),
@@ -297,6 +285,39 @@ impl Broker {
     pub fn limits(&self) -> &BrokerLimits {
         &self.shared.limits
     }
+}
+
+/// Binds a listener with `SO_REUSEADDR`, so an emulator killed a moment ago can listen on its
+/// port again at once: the kernel keeps the killed process's connections on that port (in
+/// `FIN_WAIT`/`TIME_WAIT`) for up to a minute, and without the option they block the bind.
+async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr), BindError> {
+    let err = |source| BindError {
+        addr: addr.to_string(),
+        source,
+    };
+    let mut last = None;
+    for candidate in tokio::net::lookup_host(addr).await.map_err(err)? {
+        let socket = if candidate.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(err)?;
+        socket.set_reuseaddr(true).map_err(err)?;
+        match socket.bind(candidate).and_then(|()| socket.listen(1024)) {
+            Ok(listener) => {
+                let local = listener.local_addr().map_err(err)?;
+                return Ok((listener, local));
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the address resolves to nothing",
+        )
+    })))
 }
 
 async fn accept_loop(
