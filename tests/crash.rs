@@ -1,7 +1,15 @@
-//! Crash safety: `station run` is killed with SIGKILL at several points of a 300-board run
-//! against a standalone emulator (which survives, as AWS would), then restarted until the
-//! line is done. Afterwards every board holds exactly one verified identity, and every
-//! certificate the emulator ever issued is on a board or in the ledger's orphan list.
+//! Crash safety: a 300-board `station run` against a standalone emulator is killed with
+//! SIGKILL again and again — early, and while RegisterThing requests are in flight (the
+//! emulator answers them 100 ms late to widen the window) — and the emulator itself is killed
+//! with SIGKILL twice while the line runs and started again on its port (the station rides
+//! it out as an outage). Then the station is run until the line is done.
+//!
+//! Afterwards: every board holds exactly one verified identity; every certificate the
+//! emulator issued is on a board, in the ledger's orphan list, or a never-registered one whose
+//! key the orphan list names (a request whose answer was lost); every thing with two ACTIVE
+//! certificates has the extra one in the orphan list marked `active` with that thing; no write
+//! the emulator acknowledged was lost; and the printed cleanup of every orphan, applied to the
+//! emulator's registry with AWS's rules, succeeds and removes exactly the orphans.
 
 mod common;
 
@@ -10,11 +18,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::StandaloneEmulator;
+use common::{StandaloneEmulator, free_port};
 use fleet_station::emulator::ca::certificate_id;
+use fleet_station::emulator::control::{self, ControlError};
 use fleet_station::emulator::registry::{CertStatus, Registry};
 use fleet_station::jig::Flash;
 use fleet_station::keys::public_key_sha256;
+use fleet_station::ledger::cleanup::{CleanupStep, cleanup_plan};
 use fleet_station::ledger::{DeviceState, Ledger};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -44,6 +54,7 @@ claim_key = "{key}"
 root_ca = "{ca}"
 [provision]
 sessions = 8
+request_timeout_s = 3
 [parameters]
 ThingName = "{{serial}}"
 SerialNumber = "{{serial}}"
@@ -66,46 +77,54 @@ flash_dir = "{d}/boards"
     path
 }
 
-/// Counts rows of the ledger by state, read-only (the station may be writing).
-fn progress(ledger: &Path) -> (usize, usize) {
+/// The ledger's progress, read-only (the station may be writing).
+#[derive(Debug, Clone, Copy, Default)]
+struct Progress {
+    verified: usize,
+    /// Devices with a certificate and no thing yet: their RegisterThing is in flight.
+    issued: usize,
+    events: usize,
+}
+
+fn progress(ledger: &Path) -> Progress {
     let Ok(c) =
         rusqlite::Connection::open_with_flags(ledger, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
     else {
-        return (0, 0);
+        return Progress::default();
     };
     let count = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap_or(0) as usize;
-    (
-        count("SELECT count(*) FROM devices WHERE state = 'verified'"),
-        count("SELECT count(*) FROM events"),
-    )
+    Progress {
+        verified: count("SELECT count(*) FROM devices WHERE state = 'verified'"),
+        issued: count("SELECT count(*) FROM devices WHERE state = 'certificate_issued'"),
+        events: count("SELECT count(*) FROM events"),
+    }
 }
 
-/// Runs the station until `kill_when` says so, then SIGKILLs it.
-fn run_and_kill(config: &Path, ledger: &Path, kill_when: impl Fn((usize, usize)) -> bool) {
-    let mut child = station()
-        .args(["run", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+/// Waits (bounded) until the ledger shows `until`, while the station `child` runs.
+fn wait_until(child: &mut std::process::Child, ledger: &Path, until: impl Fn(Progress) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if kill_when(progress(ledger)) {
-            break;
-        }
+    while !until(progress(ledger)) {
         assert!(
             child.try_wait().unwrap().is_none(),
             "the station finished before the kill point"
         );
         assert!(
             Instant::now() < deadline,
-            "the kill point was never reached"
+            "the kill point was never reached: {:?}",
+            progress(ledger)
         );
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(2));
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+}
+
+fn start_station(config: &Path) -> std::process::Child {
+    station()
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 fn public_key_of(key_pem: &[u8]) -> Vec<u8> {
@@ -113,19 +132,101 @@ fn public_key_of(key_pem: &[u8]) -> Vec<u8> {
     rcgen::PublicKeyData::subject_public_key_info(&rcgen::KeyPair::try_from(&key).unwrap())
 }
 
+/// Applies one orphan's cleanup steps to the registry as the printed script would to AWS.
+fn apply_cleanup(registry: &Registry, steps: &[CleanupStep]) {
+    let gone = |e: &ControlError| matches!(e, ControlError::ResourceNotFoundException(_));
+    for step in steps {
+        match step {
+            CleanupStep::Note(_) => {}
+            CleanupStep::SkipIfGone { certificate_id } => {
+                match control::describe_certificate(registry, certificate_id) {
+                    Ok(_) => {}
+                    Err(e) if gone(&e) => return,
+                    Err(e) => panic!("describe-certificate {certificate_id}: {e}"),
+                }
+            }
+            CleanupStep::DetachAllThings { certificate_id } => {
+                let arn = control::certificate_arn(certificate_id);
+                for thing in control::list_principal_things(registry, &arn).unwrap() {
+                    control::detach_thing_principal(registry, &thing, &arn).unwrap();
+                }
+                assert!(
+                    control::list_principal_things(registry, &arn)
+                        .unwrap()
+                        .is_empty()
+                );
+            }
+            CleanupStep::Deactivate { certificate_id } => {
+                let d = control::describe_certificate(registry, certificate_id).unwrap();
+                if d.status == CertStatus::Active {
+                    control::update_certificate(registry, certificate_id, CertStatus::Inactive)
+                        .unwrap();
+                }
+            }
+            CleanupStep::Delete {
+                certificate_id,
+                force,
+            } => control::delete_certificate(registry, certificate_id, *force)
+                .unwrap_or_else(|e| panic!("delete-certificate {certificate_id}: {e}")),
+            CleanupStep::DeleteIfPresent { certificate_id } => {
+                match control::delete_certificate(registry, certificate_id, true) {
+                    Ok(()) => {}
+                    Err(e) if gone(&e) => {}
+                    Err(e) => panic!("delete-certificate {certificate_id}: {e}"),
+                }
+            }
+        }
+    }
+}
+
 #[test]
-fn sigkill_at_several_points_loses_no_identity() {
+fn sigkills_of_the_station_and_the_emulator_lose_no_identity() {
     let dir = tempfile::tempdir().unwrap();
-    let emu = StandaloneEmulator::start(dir.path(), "");
+    // RegisterThing answers come 100 ms late: kills land while they are in flight.
+    let mut emu = StandaloneEmulator::start_on(
+        dir.path(),
+        free_port(),
+        "[emulator.faults]\nregister_thing_delay_ms = 100",
+    );
     let config = station_config(dir.path(), &emu);
     let ledger_path = dir.path().join("ledger.db");
+    let mut station_kills = 0;
+    let mut emulator_kills = 0;
 
-    // Early (first certificates in flight), mid-line, and late.
-    run_and_kill(&config, &ledger_path, |(_, events)| events >= 40);
-    run_and_kill(&config, &ledger_path, |(verified, _)| verified >= 120);
-    run_and_kill(&config, &ledger_path, |(verified, events)| {
-        verified >= 220 && events % 3 == 0
+    // Early: the first certificates in flight.
+    let mut child = start_station(&config);
+    wait_until(&mut child, &ledger_path, |p| p.events >= 40);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    station_kills += 1;
+
+    // While RegisterThing requests are in flight, at four points of the line.
+    for verified in [40, 90, 140, 190] {
+        let mut child = start_station(&config);
+        wait_until(&mut child, &ledger_path, |p| {
+            p.verified >= verified && p.issued >= 3
+        });
+        child.kill().unwrap();
+        child.wait().unwrap();
+        station_kills += 1;
+    }
+
+    // The emulator is killed twice while the station runs; it comes back on its port.
+    let mut child = start_station(&config);
+    for verified in [210, 235] {
+        wait_until(&mut child, &ledger_path, |p| {
+            p.verified >= verified && p.issued >= 2
+        });
+        emu.restart();
+        emulator_kills += 1;
+    }
+    // And the station once more, late.
+    wait_until(&mut child, &ledger_path, |p| {
+        p.verified >= 260 && p.events % 3 == 0
     });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    station_kills += 1;
 
     let out = station()
         .args(["run", "--config"])
@@ -134,16 +235,19 @@ fn sigkill_at_several_points_loses_no_identity() {
         .unwrap();
     assert!(
         out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
 
-    // Stop the emulator cleanly so its registry is on disk.
+    // Stop the emulator cleanly and read its registry.
     emu.stop();
-
     let ledger = Ledger::open(&ledger_path, "check").unwrap();
     let devices = ledger.devices().unwrap();
     assert_eq!(devices.len(), BOARDS);
+    let registry = Registry::open_state_dir(&dir.path().join("emulator")).unwrap();
+
+    // Every board: one verified identity, and the emulator kept what it acknowledged.
     let mut on_boards = HashSet::new();
     for d in &devices {
         assert_eq!(d.state, DeviceState::Verified, "{d:?}");
@@ -161,7 +265,19 @@ fn sigkill_at_several_points_loses_no_identity() {
             cert.public_key().raw,
             public_key_of(flash.private_key().unwrap()).as_slice()
         );
-        assert!(on_boards.insert(id), "two boards hold one certificate");
+        assert!(
+            on_boards.insert(id.clone()),
+            "two boards hold one certificate"
+        );
+        let thing_name = d.thing_name.as_deref().unwrap();
+        let thing = registry
+            .thing(thing_name)
+            .unwrap_or_else(|| panic!("thing {thing_name} of a verified board was lost"));
+        assert!(thing.principals.contains(&id), "{thing_name}");
+        let c = registry
+            .certificate(&id)
+            .expect("an acknowledged certificate was lost");
+        assert_eq!(c.status, CertStatus::Active, "{id} of {thing_name}");
     }
 
     // The kills really interrupted devices: some resumed where they had stopped.
@@ -178,20 +294,19 @@ fn sigkill_at_several_points_loses_no_identity() {
     assert!(resumed >= 1, "no device was interrupted by the kills");
 
     let orphans = ledger.orphans().unwrap();
-    eprintln!(
-        "{resumed} devices resumed after a kill; {} orphans",
-        orphans.len()
-    );
-    let orphan_ids: HashSet<String> = orphans
+    let orphan_ids: HashMap<String, &fleet_station::ledger::Orphan> = orphans
         .iter()
-        .filter_map(|o| o.certificate_id.clone())
+        .filter_map(|o| o.certificate_id.clone().map(|id| (id, o)))
         .collect();
     let orphan_keys: HashSet<String> = orphans
         .iter()
         .filter(|o| o.certificate_id.is_none())
         .filter_map(|o| o.public_key_sha256.clone())
         .collect();
-    let registry = Registry::open(&dir.path().join("emulator/registry.db")).unwrap();
+    assert!(
+        orphan_ids.keys().all(|id| !on_boards.contains(id)),
+        "a board's certificate is listed as an orphan"
+    );
     let certs: Vec<_> = registry.read(|s| {
         s.certificates
             .values()
@@ -199,16 +314,12 @@ fn sigkill_at_several_points_loses_no_identity() {
             .cloned()
             .collect()
     });
-    let mut active_per_thing: HashMap<String, usize> = HashMap::new();
     for c in &certs {
-        if on_boards.contains(&c.id) {
+        if on_boards.contains(&c.id) || orphan_ids.contains_key(&c.id) {
             continue;
         }
-        if orphan_ids.contains(&c.id) {
-            continue;
-        }
-        // A certificate whose request was in flight at a kill: never registered, and the
-        // ledger names the key it was requested for.
+        // A certificate whose request's answer was lost: never registered, and the ledger
+        // names the key it was requested for.
         let der = CertificateDer::from_pem_slice(c.pem.as_bytes()).unwrap();
         let (_, x) = X509Certificate::from_der(&der).unwrap();
         assert_eq!(
@@ -219,29 +330,74 @@ fn sigkill_at_several_points_loses_no_identity() {
         );
         assert!(
             orphan_keys.contains(&public_key_sha256(x.public_key().raw)),
-            "pending certificate {} matches no in-flight request in the orphan list",
+            "pending certificate {} matches no lost request in the orphan list",
             c.id
         );
     }
+    // Every orphan the ledger names by id was issued.
+    for id in orphan_ids.keys() {
+        assert!(
+            registry.certificate(id).is_some(),
+            "orphan {id} is unknown to the emulator (an acknowledged certificate was lost)"
+        );
+    }
+
+    // A thing with two active certificates has the extra one listed as an active orphan
+    // with that thing.
+    let mut active_per_thing: HashMap<String, Vec<String>> = HashMap::new();
     for c in certs.iter().filter(|c| c.status == CertStatus::Active) {
         for thing in &c.things {
-            *active_per_thing.entry(thing.clone()).or_default() += 1;
+            active_per_thing
+                .entry(thing.clone())
+                .or_default()
+                .push(c.id.clone());
         }
     }
-    // No board was provisioned twice: a thing with two active certificates has the extra
-    // one in the orphan list.
-    for (thing, n) in active_per_thing {
-        if n > 1 {
-            let extra: Vec<_> = certs
-                .iter()
-                .filter(|c| {
-                    c.status == CertStatus::Active
-                        && c.things.contains(&thing)
-                        && !on_boards.contains(&c.id)
-                })
-                .collect();
-            assert_eq!(extra.len(), n - 1, "{thing}");
-            assert!(extra.iter().all(|c| orphan_ids.contains(&c.id)), "{thing}");
+    let mut doubled = 0;
+    for (thing, ids) in &active_per_thing {
+        if ids.len() < 2 {
+            continue;
+        }
+        doubled += 1;
+        for id in ids.iter().filter(|id| !on_boards.contains(*id)) {
+            let o = orphan_ids
+                .get(id)
+                .unwrap_or_else(|| panic!("{thing}: extra active certificate {id} is no orphan"));
+            assert_eq!(o.status, "active", "{thing}: {id}");
+            assert_eq!(o.thing_name.as_deref(), Some(thing.as_str()), "{id}");
         }
     }
+
+    // The printed cleanup of every orphan succeeds and removes exactly the orphans.
+    for plan in cleanup_plan(&orphans) {
+        apply_cleanup(&registry, &plan.steps);
+    }
+    for id in orphan_ids.keys() {
+        assert!(
+            registry.certificate(id).is_none(),
+            "orphan {id} survived its cleanup"
+        );
+    }
+    for d in &devices {
+        let id = d.certificate_id.as_deref().unwrap();
+        let c = registry.certificate(id).unwrap();
+        assert_eq!(c.status, CertStatus::Active);
+        assert!(c.things.contains(d.thing_name.as_deref().unwrap()));
+    }
+
+    let by_status = |s: &str| orphans.iter().filter(|o| o.status == s).count();
+    eprintln!(
+        "{station_kills} station kills, {emulator_kills} emulator kills: {resumed} devices resumed; \
+         {doubled} things with two active certificates; {} orphans ({} active, {} unknown, {} pending; \
+         {} without a certificate id); {} certificates issued for {BOARDS} boards",
+        orphans.len(),
+        by_status("active"),
+        by_status("unknown"),
+        by_status("pending"),
+        orphans
+            .iter()
+            .filter(|o| o.certificate_id.is_none())
+            .count(),
+        certs.len()
+    );
 }

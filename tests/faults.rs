@@ -225,3 +225,21 @@ async fn dropped_sessions_reconnect_and_the_device_in_flight_resumes() {
         .read(|s| s.certificates.values().filter(|c| !c.claim).count());
     assert_eq!(issued, 16, "a device restarted instead of resuming");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_duplicate_reply_is_never_credited_to_the_next_device() {
+    // Every request is answered 300 ms late and every accepted RegisterThing answer comes
+    // again 450 ms after the first: on the one session, the duplicate of a device's answer
+    // arrives while the next device waits for its own RegisterThing answer.
+    let emu = TestEmulator::start_with(|c| {
+        c.faults = FaultConfig {
+            delay_ms: 300,
+            duplicate_reply_after_ms: Some(450),
+            ..FaultConfig::default()
+        };
+    })
+    .await;
+    let out = provision_all(&emu, 4, 1, Duration::from_secs(10), 3).await;
+    // `provision_all` checks each device got the thing named after its own serial.
+    assert_eq!(out.provisioned, 4, "{:?}", out.failed);
+}
