@@ -6,7 +6,10 @@
 //! second station is refused at start with a message naming the first (station id, pid, host
 //! and start time, written into the lock file once the lock is held). The kernel drops a
 //! `flock` when its holder's file is closed, also when the process is killed with SIGKILL,
-//! so a crashed station never blocks its own restart. The lock file is never deleted:
+//! so a crashed station never blocks its own restart. A lock found held is tried again for a
+//! quarter of a second before the station is refused: a process forked by the holder in that
+//! instant keeps a copy of the descriptor (and so the lock) until it executes its program, and
+//! a station that is just closing lets go. The lock file is never deleted:
 //! deleting it would let a second process lock a new file of the same name while the first
 //! still holds the old one.
 
@@ -48,6 +51,7 @@ impl LedgerLock {
             .mode(0o600)
             .open(&path)
             .map_err(io)?;
+        let patience = std::time::Instant::now() + std::time::Duration::from_millis(250);
         loop {
             // SAFETY: flock on a file descriptor this function owns.
             let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
@@ -57,6 +61,9 @@ impl LedgerLock {
             let e = std::io::Error::last_os_error();
             match e.raw_os_error() {
                 Some(libc::EINTR) => continue,
+                Some(libc::EWOULDBLOCK) if std::time::Instant::now() < patience => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
                 Some(libc::EWOULDBLOCK) => {
                     let mut text = String::new();
                     let _ = file.read_to_string(&mut text);

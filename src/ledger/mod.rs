@@ -30,24 +30,32 @@
 //! verified board or in the orphan list, and each is listed once.
 //!
 //! - [`view`]: read-only access ([`LedgerView`]), also what [`Ledger`] reads through.
+//! - `writer`: the group-commit writer thread; `orphans`: how an orphan is recorded (once);
+//!   `error`: [`LedgerError`].
 //! - [`lock`]: the one-writer lock.
 //! - [`seal`]: encryption of station-made private keys kept for resuming.
 //! - [`export`]: the audit trail as CSV/JSON.
 //! - [`cleanup`]: what to run on AWS to remove the orphans, as steps and as a bash script.
 
 pub mod cleanup;
+mod error;
 pub mod export;
 pub mod lock;
+mod orphans;
 pub mod seal;
 pub mod view;
+mod writer;
+
+pub use self::error::LedgerError;
+use self::orphans::{insert_orphan, orphan_current};
+use self::writer::{Job, Op, WriterGuard, writer_loop};
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 use zeroize::Zeroizing;
@@ -335,121 +343,6 @@ pub struct Begun {
     pub resume: Option<Resume>,
 }
 
-/// Ledger failures. A ledger that cannot write stops the line: nothing may run ahead of it.
-#[derive(Debug, thiserror::Error, miette::Diagnostic)]
-pub enum LedgerError {
-    #[error("ledger {path}: {source}")]
-    #[diagnostic(
-        code(station::ledger::sqlite),
-        help("check that the disk holding station.ledger is writable and not full")
-    )]
-    Sqlite {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
-    #[error("cannot use {path}: {source}")]
-    #[diagnostic(
-        code(station::ledger::io),
-        help("set station.ledger to a path in a writable directory")
-    )]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(
-        "ledger {path} has schema version {found}, but this fleet-station reads version {need} (0: the file is not a ledger)"
-    )]
-    #[diagnostic(
-        code(station::ledger::schema),
-        help(
-            "read it with the fleet-station version that wrote it (`station ledger export`); to start a new ledger, move the file aside together with its .key file"
-        )
-    )]
-    Schema {
-        path: PathBuf,
-        found: i64,
-        need: i64,
-    },
-    #[error("ledger {path} does not exist")]
-    #[diagnostic(
-        code(station::ledger::not_found),
-        help(
-            "check station.ledger in the configuration you passed with --config; the first `station run` creates the ledger"
-        )
-    )]
-    NotFound { path: PathBuf },
-    #[error("ledger {path} is in use by another station: {holder}")]
-    #[diagnostic(
-        code(station::ledger::in_use),
-        help(
-            "stop the other station first (one station writes a ledger at a time), or give this one its own station.ledger in its configuration"
-        )
-    )]
-    InUse {
-        path: PathBuf,
-        /// Who holds the lock: station id, pid, host and start time.
-        holder: String,
-    },
-    #[error(
-        "the key file {key} of ledger {path} is missing, and {sealed} unfinished device(s) in the ledger have private keys sealed under it"
-    )]
-    #[diagnostic(
-        code(station::ledger::key_missing),
-        help(
-            "restore <ledger>.key from the backup kept with the ledger, then start again; without it those {sealed} unfinished devices cannot resume (a new key cannot open their sealed keys)"
-        )
-    )]
-    KeyMissing {
-        path: PathBuf,
-        key: PathBuf,
-        sealed: i64,
-    },
-    #[error(
-        "the key file {key} does not open the private keys sealed in ledger {path} (tried board {serial}): it belongs to another ledger"
-    )]
-    #[diagnostic(
-        code(station::ledger::key_mismatch),
-        help(
-            "restore the <ledger>.key that was backed up together with this ledger; a key file from another ledger cannot resume its {sealed} unfinished device(s)"
-        )
-    )]
-    KeyMismatch {
-        path: PathBuf,
-        key: PathBuf,
-        serial: String,
-        sealed: i64,
-    },
-    #[error("ledger {path} could not record a change: {reason}")]
-    #[diagnostic(
-        code(station::ledger::write),
-        help(
-            "check that the disk holding station.ledger is writable and not full; \"database is locked\" means another program (e.g. an sqlite3 shell with an open transaction) held the ledger's write lock for more than 5 s: close it"
-        )
-    )]
-    Write { path: PathBuf, reason: String },
-    #[error("ledger writer has stopped")]
-    #[diagnostic(
-        code(station::ledger::stopped),
-        help("an earlier ledger error stopped the writer; see the message before this one")
-    )]
-    Stopped,
-    #[error("board {serial} is already provisioned and verified (thing {thing})")]
-    #[diagnostic(
-        code(station::ledger::already_provisioned),
-        help(
-            "take the board off the jig: it holds its identity already; a second one would orphan the first"
-        )
-    )]
-    AlreadyProvisioned { serial: String, thing: String },
-}
-
-type Job = Box<dyn FnOnce(&rusqlite::Transaction<'_>) -> Result<i64, rusqlite::Error> + Send>;
-
-struct Op {
-    job: Job,
-    ack: oneshot::Sender<Result<i64, String>>,
-}
-
 /// A handle to the ledger, the one writer of its file. Cloneable; all clones share the writer
 /// thread and the ledger lock, which is released when the last clone is dropped. Reads go
 /// through [`LedgerView`], which it dereferences to.
@@ -467,23 +360,6 @@ impl std::ops::Deref for Ledger {
 
     fn deref(&self) -> &LedgerView {
         &self.view
-    }
-}
-
-struct WriterGuard {
-    handle: std::sync::Mutex<Option<JoinHandle<()>>>,
-    stop_tx: std::sync::Mutex<Option<Sender<Op>>>,
-    /// Dropped after the writer thread has finished (fields drop after `drop`), so the next
-    /// station cannot open the ledger while this one still commits.
-    _lock: LedgerLock,
-}
-
-impl Drop for WriterGuard {
-    fn drop(&mut self) {
-        self.stop_tx.lock().expect("ledger lock").take();
-        if let Some(h) = self.handle.lock().expect("ledger lock").take() {
-            let _ = h.join();
-        }
     }
 }
 
@@ -552,105 +428,6 @@ fn event(
         "INSERT INTO events (device_id, state, detail, at_ms) VALUES (?1, ?2, ?3, ?4)",
     )?
     .execute(params![id, state, detail, now])?;
-    Ok(())
-}
-
-/// Records an orphan unless the same one is listed already: the same serial and certificate
-/// id, or (no certificate id) the same serial and public key.
-#[allow(clippy::too_many_arguments)]
-fn insert_orphan(
-    tx: &rusqlite::Transaction<'_>,
-    certificate_id: Option<&str>,
-    public_key_sha256: Option<&str>,
-    serial: &str,
-    status: &str,
-    thing_name: Option<&str>,
-    reason: &str,
-    now: i64,
-) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO orphans (certificate_id, public_key_sha256, serial, status, thing_name, reason, recorded_ms)
-         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7
-         WHERE NOT EXISTS (
-             SELECT 1 FROM orphans WHERE serial = ?3 AND (
-                 (?1 IS NOT NULL AND certificate_id = ?1)
-                 OR (?1 IS NULL AND certificate_id IS NULL AND public_key_sha256 = ?2)))",
-    )?
-    .execute(params![
-        certificate_id,
-        public_key_sha256,
-        serial,
-        status,
-        thing_name,
-        reason,
-        now
-    ])?;
-    Ok(())
-}
-
-/// Moves device `id`'s current certificate into `orphans` and clears it. With no certificate
-/// but a key reserved, a certificate request may have been answered unheard: the key's sha256
-/// is recorded instead. With `only_issued`, a certificate request still unanswered is not
-/// counted (its answer is what is being recorded).
-fn orphan_current(
-    tx: &rusqlite::Transaction<'_>,
-    id: i64,
-    reason: &str,
-    now: i64,
-    only_issued: bool,
-    status: Option<OrphanStatus>,
-) -> rusqlite::Result<()> {
-    type Row = (
-        String,
-        String,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-    );
-    let row: Option<Row> = tx
-        .prepare_cached(
-            "SELECT serial, state, certificate_id, public_key_sha256, thing_name FROM devices WHERE id = ?1",
-        )?
-        .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
-        .optional()?;
-    let Some((serial, state, cert, pk, thing)) = row else {
-        return Ok(());
-    };
-    let state = DeviceState::parse(&state).unwrap_or(DeviceState::Failed);
-    let by_state = match state {
-        DeviceState::CertificateIssued => OrphanStatus::Pending,
-        DeviceState::Registered | DeviceState::Written => OrphanStatus::Active,
-        // A request may have been in flight: AWS may hold a pending certificate for this key.
-        DeviceState::KeyReserved => OrphanStatus::Unknown,
-        _ => return Ok(()),
-    };
-    // A registered certificate is active whatever the caller believed.
-    let status = match (by_state, status) {
-        (OrphanStatus::Active, _) => OrphanStatus::Active,
-        (_, Some(s)) if cert.is_some() => s,
-        (s, _) => s,
-    };
-    if cert.is_none() && (only_issued || pk.is_none()) {
-        return Ok(());
-    }
-    // The thing is known when the device itself was registered (NULL otherwise: an active
-    // orphan of a device that was not gets it from the device's next registration).
-    let thing = thing.filter(|_| status == OrphanStatus::Active);
-    insert_orphan(
-        tx,
-        cert.as_deref(),
-        pk.as_deref(),
-        &serial,
-        status.as_str(),
-        thing.as_deref(),
-        reason,
-        now,
-    )?;
-    tx.prepare_cached(
-        "UPDATE devices SET certificate_id = NULL, certificate_pem = NULL, token = NULL,
-         token_expires_ms = NULL, thing_name = NULL, device_configuration = NULL WHERE id = ?1",
-    )?
-    .execute(params![id])?;
     Ok(())
 }
 
@@ -1169,50 +946,6 @@ impl Ledger {
             Ok(id)
         }))?;
         self.map_ack(rx.await).map(|_| ())
-    }
-}
-
-fn writer_loop(mut conn: Connection, rx: Receiver<Op>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < 1024 {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
-        }
-        // One transaction, one sync, for the whole batch. A failing job fails only itself
-        // (its savepoint is rolled back); the others commit. The write lock is taken at BEGIN,
-        // where SQLite's busy handler waits for it: a deferred transaction that reads first
-        // and upgrades later fails at once when another connection wrote in between.
-        let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
-            Ok(tx) => tx,
-            Err(e) => {
-                for op in batch {
-                    let _ = op.ack.send(Err(e.to_string()));
-                }
-                continue;
-            }
-        };
-        let mut results = Vec::with_capacity(batch.len());
-        for op in batch {
-            let r = tx
-                .execute_batch("SAVEPOINT op")
-                .and_then(|_| (op.job)(&tx))
-                .and_then(|v| tx.execute_batch("RELEASE op").map(|_| v));
-            if r.is_err() {
-                let _ = tx.execute_batch("ROLLBACK TO op; RELEASE op");
-            }
-            results.push((op.ack, r.map_err(|e| e.to_string())));
-        }
-        let committed = tx.commit();
-        for (ack, r) in results {
-            let r = match &committed {
-                Ok(()) => r,
-                Err(e) => Err(e.to_string()),
-            };
-            let _ = ack.send(r);
-        }
     }
 }
 
