@@ -179,6 +179,7 @@ fn export_and_orphans_run_beside_a_working_line_without_stopping_it() {
         "{output}"
     );
     assert!(during >= 2, "only {during} exports ran during the line");
+    eprintln!("300 boards verified beside {during} ledger exports and orphan reports");
 
     // The last export shows the whole line verified.
     let out = ledger(&config, &["export", "--format", "csv"]);
