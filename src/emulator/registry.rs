@@ -11,9 +11,11 @@
 //! into one transaction, so many requests share one commit and one sync. Writes reach the
 //! writer in the order they were made under the lock, so a commit also covers every change
 //! made before it. The writes of a failed commit are retried with the next one, so the disk
-//! catches up with memory once it can. `PRAGMA synchronous = FULL`: a commit survives a power
-//! loss too, not only a process kill (see `docs/emulator.md` for the measured cost). On start
-//! the whole registry is read back.
+//! catches up with memory once it can. `PRAGMA synchronous = NORMAL`: in WAL mode a commit is
+//! in the operating system before the reply, so it survives a kill of the emulator; a power
+//! loss of the host may lose the last commits, which is outside the emulation, as for the
+//! virtual boards' flash (`docs/emulator.md` has the measured cost of `FULL`). On start the
+//! whole registry is read back.
 //!
 //! Changes nobody waits for (claim registration at start, token expiry) are sent when their
 //! [`Txn`] drops, and committed with the next batch.
@@ -127,7 +129,7 @@ fn token_key(token: &str) -> String {
 pub const REGISTRY_FILE: &str = "registry.db";
 
 /// `PRAGMA synchronous` of the registry database (see the module header).
-const SYNCHRONOUS: &str = "FULL";
+const SYNCHRONOUS: &str = "NORMAL";
 
 /// Why a change was not committed (and so must not be acknowledged).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
