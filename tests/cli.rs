@@ -7,47 +7,18 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{RawClient, StandaloneEmulator, fixtures};
+use common::cli::{StationConfig, station};
+use common::{RawClient, StandaloneEmulator};
 use fleet_station::provision::tls::{client_config_from_pem, read_roots};
 
-fn station() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_station"))
-}
-
-fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
-    let path = dir.join("station.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-[station]
-ledger = "{d}/ledger.db"
-report_dir = "{d}/reports"
-[parameters]
-ThingName = "{{serial}}"
-SerialNumber = "{{serial}}"
-DeviceLocation = "Seattle"
-[jigs]
-count = 2
-baud = 0
-flash_dir = "{d}/boards"
-[emulator]
-state_dir = "{d}/emulator"
-templates = "{t}"
-{extra}
-"#,
-            d = dir.display(),
-            t = fixtures().join("templates").display()
-        ),
-    )
-    .unwrap();
-    path
+fn write_config(dir: &Path) -> std::path::PathBuf {
+    StationConfig::embedded(dir).write()
 }
 
 #[test]
 fn run_provisions_and_writes_the_summary() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), "");
+    let config = write_config(dir.path());
     let out = station()
         .args(["run", "--boards", "6", "--config"])
         .arg(&config)
@@ -82,7 +53,9 @@ fn run_provisions_and_writes_the_summary() {
 #[test]
 fn a_bad_config_names_the_key_and_the_fix() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), "[provision]\nsessions = 0\n");
+    let config = StationConfig::embedded(dir.path())
+        .set("provision.sessions", "0")
+        .write();
     let out = station()
         .args(["run", "--config"])
         .arg(&config)
@@ -120,7 +93,7 @@ fn a_bad_cli_argument_is_refused_with_usage() {
 #[tokio::test]
 async fn emulate_prints_where_it_listens_and_serves_the_claim_identity() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), "");
+    let config = write_config(dir.path());
     let mut child = station()
         .args(["emulate", "--config"])
         .arg(&config)
@@ -168,6 +141,13 @@ async fn emulate_prints_where_it_listens_and_serves_the_claim_identity() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
     assert!(dir.path().join("emulator/registry.db").exists());
+}
+
+/// `station emulate` with `policy` (JSON) as its claim policy.
+fn emulator_with_policy(dir: &Path, policy: &str) -> StandaloneEmulator {
+    let path = dir.join("claim-policy.json");
+    std::fs::write(&path, policy).unwrap();
+    StandaloneEmulator::start(dir, &format!("claim_policy = \"{}\"", path.display()))
 }
 
 fn check(dir: &Path, emu: &StandaloneEmulator) -> std::process::Output {
@@ -253,12 +233,7 @@ const NO_TEMPLATE_PUBLISH: &str = r#"{"Statement":[{"Effect":"Allow","Action":"i
 #[test]
 fn check_fails_when_the_policy_denies_publishing_on_the_template_topic() {
     let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("claim-policy.json");
-    std::fs::write(&policy, NO_TEMPLATE_PUBLISH).unwrap();
-    let emu = StandaloneEmulator::start(
-        dir.path(),
-        &format!("claim_policy = \"{}\"", policy.display()),
-    );
+    let emu = emulator_with_policy(dir.path(), NO_TEMPLATE_PUBLISH);
     for version in ["3", "5"] {
         let out = check_with(dir.path(), &emu, &["--mqtt-version", version]);
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -279,15 +254,9 @@ fn check_fails_when_the_policy_denies_publishing_on_the_template_topic() {
 #[test]
 fn check_maps_a_refused_connect_to_the_claim_policy() {
     let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("claim-policy.json");
-    std::fs::write(
-        &policy,
-        r#"{"Statement":[{"Effect":"Allow","Action":"iot:Connect","Resource":"arn:aws:iot:*:*:client/someone-else"}]}"#,
-    )
-    .unwrap();
-    let emu = StandaloneEmulator::start(
+    let emu = emulator_with_policy(
         dir.path(),
-        &format!("claim_policy = \"{}\"", policy.display()),
+        r#"{"Statement":[{"Effect":"Allow","Action":"iot:Connect","Resource":"arn:aws:iot:*:*:client/someone-else"}]}"#,
     );
     for version in ["3", "5"] {
         let out = check_with(dir.path(), &emu, &["--mqtt-version", version]);
@@ -310,17 +279,11 @@ fn check_names_the_topic_a_claim_policy_does_not_allow() {
     let dir = tempfile::tempdir().unwrap();
     // A claim policy for the CSR API only (like AWS's embedded-C CSR demo without the
     // template topics).
-    let policy = dir.path().join("claim-policy.json");
-    std::fs::write(
-        &policy,
+    let emu = emulator_with_policy(
+        dir.path(),
         r#"{"Statement":[{"Effect":"Allow","Action":"iot:Connect","Resource":"*"},
             {"Effect":"Allow","Action":["iot:Publish","iot:Receive"],"Resource":"arn:aws:iot:*:*:topic/$aws/certificates/create-from-csr/*"},
             {"Effect":"Allow","Action":"iot:Subscribe","Resource":"arn:aws:iot:*:*:topicfilter/$aws/certificates/create-from-csr/*"}]}"#,
-    )
-    .unwrap();
-    let emu = StandaloneEmulator::start(
-        dir.path(),
-        &format!("claim_policy = \"{}\"", policy.display()),
     );
     let out = check(dir.path(), &emu);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -343,7 +306,7 @@ fn check_names_the_topic_a_claim_policy_does_not_allow() {
 #[test]
 fn a_run_that_fails_its_start_up_checks_leaves_no_report_folder() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), "");
+    let config = write_config(dir.path());
     let out = station()
         .args(["run", "--config"])
         .arg(&config)

@@ -15,9 +15,9 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
 
+use common::cli::{StationConfig, count, station, wait_for};
 use common::{StandaloneEmulator, free_port};
 use fleet_station::emulator::ca::certificate_id;
 use fleet_station::emulator::control::{self, ControlError};
@@ -32,49 +32,16 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 const BOARDS: usize = 300;
 
-fn station() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_station"))
-}
-
 fn station_config(dir: &Path, emu: &StandaloneEmulator) -> PathBuf {
-    let path = dir.join("station.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-[station]
-id = "crash"
-ledger = "{d}/ledger.db"
-report_dir = "{d}/reports"
-[endpoint]
-endpoint = "localhost"
-port = {port}
-claim_cert = "{cert}"
-claim_key = "{key}"
-root_ca = "{ca}"
-[provision]
-sessions = 8
-request_timeout_s = 3
-[parameters]
-ThingName = "{{serial}}"
-SerialNumber = "{{serial}}"
-DeviceLocation = "Seattle"
-[jigs]
-count = 8
-boards = {BOARDS}
-baud = 115200
-stamp_serials = false
-flash_dir = "{d}/boards"
-"#,
-            d = dir.display(),
-            port = emu.port,
-            cert = emu.cert.display(),
-            key = emu.key.display(),
-            ca = emu.ca.display(),
-        ),
-    )
-    .unwrap();
-    path
+    StationConfig::endpoint(dir, emu)
+        .set_str("station.id", "crash")
+        .set("provision.sessions", "8")
+        .set("provision.request_timeout_s", "3")
+        .set("jigs.count", "8")
+        .set("jigs.boards", &BOARDS.to_string())
+        .set("jigs.baud", "115200")
+        .set("jigs.stamp_serials", "false")
+        .write()
 }
 
 /// The ledger's progress, read-only (the station may be writing).
@@ -87,34 +54,22 @@ struct Progress {
 }
 
 fn progress(ledger: &Path) -> Progress {
-    let Ok(c) =
-        rusqlite::Connection::open_with_flags(ledger, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-    else {
-        return Progress::default();
-    };
-    let count = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap_or(0) as usize;
     Progress {
-        verified: count("SELECT count(*) FROM devices WHERE state = 'verified'"),
-        issued: count("SELECT count(*) FROM devices WHERE state = 'certificate_issued'"),
-        events: count("SELECT count(*) FROM events"),
+        verified: count(
+            ledger,
+            "SELECT count(*) FROM devices WHERE state = 'verified'",
+        ),
+        issued: count(
+            ledger,
+            "SELECT count(*) FROM devices WHERE state = 'certificate_issued'",
+        ),
+        events: count(ledger, "SELECT count(*) FROM events"),
     }
 }
 
-/// Waits (bounded) until the ledger shows `until`, while the station `child` runs.
+/// Waits until the ledger shows `until`, while the station `child` runs.
 fn wait_until(child: &mut std::process::Child, ledger: &Path, until: impl Fn(Progress) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !until(progress(ledger)) {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the station finished before the kill point"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "the kill point was never reached: {:?}",
-            progress(ledger)
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_for(child, "the kill point", || until(progress(ledger)));
 }
 
 fn start_station(config: &Path) -> std::process::Child {

@@ -3,45 +3,19 @@
 //! station on the same ledger is refused (naming the first) until the first is gone, even
 //! when it was killed with SIGKILL.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn station() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_station"))
-}
+use common::cli::{StationConfig, count, station, wait_for};
 
 /// A station configuration with the embedded emulator, virtual jigs and its ledger in `dir`.
 fn write_config(dir: &Path, id: &str) -> PathBuf {
-    let path = dir.join("station.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-[station]
-id = "{id}"
-ledger = "{d}/ledger.db"
-report_dir = "{d}/reports"
-[parameters]
-ThingName = "{{serial}}"
-SerialNumber = "{{serial}}"
-DeviceLocation = "Seattle"
-[jigs]
-count = 2
-baud = 0
-flash_dir = "{d}/boards"
-[emulator]
-state_dir = "{d}/emulator"
-templates = "{t}"
-"#,
-            d = dir.display(),
-            t = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("fixtures/templates")
-                .display()
-        ),
-    )
-    .unwrap();
-    path
+    StationConfig::embedded(dir)
+        .set_str("station.id", id)
+        .write()
 }
 
 /// A running station, killed if the test ends (or fails) before it exits.
@@ -103,30 +77,6 @@ fn ledger(config: &Path, what: &[&str]) -> Output {
         .unwrap()
 }
 
-/// A count from the ledger through a read-only connection (0 while it has no tables yet).
-fn count(ledger: &Path, sql: &str) -> i64 {
-    let Ok(c) =
-        rusqlite::Connection::open_with_flags(ledger, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-    else {
-        return 0;
-    };
-    c.query_row(sql, [], |r| r.get(0)).unwrap_or(0)
-}
-
-/// Polls `ready` (an observable state of the station) until it holds; fails the test at
-/// `deadline` (the station is then killed by its guard).
-fn wait_for(child: &mut Child, deadline: Instant, what: &str, mut ready: impl FnMut() -> bool) {
-    while !ready() {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("the station exited ({status}) before {what}");
-        }
-        if Instant::now() > deadline {
-            panic!("timed out waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn export_and_orphans_run_beside_a_working_line_without_stopping_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -140,7 +90,7 @@ fn export_and_orphans_run_beside_a_working_line_without_stopping_it() {
         &["--boards", "300", "--jigs", "8"],
     );
     // Until the station has created the ledger there is nothing to read.
-    wait_for(&mut run, deadline, "the ledger's schema", || {
+    wait_for(&mut run, "the ledger's schema", || {
         count(&ledger_path, "PRAGMA user_version") > 0
     });
 
@@ -203,7 +153,6 @@ fn a_second_station_on_one_ledger_is_refused_until_the_first_is_gone_even_by_sig
     let config = write_config(dir.path(), "line-b");
     let ledger_path = dir.path().join("ledger.db");
     let lock = dir.path().join("ledger.db.lock");
-    let deadline = Instant::now() + Duration::from_secs(120);
     // Many boards at a low line rate: this run is still working when it is killed.
     let mut first = spawn_run(
         dir.path(),
@@ -212,11 +161,11 @@ fn a_second_station_on_one_ledger_is_refused_until_the_first_is_gone_even_by_sig
         &["--boards", "2000", "--baud", "9600"],
     );
     let holder = format!("station line-b, pid {}, host ", first.id());
-    wait_for(&mut first, deadline, "the lock holder's details", || {
+    wait_for(&mut first, "the lock holder's details", || {
         std::fs::read_to_string(&lock).is_ok_and(|t| t.starts_with(&holder))
     });
     // It has devices part-way (keys sealed under the ledger's key) when it dies.
-    wait_for(&mut first, deadline, "a device holding a key", || {
+    wait_for(&mut first, "a device holding a key", || {
         count(
             &ledger_path,
             "SELECT count(*) FROM devices WHERE sealed_key IS NOT NULL",

@@ -7,6 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::cli::{StationConfig, count};
 use common::{OutageProxy, TestEmulator};
 use fleet_station::config::Config;
 use fleet_station::ledger::{DeviceState, Ledger};
@@ -17,53 +18,29 @@ const BOARDS: usize = 60;
 
 fn config(dir: &Path, emu: &TestEmulator, port: u16) -> Config {
     let p = emu.emulator.paths();
-    let text = format!(
-        r#"
-[station]
-id = "outage"
-ledger = "{d}/ledger.db"
-report_dir = "{d}/reports"
-[endpoint]
-endpoint = "localhost"
-port = {port}
-claim_cert = "{cert}"
-claim_key = "{key}"
-root_ca = "{ca}"
-[provision]
-sessions = 8
-request_timeout_s = 5
-max_attempts = 3
-[parameters]
-ThingName = "{{serial}}"
-SerialNumber = "{{serial}}"
-DeviceLocation = "Seattle"
-[jigs]
-count = 4
-boards = {BOARDS}
-baud = 115200
-flash_dir = "{d}/boards"
-"#,
-        d = dir.display(),
-        cert = p.claim_cert.display(),
-        key = p.claim_key.display(),
-        ca = p.ca_cert.display(),
-    );
+    let text = StationConfig::embedded(dir)
+        .set_str("station.id", "outage")
+        .set_str("endpoint.endpoint", "localhost")
+        .set("endpoint.port", &port.to_string())
+        .set_str("endpoint.claim_cert", p.claim_cert.display().to_string())
+        .set_str("endpoint.claim_key", p.claim_key.display().to_string())
+        .set_str("endpoint.root_ca", p.ca_cert.display().to_string())
+        .set("provision.sessions", "8")
+        .set("provision.request_timeout_s", "5")
+        .set("provision.max_attempts", "3")
+        .set("jigs.count", "4")
+        .set("jigs.boards", &BOARDS.to_string())
+        .set("jigs.baud", "115200")
+        .text();
     Config::parse(&text, Path::new("outage.toml")).unwrap()
 }
 
 /// Devices the ledger shows verified (read-only: the station is writing).
 fn verified(ledger: &Path) -> usize {
-    rusqlite::Connection::open_with_flags(ledger, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .ok()
-        .and_then(|c| {
-            c.query_row(
-                "SELECT count(*) FROM devices WHERE state = 'verified'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .ok()
-        })
-        .unwrap_or(0) as usize
+    count(
+        ledger,
+        "SELECT count(*) FROM devices WHERE state = 'verified'",
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

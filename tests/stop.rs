@@ -7,71 +7,49 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::fixtures;
+use common::cli::{StationConfig, count, station, wait_for};
 use fleet_station::emulator::registry::Registry;
 use fleet_station::ledger::{DeviceState, Ledger};
 
-fn station() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_station"))
-}
-
 /// A station with the embedded emulator, RegisterThing paced to `register_tps` per second.
 fn config(dir: &Path, register_tps: u32) -> PathBuf {
-    let path = dir.join("station.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-[station]
-id = "stop"
-ledger = "{d}/ledger.db"
-report_dir = "{d}/reports"
-[provision]
-sessions = 16
-register_thing_tps = {register_tps}
-[parameters]
-ThingName = "{{serial}}"
-SerialNumber = "{{serial}}"
-DeviceLocation = "Seattle"
-[jigs]
-count = 16
-baud = 0
-stamp_serials = false
-flash_dir = "{d}/boards"
-[emulator]
-state_dir = "{d}/emulator"
-templates = "{t}"
-"#,
-            d = dir.display(),
-            t = fixtures().join("templates").display()
-        ),
-    )
-    .unwrap();
-    path
+    StationConfig::embedded(dir)
+        .set_str("station.id", "stop")
+        .set("provision.sessions", "16")
+        .set("provision.register_thing_tps", &register_tps.to_string())
+        .set("jigs.count", "16")
+        .set("jigs.stamp_serials", "false")
+        .write()
 }
 
-/// Counts rows matching `sql` in a SQLite file, read-only (the station may be writing).
-fn count(db: &Path, sql: &str) -> usize {
-    rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .ok()
-        .and_then(|c| c.query_row(sql, [], |r| r.get::<_, i64>(0)).ok())
-        .unwrap_or(0) as usize
+/// `station ARGS --config CFG` with its output captured.
+fn spawn(args: &[&str], cfg: &Path) -> Child {
+    station()
+        .args(args)
+        .arg("--config")
+        .arg(cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
-/// Waits (bounded) until `ready` holds while `child` runs.
-fn wait_for(child: &mut Child, what: &str, ready: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ready() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the station ended before {what}"
-        );
-        assert!(Instant::now() < deadline, "never saw {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+/// A load test of `devices` with its report (and ledger) in `report`.
+fn spawn_loadtest(devices: usize, cfg: &Path, report: &Path) -> Child {
+    let n = devices.to_string();
+    let r = report.display().to_string();
+    spawn(&["loadtest", "--devices", &n, "--report-dir", &r], cfg)
+}
+
+/// A load test's device counts from its summary.json.
+fn devices(report: &Path) -> (u64, u64, u64) {
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report.join("summary.json")).unwrap()).unwrap();
+    let n = |k: &str| summary["devices"][k].as_u64().unwrap();
+    (n("provisioned"), n("failed"), n("interrupted"))
 }
 
 fn signal(child: &Child, sig: i32) {
@@ -108,13 +86,7 @@ fn ctrl_c_keeps_the_devices_in_flight_and_the_next_run_resumes_them() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), 2);
     let ledger = dir.path().join("ledger.db");
-    let mut child = station()
-        .args(["run", "--boards", "40", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(&["run", "--boards", "40"], &cfg);
     // Devices queue for RegisterThing behind the 2/s limit, holding their certificates.
     wait_for(&mut child, "devices waiting with certificates", || {
         count(
@@ -175,15 +147,7 @@ fn sigterm_stops_a_load_test_with_its_devices_interrupted_not_failed() {
     let cfg = config(dir.path(), 2);
     let report = dir.path().join("lt");
     let ledger = report.join("ledger.db");
-    let mut child = station()
-        .args(["loadtest", "--devices", "60", "--config"])
-        .arg(&cfg)
-        .arg("--report-dir")
-        .arg(&report)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_loadtest(60, &cfg, &report);
     wait_for(&mut child, "devices waiting with certificates", || {
         count(
             &ledger,
@@ -194,17 +158,13 @@ fn sigterm_stops_a_load_test_with_its_devices_interrupted_not_failed() {
     let out = finish(child);
     let all = text(&out);
     assert_eq!(out.status.code(), Some(130), "{all}");
-    let summary: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(report.join("summary.json")).unwrap()).unwrap();
-    let d = &summary["devices"];
-    let n = |k: &str| d[k].as_u64().unwrap();
-    assert_eq!(n("failed"), 0, "{summary}");
-    assert!(n("interrupted") >= 8, "{summary}");
+    let (provisioned, failed, interrupted) = devices(&report);
+    assert_eq!(failed, 0);
+    assert!(interrupted >= 8, "{interrupted} interrupted");
     // Every device journaled is accounted for.
     assert_eq!(
-        n("provisioned") + n("interrupted"),
-        count(&ledger, "SELECT count(*) FROM devices") as u64,
-        "{summary}"
+        provisioned + interrupted,
+        count(&ledger, "SELECT count(*) FROM devices") as u64
     );
     // An interrupted device that held a certificate has it listed for cleanup.
     let view = fleet_station::ledger::view::LedgerView::open(&ledger).unwrap();
@@ -252,13 +212,7 @@ fn a_ledger_that_refuses_writes_ends_the_run_with_its_error() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), 5);
     let ledger = dir.path().join("ledger.db");
-    let mut child = station()
-        .args(["run", "--boards", "60", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(&["run", "--boards", "60"], &cfg);
     wait_for(&mut child, "the first verified board", || {
         count(
             &ledger,
@@ -282,15 +236,7 @@ fn a_load_test_whose_ledger_refuses_a_device_stops_and_its_totals_add_up() {
     let cfg = config(dir.path(), 5);
     let report = dir.path().join("lt");
     let ledger = report.join("ledger.db");
-    let mut child = station()
-        .args(["loadtest", "--devices", "200", "--config"])
-        .arg(&cfg)
-        .arg("--report-dir")
-        .arg(&report)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_loadtest(200, &cfg, &report);
     wait_for(&mut child, "the first provisioned device", || {
         count(
             &ledger,
@@ -303,14 +249,11 @@ fn a_load_test_whose_ledger_refuses_a_device_stops_and_its_totals_add_up() {
     let all = text(&out);
     assert_eq!(out.status.code(), Some(2), "{all}");
     assert!(all.contains("station::ledger"), "{all}");
-    let summary: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(report.join("summary.json")).unwrap()).unwrap();
-    let d = &summary["devices"];
-    let n = |k: &str| d[k].as_u64().unwrap();
+    let (provisioned, failed, interrupted) = devices(&report);
     let started = count(&ledger, "SELECT count(*) FROM devices") as u64;
     assert_eq!(
-        n("provisioned") + n("failed") + n("interrupted"),
+        provisioned + failed + interrupted,
         started,
-        "every device journaled is accounted for: {summary}"
+        "every device journaled is accounted for"
     );
 }
