@@ -51,3 +51,26 @@ pub async fn run(mut snapshots: watch::Receiver<Snapshot>, total: u64, every: Du
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_endpoint_is_on_the_progress_line_with_its_reason() {
+        let mut s = Snapshot {
+            provisioned: 3,
+            ..Snapshot::default()
+        };
+        assert!(!line(&s, 10).contains("UNREACHABLE"));
+        s.endpoint_down = Some((
+            "cannot reach localhost:8883: connection refused".into(),
+            Duration::from_secs(4),
+        ));
+        let l = line(&s, 10);
+        assert!(
+            l.contains("ENDPOINT UNREACHABLE for 4 s, devices paused: cannot reach localhost:8883: connection refused"),
+            "{l}"
+        );
+    }
+}
