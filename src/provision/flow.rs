@@ -2,7 +2,7 @@
 //! `CreateKeysAndCertificate` when AWS makes the key) → `RegisterThing`, each state in the
 //! ledger before the next step runs, resuming where an earlier run stopped.
 //!
-//! Retries (each call: [`call_with_retry`]):
+//! Retries (each call: `call::call_with_retry`):
 //! - a throttle (429, an MQTT 5 PUBACK "quota exceeded", or a connection the server closed
 //!   after the request and before its reply) slows the shared rate limiter and the request
 //!   is sent again; it does not use up an attempt;

@@ -3,7 +3,9 @@
 //!
 //! - [`tls`]: the claim identity as a rustls client config.
 //! - [`session`]: one MQTT connection, subscribed, with at most one outstanding request.
-//! - [`flow`]: the per-device certificate → `RegisterThing` flow with retries and resume.
+//! - [`flow`]: the per-device certificate → `RegisterThing` flow and its resume.
+//! - `call`: one API call with its retries: what each failure means (wait, slow down, stop
+//!   the line, fail), lost answers, and the grace a sent request gets at a stop.
 //! - [`down`]: why a connection failed (outage, throttle, or configuration), from rumqttc's
 //!   errors and the server's reason codes.
 //! - [`health`]: what every session shares about the line: the first-device probe, outages,
