@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use fleet_station::config::KeyAlgorithm;
+use fleet_station::keys::KeyAlgorithm;
 use fleet_station::keys::KeyPool;
 use fleet_station::keys::pool::PoolConfig;
 

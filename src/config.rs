@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::emulator::EmulatorConfig;
 use crate::fleet::{Format, validate_template_name};
+use crate::keys::{KeyAlgorithm, KeySource};
 
 /// Placeholders a parameter value may use, filled per board.
 pub const PLACEHOLDERS: &[&str] = &["serial", "mac", "hw_rev", "station_id", "jig"];
@@ -215,35 +216,12 @@ impl ProvisionSection {
     }
 }
 
-/// Key algorithm of station-made keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum KeyAlgorithm {
-    P256,
-    P384,
-    /// RSA-2048: ~50 ms a key, so keep a deep stock.
-    Rsa2048,
-}
-
-/// Where device private keys come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum KeySourceConfig {
-    /// The station's key pool makes the key and CSR.
-    Pool,
-    /// The board makes the key and returns a CSR over the jig (GEN_CSR); the key never
-    /// leaves the board.
-    Device,
-    /// AWS makes the key (CreateKeysAndCertificate): the private key crosses the network.
-    Aws,
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeysSection {
     /// `pool` (default), `device` or `aws`.
     #[serde(default = "default_key_source")]
-    pub source: KeySourceConfig,
+    pub source: KeySource,
     #[serde(default = "default_algorithm")]
     pub algorithm: KeyAlgorithm,
     /// Worker threads generating keys and CSRs.
@@ -254,8 +232,8 @@ pub struct KeysSection {
     pub stock: usize,
 }
 
-fn default_key_source() -> KeySourceConfig {
-    KeySourceConfig::Pool
+fn default_key_source() -> KeySource {
+    KeySource::Pool
 }
 fn default_algorithm() -> KeyAlgorithm {
     KeyAlgorithm::P256

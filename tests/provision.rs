@@ -270,12 +270,12 @@ async fn the_post_provision_check_connects_with_the_new_identity() {
 /// registration names, and the device gets exactly one new certificate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_refused_on_resume_lists_the_first_certificate_as_active_on_its_thing() {
-    use fleet_station::config::KeyAlgorithm;
     use fleet_station::fleet::payloads::{Secret, decode, encode};
     use fleet_station::fleet::{
         Api, CreateCertificateFromCsrRequest, CreateCertificateFromCsrResponse, Format,
         RegisterThingRequest, ReplyKind,
     };
+    use fleet_station::keys::KeyAlgorithm;
     use fleet_station::keys::KeyMaterial;
     use fleet_station::ledger::{KeySource, Transition, now_ms};
 

@@ -1,5 +1,7 @@
 //! Station-made key pairs and CSRs.
 //!
+//! - [`KeySource`], [`KeyAlgorithm`]: where a device's key comes from and what kind a
+//!   station-made one is (the domain types `station.toml`, the ledger and the engine share).
 //! - [`KeyMaterial`]: one private key (PEM, zeroized on drop, redacted in `Debug`) with its
 //!   CSR and public key.
 //! - [`pool`]: crossbeam worker threads keeping a bounded stock of ready key material, so
@@ -12,9 +14,48 @@ use std::fmt;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PublicKeyData};
 use zeroize::Zeroizing;
 
-use crate::config::KeyAlgorithm;
-
 pub use pool::KeyPool;
+
+/// Key algorithm of station-made keys (`keys.algorithm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyAlgorithm {
+    P256,
+    P384,
+    /// RSA-2048: ~50 ms a key, so keep a deep stock.
+    Rsa2048,
+}
+
+/// Where a device's private key comes from (`keys.source`; a column of the ledger).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeySource {
+    /// Made by the station's key pool.
+    Pool,
+    /// Made on the board (GEN_CSR); it never leaves the board.
+    Device,
+    /// Made by AWS (CreateKeysAndCertificate); it crosses the network.
+    Aws,
+}
+
+impl KeySource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeySource::Pool => "pool",
+            KeySource::Device => "device",
+            KeySource::Aws => "aws",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<KeySource> {
+        match s {
+            "pool" => Some(KeySource::Pool),
+            "device" => Some(KeySource::Device),
+            "aws" => Some(KeySource::Aws),
+            _ => None,
+        }
+    }
+}
 
 /// Why key material could not be made.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender};
 
+use super::KeyAlgorithm;
 use super::{KeyError, KeyMaterial};
-use crate::config::KeyAlgorithm;
 
 /// Pool settings.
 #[derive(Debug, Clone)]

@@ -49,6 +49,7 @@ mod writer;
 pub use self::error::LedgerError;
 use self::orphans::{insert_orphan, orphan_current};
 use self::writer::{Job, Op, WriterGuard, writer_loop};
+pub use crate::keys::KeySource;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -122,36 +123,6 @@ impl DeviceState {
             self,
             DeviceState::Verified | DeviceState::Failed | DeviceState::Interrupted
         )
-    }
-}
-
-/// Where a device's private key comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeySource {
-    /// Made by the station's key pool.
-    Pool,
-    /// Made on the board (GEN_CSR); it never leaves the board.
-    Device,
-    /// Made by AWS (CreateKeysAndCertificate); it crosses the network.
-    Aws,
-}
-
-impl KeySource {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KeySource::Pool => "pool",
-            KeySource::Device => "device",
-            KeySource::Aws => "aws",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<KeySource> {
-        match s {
-            "pool" => Some(KeySource::Pool),
-            "device" => Some(KeySource::Device),
-            "aws" => Some(KeySource::Aws),
-            _ => None,
-        }
     }
 }
 

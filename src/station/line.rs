@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use miette::Diagnostic;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::KeySourceConfig;
 use crate::halt::Halt;
 use crate::jig::{CsrSubject, JigError, JigLink, PortSettings, Slot, SlotWrite};
+use crate::keys::KeySource;
 use crate::ledger::{DeviceState, Ledger, LedgerError, Transition};
 use crate::provision::{
     BoardIdentity, Credentials, DeviceFailure, DeviceJob, KeyPlan, NotProvisioned,
@@ -76,7 +76,7 @@ pub struct LineContext {
     /// it stands in for the operator; on a real line the operator does it by hand.
     pub release: Option<ReleaseHook>,
     /// Where device keys come from.
-    pub key_source: KeySourceConfig,
+    pub key_source: KeySource,
     /// Station id, put in the subject of board-made CSRs.
     pub station_id: String,
 }
@@ -302,12 +302,10 @@ fn key_plan(
     ctx: &LineContext,
 ) -> Result<KeyPlan, DeviceFailure> {
     match ctx.key_source {
-        KeySourceConfig::Pool => Ok(KeyPlan::Pool),
-        KeySourceConfig::Aws => Ok(KeyPlan::Aws),
-        KeySourceConfig::Device if resumed_at == Some(DeviceState::Written) => {
-            Ok(KeyPlan::Committed)
-        }
-        KeySourceConfig::Device => {
+        KeySource::Pool => Ok(KeyPlan::Pool),
+        KeySource::Aws => Ok(KeyPlan::Aws),
+        KeySource::Device if resumed_at == Some(DeviceState::Written) => Ok(KeyPlan::Committed),
+        KeySource::Device => {
             let subject = CsrSubject {
                 common_name: board.serial.clone(),
                 organization: String::new(),

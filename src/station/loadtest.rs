@@ -16,8 +16,9 @@ use tokio::sync::{Semaphore, oneshot};
 
 use super::pipeline::{LedgerPlace, Pipeline, PipelineOptions};
 use super::{RunReport, timestamp};
-use crate::config::{Config, KeySourceConfig};
+use crate::config::Config;
 use crate::halt::Halt;
+use crate::keys::KeySource;
 use crate::ledger::{Ledger, Transition};
 use crate::provision::{BoardIdentity, DeviceJob, KeyPlan, NotProvisioned};
 use crate::shutdown::Shutdown;
@@ -50,7 +51,7 @@ pub async fn loadtest(
             sessions,
             target: opts.devices as u64,
             progress: opts.progress,
-            key_pool: cfg.keys.source != KeySourceConfig::Aws,
+            key_pool: cfg.keys.source != KeySource::Aws,
         },
         &halt,
     )
@@ -59,8 +60,8 @@ pub async fn loadtest(
     let stamp: String = timestamp().chars().filter(char::is_ascii_digit).collect();
     // Synthetic devices cannot make keys: the pool stands in for them.
     let key = match cfg.keys.source {
-        KeySourceConfig::Aws => KeyPlan::Aws,
-        KeySourceConfig::Pool | KeySourceConfig::Device => KeyPlan::Pool,
+        KeySource::Aws => KeyPlan::Aws,
+        KeySource::Pool | KeySource::Device => KeyPlan::Pool,
     };
     // Enough devices in flight to keep every session busy, without a task per device
     // waiting on the ledger at once.

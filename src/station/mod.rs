@@ -102,12 +102,12 @@ pub fn timestamp() -> String {
 /// `station check`: connects with the claim certificate and subscribes to the topics the
 /// configured key source and template need, reporting each step.
 pub async fn check(cfg: &Config) -> crate::Result<Vec<crate::provision::check::Step>> {
-    use crate::config::KeySourceConfig;
     use crate::fleet::Api;
+    use crate::keys::KeySource;
     let endpoint = endpoint::Endpoint::resolve(cfg).await?;
     let create = match cfg.keys.source {
-        KeySourceConfig::Aws => Api::CreateKeysAndCertificate,
-        KeySourceConfig::Pool | KeySourceConfig::Device => Api::CreateCertificateFromCsr,
+        KeySource::Aws => Api::CreateKeysAndCertificate,
+        KeySource::Pool | KeySource::Device => Api::CreateCertificateFromCsr,
     };
     let steps = crate::provision::check::run(&crate::provision::check::CheckConfig {
         host: endpoint.host.clone(),
@@ -155,7 +155,7 @@ pub async fn run(cfg: &Config, opts: &RunOptions, shutdown: Shutdown) -> crate::
             sessions: cfg.provision.sessions,
             target: requested.unwrap_or(0) as u64,
             progress: opts.progress,
-            key_pool: cfg.keys.source == crate::config::KeySourceConfig::Pool,
+            key_pool: cfg.keys.source == crate::keys::KeySource::Pool,
         },
         &halt,
     )

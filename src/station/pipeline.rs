@@ -66,7 +66,7 @@ impl Pipeline {
         opts: PipelineOptions<'_>,
         halt: &Halt,
     ) -> crate::Result<Pipeline> {
-        if cfg.keys.source == crate::config::KeySourceConfig::Aws {
+        if cfg.keys.source == crate::keys::KeySource::Aws {
             tracing::warn!(
                 "keys.source = \"aws\": AWS makes each private key and sends it over the network; \
                  prefer \"pool\" or \"device\" when the boards allow it"
@@ -128,7 +128,7 @@ impl Pipeline {
                 mqtt_version: cfg.provision.mqtt_version,
                 post_provision_check: cfg.provision.post_provision_check,
                 roots,
-                aws_keys: cfg.keys.source == crate::config::KeySourceConfig::Aws,
+                aws_keys: cfg.keys.source == crate::keys::KeySource::Aws,
             },
             keys.clone(),
             ledger.clone(),

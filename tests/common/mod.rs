@@ -240,7 +240,7 @@ pub fn engine_config(
 pub fn key_pool() -> Arc<fleet_station::keys::KeyPool> {
     Arc::new(fleet_station::keys::KeyPool::start(
         &fleet_station::keys::pool::PoolConfig {
-            algorithm: fleet_station::config::KeyAlgorithm::P256,
+            algorithm: fleet_station::keys::KeyAlgorithm::P256,
             workers: 1,
             stock: 16,
             common_name: "test".into(),
