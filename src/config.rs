@@ -11,7 +11,7 @@ use miette::{NamedSource, SourceSpan};
 use serde::Deserialize;
 
 use crate::emulator::EmulatorConfig;
-use crate::fleet::{Format, validate_template_name};
+use crate::fleet::{Format, MqttVersion, validate_template_name};
 use crate::keys::{KeyAlgorithm, KeySource};
 
 /// Placeholders a parameter value may use, filled per board.
@@ -135,11 +135,11 @@ pub struct ProvisionSection {
     #[serde(default = "default_attempts")]
     pub max_attempts: u32,
     /// Payload format: `json` or `cbor`.
-    #[serde(default = "default_format")]
-    pub format: String,
+    #[serde(default)]
+    pub format: Format,
     /// MQTT protocol version: 3 (3.1.1) or 5.
-    #[serde(default = "default_mqtt_version")]
-    pub mqtt_version: u8,
+    #[serde(default)]
+    pub mqtt_version: MqttVersion,
     /// Account quota for CreateCertificateFromCsr, requests/s (0 = no limit until throttled).
     #[serde(default)]
     pub create_certificate_tps: f64,
@@ -174,12 +174,6 @@ fn default_request_timeout() -> u64 {
 fn default_attempts() -> u32 {
     5
 }
-fn default_format() -> String {
-    "json".into()
-}
-fn default_mqtt_version() -> u8 {
-    3
-}
 fn default_connect_rate() -> f64 {
     100.0
 }
@@ -194,24 +188,14 @@ impl Default for ProvisionSection {
             sessions: default_sessions(),
             request_timeout_s: default_request_timeout(),
             max_attempts: default_attempts(),
-            format: default_format(),
-            mqtt_version: default_mqtt_version(),
+            format: Format::default(),
+            mqtt_version: MqttVersion::default(),
             create_certificate_tps: 0.0,
             create_keys_tps: 0.0,
             register_thing_tps: 0.0,
             connects_per_s: default_connect_rate(),
             device_deadline_s: default_device_deadline(),
             post_provision_check: false,
-        }
-    }
-}
-
-impl ProvisionSection {
-    pub fn format(&self) -> Format {
-        if self.format == "cbor" {
-            Format::Cbor
-        } else {
-            Format::Json
         }
     }
 }
@@ -261,8 +245,8 @@ impl Default for KeysSection {
 #[serde(deny_unknown_fields)]
 pub struct JigsSection {
     /// `"virtual"` (boards on ptys, the demo) or `"serial"` (the `ports` list).
-    #[serde(default = "default_jig_mode")]
-    pub mode: String,
+    #[serde(default)]
+    pub mode: JigMode,
     /// Number of virtual jigs.
     #[serde(default = "default_jig_count")]
     pub count: usize,
@@ -334,9 +318,6 @@ pub enum FlowControlConfig {
     Hardware,
 }
 
-fn default_jig_mode() -> String {
-    "virtual".into()
-}
 fn default_jig_count() -> usize {
     8
 }
@@ -362,7 +343,7 @@ fn default_flash_dir() -> PathBuf {
 impl Default for JigsSection {
     fn default() -> Self {
         JigsSection {
-            mode: default_jig_mode(),
+            mode: JigMode::default(),
             count: default_jig_count(),
             boards: default_boards(),
             baud: default_baud(),
@@ -376,9 +357,20 @@ impl Default for JigsSection {
     }
 }
 
+/// Where the jigs are (`jigs.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JigMode {
+    /// Virtual boards on pseudo-terminals (the demo, tests).
+    #[default]
+    Virtual,
+    /// The ports of `[[jigs.ports]]`.
+    Serial,
+}
+
 impl JigsSection {
     pub fn is_virtual(&self) -> bool {
-        self.mode == "virtual"
+        self.mode == JigMode::Virtual
     }
 }
 
@@ -466,7 +458,7 @@ pub struct Overrides {
     pub template_name: Option<String>,
     /// A JSON object of string values, merged over `[parameters]`.
     pub template_parameters: Option<String>,
-    pub mqtt_version: Option<u8>,
+    pub mqtt_version: Option<MqttVersion>,
 }
 
 impl Config {
@@ -602,20 +594,6 @@ impl Config {
                 "set at least 1 (5 rides out short throttling)",
             ));
         }
-        if p.format != "json" && p.format != "cbor" {
-            return Err(invalid(
-                "provision.format",
-                format!("is {:?}", p.format),
-                "use \"json\" or \"cbor\"",
-            ));
-        }
-        if p.mqtt_version != 3 && p.mqtt_version != 5 {
-            return Err(invalid(
-                "provision.mqtt_version",
-                format!("is {}", p.mqtt_version),
-                "use 3 (MQTT 3.1.1, the default) or 5",
-            ));
-        }
         for (key, v) in [
             ("provision.create_certificate_tps", p.create_certificate_tps),
             ("provision.create_keys_tps", p.create_keys_tps),
@@ -707,8 +685,8 @@ impl Config {
             ));
         }
         let j = &self.jigs;
-        match j.mode.as_str() {
-            "virtual" => {
+        match j.mode {
+            JigMode::Virtual => {
                 if j.count == 0 || j.count > 512 {
                     return Err(invalid(
                         "jigs.count",
@@ -729,7 +707,7 @@ impl Config {
                     ));
                 }
             }
-            "serial" => {
+            JigMode::Serial => {
                 if j.ports.is_empty() {
                     return Err(invalid(
                         "jigs.ports",
@@ -761,13 +739,6 @@ impl Config {
                         ));
                     }
                 }
-            }
-            other => {
-                return Err(invalid(
-                    "jigs.mode",
-                    format!("is {other:?}"),
-                    "use \"virtual\" (boards on pseudo-terminals) or \"serial\" (the ports list)",
-                ));
             }
         }
         if j.timeout_ms < 10 {
@@ -919,7 +890,6 @@ mod tests {
                 "[endpoint]\nendpoint = \"abc-ats.iot.eu-west-1.amazonaws.com\"\n",
                 "endpoint.claim_cert",
             ),
-            ("[jigs]\nmode = \"usb\"\n", "jigs.mode"),
             ("[jigs]\nmode = \"serial\"\n", "jigs.ports"),
             (
                 "[jigs]\nmode = \"serial\"\n[[jigs.ports]]\nname = \"a\"\npath = \"/dev/ttyUSB0\"\nstop_bits = 3\n",
@@ -930,7 +900,6 @@ mod tests {
                 "jigs.ports[1].name",
             ),
             ("[keys]\nworkers = 0\n", "keys.workers"),
-            ("[provision]\nformat = \"xml\"\n", "provision.format"),
             ("[endpoint]\nendpoint = \"\"\n", "endpoint.endpoint"),
             (
                 "[endpoint]\nendpoint = \"mqtts://abc-ats.iot.eu-west-1.amazonaws.com\"\n",
@@ -948,6 +917,44 @@ mod tests {
                 Err(ConfigError::Invalid { key: k, help, .. }) => {
                     assert_eq!(k, key, "{text}");
                     assert!(!help.is_empty());
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn enum_values_are_checked_where_they_are_read_and_name_the_choices() {
+        for (text, key, choices) in [
+            (
+                "[jigs]\nmode = \"usb\"\n",
+                "jigs.mode",
+                "`virtual` or `serial`",
+            ),
+            (
+                "[provision]\nformat = \"xml\"\n",
+                "provision.format",
+                "`json` or `cbor`",
+            ),
+            ("[provision]\nmqtt_version = 4\n", "", ""),
+            (
+                "[provision]\nmqtt_version = 6\n",
+                "provision.mqtt_version",
+                "3 (MQTT 3.1.1) or 5",
+            ),
+            (
+                "[keys]\nsource = \"hsm\"\n",
+                "keys.source",
+                "`pool`, `device`",
+            ),
+        ] {
+            match parse(text) {
+                // Protocol level 4 is MQTT 3.1.1.
+                Ok(c) if key.is_empty() => assert_eq!(c.provision.mqtt_version, MqttVersion::V311),
+                Err(ConfigError::Syntax(e)) => {
+                    assert!(e.message.contains(key), "{text}: {}", e.message);
+                    assert!(e.message.contains(choices), "{text}: {}", e.message);
+                    assert!(e.span.is_some(), "the place in the file is marked");
                 }
                 other => panic!("{text}: {other:?}"),
             }

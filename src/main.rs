@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use fleet_station::config::{Config, ConfigError, Overrides};
 use fleet_station::emulator::Emulator;
+use fleet_station::fleet::MqttVersion;
 use fleet_station::jig::SimBoardOptions;
 use fleet_station::ledger::LedgerView;
 use fleet_station::ledger::cleanup;
@@ -152,8 +153,8 @@ struct EndpointArgs {
     #[arg(long, value_name = "JSON")]
     template_parameters: Option<String>,
     /// MQTT protocol version: 3 (3.1.1) or 5.
-    #[arg(long, value_parser = ["3", "5"])]
-    mqtt_version: Option<String>,
+    #[arg(long, value_name = "3|5")]
+    mqtt_version: Option<MqttVersion>,
 }
 
 impl EndpointArgs {
@@ -166,7 +167,7 @@ impl EndpointArgs {
             root_ca: self.root_ca.clone(),
             template_name: self.template_name.clone(),
             template_parameters: self.template_parameters.clone(),
-            mqtt_version: self.mqtt_version.as_deref().and_then(|v| v.parse().ok()),
+            mqtt_version: self.mqtt_version,
         }
     }
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{TestEmulator, key_pool, start_engine, submit};
 use fleet_station::Error;
+use fleet_station::fleet::MqttVersion;
 use fleet_station::halt::Halt;
 use fleet_station::ledger::Ledger;
 use fleet_station::provision::health::LineError;
@@ -108,7 +109,7 @@ async fn a_server_certificate_from_another_ca_stops_the_line_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_connect_stops_the_line_on_both_protocol_versions() {
-    for version in [3, 5] {
+    for version in [MqttVersion::V311, MqttVersion::V5] {
         let dir = tempfile::tempdir().unwrap();
         let policy = policy_file(
             dir.path(),
@@ -165,7 +166,7 @@ const NO_TEMPLATE_PUBLISH: &str = r#"{"Statement":[{"Effect":"Allow","Action":["
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_the_policy_denies_stops_the_line_with_the_topic() {
-    for version in [5, 3] {
+    for version in [MqttVersion::V5, MqttVersion::V311] {
         let dir = tempfile::tempdir().unwrap();
         let policy = policy_file(dir.path(), NO_TEMPLATE_PUBLISH);
         let emu = TestEmulator::start_with(|c| c.claim_policy = Some(policy.clone())).await;
@@ -177,11 +178,15 @@ async fn a_publish_the_policy_denies_stops_the_line_with_the_topic() {
         all_interrupted(&outcomes);
         match halt.take() {
             // MQTT 5: PUBACK 0x87 names it at once.
-            Some(Error::Line(LineError::PublishNotAuthorized { topic, .. })) if version == 5 => {
+            Some(Error::Line(LineError::PublishNotAuthorized { topic, .. }))
+                if version == MqttVersion::V5 =>
+            {
                 assert!(topic.ends_with("FleetTemplate/provision/json"), "{topic}");
             }
             // MQTT 3.1.1: the connection is closed after each request.
-            Some(Error::Line(LineError::ClosedAtRequest { api, .. })) if version == 3 => {
+            Some(Error::Line(LineError::ClosedAtRequest { api, .. }))
+                if version == MqttVersion::V311 =>
+            {
                 assert_eq!(api, "RegisterThing");
             }
             other => panic!("MQTT {version}: {other:?}"),
@@ -202,7 +207,7 @@ async fn an_mqtt5_quota_refusal_is_a_throttle() {
     // CreateCertificateFromCsr, is refused with PUBACK 0x97.
     let emu = TestEmulator::start_with(|c| c.broker_limits.publishes_per_second = Some(1)).await;
     let mut cfg = common::engine_config(&emu, 2, "FleetTemplate", "{serial}");
-    cfg.mqtt_version = 5;
+    cfg.mqtt_version = MqttVersion::V5;
     cfg.request_timeout = Duration::from_secs(2);
     let (outcomes, halt, agg) = run_devices(&emu, cfg, 6, "quota").await;
     assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
@@ -218,7 +223,7 @@ async fn a_second_station_with_the_same_id_is_reported() {
     let mut engines = Vec::new();
     for name in ["a", "b"] {
         let mut cfg = common::engine_config(&emu, 2, "FleetTemplate", "{serial}");
-        cfg.mqtt_version = 5;
+        cfg.mqtt_version = MqttVersion::V5;
         let ledger = Ledger::open(&emu.dir.path().join(format!("{name}.db")), "t").unwrap();
         let (telemetry, _snap, aggregator) = telemetry::start();
         let (engine, _halt) = start_engine(cfg, key_pool(), &ledger, telemetry);

@@ -64,17 +64,17 @@ async fn provision_all(
                 )
             }
             Err(NotProvisioned::Failed(f)) => {
-                assert!(!f.code.is_empty() && !f.message.is_empty());
+                assert!(!f.message.is_empty());
                 ledger
                     .record(
                         id,
                         Transition::Failed {
-                            reason: f.code.clone(),
+                            reason: f.code.to_string(),
                         },
                     )
                     .await
                     .unwrap();
-                failed.push((serial, f.code));
+                failed.push((serial, f.code.to_string()));
             }
         }
     }

@@ -9,10 +9,11 @@ use std::collections::HashSet;
 
 use common::{TestEmulator, failure, key_pool, start_engine, submit, submit_board};
 use fleet_station::Error;
+use fleet_station::fleet::ApiKind;
 use fleet_station::keys::certificate_matches_key;
 use fleet_station::ledger::{DeviceState, Ledger};
 use fleet_station::provision::health::LineError;
-use fleet_station::provision::{BoardIdentity, EngineConfig, KeyPlan, NotProvisioned};
+use fleet_station::provision::{BoardIdentity, EngineConfig, FailureCode, KeyPlan, NotProvisioned};
 use fleet_station::telemetry;
 use rustls_pki_types::pem::PemObject;
 
@@ -115,7 +116,13 @@ async fn once_a_device_got_through_a_rejection_fails_only_its_device() {
     )
     .await;
     let failure = failure(rx.await.unwrap());
-    assert_eq!(failure.code, "register_thing:InvalidParameters");
+    assert_eq!(
+        failure.code,
+        FailureCode::Rejected {
+            api: ApiKind::RegisterThing,
+            error_code: "InvalidParameters".into()
+        }
+    );
     assert!(
         failure.message.contains("provision/json/rejected"),
         "{}",
@@ -214,7 +221,7 @@ async fn provision_one(
 async fn mqtt5_sessions_provision_as_3_1_1_ones_do() {
     let emu = TestEmulator::start().await;
     let mut cfg = engine_config(&emu, 1, "FleetTemplate");
-    cfg.mqtt_version = 5;
+    cfg.mqtt_version = fleet_station::fleet::MqttVersion::V5;
     let creds = provision_one(&emu, cfg, "SN-V5", KeyPlan::Pool)
         .await
         .unwrap();
@@ -255,7 +262,7 @@ async fn the_post_provision_check_connects_with_the_new_identity() {
     let mut cfg = engine_config(&emu, 1, "FleetTemplate");
     cfg.post_provision_check = true;
     let failure = failure(provision_one(&emu, cfg, "SN-PC", KeyPlan::Pool).await);
-    assert_eq!(failure.code, "post_check:connect");
+    assert_eq!(failure.code, FailureCode::PostCheckConnect);
     assert!(
         failure.message.contains("thing-SN-PC"),
         "{}",

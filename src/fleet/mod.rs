@@ -15,5 +15,6 @@ pub use payloads::{
     RegisterThingResponse,
 };
 pub use topics::{
-    Api, Format, ReplyKind, ReservedTopic, TemplateNameError, validate_template_name,
+    Api, ApiKind, Format, MqttVersion, ReplyKind, ReservedTopic, TemplateNameError,
+    validate_template_name,
 };

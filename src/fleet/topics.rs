@@ -10,9 +10,11 @@
 
 use std::fmt;
 
-/// Payload encoding named by the last segment of the request topic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Payload encoding named by the last segment of the request topic (`provision.format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Format {
+    #[default]
     Json,
     Cbor,
 }
@@ -34,6 +36,49 @@ impl Format {
     }
 }
 
+/// The MQTT protocol version of a connection (`provision.mqtt_version`: 3 or 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize)]
+#[serde(try_from = "u8")]
+pub enum MqttVersion {
+    /// MQTT 3.1.1 (protocol level 4).
+    #[default]
+    V311,
+    V5,
+}
+
+impl TryFrom<u8> for MqttVersion {
+    type Error = String;
+
+    fn try_from(v: u8) -> Result<Self, String> {
+        match v {
+            3 | 4 => Ok(MqttVersion::V311),
+            5 => Ok(MqttVersion::V5),
+            other => Err(format!(
+                "MQTT version {other} is not one AWS IoT speaks: use 3 (MQTT 3.1.1) or 5"
+            )),
+        }
+    }
+}
+
+impl std::str::FromStr for MqttVersion {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse::<u8>()
+            .map_err(|_| format!("{s:?} is not 3 or 5"))
+            .and_then(MqttVersion::try_from)
+    }
+}
+
+impl fmt::Display for MqttVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MqttVersion::V311 => "3.1.1",
+            MqttVersion::V5 => "5",
+        })
+    }
+}
+
 /// One fleet-provisioning MQTT API.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Api {
@@ -45,20 +90,15 @@ pub enum Api {
 impl Api {
     /// Short, stable name used in logs, metrics and ledger reasons.
     pub fn name(&self) -> &'static str {
-        match self {
-            Api::CreateKeysAndCertificate => "CreateKeysAndCertificate",
-            Api::CreateCertificateFromCsr => "CreateCertificateFromCsr",
-            Api::RegisterThing { .. } => "RegisterThing",
-        }
+        self.kind().name()
     }
 
-    /// The API in failure codes and report keys (`create_certificate`, `create_keys`,
-    /// `register_thing`).
-    pub fn code(&self) -> &'static str {
+    /// Which API, without the template.
+    pub fn kind(&self) -> ApiKind {
         match self {
-            Api::CreateKeysAndCertificate => "create_keys",
-            Api::CreateCertificateFromCsr => "create_certificate",
-            Api::RegisterThing { .. } => "register_thing",
+            Api::CreateKeysAndCertificate => ApiKind::CreateKeysAndCertificate,
+            Api::CreateCertificateFromCsr => ApiKind::CreateCertificateFromCsr,
+            Api::RegisterThing { .. } => ApiKind::RegisterThing,
         }
     }
 
@@ -81,6 +121,35 @@ impl Api {
     /// The topic the service answers on.
     pub fn reply_topic(&self, format: Format, kind: ReplyKind) -> String {
         format!("{}/{}", self.request_topic(format), kind.as_str())
+    }
+}
+
+/// One of the three APIs, without a template: what failure codes and report keys name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ApiKind {
+    CreateKeysAndCertificate,
+    CreateCertificateFromCsr,
+    RegisterThing,
+}
+
+impl ApiKind {
+    /// The API's name as AWS writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ApiKind::CreateKeysAndCertificate => "CreateKeysAndCertificate",
+            ApiKind::CreateCertificateFromCsr => "CreateCertificateFromCsr",
+            ApiKind::RegisterThing => "RegisterThing",
+        }
+    }
+
+    /// The API in failure codes and report keys (`create_keys`, `create_certificate`,
+    /// `register_thing`).
+    pub fn code(self) -> &'static str {
+        match self {
+            ApiKind::CreateKeysAndCertificate => "create_keys",
+            ApiKind::CreateCertificateFromCsr => "create_certificate",
+            ApiKind::RegisterThing => "register_thing",
+        }
     }
 }
 

@@ -6,13 +6,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::NotProvisioned;
 use super::SessionSlot;
 use super::flow::FlowContext;
 use super::health::LineError;
 use super::rate::RateLimiter;
 use super::session::{CloseCause, ErrorClass, PubAckRefusal, Reply, SessionError, Verdict};
-use crate::fleet::{Api, ErrorResponse, ReplyKind};
+use super::{DeviceFailure, FailureCode, NotProvisioned};
+use crate::fleet::{Api, ApiKind, ErrorResponse, ReplyKind};
 use crate::telemetry::Event;
 
 /// How long a request already sent may still be answered after the station was told to stop.
@@ -45,14 +45,14 @@ pub(super) struct Call<T> {
 pub(super) enum CallFailure {
     /// A rejection that retrying cannot fix.
     Rejected {
-        code: String,
         message: String,
         error: ErrorResponse,
+        api: ApiKind,
         lost: u32,
     },
     /// Retries or the deadline ran out. `lost`: requests sent whose answers never came.
     GaveUp {
-        code: String,
+        code: FailureCode,
         message: String,
         lost: u32,
     },
@@ -79,9 +79,20 @@ impl CallFailure {
                     message,
                 })
             }
-            CallFailure::Rejected { code, message, .. }
-            | CallFailure::GaveUp { code, message, .. } => {
-                NotProvisioned::Failed(super::flow::fail(code, message))
+            CallFailure::Rejected {
+                message,
+                error,
+                api,
+                ..
+            } => NotProvisioned::Failed(DeviceFailure::new(
+                FailureCode::Rejected {
+                    api,
+                    error_code: error.error_code,
+                },
+                message,
+            )),
+            CallFailure::GaveUp { code, message, .. } => {
+                NotProvisioned::Failed(DeviceFailure::new(code, message))
             }
             CallFailure::Interrupted { .. } => NotProvisioned::Interrupted,
         }
@@ -96,6 +107,7 @@ pub(super) fn line_error(e: &SessionError, client_id: &str) -> LineError {
             endpoint,
             reason,
             problem: TlsProblem::ServerCertificate,
+            ..
         } => LineError::ServerCertificate {
             endpoint: endpoint.clone(),
             reason: reason.clone(),
@@ -202,7 +214,7 @@ pub(super) async fn call_with_retry<T>(
         deadline,
     } = spec;
     let name = api.name();
-    let code = api.code();
+    let kind = api.kind();
     let creates_certificate = matches!(api, Api::CreateCertificateFromCsr);
     let mut last = String::from("not tried");
     // Failures count against `max_attempts`; throttles, outages and reconnects do not (they
@@ -228,7 +240,7 @@ pub(super) async fn call_with_retry<T>(
         tries += 1;
         if Instant::now() >= deadline {
             return Err(CallFailure::GaveUp {
-                code: format!("{code}:deadline"),
+                code: FailureCode::Deadline(kind),
                 message: format!("{last} (the device's deadline passed)"),
                 lost,
             });
@@ -310,9 +322,9 @@ pub(super) async fn call_with_retry<T>(
                     ctx.telemetry.emit(Event::Throttled { api: name }).await;
                 } else if err.status_code < 500 {
                     return Err(CallFailure::Rejected {
-                        code: format!("{code}:{}", err.error_code),
                         message: last,
                         error: err,
+                        api: kind,
                         lost,
                     });
                 } else {
@@ -392,7 +404,7 @@ pub(super) async fn call_with_retry<T>(
         }
     }
     Err(CallFailure::GaveUp {
-        code: format!("{code}:gave_up"),
+        code: FailureCode::GaveUp(kind),
         message: format!("{last} (gave up after {failures} failed attempts)"),
         lost,
     })

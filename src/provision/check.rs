@@ -19,7 +19,9 @@ use std::time::Duration;
 use super::health::LineError;
 use super::session::{ErrorClass, Reply, Session, SessionConfig, SessionError, Verdict};
 use crate::fleet::payloads::encode;
-use crate::fleet::{Api, CreateCertificateFromCsrRequest, Format, RegisterThingRequest};
+use crate::fleet::{
+    Api, CreateCertificateFromCsrRequest, Format, MqttVersion, RegisterThingRequest,
+};
 
 /// How a step came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,7 +99,7 @@ pub struct CheckConfig {
     /// The APIs the station will call (their reply topics are subscribed).
     pub apis: Vec<Api>,
     pub format: Format,
-    pub mqtt_version: u8,
+    pub mqtt_version: MqttVersion,
     pub timeout: Duration,
 }
 
@@ -145,8 +147,7 @@ pub async fn run(cfg: &CheckConfig) -> Vec<Step> {
                 what,
                 format!(
                     "{endpoint} accepted the claim certificate; CONNACK success for client id {} (MQTT {})",
-                    cfg.client_id,
-                    if cfg.mqtt_version == 5 { "5" } else { "3.1.1" }
+                    cfg.client_id, cfg.mqtt_version
                 ),
             ));
             s

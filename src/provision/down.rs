@@ -11,6 +11,7 @@
 //! - An MQTT 5 DISCONNECT from the server: [`DownKind::Server`] with its reason.
 
 use std::io;
+use std::sync::Arc;
 
 use rumqttc::v5 as mqtt5;
 
@@ -55,11 +56,15 @@ pub enum DownKind {
     Closed,
 }
 
-/// A connection failure: its kind and the text rumqttc gave.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The error a connection failure came from (rumqttc's, with its own sources).
+pub type DownSource = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A connection failure: its kind, the text rumqttc gave, and rumqttc's error itself.
+#[derive(Debug, Clone)]
 pub struct Down {
     pub kind: DownKind,
     pub reason: String,
+    pub source: Option<DownSource>,
 }
 
 fn tls_problem(e: &rustls::Error) -> Option<TlsProblem> {
@@ -104,9 +109,9 @@ fn refused_v4(code: rumqttc::ConnectReturnCode) -> DownKind {
 }
 
 /// An MQTT 3.1.1 connection error.
-pub fn from_v4(e: &rumqttc::ConnectionError) -> Down {
+pub fn from_v4(e: rumqttc::ConnectionError) -> Down {
     use rumqttc::{ConnectionError as E, StateError as S};
-    let kind = match e {
+    let kind = match &e {
         E::Io(io) | E::MqttState(S::Io(io)) => from_io(io),
         E::Tls(rumqttc::TlsError::Io(io)) => from_io(io),
         E::Tls(rumqttc::TlsError::TLS(t)) => {
@@ -129,6 +134,7 @@ pub fn from_v4(e: &rumqttc::ConnectionError) -> Down {
     Down {
         kind,
         reason: e.to_string(),
+        source: Some(Arc::new(e)),
     }
 }
 
@@ -151,14 +157,15 @@ pub fn from_v5_disconnect(code: mqtt5::mqttbytes::v5::DisconnectReasonCode) -> D
     Down {
         kind: DownKind::Server(server_reason(code)),
         reason: format!("DISCONNECT from the server: {code:?}"),
+        source: None,
     }
 }
 
 /// An MQTT 5 connection error.
-pub fn from_v5(e: &mqtt5::ConnectionError) -> Down {
+pub fn from_v5(e: mqtt5::ConnectionError) -> Down {
     use mqtt5::mqttbytes::v5::ConnectReturnCode as C;
     use mqtt5::{ConnectionError as E, StateError as S};
-    let kind = match e {
+    let kind = match &e {
         E::Io(io) | E::MqttState(S::Io(io)) => from_io(io),
         E::Tls(rumqttc::TlsError::Io(io)) => from_io(io),
         E::Tls(rumqttc::TlsError::TLS(t)) => {
@@ -191,6 +198,7 @@ pub fn from_v5(e: &mqtt5::ConnectionError) -> Down {
     Down {
         kind,
         reason: e.to_string(),
+        source: Some(Arc::new(e)),
     }
 }
 
@@ -206,16 +214,16 @@ mod tests {
     fn network_failures_are_outages_and_tls_failures_are_not() {
         let refused =
             rumqttc::ConnectionError::Io(io::Error::from(io::ErrorKind::ConnectionRefused));
-        assert_eq!(from_v4(&refused).kind, DownKind::Unreachable);
+        assert_eq!(from_v4(refused).kind, DownKind::Unreachable);
         let eof = rumqttc::ConnectionError::Tls(rumqttc::TlsError::Io(io::Error::from(
             io::ErrorKind::UnexpectedEof,
         )));
-        assert_eq!(from_v4(&eof).kind, DownKind::Unreachable);
+        assert_eq!(from_v4(eof).kind, DownKind::Unreachable);
         let untrusted = rumqttc::ConnectionError::Tls(rumqttc::TlsError::Io(io_with(
             rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
         )));
         assert_eq!(
-            from_v4(&untrusted).kind,
+            from_v4(untrusted).kind,
             DownKind::Tls(TlsProblem::ServerCertificate)
         );
         // TLS 1.3: the server's refusal of the client certificate arrives on the first read.
@@ -223,11 +231,11 @@ mod tests {
             rustls::Error::AlertReceived(rustls::AlertDescription::BadCertificate),
         )));
         assert_eq!(
-            from_v4(&rejected).kind,
+            from_v4(rejected).kind,
             DownKind::Tls(TlsProblem::ClientCertificate)
         );
         let v5 = mqtt5::ConnectionError::Io(io::Error::from(io::ErrorKind::ConnectionReset));
-        assert_eq!(from_v5(&v5).kind, DownKind::Unreachable);
+        assert_eq!(from_v5(v5).kind, DownKind::Unreachable);
     }
 
     #[test]
@@ -236,7 +244,7 @@ mod tests {
             rumqttc::mqttbytes::Error::InvalidConnectReturnCode(7),
         ));
         assert!(matches!(
-            from_v4(&seven).kind,
+            from_v4(seven).kind,
             DownKind::Refused {
                 not_authorized: true,
                 transient: false,
@@ -247,7 +255,7 @@ mod tests {
             rumqttc::ConnectReturnCode::ServiceUnavailable,
         );
         assert!(matches!(
-            from_v4(&busy).kind,
+            from_v4(busy).kind,
             DownKind::Refused {
                 transient: true,
                 ..
@@ -257,7 +265,7 @@ mod tests {
             mqtt5::mqttbytes::v5::ConnectReturnCode::NotAuthorized,
         );
         assert!(matches!(
-            from_v5(&v5).kind,
+            from_v5(v5).kind,
             DownKind::Refused {
                 not_authorized: true,
                 ..

@@ -33,8 +33,8 @@ use super::call::{CallFailure, CallSpec, call_with_retry};
 use super::health::LineHealth;
 use super::session::{Session, SessionConfig, Verdict};
 use super::{
-    BoardIdentity, Credentials, DeviceFailure, DeviceJob, EngineConfig, KeyPlan, NotProvisioned,
-    SessionSlot,
+    BoardIdentity, Credentials, DeviceFailure, DeviceJob, EngineConfig, FailureCode, KeyPlan,
+    NotProvisioned, SessionSlot,
 };
 use crate::config::fill_placeholders;
 use crate::fleet::payloads::{Secret, decode, encode};
@@ -89,11 +89,8 @@ impl FlowContext {
     }
 }
 
-pub(super) fn fail(code: impl Into<String>, message: impl Into<String>) -> DeviceFailure {
-    DeviceFailure {
-        code: code.into(),
-        message: message.into(),
-    }
+pub(super) fn fail(code: FailureCode, message: impl Into<String>) -> DeviceFailure {
+    DeviceFailure::new(code, message)
 }
 
 /// Fills the configured template parameters for one board.
@@ -119,7 +116,7 @@ pub fn board_parameters(
                 .map(|v| (name.clone(), v))
                 .map_err(|missing| {
                     fail(
-                        format!("parameter:{missing}"),
+                        FailureCode::MissingBoardValue(missing.to_string()),
                         format!(
                             "template parameter {name} needs {{{missing}}}, which board {} did not report",
                             board.serial
@@ -176,7 +173,7 @@ pub async fn provision(
                 rounds += 1;
                 if rounds > CERTIFICATE_ROUNDS {
                     return Err(fail(
-                        "certificate:rounds",
+                        FailureCode::CertificateRounds,
                         format!(
                             "{CERTIFICATE_ROUNDS} certificates in a row could not be registered"
                         ),
@@ -211,7 +208,7 @@ pub async fn provision(
                     Registration::Accepted(r) => {
                         let thing = r.thing_name.clone().ok_or_else(|| {
                             fail(
-                                "register_thing:no_thing_name",
+                                FailureCode::NoThingName,
                                 "RegisterThing was accepted but named no thing; the template needs an AWS::IoT::Thing resource",
                             )
                         })?;
@@ -356,7 +353,7 @@ async fn post_provision_check(
         key.expose().as_bytes(),
         cfg.port == 443,
     )
-    .map_err(|e| fail("post_check:tls", e.to_string()))?;
+    .map_err(|e| fail(FailureCode::PostCheckTls, e.to_string()))?;
     let session = SessionConfig {
         host: cfg.host.clone(),
         port: cfg.port,
@@ -382,7 +379,7 @@ async fn post_provision_check(
                 .map_err(|e| ctx.ledger_failed(e))
         }
         Err(e) => Err(fail(
-            "post_check:connect",
+            FailureCode::PostCheckConnect,
             format!("the new certificate could not connect as {thing_name}: {e}"),
         )
         .into()),
@@ -417,7 +414,7 @@ async fn new_certificate(
     let issued = match plan {
         KeyPlan::Pool => {
             let key = tokio::select! {
-                k = ctx.keys.take() => k.map_err(|e| fail("keygen", e.to_string()))?,
+                k = ctx.keys.take() => k.map_err(|e| fail(FailureCode::KeyGeneration, e.to_string()))?,
                 _ = ctx.halt.shutdown().wait() => return Err(NotProvisioned::Interrupted),
             };
             ctx.telemetry
@@ -461,7 +458,7 @@ async fn new_certificate(
         KeyPlan::Device { csr_pem } => {
             let spki = csr_public_key(csr_pem).ok_or_else(|| {
                 fail(
-                    "board_csr",
+                    FailureCode::BoardCsr,
                     "the CSR the board made does not parse or its signature does not verify",
                 )
             })?;
@@ -478,7 +475,7 @@ async fn new_certificate(
         }
         KeyPlan::Committed => {
             return Err(fail(
-                "resume:needs_new_key",
+                FailureCode::NeedsNewKey,
                 "the board holds a committed key whose certificate cannot be used; take the board off and place it again to start over",
             )
             .into());
@@ -762,7 +759,7 @@ mod tests {
         assert_eq!(p["Jig"], "st/jig-3");
         configured.insert("Mac".to_string(), "{mac}".to_string());
         let e = board_parameters(&configured, &board, "st").unwrap_err();
-        assert_eq!(e.code, "parameter:mac");
+        assert_eq!(e.code, FailureCode::MissingBoardValue("mac".into()));
         assert!(e.message.contains("SN1"));
     }
 }

@@ -10,6 +10,7 @@
 //!   errors and the server's reason codes.
 //! - [`health`]: what every session shares about the line: the first-device probe, outages,
 //!   and the errors that stop the line ([`health::LineError`]).
+//! - [`failure`]: [`FailureCode`], why a device failed, as a type.
 //! - [`check`]: `station check` — handshake, CONNACK, SUBACKs and requests that create
 //!   nothing; nothing provisioned.
 //! - [`rate`]: token buckets per API shared by all sessions, adapting to throttling (AIMD).
@@ -24,6 +25,7 @@
 mod call;
 pub mod check;
 pub mod down;
+pub mod failure;
 pub mod flow;
 pub mod health;
 pub mod rate;
@@ -39,12 +41,13 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::fleet::payloads::Secret;
-use crate::fleet::{Api, Format};
+use crate::fleet::{Api, Format, MqttVersion};
 use crate::halt::Halt;
 use crate::keys::KeyPool;
 use crate::ledger::{KeySource, Ledger, Resume};
 use crate::telemetry::Telemetry;
 
+pub use self::failure::FailureCode;
 use self::health::LineHealth;
 use self::rate::{Limits, RateLimiter};
 use self::session::{Session, SessionConfig, SessionError};
@@ -79,13 +82,22 @@ impl fmt::Debug for Credentials {
     }
 }
 
-/// Why a device could not be provisioned: a short stable `code` (counted in reports) and a
-/// message that says which exchange failed and how.
+/// Why a device could not be provisioned: a stable [`FailureCode`] (counted in reports) and
+/// a message that says which exchange failed and how.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct DeviceFailure {
-    pub code: String,
+    pub code: FailureCode,
     pub message: String,
+}
+
+impl DeviceFailure {
+    pub fn new(code: FailureCode, message: impl Into<String>) -> DeviceFailure {
+        DeviceFailure {
+            code,
+            message: message.into(),
+        }
+    }
 }
 
 /// Why a device did not get its identity in this run.
@@ -157,8 +169,7 @@ pub struct EngineConfig {
     pub limits: Arc<Limits>,
     /// A device not done within this fails.
     pub device_deadline: Duration,
-    /// 3 (MQTT 3.1.1) or 5.
-    pub mqtt_version: u8,
+    pub mqtt_version: MqttVersion,
     /// Connect once with each new identity (station- or AWS-made keys).
     pub post_provision_check: bool,
     /// Trust anchors of the endpoint (for the post-provision check).
@@ -410,7 +421,7 @@ mod tests {
             apis: Vec::new(),
             connect_timeout: Duration::from_secs(1),
             keep_alive: Duration::from_secs(60),
-            mqtt_version: 3,
+            mqtt_version: MqttVersion::V311,
         })
     }
 

@@ -24,9 +24,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
-use super::down::{self, Down, DownKind, ServerReason, TlsProblem};
+use super::down::{self, Down, DownKind, DownSource, ServerReason, TlsProblem};
 use crate::fleet::payloads::decode;
-use crate::fleet::{Api, ErrorResponse, Format, ReplyKind};
+use crate::fleet::{Api, ErrorResponse, Format, MqttVersion, ReplyKind};
 
 /// How to reach the endpoint.
 #[derive(Clone)]
@@ -40,8 +40,7 @@ pub struct SessionConfig {
     pub apis: Vec<Api>,
     pub connect_timeout: Duration,
     pub keep_alive: Duration,
-    /// 3 (MQTT 3.1.1) or 5.
-    pub mqtt_version: u8,
+    pub mqtt_version: MqttVersion,
 }
 
 /// A reply from the service.
@@ -98,16 +97,24 @@ pub enum ErrorClass {
     Attempt,
 }
 
-/// Why a session step failed. Each names the exchange that failed.
+/// Why a session step failed. Each names the exchange that failed; a failure of the
+/// connection keeps rumqttc's error as its source.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SessionError {
     #[error("cannot reach {endpoint}: {reason}")]
-    Unreachable { endpoint: String, reason: String },
+    Unreachable {
+        endpoint: String,
+        reason: String,
+        #[source]
+        source: Option<DownSource>,
+    },
     #[error("TLS handshake with {endpoint} failed: {reason}")]
     Tls {
         endpoint: String,
         reason: String,
         problem: TlsProblem,
+        #[source]
+        source: Option<DownSource>,
     },
     #[error("CONNECT refused by {endpoint}: {code}")]
     Refused {
@@ -127,6 +134,8 @@ pub enum SessionError {
         /// The request had been sent: it may have been processed.
         after_request: bool,
         cause: CloseCause,
+        #[source]
+        source: Option<DownSource>,
     },
     #[error("PUBLISH to {topic} refused: {code:?}")]
     PublishRefused {
@@ -187,6 +196,7 @@ impl SessionError {
                 endpoint,
                 reason: d.reason,
                 problem,
+                source: d.source,
             },
             DownKind::Refused {
                 code,
@@ -207,6 +217,7 @@ impl SessionError {
             _ => SessionError::Unreachable {
                 endpoint,
                 reason: d.reason,
+                source: d.source,
             },
         }
     }
@@ -223,6 +234,7 @@ impl SessionError {
             reason: d.reason,
             after_request,
             cause,
+            source: d.source,
         }
     }
 }
@@ -315,6 +327,7 @@ fn local_close(reason: &str) -> Down {
     Down {
         kind: DownKind::Closed,
         reason: reason.to_string(),
+        source: None,
     }
 }
 
@@ -339,7 +352,7 @@ async fn drive_v4(mut eventloop: rumqttc::EventLoop, tx: mpsc::Sender<Incoming>)
             },
             Ok(_) => continue,
             Err(e) => {
-                let _ = tx.send(Incoming::Down(down::from_v4(&e))).await;
+                let _ = tx.send(Incoming::Down(down::from_v4(e))).await;
                 // One connection per session: the owner builds a new session.
                 return;
             }
@@ -384,7 +397,7 @@ async fn drive_v5(mut eventloop: mqtt5::EventLoop, tx: mpsc::Sender<Incoming>) {
             }
             Ok(_) => continue,
             Err(e) => {
-                let _ = tx.send(Incoming::Down(down::from_v5(&e))).await;
+                let _ = tx.send(Incoming::Down(down::from_v5(e))).await;
                 return;
             }
         };
@@ -415,7 +428,7 @@ impl Session {
         net.set_tcp_nodelay(true);
         net.set_connection_timeout(cfg.connect_timeout.as_secs().max(1));
         let (tx, incoming) = mpsc::channel(64);
-        let (client, driver) = if cfg.mqtt_version == 5 {
+        let (client, driver) = if cfg.mqtt_version == MqttVersion::V5 {
             let mut opts =
                 mqtt5::MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
             opts.set_transport(transport);
@@ -450,10 +463,12 @@ impl Session {
             Ok(_) => Err(SessionError::Unreachable {
                 endpoint,
                 reason: "connection ended before CONNACK".into(),
+                source: None,
             }),
             Err(_) => Err(SessionError::Unreachable {
                 endpoint,
                 reason: format!("no CONNACK within {} s", cfg.connect_timeout.as_secs()),
+                source: None,
             }),
         }
     }

@@ -21,7 +21,7 @@ use crate::jig::{CsrSubject, JigError, JigLink, PortSettings, Slot, SlotWrite};
 use crate::keys::KeySource;
 use crate::ledger::{DeviceState, Ledger, LedgerError, Transition};
 use crate::provision::{
-    BoardIdentity, Credentials, DeviceFailure, DeviceJob, KeyPlan, NotProvisioned,
+    BoardIdentity, Credentials, DeviceFailure, DeviceJob, FailureCode, KeyPlan, NotProvisioned,
 };
 use crate::shutdown::Shutdown;
 use crate::telemetry::{Event, Stage, Telemetry};
@@ -90,10 +90,10 @@ impl LineContext {
     }
 }
 
-/// A short stable code for a jig error (the last segment of its diagnostic code).
-fn jig_code(e: &JigError) -> String {
+/// The failure code of a jig error (the last segment of its diagnostic code).
+fn jig_code(e: &JigError) -> FailureCode {
     let code = e.code().map(|c| c.to_string()).unwrap_or_default();
-    format!("jig:{}", code.rsplit("::").next().unwrap_or("error"))
+    FailureCode::Jig(code.rsplit("::").next().unwrap_or("error").to_string())
 }
 
 /// Runs the line cycle on one port until the line is done or the station stops.
@@ -217,7 +217,7 @@ fn provision_board(
             if ctx.release.is_some() {
                 ctx.telemetry.emit_blocking(Event::DeviceFailed {
                     serial: board.serial.clone(),
-                    reason: "already_provisioned".into(),
+                    reason: FailureCode::AlreadyProvisioned,
                 });
                 ctx.progress.board_done();
             }
@@ -254,7 +254,7 @@ fn provision_board(
         });
     let result = match outcome {
         Ok(creds) => write_and_verify(link, device_id, &creds, ctx, &board.jig, baud)?,
-        Err(NotProvisioned::Failed(f)) => Err((f.code, f.message)),
+        Err(NotProvisioned::Failed(f)) => Err(f),
         Err(NotProvisioned::Interrupted) => {
             tracing::info!(jig = %board.jig, serial = %board.serial, "interrupted: the board resumes where it stopped on the next run");
             ctx.telemetry.emit_blocking(Event::DeviceInterrupted {
@@ -274,7 +274,7 @@ fn provision_board(
                 serial: board.serial.clone(),
             });
         }
-        Err((code, message)) => {
+        Err(DeviceFailure { code, message }) => {
             tracing::warn!(jig = %board.jig, serial = %board.serial, reason = %code, "{message}");
             ctx.ledger.record_blocking(
                 device_id,
@@ -345,8 +345,8 @@ fn slot_contents(creds: &Credentials, root_ca: &[u8]) -> Vec<(Slot, Vec<u8>)> {
     ]
 }
 
-/// Writes and verifies the identity: `Ok(Err((code, message)))` when the board failed at the
-/// jig; `Err` when the ledger could not record a step.
+/// Writes and verifies the identity: `Ok(Err(failure))` when the board failed at the jig;
+/// `Err` when the ledger could not record a step.
 fn write_and_verify(
     link: &mut JigLink,
     device_id: i64,
@@ -354,7 +354,7 @@ fn write_and_verify(
     ctx: &LineContext,
     jig: &str,
     baud: u32,
-) -> Result<Result<(), (String, String)>, LedgerError> {
+) -> Result<Result<(), DeviceFailure>, LedgerError> {
     let started = Instant::now();
     let contents = slot_contents(creds, &ctx.root_ca_pem);
     let mut items: Vec<SlotWrite<'_>> = contents
@@ -414,7 +414,7 @@ fn write_and_verify(
         jig: jig.to_string(),
     });
     let e = last.expect("at least one attempt ran");
-    Ok(Err((
+    Ok(Err(DeviceFailure::new(
         jig_code(&e),
         format!("writing the identity failed twice: {e}"),
     )))

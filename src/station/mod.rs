@@ -120,7 +120,7 @@ pub async fn check(cfg: &Config) -> crate::Result<Vec<crate::provision::check::S
                 template: cfg.provision.template_name.clone(),
             },
         ],
-        format: cfg.provision.format(),
+        format: cfg.provision.format,
         mqtt_version: cfg.provision.mqtt_version,
         timeout: std::time::Duration::from_secs(cfg.provision.request_timeout_s),
     })

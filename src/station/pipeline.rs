@@ -114,7 +114,7 @@ impl Pipeline {
                 station_id: cfg.station.id.clone(),
                 sessions: opts.sessions,
                 template: cfg.provision.template_name.clone(),
-                format: cfg.provision.format(),
+                format: cfg.provision.format,
                 request_timeout: Duration::from_secs(cfg.provision.request_timeout_s),
                 max_attempts: cfg.provision.max_attempts,
                 parameters: cfg.parameters.clone(),

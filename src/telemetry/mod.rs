@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+
+use crate::provision::FailureCode;
 use tokio::sync::{mpsc, watch};
 
 /// The timed stages of a device's provisioning.
@@ -64,10 +66,9 @@ pub enum Event {
     DeviceProvisioned {
         serial: String,
     },
-    /// `reason` is a short stable code such as `register_thing:InvalidParameters`.
     DeviceFailed {
         serial: String,
-        reason: String,
+        reason: FailureCode,
     },
     /// The station stopped while the device was in flight; it keeps its state and resumes.
     DeviceInterrupted {
@@ -253,7 +254,7 @@ impl Aggregate {
             Event::DeviceFailed { reason, .. } => {
                 self.failed += 1;
                 self.last_done_at = Some(Instant::now());
-                *self.failures.entry(reason).or_default() += 1;
+                *self.failures.entry(reason.to_string()).or_default() += 1;
             }
             Event::DeviceInterrupted { .. } => self.interrupted += 1,
             Event::EndpointUnreachable { reason } => {
@@ -381,7 +382,7 @@ mod tests {
             .await;
         t.emit(Event::DeviceFailed {
             serial: "b".into(),
-            reason: "jig:verify".into(),
+            reason: FailureCode::Jig("verify".into()),
         })
         .await;
         t.emit(Event::Throttled {

@@ -229,7 +229,7 @@ pub fn engine_config(
             0.0, 0.0, 0.0, 1000.0,
         )),
         device_deadline: Duration::from_secs(120),
-        mqtt_version: 3,
+        mqtt_version: fleet_station::fleet::MqttVersion::V311,
         post_provision_check: false,
         roots: read_roots(&emu.emulator.paths().ca_cert).unwrap(),
         aws_keys: false,
