@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use common::cli::{StationConfig, count, station, wait_for};
-use common::{StandaloneEmulator, free_port};
+use common::{StandaloneEmulator, free_port, public_key_of};
 use fleet_station::emulator::ca::certificate_id;
 use fleet_station::emulator::control::{self, ControlError};
 use fleet_station::emulator::registry::{CertStatus, Registry};
@@ -26,8 +26,8 @@ use fleet_station::jig::Flash;
 use fleet_station::keys::public_key_sha256;
 use fleet_station::ledger::cleanup::{CleanupStep, cleanup_plan};
 use fleet_station::ledger::{DeviceState, Ledger};
+use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 const BOARDS: usize = 300;
@@ -80,11 +80,6 @@ fn start_station(config: &Path) -> std::process::Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
-}
-
-fn public_key_of(key_pem: &[u8]) -> Vec<u8> {
-    let key = PrivateKeyDer::from_pem_slice(key_pem).unwrap();
-    rcgen::PublicKeyData::subject_public_key_info(&rcgen::KeyPair::try_from(&key).unwrap())
 }
 
 /// Applies one orphan's cleanup steps to the registry as the printed script would to AWS.

@@ -2,8 +2,11 @@
 //! TLS sockets, virtual boards on real pseudo-terminals, the ledger on disk. Then every board
 //! is checked from the outside: its flash file, the emulator's registry and the ledger.
 
+mod common;
+
 use std::path::Path;
 
+use common::public_key_of;
 use fleet_station::config::Config;
 use fleet_station::emulator::registry::{CertStatus, Registry};
 use fleet_station::jig::Flash;
@@ -98,13 +101,6 @@ async fn run_line(cfg: &Config, dir: &Path, boards: Option<usize>) -> station::R
     )
     .await
     .unwrap()
-}
-
-/// Public key (SPKI DER) of a PEM private key.
-fn public_key_of(key_pem: &[u8]) -> Vec<u8> {
-    let key = PrivateKeyDer::from_pem_slice(key_pem).unwrap();
-    let pair = rcgen::KeyPair::try_from(&key).unwrap();
-    rcgen::PublicKeyData::subject_public_key_info(&pair)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

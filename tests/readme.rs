@@ -79,7 +79,7 @@ async fn the_claim_policies_in_the_readme_work_with_their_key_sources() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_aws_guide_policy_does_not_cover_create_from_csr() {
-    // The claim policy of the fleet-provisioning guide (reference §6).
+    // The claim policy of the fleet-provisioning guide (docs/aws-fleet-provisioning.md §6).
     let guide = format!(
         r#"{{ "Version": "2012-10-17",
   "Statement": [

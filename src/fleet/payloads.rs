@@ -1,4 +1,5 @@
-//! Request, response and error payloads of the three fleet-provisioning APIs (reference §1.2).
+//! Request, response and error payloads of the three fleet-provisioning APIs
+//! (docs/aws-fleet-provisioning.md §1.2).
 //!
 //! JSON field names are camelCase; CBOR payloads are maps with the same text keys. Unknown
 //! request keys are ignored (older SDKs send extra ones). Secret fields (the private key of
@@ -150,7 +151,7 @@ pub fn decode<T: DeserializeOwned>(format: Format, bytes: &[u8]) -> Result<T, De
 }
 
 /// Decodes a request whose payload may legitimately be empty (AWS accepts an empty payload
-/// as well as `{}` for `CreateKeysAndCertificate`, reference §1.2).
+/// as well as `{}` for `CreateKeysAndCertificate`, docs/aws-fleet-provisioning.md §1.2).
 pub fn decode_or_default<T: DeserializeOwned + Default>(
     format: Format,
     bytes: &[u8],

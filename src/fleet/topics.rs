@@ -1,4 +1,4 @@
-//! Reserved fleet-provisioning topics (reference §1.1).
+//! Reserved fleet-provisioning topics (docs/aws-fleet-provisioning.md §1.1).
 //!
 //! | Operation                | request topic                                           |
 //! |--------------------------|---------------------------------------------------------|
@@ -243,7 +243,7 @@ impl fmt::Display for TemplateNameError {
 
 impl std::error::Error for TemplateNameError {}
 
-/// AWS: 1–36 characters matching `^[0-9A-Za-z_-]+$` (reference §1.1).
+/// AWS: 1–36 characters matching `^[0-9A-Za-z_-]+$` (docs/aws-fleet-provisioning.md §1.1).
 pub fn validate_template_name(name: &str) -> Result<(), TemplateNameError> {
     if name.is_empty() {
         return Err(TemplateNameError::Empty);

@@ -121,7 +121,7 @@ pub fn from_v4(e: rumqttc::ConnectionError) -> Down {
         E::NetworkTimeout | E::FlushTimeout => DownKind::Unreachable,
         E::ConnectionRefused(code) => refused_v4(*code),
         // AWS answers a 3.1.1 CONNECT it does not authorize with return code 7, which the
-        // MQTT 3.1.1 codec does not know (reference §6).
+        // MQTT 3.1.1 codec does not know (docs/aws-fleet-provisioning.md §6).
         E::MqttState(S::Deserialization(rumqttc::mqttbytes::Error::InvalidConnectReturnCode(
             code,
         ))) => DownKind::Refused {

@@ -188,14 +188,10 @@ impl Limits {
         connects: f64,
     ) -> Limits {
         Limits {
-            create_certificate: RateLimiter::new(
-                "CreateCertificateFromCsr",
-                create_certificate,
-                0.0,
-            ),
-            create_keys: RateLimiter::new("CreateKeysAndCertificate", create_keys, 0.0),
-            register_thing: RateLimiter::new("RegisterThing", register_thing, 0.0),
-            connect: RateLimiter::new("CONNECT", connects, connects),
+            create_certificate: RateLimiter::new(create_certificate, 0.0),
+            create_keys: RateLimiter::new(create_keys, 0.0),
+            register_thing: RateLimiter::new(register_thing, 0.0),
+            connect: RateLimiter::new(connects, connects),
         }
     }
 }
@@ -365,8 +361,8 @@ impl SessionSlot {
     }
 
     /// The connected session, connecting first if needed: at most one CONNECT per second
-    /// for this client id (AWS's limit, reference §5.2) and within the account-wide
-    /// `connects` rate.
+    /// for this client id (AWS's limit, docs/aws-fleet-provisioning.md §5.2) and within the
+    /// account-wide `connects` rate.
     pub async fn get(&mut self, connects: &RateLimiter) -> Result<&mut Session, SessionError> {
         if self.session.is_none() {
             if let Some(last) = self.last_connect {

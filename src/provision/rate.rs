@@ -22,7 +22,6 @@ const DECREASE: f64 = 0.7;
 #[derive(Debug)]
 pub struct RateLimiter {
     state: Mutex<State>,
-    name: &'static str,
 }
 
 #[derive(Debug)]
@@ -44,12 +43,11 @@ struct State {
 
 impl RateLimiter {
     /// `tps = 0` means no configured limit (adaptation still kicks in on throttling).
-    pub fn new(name: &'static str, tps: f64, burst: f64) -> RateLimiter {
+    pub fn new(tps: f64, burst: f64) -> RateLimiter {
         let now = Instant::now();
         let ceiling = (tps > 0.0).then_some(tps);
         let burst = if burst > 0.0 { burst } else { tps.max(1.0) };
         RateLimiter {
-            name,
             state: Mutex::new(State {
                 bucket: ceiling.map(|c| TokenBucket::new(c, burst, now)),
                 ceiling,
@@ -63,10 +61,6 @@ impl RateLimiter {
                 achieved: 0.0,
             }),
         }
-    }
-
-    pub fn name(&self) -> &'static str {
-        self.name
     }
 
     /// Current rate (tokens/s), `None` if unlimited.
@@ -125,7 +119,7 @@ impl RateLimiter {
         }
     }
 
-    /// A call was throttled: halve the rate (once per second).
+    /// A call was throttled: cut the rate to 70 % of what got through (once per second).
     pub fn on_throttle(&self) {
         self.on_throttle_at(Instant::now());
     }
@@ -185,7 +179,7 @@ mod tests {
 
     #[test]
     fn a_bucket_allows_its_burst_then_paces() {
-        let l = RateLimiter::new("t", 10.0, 3.0);
+        let l = RateLimiter::new(10.0, 3.0);
         let now = Instant::now();
         for _ in 0..3 {
             assert!(l.try_take(now).is_ok());
@@ -201,7 +195,7 @@ mod tests {
 
     #[test]
     fn unlimited_never_waits() {
-        let l = RateLimiter::new("t", 0.0, 0.0);
+        let l = RateLimiter::new(0.0, 0.0);
         let now = Instant::now();
         for _ in 0..10_000 {
             assert!(l.try_take(now).is_ok());
@@ -211,7 +205,7 @@ mod tests {
 
     #[test]
     fn throttling_cuts_the_rate_once_per_second() {
-        let l = RateLimiter::new("t", 10.0, 10.0);
+        let l = RateLimiter::new(10.0, 10.0);
         l.on_throttle();
         assert_eq!(l.rate(), Some(7.0));
         // A burst of 429s from many sessions is one signal.
@@ -222,7 +216,7 @@ mod tests {
 
     #[test]
     fn the_rate_grows_back_additively_up_to_the_ceiling() {
-        let l = RateLimiter::new("t", 10.0, 10.0);
+        let l = RateLimiter::new(10.0, 10.0);
         let t0 = Instant::now();
         l.on_throttle_at(t0);
         assert_eq!(l.rate(), Some(7.0));
@@ -240,7 +234,7 @@ mod tests {
 
     #[test]
     fn an_unlimited_bucket_starts_limiting_on_throttle() {
-        let l = RateLimiter::new("t", 0.0, 0.0);
+        let l = RateLimiter::new(0.0, 0.0);
         for _ in 0..100 {
             l.on_success();
         }

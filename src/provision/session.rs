@@ -1,7 +1,8 @@
 //! One MQTT session with the claim certificate (rumqttc over rustls), MQTT 3.1.1 or 5.
 //!
 //! A session is one connection: it connects, subscribes to the accepted/rejected topics of
-//! the APIs it will call and waits for the SUBACK before its first request (reference §2).
+//! the APIs it will call and waits for the SUBACK before its first request
+//! (docs/aws-fleet-provisioning.md §2).
 //! The fleet-provisioning API has no correlation id, so [`Session::call`] takes `&mut self`:
 //! at most one request is outstanding per session, hence per API. Replies are matched by
 //! topic, and the caller may discard a reply it can prove stale (a late duplicate); anything
@@ -305,7 +306,6 @@ pub struct Session {
     incoming: mpsc::Receiver<Incoming>,
     driver: JoinHandle<()>,
     format: Format,
-    endpoint: String,
     connect_timeout: Duration,
 }
 
@@ -454,7 +454,6 @@ impl Session {
             incoming,
             driver,
             format: cfg.format,
-            endpoint: endpoint.clone(),
             connect_timeout: cfg.connect_timeout,
         };
         match timeout(cfg.connect_timeout, s.incoming.recv()).await {
@@ -518,10 +517,6 @@ impl Session {
                 }
             }
         }
-    }
-
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
     }
 
     /// Drops whatever arrived while no request was outstanding (late replies to abandoned

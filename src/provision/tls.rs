@@ -1,7 +1,7 @@
 //! TLS client configuration for MQTT sessions: the endpoint's root CA as the only trust
 //! anchor and the claim certificate + key as the client identity (mutual TLS). SNI is always
 //! sent for host names (rustls does so whenever the server name is a DNS name). Port 443
-//! needs the ALPN protocol `x-amzn-mqtt-ca` (reference §7).
+//! needs the ALPN protocol `x-amzn-mqtt-ca` (docs/aws-fleet-provisioning.md §7).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

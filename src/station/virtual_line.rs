@@ -54,7 +54,6 @@ pub fn serial_port_settings(cfg: &Config, p: &PortEntry) -> PortSettings {
 /// The running virtual jigs.
 pub struct VirtualLine {
     jigs: Vec<(String, Arc<VirtualJig>)>,
-    baud: u32,
     settings: PortSettings,
 }
 
@@ -108,7 +107,6 @@ impl VirtualLine {
         }
         let line = VirtualLine {
             jigs,
-            baud: cfg.jigs.baud,
             settings: port_settings(cfg, cfg.jigs.baud),
         };
         Ok((line, fed))
@@ -120,10 +118,6 @@ impl VirtualLine {
             .iter()
             .map(|(name, j)| (name.clone(), j.path().to_string(), self.settings.clone()))
             .collect()
-    }
-
-    pub fn baud(&self) -> u32 {
-        self.baud
     }
 
     /// The simulated operator: takes a finished board off its jig.

@@ -545,3 +545,11 @@ impl OutageProxy {
         self.cut.send_replace(false);
     }
 }
+
+/// Public key (SPKI DER) of a PEM private key.
+pub fn public_key_of(key_pem: &[u8]) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem).unwrap();
+    let pair = rcgen::KeyPair::try_from(&key).unwrap();
+    rcgen::PublicKeyData::subject_public_key_info(&pair)
+}
