@@ -9,12 +9,13 @@
 //!
 //! - [`pipeline`]: the stages `run` and `loadtest` share, started and torn down in order.
 //! - [`endpoint`]: the embedded emulator or a real AWS endpoint.
-//! - [`line`]: the per-jig line cycle.
+//! - [`jig_cycle`]: the cycle each jig's thread runs: wait for a board, provision it, write and
+//!   verify, release it.
 //! - [`loadtest`]: `station loadtest`, the engine alone with synthetic devices.
 //! - [`virtual_line`]: virtual jigs on pseudo-terminals fed by a serial-number generator.
 
 pub mod endpoint;
-pub mod line;
+pub mod jig_cycle;
 pub mod loadtest;
 pub mod pipeline;
 pub mod virtual_line;
@@ -29,7 +30,7 @@ use crate::jig::PortSettings;
 use crate::shutdown::Shutdown;
 use crate::telemetry::summary::{LineInfo, Summary};
 
-use self::line::{LineContext, LineProgress};
+use self::jig_cycle::{LineContext, LineProgress};
 use self::pipeline::{LedgerPlace, Pipeline, PipelineOptions};
 
 /// Options of one run (the CLI flags).
@@ -226,7 +227,7 @@ pub async fn run(cfg: &Config, opts: &RunOptions, shutdown: Shutdown) -> crate::
             let ctx = ctx.clone();
             std::thread::Builder::new()
                 .name(format!("jig-{name}"))
-                .spawn(move || line::run_jig(&name, &path, &settings, &ctx))
+                .spawn(move || jig_cycle::run_jig(&name, &path, &settings, &ctx))
                 .expect("spawn jig thread")
         })
         .collect();

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::line::ReleaseHook;
+use super::jig_cycle::ReleaseHook;
 use crate::config::{Config, FlowControlConfig, ParityConfig, PortEntry};
 use crate::error::Error;
 use crate::jig::{PortSettings, SerialGenerator, VirtualJig, VirtualJigConfig};

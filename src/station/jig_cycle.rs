@@ -1,4 +1,4 @@
-//! The line cycle of one jig, on its own OS thread: wait for a board → read its identity →
+//! The cycle of one jig, on its own OS thread: wait for a board → read its identity →
 //! get credentials from the provisioning engine → write, commit, verify → report → release
 //! the board and wait for the next one.
 //!
