@@ -48,15 +48,6 @@ pub enum Error {
         help("set [jigs] count ≥ 1 (virtual) or list [[jigs.ports]] (serial)")
     )]
     NoJigs,
-
-    #[error("cannot start a virtual jig: {0}")]
-    #[diagnostic(
-        code(station::virtual_jig),
-        help(
-            "virtual jigs need pseudo-terminals (/dev/ptmx); on Linux check that devpts is mounted"
-        )
-    )]
-    VirtualJig(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

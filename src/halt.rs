@@ -68,7 +68,10 @@ mod tests {
         let h = Halt::new(s.clone());
         assert!(!h.is_raised());
         h.raise(Error::NoJigs);
-        h.raise(Error::VirtualJig("later".into()));
+        h.raise(Error::Report {
+            path: "later".into(),
+            source: std::io::Error::other("later"),
+        });
         assert!(s.is_triggered());
         assert!(matches!(h.take(), Some(Error::NoJigs)));
         assert!(h.take().is_none());

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use super::jig_cycle::ReleaseHook;
 use crate::config::{Config, FlowControlConfig, ParityConfig, PortEntry};
-use crate::error::Error;
 use crate::jig::{PortSettings, SerialGenerator, VirtualJig, VirtualJigConfig};
 use crate::ledger::{DeviceState, Ledger};
 
@@ -101,8 +100,7 @@ impl VirtualLine {
         for i in 0..cfg.jigs.count {
             let mut jc = VirtualJigConfig::new(&cfg.jigs.flash_dir);
             jc.baud = cfg.jigs.baud;
-            let jig =
-                VirtualJig::spawn(jc, rx.clone()).map_err(|e| Error::VirtualJig(e.to_string()))?;
+            let jig = VirtualJig::spawn(jc, rx.clone())?;
             jigs.push((format!("vjig-{}", i + 1), Arc::new(jig)));
         }
         let line = VirtualLine {
