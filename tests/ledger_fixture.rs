@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use common::cli::{StationConfig, station};
+use common::cli::{StationConfig, ledger};
 use common::fixtures;
 use fleet_station::keys::KeySource;
 use fleet_station::ledger::{DeviceState, Ledger, LedgerError, LedgerView, Resume, Transition};
@@ -27,14 +27,9 @@ fn golden(name: &str) -> String {
     std::fs::read_to_string(fixtures().join("ledger").join(name)).unwrap()
 }
 
-fn ledger_command(config: &Path, what: &[&str]) -> String {
-    let out = station()
-        .arg("ledger")
-        .arg("--config")
-        .arg(config)
-        .args(what)
-        .output()
-        .unwrap();
+/// What `station ledger <what…>` prints; it must succeed.
+fn ledger_output(config: &Path, what: &[&str]) -> String {
+    let out = ledger(config, what);
     assert!(
         out.status.success(),
         "`station ledger {}`: {}",
@@ -50,15 +45,15 @@ fn export_and_orphans_print_what_the_release_printed() {
     released_ledger(dir.path());
     let config = StationConfig::embedded(dir.path()).write();
     assert_eq!(
-        ledger_command(&config, &["export", "--format", "csv"]),
+        ledger_output(&config, &["export", "--format", "csv"]),
         golden("v2.export.csv")
     );
     assert_eq!(
-        ledger_command(&config, &["export", "--format", "json"]),
+        ledger_output(&config, &["export", "--format", "json"]),
         golden("v2.export.json")
     );
     assert_eq!(
-        ledger_command(&config, &["orphans"]),
+        ledger_output(&config, &["orphans"]),
         golden("v2.orphans.sh")
     );
 }
