@@ -1,7 +1,7 @@
 //! The boundary between the ledger the station uses ([`Ledger`](super::Ledger),
 //! [`LedgerView`](super::LedgerView)) and the store behind it. Today's one store is SQLite
 //! ([`super::sqlite`]); a second (PostgreSQL) implements the same two traits and its own
-//! opening, and the station does not change.
+//! opening, and the station's calls do not change.
 //!
 //! What a backend provides:
 //! - **Opening as the one writer**: take the ledger's one-writer lock (refusing a second
@@ -13,6 +13,10 @@
 //!   (or failed), so the step after it never runs ahead of the ledger; blocking work stays off
 //!   the async reactor (the SQLite backend runs it on its writer thread).
 //! - [`Records`]: the reads.
+//!
+//! [`Ledger::open`](super::Ledger::open) and [`LedgerView::open`](super::LedgerView::open)
+//! choose the store: today they take the ledger file's path and open SQLite; they are where a
+//! second store is chosen (from how the configuration names the ledger).
 //!
 //! The rules every backend applies are in [`super::state`] ([`DeviceState::resumes`],
 //! [`OrphanStatus::of_abandoned`]) and the sealing of keys in [`seal`].

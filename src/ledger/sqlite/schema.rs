@@ -2,11 +2,11 @@
 //! writer opens a ledger, all in one transaction with the new version (`PRAGMA user_version`).
 //! A version newer than this code knows, or one it cannot upgrade, is refused.
 //!
-//! Version 2 is the first version a ledger records; the unversioned ledger before it
-//! (`user_version` 0 with tables) is refused as a file that is not a ledger, as it always
-//! was. To change the schema, append a migration: its number is the version it makes, its SQL
-//! takes a ledger of the version before it there (and a `tests` case opens the released
-//! fixture of the version before it).
+//! Version 2 is the first version a ledger records; the unversioned ledger of the versions
+//! before it (`user_version` 0 with tables) has no migration and is refused (its error reads
+//! version 0, not a ledger), as since version 2 came. A schema change appends a migration: its number is the version it makes, its SQL
+//! takes a ledger of the version before it there; the released ledger of the version before
+//! it is a fixture (`fixtures/ledger/`) that `tests/ledger_fixture.rs` opens and upgrades.
 
 use std::path::Path;
 
@@ -27,7 +27,7 @@ const MIGRATIONS: &[Migration] = &[Migration {
 }];
 
 /// The version this code reads and writes: the last migration's.
-pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;
+pub(super) const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;
 
 /// The ledger as released in version 2 (the text is kept as written then: SQLite stores it,
 /// and a ledger made now has the same schema as one made then).

@@ -51,14 +51,12 @@ where
         let Job {
             value, ack, path, ..
         } = *self;
-        let result = match (outcome, value) {
-            (Ok(()), Some(v)) => Ok(v),
-            (Err(reason), _) => Err(LedgerError::Write {
+        let result = outcome
+            .and_then(|()| value.ok_or_else(|| "the change did not run".to_string()))
+            .map_err(|reason| LedgerError::Write {
                 path: path.to_path_buf(),
                 reason,
-            }),
-            (Ok(()), None) => unreachable!("a change that succeeded has its value"),
-        };
+            });
         let _ = ack.send(result);
     }
 }
