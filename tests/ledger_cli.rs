@@ -6,10 +6,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::cli::{StationConfig, count, station, wait_for};
+use common::cli::{StationConfig, count, ledger, station, wait_for};
 
 /// A station configuration with the embedded emulator, virtual jigs and its ledger in `dir`.
 fn write_config(dir: &Path, id: &str) -> PathBuf {
@@ -65,16 +65,6 @@ fn output_of(dir: &Path, name: &str) -> String {
         std::fs::read_to_string(dir.join(format!("{name}.out"))).unwrap_or_default(),
         std::fs::read_to_string(dir.join(format!("{name}.err"))).unwrap_or_default()
     )
-}
-
-fn ledger(config: &Path, what: &[&str]) -> Output {
-    station()
-        .arg("ledger")
-        .arg("--config")
-        .arg(config)
-        .args(what)
-        .output()
-        .unwrap()
 }
 
 #[test]

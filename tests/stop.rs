@@ -167,7 +167,7 @@ fn sigterm_stops_a_load_test_with_its_devices_interrupted_not_failed() {
         count(&ledger, "SELECT count(*) FROM devices") as u64
     );
     // An interrupted device that held a certificate has it listed for cleanup.
-    let view = fleet_station::ledger::view::LedgerView::open(&ledger).unwrap();
+    let view = fleet_station::ledger::LedgerView::open(&ledger).unwrap();
     let orphans = view.orphans().unwrap();
     let mut with_certificate = 0;
     for d in view.devices().unwrap() {

@@ -22,20 +22,20 @@ const HEADER: [&str; 11] = [
     "reason",
 ];
 
-/// One exported row (fields in [`HEADER`] order).
+/// One exported row (fields in [`HEADER`] order); times in RFC 3339, UTC.
 #[derive(Debug, Serialize)]
-pub struct ExportRow<'a> {
-    pub serial: &'a str,
-    pub state: &'a str,
-    pub thing_name: &'a str,
-    pub certificate_id: &'a str,
-    pub key_source: &'a str,
-    pub jig: &'a str,
-    pub station: &'a str,
-    pub attempts: i64,
-    pub first_seen: String,
-    pub last_change: String,
-    pub reason: &'a str,
+struct ExportRow<'a> {
+    serial: &'a str,
+    state: &'a str,
+    thing_name: &'a str,
+    certificate_id: &'a str,
+    key_source: &'a str,
+    jig: &'a str,
+    station: &'a str,
+    attempts: i64,
+    first_seen: String,
+    last_change: String,
+    reason: &'a str,
 }
 
 fn rfc3339(ms: i64) -> String {

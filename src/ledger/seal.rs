@@ -1,16 +1,19 @@
-//! Sealing of station-made private keys kept in the ledger until their board has them.
+//! Sealing of private keys (station-made, or made by AWS) kept in the ledger until their
+//! board has them.
 //!
 //! Why keep them at all: a station that crashes between "certificate issued" and "written to
 //! the board" can then finish the device on restart instead of orphaning an active
 //! certificate. Why encrypted: the ledger is a shared, exported, backed-up file; the key file
 //! is not. Keys are sealed with AES-256-GCM under a random master key in `<ledger>.key`
 //! (mode 0600), with the board serial as associated data so a sealed key cannot be moved to
-//! another device's row. The sealed copy is deleted once the board is verified.
+//! another device's row. The sealed copy is deleted once the board is verified, or when the
+//! device gives the key up (it fails, is interrupted, or abandons its certificate).
 //!
 //! The key file belongs to its ledger: back it up whenever the ledger is backed up (kept where
 //! the ledger's readers cannot read it, or the encryption protects nothing). Without it, the
 //! unfinished devices whose keys are sealed cannot resume, so
-//! [`Ledger::open`](super::Ledger::open) refuses to start rather than make a new key.
+//! [`Ledger::open`](super::Ledger::open) refuses to start rather than make a new key
+//! ([`open_key_file`], which every backend uses with what its sealed rows are).
 
 use std::path::{Path, PathBuf};
 
@@ -18,22 +21,63 @@ use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
+use super::LedgerError;
+
 /// The master key file next to a ledger.
-pub fn key_path(ledger: &Path) -> PathBuf {
-    let mut p = ledger.as_os_str().to_owned();
-    p.push(".key");
-    PathBuf::from(p)
+pub(crate) fn key_path(ledger: &Path) -> PathBuf {
+    super::beside(ledger, ".key")
+}
+
+/// What a ledger holds sealed: how many rows, and one of them (serial, sealed key) to check
+/// a key file against.
+#[derive(Debug, Default)]
+pub(crate) struct SealedKeys {
+    pub count: i64,
+    pub sample: Option<(String, Vec<u8>)>,
+}
+
+/// The key of the ledger at `ledger`: its existing key file, checked against a sealed row;
+/// a new one only for a ledger without sealed keys. Refused when sealed keys exist and the
+/// key file is missing ([`LedgerError::KeyMissing`]) or does not open them
+/// ([`LedgerError::KeyMismatch`]); the file is then left as found.
+pub(crate) fn open_key_file(ledger: &Path, sealed: SealedKeys) -> Result<Sealer, LedgerError> {
+    let key = key_path(ledger);
+    let io = |source| LedgerError::Io {
+        path: key.clone(),
+        source,
+    };
+    match Sealer::load(&key).map_err(io)? {
+        Some(sealer) => {
+            if let Some((serial, blob)) = sealed.sample
+                && sealer.open(&serial, &blob).is_none()
+            {
+                return Err(LedgerError::KeyMismatch {
+                    path: ledger.to_path_buf(),
+                    key,
+                    serial,
+                    sealed: sealed.count,
+                });
+            }
+            Ok(sealer)
+        }
+        None if sealed.count > 0 => Err(LedgerError::KeyMissing {
+            path: ledger.to_path_buf(),
+            key,
+            sealed: sealed.count,
+        }),
+        None => Sealer::create_new(&key).map_err(io),
+    }
 }
 
 /// Seals and opens private keys.
-pub struct Sealer {
+pub(crate) struct Sealer {
     key: LessSafeKey,
     rng: SystemRandom,
 }
 
 impl Sealer {
     /// Loads the master key; `None` if there is no key file.
-    pub fn load(path: &Path) -> std::io::Result<Option<Sealer>> {
+    fn load(path: &Path) -> std::io::Result<Option<Sealer>> {
         match std::fs::read(path) {
             Ok(b) => Sealer::from_bytes(path, &Zeroizing::new(b)).map(Some),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -44,7 +88,7 @@ impl Sealer {
     /// Creates a new random master key file (mode 0600), exclusively: the key is written to a
     /// temporary file and linked to `path`, which fails if `path` exists; then the existing
     /// key is loaded instead. Two processes creating a key at once thus end with one key.
-    pub fn create_new(path: &Path) -> std::io::Result<Sealer> {
+    pub(crate) fn create_new(path: &Path) -> std::io::Result<Sealer> {
         let rng = SystemRandom::new();
         let mut k = Zeroizing::new(vec![0u8; 32]);
         rng.fill(&mut k)
@@ -87,14 +131,6 @@ impl Sealer {
         }
     }
 
-    /// Loads the master key, creating it (mode 0600) if there is none.
-    pub fn load_or_create(path: &Path) -> std::io::Result<Sealer> {
-        match Sealer::load(path)? {
-            Some(s) => Ok(s),
-            None => Sealer::create_new(path),
-        }
-    }
-
     fn from_bytes(path: &Path, bytes: &[u8]) -> std::io::Result<Sealer> {
         let unbound = UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| {
             std::io::Error::new(
@@ -109,7 +145,7 @@ impl Sealer {
     }
 
     /// nonce ‖ ciphertext ‖ tag, bound to `serial`.
-    pub fn seal(&self, serial: &str, plaintext: &[u8]) -> Vec<u8> {
+    pub(crate) fn seal(&self, serial: &str, plaintext: &[u8]) -> Vec<u8> {
         let mut nonce = [0u8; NONCE_LEN];
         self.rng
             .fill(&mut nonce)
@@ -129,7 +165,7 @@ impl Sealer {
     }
 
     /// Opens a sealed key; `None` if it was not sealed for `serial` under this master key.
-    pub fn open(&self, serial: &str, sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    pub(crate) fn open(&self, serial: &str, sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
         if sealed.len() < NONCE_LEN {
             return None;
         }
@@ -170,7 +206,7 @@ mod tests {
     fn seals_per_serial_and_keeps_the_key_file_private() {
         let dir = tempfile::tempdir().unwrap();
         let path = key_path(&dir.path().join("ledger.db"));
-        let s = Sealer::load_or_create(&path).unwrap();
+        let s = Sealer::create_new(&path).unwrap();
         let sealed = s.seal("SN-1", b"-----BEGIN PRIVATE KEY-----");
         assert!(!sealed.windows(5).any(|w| w == b"BEGIN"));
         assert_eq!(
@@ -179,7 +215,7 @@ mod tests {
         );
         assert!(s.open("SN-2", &sealed).is_none(), "bound to its serial");
         // The same key file opens it later.
-        let again = Sealer::load_or_create(&path).unwrap();
+        let again = Sealer::load(&path).unwrap().unwrap();
         assert!(again.open("SN-1", &sealed).is_some());
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(

@@ -4,13 +4,24 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use super::{StandaloneEmulator, fixtures};
 
 pub fn station() -> Command {
     Command::new(env!("CARGO_BIN_EXE_station"))
+}
+
+/// `station ledger --config <config> <what…>`, run to its end.
+pub fn ledger(config: &Path, what: &[&str]) -> Output {
+    station()
+        .arg("ledger")
+        .arg("--config")
+        .arg(config)
+        .args(what)
+        .output()
+        .unwrap()
 }
 
 /// A `station.toml` for a test: keys (as TOML values) over the defaults.

@@ -1,6 +1,6 @@
 //! Removing the orphaned certificates from AWS: a plan of steps per orphan
 //! ([`cleanup_plan`]) and its rendering as a bash script of AWS CLI commands
-//! ([`render_script`]), which `station ledger orphans` prints.
+//! ([`cleanup_script`]), which `station ledger orphans` prints.
 //!
 //! The steps follow the AWS IoT API's documented rules:
 //! - DeleteCertificate refuses a certificate that is ACTIVE or attached to a thing;
@@ -244,7 +244,7 @@ delete_certificate_if_present() {
 /// The plan as a bash script (`set -euo pipefail`) of documented AWS CLI commands. Each
 /// certificate's ARN is read from AWS (`describe-certificate`), so no account or region is
 /// written into the script.
-pub fn render_script(plan: &[OrphanCleanup]) -> String {
+fn render_script(plan: &[OrphanCleanup]) -> String {
     let mut out = String::from(PREAMBLE);
     let to_run = plan
         .iter()
@@ -300,7 +300,8 @@ pub fn render_script(plan: &[OrphanCleanup]) -> String {
     out
 }
 
-/// [`cleanup_plan`] rendered by [`render_script`].
+/// [`cleanup_plan`] rendered as a bash script (`set -euo pipefail`) of documented AWS CLI
+/// commands; each certificate's ARN is read from AWS, so no account or region is in it.
 pub fn cleanup_script(orphans: &[Orphan]) -> String {
     render_script(&cleanup_plan(orphans))
 }

@@ -1,100 +1,18 @@
-//! Unit tests of the ledger: states, audit trail, resume points, orphans, secrets at rest.
+//! The journal through the public API: a device's life and audit trail, resume points, and
+//! orphans — each certificate AWS may hold listed once, with what AWS holds.
+
+use rusqlite::Connection;
 
 use super::*;
-
-fn issued(cert: &str) -> Transition {
-    Transition::CertificateIssued {
-        certificate_id: cert.into(),
-        certificate_pem: "-----BEGIN CERTIFICATE-----".into(),
-        token: Secret::new("token-secret-value"),
-        token_expires_ms: 5,
-        private_key: None,
-        public_key_sha256: None,
-    }
-}
-
-fn key_reserved() -> Transition {
-    key_reserved_with("ab")
-}
-
-/// A pool key whose public key's sha256 is `pk` repeated.
-fn key_reserved_with(pk: &str) -> Transition {
-    Transition::KeyReserved {
-        source: KeySource::Pool,
-        public_key_sha256: Some(pk.repeat(32)),
-        private_key: Some(Secret::new("-----BEGIN PRIVATE KEY-----PLAINTEXT-KEY")),
-    }
-}
-
-fn abandoned(status: OrphanStatus) -> Transition {
-    Transition::CertificateAbandoned {
-        reason: "the station stopped while its certificate request was in flight".into(),
-        status,
-    }
-}
-
-/// (certificate id, status, serial, public key sha256, thing) of every orphan.
-type OrphanSummary = (
-    Option<String>,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-);
-
-fn orphan_summary(ledger: &LedgerView) -> Vec<OrphanSummary> {
-    ledger
-        .orphans()
-        .unwrap()
-        .into_iter()
-        .map(|o| {
-            (
-                o.certificate_id,
-                o.status,
-                o.serial,
-                o.public_key_sha256,
-                o.thing_name,
-            )
-        })
-        .collect()
-}
-
-/// Raw columns the public rows do not show.
-fn secrets_of(
-    path: &std::path::Path,
-    serial: &str,
-) -> (Option<String>, Option<Vec<u8>>, Option<String>) {
-    let c = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-    c.query_row(
-        "SELECT token, sealed_key, public_key_sha256 FROM devices WHERE serial = ?1",
-        params![serial],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )
-    .unwrap()
-}
-
-fn registered(thing: &str) -> Transition {
-    let mut config = BTreeMap::new();
-    config.insert("LocationUrl".to_string(), "https://example.aws".to_string());
-    Transition::Registered {
-        thing_name: thing.into(),
-        device_configuration: config,
-    }
-}
+use crate::ledger::{
+    DeviceState, KeySource, Ledger, LedgerError, OrphanStatus, Transition, export,
+};
 
 #[tokio::test]
 async fn records_a_full_life_and_its_audit_trail() {
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = Ledger::open(&dir.path().join("l.db"), "st-1").unwrap();
+    let (_dir, path) = scratch();
+    let ledger = Ledger::open(&path, "st-1").unwrap();
     let id = ledger.begin("SN-1", "jig-1").await.unwrap().id;
-    use std::os::unix::fs::PermissionsExt;
-    for f in ["l.db", "l.db-wal", "l.db.key"] {
-        let mode = std::fs::metadata(dir.path().join(f))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600, "{f}");
-    }
     ledger.record(id, key_reserved()).await.unwrap();
     ledger.record(id, issued(&"c".repeat(64))).await.unwrap();
     ledger.record(id, registered("SN-1")).await.unwrap();
@@ -106,12 +24,7 @@ async fn records_a_full_life_and_its_audit_trail() {
     assert_eq!(d.certificate_id.as_deref(), Some("c".repeat(64).as_str()));
     assert_eq!(d.station, "st-1");
     assert_eq!(d.key_source.as_deref(), Some("pool"));
-    let states: Vec<String> = ledger
-        .events(id)
-        .unwrap()
-        .into_iter()
-        .map(|e| e.0)
-        .collect();
+    let states = event_names(&ledger, id);
     assert_eq!(
         states,
         [
@@ -133,8 +46,7 @@ async fn records_a_full_life_and_its_audit_trail() {
 
 #[test]
 fn blocking_calls_work_from_threads_and_survive_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("l.db");
+    let (_dir, path) = scratch();
     {
         let ledger = Ledger::open(&path, "st").unwrap();
         let handles: Vec<_> = (0..8)
@@ -167,8 +79,7 @@ fn blocking_calls_work_from_threads_and_survive_reopen() {
 
 #[tokio::test]
 async fn an_unfinished_device_resumes_with_its_token_and_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("l.db");
+    let (_dir, path) = scratch();
     {
         let ledger = Ledger::open(&path, "st").unwrap();
         let id = ledger.begin("SN-R", "j1").await.unwrap().id;
@@ -188,29 +99,14 @@ async fn an_unfinished_device_resumes_with_its_token_and_key() {
         "-----BEGIN PRIVATE KEY-----PLAINTEXT-KEY"
     );
     assert_eq!(r.key_source, Some(KeySource::Pool));
-    let states: Vec<String> = ledger
-        .events(b.id)
-        .unwrap()
-        .into_iter()
-        .map(|e| e.0)
-        .collect();
+    let states = event_names(&ledger, b.id);
     assert_eq!(states.last().unwrap(), "resumed");
-
-    // The private key is not in the database file in clear.
-    drop(ledger);
-    let mut raw = std::fs::read(&path).unwrap();
-    raw.extend(std::fs::read(dir.path().join("l.db-wal")).unwrap_or_default());
-    assert!(
-        !raw.windows(14)
-            .any(|w| w == b"PLAINTEXT-KEY\0" || w == b"PLAINTEXT-KEY-")
-    );
-    assert!(!raw.windows(13).any(|w| w == b"PLAINTEXT-KEY"));
 }
 
 #[tokio::test]
 async fn abandoned_and_failed_certificates_become_orphans() {
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = Ledger::open(&dir.path().join("l.db"), "st").unwrap();
+    let (_dir, path) = scratch();
+    let ledger = Ledger::open(&path, "st").unwrap();
 
     // A token that can no longer be used: the certificate is abandoned (pending), and the
     // device gets a new one.
@@ -286,206 +182,11 @@ async fn abandoned_and_failed_certificates_become_orphans() {
     assert!(orphans[2].public_key_sha256.is_some());
 }
 
-// ---- concurrency: locks, readers, a second station ----
-
-#[test]
-fn a_write_waits_while_another_connection_holds_the_write_lock() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("l.db");
-    let ledger = Ledger::open(&path, "st").unwrap();
-    let id = ledger.begin_blocking("SN-W", "j").unwrap().id;
-    // Another program (an sqlite3 shell, say) holds the write lock with a change pending.
-    let other = Connection::open(&path).unwrap();
-    other
-        .execute_batch(
-            "BEGIN IMMEDIATE; INSERT INTO events (device_id, state, at_ms) VALUES (1, 'other', 0);",
-        )
-        .unwrap();
-    let l = ledger.clone();
-    let write = std::thread::spawn(move || l.record_blocking(id, key_reserved()));
-    // It holds the lock for a while (the scenario, not a synchronisation: the write succeeds
-    // however long it takes the writer thread to reach the lock).
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    other.execute_batch("COMMIT").unwrap();
-    write
-        .join()
-        .unwrap()
-        .expect("the write waited for the lock");
-    assert_eq!(
-        ledger.device("SN-W").unwrap().unwrap().state,
-        DeviceState::KeyReserved
-    );
-    // The line goes on.
-    ledger.record_blocking(id, issued("c")).unwrap();
-}
-
-#[tokio::test]
-async fn a_reader_holding_a_snapshot_does_not_stop_the_writer() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("l.db");
-    let ledger = Ledger::open(&path, "st").unwrap();
-    let id = ledger.begin("SN-1", "j").await.unwrap().id;
-    let reader = LedgerView::open(&path).unwrap().reader().unwrap();
-    reader.execute_batch("BEGIN").unwrap();
-    let count = |c: &Connection| -> i64 {
-        c.query_row("SELECT count(*) FROM events", [], |r| r.get(0))
-            .unwrap()
-    };
-    let before = count(&reader);
-    ledger.record(id, key_reserved()).await.unwrap();
-    ledger.begin("SN-2", "j").await.unwrap();
-    // The reader keeps its snapshot; the writer commits past it.
-    assert_eq!(count(&reader), before);
-    reader.execute_batch("COMMIT").unwrap();
-    assert_eq!(count(&reader), before + 2);
-    ledger.record(id, issued("c")).await.unwrap();
-}
-
-#[test]
-fn a_second_station_on_one_ledger_is_refused_naming_the_first() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("l.db");
-    let first = Ledger::open(&path, "st-first").unwrap();
-    let clone = first.clone();
-    drop(first);
-    // A clone keeps the lock.
-    let err = Ledger::open(&path, "st-second").err().expect("refused");
-    let LedgerError::InUse { path: p, holder } = &err else {
-        panic!("{err:?}");
-    };
-    assert_eq!(p, &path);
-    assert!(holder.contains("station st-first"), "{holder}");
-    assert!(
-        holder.contains(&format!("pid {}", std::process::id())),
-        "{holder}"
-    );
-    assert!(
-        holder.contains("host ") && holder.contains("since "),
-        "{holder}"
-    );
-    let shown = format!("{:?}", miette::Report::new(err));
-    assert!(shown.contains("station::ledger::in_use"), "{shown}");
-    assert!(shown.contains("stop the other station"), "{shown}");
-    // Reading is not writing: a view opens beside the writer.
-    assert_eq!(LedgerView::open(&path).unwrap().devices().unwrap().len(), 0);
-
-    // When the last clone is gone the lock is free again; the lock file stays, owner-only.
-    drop(clone);
-    let again = Ledger::open(&path, "st-second").unwrap();
-    let lock = lock::lock_path(&path);
-    use std::os::unix::fs::PermissionsExt;
-    assert_eq!(
-        std::fs::metadata(&lock).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
-    assert!(
-        std::fs::read_to_string(&lock)
-            .unwrap()
-            .starts_with("station st-second, pid ")
-    );
-    drop(again);
-    assert!(lock.exists(), "the lock file is never deleted");
-}
-
-#[test]
-fn writer_failures_are_reported_as_such() {
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = Ledger::open(&dir.path().join("l.db"), "st").unwrap();
-    let err = ledger
-        .record_blocking(4242, Transition::Written)
-        .expect_err("no such device");
-    assert!(matches!(err, LedgerError::Write { .. }), "{err:?}");
-}
-
-// ---- the key file ----
-
-#[tokio::test]
-async fn a_missing_key_file_is_refused_while_keys_are_sealed_under_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("l.db");
-    let key = dir.path().join("l.db.key");
-    {
-        let ledger = Ledger::open(&path, "st").unwrap();
-        for serial in ["SN-1", "SN-2"] {
-            let id = ledger.begin(serial, "j").await.unwrap().id;
-            ledger.record(id, key_reserved()).await.unwrap();
-        }
-    }
-    let saved = std::fs::read(&key).unwrap();
-    std::fs::remove_file(&key).unwrap();
-    let err = Ledger::open(&path, "st").err().expect("refused");
-    assert!(
-        matches!(&err, LedgerError::KeyMissing { sealed: 2, key: k, .. } if k == &key),
-        "{err:?}"
-    );
-    let shown = format!("{:?}", miette::Report::new(err));
-    assert!(
-        shown.contains("restore <ledger>.key from the backup"),
-        "{shown}"
-    );
-    assert!(!key.exists(), "no new key was made");
-
-    // Restored from the backup, the devices resume with their keys.
-    std::fs::write(&key, &saved).unwrap();
-    let ledger = Ledger::open(&path, "st").unwrap();
-    let r = ledger.begin("SN-1", "j").await.unwrap().resume.unwrap();
-    assert!(r.private_key.is_some());
-}
-
-#[tokio::test]
-async fn a_key_file_of_another_ledger_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("l.db");
-    {
-        let ledger = Ledger::open(&path, "st").unwrap();
-        let id = ledger.begin("SN-1", "j").await.unwrap().id;
-        ledger.record(id, key_reserved()).await.unwrap();
-    }
-    let key = dir.path().join("l.db.key");
-    let saved = std::fs::read(&key).unwrap();
-    std::fs::remove_file(&key).unwrap();
-    seal::Sealer::create_new(&key).unwrap();
-    let err = Ledger::open(&path, "st").err().expect("refused");
-    assert!(
-        matches!(&err, LedgerError::KeyMismatch { serial, sealed: 1, .. } if serial == "SN-1"),
-        "{err:?}"
-    );
-    assert_ne!(
-        std::fs::read(&key).unwrap(),
-        saved,
-        "the wrong key is left as found"
-    );
-}
-
-#[tokio::test]
-async fn a_ledger_without_sealed_keys_gets_a_new_key_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("l.db");
-    {
-        let ledger = Ledger::open(&path, "st").unwrap();
-        let id = ledger.begin("SN-1", "j").await.unwrap().id;
-        ledger.record(id, key_reserved()).await.unwrap();
-        ledger
-            .record(id, Transition::Failed { reason: "r".into() })
-            .await
-            .unwrap();
-    }
-    let key = dir.path().join("l.db.key");
-    let old = std::fs::read(&key).unwrap();
-    std::fs::remove_file(&key).unwrap();
-    let ledger = Ledger::open(&path, "st").unwrap();
-    assert!(key.exists());
-    assert_ne!(std::fs::read(&key).unwrap(), old);
-    let id = ledger.begin("SN-1", "j").await.unwrap().id;
-    ledger.record(id, key_reserved()).await.unwrap();
-}
-
 // ---- orphans: each listed once, with what AWS holds ----
 
 #[tokio::test]
 async fn a_second_kill_in_flight_records_the_key_once_and_starts_afresh() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("l.db");
+    let (_dir, path) = scratch();
     let ledger = Ledger::open(&path, "st").unwrap();
     let id = ledger.begin("SN-K", "j").await.unwrap().id;
     ledger.record(id, key_reserved_with("aa")).await.unwrap();
@@ -544,8 +245,7 @@ async fn a_second_kill_in_flight_records_the_key_once_and_starts_afresh() {
 
 #[tokio::test]
 async fn the_same_orphan_is_never_listed_twice() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("l.db");
+    let (_dir, path) = scratch();
     let ledger = Ledger::open(&path, "st").unwrap();
     let id = ledger.begin("SN-D", "j").await.unwrap().id;
     ledger.record(id, key_reserved_with("cc")).await.unwrap();
@@ -578,8 +278,8 @@ async fn the_same_orphan_is_never_listed_twice() {
 
 #[tokio::test]
 async fn an_active_orphan_gets_its_thing_from_the_next_registration() {
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = Ledger::open(&dir.path().join("l.db"), "st").unwrap();
+    let (_dir, path) = scratch();
+    let ledger = Ledger::open(&path, "st").unwrap();
     let other = ledger.begin("SN-O", "j").await.unwrap().id;
     ledger.record(other, key_reserved()).await.unwrap();
     ledger.record(other, issued("c-other")).await.unwrap();
@@ -625,8 +325,7 @@ async fn an_active_orphan_gets_its_thing_from_the_next_registration() {
 
 #[tokio::test]
 async fn an_interrupted_device_orphans_what_it_holds_and_starts_over() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("l.db");
+    let (_dir, path) = scratch();
     let ledger = Ledger::open(&path, "st").unwrap();
     let interrupted = || Transition::Interrupted {
         reason: "load test interrupted".into(),
@@ -704,8 +403,8 @@ async fn an_interrupted_device_orphans_what_it_holds_and_starts_over() {
 
 #[tokio::test]
 async fn a_lost_certificate_request_is_listed_once_as_pending() {
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = Ledger::open(&dir.path().join("l.db"), "st").unwrap();
+    let (_dir, path) = scratch();
+    let ledger = Ledger::open(&path, "st").unwrap();
     let id = ledger.begin("SN-L", "j").await.unwrap().id;
     // No key on record yet: nothing to list.
     ledger.note_lost_request(id, "timed out").await.unwrap();
@@ -743,12 +442,7 @@ async fn a_lost_certificate_request_is_listed_once_as_pending() {
     // Then the retry is answered: the device goes on with its certificate.
     ledger.record(id, issued("c-l")).await.unwrap();
     assert_eq!(ledger.orphans().unwrap().len(), 1);
-    let events: Vec<String> = ledger
-        .events(id)
-        .unwrap()
-        .into_iter()
-        .map(|e| e.0)
-        .collect();
+    let events = event_names(&ledger, id);
     assert_eq!(
         events,
         [
@@ -761,134 +455,10 @@ async fn a_lost_certificate_request_is_listed_once_as_pending() {
     );
 }
 
-// ---- the read-only view ----
-
-/// Every file of `dir`: name, a digest of its bytes, length, mtime.
-fn snapshot(dir: &std::path::Path) -> Vec<(String, String, u64, std::time::SystemTime)> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            let m = e.metadata().unwrap();
-            let bytes = std::fs::read(e.path()).unwrap();
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                hex::encode(ring::digest::digest(&ring::digest::SHA256, &bytes)),
-                m.len(),
-                m.modified().unwrap(),
-            )
-        })
-        .collect();
-    files.sort();
-    files
-}
-
-#[tokio::test]
-async fn the_view_reads_without_writing_anything() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("l.db");
-    let id = {
-        let ledger = Ledger::open(&path, "st").unwrap();
-        let id = ledger.begin("SN-V", "j").await.unwrap().id;
-        ledger.record(id, key_reserved()).await.unwrap();
-        ledger.record(id, issued("c-v")).await.unwrap();
-        ledger
-            .record(id, Transition::Failed { reason: "r".into() })
-            .await
-            .unwrap();
-        id
-    };
-    // The view needs neither the key file nor the lock file.
-    std::fs::remove_file(dir.path().join("l.db.key")).unwrap();
-    std::fs::remove_file(dir.path().join("l.db.lock")).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
-    let before = snapshot(dir.path());
-
-    let view = LedgerView::open(&path).unwrap();
-    assert_eq!(view.devices().unwrap().len(), 1);
-    assert_eq!(
-        view.device("SN-V").unwrap().unwrap().state,
-        DeviceState::Failed
-    );
-    assert!(view.unfinished().unwrap().is_empty());
-    assert_eq!(view.events(id).unwrap().len(), 4);
-    assert_eq!(view.orphans().unwrap().len(), 1);
-    drop(view);
-
-    // SQLite's own companions of a WAL database may appear (a reader needs the shared-memory
-    // index, and an empty log); the ledger, its key and its lock are as they were.
-    let after: Vec<_> = snapshot(dir.path())
-        .into_iter()
-        .filter(|f| f.0 != "l.db-shm" && !(f.0 == "l.db-wal" && f.2 == 0))
-        .collect();
-    assert_eq!(after, before, "no file was created, changed or touched");
-    let version: i64 =
-        Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap()
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
-    assert_eq!(version, SCHEMA_VERSION);
-    assert_eq!(
-        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-        0o640,
-        "no chmod"
-    );
-}
-
-#[test]
-fn the_view_refuses_a_missing_ledger_and_an_unknown_schema() {
-    let dir = tempfile::tempdir().unwrap();
-    let missing = dir.path().join("none.db");
-    let err = LedgerView::open(&missing).err().unwrap();
-    assert!(matches!(err, LedgerError::NotFound { .. }), "{err:?}");
-    assert!(!missing.exists(), "nothing is created");
-
-    let path = dir.path().join("l.db");
-    drop(Ledger::open(&path, "st").unwrap());
-    Connection::open(&path)
-        .unwrap()
-        .execute_batch("PRAGMA user_version = 99")
-        .unwrap();
-    let err = LedgerView::open(&path).err().unwrap();
-    assert!(
-        matches!(
-            err,
-            LedgerError::Schema {
-                found: 99,
-                need: SCHEMA_VERSION,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    let version: i64 = Connection::open(&path)
-        .unwrap()
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(version, 99, "left as found");
-    // Nor does the writer take over a ledger of another version.
-    assert!(matches!(
-        Ledger::open(&path, "st"),
-        Err(LedgerError::Schema { found: 99, .. })
-    ));
-
-    // A database that is not a ledger at all.
-    let other = dir.path().join("other.db");
-    Connection::open(&other)
-        .unwrap()
-        .execute_batch("CREATE TABLE t (x)")
-        .unwrap();
-    assert!(matches!(
-        LedgerView::open(&other),
-        Err(LedgerError::Schema { found: 0, .. })
-    ));
-}
-
 #[tokio::test]
 async fn a_key_released_before_its_request_was_sent_leaves_no_orphan() {
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = Ledger::open(&dir.path().join("l.db"), "st").unwrap();
+    let (_dir, path) = scratch();
+    let ledger = Ledger::open(&path, "st").unwrap();
     let id = ledger.begin("SN-R", "jig").await.unwrap().id;
     ledger.record(id, key_reserved()).await.unwrap();
     let released = || Transition::KeyReleased {

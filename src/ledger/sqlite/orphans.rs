@@ -1,21 +1,26 @@
-//! Recording orphans: a certificate AWS issued that will never reach a board, or the key of
-//! a request whose answer may have been lost, listed once per serial.
+//! Recording orphans in SQLite: a certificate AWS issued that will never reach a board, or
+//! the key of a request whose answer may have been lost, listed once per serial. Which status
+//! an orphan gets is [`OrphanStatus::of_abandoned`]'s rule.
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{OptionalExtension, Transaction, params};
 
-use super::{DeviceState, OrphanStatus};
+use crate::ledger::{DeviceState, OrphanStatus};
+
+/// An orphan to record.
+pub(super) struct NewOrphan<'a> {
+    pub certificate_id: Option<&'a str>,
+    pub public_key_sha256: Option<&'a str>,
+    pub serial: &'a str,
+    pub status: OrphanStatus,
+    pub thing_name: Option<&'a str>,
+    pub reason: &'a str,
+}
 
 /// Records an orphan unless the same one is listed already: the same serial and certificate
 /// id, or (no certificate id) the same serial and public key.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn insert_orphan(
-    tx: &rusqlite::Transaction<'_>,
-    certificate_id: Option<&str>,
-    public_key_sha256: Option<&str>,
-    serial: &str,
-    status: &str,
-    thing_name: Option<&str>,
-    reason: &str,
+    tx: &Transaction<'_>,
+    o: &NewOrphan<'_>,
     now: i64,
 ) -> rusqlite::Result<()> {
     tx.prepare_cached(
@@ -27,12 +32,12 @@ pub(super) fn insert_orphan(
                  OR (?1 IS NULL AND certificate_id IS NULL AND public_key_sha256 = ?2)))",
     )?
     .execute(params![
-        certificate_id,
-        public_key_sha256,
-        serial,
-        status,
-        thing_name,
-        reason,
+        o.certificate_id,
+        o.public_key_sha256,
+        o.serial,
+        o.status.as_str(),
+        o.thing_name,
+        o.reason,
         now
     ])?;
     Ok(())
@@ -41,14 +46,15 @@ pub(super) fn insert_orphan(
 /// Moves device `id`'s current certificate into `orphans` and clears it. With no certificate
 /// but a key reserved, a certificate request may have been answered unheard: the key's sha256
 /// is recorded instead. With `only_issued`, a certificate request still unanswered is not
-/// counted (its answer is what is being recorded).
+/// counted (its answer is what is being recorded). `believed` is the caller's status for a
+/// certificate the device holds.
 pub(super) fn orphan_current(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Transaction<'_>,
     id: i64,
     reason: &str,
     now: i64,
     only_issued: bool,
-    status: Option<OrphanStatus>,
+    believed: Option<OrphanStatus>,
 ) -> rusqlite::Result<()> {
     type Row = (
         String,
@@ -66,19 +72,9 @@ pub(super) fn orphan_current(
     let Some((serial, state, cert, pk, thing)) = row else {
         return Ok(());
     };
-    let state = DeviceState::parse(&state).unwrap_or(DeviceState::Failed);
-    let by_state = match state {
-        DeviceState::CertificateIssued => OrphanStatus::Pending,
-        DeviceState::Registered | DeviceState::Written => OrphanStatus::Active,
-        // A request may have been in flight: AWS may hold a pending certificate for this key.
-        DeviceState::KeyReserved => OrphanStatus::Unknown,
-        _ => return Ok(()),
-    };
-    // A registered certificate is active whatever the caller believed.
-    let status = match (by_state, status) {
-        (OrphanStatus::Active, _) => OrphanStatus::Active,
-        (_, Some(s)) if cert.is_some() => s,
-        (s, _) => s,
+    let state = DeviceState::stored(&state);
+    let Some(status) = OrphanStatus::of_abandoned(state, cert.is_some(), believed) else {
+        return Ok(());
     };
     if cert.is_none() && (only_issued || pk.is_none()) {
         return Ok(());
@@ -88,12 +84,14 @@ pub(super) fn orphan_current(
     let thing = thing.filter(|_| status == OrphanStatus::Active);
     insert_orphan(
         tx,
-        cert.as_deref(),
-        pk.as_deref(),
-        &serial,
-        status.as_str(),
-        thing.as_deref(),
-        reason,
+        &NewOrphan {
+            certificate_id: cert.as_deref(),
+            public_key_sha256: pk.as_deref(),
+            serial: &serial,
+            status,
+            thing_name: thing.as_deref(),
+            reason,
+        },
         now,
     )?;
     tx.prepare_cached(

@@ -1,5 +1,5 @@
 //! One writer per ledger: an exclusive `flock` on `<ledger>.lock`, held as long as the
-//! [`Ledger`](super::Ledger) is open.
+//! [`Ledger`](crate::ledger::Ledger) is open.
 //!
 //! Two stations writing one ledger would interleave their devices' journals and, worse, each
 //! take the other's unfinished boards for its own. The lock is taken non-blocking, so the
@@ -19,25 +19,23 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::LedgerError;
+use crate::ledger::LedgerError;
 
 /// The lock file next to a ledger.
-pub fn lock_path(ledger: &Path) -> PathBuf {
-    let mut p = ledger.as_os_str().to_owned();
-    p.push(".lock");
-    PathBuf::from(p)
+pub(crate) fn lock_path(ledger: &Path) -> PathBuf {
+    crate::ledger::beside(ledger, ".lock")
 }
 
 /// The held lock; released when dropped (or when the process dies).
 #[derive(Debug)]
-pub struct LedgerLock {
+pub(super) struct LedgerLock {
     // Closing the file releases the lock.
     _file: File,
 }
 
 impl LedgerLock {
     /// Takes the lock of `ledger` for `station`, or says who holds it.
-    pub fn acquire(ledger: &Path, station: &str) -> Result<LedgerLock, LedgerError> {
+    pub(super) fn acquire(ledger: &Path, station: &str) -> Result<LedgerLock, LedgerError> {
         let path = lock_path(ledger);
         let io = |source| LedgerError::Io {
             path: path.clone(),
