@@ -168,7 +168,10 @@ pub async fn run(cfg: &Config, opts: &RunOptions, shutdown: Shutdown) -> crate::
             source,
         }
     })?;
-    let unfinished = p.ledger.unfinished()?;
+    let ledger = p.ledger.clone();
+    let unfinished = tokio::task::spawn_blocking(move || ledger.unfinished())
+        .await
+        .expect("the ledger reader does not panic")?;
     if !unfinished.is_empty() {
         tracing::info!(
             count = unfinished.len(),
@@ -180,7 +183,13 @@ pub async fn run(cfg: &Config, opts: &RunOptions, shutdown: Shutdown) -> crate::
     let mut virtual_line = None;
     let mut target = requested;
     let ports: Vec<(String, String, PortSettings)> = if cfg.jigs.is_virtual() {
-        let (line, fed) = virtual_line::VirtualLine::start(cfg, requested.unwrap_or(0), &p.ledger)?;
+        // Off the reactor: it reads the ledger and opens pseudo-terminals.
+        let (cfg, ledger, boards) = (cfg.clone(), p.ledger.clone(), requested.unwrap_or(0));
+        let (line, fed) = tokio::task::spawn_blocking(move || {
+            virtual_line::VirtualLine::start(&cfg, boards, &ledger)
+        })
+        .await
+        .expect("starting the virtual line does not panic")?;
         target = Some(fed);
         let ports = line.ports();
         virtual_line = Some(line);

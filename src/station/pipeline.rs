@@ -74,7 +74,7 @@ impl Pipeline {
         // The line's ledger first: a second station on it is refused before it starts
         // anything (an embedded emulator on the same state directory, a report folder).
         let line_ledger = match opts.ledger {
-            LedgerPlace::At(path) => Some(Ledger::open(path, &cfg.station.id)?),
+            LedgerPlace::At(path) => Some(open_ledger(path, &cfg.station.id).await?),
             LedgerPlace::InReportDir => None,
         };
         let endpoint = Endpoint::resolve(cfg).await?;
@@ -82,7 +82,7 @@ impl Pipeline {
         let report_dir = create_report_dir(cfg, opts.report_dir, opts.report_prefix)?;
         let ledger = match line_ledger {
             Some(l) => l,
-            None => match Ledger::open(&report_dir.join("ledger.db"), &cfg.station.id) {
+            None => match open_ledger(&report_dir.join("ledger.db"), &cfg.station.id).await {
                 Ok(l) => l,
                 Err(e) => {
                     // Leave nothing behind for a run that did not start.
@@ -161,7 +161,12 @@ impl Pipeline {
             None => Stopped::Done,
         };
         // Devices that keep their state for the next run.
-        let unfinished = self.ledger.unfinished().map(|u| u.len()).unwrap_or(0);
+        let ledger = self.ledger.clone();
+        let unfinished = tokio::task::spawn_blocking(move || ledger.unfinished())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map_or(0, |u| u.len());
         drop(self.telemetry);
         let aggregate = self.aggregator.await.expect("telemetry aggregator");
         if let Some(p) = self.printer {
@@ -182,6 +187,14 @@ impl Pipeline {
             unfinished,
         })
     }
+}
+
+/// Opens a ledger off the async reactor (SQLite and the lock are blocking work).
+async fn open_ledger(path: &Path, station: &str) -> Result<Ledger, crate::ledger::LedgerError> {
+    let (path, station) = (path.to_path_buf(), station.to_string());
+    tokio::task::spawn_blocking(move || Ledger::open(&path, &station))
+        .await
+        .expect("the ledger opener does not panic")
 }
 
 /// Creates the report folder: the one given, or a new `<prefix><UTC timestamp>` folder under
