@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::config::InvalidSetting;
 use crate::fleet::Api;
 
 /// The longest delay any fault may add (ten minutes): beyond that a test is hung, not slow.
@@ -63,24 +64,21 @@ pub struct FaultConfig {
 }
 
 impl FaultConfig {
-    /// Checks the values; returns `(key, problem)` on error.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        for (key, f) in [
+    /// Checks the values.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        for (key, value) in [
             ("error_500_fraction", self.error_500_fraction),
             (
                 "foreign_certificate_fraction",
                 self.foreign_certificate_fraction,
             ),
         ] {
-            if !(0.0..=1.0).contains(&f) {
-                return Err((
-                    format!("emulator.faults.{key}"),
-                    format!("is {f}; it must be between 0 and 1"),
-                ));
+            if !(0.0..=1.0).contains(&value) {
+                return Err(InvalidSetting::FaultFraction { key, value });
             }
         }
         if self.throttle_burst_every == Some(0) || self.drop_after_messages == Some(0) {
-            return Err(("emulator.faults".into(), "counts must be at least 1".into()));
+            return Err(InvalidSetting::FaultCount);
         }
         for (key, ms) in [
             ("storage_delay_ms", Some(self.storage_delay_ms)),
@@ -91,10 +89,7 @@ impl FaultConfig {
             ("duplicate_reply_after_ms", self.duplicate_reply_after_ms),
         ] {
             if let Some(ms) = ms.filter(|ms| *ms > MAX_DELAY_MS) {
-                return Err((
-                    format!("emulator.faults.{key}"),
-                    format!("is {ms}; it must be at most {MAX_DELAY_MS} (ten minutes)"),
-                ));
+                return Err(InvalidSetting::FaultDelay { key, ms });
             }
         }
         Ok(())
@@ -302,9 +297,9 @@ mod tests {
                 "emulator.faults.duplicate_reply_after_ms",
             ),
         ] {
-            let (k, problem) = cfg.validate().unwrap_err();
-            assert_eq!(k, key);
-            assert!(problem.contains("at most 600000"), "{problem}");
+            let e = cfg.validate().unwrap_err();
+            assert_eq!(e.key(), key);
+            assert!(e.problem().contains("at most 600000"), "{e}");
         }
         let ok = FaultConfig {
             storage_delay_ms: MAX_DELAY_MS,
@@ -320,9 +315,14 @@ mod tests {
             error_500_fraction: 1.5,
             ..FaultConfig::default()
         };
-        assert_eq!(
-            bad.validate().unwrap_err().0,
-            "emulator.faults.error_500_fraction"
-        );
+        let e = bad.validate().unwrap_err();
+        assert_eq!(e.key(), "emulator.faults.error_500_fraction");
+        assert_eq!(e.problem(), "is 1.5; it must be between 0 and 1");
+        let zero = FaultConfig {
+            drop_after_messages: Some(0),
+            ..FaultConfig::default()
+        };
+        assert_eq!(zero.validate(), Err(InvalidSetting::FaultCount));
+        assert_eq!(zero.validate().unwrap_err().key(), "emulator.faults");
     }
 }

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use serde::Deserialize;
 
+use super::config::InvalidSetting;
 use super::errors::Rejection;
 use crate::fleet::Api;
 use crate::token_bucket::TokenBucket;
@@ -55,18 +56,15 @@ pub struct QuotaConfig {
 }
 
 impl QuotaConfig {
-    /// Checks the profile name and the values; returns `(key, problem)` on error.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    /// Checks the profile name and the values.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
         if let Some(p) = &self.profile
             && p != "unlimited"
             && p != "aws"
         {
-            return Err((
-                "emulator.quotas.profile".into(),
-                format!("{p:?} is not \"unlimited\" or \"aws\""),
-            ));
+            return Err(InvalidSetting::QuotaProfile(p.clone()));
         }
-        for (key, q) in [
+        for (api, q) in [
             (
                 "create_keys_and_certificate",
                 self.create_keys_and_certificate,
@@ -83,10 +81,7 @@ impl QuotaConfig {
                     && q.burst().is_finite()
                     && q.burst() >= 0.0)
             {
-                return Err((
-                    format!("emulator.quotas.{key}"),
-                    "must be a non-negative number of requests per second".into(),
-                ));
+                return Err(InvalidSetting::Quota { api });
             }
         }
         Ok(())
@@ -203,14 +198,18 @@ mod tests {
             register_thing: Some(Quota::Tps(-1.0)),
             ..QuotaConfig::default()
         };
+        let e = bad.validate().unwrap_err();
+        assert_eq!(e.key(), "emulator.quotas.register_thing");
         assert_eq!(
-            bad.validate().unwrap_err().0,
-            "emulator.quotas.register_thing"
+            e.problem(),
+            "must be a non-negative number of requests per second"
         );
         let bad = QuotaConfig {
             profile: Some("fast".into()),
             ..QuotaConfig::default()
         };
-        assert_eq!(bad.validate().unwrap_err().0, "emulator.quotas.profile");
+        let e = bad.validate().unwrap_err();
+        assert_eq!(e.key(), "emulator.quotas.profile");
+        assert_eq!(e.problem(), r#""fast" is not "unlimited" or "aws""#);
     }
 }
