@@ -97,7 +97,13 @@ pub enum EmulatorError {
     #[diagnostic(transparent)]
     Config(#[from] InvalidSetting),
     #[error("emulator TLS setup: {0}")]
-    #[diagnostic(code(station::emulator::tls))]
+    #[diagnostic(
+        code(station::emulator::tls),
+        help(
+            "the CA or server identity in [emulator] state_dir cannot serve TLS; delete its .pem \
+             files to let the emulator create new ones (devices then need new certificates)"
+        )
+    )]
     Tls(#[from] rustls::Error),
     #[error("cannot listen on {listen}: {source}")]
     #[diagnostic(
@@ -292,6 +298,111 @@ async fn expire_tokens(registry: Arc<Registry>, every: Duration, shutdown: Shutd
                 count = deleted.len(),
                 "emulator: deleted certificates whose ownership token expired"
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use miette::Diagnostic;
+
+    use super::*;
+    use crate::emulator::control::ControlError;
+    use crate::emulator::template::{StoreError, TemplateError};
+
+    /// Every operator-facing error of the emulator: its code is under `station::emulator::`
+    /// and it says what to do.
+    #[test]
+    fn every_diagnostic_has_a_station_emulator_code_and_a_help() {
+        let io = || std::io::Error::other("denied");
+        let path = PathBuf::from("x");
+        let template = TemplateError::invalid("Resources", "bad");
+        let errors: Vec<Box<dyn Diagnostic>> = vec![
+            Box::new(EmulatorError::StateDir {
+                path: path.clone(),
+                source: io(),
+            }),
+            Box::new(EmulatorError::Ca(ca::CaError::BadPem {
+                path: path.clone(),
+                reason: "r".into(),
+            })),
+            Box::new(EmulatorError::Registry(registry::RegistryError::Sqlite {
+                path: "x".into(),
+                source: rusqlite::Error::InvalidQuery,
+            })),
+            Box::new(EmulatorError::ClaimPolicy {
+                path: path.clone(),
+                reason: "r".into(),
+            }),
+            Box::new(EmulatorError::Config(InvalidSetting::FaultCount)),
+            Box::new(EmulatorError::Tls(rustls::Error::NoCertificatesPresented)),
+            Box::new(EmulatorError::Listen {
+                listen: "x".into(),
+                source: io(),
+            }),
+            Box::new(EmulatorError::Hooks(hook::HookConfigError {
+                arn: "a".into(),
+                reason: "r".into(),
+            })),
+            Box::new(StoreError::ReadDir {
+                dir: path.clone(),
+                source: io(),
+            }),
+            Box::new(StoreError::ReadFile {
+                path: path.clone(),
+                source: io(),
+            }),
+            Box::new(StoreError::FileTooLarge {
+                path: path.clone(),
+                size: 1,
+                max: 0,
+            }),
+            Box::new(StoreError::BadFileName {
+                path: path.clone(),
+                reason: "r".into(),
+            }),
+            Box::new(StoreError::NameMismatch {
+                path: path.clone(),
+                file_name: "a".into(),
+                template_name: "b".into(),
+            }),
+            Box::new(StoreError::Json {
+                path: path.clone(),
+                message: "m".into(),
+                line: 1,
+                column: 1,
+            }),
+            Box::new(StoreError::Envelope {
+                path: path.clone(),
+                field: "f".into(),
+                message: "m".into(),
+                fix: "do this".into(),
+            }),
+            Box::new(StoreError::Template {
+                path,
+                source: template.clone(),
+            }),
+            Box::new(TemplateError::TooLarge { chars: 1 }),
+            Box::new(TemplateError::Json {
+                message: "m".into(),
+                line: 1,
+                column: 1,
+            }),
+            Box::new(template),
+            Box::new(ControlError::ResourceNotFoundException("x".into())),
+            Box::new(ControlError::DeleteConflictException("x".into())),
+            Box::new(ControlError::CertificateStateException("x".into())),
+            Box::new(ControlError::InvalidRequestException("x".into())),
+            Box::new(ControlError::InternalFailureException("x".into())),
+        ];
+        for e in &errors {
+            let code = e.code().map(|c| c.to_string()).unwrap_or_default();
+            assert!(
+                code.starts_with("station::emulator::"),
+                "{e}: code {code:?}"
+            );
+            let help = e.help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(!help.is_empty(), "{code}: no help");
         }
     }
 }

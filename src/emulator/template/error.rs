@@ -13,7 +13,7 @@ pub enum TemplateError {
     /// The body is longer than AWS allows.
     #[error("template body is {chars} characters long; AWS allows at most {MAX_BODY_CHARS}")]
     #[diagnostic(
-        code(fleet_station::emulator::template::too_large),
+        code(station::emulator::template::too_large),
         help("shorten the template: AWS rejects provisioning template bodies over 10 KiB")
     )]
     TooLarge { chars: usize },
@@ -21,7 +21,7 @@ pub enum TemplateError {
     /// The body is not JSON.
     #[error("template body is not valid JSON: {message} (line {line}, column {column})")]
     #[diagnostic(
-        code(fleet_station::emulator::template::json),
+        code(station::emulator::template::json),
         help("fix the JSON syntax at the line and column shown")
     )]
     Json {
@@ -33,7 +33,7 @@ pub enum TemplateError {
     /// The body is JSON but not a valid provisioning template.
     #[error("{}: {message}", display_path(path))]
     #[diagnostic(
-        code(fleet_station::emulator::template::invalid),
+        code(station::emulator::template::invalid),
         help(
             "fix the template at the JSON path shown; the template language is described in \
              the emulator's template module docs and in reference §3"

@@ -76,7 +76,7 @@ pub struct HookConfig {
 pub enum StoreError {
     #[error("cannot read the template directory {}: {source}", dir.display())]
     #[diagnostic(
-        code(fleet_station::emulator::templates::read_dir),
+        code(station::emulator::templates::read_dir),
         help(
             "check that the directory exists and is readable; it holds one NAME.json per provisioning template"
         )
@@ -89,7 +89,7 @@ pub enum StoreError {
 
     #[error("cannot read template file {}: {source}", path.display())]
     #[diagnostic(
-        code(fleet_station::emulator::templates::read_file),
+        code(station::emulator::templates::read_file),
         help("check the file's permissions, or move it out of the template directory")
     )]
     ReadFile {
@@ -100,14 +100,14 @@ pub enum StoreError {
 
     #[error("template file {} is {size} bytes; the loader reads at most {max} bytes", path.display())]
     #[diagnostic(
-        code(fleet_station::emulator::templates::file_too_large),
+        code(station::emulator::templates::file_too_large),
         help("a template body is at most 10240 characters; check that this is the right file")
     )]
     FileTooLarge { path: PathBuf, size: u64, max: u64 },
 
     #[error("template file {}: {reason}", path.display())]
     #[diagnostic(
-        code(fleet_station::emulator::templates::bad_file_name),
+        code(station::emulator::templates::bad_file_name),
         help(
             "rename the file to NAME.json, where NAME is the template name: 1-36 characters from A-Z a-z 0-9 _ -"
         )
@@ -119,7 +119,7 @@ pub enum StoreError {
         path.display()
     )]
     #[diagnostic(
-        code(fleet_station::emulator::templates::name_mismatch),
+        code(station::emulator::templates::name_mismatch),
         help(
             "rename the file to {template_name}.json, or set \"templateName\" to {file_name:?} (or remove it)"
         )
@@ -132,7 +132,7 @@ pub enum StoreError {
 
     #[error("template file {} is not valid JSON: {message} (line {line}, column {column})", path.display())]
     #[diagnostic(
-        code(fleet_station::emulator::templates::json),
+        code(station::emulator::templates::json),
         help("fix the JSON syntax at the line and column shown")
     )]
     Json {
@@ -143,7 +143,7 @@ pub enum StoreError {
     },
 
     #[error("template file {}: {field}: {message}", path.display())]
-    #[diagnostic(code(fleet_station::emulator::templates::envelope), help("{fix}"))]
+    #[diagnostic(code(station::emulator::templates::envelope), help("{fix}"))]
     Envelope {
         path: PathBuf,
         field: String,
@@ -153,7 +153,7 @@ pub enum StoreError {
 
     #[error("template file {}: {source}", path.display())]
     #[diagnostic(
-        code(fleet_station::emulator::templates::template),
+        code(station::emulator::templates::template),
         help(
             "fix the template body at the JSON path shown (for an envelope, the path is inside templateBody)"
         )
