@@ -17,11 +17,31 @@ use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::Error as V5Error;
 use rumqttc::v5::mqttbytes::v5;
 
+/// The QoS mapping of both codecs: rumqttc's 3.1.1 and MQTT 5 `QoS` are two enums with the
+/// same variants (discriminants 0, 1 and 2), so one definition serves both. Expands to
+/// `qos_from` (wire enum to number) and `qos_to` (number to wire enum; anything above 1 is
+/// QoS 2, which the broker never grants or sends).
+macro_rules! qos_mapping {
+    ($qos:ident) => {
+        fn qos_from(q: $qos) -> u8 {
+            q as u8
+        }
+
+        fn qos_to(q: u8) -> $qos {
+            match q {
+                0 => $qos::AtMostOnce,
+                1 => $qos::AtLeastOnce,
+                _ => $qos::ExactlyOnce,
+            }
+        }
+    };
+}
+
 mod mqtt311;
 mod mqtt5;
 
 use mqtt5::{connect_from_v5, read_v5, v5_frame_error, write_v5};
-use mqtt311::{read_v4, write_v4};
+use mqtt311::{connect_from_v4, read_v4, write_v4};
 
 /// The MQTT protocol version a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -293,18 +313,7 @@ pub fn read_first(buf: &mut BytesMut, max_size: usize) -> Result<(Protocol, Inbo
             "the first packet is not CONNECT".into(),
         )),
         Err(V5Error::InvalidProtocolLevel(4)) => match v4::Packet::read(&mut frame, usize::MAX) {
-            Ok(v4::Packet::Connect(c)) => Ok((
-                Protocol::V311,
-                Inbound::Connect(Connect {
-                    will_payload_len: c.last_will.as_ref().map(|w| w.message.len()),
-                    client_id: c.client_id,
-                    keep_alive_s: c.keep_alive,
-                    clean_start: c.clean_session,
-                    session_expiry_s: 0,
-                    max_packet_size: None,
-                    auth_method: None,
-                }),
-            )),
+            Ok(v4::Packet::Connect(c)) => Ok((Protocol::V311, connect_from_v4(c))),
             Ok(_) => Err(ReadError::Malformed(
                 "the first packet is not CONNECT".into(),
             )),
