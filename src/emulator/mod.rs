@@ -1,11 +1,16 @@
 //! An embedded emulator of AWS IoT Core's fleet-provisioning API.
 //!
 //! It is the station's default endpoint (so `station run` works on one machine) and the test
-//! bed for load tests. It imports only the wire contract ([`crate::fleet`]) from the rest of
-//! the crate. Where AWS documents a behaviour it does exactly that; where AWS is silent, the
-//! choice is stated where it is made (see `docs/emulator.md`).
+//! bed for load tests. From the rest of the crate it imports only the wire contract
+//! ([`crate::fleet`]) and three small utilities ([`crate::shutdown`], [`crate::token_bucket`],
+//! [`crate::files`]); nothing of the station. Where AWS documents a behaviour it does exactly
+//! that; where AWS is silent, the choice is stated where it is made (see `docs/emulator.md`).
+//! The facts it follows are in `docs/aws-fleet-provisioning.md`, cited by section (§N).
 //!
-//! - [`config`]: the `[emulator]` section ([`EmulatorConfig`]) and its typed check error
+//! This file holds [`Emulator`] (start, live fault changes, stop) and [`EmulatorError`]. The
+//! modules:
+//!
+//! - `config`: the `[emulator]` section ([`EmulatorConfig`]) and its typed check error
 //!   ([`InvalidSetting`]).
 //! - [`broker`]: MQTT over mutual TLS, client table, topic routing.
 //! - [`api`]: one file per fleet-provisioning API.
@@ -306,9 +311,9 @@ async fn expire_tokens(registry: Arc<Registry>, every: Duration, shutdown: Shutd
 mod tests {
     use miette::Diagnostic;
 
+    use super::control::ControlError;
+    use super::template::{StoreError, TemplateError};
     use super::*;
-    use crate::emulator::control::ControlError;
-    use crate::emulator::template::{StoreError, TemplateError};
 
     /// Every operator-facing error of the emulator: its code is under `station::emulator::`
     /// and it says what to do.

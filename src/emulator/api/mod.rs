@@ -1,7 +1,7 @@
 //! The fleet-provisioning APIs the broker routes reserved topics to, one file per API (as
 //! mini-redis keeps one file per command): each decodes its request in the topic's format,
 //! applies itself to the CA and registry, and answers with an accepted payload or a
-//! [`Rejection`](super::errors::Rejection) from the error table.
+//! [`Rejection`] from the error table.
 //!
 //! - `create_keys_and_certificate`: RSA-2048 key from the [`KeyStock`], certificate, token.
 //! - `create_certificate_from_csr`: CSR checked and signed, certificate, token.

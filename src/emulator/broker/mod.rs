@@ -5,7 +5,7 @@
 //!
 //! - [`codec`]: packets as the session logic sees them, encoded with rumqttc's codecs for
 //!   MQTT 3.1.1 and MQTT 5.
-//! - [`connection`]: one task per connection: CONNECT, SUBSCRIBE, PUBLISH, keep-alive, and
+//! - `connection`: one task per connection: CONNECT, SUBSCRIBE, PUBLISH, keep-alive, and
 //!   how each version is told about a refusal.
 //! - [`limits`]: AWS's broker limits, the `unlimited` and `aws` profiles, rate limiters.
 //! - [`session`]: persistent sessions (subscriptions and queued QoS 1 messages kept for an

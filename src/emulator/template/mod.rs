@@ -12,6 +12,19 @@
 //! - [`store::TemplateStore`] loads every `NAME.json` of a directory, as a bare body or as
 //!   the envelope of AWS's `CreateProvisioningTemplate` request.
 //!
+//! # Modules
+//!
+//! - `parse`: loading a body: size limit, JSON, and each section checked and compiled.
+//! - `expr`: expressions (literals and the intrinsic functions) compiled to a typed tree and
+//!   evaluated per request.
+//! - `eval`: evaluating a loaded template for one request into a [`Provisioned`].
+//! - `provisioned`: what evaluation yields ([`Provisioned`], [`ThingSpec`],
+//!   [`CertificateSpec`], [`PolicySpec`], the override rules).
+//! - `names`: AWS IoT's naming rules applied to evaluated names and values.
+//! - `error`: [`TemplateError`] (load) and [`EvalError`] (evaluation).
+//! - [`store`]: the template directory ([`TemplateStore`]) and its file errors ([`StoreError`]).
+//! - `tests`: behaviour tests of the engine, one file per concern.
+//!
 //! # The language
 //!
 //! | Part | Supported |

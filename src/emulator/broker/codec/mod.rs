@@ -1,9 +1,13 @@
 //! MQTT packets as the broker's session logic sees them, and their wire codec.
 //!
 //! The session logic works on the protocol-neutral [`Inbound`]/[`Outbound`] types; this file
-//! converts them to and from the wire with rumqttc's maintained codecs: MQTT 3.1.1 with
-//! `rumqttc::mqttbytes::v4` ([`mqtt311`]), MQTT 5 with `rumqttc::v5::mqttbytes::v5` ([`mqtt5`]). Nothing here parses
-//! MQTT by hand. The first packet of a connection decides its version ([`read_first`]).
+//! defines them and converts them to and from the wire with rumqttc's maintained codecs.
+//! Nothing here parses MQTT by hand. The first packet of a connection decides its version
+//! ([`read_first`]).
+//!
+//! - `mqtt311`: MQTT 3.1.1 with `rumqttc::mqttbytes::v4`.
+//! - `mqtt5`: MQTT 5 with `rumqttc::v5::mqttbytes::v5`, properties and reason codes.
+//! - `tests`: round trips of every packet the broker reads and writes, on both versions.
 //!
 //! Reason codes are named after MQTT 5's; each knows its 3.1.1 form, if it has one. A packet
 //! with no 3.1.1 form (a server DISCONNECT, most CONNACK refusals) is not written on 3.1.1:
