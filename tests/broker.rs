@@ -258,7 +258,7 @@ async fn mqtt5_connack_tells_the_client_what_aws_enforces() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Policy violations (reference §6).
+// Policy violations (docs/aws-fleet-provisioning.md §6).
 
 #[tokio::test]
 async fn mqtt5_policy_violations_get_0x87_and_the_connection_stays_usable() {
@@ -297,7 +297,7 @@ async fn mqtt311_policy_violations_close_the_connection() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// QoS 2 (reference §2): no PUBACK or SUBACK, not processed, on both versions.
+// QoS 2 (docs/aws-fleet-provisioning.md §2): no PUBACK or SUBACK, not processed, on both versions.
 
 #[tokio::test]
 async fn qos2_gets_no_ack_and_is_not_processed_on_either_version() {
@@ -525,7 +525,7 @@ async fn a_lowered_payload_limit_applies_to_publishes_and_wills() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The `aws` profile's limits (reference §5.2).
+// The `aws` profile's limits (docs/aws-fleet-provisioning.md §5.2).
 
 #[tokio::test]
 async fn aws_inbound_publishes_over_100_per_second_are_discarded() {
@@ -1018,7 +1018,7 @@ async fn shutdown_sends_mqtt5_clients_0x8b() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The port-443-style listener (reference §7).
+// The port-443-style listener (docs/aws-fleet-provisioning.md §7).
 
 #[tokio::test]
 async fn the_alpn_listener_accepts_x_amzn_mqtt_ca_and_refuses_without_it() {

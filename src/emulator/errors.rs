@@ -1,5 +1,5 @@
 //! The emulator's error table: every `{statusCode, errorCode, errorMessage}` it can send on a
-//! `.../rejected` topic is built here and nowhere else (reference §1.3).
+//! `.../rejected` topic is built here and nowhere else (docs/aws-fleet-provisioning.md §1.3).
 //!
 //! | status | errorCode                          | when                                         | evidence  |
 //! |--------|------------------------------------|----------------------------------------------|-----------|

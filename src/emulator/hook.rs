@@ -1,5 +1,5 @@
-//! The pre-provisioning hook (reference §4): a program the emulator asks, on every
-//! `RegisterThing` of a template that has a `preProvisioningHook`, whether the device may be
+//! The pre-provisioning hook (docs/aws-fleet-provisioning.md §4): a program the emulator asks, on
+//! every `RegisterThing` of a template that has a `preProvisioningHook`, whether the device may be
 //! provisioned, before any resource is created.
 //!
 //! AWS calls a Lambda function. The emulator calls one of:
@@ -14,8 +14,9 @@
 //! parameters}`. Output: `{allowProvisioning, parameterOverrides}`.
 //!
 //! Rules, AWS's where documented:
-//! - Provisioning goes on only when `allowProvisioning` is `true`, or `1` (reported accepted
-//!   by AWS, reference §4). Anything else, including a missing field, `"true"` or `0`, denies.
+//! - Provisioning goes on only when `allowProvisioning` is `true`, or `1` (reported accepted by
+//!   AWS, docs/aws-fleet-provisioning.md §4). Anything else, including a missing field, `"true"` or
+//!   `0`, denies.
 //! - `parameterOverrides` (optional) is a map; string values are taken as they are, number
 //!   and boolean values as their JSON text (as the template engine reads literals). `null`,
 //!   list or object values, or a `parameterOverrides` that is not a map, are a bad answer.
@@ -275,7 +276,7 @@ fn is_lambda_arn(arn: &str) -> bool {
         && parts.next().is_some_and(|rest| !rest.is_empty())
 }
 
-/// Reads the hook's answer (reference §4 output).
+/// Reads the hook's answer (docs/aws-fleet-provisioning.md §4 output).
 pub fn parse_output(bytes: &[u8]) -> Result<HookOutcome, HookFailure> {
     let bad = |m: String| HookFailure::BadOutput(m);
     let value: Value = serde_json::from_slice(bytes).map_err(|e| {

@@ -1,10 +1,10 @@
 //! The stock of RSA-2048 key pairs behind `CreateKeysAndCertificate`.
 //!
-//! AWS makes "a 2048-bit RSA key pair" for every `CreateKeysAndCertificate` (reference §1.2,
-//! §1.4). Generating one takes tens of milliseconds, far too long for the async reactor and
-//! long enough to matter under load, so background worker threads keep a bounded stock of
-//! ready keys: a request takes one (waiting only when the stock is empty) and the workers
-//! make the next. The stock is a bounded channel, so full stock means idle workers.
+//! AWS makes "a 2048-bit RSA key pair" for every `CreateKeysAndCertificate`
+//! (docs/aws-fleet-provisioning.md §1.2, §1.4). Generating one takes tens of milliseconds, far too
+//! long for the async reactor and long enough to matter under load, so background worker threads
+//! keep a bounded stock of ready keys: a request takes one (waiting only when the stock is empty)
+//! and the workers make the next. The stock is a bounded channel, so full stock means idle workers.
 //!
 //! Each key is stored ready to serve: its SubjectPublicKeyInfo (for the CA to sign) and its
 //! private key as PKCS#1 PEM (`-----BEGIN RSA PRIVATE KEY-----`, the form AWS returns), in

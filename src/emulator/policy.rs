@@ -1,4 +1,4 @@
-//! AWS IoT policy evaluation for the emulator's broker (reference §6).
+//! AWS IoT policy evaluation for the emulator's broker (docs/aws-fleet-provisioning.md §6).
 //!
 //! A request is an action (`iot:Connect`, `iot:Publish`, `iot:Subscribe`, `iot:Receive`) on a
 //! resource ARN (`client/<id>`, `topic/<name>`, `topicfilter/<filter>`). It is allowed when some
@@ -143,7 +143,7 @@ pub fn wildcard_match(pattern: &str, text: &str) -> bool {
 }
 
 /// The default claim policy: connect, and use the fleet-provisioning topics of every template
-/// (the reference's §6 example with the template name widened to `*`).
+/// (the §6 example of docs/aws-fleet-provisioning.md with the template name widened to `*`).
 pub fn default_claim_policy() -> Value {
     serde_json::json!({
         "Version": "2012-10-17",
@@ -217,7 +217,8 @@ mod tests {
 
     #[test]
     fn the_create_wildcard_does_not_cover_create_from_csr() {
-        // Reference §6: `.../create/*` does not match `.../create-from-csr/...`.
+        // docs/aws-fleet-provisioning.md §6: `.../create/*` does not match
+        // `.../create-from-csr/...`.
         let docs = [
             json!({"Statement": [{"Effect": "Allow", "Action": "iot:Publish",
             "Resource": "arn:aws:iot:*:*:topic/$aws/certificates/create/*"}]}),

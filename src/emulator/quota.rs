@@ -1,10 +1,10 @@
 //! Account-wide API quotas: one token bucket per fleet-provisioning API, shared by every
-//! connection, as AWS's per-account TPS quotas are (reference §5.1). A request over quota is
-//! rejected with 429 before any work is done.
+//! connection, as AWS's per-account TPS quotas are (docs/aws-fleet-provisioning.md §5.1). A request
+//! over quota is rejected with 429 before any work is done.
 //!
-//! Profiles: `unlimited` (the default, for tests and benches) and `aws`, which mirrors the
-//! figures the reference gives: RegisterThing 10 TPS and CreateCertificateFromCsr 15 TPS (the
-//! 2019 control-plane limits, D-LIM19) and CreateKeysAndCertificate 10 TPS (INFERRED: AWS
+//! Profiles: `unlimited` (the default, for tests and benches) and `aws`, which mirrors the figures
+//! docs/aws-fleet-provisioning.md §5.1 gives: RegisterThing 10 TPS and CreateCertificateFromCsr 15
+//! TPS (the 2019 control-plane limits, D-LIM19) and CreateKeysAndCertificate 10 TPS (INFERRED: AWS
 //! publishes no figure). Per-API values override the profile.
 
 use std::sync::Mutex;

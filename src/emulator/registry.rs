@@ -465,7 +465,8 @@ impl Registry {
     }
 
     /// Deletes certificates whose ownership token expired while they were still pending and
-    /// unattached, as AWS does one hour after `Create*` (reference §2). Returns their ids.
+    /// unattached, as AWS does one hour after `Create*` (docs/aws-fleet-provisioning.md §2).
+    /// Returns their ids.
     pub fn expire_tokens(&self, now: u64) -> Vec<String> {
         let mut txn = self.txn();
         let expired: Vec<(String, String)> = txn

@@ -1,6 +1,6 @@
-//! The broker's limits (reference §5.2) in one place: the [`BrokerLimits`] the broker enforces,
-//! the two profiles they start from (`unlimited` for tests and benches, `aws` with AWS IoT
-//! Core's published figures), the per-limit overrides read from `[emulator.broker_limits]`,
+//! The broker's limits (docs/aws-fleet-provisioning.md §5.2) in one place: the [`BrokerLimits`] the
+//! broker enforces, the two profiles they start from (`unlimited` for tests and benches, `aws` with
+//! AWS IoT Core's published figures), the per-limit overrides read from `[emulator.broker_limits]`,
 //! and the two rate limiters (publishes per connection, CONNECTs per client id).
 //!
 //! Quotas (rates and counts) are off in `unlimited`; protocol behaviour that AWS documents as
@@ -29,7 +29,7 @@ pub enum BrokerProfile {
     /// No quotas (rates and counts); protocol limits as AWS. The default, for tests and benches.
     #[default]
     Unlimited,
-    /// AWS IoT Core's message-broker quotas (reference §5.2).
+    /// AWS IoT Core's message-broker quotas (docs/aws-fleet-provisioning.md §5.2).
     Aws,
 }
 
@@ -98,7 +98,7 @@ impl BrokerLimits {
         }
     }
 
-    /// The `aws` profile: the figures of reference §5.2.
+    /// The `aws` profile: the figures of docs/aws-fleet-provisioning.md §5.2.
     pub fn aws() -> BrokerLimits {
         BrokerLimits {
             publishes_per_second: Some(100),

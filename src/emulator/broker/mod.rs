@@ -39,7 +39,7 @@ use super::registry::Registry;
 use crate::shutdown::Shutdown;
 
 /// The ALPN protocol AWS IoT Core requires for MQTT with an X.509 client certificate on
-/// port 443 (reference §7).
+/// port 443 (docs/aws-fleet-provisioning.md §7).
 pub const ALPN_MQTT_CA: &[u8] = b"x-amzn-mqtt-ca";
 
 /// Messages to a connection task from elsewhere in the broker.
@@ -113,7 +113,7 @@ impl BrokerShared {
 
     /// Registers a connection under its client id and returns its connection id; the
     /// previous holder is kicked (AWS: a duplicate client id disconnects the older
-    /// connection, reference §5.2).
+    /// connection, docs/aws-fleet-provisioning.md §5.2).
     fn claim_client_id(&self, client_id: &str, control: mpsc::Sender<Control>) -> u64 {
         let conn_id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
         let old =

@@ -1,4 +1,5 @@
-//! Persistent MQTT sessions (reference §5.2: AWS keeps them for an hour by default).
+//! Persistent MQTT sessions (docs/aws-fleet-provisioning.md §5.2: AWS keeps them for an hour by
+//! default).
 //!
 //! A client that connects with `cleanSession = 0` (MQTT 3.1.1) or a Session Expiry Interval
 //! above 0 (MQTT 5) keeps its subscriptions after it disconnects, for one hour (MQTT 5: the

@@ -4,7 +4,7 @@
 
 use crate::fleet::ErrorResponse;
 
-/// The longest body AWS accepts: 10 KiB, 10240 characters (reference §3.1).
+/// The longest body AWS accepts: 10 KiB, 10240 characters (docs/aws-fleet-provisioning.md §3.1).
 pub const MAX_BODY_CHARS: usize = 10_240;
 
 /// Why a template body cannot be loaded.
@@ -36,7 +36,7 @@ pub enum TemplateError {
         code(station::emulator::template::invalid),
         help(
             "fix the template at the JSON path shown; the template language is described in \
-             the emulator's template module docs and in reference §3"
+             the emulator's template module docs and in docs/aws-fleet-provisioning.md §3"
         )
     )]
     Invalid { path: String, message: String },
@@ -65,7 +65,7 @@ fn display_path(path: &str) -> &str {
 }
 
 /// Why evaluating a template for one request failed. Every evaluation failure is answered
-/// with status 400 and errorCode `InvalidParameters` (reference §1.3).
+/// with status 400 and errorCode `InvalidParameters` (docs/aws-fleet-provisioning.md §1.3).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{path}: {}", self.error_message())]
 pub struct EvalError {

@@ -1,5 +1,5 @@
-//! The emulator's provisioning template engine and template store: AWS IoT fleet
-//! provisioning templates (reference §3) parsed and validated once at load, then evaluated
+//! The emulator's provisioning template engine and template store: AWS IoT fleet provisioning
+//! templates (docs/aws-fleet-provisioning.md §3) parsed and validated once at load, then evaluated
 //! per RegisterThing request in microseconds.
 //!
 //! - [`Template::parse`] checks a body (≤ 10240 characters) and compiles it; problems are a
@@ -70,9 +70,10 @@
 //! - **`Fn::Sub`**: a name in the variable map wins over a parameter of the same name; an
 //!   unclosed `${`, an empty `${}` and `${a.b}` (an `Fn::GetAtt` reference) are load errors.
 //! - **Resources**: at most one thing and one certificate; any number of policies, listed by
-//!   logical id. A template without a thing evaluates to `thing: None`, and the caller
-//!   decides what `thingName` to send (AWS's behaviour is unconfirmed, reference §3.6).
-//!   `PackageVersions` (current AWS docs only, shape not in the reference) is rejected.
+//!   logical id. A template without a thing evaluates to `thing: None`, and the caller decides what
+//!   `thingName` to send (AWS's behaviour is unconfirmed, docs/aws-fleet-provisioning.md §3.6).
+//!   `PackageVersions` (current AWS docs only, shape not in docs/aws-fleet-provisioning.md) is
+//!   rejected.
 //! - **Names and values are checked at evaluation** against the AWS IoT API patterns (thing,
 //!   thing type, group and billing-group names: 1-128 of `[a-zA-Z0-9:_-]`; attribute names and
 //!   values; policy names; a 64-hex-digit certificate id). A violation fails the request with

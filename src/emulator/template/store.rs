@@ -62,7 +62,7 @@ pub struct StoredTemplate {
     pub provisioning_role_arn: Option<String>,
 }
 
-/// A template's `preProvisioningHook` (reference §4).
+/// A template's `preProvisioningHook` (docs/aws-fleet-provisioning.md §4).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HookConfig {
     /// The Lambda function's ARN.
