@@ -15,7 +15,7 @@ use fleet_station::emulator::control::{
     self, ControlError, certificate_arn, describe_certificate, list_principal_things,
 };
 use fleet_station::emulator::registry::{CertStatus, Registry, TokenProblem};
-use fleet_station::emulator::{CLAIM_POLICY_NAME, Emulator, EmulatorConfig};
+use fleet_station::emulator::{Emulator, EmulatorConfig};
 use fleet_station::fleet::Format;
 use fleet_station::provision::tls::{client_config_from_pem, read_roots};
 use fleet_station::shutdown::Shutdown;
@@ -79,7 +79,7 @@ fn the_records_of_a_0_1_0_registry_read_back_as_written() {
     });
     assert_eq!(claim.len(), 1, "one claim certificate");
     assert_eq!(claim[0].0, CertStatus::Active);
-    assert!(claim[0].1.contains(CLAIM_POLICY_NAME));
+    assert!(claim[0].1.contains("FleetStationClaimPolicy"));
 
     let p = reg
         .certificate(&pending)

@@ -46,12 +46,12 @@ use super::template::SubjectFields;
 use crate::files;
 
 /// File names in the state directory.
-pub const CA_CERT: &str = "ca.pem";
+pub(crate) const CA_CERT: &str = "ca.pem";
 const CA_KEY: &str = "ca-key.pem";
 const SERVER_CERT: &str = "server-cert.pem";
 const SERVER_KEY: &str = "server-key.pem";
-pub const CLAIM_CERT: &str = "claim-cert.pem";
-pub const CLAIM_KEY: &str = "claim-key.pem";
+pub(crate) const CLAIM_CERT: &str = "claim-cert.pem";
+pub(crate) const CLAIM_KEY: &str = "claim-key.pem";
 
 /// Why the CA could not be created or loaded.
 #[derive(Debug, thiserror::Error)]
@@ -90,10 +90,10 @@ pub enum CsrRejection {
 }
 
 /// The largest RSA modulus whose signatures can be verified (aws-lc-rs: 8192 bits).
-pub const MAX_RSA_BITS: usize = 8192;
+pub(crate) const MAX_RSA_BITS: usize = 8192;
 
 /// The subject AWS gives certificates whose key it made (docs/aws-fleet-provisioning.md §1.4).
-pub const AWS_DEVICE_SUBJECT_CN: &str = "AWS IoT Certificate";
+pub(crate) const AWS_DEVICE_SUBJECT_CN: &str = "AWS IoT Certificate";
 
 /// A device certificate the CA has just signed.
 #[derive(Clone)]
@@ -292,31 +292,27 @@ impl CertificateAuthority {
         })
     }
 
-    pub fn paths(&self) -> &CaPaths {
+    pub(crate) fn paths(&self) -> &CaPaths {
         &self.paths
     }
 
-    pub fn ca_der(&self) -> &CertificateDer<'static> {
+    pub(crate) fn ca_der(&self) -> &CertificateDer<'static> {
         &self.ca_der
     }
 
     /// The TLS server certificate chain (leaf, CA).
-    pub fn server_chain(&self) -> Vec<CertificateDer<'static>> {
+    pub(crate) fn server_chain(&self) -> Vec<CertificateDer<'static>> {
         self.server_chain.clone()
     }
 
     /// The TLS server private key (PKCS#8 DER).
-    pub fn server_key(&self) -> PrivateKeyDer<'static> {
+    pub(crate) fn server_key(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(self.server_key_der.clone().into())
     }
 
     /// The claim certificate's id, for registering it with the claim policy.
-    pub fn claim_certificate_id(&self) -> String {
+    pub(crate) fn claim_certificate_id(&self) -> String {
         certificate_id(&self.claim_cert_der)
-    }
-
-    pub fn claim_certificate_der(&self) -> &CertificateDer<'static> {
-        &self.claim_cert_der
     }
 
     /// Signs a device certificate from a PEM (or DER) CSR, as `CreateCertificateFromCsr` does.

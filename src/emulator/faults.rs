@@ -98,7 +98,7 @@ impl FaultConfig {
 
 /// What to do with one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Decision {
+pub(crate) struct Decision {
     pub delay: Duration,
     pub error_500: bool,
     pub throttle: bool,
@@ -109,21 +109,21 @@ pub struct Decision {
 
 /// The running fault plan.
 #[derive(Debug, Default)]
-pub struct Faults {
+pub(crate) struct Faults {
     config: Mutex<FaultConfig>,
     rng: Mutex<Option<fastrand::Rng>>,
     requests: AtomicU64,
 }
 
 impl Faults {
-    pub fn new(config: FaultConfig) -> Faults {
+    pub(crate) fn new(config: FaultConfig) -> Faults {
         let f = Faults::default();
         f.set(config);
         f
     }
 
     /// Replaces the fault configuration (counters restart).
-    pub fn set(&self, config: FaultConfig) {
+    pub(crate) fn set(&self, config: FaultConfig) {
         *self.rng.lock().unwrap_or_else(|e| e.into_inner()) = Some(
             config
                 .seed
@@ -133,15 +133,8 @@ impl Faults {
         *self.config.lock().unwrap_or_else(|e| e.into_inner()) = config;
     }
 
-    pub fn config(&self) -> FaultConfig {
-        self.config
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
     /// How many API requests a connection may send before it is dropped.
-    pub fn drop_after(&self) -> Option<u64> {
+    pub(crate) fn drop_after(&self) -> Option<u64> {
         self.config
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -149,7 +142,7 @@ impl Faults {
     }
 
     /// Decides the faults for the next request to `api`.
-    pub fn decide(&self, api: &Api) -> Decision {
+    pub(crate) fn decide(&self, api: &Api) -> Decision {
         let c = self
             .config
             .lock()

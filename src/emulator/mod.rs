@@ -13,7 +13,7 @@
 //! - `config`: the `[emulator]` section ([`EmulatorConfig`]) and its typed check error
 //!   ([`InvalidSetting`]).
 //! - [`broker`]: MQTT over mutual TLS, client table, topic routing.
-//! - [`api`]: one file per fleet-provisioning API.
+//! - `api`: one file per fleet-provisioning API.
 //! - [`ca`]: root CA, server and claim identities, signing from CSRs and for emulator keys.
 //! - [`key_stock`]: RSA-2048 keys made ahead by worker threads for CreateKeysAndCertificate.
 //! - [`hook`]: the pre-provisioning hook (command, HTTP, Lambda ARN table).
@@ -25,14 +25,14 @@
 //! - [`faults`]: fault injection (delays, errors, throttling, slow disk, duplicate replies).
 //! - [`quota`]: account TPS quotas per API.
 //! - [`policy`]: IoT policy evaluation for CONNECT/PUBLISH/SUBSCRIBE/RECEIVE.
-//! - [`errors`]: the table of every rejected response the emulator sends.
+//! - `errors`: the table of every rejected response the emulator sends.
 
-pub mod api;
+pub(crate) mod api;
 pub mod broker;
 pub mod ca;
 mod config;
 pub mod control;
-pub mod errors;
+pub(crate) mod errors;
 pub mod faults;
 pub mod hook;
 pub mod key_stock;
@@ -60,7 +60,7 @@ use crate::shutdown::Shutdown;
 pub use self::config::{EmulatorConfig, InvalidSetting};
 
 /// The name under which the claim policy is registered.
-pub const CLAIM_POLICY_NAME: &str = "FleetStationClaimPolicy";
+pub(crate) const CLAIM_POLICY_NAME: &str = "FleetStationClaimPolicy";
 
 /// Why the emulator could not start.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -219,11 +219,6 @@ impl Emulator {
     /// is set.
     pub fn alpn_addr(&self) -> Option<SocketAddr> {
         self.broker.alpn_addr()
-    }
-
-    /// The limits the broker enforces (profile plus overrides).
-    pub fn broker_limits(&self) -> &BrokerLimits {
-        self.broker.limits()
     }
 
     /// Paths of `ca.pem`, `claim-cert.pem` and `claim-key.pem`.

@@ -100,7 +100,7 @@ impl QuotaConfig {
 
 /// The running quotas.
 #[derive(Debug)]
-pub struct Quotas {
+pub(crate) struct Quotas {
     buckets: [Mutex<Option<TokenBucket>>; 3],
 }
 
@@ -113,7 +113,7 @@ fn index(api: &Api) -> usize {
 }
 
 impl Quotas {
-    pub fn new(cfg: &QuotaConfig) -> Quotas {
+    pub(crate) fn new(cfg: &QuotaConfig) -> Quotas {
         let now = Instant::now();
         let bucket = |q: Option<Quota>| {
             Mutex::new(
@@ -128,7 +128,7 @@ impl Quotas {
     }
 
     /// Takes one request's worth of quota, or rejects it with 429.
-    pub fn admit(&self, api: &Api) -> Result<(), Rejection> {
+    pub(crate) fn admit(&self, api: &Api) -> Result<(), Rejection> {
         let mut b = self.buckets[index(api)]
             .lock()
             .unwrap_or_else(|e| e.into_inner());
@@ -141,7 +141,8 @@ impl Quotas {
     }
 
     /// Current TPS per API (`None`: unlimited), in the order CreateKeys, CSR, RegisterThing.
-    pub fn rates(&self) -> [Option<f64>; 3] {
+    #[cfg(test)]
+    pub(crate) fn rates(&self) -> [Option<f64>; 3] {
         let r = |i: usize| {
             self.buckets[i]
                 .lock()

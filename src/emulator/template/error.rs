@@ -2,6 +2,7 @@
 //! JSON path of the problem) and [`EvalError`] when a RegisterThing request is evaluated
 //! (always 400 `InvalidParameters` on the wire, with an AWS-style message).
 
+#[cfg(test)]
 use crate::fleet::ErrorResponse;
 
 /// The longest body AWS accepts: 10 KiB, 10240 characters (docs/aws-fleet-provisioning.md §3.1).
@@ -52,7 +53,8 @@ impl TemplateError {
 
     /// The JSON path of the problem (`Resources.thing.Properties.ThingName`), when the
     /// body parsed as JSON.
-    pub fn path(&self) -> Option<&str> {
+    #[cfg(test)]
+    pub(crate) fn path(&self) -> Option<&str> {
         match self {
             TemplateError::Invalid { path, .. } => Some(path),
             _ => None,
@@ -123,18 +125,20 @@ impl EvalError {
     }
 
     /// The HTTP-style status on the rejected topic: always 400.
-    pub fn status_code(&self) -> u16 {
+    #[cfg(test)]
+    pub(crate) fn status_code(&self) -> u16 {
         400
     }
 
     /// The errorCode on the rejected topic: always `InvalidParameters`.
-    pub fn error_code(&self) -> &'static str {
+    #[cfg(test)]
+    pub(crate) fn error_code(&self) -> &'static str {
         "InvalidParameters"
     }
 
     /// The errorMessage on the rejected topic, in AWS's style. An unresolved reference
     /// gives AWS's observed wording, `Cannot resolve reference value: AWS::Region`.
-    pub fn error_message(&self) -> String {
+    pub(crate) fn error_message(&self) -> String {
         match &self.kind {
             EvalErrorKind::UnresolvedReference { name } => {
                 format!("Cannot resolve reference value: {name}")
@@ -182,7 +186,8 @@ impl EvalError {
     }
 
     /// The payload for the rejected topic.
-    pub fn to_error_response(&self) -> ErrorResponse {
+    #[cfg(test)]
+    pub(crate) fn to_error_response(&self) -> ErrorResponse {
         ErrorResponse {
             status_code: self.status_code(),
             error_code: self.error_code().to_string(),

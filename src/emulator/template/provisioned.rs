@@ -23,7 +23,7 @@ impl Provisioned {
     /// The `thingName` of the RegisterThing response: the evaluated `ThingName` of the thing
     /// resource (docs/aws-fleet-provisioning.md §3.6), or `None` when the template declares no
     /// thing.
-    pub fn thing_name(&self) -> Option<&str> {
+    pub(crate) fn thing_name(&self) -> Option<&str> {
         self.thing.as_ref().map(|t| t.name.as_str())
     }
 }
@@ -83,7 +83,7 @@ pub enum CertificateStatus {
 
 impl CertificateStatus {
     /// The AWS spelling: `ACTIVE` or `INACTIVE`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             CertificateStatus::Active => "ACTIVE",
             CertificateStatus::Inactive => "INACTIVE",
@@ -92,7 +92,7 @@ impl CertificateStatus {
 
     /// Parses a status case-insensitively (AWS's own examples write both `Active` and
     /// `ACTIVE`, docs/aws-fleet-provisioning.md §3.2).
-    pub fn parse(value: &str) -> Option<CertificateStatus> {
+    pub(crate) fn parse(value: &str) -> Option<CertificateStatus> {
         if value.eq_ignore_ascii_case("ACTIVE") {
             Some(CertificateStatus::Active)
         } else if value.eq_ignore_ascii_case("INACTIVE") {
@@ -140,7 +140,7 @@ pub enum Override {
 
 impl Override {
     /// The AWS spelling.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Override::DoNothing => "DO_NOTHING",
             Override::Replace => "REPLACE",
@@ -150,7 +150,7 @@ impl Override {
     }
 
     /// Parses the AWS spelling exactly (upper case, as every AWS document writes it).
-    pub fn parse(value: &str) -> Option<Override> {
+    pub(crate) fn parse(value: &str) -> Option<Override> {
         match value {
             "DO_NOTHING" => Some(Override::DoNothing),
             "REPLACE" => Some(Override::Replace),

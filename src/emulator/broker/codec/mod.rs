@@ -49,14 +49,14 @@ use mqtt311::{connect_from_v4, read_v4, write_v4};
 
 /// The MQTT protocol version a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
+pub(crate) enum Protocol {
     V311,
     V5,
 }
 
 /// CONNECT as the broker acts on it. MQTT 5-only fields have their "absent" value on 3.1.1.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Connect {
+pub(crate) struct Connect {
     pub client_id: String,
     pub keep_alive_s: u16,
     pub clean_start: bool,
@@ -72,7 +72,7 @@ pub struct Connect {
 
 /// MQTT 5 PUBLISH properties a server forwards unaltered to subscribers (MQTT 5 §3.3.2.3).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ForwardedProps {
+pub(crate) struct ForwardedProps {
     pub payload_format_indicator: Option<u8>,
     pub message_expiry_interval: Option<u32>,
     pub content_type: Option<String>,
@@ -83,7 +83,7 @@ pub struct ForwardedProps {
 
 /// One topic filter of a SUBSCRIBE.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SubFilter {
+pub(crate) struct SubFilter {
     pub filter: String,
     pub qos: u8,
     /// MQTT 5 No Local: do not deliver this connection's own publishes.
@@ -95,7 +95,7 @@ pub struct SubFilter {
 
 /// A packet from the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Inbound {
+pub(crate) enum Inbound {
     Connect(Connect),
     Publish {
         /// Empty when an MQTT 5 client uses an established topic alias.
@@ -129,7 +129,7 @@ pub enum Inbound {
 
 /// CONNACK result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnectCode {
+pub(crate) enum ConnectCode {
     Accepted,
     /// 3.1.1: 0x01; MQTT 5: 0x84.
     UnsupportedProtocolVersion,
@@ -148,7 +148,7 @@ pub enum ConnectCode {
 
 /// What the broker tells an MQTT 5 client in a successful CONNACK.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConnAckProps {
+pub(crate) struct ConnAckProps {
     /// Sent when the granted keep-alive differs from the requested one.
     pub server_keep_alive: Option<u16>,
     pub receive_maximum: Option<u16>,
@@ -160,10 +160,9 @@ pub struct ConnAckProps {
 
 /// One SUBACK entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SubCode {
+pub(crate) enum SubCode {
     Granted(u8),
     /// Every failure below is 0x80 on 3.1.1.
-    Unspecified,
     NotAuthorized,
     TopicFilterInvalid,
     QuotaExceeded,
@@ -173,7 +172,7 @@ pub enum SubCode {
 
 /// PUBACK reason (MQTT 5; a 3.1.1 PUBACK has none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PubAckCode {
+pub(crate) enum PubAckCode {
     Success,
     ImplementationSpecific,
     NotAuthorized,
@@ -183,14 +182,14 @@ pub enum PubAckCode {
 
 /// UNSUBACK reason (MQTT 5; a 3.1.1 UNSUBACK has none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UnsubCode {
+pub(crate) enum UnsubCode {
     Success,
     NoSubscriptionExisted,
 }
 
 /// Reason of a server DISCONNECT (MQTT 5 only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DisconnectCode {
+pub(crate) enum DisconnectCode {
     MalformedPacket,
     ProtocolError,
     ImplementationSpecific,
@@ -205,7 +204,7 @@ pub enum DisconnectCode {
 
 impl DisconnectCode {
     /// The Reason String sent with the code.
-    pub fn description(self) -> &'static str {
+    pub(crate) fn description(self) -> &'static str {
         match self {
             DisconnectCode::MalformedPacket => "malformed packet",
             DisconnectCode::ProtocolError => "protocol error",
@@ -223,7 +222,7 @@ impl DisconnectCode {
 
 /// A packet to the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outbound {
+pub(crate) enum Outbound {
     ConnAck {
         code: ConnectCode,
         /// A stored (persistent) session was resumed.
@@ -259,7 +258,7 @@ pub enum Outbound {
 
 /// Why bytes from the client could not be read as a packet.
 #[derive(Debug, thiserror::Error)]
-pub enum ReadError {
+pub(crate) enum ReadError {
     #[error("need more bytes")]
     Incomplete,
     #[error("packet of {0} bytes exceeds the limit")]
@@ -274,7 +273,7 @@ pub enum ReadError {
 /// Why a packet could not be encoded (a broker bug, never client input).
 #[derive(Debug, thiserror::Error)]
 #[error("cannot encode MQTT packet: {0}")]
-pub struct WriteError(String);
+pub(crate) struct WriteError(String);
 
 fn limit_u32(max_size: usize) -> u32 {
     u32::try_from(max_size).unwrap_or(u32::MAX)
@@ -288,7 +287,11 @@ fn decode_error(e: impl std::fmt::Display) -> ReadError {
 
 /// Reads one packet from the front of `buf` (consuming it), if a whole one is there.
 /// `max_size` bounds the packet's remaining length.
-pub fn read(protocol: Protocol, buf: &mut BytesMut, max_size: usize) -> Result<Inbound, ReadError> {
+pub(crate) fn read(
+    protocol: Protocol,
+    buf: &mut BytesMut,
+    max_size: usize,
+) -> Result<Inbound, ReadError> {
     match protocol {
         Protocol::V311 => read_v4(buf, max_size),
         Protocol::V5 => read_v5(buf, max_size),
@@ -301,7 +304,10 @@ pub fn read(protocol: Protocol, buf: &mut BytesMut, max_size: usize) -> Result<I
 /// its CONNECT reader checks the protocol level right after the protocol name, so a 3.1.1
 /// CONNECT fails there with level 4 and is then decoded with the 3.1.1 codec. (The 3.1.1
 /// reader reports level 5 too, but would go on to read MQTT 5 properties as a client id.)
-pub fn read_first(buf: &mut BytesMut, max_size: usize) -> Result<(Protocol, Inbound), ReadError> {
+pub(crate) fn read_first(
+    buf: &mut BytesMut,
+    max_size: usize,
+) -> Result<(Protocol, Inbound), ReadError> {
     let header = v5::check(buf.iter(), Some(limit_u32(max_size))).map_err(v5_frame_error)?;
     if !matches!(header.packet_type(), Ok(v5::PacketType::Connect)) {
         // Consume nothing: the connection is closed anyway.
@@ -330,7 +336,11 @@ pub fn read_first(buf: &mut BytesMut, max_size: usize) -> Result<(Protocol, Inbo
 
 /// Appends the wire form of `packet` to `out`. A packet with no form in `protocol` (a server
 /// DISCONNECT on 3.1.1, say) appends nothing.
-pub fn write(protocol: Protocol, packet: Outbound, out: &mut BytesMut) -> Result<(), WriteError> {
+pub(crate) fn write(
+    protocol: Protocol,
+    packet: Outbound,
+    out: &mut BytesMut,
+) -> Result<(), WriteError> {
     match protocol {
         Protocol::V311 => write_v4(packet, out),
         Protocol::V5 => write_v5(packet, out),

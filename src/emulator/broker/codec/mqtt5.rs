@@ -142,7 +142,6 @@ pub(super) fn write_v5(packet: Outbound, out: &mut BytesMut) -> Result<(), Write
                 .into_iter()
                 .map(|c| match c {
                     SubCode::Granted(q) => v5::SubscribeReasonCode::Success(qos_to(q)),
-                    SubCode::Unspecified => v5::SubscribeReasonCode::Unspecified,
                     SubCode::NotAuthorized => v5::SubscribeReasonCode::NotAuthorized,
                     SubCode::TopicFilterInvalid => v5::SubscribeReasonCode::TopicFilterInvalid,
                     SubCode::QuotaExceeded => v5::SubscribeReasonCode::QuotaExceeded,
