@@ -677,10 +677,10 @@ impl Config {
                 }
             }
         }
-        if let Err((key, problem)) = self.emulator.validate() {
+        if let Err(e) = self.emulator.validate() {
             return Err(invalid(
-                &key,
-                problem,
+                &e.key(),
+                e.problem(),
                 "see the [emulator] keys in README.md (quotas, faults, error_codes)",
             ));
         }

@@ -7,21 +7,20 @@
 //! the PINGRESP of a later PINGREQ) or on deliveries to one connection keeping their order (a
 //! message would arrive before a later marker).
 
+mod api_support;
 mod broker_support;
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use broker_support::*;
 use common::TestEmulator;
 use fleet_station::emulator::broker::{ALPN_MQTT_CA, BrokerProfile};
-use fleet_station::fleet::payloads::{Secret, decode, encode};
+use fleet_station::fleet::payloads::decode;
 use fleet_station::fleet::{
-    Api, CreateCertificateFromCsrRequest, CreateCertificateFromCsrResponse, Format,
-    RegisterThingRequest, RegisterThingResponse, ReplyKind,
+    Api, CreateCertificateFromCsrResponse, Format, RegisterThingResponse, ReplyKind,
 };
-use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
+use rcgen::KeyPair;
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::QoS as Q5;
 use rumqttc::v5::mqttbytes::v5;
@@ -36,23 +35,11 @@ const CSR_ACCEPTED: &str = "$aws/certificates/create-from-csr/json/accepted";
 const PAYLOAD_LIMIT: usize = 128 * 1024;
 
 fn template() -> Api {
-    Api::RegisterThing {
-        template: "FleetTemplate".into(),
-    }
+    api_support::register_api("FleetTemplate")
 }
 
 fn csr_body(key: &KeyPair) -> Vec<u8> {
-    let mut p = CertificateParams::default();
-    p.distinguished_name = DistinguishedName::new();
-    p.distinguished_name
-        .push(DnType::CommonName, "broker test device");
-    let csr = p.serialize_request(key).unwrap().pem().unwrap();
-    encode(
-        Format::Json,
-        &CreateCertificateFromCsrRequest {
-            certificate_signing_request: Some(csr),
-        },
-    )
+    api_support::csr_request(Format::Json, &api_support::csr_for(key))
 }
 
 fn aws(cfg: &mut fleet_station::emulator::EmulatorConfig) {
@@ -196,18 +183,14 @@ async fn an_mqtt5_client_provisions_a_device() {
             other => panic!("unexpected {other:?}"),
         }
     };
-    let body = encode(
+    let body = api_support::register_request(
         Format::Json,
-        &RegisterThingRequest {
-            certificate_ownership_token: Some(Secret::new(
-                created.certificate_ownership_token.expose(),
-            )),
-            parameters: Some(BTreeMap::from([
-                ("ThingName".to_string(), "v5-thing-1".to_string()),
-                ("SerialNumber".to_string(), "1".to_string()),
-                ("DeviceLocation".to_string(), "Seattle".to_string()),
-            ])),
-        },
+        created.certificate_ownership_token.expose(),
+        &[
+            ("ThingName", "v5-thing-1"),
+            ("SerialNumber", "1"),
+            ("DeviceLocation", "Seattle"),
+        ],
     );
     client
         .publish(
@@ -275,7 +258,7 @@ async fn mqtt5_connack_tells_the_client_what_aws_enforces() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Policy violations (reference §6).
+// Policy violations (docs/aws-fleet-provisioning.md §6).
 
 #[tokio::test]
 async fn mqtt5_policy_violations_get_0x87_and_the_connection_stays_usable() {
@@ -314,7 +297,7 @@ async fn mqtt311_policy_violations_close_the_connection() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// QoS 2 (reference §2): no PUBACK or SUBACK, not processed, on both versions.
+// QoS 2 (docs/aws-fleet-provisioning.md §2): no PUBACK or SUBACK, not processed, on both versions.
 
 #[tokio::test]
 async fn qos2_gets_no_ack_and_is_not_processed_on_either_version() {
@@ -542,7 +525,7 @@ async fn a_lowered_payload_limit_applies_to_publishes_and_wills() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The `aws` profile's limits (reference §5.2).
+// The `aws` profile's limits (docs/aws-fleet-provisioning.md §5.2).
 
 #[tokio::test]
 async fn aws_inbound_publishes_over_100_per_second_are_discarded() {
@@ -1035,7 +1018,7 @@ async fn shutdown_sends_mqtt5_clients_0x8b() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The port-443-style listener (reference §7).
+// The port-443-style listener (docs/aws-fleet-provisioning.md §7).
 
 #[tokio::test]
 async fn the_alpn_listener_accepts_x_amzn_mqtt_ca_and_refuses_without_it() {

@@ -1,88 +1,36 @@
 //! The emulator over real sockets and real TLS, driven by a raw MQTT client as a device
 //! would: the provisioning happy path, rejections, reply isolation, and TLS refusal.
 
+mod api_support;
 mod common;
 
-use std::collections::BTreeMap;
-
+use api_support::{
+    claim_client, create_from_csr, csr_for, csr_request, register_api, register_request,
+};
 use common::{RawClient, Seen, TestEmulator};
 use fleet_station::emulator::registry::CertStatus;
-use fleet_station::fleet::payloads::{Secret, decode, encode};
+use fleet_station::fleet::payloads::decode;
 use fleet_station::fleet::{
-    Api, CreateCertificateFromCsrRequest, CreateCertificateFromCsrResponse, ErrorResponse, Format,
-    RegisterThingRequest, RegisterThingResponse, ReplyKind,
+    Api, CreateCertificateFromCsrResponse, ErrorResponse, Format, RegisterThingResponse,
 };
-use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
+use rcgen::{CertificateParams, KeyPair};
+
+const FLEET: &str = "FleetTemplate";
 
 fn template() -> Api {
-    Api::RegisterThing {
-        template: "FleetTemplate".into(),
-    }
-}
-
-fn reply_filters(api: &Api) -> Vec<String> {
-    [ReplyKind::Accepted, ReplyKind::Rejected]
-        .map(|k| api.reply_topic(Format::Json, k))
-        .to_vec()
-}
-
-fn csr(key: &KeyPair) -> String {
-    let mut p = CertificateParams::default();
-    p.distinguished_name = DistinguishedName::new();
-    p.distinguished_name.push(DnType::CommonName, "test device");
-    p.serialize_request(key).unwrap().pem().unwrap()
-}
-
-async fn claim_client(emu: &TestEmulator, id: &str) -> RawClient {
-    let mut c = RawClient::connect(emu.port(), id, emu.claim_tls());
-    c.connected().await;
-    let mut filters = reply_filters(&Api::CreateCertificateFromCsr);
-    filters.extend(reply_filters(&template()));
-    assert!(
-        c.subscribe(&filters)
-            .await
-            .iter()
-            .all(|r| matches!(r, rumqttc::SubscribeReasonCode::Success(_)))
-    );
-    c
+    register_api(FLEET)
 }
 
 async fn create_certificate(c: &mut RawClient, key: &KeyPair) -> CreateCertificateFromCsrResponse {
-    let body = encode(
-        Format::Json,
-        &CreateCertificateFromCsrRequest {
-            certificate_signing_request: Some(csr(key)),
-        },
-    );
-    let (topic, payload) = c
-        .request(
-            &Api::CreateCertificateFromCsr.request_topic(Format::Json),
-            body,
-        )
-        .await;
-    assert_eq!(topic, "$aws/certificates/create-from-csr/json/accepted");
-    decode(Format::Json, &payload).unwrap()
-}
-
-fn register_body(token: &str, params: &[(&str, &str)]) -> Vec<u8> {
-    encode(
-        Format::Json,
-        &RegisterThingRequest {
-            certificate_ownership_token: Some(Secret::new(token)),
-            parameters: Some(
-                params
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect::<BTreeMap<_, _>>(),
-            ),
-        },
-    )
+    create_from_csr(c, Format::Json, &csr_for(key))
+        .await
+        .expect("CreateCertificateFromCsr accepted")
 }
 
 #[tokio::test]
 async fn csr_then_register_creates_the_thing_and_activates_the_certificate() {
     let emu = TestEmulator::start().await;
-    let mut c = claim_client(&emu, "station-test-0").await;
+    let mut c = claim_client(&emu, "station-test-0", &[FLEET]).await;
     let key = KeyPair::generate().unwrap();
     let created = create_certificate(&mut c, &key).await;
     assert_eq!(created.certificate_id.len(), 64);
@@ -101,7 +49,8 @@ async fn csr_then_register_creates_the_thing_and_activates_the_certificate() {
     let (topic, payload) = c
         .request(
             &template().request_topic(Format::Json),
-            register_body(
+            register_request(
+                Format::Json,
                 created.certificate_ownership_token.expose(),
                 &[
                     ("ThingName", "thing-001"),
@@ -135,7 +84,8 @@ async fn csr_then_register_creates_the_thing_and_activates_the_certificate() {
     let (topic, payload) = c
         .request(
             &template().request_topic(Format::Json),
-            register_body(
+            register_request(
+                Format::Json,
                 created.certificate_ownership_token.expose(),
                 &[("ThingName", "thing-001")],
             ),
@@ -169,20 +119,15 @@ async fn csr_then_register_creates_the_thing_and_activates_the_certificate() {
 #[tokio::test]
 async fn a_provisioned_device_connects_under_its_attached_policy() {
     let emu = TestEmulator::start().await;
-    let api = Api::RegisterThing {
-        template: "PySampleTemplate".into(),
-    };
-    let mut c = RawClient::connect(emu.port(), "station-test-py", emu.claim_tls());
-    c.connected().await;
-    let mut filters = reply_filters(&Api::CreateCertificateFromCsr);
-    filters.extend(reply_filters(&api));
-    c.subscribe(&filters).await;
+    let api = register_api("PySampleTemplate");
+    let mut c = claim_client(&emu, "station-test-py", &["PySampleTemplate"]).await;
     let key = KeyPair::generate().unwrap();
     let created = create_certificate(&mut c, &key).await;
     let (topic, payload) = c
         .request(
             &api.request_topic(Format::Json),
-            register_body(
+            register_request(
+                Format::Json,
                 created.certificate_ownership_token.expose(),
                 &[("SerialNumber", "1"), ("DeviceLocation", "Seattle")],
             ),
@@ -210,7 +155,7 @@ async fn a_provisioned_device_connects_under_its_attached_policy() {
 #[tokio::test]
 async fn rejections_carry_the_documented_codes() {
     let emu = TestEmulator::start().await;
-    let mut c = claim_client(&emu, "station-test-1").await;
+    let mut c = claim_client(&emu, "station-test-1", &[FLEET]).await;
 
     // Missing token.
     let (topic, payload) = c
@@ -242,7 +187,8 @@ async fn rejections_carry_the_documented_codes() {
     let (topic, payload) = c
         .request(
             &template().request_topic(Format::Json),
-            register_body(
+            register_request(
+                Format::Json,
                 created.certificate_ownership_token.expose(),
                 &[
                     ("ThingName", "t-x"),
@@ -267,8 +213,8 @@ async fn rejections_carry_the_documented_codes() {
 #[tokio::test]
 async fn replies_go_only_to_the_requesting_connection() {
     let emu = TestEmulator::start().await;
-    let mut requester = claim_client(&emu, "station-test-a").await;
-    let mut bystander = claim_client(&emu, "station-test-b").await;
+    let mut requester = claim_client(&emu, "station-test-a", &[FLEET]).await;
+    let mut bystander = claim_client(&emu, "station-test-b", &[FLEET]).await;
 
     let key = KeyPair::generate().unwrap();
     create_certificate(&mut requester, &key).await;
@@ -319,7 +265,7 @@ async fn a_certificate_from_another_ca_is_refused_at_the_handshake() {
 #[tokio::test]
 async fn publishing_outside_the_claim_policy_closes_a_3_1_1_connection() {
     let emu = TestEmulator::start().await;
-    let mut c = claim_client(&emu, "station-test-p").await;
+    let mut c = claim_client(&emu, "station-test-p", &[FLEET]).await;
     c.client
         .publish(
             "devices/telemetry",
@@ -341,8 +287,8 @@ async fn publishing_outside_the_claim_policy_closes_a_3_1_1_connection() {
 #[tokio::test]
 async fn a_duplicate_client_id_disconnects_the_older_connection() {
     let emu = TestEmulator::start().await;
-    let mut first = claim_client(&emu, "same-id").await;
-    let _second = claim_client(&emu, "same-id").await;
+    let mut first = claim_client(&emu, "same-id", &[FLEET]).await;
+    let _second = claim_client(&emu, "same-id", &[FLEET]).await;
     loop {
         if let Seen::Down(_) = first.next().await {
             break;
@@ -365,19 +311,14 @@ async fn over_quota_requests_get_429_with_the_configured_error_code() {
             .insert("Throttling".into(), "ThrottlingException".into());
     })
     .await;
-    let mut c = claim_client(&emu, "station-test-q").await;
+    let mut c = claim_client(&emu, "station-test-q", &[FLEET]).await;
     let key = KeyPair::generate().unwrap();
     create_certificate(&mut c, &key).await;
     // The burst of one is spent: the next request within two seconds is throttled.
     let (topic, payload) = c
         .request(
             &Api::CreateCertificateFromCsr.request_topic(Format::Json),
-            encode(
-                Format::Json,
-                &CreateCertificateFromCsrRequest {
-                    certificate_signing_request: Some(csr(&key)),
-                },
-            ),
+            csr_request(Format::Json, &csr_for(&key)),
         )
         .await;
     assert!(topic.ends_with("/rejected"), "{topic}");

@@ -7,33 +7,27 @@
 //! The storage delay fault (`storage_delay_ms`) makes every commit slow, so a reply sent
 //! before its commit would always be caught by the kill.
 
+mod api_support;
 mod common;
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use api_support::{claim_client_at, create_from_csr, csr_for};
 use common::{RawClient, Seen, StandaloneEmulator, TestEmulator, free_port};
 use fleet_station::emulator::faults::FaultConfig;
 use fleet_station::emulator::registry::{CertStatus, Registry};
 use fleet_station::emulator::{Emulator, EmulatorConfig, EmulatorError};
-use fleet_station::fleet::payloads::{Secret, decode, encode};
 use fleet_station::fleet::{
-    Api, CreateCertificateFromCsrRequest, CreateCertificateFromCsrResponse, ErrorResponse, Format,
-    RegisterThingRequest, RegisterThingResponse, ReplyKind,
+    CreateCertificateFromCsrResponse, ErrorResponse, Format, RegisterThingResponse,
 };
 use fleet_station::shutdown::Shutdown;
-use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
+use rcgen::KeyPair;
 
 /// Its policy allows a provisioned device to connect (see `fixtures/templates`).
 const TEMPLATE: &str = "PySampleTemplate";
 
 const SLOW_DISK: &str = "[emulator.faults]\nstorage_delay_ms = 400";
-
-fn register_api() -> Api {
-    Api::RegisterThing {
-        template: TEMPLATE.into(),
-    }
-}
 
 /// A standalone emulator that is killed if the test ends early.
 struct Guard(StandaloneEmulator);
@@ -44,50 +38,15 @@ impl Drop for Guard {
     }
 }
 
-async fn claim_client(port: u16, tls: std::sync::Arc<rustls::ClientConfig>) -> RawClient {
-    let mut c = RawClient::connect(port, "durability-claim", tls);
-    c.connected().await;
-    let filters: Vec<String> = [Api::CreateCertificateFromCsr, register_api()]
-        .iter()
-        .flat_map(|api| {
-            [ReplyKind::Accepted, ReplyKind::Rejected].map(|k| api.reply_topic(Format::Json, k))
-        })
-        .collect();
-    let codes = c.subscribe(&filters).await;
-    assert!(
-        codes
-            .iter()
-            .all(|r| matches!(r, rumqttc::SubscribeReasonCode::Success(_))),
-        "{codes:?}"
-    );
-    c
-}
-
-fn csr(key: &KeyPair) -> String {
-    let mut p = CertificateParams::default();
-    p.distinguished_name = DistinguishedName::new();
-    p.distinguished_name
-        .push(DnType::CommonName, "durability device");
-    p.serialize_request(key).unwrap().pem().unwrap()
+async fn claim_client(port: u16, tls: Arc<rustls::ClientConfig>) -> RawClient {
+    claim_client_at(port, tls, "durability-claim", &[TEMPLATE]).await
 }
 
 async fn create_certificate(
     c: &mut RawClient,
     key: &KeyPair,
 ) -> Result<CreateCertificateFromCsrResponse, ErrorResponse> {
-    let body = encode(
-        Format::Json,
-        &CreateCertificateFromCsrRequest {
-            certificate_signing_request: Some(csr(key)),
-        },
-    );
-    let api = Api::CreateCertificateFromCsr;
-    let (topic, payload) = c.request(&api.request_topic(Format::Json), body).await;
-    if topic == api.reply_topic(Format::Json, ReplyKind::Accepted) {
-        Ok(decode(Format::Json, &payload).unwrap())
-    } else {
-        Err(decode(Format::Json, &payload).unwrap())
-    }
+    create_from_csr(c, Format::Json, &csr_for(key)).await
 }
 
 async fn register(
@@ -95,23 +54,8 @@ async fn register(
     token: &str,
     serial: &str,
 ) -> Result<RegisterThingResponse, ErrorResponse> {
-    let body = encode(
-        Format::Json,
-        &RegisterThingRequest {
-            certificate_ownership_token: Some(Secret::new(token)),
-            parameters: Some(BTreeMap::from([
-                ("SerialNumber".to_string(), serial.to_string()),
-                ("DeviceLocation".to_string(), "Seattle".to_string()),
-            ])),
-        },
-    );
-    let api = register_api();
-    let (topic, payload) = c.request(&api.request_topic(Format::Json), body).await;
-    if topic == api.reply_topic(Format::Json, ReplyKind::Accepted) {
-        Ok(decode(Format::Json, &payload).unwrap())
-    } else {
-        Err(decode(Format::Json, &payload).unwrap())
-    }
+    let params = [("SerialNumber", serial), ("DeviceLocation", "Seattle")];
+    api_support::register(c, TEMPLATE, Format::Json, token, &params).await
 }
 
 #[tokio::test]

@@ -5,27 +5,21 @@
 //! registry change. Order of arrival is what is asserted, plus lower bounds on time, never
 //! upper ones.
 
+mod api_support;
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{RawClient, Seen, TestEmulator};
+use api_support::{claim_client, create_from_csr, next_publish, p256_csr, register_request};
+use common::{RawClient, TestEmulator};
 use fleet_station::emulator::faults::FaultConfig;
-use fleet_station::fleet::payloads::{Secret, decode, encode};
-use fleet_station::fleet::{
-    Api, CreateCertificateFromCsrRequest, CreateCertificateFromCsrResponse, Format,
-    RegisterThingRequest, ReplyKind,
-};
-use rcgen::{CertificateParams, DistinguishedName, KeyPair};
+use fleet_station::fleet::{Api, CreateCertificateFromCsrResponse, Format, ReplyKind};
 use rumqttc::QoS;
 
 const TEMPLATE: &str = "FleetTemplate";
 
 fn register_api() -> Api {
-    Api::RegisterThing {
-        template: TEMPLATE.into(),
-    }
+    api_support::register_api(TEMPLATE)
 }
 
 fn csr_api() -> Api {
@@ -36,45 +30,23 @@ fn accepted(api: &Api) -> String {
     api.reply_topic(Format::Json, ReplyKind::Accepted)
 }
 
-async fn claim_client(emu: &TestEmulator, id: &str) -> RawClient {
-    let mut c = RawClient::connect(emu.port(), id, emu.claim_tls());
-    c.connected().await;
-    let filters: Vec<String> = [csr_api(), register_api()]
-        .iter()
-        .flat_map(|api| {
-            [ReplyKind::Accepted, ReplyKind::Rejected].map(|k| api.reply_topic(Format::Json, k))
-        })
-        .collect();
-    c.subscribe(&filters).await;
-    c
-}
-
 fn csr_body() -> Vec<u8> {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::default();
-    p.distinguished_name = DistinguishedName::new();
-    encode(
-        Format::Json,
-        &CreateCertificateFromCsrRequest {
-            certificate_signing_request: Some(p.serialize_request(&key).unwrap().pem().unwrap()),
-        },
-    )
+    api_support::csr_request(Format::Json, &p256_csr().1)
 }
 
 fn register_body(token: &str, thing: &str) -> Vec<u8> {
-    encode(
+    register_request(
         Format::Json,
-        &RegisterThingRequest {
-            certificate_ownership_token: Some(Secret::new(token)),
-            parameters: Some(BTreeMap::from([
-                ("ThingName".to_string(), thing.to_string()),
-                ("SerialNumber".to_string(), thing.to_string()),
-                ("DeviceLocation".to_string(), "Seattle".to_string()),
-            ])),
-        },
+        token,
+        &[
+            ("ThingName", thing),
+            ("SerialNumber", thing),
+            ("DeviceLocation", "Seattle"),
+        ],
     )
 }
 
+/// Publishes a request without waiting for its reply.
 async fn publish(c: &RawClient, api: &Api, body: Vec<u8>) {
     c.client
         .publish(
@@ -87,22 +59,10 @@ async fn publish(c: &RawClient, api: &Api, body: Vec<u8>) {
         .unwrap();
 }
 
-/// The next PUBLISH this client receives.
-async fn next_publish(c: &mut RawClient) -> (String, bytes::Bytes) {
-    loop {
-        match c.next().await {
-            Seen::Publish(t, p) => return (t, p),
-            Seen::Down(e) => panic!("connection lost: {e}"),
-            _ => {}
-        }
-    }
-}
-
 async fn new_certificate(c: &mut RawClient) -> CreateCertificateFromCsrResponse {
-    publish(c, &csr_api(), csr_body()).await;
-    let (topic, payload) = next_publish(c).await;
-    assert_eq!(topic, accepted(&csr_api()));
-    decode(Format::Json, &payload).unwrap()
+    create_from_csr(c, Format::Json, &p256_csr().1)
+        .await
+        .expect("CreateCertificateFromCsr accepted")
 }
 
 #[tokio::test]
@@ -112,7 +72,7 @@ async fn register_thing_delay_delays_register_thing_only() {
         register_thing_delay_ms: 600,
         ..FaultConfig::default()
     });
-    let mut c = claim_client(&emu, "delay-register").await;
+    let mut c = claim_client(&emu, "delay-register", &[TEMPLATE]).await;
     let created = new_certificate(&mut c).await;
 
     // RegisterThing first, CreateCertificateFromCsr right after it: the certificate reply
@@ -139,9 +99,9 @@ async fn an_accepted_register_thing_reply_is_duplicated_on_the_same_connection_a
         duplicate_reply_after_ms: Some(400),
         ..FaultConfig::default()
     });
-    let mut c = claim_client(&emu, "duplicate-1").await;
+    let mut c = claim_client(&emu, "duplicate-1", &[TEMPLATE]).await;
     // Another claim connection, subscribed to the same topics, sees none of it.
-    let mut other = claim_client(&emu, "duplicate-2").await;
+    let mut other = claim_client(&emu, "duplicate-2", &[TEMPLATE]).await;
 
     // Neither certificate replies nor rejected RegisterThing replies are duplicated: had they
     // been, their copies would arrive before the accepted reply's copy.
@@ -178,7 +138,7 @@ async fn storage_delay_delays_the_replies_that_change_the_registry() {
         storage_delay_ms: 500,
         ..FaultConfig::default()
     });
-    let mut c = claim_client(&emu, "slow-disk").await;
+    let mut c = claim_client(&emu, "slow-disk", &[TEMPLATE]).await;
     let started = Instant::now();
     let created = new_certificate(&mut c).await;
     assert!(started.elapsed() >= Duration::from_millis(500));

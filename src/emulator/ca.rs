@@ -1,12 +1,11 @@
 //! The emulator's certificate authority.
 //!
-//! At first start it creates, in the state directory, a root CA, a TLS server certificate
-//! (SAN `localhost`, `127.0.0.1`) and a claim certificate + key; later starts load them. It
-//! signs device certificates the way AWS does (reference §1.2, §1.4): the issuer is the
-//! AWS-style DN below and the certificate expires at the end of 2049, whether it is signed
-//! from a CSR (`CreateCertificateFromCsr`: the CSR's signature and key are checked, its
-//! subject is kept) or for a key the emulator made (`CreateKeysAndCertificate`: subject
-//! `CN=AWS IoT Certificate`).
+//! At first start it creates, in the state directory, a root CA, a TLS server certificate (SAN
+//! `localhost`, `127.0.0.1`) and a claim certificate + key; later starts load them. It signs device
+//! certificates the way AWS does (docs/aws-fleet-provisioning.md §1.2, §1.4): the issuer is the
+//! AWS-style DN below and the certificate expires at the end of 2049, whether it is signed from a
+//! CSR (`CreateCertificateFromCsr`: the CSR's signature and key are checked, its subject is kept)
+//! or for a key the emulator made (`CreateKeysAndCertificate`: subject `CN=AWS IoT Certificate`).
 //!
 //! CSR rules (API-CreateCertificateFromCsr): RSA keys of 2048 to 8192 bits (8192 is the
 //! largest a signature can be verified for) and ECC keys on P-256, P-384 or P-521; any other
@@ -47,12 +46,12 @@ use super::template::SubjectFields;
 use crate::files;
 
 /// File names in the state directory.
-pub const CA_CERT: &str = "ca.pem";
+pub(crate) const CA_CERT: &str = "ca.pem";
 const CA_KEY: &str = "ca-key.pem";
 const SERVER_CERT: &str = "server-cert.pem";
 const SERVER_KEY: &str = "server-key.pem";
-pub const CLAIM_CERT: &str = "claim-cert.pem";
-pub const CLAIM_KEY: &str = "claim-key.pem";
+pub(crate) const CLAIM_CERT: &str = "claim-cert.pem";
+pub(crate) const CLAIM_KEY: &str = "claim-key.pem";
 
 /// Why the CA could not be created or loaded.
 #[derive(Debug, thiserror::Error)]
@@ -91,15 +90,15 @@ pub enum CsrRejection {
 }
 
 /// The largest RSA modulus whose signatures can be verified (aws-lc-rs: 8192 bits).
-pub const MAX_RSA_BITS: usize = 8192;
+pub(crate) const MAX_RSA_BITS: usize = 8192;
 
-/// The subject AWS gives certificates whose key it made (reference §1.4).
-pub const AWS_DEVICE_SUBJECT_CN: &str = "AWS IoT Certificate";
+/// The subject AWS gives certificates whose key it made (docs/aws-fleet-provisioning.md §1.4).
+pub(crate) const AWS_DEVICE_SUBJECT_CN: &str = "AWS IoT Certificate";
 
 /// A device certificate the CA has just signed.
 #[derive(Clone)]
 pub struct IssuedCertificate {
-    /// 64 lowercase hex characters: SHA-256 of the DER (reference §1.2).
+    /// 64 lowercase hex characters: SHA-256 of the DER (docs/aws-fleet-provisioning.md §1.2).
     pub id: String,
     pub pem: String,
     pub der: CertificateDer<'static>,
@@ -138,7 +137,7 @@ pub fn certificate_id(der: &[u8]) -> String {
 }
 
 fn aws_issuer_dn() -> DistinguishedName {
-    // The issuer DN AWS puts on the certificates it issues (reference §1.4).
+    // The issuer DN AWS puts on the certificates it issues (docs/aws-fleet-provisioning.md §1.4).
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationalUnitName, "Amazon Web Services");
     dn.push(DnType::OrganizationName, "Amazon.com Inc.");
@@ -293,31 +292,27 @@ impl CertificateAuthority {
         })
     }
 
-    pub fn paths(&self) -> &CaPaths {
+    pub(crate) fn paths(&self) -> &CaPaths {
         &self.paths
     }
 
-    pub fn ca_der(&self) -> &CertificateDer<'static> {
+    pub(crate) fn ca_der(&self) -> &CertificateDer<'static> {
         &self.ca_der
     }
 
     /// The TLS server certificate chain (leaf, CA).
-    pub fn server_chain(&self) -> Vec<CertificateDer<'static>> {
+    pub(crate) fn server_chain(&self) -> Vec<CertificateDer<'static>> {
         self.server_chain.clone()
     }
 
     /// The TLS server private key (PKCS#8 DER).
-    pub fn server_key(&self) -> PrivateKeyDer<'static> {
+    pub(crate) fn server_key(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(self.server_key_der.clone().into())
     }
 
     /// The claim certificate's id, for registering it with the claim policy.
-    pub fn claim_certificate_id(&self) -> String {
+    pub(crate) fn claim_certificate_id(&self) -> String {
         certificate_id(&self.claim_cert_der)
-    }
-
-    pub fn claim_certificate_der(&self) -> &CertificateDer<'static> {
-        &self.claim_cert_der
     }
 
     /// Signs a device certificate from a PEM (or DER) CSR, as `CreateCertificateFromCsr` does.
@@ -542,7 +537,7 @@ fn distinguished_name(name: &x509_parser::x509::X509Name<'_>) -> DistinguishedNa
         dn.push(ty, value);
     }
     if dn.iter().next().is_none() {
-        // AWS's own subject for certificates it names itself (reference §1.4).
+        // AWS's own subject for certificates it names itself (docs/aws-fleet-provisioning.md §1.4).
         dn.push(DnType::CommonName, "AWS IoT Certificate");
     }
     dn

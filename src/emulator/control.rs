@@ -46,7 +46,7 @@ pub fn certificate_arn(certificate_id: &str) -> String {
 }
 
 /// The certificate id of a certificate ARN of this emulator's region and account.
-pub fn certificate_id_of_arn(principal: &str) -> Option<&str> {
+pub(crate) fn certificate_id_of_arn(principal: &str) -> Option<&str> {
     principal
         .strip_prefix(&format!("arn:aws:iot:{REGION}:{ACCOUNT}:cert/"))
         .filter(|id| valid_certificate_id(id))

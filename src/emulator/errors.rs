@@ -1,5 +1,5 @@
 //! The emulator's error table: every `{statusCode, errorCode, errorMessage}` it can send on a
-//! `.../rejected` topic is built here and nowhere else (reference §1.3).
+//! `.../rejected` topic is built here and nowhere else (docs/aws-fleet-provisioning.md §1.3).
 //!
 //! | status | errorCode                          | when                                         | evidence  |
 //! |--------|------------------------------------|----------------------------------------------|-----------|
@@ -19,7 +19,7 @@ use crate::fleet::ErrorResponse;
 
 /// Every reason the emulator rejects a fleet-provisioning request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Rejection {
+pub(crate) enum Rejection {
     InvalidPayload(String),
     InvalidCsr(String),
     TokenMissing,
@@ -38,7 +38,7 @@ pub enum Rejection {
 }
 
 /// Every errorCode the table can send (the keys `[emulator.error_codes]` may rename).
-pub const ERROR_CODES: &[&str] = &[
+pub(crate) const ERROR_CODES: &[&str] = &[
     "InvalidPayload",
     "InvalidCSR",
     "InvalidCertificateOwnershipToken",
@@ -53,7 +53,7 @@ pub const ERROR_CODES: &[&str] = &[
 
 impl Rejection {
     /// The payload with errorCodes renamed per `renames` (default code → configured code).
-    pub fn to_response_with(
+    pub(crate) fn to_response_with(
         &self,
         renames: &std::collections::BTreeMap<String, String>,
     ) -> ErrorResponse {
@@ -65,7 +65,7 @@ impl Rejection {
     }
 
     /// The payload sent on the rejected topic.
-    pub fn to_response(&self) -> ErrorResponse {
+    pub(crate) fn to_response(&self) -> ErrorResponse {
         let (status, code, message) = match self {
             Rejection::InvalidPayload(m) => (400, "InvalidPayload", m.clone()),
             Rejection::InvalidCsr(m) => (400, "InvalidCSR", m.clone()),

@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::config::InvalidSetting;
 use crate::fleet::Api;
 
 /// The longest delay any fault may add (ten minutes): beyond that a test is hung, not slow.
@@ -63,24 +64,21 @@ pub struct FaultConfig {
 }
 
 impl FaultConfig {
-    /// Checks the values; returns `(key, problem)` on error.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        for (key, f) in [
+    /// Checks the values.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        for (key, value) in [
             ("error_500_fraction", self.error_500_fraction),
             (
                 "foreign_certificate_fraction",
                 self.foreign_certificate_fraction,
             ),
         ] {
-            if !(0.0..=1.0).contains(&f) {
-                return Err((
-                    format!("emulator.faults.{key}"),
-                    format!("is {f}; it must be between 0 and 1"),
-                ));
+            if !(0.0..=1.0).contains(&value) {
+                return Err(InvalidSetting::FaultFraction { key, value });
             }
         }
         if self.throttle_burst_every == Some(0) || self.drop_after_messages == Some(0) {
-            return Err(("emulator.faults".into(), "counts must be at least 1".into()));
+            return Err(InvalidSetting::FaultCount);
         }
         for (key, ms) in [
             ("storage_delay_ms", Some(self.storage_delay_ms)),
@@ -91,10 +89,7 @@ impl FaultConfig {
             ("duplicate_reply_after_ms", self.duplicate_reply_after_ms),
         ] {
             if let Some(ms) = ms.filter(|ms| *ms > MAX_DELAY_MS) {
-                return Err((
-                    format!("emulator.faults.{key}"),
-                    format!("is {ms}; it must be at most {MAX_DELAY_MS} (ten minutes)"),
-                ));
+                return Err(InvalidSetting::FaultDelay { key, ms });
             }
         }
         Ok(())
@@ -103,7 +98,7 @@ impl FaultConfig {
 
 /// What to do with one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Decision {
+pub(crate) struct Decision {
     pub delay: Duration,
     pub error_500: bool,
     pub throttle: bool,
@@ -114,21 +109,21 @@ pub struct Decision {
 
 /// The running fault plan.
 #[derive(Debug, Default)]
-pub struct Faults {
+pub(crate) struct Faults {
     config: Mutex<FaultConfig>,
     rng: Mutex<Option<fastrand::Rng>>,
     requests: AtomicU64,
 }
 
 impl Faults {
-    pub fn new(config: FaultConfig) -> Faults {
+    pub(crate) fn new(config: FaultConfig) -> Faults {
         let f = Faults::default();
         f.set(config);
         f
     }
 
     /// Replaces the fault configuration (counters restart).
-    pub fn set(&self, config: FaultConfig) {
+    pub(crate) fn set(&self, config: FaultConfig) {
         *self.rng.lock().unwrap_or_else(|e| e.into_inner()) = Some(
             config
                 .seed
@@ -138,15 +133,8 @@ impl Faults {
         *self.config.lock().unwrap_or_else(|e| e.into_inner()) = config;
     }
 
-    pub fn config(&self) -> FaultConfig {
-        self.config
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
     /// How many API requests a connection may send before it is dropped.
-    pub fn drop_after(&self) -> Option<u64> {
+    pub(crate) fn drop_after(&self) -> Option<u64> {
         self.config
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -154,7 +142,7 @@ impl Faults {
     }
 
     /// Decides the faults for the next request to `api`.
-    pub fn decide(&self, api: &Api) -> Decision {
+    pub(crate) fn decide(&self, api: &Api) -> Decision {
         let c = self
             .config
             .lock()
@@ -302,9 +290,9 @@ mod tests {
                 "emulator.faults.duplicate_reply_after_ms",
             ),
         ] {
-            let (k, problem) = cfg.validate().unwrap_err();
-            assert_eq!(k, key);
-            assert!(problem.contains("at most 600000"), "{problem}");
+            let e = cfg.validate().unwrap_err();
+            assert_eq!(e.key(), key);
+            assert!(e.problem().contains("at most 600000"), "{e}");
         }
         let ok = FaultConfig {
             storage_delay_ms: MAX_DELAY_MS,
@@ -320,9 +308,14 @@ mod tests {
             error_500_fraction: 1.5,
             ..FaultConfig::default()
         };
-        assert_eq!(
-            bad.validate().unwrap_err().0,
-            "emulator.faults.error_500_fraction"
-        );
+        let e = bad.validate().unwrap_err();
+        assert_eq!(e.key(), "emulator.faults.error_500_fraction");
+        assert_eq!(e.problem(), "is 1.5; it must be between 0 and 1");
+        let zero = FaultConfig {
+            drop_after_messages: Some(0),
+            ..FaultConfig::default()
+        };
+        assert_eq!(zero.validate(), Err(InvalidSetting::FaultCount));
+        assert_eq!(zero.validate().unwrap_err().key(), "emulator.faults");
     }
 }

@@ -1,5 +1,5 @@
-//! The pre-provisioning hook (reference §4): a program the emulator asks, on every
-//! `RegisterThing` of a template that has a `preProvisioningHook`, whether the device may be
+//! The pre-provisioning hook (docs/aws-fleet-provisioning.md §4): a program the emulator asks, on
+//! every `RegisterThing` of a template that has a `preProvisioningHook`, whether the device may be
 //! provisioned, before any resource is created.
 //!
 //! AWS calls a Lambda function. The emulator calls one of:
@@ -14,8 +14,9 @@
 //! parameters}`. Output: `{allowProvisioning, parameterOverrides}`.
 //!
 //! Rules, AWS's where documented:
-//! - Provisioning goes on only when `allowProvisioning` is `true`, or `1` (reported accepted
-//!   by AWS, reference §4). Anything else, including a missing field, `"true"` or `0`, denies.
+//! - Provisioning goes on only when `allowProvisioning` is `true`, or `1` (reported accepted by
+//!   AWS, docs/aws-fleet-provisioning.md §4). Anything else, including a missing field, `"true"` or
+//!   `0`, denies.
 //! - `parameterOverrides` (optional) is a map; string values are taken as they are, number
 //!   and boolean values as their JSON text (as the template engine reads literals). `null`,
 //!   list or object values, or a `parameterOverrides` that is not a map, are a bad answer.
@@ -41,29 +42,29 @@ use tokio::time::Instant;
 use super::policy::{ACCOUNT, REGION};
 
 /// AWS's deadline for a pre-provisioning hook.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The most output (stdout or HTTP body) read from a hook.
-pub const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
+pub(crate) const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
 
 /// The most stderr kept from a hook command (for the debug log).
 const MAX_STDERR_BYTES: usize = 4096;
 
 /// `arn:aws:iot:REGION:ACCOUNT:provisioningtemplate/NAME`, the hook input's `templateArn`.
-pub fn template_arn(template: &str) -> String {
+pub(crate) fn template_arn(template: &str) -> String {
     format!("arn:aws:iot:{REGION}:{ACCOUNT}:provisioningtemplate/{template}")
 }
 
 /// Where a hook call goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HookTarget {
+pub(crate) enum HookTarget {
     Command { program: String, args: Vec<String> },
     Http { url: String },
 }
 
 impl HookTarget {
     /// Parses `command:PATH ARGS…` or `http://…`.
-    pub fn parse(s: &str) -> Result<HookTarget, String> {
+    pub(crate) fn parse(s: &str) -> Result<HookTarget, String> {
         if let Some(rest) = s.strip_prefix("command:") {
             let mut words = rest.split_whitespace().map(str::to_string);
             let program = words
@@ -117,7 +118,7 @@ pub struct HookConfigError {
 /// The hook's input, as AWS sends it to the Lambda function.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct HookInput<'a> {
+pub(crate) struct HookInput<'a> {
     pub claim_certificate_id: &'a str,
     pub certificate_id: &'a str,
     pub certificate_pem: &'a str,
@@ -128,7 +129,7 @@ pub struct HookInput<'a> {
 
 /// What the hook decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HookOutcome {
+pub(crate) enum HookOutcome {
     /// Provision, with these parameters overriding (or added to) the request's.
     Allow(BTreeMap<String, String>),
     Deny,
@@ -136,7 +137,7 @@ pub enum HookOutcome {
 
 /// Why a hook gave no decision. The text goes into the 403 `errorMessage`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HookFailure {
+pub(crate) enum HookFailure {
     #[error(
         "its target {arn} is not mapped; add it to [emulator.hooks] in station.toml as \
          \"{arn}\" = \"command:/path/to/hook\" or \"http://host:port/path\""
@@ -166,7 +167,7 @@ fn show_duration(d: Duration) -> String {
 }
 
 /// The hook caller: the Lambda ARN table and the deadline.
-pub struct Hooks {
+pub(crate) struct Hooks {
     targets: BTreeMap<String, HookTarget>,
     timeout: Duration,
     agent: ureq::Agent,
@@ -189,7 +190,7 @@ impl Default for Hooks {
 
 impl Hooks {
     /// Checks the `[emulator.hooks]` table (Lambda ARN → target).
-    pub fn new(
+    pub(crate) fn new(
         table: &BTreeMap<String, String>,
         timeout: Duration,
     ) -> Result<Hooks, HookConfigError> {
@@ -222,19 +223,14 @@ impl Hooks {
         })
     }
 
-    /// The deadline of one call.
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
     /// Whether a template's `targetArn` can be called.
-    pub fn is_mapped(&self, target_arn: &str) -> bool {
+    pub(crate) fn is_mapped(&self, target_arn: &str) -> bool {
         self.resolve(target_arn).is_ok()
     }
 
     /// What a template's `targetArn` calls: a `command:`/`http://` target as written, or a
     /// Lambda ARN through the table.
-    pub fn resolve(&self, target_arn: &str) -> Result<HookTarget, HookFailure> {
+    pub(crate) fn resolve(&self, target_arn: &str) -> Result<HookTarget, HookFailure> {
         if let Some(t) = self.targets.get(target_arn) {
             return Ok(t.clone());
         }
@@ -247,7 +243,7 @@ impl Hooks {
     }
 
     /// Calls the hook and returns its decision.
-    pub async fn invoke(
+    pub(crate) async fn invoke(
         &self,
         target_arn: &str,
         input: &HookInput<'_>,
@@ -275,8 +271,8 @@ fn is_lambda_arn(arn: &str) -> bool {
         && parts.next().is_some_and(|rest| !rest.is_empty())
 }
 
-/// Reads the hook's answer (reference §4 output).
-pub fn parse_output(bytes: &[u8]) -> Result<HookOutcome, HookFailure> {
+/// Reads the hook's answer (docs/aws-fleet-provisioning.md §4 output).
+pub(crate) fn parse_output(bytes: &[u8]) -> Result<HookOutcome, HookFailure> {
     let bad = |m: String| HookFailure::BadOutput(m);
     let value: Value = serde_json::from_slice(bytes).map_err(|e| {
         if bytes.iter().all(u8::is_ascii_whitespace) {

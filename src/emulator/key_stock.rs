@@ -1,10 +1,10 @@
 //! The stock of RSA-2048 key pairs behind `CreateKeysAndCertificate`.
 //!
-//! AWS makes "a 2048-bit RSA key pair" for every `CreateKeysAndCertificate` (reference §1.2,
-//! §1.4). Generating one takes tens of milliseconds, far too long for the async reactor and
-//! long enough to matter under load, so background worker threads keep a bounded stock of
-//! ready keys: a request takes one (waiting only when the stock is empty) and the workers
-//! make the next. The stock is a bounded channel, so full stock means idle workers.
+//! AWS makes "a 2048-bit RSA key pair" for every `CreateKeysAndCertificate`
+//! (docs/aws-fleet-provisioning.md §1.2, §1.4). Generating one takes tens of milliseconds, far too
+//! long for the async reactor and long enough to matter under load, so background worker threads
+//! keep a bounded stock of ready keys: a request takes one (waiting only when the stock is empty)
+//! and the workers make the next. The stock is a bounded channel, so full stock means idle workers.
 //!
 //! Each key is stored ready to serve: its SubjectPublicKeyInfo (for the CA to sign) and its
 //! private key as PKCS#1 PEM (`-----BEGIN RSA PRIVATE KEY-----`, the form AWS returns), in
@@ -54,12 +54,12 @@ impl RsaKey {
     }
 
     /// The public key as a DER SubjectPublicKeyInfo.
-    pub fn spki_der(&self) -> &[u8] {
+    pub(crate) fn spki_der(&self) -> &[u8] {
         &self.spki_der
     }
 
     /// The private key as PKCS#1 PEM. Secret: callers must not log it.
-    pub fn private_pem(&self) -> &str {
+    pub(crate) fn private_pem(&self) -> &str {
         &self.private_pem
     }
 }
@@ -85,7 +85,7 @@ pub enum KeyStockError {
 ///
 /// `PrivateKeyInfo ::= SEQUENCE { version INTEGER, privateKeyAlgorithm AlgorithmIdentifier,
 /// privateKey OCTET STRING (the PKCS#1 RSAPrivateKey DER), attributes [0] OPTIONAL }`.
-pub fn pkcs1_pem_from_pkcs8(pkcs8: &[u8]) -> Result<Zeroizing<String>, KeyStockError> {
+pub(crate) fn pkcs1_pem_from_pkcs8(pkcs8: &[u8]) -> Result<Zeroizing<String>, KeyStockError> {
     let bad = |what: &str| KeyStockError::Pkcs8(what.to_string());
     let (_, seq) = Sequence::from_der(pkcs8).map_err(|_| bad("not a DER SEQUENCE"))?;
     let content: &[u8] = seq.content.as_ref();
@@ -109,7 +109,7 @@ pub fn pkcs1_pem_from_pkcs8(pkcs8: &[u8]) -> Result<Zeroizing<String>, KeyStockE
 }
 
 /// A bounded stock of ready RSA keys filled by worker threads.
-pub struct KeyStock {
+pub(crate) struct KeyStock {
     capacity: usize,
     workers: usize,
     rx: tokio::sync::Mutex<mpsc::Receiver<RsaKey>>,
@@ -129,7 +129,7 @@ impl fmt::Debug for KeyStock {
 impl KeyStock {
     /// A stock of up to `capacity` keys made by `workers` threads (at least one). Nothing is
     /// generated before the first [`KeyStock::take`].
-    pub fn new(capacity: usize, workers: usize) -> KeyStock {
+    pub(crate) fn new(capacity: usize, workers: usize) -> KeyStock {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         KeyStock {
             capacity,
@@ -139,18 +139,14 @@ impl KeyStock {
         }
     }
 
-    /// How many keys the stock holds when full.
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
     /// Keys ready right now.
-    pub async fn ready(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) async fn ready(&self) -> usize {
         self.rx.lock().await.len()
     }
 
     /// Takes a key, waiting for one when the stock is empty. Never blocks the reactor.
-    pub async fn take(&self) -> Result<RsaKey, KeyStockError> {
+    pub(crate) async fn take(&self) -> Result<RsaKey, KeyStockError> {
         if self.capacity == 0 {
             return tokio::task::spawn_blocking(RsaKey::generate)
                 .await

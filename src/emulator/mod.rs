@@ -1,12 +1,19 @@
 //! An embedded emulator of AWS IoT Core's fleet-provisioning API.
 //!
 //! It is the station's default endpoint (so `station run` works on one machine) and the test
-//! bed for load tests. It imports only the wire contract ([`crate::fleet`]) from the rest of
-//! the crate. Where AWS documents a behaviour it does exactly that; where AWS is silent, the
-//! choice is stated where it is made (see `docs/emulator.md`).
+//! bed for load tests. From the rest of the crate it imports only the wire contract
+//! ([`crate::fleet`]) and three small utilities ([`crate::shutdown`], [`crate::token_bucket`],
+//! [`crate::files`]); nothing of the station. Where AWS documents a behaviour it does exactly
+//! that; where AWS is silent, the choice is stated where it is made (see `docs/emulator.md`).
+//! The facts it follows are in `docs/aws-fleet-provisioning.md`, cited by section (§N).
 //!
+//! This file holds [`Emulator`] (start, live fault changes, stop) and [`EmulatorError`]. The
+//! modules:
+//!
+//! - `config`: the `[emulator]` section ([`EmulatorConfig`]) and its typed check error
+//!   ([`InvalidSetting`]).
 //! - [`broker`]: MQTT over mutual TLS, client table, topic routing.
-//! - [`api`]: one file per fleet-provisioning API.
+//! - `api`: one file per fleet-provisioning API.
 //! - [`ca`]: root CA, server and claim identities, signing from CSRs and for emulator keys.
 //! - [`key_stock`]: RSA-2048 keys made ahead by worker threads for CreateKeysAndCertificate.
 //! - [`hook`]: the pre-provisioning hook (command, HTTP, Lambda ARN table).
@@ -18,13 +25,14 @@
 //! - [`faults`]: fault injection (delays, errors, throttling, slow disk, duplicate replies).
 //! - [`quota`]: account TPS quotas per API.
 //! - [`policy`]: IoT policy evaluation for CONNECT/PUBLISH/SUBSCRIBE/RECEIVE.
-//! - [`errors`]: the table of every rejected response the emulator sends.
+//! - `errors`: the table of every rejected response the emulator sends.
 
-pub mod api;
+pub(crate) mod api;
 pub mod broker;
 pub mod ca;
+mod config;
 pub mod control;
-pub mod errors;
+pub(crate) mod errors;
 pub mod faults;
 pub mod hook;
 pub mod key_stock;
@@ -33,157 +41,26 @@ pub mod quota;
 pub mod registry;
 pub mod template;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
-
 use self::api::{ApiService, ApiSettings};
-use self::broker::{Broker, BrokerLimitOverrides, BrokerLimits, BrokerProfile};
+use self::broker::{Broker, BrokerLimits};
 use self::ca::{CaPaths, CertificateAuthority};
 use self::faults::{FaultConfig, Faults};
 use self::hook::Hooks;
 use self::key_stock::KeyStock;
-use self::quota::{QuotaConfig, Quotas};
+use self::quota::Quotas;
 use self::registry::{CertStatus, Certificate, Policy, Registry, now_ms};
 use self::template::TemplateStore;
 use crate::shutdown::Shutdown;
 
+pub use self::config::{EmulatorConfig, InvalidSetting};
+
 /// The name under which the claim policy is registered.
-pub const CLAIM_POLICY_NAME: &str = "FleetStationClaimPolicy";
-
-/// The `[emulator]` section of `station.toml`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EmulatorConfig {
-    /// Address to listen on. Port 0 picks a free port (the embedded default).
-    #[serde(default = "default_listen")]
-    pub listen: String,
-    /// Directory for the CA, the claim identity and the registry database.
-    #[serde(default = "default_state_dir")]
-    pub state_dir: PathBuf,
-    /// Directory of provisioning templates (`NAME.json`).
-    #[serde(default = "default_templates")]
-    pub templates: PathBuf,
-    /// Path to the claim certificate's IoT policy document; the default allows the
-    /// fleet-provisioning topics of every template.
-    #[serde(default)]
-    pub claim_policy: Option<PathBuf>,
-    /// Ownership-token lifetime in seconds (AWS: 3600).
-    #[serde(default = "default_token_ttl")]
-    pub token_ttl_s: u64,
-
-    // --- API layer: CreateKeysAndCertificate key stock and the pre-provisioning hook ---
-    /// RSA-2048 keys kept ready for CreateKeysAndCertificate, made by background workers
-    /// from the first such request on. 0: each request makes its key (tens of ms).
-    #[serde(default = "default_rsa_stock")]
-    pub rsa_stock: usize,
-    /// Worker threads that keep the RSA key stock full (at least 1).
-    #[serde(default = "default_rsa_workers")]
-    pub rsa_workers: usize,
-    /// Deadline of one pre-provisioning hook call in milliseconds (AWS: 5000); a hook that
-    /// has not answered by then fails the RegisterThing with 403.
-    #[serde(default = "default_hook_timeout_ms")]
-    pub hook_timeout_ms: u64,
-    /// `[emulator.hooks]`: Lambda ARN of a template's `preProvisioningHook` → what to call
-    /// instead: `"command:/path/to/program ARGS"` or `"http://host:port/path"`.
-    #[serde(default)]
-    pub hooks: BTreeMap<String, String>,
-
-    // --- Quotas, fault injection, errorCode names ---
-    /// `[emulator.quotas]`: account TPS per API (`profile = "unlimited" | "aws"`).
-    #[serde(default)]
-    pub quotas: QuotaConfig,
-    /// `[emulator.faults]`: fault injection, all off by default.
-    #[serde(default)]
-    pub faults: FaultConfig,
-    /// `[emulator.error_codes]`: rename errorCodes whose AWS spelling is unconfirmed, e.g.
-    /// `Throttling = "ThrottlingException"`.
-    #[serde(default)]
-    pub error_codes: BTreeMap<String, String>,
-
-    // --- MQTT broker ---
-    /// Optional second listener, AWS's port-443 style: clients must negotiate the TLS ALPN
-    /// protocol `x-amzn-mqtt-ca` or are refused. Same broker as `listen`. Port 0 picks a
-    /// free port. Unset: no such listener.
-    #[serde(default)]
-    pub alpn_listen: Option<String>,
-    /// Broker limits to start from: `"unlimited"` (default: no quotas, 128 KB payload) or
-    /// `"aws"` (AWS IoT Core's message-broker quotas).
-    #[serde(default)]
-    pub broker_profile: BrokerProfile,
-    /// `[emulator.broker_limits]`: per-limit overrides on top of `broker_profile`
-    /// (`0` lifts an optional limit). Keys: see `BrokerLimits`.
-    #[serde(default)]
-    pub broker_limits: BrokerLimitOverrides,
-}
-
-fn default_listen() -> String {
-    "127.0.0.1:0".into()
-}
-fn default_state_dir() -> PathBuf {
-    PathBuf::from("state/emulator")
-}
-fn default_templates() -> PathBuf {
-    PathBuf::from("fixtures/templates")
-}
-fn default_token_ttl() -> u64 {
-    3600
-}
-fn default_rsa_stock() -> usize {
-    api::DEFAULT_RSA_STOCK
-}
-fn default_rsa_workers() -> usize {
-    1
-}
-fn default_hook_timeout_ms() -> u64 {
-    hook::DEFAULT_TIMEOUT.as_millis() as u64
-}
-
-impl Default for EmulatorConfig {
-    fn default() -> Self {
-        EmulatorConfig {
-            listen: default_listen(),
-            state_dir: default_state_dir(),
-            templates: default_templates(),
-            claim_policy: None,
-            token_ttl_s: default_token_ttl(),
-            rsa_stock: default_rsa_stock(),
-            rsa_workers: default_rsa_workers(),
-            hook_timeout_ms: default_hook_timeout_ms(),
-            hooks: BTreeMap::new(),
-            quotas: QuotaConfig::default(),
-            faults: FaultConfig::default(),
-            error_codes: BTreeMap::new(),
-            alpn_listen: None,
-            broker_profile: BrokerProfile::default(),
-            broker_limits: BrokerLimitOverrides::default(),
-        }
-    }
-}
-
-impl EmulatorConfig {
-    /// Checks quotas, faults and errorCode renames; returns `(key, problem)` on error.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        self.quotas.validate()?;
-        self.faults.validate()?;
-        for code in self.error_codes.keys() {
-            if !errors::ERROR_CODES.contains(&code.as_str()) {
-                return Err((
-                    format!("emulator.error_codes.{code}"),
-                    format!(
-                        "{code} is not an errorCode of the emulator; known: {}",
-                        errors::ERROR_CODES.join(", ")
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    }
-}
+pub(crate) const CLAIM_POLICY_NAME: &str = "FleetStationClaimPolicy";
 
 /// Why the emulator could not start.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -221,14 +98,17 @@ pub enum EmulatorError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Hooks(#[from] hook::HookConfigError),
-    #[error("[emulator] `{key}`: {problem}")]
-    #[diagnostic(
-        code(station::emulator::config),
-        help("fix the value in the [emulator] section; README.md lists the keys")
-    )]
-    Config { key: String, problem: String },
+    #[error("[emulator] `{key}`: {0}", key = .0.key())]
+    #[diagnostic(transparent)]
+    Config(#[from] InvalidSetting),
     #[error("emulator TLS setup: {0}")]
-    #[diagnostic(code(station::emulator::tls))]
+    #[diagnostic(
+        code(station::emulator::tls),
+        help(
+            "the CA or server identity in [emulator] state_dir cannot serve TLS; delete its .pem \
+             files to let the emulator create new ones (devices then need new certificates)"
+        )
+    )]
     Tls(#[from] rustls::Error),
     #[error("cannot listen on {listen}: {source}")]
     #[diagnostic(
@@ -256,8 +136,7 @@ impl Emulator {
         cfg: &EmulatorConfig,
         shutdown: Shutdown,
     ) -> Result<Emulator, EmulatorError> {
-        cfg.validate()
-            .map_err(|(key, problem)| EmulatorError::Config { key, problem })?;
+        cfg.validate()?;
         std::fs::create_dir_all(&cfg.state_dir).map_err(|source| EmulatorError::StateDir {
             path: cfg.state_dir.clone(),
             source,
@@ -342,11 +221,6 @@ impl Emulator {
         self.broker.alpn_addr()
     }
 
-    /// The limits the broker enforces (profile plus overrides).
-    pub fn broker_limits(&self) -> &BrokerLimits {
-        self.broker.limits()
-    }
-
     /// Paths of `ca.pem`, `claim-cert.pem` and `claim-key.pem`.
     pub fn paths(&self) -> &CaPaths {
         &self.paths
@@ -424,6 +298,111 @@ async fn expire_tokens(registry: Arc<Registry>, every: Duration, shutdown: Shutd
                 count = deleted.len(),
                 "emulator: deleted certificates whose ownership token expired"
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use miette::Diagnostic;
+
+    use super::control::ControlError;
+    use super::template::{StoreError, TemplateError};
+    use super::*;
+
+    /// Every operator-facing error of the emulator: its code is under `station::emulator::`
+    /// and it says what to do.
+    #[test]
+    fn every_diagnostic_has_a_station_emulator_code_and_a_help() {
+        let io = || std::io::Error::other("denied");
+        let path = PathBuf::from("x");
+        let template = TemplateError::invalid("Resources", "bad");
+        let errors: Vec<Box<dyn Diagnostic>> = vec![
+            Box::new(EmulatorError::StateDir {
+                path: path.clone(),
+                source: io(),
+            }),
+            Box::new(EmulatorError::Ca(ca::CaError::BadPem {
+                path: path.clone(),
+                reason: "r".into(),
+            })),
+            Box::new(EmulatorError::Registry(registry::RegistryError::Sqlite {
+                path: "x".into(),
+                source: rusqlite::Error::InvalidQuery,
+            })),
+            Box::new(EmulatorError::ClaimPolicy {
+                path: path.clone(),
+                reason: "r".into(),
+            }),
+            Box::new(EmulatorError::Config(InvalidSetting::FaultCount)),
+            Box::new(EmulatorError::Tls(rustls::Error::NoCertificatesPresented)),
+            Box::new(EmulatorError::Listen {
+                listen: "x".into(),
+                source: io(),
+            }),
+            Box::new(EmulatorError::Hooks(hook::HookConfigError {
+                arn: "a".into(),
+                reason: "r".into(),
+            })),
+            Box::new(StoreError::ReadDir {
+                dir: path.clone(),
+                source: io(),
+            }),
+            Box::new(StoreError::ReadFile {
+                path: path.clone(),
+                source: io(),
+            }),
+            Box::new(StoreError::FileTooLarge {
+                path: path.clone(),
+                size: 1,
+                max: 0,
+            }),
+            Box::new(StoreError::BadFileName {
+                path: path.clone(),
+                reason: "r".into(),
+            }),
+            Box::new(StoreError::NameMismatch {
+                path: path.clone(),
+                file_name: "a".into(),
+                template_name: "b".into(),
+            }),
+            Box::new(StoreError::Json {
+                path: path.clone(),
+                message: "m".into(),
+                line: 1,
+                column: 1,
+            }),
+            Box::new(StoreError::Envelope {
+                path: path.clone(),
+                field: "f".into(),
+                message: "m".into(),
+                fix: "do this".into(),
+            }),
+            Box::new(StoreError::Template {
+                path,
+                source: template.clone(),
+            }),
+            Box::new(TemplateError::TooLarge { chars: 1 }),
+            Box::new(TemplateError::Json {
+                message: "m".into(),
+                line: 1,
+                column: 1,
+            }),
+            Box::new(template),
+            Box::new(ControlError::ResourceNotFoundException("x".into())),
+            Box::new(ControlError::DeleteConflictException("x".into())),
+            Box::new(ControlError::CertificateStateException("x".into())),
+            Box::new(ControlError::InvalidRequestException("x".into())),
+            Box::new(ControlError::InternalFailureException("x".into())),
+        ];
+        for e in &errors {
+            let code = e.code().map(|c| c.to_string()).unwrap_or_default();
+            assert!(
+                code.starts_with("station::emulator::"),
+                "{e}: code {code:?}"
+            );
+            let help = e.help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(!help.is_empty(), "{code}: no help");
         }
     }
 }

@@ -1,4 +1,4 @@
-//! AWS IoT policy evaluation for the emulator's broker (reference §6).
+//! AWS IoT policy evaluation for the emulator's broker (docs/aws-fleet-provisioning.md §6).
 //!
 //! A request is an action (`iot:Connect`, `iot:Publish`, `iot:Subscribe`, `iot:Receive`) on a
 //! resource ARN (`client/<id>`, `topic/<name>`, `topicfilter/<filter>`). It is allowed when some
@@ -16,7 +16,7 @@ pub const REGION: &str = "us-east-1";
 pub const ACCOUNT: &str = "123456789012";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     Connect,
     Publish,
     Subscribe,
@@ -37,7 +37,7 @@ impl Action {
     }
 
     /// The ARN of the resource the action applies to.
-    pub fn resource_arn(self, name: &str) -> String {
+    pub(crate) fn resource_arn(self, name: &str) -> String {
         let kind = match self {
             Action::Connect => "client",
             Action::Publish | Action::Receive | Action::RetainPublish => "topic",
@@ -49,13 +49,18 @@ impl Action {
 
 /// What policy variables resolve to for one connection.
 #[derive(Debug, Clone, Default)]
-pub struct Variables<'a> {
+pub(crate) struct Variables<'a> {
     pub client_id: &'a str,
     pub thing_name: Option<&'a str>,
 }
 
 /// Evaluates `action` on `name` (client id, topic or topic filter) against the documents.
-pub fn is_allowed(documents: &[Value], action: Action, name: &str, vars: &Variables<'_>) -> bool {
+pub(crate) fn is_allowed(
+    documents: &[Value],
+    action: Action,
+    name: &str,
+    vars: &Variables<'_>,
+) -> bool {
     let arn = action.resource_arn(name);
     let mut allowed = false;
     for doc in documents {
@@ -116,7 +121,7 @@ fn substitute(pattern: &str, vars: &Variables<'_>) -> String {
 }
 
 /// IAM wildcard match: `*` any run (including empty), `?` exactly one character.
-pub fn wildcard_match(pattern: &str, text: &str) -> bool {
+pub(crate) fn wildcard_match(pattern: &str, text: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();
     let t: Vec<char> = text.chars().collect();
     let (mut pi, mut ti) = (0, 0);
@@ -143,8 +148,8 @@ pub fn wildcard_match(pattern: &str, text: &str) -> bool {
 }
 
 /// The default claim policy: connect, and use the fleet-provisioning topics of every template
-/// (the reference's §6 example with the template name widened to `*`).
-pub fn default_claim_policy() -> Value {
+/// (the §6 example of docs/aws-fleet-provisioning.md with the template name widened to `*`).
+pub(crate) fn default_claim_policy() -> Value {
     serde_json::json!({
         "Version": "2012-10-17",
         "Statement": [
@@ -217,7 +222,8 @@ mod tests {
 
     #[test]
     fn the_create_wildcard_does_not_cover_create_from_csr() {
-        // Reference §6: `.../create/*` does not match `.../create-from-csr/...`.
+        // docs/aws-fleet-provisioning.md §6: `.../create/*` does not match
+        // `.../create-from-csr/...`.
         let docs = [
             json!({"Statement": [{"Effect": "Allow", "Action": "iot:Publish",
             "Resource": "arn:aws:iot:*:*:topic/$aws/certificates/create/*"}]}),

@@ -1,10 +1,10 @@
 //! Account-wide API quotas: one token bucket per fleet-provisioning API, shared by every
-//! connection, as AWS's per-account TPS quotas are (reference §5.1). A request over quota is
-//! rejected with 429 before any work is done.
+//! connection, as AWS's per-account TPS quotas are (docs/aws-fleet-provisioning.md §5.1). A request
+//! over quota is rejected with 429 before any work is done.
 //!
-//! Profiles: `unlimited` (the default, for tests and benches) and `aws`, which mirrors the
-//! figures the reference gives: RegisterThing 10 TPS and CreateCertificateFromCsr 15 TPS (the
-//! 2019 control-plane limits, D-LIM19) and CreateKeysAndCertificate 10 TPS (INFERRED: AWS
+//! Profiles: `unlimited` (the default, for tests and benches) and `aws`, which mirrors the figures
+//! docs/aws-fleet-provisioning.md §5.1 gives: RegisterThing 10 TPS and CreateCertificateFromCsr 15
+//! TPS (the 2019 control-plane limits, D-LIM19) and CreateKeysAndCertificate 10 TPS (INFERRED: AWS
 //! publishes no figure). Per-API values override the profile.
 
 use std::sync::Mutex;
@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use serde::Deserialize;
 
+use super::config::InvalidSetting;
 use super::errors::Rejection;
 use crate::fleet::Api;
 use crate::token_bucket::TokenBucket;
@@ -55,18 +56,15 @@ pub struct QuotaConfig {
 }
 
 impl QuotaConfig {
-    /// Checks the profile name and the values; returns `(key, problem)` on error.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    /// Checks the profile name and the values.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
         if let Some(p) = &self.profile
             && p != "unlimited"
             && p != "aws"
         {
-            return Err((
-                "emulator.quotas.profile".into(),
-                format!("{p:?} is not \"unlimited\" or \"aws\""),
-            ));
+            return Err(InvalidSetting::QuotaProfile(p.clone()));
         }
-        for (key, q) in [
+        for (api, q) in [
             (
                 "create_keys_and_certificate",
                 self.create_keys_and_certificate,
@@ -83,10 +81,7 @@ impl QuotaConfig {
                     && q.burst().is_finite()
                     && q.burst() >= 0.0)
             {
-                return Err((
-                    format!("emulator.quotas.{key}"),
-                    "must be a non-negative number of requests per second".into(),
-                ));
+                return Err(InvalidSetting::Quota { api });
             }
         }
         Ok(())
@@ -105,7 +100,7 @@ impl QuotaConfig {
 
 /// The running quotas.
 #[derive(Debug)]
-pub struct Quotas {
+pub(crate) struct Quotas {
     buckets: [Mutex<Option<TokenBucket>>; 3],
 }
 
@@ -118,7 +113,7 @@ fn index(api: &Api) -> usize {
 }
 
 impl Quotas {
-    pub fn new(cfg: &QuotaConfig) -> Quotas {
+    pub(crate) fn new(cfg: &QuotaConfig) -> Quotas {
         let now = Instant::now();
         let bucket = |q: Option<Quota>| {
             Mutex::new(
@@ -133,7 +128,7 @@ impl Quotas {
     }
 
     /// Takes one request's worth of quota, or rejects it with 429.
-    pub fn admit(&self, api: &Api) -> Result<(), Rejection> {
+    pub(crate) fn admit(&self, api: &Api) -> Result<(), Rejection> {
         let mut b = self.buckets[index(api)]
             .lock()
             .unwrap_or_else(|e| e.into_inner());
@@ -146,7 +141,8 @@ impl Quotas {
     }
 
     /// Current TPS per API (`None`: unlimited), in the order CreateKeys, CSR, RegisterThing.
-    pub fn rates(&self) -> [Option<f64>; 3] {
+    #[cfg(test)]
+    pub(crate) fn rates(&self) -> [Option<f64>; 3] {
         let r = |i: usize| {
             self.buckets[i]
                 .lock()
@@ -203,14 +199,18 @@ mod tests {
             register_thing: Some(Quota::Tps(-1.0)),
             ..QuotaConfig::default()
         };
+        let e = bad.validate().unwrap_err();
+        assert_eq!(e.key(), "emulator.quotas.register_thing");
         assert_eq!(
-            bad.validate().unwrap_err().0,
-            "emulator.quotas.register_thing"
+            e.problem(),
+            "must be a non-negative number of requests per second"
         );
         let bad = QuotaConfig {
             profile: Some("fast".into()),
             ..QuotaConfig::default()
         };
-        assert_eq!(bad.validate().unwrap_err().0, "emulator.quotas.profile");
+        let e = bad.validate().unwrap_err();
+        assert_eq!(e.key(), "emulator.quotas.profile");
+        assert_eq!(e.problem(), r#""fast" is not "unlimited" or "aws""#);
     }
 }

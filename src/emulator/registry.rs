@@ -2,8 +2,8 @@
 //!
 //! State lives in memory behind one mutex (every operation is short: map lookups and small
 //! copies) and is persisted to SQLite (WAL) by a writer thread. A change is made under the
-//! lock in a [`Txn`]; [`Txn::commit`] hands its writes to the writer and returns a
-//! [`Commit`] that resolves once they are committed. Every API reply that follows a registry
+//! lock in a [`Txn`]; `Txn::commit` hands its writes to the writer and returns a
+//! `Commit` that resolves once they are committed. Every API reply that follows a registry
 //! change waits for it, so nothing acknowledged is lost when the process dies (AWS does not
 //! lose acknowledged writes); a commit that fails is not acknowledged (the API answers 500).
 //!
@@ -46,17 +46,6 @@ pub enum CertStatus {
     Active,
     Inactive,
     Revoked,
-}
-
-impl CertStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CertStatus::PendingActivation => "PENDING_ACTIVATION",
-            CertStatus::Active => "ACTIVE",
-            CertStatus::Inactive => "INACTIVE",
-            CertStatus::Revoked => "REVOKED",
-        }
-    }
 }
 
 /// A certificate record.
@@ -202,7 +191,7 @@ impl Ack {
 /// A transaction's changes on their way to disk: [`Commit::durable`] resolves once they are
 /// committed.
 #[must_use = "a reply must wait until its changes are durable"]
-pub struct Commit(CommitState);
+pub(crate) struct Commit(CommitState);
 
 enum CommitState {
     Pending(tokio::sync::oneshot::Receiver<Result<(), CommitError>>),
@@ -211,7 +200,7 @@ enum CommitState {
 
 impl Commit {
     /// Waits until the changes are committed.
-    pub async fn durable(self) -> Result<(), CommitError> {
+    pub(crate) async fn durable(self) -> Result<(), CommitError> {
         match self.0 {
             CommitState::Done(r) => r,
             // The writer drops an acknowledgement only when it stops.
@@ -231,7 +220,7 @@ pub struct Registry {
     storage_delay_ms: Arc<AtomicU64>,
 }
 
-/// A mutation batch: changes made under the registry lock. [`Txn::commit`] sends them to the
+/// A mutation batch: changes made under the registry lock. `Txn::commit` sends them to the
 /// writer and says when they are durable; a `Txn` dropped without it sends them unobserved.
 pub struct Txn<'a> {
     pub state: MutexGuard<'a, State>,
@@ -240,27 +229,27 @@ pub struct Txn<'a> {
 }
 
 impl Txn<'_> {
-    pub fn put_certificate(&mut self, c: Certificate) {
+    pub(crate) fn put_certificate(&mut self, c: Certificate) {
         self.pending.push(upsert("certificates", &c.id, &c));
         self.state.certificates.insert(c.id.clone(), c);
     }
-    pub fn put_thing(&mut self, t: Thing) {
+    pub(crate) fn put_thing(&mut self, t: Thing) {
         self.pending.push(upsert("things", &t.name, &t));
         self.state.things.insert(t.name.clone(), t);
     }
-    pub fn put_policy(&mut self, p: Policy) {
+    pub(crate) fn put_policy(&mut self, p: Policy) {
         self.pending.push(upsert("policies", &p.name, &p));
         self.state.policies.insert(p.name.clone(), p);
     }
     /// Stores a token by its hash.
-    pub fn put_token(&mut self, token: &str, rec: TokenRecord) {
+    pub(crate) fn put_token(&mut self, token: &str, rec: TokenRecord) {
         self.put_token_by_key(token_key(token), rec);
     }
     fn put_token_by_key(&mut self, key: String, rec: TokenRecord) {
         self.pending.push(upsert("tokens", &key, &rec));
         self.state.tokens.insert(key, rec);
     }
-    pub fn delete_certificate(&mut self, id: &str) {
+    pub(crate) fn delete_certificate(&mut self, id: &str) {
         self.state.certificates.remove(id);
         self.pending.push(Write::Delete {
             table: "certificates",
@@ -276,7 +265,7 @@ impl Txn<'_> {
     }
 
     /// Deletes every ownership token issued for `certificate_id`.
-    pub fn delete_tokens_of(&mut self, certificate_id: &str) {
+    pub(crate) fn delete_tokens_of(&mut self, certificate_id: &str) {
         let keys: Vec<String> = self
             .state
             .tokens
@@ -291,7 +280,7 @@ impl Txn<'_> {
 
     /// Ends the transaction: its changes go to the writer (the lock is released), and the
     /// returned [`Commit`] resolves once they are on disk.
-    pub fn commit(mut self) -> Commit {
+    pub(crate) fn commit(mut self) -> Commit {
         let (tx, rx) = tokio::sync::oneshot::channel();
         if self.send(Some(Ack::Async(tx))) {
             Commit(CommitState::Pending(rx))
@@ -300,8 +289,8 @@ impl Txn<'_> {
         }
     }
 
-    /// As [`Txn::commit`], blocking the thread until the changes are on disk.
-    pub fn commit_blocking(mut self) -> Result<(), CommitError> {
+    /// As `Txn::commit`, blocking the thread until the changes are on disk.
+    pub(crate) fn commit_blocking(mut self) -> Result<(), CommitError> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         if !self.send(Some(Ack::Blocking(tx))) {
             return Err(CommitError::Closed);
@@ -343,7 +332,7 @@ impl Txn<'_> {
     }
 
     /// Marks a token as used (single use).
-    pub fn consume_token(&mut self, token: &str) {
+    pub(crate) fn consume_token(&mut self, token: &str) {
         let key = token_key(token);
         if let Some(mut rec) = self.state.tokens.get(&key).cloned() {
             rec.used = true;
@@ -416,14 +405,14 @@ impl Registry {
     }
 
     /// Fault injection: every commit from now on takes `delay` longer, as on a slow disk.
-    pub fn set_storage_delay(&self, delay: Duration) {
+    pub(crate) fn set_storage_delay(&self, delay: Duration) {
         self.storage_delay_ms.store(
             u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
     }
 
-    /// Starts a mutation under the registry lock; see [`Txn::commit`].
+    /// Starts a mutation under the registry lock; see `Txn::commit`.
     pub fn txn(&self) -> Txn<'_> {
         Txn {
             state: self.state.lock().expect("registry lock"),
@@ -465,7 +454,8 @@ impl Registry {
     }
 
     /// Deletes certificates whose ownership token expired while they were still pending and
-    /// unattached, as AWS does one hour after `Create*` (reference §2). Returns their ids.
+    /// unattached, as AWS does one hour after `Create*` (docs/aws-fleet-provisioning.md §2).
+    /// Returns their ids.
     pub fn expire_tokens(&self, now: u64) -> Vec<String> {
         let mut txn = self.txn();
         let expired: Vec<(String, String)> = txn
@@ -492,7 +482,7 @@ impl Registry {
     }
 
     /// Waits until everything changed so far is on disk.
-    pub fn flush(&self) -> Result<(), CommitError> {
+    pub(crate) fn flush(&self) -> Result<(), CommitError> {
         self.txn().commit_blocking()
     }
 

@@ -1,6 +1,7 @@
-//! Helpers for `tests/emulator_api.rs`: calling the three fleet-provisioning APIs in either
-//! format over a real claim connection, template directories with extra templates, hook
-//! targets from `fixtures/hooks`, a one-shot HTTP hook server, and certificate checks.
+//! Helpers for the emulator tests (`tests/emulator*.rs`, `tests/broker.rs`): request bodies
+//! and calls of the three fleet-provisioning APIs in either format over a real claim
+//! connection, template directories with extra templates, hook targets from `fixtures/hooks`,
+//! a one-shot HTTP hook server, and certificate checks.
 
 #![allow(dead_code)]
 
@@ -20,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::common::{RawClient, TestEmulator, fixtures};
+use crate::common::{RawClient, Seen, TestEmulator, fixtures};
 
 /// The Lambda ARN of `fixtures/templates/HookedTemplate.json` (AWS's own example).
 pub const HOOKED_TEMPLATE_ARN: &str =
@@ -37,7 +38,18 @@ pub fn register_api(template: &str) -> Api {
 /// A claim connection subscribed to the replies of every API (both formats) and of the
 /// given templates.
 pub async fn claim_client(emu: &TestEmulator, id: &str, templates: &[&str]) -> RawClient {
-    let mut c = RawClient::connect(emu.port(), id, emu.claim_tls());
+    claim_client_at(emu.port(), emu.claim_tls(), id, templates).await
+}
+
+/// [`claim_client`] for an emulator given by port and claim TLS config (e.g. one running as
+/// `station emulate`).
+pub async fn claim_client_at(
+    port: u16,
+    claim_tls: std::sync::Arc<rustls::ClientConfig>,
+    id: &str,
+    templates: &[&str],
+) -> RawClient {
+    let mut c = RawClient::connect(port, id, claim_tls);
     c.connected().await;
     let mut apis = vec![Api::CreateKeysAndCertificate, Api::CreateCertificateFromCsr];
     apis.extend(templates.iter().map(|t| register_api(t)));
@@ -86,17 +98,33 @@ pub async fn create_keys(
     call(c, &Api::CreateKeysAndCertificate, format, payload.to_vec()).await
 }
 
+/// The next PUBLISH the client receives (skipping acks), within `RawClient::next`'s bound.
+pub async fn next_publish(c: &mut RawClient) -> (String, bytes::Bytes) {
+    loop {
+        match c.next().await {
+            Seen::Publish(t, p) => return (t, p),
+            Seen::Down(e) => panic!("connection lost waiting for a PUBLISH: {e}"),
+            _ => {}
+        }
+    }
+}
+
+/// A `CreateCertificateFromCsr` request body.
+pub fn csr_request(format: Format, csr_pem: &str) -> Vec<u8> {
+    encode(
+        format,
+        &CreateCertificateFromCsrRequest {
+            certificate_signing_request: Some(csr_pem.to_string()),
+        },
+    )
+}
+
 pub async fn create_from_csr(
     c: &mut RawClient,
     format: Format,
     csr_pem: &str,
 ) -> Result<CreateCertificateFromCsrResponse, ErrorResponse> {
-    let body = encode(
-        format,
-        &CreateCertificateFromCsrRequest {
-            certificate_signing_request: Some(csr_pem.to_string()),
-        },
-    );
+    let body = csr_request(format, csr_pem);
     call(c, &Api::CreateCertificateFromCsr, format, body).await
 }
 
@@ -123,14 +151,9 @@ pub fn csr_fixture(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-pub async fn register(
-    c: &mut RawClient,
-    template: &str,
-    format: Format,
-    token: &str,
-    params: &[(&str, &str)],
-) -> Result<RegisterThingResponse, ErrorResponse> {
-    let body = encode(
+/// A `RegisterThing` request body.
+pub fn register_request(format: Format, token: &str, params: &[(&str, &str)]) -> Vec<u8> {
+    encode(
         format,
         &RegisterThingRequest {
             certificate_ownership_token: Some(Secret::new(token)),
@@ -141,7 +164,17 @@ pub async fn register(
                     .collect::<BTreeMap<_, _>>(),
             ),
         },
-    );
+    )
+}
+
+pub async fn register(
+    c: &mut RawClient,
+    template: &str,
+    format: Format,
+    token: &str,
+    params: &[(&str, &str)],
+) -> Result<RegisterThingResponse, ErrorResponse> {
+    let body = register_request(format, token, params);
     call(c, &register_api(template), format, body).await
 }
 

@@ -245,20 +245,14 @@ impl Raw {
     }
 }
 
+/// QoS `q` (0, 1 or 2) in rumqttc's 3.1.1 codec.
 pub fn q4(q: u8) -> Q4 {
-    match q {
-        0 => Q4::AtMostOnce,
-        1 => Q4::AtLeastOnce,
-        _ => Q4::ExactlyOnce,
-    }
+    rumqttc::mqttbytes::qos(q).expect("QoS 0, 1 or 2")
 }
 
+/// QoS `q` (0, 1 or 2) in rumqttc's MQTT 5 codec.
 pub fn q5(q: u8) -> Q5 {
-    match q {
-        0 => Q5::AtMostOnce,
-        1 => Q5::AtLeastOnce,
-        _ => Q5::ExactlyOnce,
-    }
+    rumqttc::v5::mqttbytes::qos(q).expect("QoS 0, 1 or 2")
 }
 
 pub fn connect4(client_id: &str, keep_alive_s: u16) -> v4::Packet {

@@ -1,6 +1,6 @@
 //! `CreateCertificateFromCsr`: sign the device's CSR, register the certificate as
 //! `PENDING_ACTIVATION` and hand out an ownership token valid for the configured TTL
-//! (reference §1.2, §2).
+//! (docs/aws-fleet-provisioning.md §1.2, §2).
 
 use super::{ApiRequest, ApiService, register_new_certificate};
 use crate::emulator::errors::Rejection;

@@ -1,7 +1,7 @@
 //! `CreateKeysAndCertificate`: hand out an RSA-2048 key pair the emulator made (PKCS#1 PEM)
 //! and a certificate for it (`CN=AWS IoT Certificate`, AWS issuer, expiry 2049), registered
 //! as `PENDING_ACTIVATION`, with an ownership token valid for the configured TTL
-//! (reference §1.2, §1.4, §2).
+//! (docs/aws-fleet-provisioning.md §1.2, §1.4, §2).
 //!
 //! The request is empty in AWS's docs; an empty payload, `{}` and an empty CBOR map (`0xA0`)
 //! are all accepted, and unknown keys are ignored. A payload that is not a map (or not valid

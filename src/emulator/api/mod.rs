@@ -1,7 +1,7 @@
 //! The fleet-provisioning APIs the broker routes reserved topics to, one file per API (as
 //! mini-redis keeps one file per command): each decodes its request in the topic's format,
 //! applies itself to the CA and registry, and answers with an accepted payload or a
-//! [`Rejection`](super::errors::Rejection) from the error table.
+//! [`Rejection`] from the error table.
 //!
 //! - `create_keys_and_certificate`: RSA-2048 key from the [`KeyStock`], certificate, token.
 //! - `create_certificate_from_csr`: CSR checked and signed, certificate, token.
@@ -31,7 +31,7 @@ use crate::fleet::{Api, Format, ReplyKind};
 
 /// One request as the broker received it.
 #[derive(Debug, Clone)]
-pub struct ApiRequest {
+pub(crate) struct ApiRequest {
     pub api: Api,
     pub format: Format,
     pub payload: Bytes,
@@ -43,9 +43,8 @@ pub struct ApiRequest {
 
 /// The answer: which reply topic and the encoded payload.
 #[derive(Debug, Clone)]
-pub struct ApiReply {
+pub(crate) struct ApiReply {
     pub topic: String,
-    pub kind: ReplyKind,
     pub payload: Bytes,
     /// Fault injection (`duplicate_reply_after_ms`): publish this reply once more on the
     /// same connection this long after the first.
@@ -54,7 +53,7 @@ pub struct ApiReply {
 
 /// Settings of the API layer.
 #[derive(Debug, Clone)]
-pub struct ApiSettings {
+pub(crate) struct ApiSettings {
     /// How long an ownership token stays valid (AWS: one hour).
     pub token_ttl: Duration,
 }
@@ -68,10 +67,10 @@ impl Default for ApiSettings {
 }
 
 /// RSA keys kept ready by default (see [`KeyStock`]).
-pub const DEFAULT_RSA_STOCK: usize = 8;
+pub(crate) const DEFAULT_RSA_STOCK: usize = 8;
 
 /// The fleet-provisioning service behind the broker.
-pub struct ApiService {
+pub(crate) struct ApiService {
     pub(crate) ca: Arc<CertificateAuthority>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) templates: Arc<TemplateStore>,
@@ -87,7 +86,7 @@ pub struct ApiService {
 
 impl ApiService {
     /// A service with the default key stock (one worker) and no Lambda ARN mapped for hooks.
-    pub fn new(
+    pub(crate) fn new(
         ca: Arc<CertificateAuthority>,
         registry: Arc<Registry>,
         templates: Arc<TemplateStore>,
@@ -108,42 +107,42 @@ impl ApiService {
     }
 
     /// Enforces these account quotas.
-    pub fn with_quotas(mut self, quotas: Quotas) -> ApiService {
+    pub(crate) fn with_quotas(mut self, quotas: Quotas) -> ApiService {
         self.quotas = quotas;
         self
     }
 
     /// Injects these faults.
-    pub fn with_faults(mut self, faults: Faults) -> ApiService {
+    pub(crate) fn with_faults(mut self, faults: Faults) -> ApiService {
         self.faults = faults;
         self
     }
 
     /// Renames errorCodes of the error table (where AWS's exact strings are unconfirmed).
-    pub fn with_error_codes(mut self, codes: BTreeMap<String, String>) -> ApiService {
+    pub(crate) fn with_error_codes(mut self, codes: BTreeMap<String, String>) -> ApiService {
         self.error_codes = codes;
         self
     }
 
     /// The fault plan (tests change it while the emulator runs).
-    pub fn faults(&self) -> &Faults {
+    pub(crate) fn faults(&self) -> &Faults {
         &self.faults
     }
 
     /// Uses this stock of RSA keys for `CreateKeysAndCertificate`.
-    pub fn with_key_stock(mut self, keys: KeyStock) -> ApiService {
+    pub(crate) fn with_key_stock(mut self, keys: KeyStock) -> ApiService {
         self.keys = keys;
         self
     }
 
     /// Calls pre-provisioning hooks through this table and deadline.
-    pub fn with_hooks(mut self, hooks: Hooks) -> ApiService {
+    pub(crate) fn with_hooks(mut self, hooks: Hooks) -> ApiService {
         self.hooks = hooks;
         self
     }
 
     /// Handles one request and builds the reply.
-    pub async fn handle(&self, req: ApiRequest) -> ApiReply {
+    pub(crate) async fn handle(&self, req: ApiRequest) -> ApiReply {
         let format = req.format;
         let fault = self.faults.decide(&req.api);
         if !fault.delay.is_zero() {
@@ -188,7 +187,6 @@ impl ApiService {
         };
         ApiReply {
             topic: req.api.reply_topic(format, kind),
-            kind,
             payload: Bytes::from(payload),
             duplicate_after: fault
                 .duplicate_after

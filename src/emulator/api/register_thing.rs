@@ -1,10 +1,10 @@
 //! `RegisterThing`: redeem the ownership token, ask the pre-provisioning hook, evaluate the
-//! template and apply its resources to the registry (reference §1.2, §3, §4).
+//! template and apply its resources to the registry (docs/aws-fleet-provisioning.md §1.2, §3, §4).
 //!
 //! Order: payload → token present → template exists and is enabled → token valid (looked
 //! up, not consumed) → hook, when the template has one → parameters merged (request, then
 //! the hook's `parameterOverrides` over them; the engine fills `Default`s for what is still
-//! missing, reference §9.5) → template evaluated → resources applied.
+//! missing, docs/aws-fleet-provisioning.md §9.5) → template evaluated → resources applied.
 //!
 //! Application, all under one registry transaction so a token is redeemed at most once, and
 //! answered only once that transaction is committed (a failed commit is 500):

@@ -3,7 +3,7 @@
 //! past 1.5 × keep-alive, is taken over, or the broker shuts down.
 //!
 //! The session logic is the same for MQTT 3.1.1 and MQTT 5; they differ in how a refusal
-//! reaches the client (reference §6):
+//! reaches the client (docs/aws-fleet-provisioning.md §6):
 //! - a request the client was not allowed to make (policy, AWS topic limits, RETAIN on a
 //!   reserved topic) closes a 3.1.1 connection; MQTT 5 gets a PUBACK/SUBACK reason code and
 //!   keeps the connection;
@@ -11,11 +11,11 @@
 //!   shutdown) closes both; MQTT 5 first gets a DISCONNECT with the reason code.
 //!
 //! QoS 2 is not supported, as on AWS: a PUBLISH or SUBSCRIBE asking for it gets no PUBACK or
-//! SUBACK and is not processed (reference §2), on both versions.
+//! SUBACK and is not processed (docs/aws-fleet-provisioning.md §2), on both versions.
 //!
 //! Fleet-provisioning requests are handed to the API service on their own task; the reply
 //! comes back on this connection's control channel and is published only to this connection,
-//! only if it subscribed to the reply topic (reference §2).
+//! only if it subscribed to the reply topic (docs/aws-fleet-provisioning.md §2).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -65,9 +65,9 @@ pub(super) async fn serve(
         }
         Err(_) => return,
     };
-    // AWS port 443 with a client certificate requires ALPN `x-amzn-mqtt-ca` (reference §7).
-    // A client offering other protocols fails the handshake (rustls: no_application_protocol);
-    // one offering none completes it and is closed here.
+    // AWS port 443 with a client certificate requires ALPN `x-amzn-mqtt-ca`
+    // (docs/aws-fleet-provisioning.md §7). A client offering other protocols fails the handshake
+    // (rustls: no_application_protocol); one offering none completes it and is closed here.
     if require_alpn && tls.get_ref().1.alpn_protocol() != Some(ALPN_MQTT_CA) {
         tracing::debug!(%peer, "emulator: ALPN x-amzn-mqtt-ca not negotiated; closing");
         let _ = timeout(DISCONNECT_GRACE, tls.shutdown()).await;
@@ -698,7 +698,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             || (retain && !self.allowed(Action::RetainPublish, &topic))
         {
             // MQTT 3.1.1: a policy violation closes the connection; MQTT 5: PUBACK 0x87
-            // (reference §6).
+            // (docs/aws-fleet-provisioning.md §6).
             let close = Close::NotAuthorized(format!("PUBLISH {topic}"));
             return self
                 .reject_publish(qos, pkid, PubAckCode::NotAuthorized, Some(close))
@@ -780,7 +780,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         filters: Vec<SubFilter>,
         has_subscription_id: bool,
     ) -> Result<(), Close> {
-        // AWS does not support QoS 2 and sends no SUBACK when it is requested (reference §2).
+        // AWS does not support QoS 2 and sends no SUBACK when it is requested
+        // (docs/aws-fleet-provisioning.md §2).
         if filters.iter().any(|f| f.qos > 1) {
             return Ok(());
         }
@@ -821,7 +822,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 SubCode::TopicFilterInvalid
             } else if !self.allowed(Action::Subscribe, &f.filter) {
                 // MQTT 3.1.1: a policy violation closes the connection; MQTT 5: SUBACK 0x87
-                // (reference §6).
+                // (docs/aws-fleet-provisioning.md §6).
                 if !v5 {
                     return Err(Close::NotAuthorized(format!("SUBSCRIBE {}", f.filter)));
                 }

@@ -1,6 +1,6 @@
-//! The broker's limits (reference §5.2) in one place: the [`BrokerLimits`] the broker enforces,
-//! the two profiles they start from (`unlimited` for tests and benches, `aws` with AWS IoT
-//! Core's published figures), the per-limit overrides read from `[emulator.broker_limits]`,
+//! The broker's limits (docs/aws-fleet-provisioning.md §5.2) in one place: the [`BrokerLimits`] the
+//! broker enforces, the two profiles they start from (`unlimited` for tests and benches, `aws` with
+//! AWS IoT Core's published figures), the per-limit overrides read from `[emulator.broker_limits]`,
 //! and the two rate limiters (publishes per connection, CONNECTs per client id).
 //!
 //! Quotas (rates and counts) are off in `unlimited`; protocol behaviour that AWS documents as
@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 /// AWS's payload limit: "The payload for every publish request is limited to 128 KB".
-pub const AWS_MAX_PAYLOAD: usize = 128 * 1024;
+pub(crate) const AWS_MAX_PAYLOAD: usize = 128 * 1024;
 
 /// Room a packet may take beyond its payload (fixed header, topic, packet id, MQTT 5
 /// properties) before the broker refuses to buffer it. A PUBLISH whose payload is within the
 /// payload limit but whose packet is larger than `max_payload_bytes + PACKET_OVERHEAD` is
 /// treated as too large.
-pub const PACKET_OVERHEAD: usize = 16 * 1024;
+pub(crate) const PACKET_OVERHEAD: usize = 16 * 1024;
 
 /// Which figures the limits start from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,14 +29,14 @@ pub enum BrokerProfile {
     /// No quotas (rates and counts); protocol limits as AWS. The default, for tests and benches.
     #[default]
     Unlimited,
-    /// AWS IoT Core's message-broker quotas (reference §5.2).
+    /// AWS IoT Core's message-broker quotas (docs/aws-fleet-provisioning.md §5.2).
     Aws,
 }
 
 /// The limits the broker enforces. `None` means "no limit".
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BrokerLimits {
+pub(crate) struct BrokerLimits {
     /// Largest PUBLISH payload (and CONNECT will payload). AWS: 128 KB. A larger PUBLISH
     /// closes a 3.1.1 connection and gets DISCONNECT 0x95 on MQTT 5; a larger will payload
     /// refuses the CONNECT (MQTT 5: CONNACK 0x95).
@@ -80,7 +80,7 @@ pub struct BrokerLimits {
 
 impl BrokerLimits {
     /// The `unlimited` profile: no quotas; 128 KB payload and AWS's keep-alive clamping.
-    pub fn unlimited() -> BrokerLimits {
+    pub(crate) fn unlimited() -> BrokerLimits {
         BrokerLimits {
             max_payload_bytes: AWS_MAX_PAYLOAD,
             publishes_per_second: None,
@@ -98,8 +98,8 @@ impl BrokerLimits {
         }
     }
 
-    /// The `aws` profile: the figures of reference §5.2.
-    pub fn aws() -> BrokerLimits {
+    /// The `aws` profile: the figures of docs/aws-fleet-provisioning.md §5.2.
+    pub(crate) fn aws() -> BrokerLimits {
         BrokerLimits {
             publishes_per_second: Some(100),
             max_subscriptions: Some(50),
@@ -114,7 +114,10 @@ impl BrokerLimits {
     }
 
     /// The limits of `profile` with `overrides` applied.
-    pub fn resolve(profile: BrokerProfile, overrides: &BrokerLimitOverrides) -> BrokerLimits {
+    pub(crate) fn resolve(
+        profile: BrokerProfile,
+        overrides: &BrokerLimitOverrides,
+    ) -> BrokerLimits {
         let mut l = match profile {
             BrokerProfile::Unlimited => BrokerLimits::unlimited(),
             BrokerProfile::Aws => BrokerLimits::aws(),
@@ -154,7 +157,7 @@ impl BrokerLimits {
 
     /// Keep-alive as AWS applies it: 0 or above the maximum → the maximum; below the
     /// minimum → the minimum.
-    pub fn effective_keep_alive(&self, requested_s: u16) -> u16 {
+    pub(crate) fn effective_keep_alive(&self, requested_s: u16) -> u16 {
         let (min, max) = (self.keep_alive_min_s, self.keep_alive_max_s);
         match requested_s {
             0 => max,
@@ -165,11 +168,11 @@ impl BrokerLimits {
     }
 
     /// Largest packet the broker reads from a client (the MQTT 5 CONNACK Maximum Packet Size).
-    pub fn max_packet_bytes(&self) -> usize {
+    pub(crate) fn max_packet_bytes(&self) -> usize {
         self.max_payload_bytes.saturating_add(PACKET_OVERHEAD)
     }
 
-    pub fn connect_timeout(&self) -> Duration {
+    pub(crate) fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
     }
 }
@@ -295,7 +298,7 @@ pub(crate) struct ConnectRate {
 }
 
 impl ConnectRate {
-    pub fn new(rate: u32) -> ConnectRate {
+    pub(crate) fn new(rate: u32) -> ConnectRate {
         ConnectRate {
             rate,
             buckets: HashMap::new(),
@@ -304,7 +307,7 @@ impl ConnectRate {
     }
 
     /// Records a CONNECT for `client_id`; false if it exceeds the rate.
-    pub fn admit(&mut self, client_id: &str, now: Instant) -> bool {
+    pub(crate) fn admit(&mut self, client_id: &str, now: Instant) -> bool {
         if self.buckets.len() >= self.sweep_at {
             self.buckets.retain(|_, b| !b.is_full(now));
             self.sweep_at = (self.buckets.len() * 2).max(1024);

@@ -3,20 +3,20 @@
 //! client table (one connection per client id), retained messages and routing of
 //! fleet-provisioning requests.
 //!
-//! - [`codec`]: packets as the session logic sees them, encoded with rumqttc's codecs for
+//! - `codec`: packets as the session logic sees them, encoded with rumqttc's codecs for
 //!   MQTT 3.1.1 and MQTT 5.
-//! - [`connection`]: one task per connection: CONNECT, SUBSCRIBE, PUBLISH, keep-alive, and
+//! - `connection`: one task per connection: CONNECT, SUBSCRIBE, PUBLISH, keep-alive, and
 //!   how each version is told about a refusal.
-//! - [`limits`]: AWS's broker limits, the `unlimited` and `aws` profiles, rate limiters.
-//! - [`session`]: persistent sessions (subscriptions and queued QoS 1 messages kept for an
+//! - `limits`: AWS's broker limits, the `unlimited` and `aws` profiles, rate limiters.
+//! - `session`: persistent sessions (subscriptions and queued QoS 1 messages kept for an
 //!   hour after a non-clean disconnect).
-//! - [`topic`]: topic and filter validation, matching and AWS's topic size limits.
+//! - `topic`: topic and filter validation, matching and AWS's topic size limits.
 
-pub mod codec;
+pub(crate) mod codec;
 mod connection;
-pub mod limits;
-pub mod session;
-pub mod topic;
+pub(crate) mod limits;
+pub(crate) mod session;
+pub(crate) mod topic;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -31,15 +31,16 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
 use self::codec::ForwardedProps;
+pub(crate) use self::limits::BrokerLimits;
 use self::limits::ConnectRate;
-pub use self::limits::{BrokerLimitOverrides, BrokerLimits, BrokerProfile};
+pub use self::limits::{BrokerLimitOverrides, BrokerProfile};
 use super::api::ApiService;
 use super::ca::CertificateAuthority;
 use super::registry::Registry;
 use crate::shutdown::Shutdown;
 
 /// The ALPN protocol AWS IoT Core requires for MQTT with an X.509 client certificate on
-/// port 443 (reference §7).
+/// port 443 (docs/aws-fleet-provisioning.md §7).
 pub const ALPN_MQTT_CA: &[u8] = b"x-amzn-mqtt-ca";
 
 /// Messages to a connection task from elsewhere in the broker.
@@ -113,7 +114,7 @@ impl BrokerShared {
 
     /// Registers a connection under its client id and returns its connection id; the
     /// previous holder is kicked (AWS: a duplicate client id disconnects the older
-    /// connection, reference §5.2).
+    /// connection, docs/aws-fleet-provisioning.md §5.2).
     fn claim_client_id(&self, client_id: &str, control: mpsc::Sender<Control>) -> u64 {
         let conn_id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
         let old =
@@ -193,7 +194,7 @@ impl BrokerShared {
     }
 
     /// Number of connected clients.
-    pub fn connected(&self) -> usize {
+    pub(crate) fn connected(&self) -> usize {
         lock(&self.clients).len()
     }
 }
@@ -205,7 +206,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Builds the TLS server configuration: the emulator's server certificate, and client
 /// certificates required and verified against the emulator CA.
-pub fn server_tls_config(ca: &CertificateAuthority) -> Result<rustls::ServerConfig, rustls::Error> {
+pub(crate) fn server_tls_config(
+    ca: &CertificateAuthority,
+) -> Result<rustls::ServerConfig, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.ca_der().clone())?;
@@ -221,13 +224,13 @@ pub fn server_tls_config(ca: &CertificateAuthority) -> Result<rustls::ServerConf
 /// A listen address that could not be bound.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen on {addr}: {source}")]
-pub struct BindError {
+pub(crate) struct BindError {
     pub addr: String,
     pub source: std::io::Error,
 }
 
 /// A running broker.
-pub struct Broker {
+pub(crate) struct Broker {
     pub(crate) shared: Arc<BrokerShared>,
     addr: SocketAddr,
     alpn_addr: Option<SocketAddr>,
@@ -237,7 +240,7 @@ impl Broker {
     /// Binds `listen` (and `alpn_listen`, whose clients must negotiate ALPN
     /// `x-amzn-mqtt-ca`) and accepts connections until `shutdown` triggers. Both listeners
     /// serve the same broker.
-    pub async fn start(
+    pub(crate) async fn start(
         listen: &str,
         alpn_listen: Option<&str>,
         tls: rustls::ServerConfig,
@@ -268,22 +271,17 @@ impl Broker {
         })
     }
 
-    pub fn local_addr(&self) -> SocketAddr {
+    pub(crate) fn local_addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// The address of the listener that requires ALPN `x-amzn-mqtt-ca`, if configured.
-    pub fn alpn_addr(&self) -> Option<SocketAddr> {
+    pub(crate) fn alpn_addr(&self) -> Option<SocketAddr> {
         self.alpn_addr
     }
 
-    pub fn connected_clients(&self) -> usize {
+    pub(crate) fn connected_clients(&self) -> usize {
         self.shared.connected()
-    }
-
-    /// The limits this broker enforces.
-    pub fn limits(&self) -> &BrokerLimits {
-        &self.shared.limits
     }
 }
 

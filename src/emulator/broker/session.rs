@@ -1,4 +1,5 @@
-//! Persistent MQTT sessions (reference §5.2: AWS keeps them for an hour by default).
+//! Persistent MQTT sessions (docs/aws-fleet-provisioning.md §5.2: AWS keeps them for an hour by
+//! default).
 //!
 //! A client that connects with `cleanSession = 0` (MQTT 3.1.1) or a Session Expiry Interval
 //! above 0 (MQTT 5) keeps its subscriptions after it disconnects, for one hour (MQTT 5: the
@@ -20,13 +21,13 @@ use super::codec::ForwardedProps;
 use super::topic;
 
 /// AWS's persistent-session expiry.
-pub const MAX_EXPIRY: Duration = Duration::from_secs(3600);
+pub(crate) const MAX_EXPIRY: Duration = Duration::from_secs(3600);
 /// Queued QoS 1 messages kept per offline session.
-pub const MAX_QUEUED: usize = 100;
+pub(crate) const MAX_QUEUED: usize = 100;
 
 /// A subscription as a session keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredSubscription {
+pub(crate) struct StoredSubscription {
     pub filter: String,
     pub qos: u8,
     pub no_local: bool,
@@ -34,7 +35,7 @@ pub struct StoredSubscription {
 
 /// A message waiting for an offline session.
 #[derive(Debug, Clone)]
-pub struct Queued {
+pub(crate) struct Queued {
     pub topic: String,
     pub payload: Bytes,
     pub qos: u8,
@@ -60,13 +61,13 @@ impl Stored {
 
 /// Every persistent session, by client id.
 #[derive(Debug, Default)]
-pub struct Sessions {
+pub(crate) struct Sessions {
     by_client: HashMap<String, Stored>,
 }
 
 /// What a reconnecting client gets back.
 #[derive(Debug, Default)]
-pub struct Resumed {
+pub(crate) struct Resumed {
     pub subscriptions: Vec<StoredSubscription>,
     pub queued: Vec<Queued>,
 }
@@ -75,7 +76,7 @@ impl Sessions {
     /// A connection starts. `clean` discards a stored session; `persistent` (with its
     /// granted `expiry`) makes this connection's session survive it. Returns the resumed
     /// session, if there was one (then CONNACK says session present).
-    pub fn open(
+    pub(crate) fn open(
         &mut self,
         client_id: &str,
         conn_id: u64,
@@ -119,7 +120,12 @@ impl Sessions {
     }
 
     /// The connection changed its subscriptions.
-    pub fn save(&mut self, client_id: &str, conn_id: u64, subscriptions: Vec<StoredSubscription>) {
+    pub(crate) fn save(
+        &mut self,
+        client_id: &str,
+        conn_id: u64,
+        subscriptions: Vec<StoredSubscription>,
+    ) {
         if let Some(s) = self.by_client.get_mut(client_id)
             && s.owner == Some(conn_id)
         {
@@ -128,7 +134,7 @@ impl Sessions {
     }
 
     /// The connection ended: its session (if persistent and still its own) waits offline.
-    pub fn close(&mut self, client_id: &str, conn_id: u64, now: Instant) {
+    pub(crate) fn close(&mut self, client_id: &str, conn_id: u64, now: Instant) {
         if let Some(s) = self.by_client.get_mut(client_id)
             && s.owner == Some(conn_id)
         {
@@ -138,7 +144,7 @@ impl Sessions {
     }
 
     /// Queues a publish for every offline session with a matching QoS 1 subscription.
-    pub fn queue(&mut self, message: &Queued, now: Instant) {
+    pub(crate) fn queue(&mut self, message: &Queued, now: Instant) {
         self.by_client.retain(|_, s| !s.expired(now));
         for s in self.by_client.values_mut().filter(|s| s.owner.is_none()) {
             let qos = s

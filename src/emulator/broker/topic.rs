@@ -2,12 +2,12 @@
 //! AWS IoT Core's topic size and depth limits.
 
 /// A topic name a client may publish to: non-empty, no wildcards, no NUL.
-pub fn valid_topic_name(topic: &str) -> bool {
+pub(crate) fn valid_topic_name(topic: &str) -> bool {
     !topic.is_empty() && !topic.contains(['+', '#', '\0'])
 }
 
 /// A topic filter: `#` only as the whole last level, `+` only as a whole level.
-pub fn valid_filter(filter: &str) -> bool {
+pub(crate) fn valid_filter(filter: &str) -> bool {
     if filter.is_empty() || filter.contains('\0') {
         return false;
     }
@@ -24,7 +24,7 @@ pub fn valid_filter(filter: &str) -> bool {
 }
 
 /// Does `filter` match `topic`? Wildcards at the first level do not match `$` topics.
-pub fn matches(filter: &str, topic: &str) -> bool {
+pub(crate) fn matches(filter: &str, topic: &str) -> bool {
     if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
         return false;
     }
@@ -42,7 +42,7 @@ pub fn matches(filter: &str, topic: &str) -> bool {
 }
 
 /// True for an MQTT 5 shared-subscription filter (`$share/<group>/<filter>`).
-pub fn is_shared_filter(filter: &str) -> bool {
+pub(crate) fn is_shared_filter(filter: &str) -> bool {
     filter.starts_with("$share/")
 }
 
@@ -54,7 +54,7 @@ pub fn is_shared_filter(filter: &str) -> bool {
 /// `aws_mqtt_is_valid_topic_for_iot_core`) also skips a `$share/<group>/` prefix and matches
 /// `$aws/rules/` case-insensitively; this does the same. Every other reserved `$aws/...` topic
 /// counts in full.
-pub fn aws_counted_part(topic: &str) -> &str {
+pub(crate) fn aws_counted_part(topic: &str) -> &str {
     let t = skip_prefix_segments(topic, "$share", 2);
     skip_prefix_segments(t, "$aws/rules", 3)
 }
@@ -82,7 +82,7 @@ fn skip_prefix_segments<'a>(topic: &'a str, first: &str, segments: usize) -> &'a
 }
 
 /// Whether `topic` (name or filter) is within AWS's size and slash limits.
-pub fn within_aws_limits(
+pub(crate) fn within_aws_limits(
     topic: &str,
     max_bytes: Option<usize>,
     max_slashes: Option<usize>,

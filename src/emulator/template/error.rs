@@ -2,9 +2,10 @@
 //! JSON path of the problem) and [`EvalError`] when a RegisterThing request is evaluated
 //! (always 400 `InvalidParameters` on the wire, with an AWS-style message).
 
+#[cfg(test)]
 use crate::fleet::ErrorResponse;
 
-/// The longest body AWS accepts: 10 KiB, 10240 characters (reference §3.1).
+/// The longest body AWS accepts: 10 KiB, 10240 characters (docs/aws-fleet-provisioning.md §3.1).
 pub const MAX_BODY_CHARS: usize = 10_240;
 
 /// Why a template body cannot be loaded.
@@ -13,7 +14,7 @@ pub enum TemplateError {
     /// The body is longer than AWS allows.
     #[error("template body is {chars} characters long; AWS allows at most {MAX_BODY_CHARS}")]
     #[diagnostic(
-        code(fleet_station::emulator::template::too_large),
+        code(station::emulator::template::too_large),
         help("shorten the template: AWS rejects provisioning template bodies over 10 KiB")
     )]
     TooLarge { chars: usize },
@@ -21,7 +22,7 @@ pub enum TemplateError {
     /// The body is not JSON.
     #[error("template body is not valid JSON: {message} (line {line}, column {column})")]
     #[diagnostic(
-        code(fleet_station::emulator::template::json),
+        code(station::emulator::template::json),
         help("fix the JSON syntax at the line and column shown")
     )]
     Json {
@@ -33,10 +34,10 @@ pub enum TemplateError {
     /// The body is JSON but not a valid provisioning template.
     #[error("{}: {message}", display_path(path))]
     #[diagnostic(
-        code(fleet_station::emulator::template::invalid),
+        code(station::emulator::template::invalid),
         help(
             "fix the template at the JSON path shown; the template language is described in \
-             the emulator's template module docs and in reference §3"
+             the emulator's template module docs and in docs/aws-fleet-provisioning.md §3"
         )
     )]
     Invalid { path: String, message: String },
@@ -52,7 +53,8 @@ impl TemplateError {
 
     /// The JSON path of the problem (`Resources.thing.Properties.ThingName`), when the
     /// body parsed as JSON.
-    pub fn path(&self) -> Option<&str> {
+    #[cfg(test)]
+    pub(crate) fn path(&self) -> Option<&str> {
         match self {
             TemplateError::Invalid { path, .. } => Some(path),
             _ => None,
@@ -65,7 +67,7 @@ fn display_path(path: &str) -> &str {
 }
 
 /// Why evaluating a template for one request failed. Every evaluation failure is answered
-/// with status 400 and errorCode `InvalidParameters` (reference §1.3).
+/// with status 400 and errorCode `InvalidParameters` (docs/aws-fleet-provisioning.md §1.3).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{path}: {}", self.error_message())]
 pub struct EvalError {
@@ -123,18 +125,20 @@ impl EvalError {
     }
 
     /// The HTTP-style status on the rejected topic: always 400.
-    pub fn status_code(&self) -> u16 {
+    #[cfg(test)]
+    pub(crate) fn status_code(&self) -> u16 {
         400
     }
 
     /// The errorCode on the rejected topic: always `InvalidParameters`.
-    pub fn error_code(&self) -> &'static str {
+    #[cfg(test)]
+    pub(crate) fn error_code(&self) -> &'static str {
         "InvalidParameters"
     }
 
     /// The errorMessage on the rejected topic, in AWS's style. An unresolved reference
     /// gives AWS's observed wording, `Cannot resolve reference value: AWS::Region`.
-    pub fn error_message(&self) -> String {
+    pub(crate) fn error_message(&self) -> String {
         match &self.kind {
             EvalErrorKind::UnresolvedReference { name } => {
                 format!("Cannot resolve reference value: {name}")
@@ -182,7 +186,8 @@ impl EvalError {
     }
 
     /// The payload for the rejected topic.
-    pub fn to_error_response(&self) -> ErrorResponse {
+    #[cfg(test)]
+    pub(crate) fn to_error_response(&self) -> ErrorResponse {
         ErrorResponse {
             status_code: self.status_code(),
             error_code: self.error_code().to_string(),

@@ -22,7 +22,8 @@ pub(crate) type Mappings = BTreeMap<String, BTreeMap<String, BTreeMap<String, St
 pub(crate) const SUPPORTED_FUNCTIONS: &str =
     "Ref, Fn::Join, Fn::Select, Fn::Split, Fn::FindInMap, Fn::Sub";
 
-/// The certificate-subject pseudo-parameters (reference §3.5), with the field each reads.
+/// The certificate-subject pseudo-parameters (docs/aws-fleet-provisioning.md §3.5), with the field
+/// each reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SubjectField {
     CommonName,

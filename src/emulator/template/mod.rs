@@ -1,5 +1,5 @@
-//! The emulator's provisioning template engine and template store: AWS IoT fleet
-//! provisioning templates (reference §3) parsed and validated once at load, then evaluated
+//! The emulator's provisioning template engine and template store: AWS IoT fleet provisioning
+//! templates (docs/aws-fleet-provisioning.md §3) parsed and validated once at load, then evaluated
 //! per RegisterThing request in microseconds.
 //!
 //! - [`Template::parse`] checks a body (≤ 10240 characters) and compiles it; problems are a
@@ -9,8 +9,21 @@
 //!   [`Provisioned`]: the thing, certificate and policies to create or update, their
 //!   override rules, and the device configuration. Failures are an [`EvalError`], which is
 //!   always status 400, errorCode `InvalidParameters` on the wire.
-//! - [`store::TemplateStore`] loads every `NAME.json` of a directory, as a bare body or as
+//! - `store::TemplateStore` loads every `NAME.json` of a directory, as a bare body or as
 //!   the envelope of AWS's `CreateProvisioningTemplate` request.
+//!
+//! # Modules
+//!
+//! - `parse`: loading a body: size limit, JSON, and each section checked and compiled.
+//! - `expr`: expressions (literals and the intrinsic functions) compiled to a typed tree and
+//!   evaluated per request.
+//! - `eval`: evaluating a loaded template for one request into a [`Provisioned`].
+//! - `provisioned`: what evaluation yields ([`Provisioned`], [`ThingSpec`],
+//!   [`CertificateSpec`], [`PolicySpec`], the override rules).
+//! - `names`: AWS IoT's naming rules applied to evaluated names and values.
+//! - `error`: [`TemplateError`] (load) and [`EvalError`] (evaluation).
+//! - `store`: the template directory (`TemplateStore`) and its file errors ([`StoreError`]).
+//! - `tests`: behaviour tests of the engine, one file per concern.
 //!
 //! # The language
 //!
@@ -29,7 +42,7 @@
 //!
 //! - **Undeclared `Ref` names** (AWS's own hook example refs an undeclared `SerialNumber`):
 //!   by default they resolve from the request parameters, like declared parameters without a
-//!   `Default`. [`ParseOptions::strict`] rejects them at load instead. Strict mode also
+//!   `Default`. `ParseOptions::strict` rejects them at load instead. Strict mode also
 //!   rejects, at load, anything that can only fail at evaluation: a `Ref` to an unsupported
 //!   `AWS::` name, an `Fn::FindInMap` whose literal map or keys are missing, an `Fn::Select`
 //!   whose literal index is out of range of its literal list, and literal names or values
@@ -57,9 +70,10 @@
 //! - **`Fn::Sub`**: a name in the variable map wins over a parameter of the same name; an
 //!   unclosed `${`, an empty `${}` and `${a.b}` (an `Fn::GetAtt` reference) are load errors.
 //! - **Resources**: at most one thing and one certificate; any number of policies, listed by
-//!   logical id. A template without a thing evaluates to `thing: None`, and the caller
-//!   decides what `thingName` to send (AWS's behaviour is unconfirmed, reference §3.6).
-//!   `PackageVersions` (current AWS docs only, shape not in the reference) is rejected.
+//!   logical id. A template without a thing evaluates to `thing: None`, and the caller decides what
+//!   `thingName` to send (AWS's behaviour is unconfirmed, docs/aws-fleet-provisioning.md §3.6).
+//!   `PackageVersions` (current AWS docs only, shape not in docs/aws-fleet-provisioning.md) is
+//!   rejected.
 //! - **Names and values are checked at evaluation** against the AWS IoT API patterns (thing,
 //!   thing type, group and billing-group names: 1-128 of `[a-zA-Z0-9:_-]`; attribute names and
 //!   values; policy names; a 64-hex-digit certificate id). A violation fails the request with
@@ -83,7 +97,7 @@ mod expr;
 mod names;
 mod parse;
 mod provisioned;
-pub mod store;
+pub(crate) mod store;
 
 #[cfg(test)]
 mod tests;
@@ -95,13 +109,15 @@ pub use provisioned::{
     CertificateSpec, CertificateStatus, Override, PolicySpec, Provisioned, ThingOverrides,
     ThingSpec,
 };
-pub use store::{HookConfig, StoreError, StoredTemplate, TemplateStore};
+pub use store::StoreError;
+pub(crate) use store::TemplateStore;
 
 /// A provisioning template, parsed and validated once, ready to evaluate per request.
 #[derive(Debug, Clone)]
 pub struct Template {
-    body: String,
-    options: ParseOptions,
+    /// Read by the tests only ([`Template::declared_parameters`]): evaluation uses the
+    /// compiled expressions.
+    #[cfg_attr(not(test), expect(dead_code))]
     parameters: Vec<ParameterDecl>,
     mappings: expr::Mappings,
     thing: Option<parse::ThingRes>,
@@ -112,7 +128,7 @@ pub struct Template {
 
 /// How strictly [`Template::parse_with`] checks a body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ParseOptions {
+pub(crate) struct ParseOptions {
     /// Reject `Ref`s to undeclared names, and anything else that could only fail at
     /// evaluation, when the template is loaded. Off by default (see the module docs).
     pub strict: bool,
@@ -120,14 +136,16 @@ pub struct ParseOptions {
 
 impl ParseOptions {
     /// The default: undeclared `Ref` names resolve from the request parameters.
-    pub const LENIENT: ParseOptions = ParseOptions { strict: false };
+    #[cfg(test)]
+    pub(crate) const LENIENT: ParseOptions = ParseOptions { strict: false };
     /// Undeclared `Ref` names and statically failing lookups are load errors.
-    pub const STRICT: ParseOptions = ParseOptions { strict: true };
+    #[cfg(test)]
+    pub(crate) const STRICT: ParseOptions = ParseOptions { strict: true };
 }
 
 /// One entry of the `Parameters` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParameterDecl {
+pub(crate) struct ParameterDecl {
     pub name: String,
     pub param_type: ParameterType,
     /// Used when the request (after hook overrides) does not supply the parameter.
@@ -137,7 +155,7 @@ pub struct ParameterDecl {
 /// A parameter `Type`. Only `String` is accepted: it is the only type AWS documents, and
 /// request parameters are a map of strings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ParameterType {
+pub(crate) enum ParameterType {
     String,
 }
 
@@ -180,7 +198,7 @@ impl Template {
     }
 
     /// Parses and validates a body.
-    pub fn parse_with(body: &str, options: ParseOptions) -> Result<Template, TemplateError> {
+    pub(crate) fn parse_with(body: &str, options: ParseOptions) -> Result<Template, TemplateError> {
         parse::parse(body, options)
     }
 
@@ -190,17 +208,8 @@ impl Template {
     }
 
     /// The `Parameters` section, ordered by name.
-    pub fn declared_parameters(&self) -> &[ParameterDecl] {
+    #[cfg(test)]
+    pub(crate) fn declared_parameters(&self) -> &[ParameterDecl] {
         &self.parameters
-    }
-
-    /// The body the template was parsed from.
-    pub fn body(&self) -> &str {
-        &self.body
-    }
-
-    /// The options the template was parsed with.
-    pub fn options(&self) -> ParseOptions {
-        self.options
     }
 }

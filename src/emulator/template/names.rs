@@ -20,7 +20,7 @@ pub(crate) struct Rule {
 impl Rule {
     /// True when `value` satisfies the rule. Every allowed character is ASCII, so byte
     /// length equals character length for any value that passes the character check.
-    pub fn accepts(&self, value: &str) -> bool {
+    pub(crate) fn accepts(&self, value: &str) -> bool {
         let body = if self.hex_prefix {
             value.strip_prefix("0x").unwrap_or(value)
         } else {

@@ -117,8 +117,6 @@ pub(crate) fn parse(body: &str, options: ParseOptions) -> Result<Template, Templ
     };
 
     Ok(Template {
-        body: body.to_string(),
-        options,
         parameters,
         mappings,
         thing: resources.thing,

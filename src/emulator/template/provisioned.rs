@@ -15,14 +15,15 @@ pub struct Provisioned {
     /// The template's `AWS::IoT::Policy` resources, ordered by logical id.
     pub policies: Vec<PolicySpec>,
     /// The evaluated `DeviceConfiguration` section; empty when the template has none
-    /// (AWS then answers `"deviceConfiguration":{}`, reference §1.2).
+    /// (AWS then answers `"deviceConfiguration":{}`, docs/aws-fleet-provisioning.md §1.2).
     pub device_configuration: BTreeMap<String, String>,
 }
 
 impl Provisioned {
-    /// The `thingName` of the RegisterThing response: the evaluated `ThingName` of the
-    /// thing resource (reference §3.6), or `None` when the template declares no thing.
-    pub fn thing_name(&self) -> Option<&str> {
+    /// The `thingName` of the RegisterThing response: the evaluated `ThingName` of the thing
+    /// resource (docs/aws-fleet-provisioning.md §3.6), or `None` when the template declares no
+    /// thing.
+    pub(crate) fn thing_name(&self) -> Option<&str> {
         self.thing.as_ref().map(|t| t.name.as_str())
     }
 }
@@ -46,8 +47,9 @@ pub struct ThingSpec {
     pub overrides: ThingOverrides,
 }
 
-/// A thing's `OverrideSettings`, per key. `None` means the template names no setting for
-/// that key; AWS does not document the default (reference §3.3), so the registry chooses.
+/// A thing's `OverrideSettings`, per key. `None` means the template names no setting for that key;
+/// AWS does not document the default (docs/aws-fleet-provisioning.md §3.3), so the registry
+/// chooses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ThingOverrides {
     /// `AttributePayload`: any [`Override`], including `MERGE`.
@@ -81,7 +83,7 @@ pub enum CertificateStatus {
 
 impl CertificateStatus {
     /// The AWS spelling: `ACTIVE` or `INACTIVE`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             CertificateStatus::Active => "ACTIVE",
             CertificateStatus::Inactive => "INACTIVE",
@@ -89,8 +91,8 @@ impl CertificateStatus {
     }
 
     /// Parses a status case-insensitively (AWS's own examples write both `Active` and
-    /// `ACTIVE`, reference §3.2).
-    pub fn parse(value: &str) -> Option<CertificateStatus> {
+    /// `ACTIVE`, docs/aws-fleet-provisioning.md §3.2).
+    pub(crate) fn parse(value: &str) -> Option<CertificateStatus> {
         if value.eq_ignore_ascii_case("ACTIVE") {
             Some(CertificateStatus::Active)
         } else if value.eq_ignore_ascii_case("INACTIVE") {
@@ -121,7 +123,8 @@ pub struct PolicySpec {
     pub document: Option<String>,
 }
 
-/// An `OverrideSettings` value: what to do when the resource already exists (reference §3.3).
+/// An `OverrideSettings` value: what to do when the resource already exists
+/// (docs/aws-fleet-provisioning.md §3.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Override {
     /// `DO_NOTHING`: leave the existing resource as it is.
@@ -137,7 +140,7 @@ pub enum Override {
 
 impl Override {
     /// The AWS spelling.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Override::DoNothing => "DO_NOTHING",
             Override::Replace => "REPLACE",
@@ -147,7 +150,7 @@ impl Override {
     }
 
     /// Parses the AWS spelling exactly (upper case, as every AWS document writes it).
-    pub fn parse(value: &str) -> Option<Override> {
+    pub(crate) fn parse(value: &str) -> Option<Override> {
         match value {
             "DO_NOTHING" => Some(Override::DoNothing),
             "REPLACE" => Some(Override::Replace),

@@ -35,36 +35,40 @@ use super::{MAX_BODY_CHARS, ParseOptions, Template, TemplateError};
 use crate::fleet::validate_template_name;
 
 /// The hook payload version AWS documents, and the default when an envelope omits it.
-pub const DEFAULT_HOOK_PAYLOAD_VERSION: &str = "2020-04-01";
+pub(crate) const DEFAULT_HOOK_PAYLOAD_VERSION: &str = "2020-04-01";
 
 /// The largest file the loader reads. A template body is at most 10240 characters; an
 /// envelope adds a few short fields, and an object-form body may be indented.
-pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+pub(crate) const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
 /// The emulator's templates, by name.
 #[derive(Debug, Clone, Default)]
-pub struct TemplateStore {
+pub(crate) struct TemplateStore {
     templates: BTreeMap<String, StoredTemplate>,
 }
 
 /// One template and its AWS attributes.
 #[derive(Debug, Clone)]
-pub struct StoredTemplate {
+pub(crate) struct StoredTemplate {
     pub name: String,
     pub template: Template,
     /// A disabled template cannot be used for provisioning.
     pub enabled: bool,
     /// The pre-provisioning hook, if the template has one.
     pub hook: Option<HookConfig>,
-    /// The envelope's `description`.
+    /// The envelope's `description`: checked at load as AWS checks it, kept for the record
+    /// (the tests read it; nothing the emulator answers depends on it).
+    #[cfg_attr(not(test), expect(dead_code))]
     pub description: Option<String>,
-    /// The envelope's `provisioningRoleArn` (`None` for a bare body).
+    /// The envelope's `provisioningRoleArn` (`None` for a bare body): kept for the record,
+    /// as `description`.
+    #[cfg_attr(not(test), expect(dead_code))]
     pub provisioning_role_arn: Option<String>,
 }
 
-/// A template's `preProvisioningHook` (reference §4).
+/// A template's `preProvisioningHook` (docs/aws-fleet-provisioning.md §4).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HookConfig {
+pub(crate) struct HookConfig {
     /// The Lambda function's ARN.
     pub target_arn: String,
     /// `2020-04-01` unless the envelope says otherwise.
@@ -76,7 +80,7 @@ pub struct HookConfig {
 pub enum StoreError {
     #[error("cannot read the template directory {}: {source}", dir.display())]
     #[diagnostic(
-        code(fleet_station::emulator::templates::read_dir),
+        code(station::emulator::templates::read_dir),
         help(
             "check that the directory exists and is readable; it holds one NAME.json per provisioning template"
         )
@@ -89,7 +93,7 @@ pub enum StoreError {
 
     #[error("cannot read template file {}: {source}", path.display())]
     #[diagnostic(
-        code(fleet_station::emulator::templates::read_file),
+        code(station::emulator::templates::read_file),
         help("check the file's permissions, or move it out of the template directory")
     )]
     ReadFile {
@@ -100,14 +104,14 @@ pub enum StoreError {
 
     #[error("template file {} is {size} bytes; the loader reads at most {max} bytes", path.display())]
     #[diagnostic(
-        code(fleet_station::emulator::templates::file_too_large),
+        code(station::emulator::templates::file_too_large),
         help("a template body is at most 10240 characters; check that this is the right file")
     )]
     FileTooLarge { path: PathBuf, size: u64, max: u64 },
 
     #[error("template file {}: {reason}", path.display())]
     #[diagnostic(
-        code(fleet_station::emulator::templates::bad_file_name),
+        code(station::emulator::templates::bad_file_name),
         help(
             "rename the file to NAME.json, where NAME is the template name: 1-36 characters from A-Z a-z 0-9 _ -"
         )
@@ -119,7 +123,7 @@ pub enum StoreError {
         path.display()
     )]
     #[diagnostic(
-        code(fleet_station::emulator::templates::name_mismatch),
+        code(station::emulator::templates::name_mismatch),
         help(
             "rename the file to {template_name}.json, or set \"templateName\" to {file_name:?} (or remove it)"
         )
@@ -132,7 +136,7 @@ pub enum StoreError {
 
     #[error("template file {} is not valid JSON: {message} (line {line}, column {column})", path.display())]
     #[diagnostic(
-        code(fleet_station::emulator::templates::json),
+        code(station::emulator::templates::json),
         help("fix the JSON syntax at the line and column shown")
     )]
     Json {
@@ -143,7 +147,7 @@ pub enum StoreError {
     },
 
     #[error("template file {}: {field}: {message}", path.display())]
-    #[diagnostic(code(fleet_station::emulator::templates::envelope), help("{fix}"))]
+    #[diagnostic(code(station::emulator::templates::envelope), help("{fix}"))]
     Envelope {
         path: PathBuf,
         field: String,
@@ -153,7 +157,7 @@ pub enum StoreError {
 
     #[error("template file {}: {source}", path.display())]
     #[diagnostic(
-        code(fleet_station::emulator::templates::template),
+        code(station::emulator::templates::template),
         help(
             "fix the template body at the JSON path shown (for an envelope, the path is inside templateBody)"
         )
@@ -167,17 +171,20 @@ pub enum StoreError {
 
 impl TemplateStore {
     /// An empty store.
-    pub fn new() -> TemplateStore {
+    pub(crate) fn new() -> TemplateStore {
         TemplateStore::default()
     }
 
     /// Loads every `NAME.json` in `dir` with the default (lenient) parse options.
-    pub fn load_dir(dir: &Path) -> Result<TemplateStore, StoreError> {
+    pub(crate) fn load_dir(dir: &Path) -> Result<TemplateStore, StoreError> {
         TemplateStore::load_dir_with(dir, ParseOptions::default())
     }
 
     /// Loads every `NAME.json` in `dir`.
-    pub fn load_dir_with(dir: &Path, options: ParseOptions) -> Result<TemplateStore, StoreError> {
+    pub(crate) fn load_dir_with(
+        dir: &Path,
+        options: ParseOptions,
+    ) -> Result<TemplateStore, StoreError> {
         let read_dir = |source| StoreError::ReadDir {
             dir: dir.to_path_buf(),
             source,
@@ -203,32 +210,34 @@ impl TemplateStore {
     }
 
     /// Adds a template, returning the one it replaces.
-    pub fn insert(&mut self, template: StoredTemplate) -> Option<StoredTemplate> {
+    pub(crate) fn insert(&mut self, template: StoredTemplate) -> Option<StoredTemplate> {
         self.templates.insert(template.name.clone(), template)
     }
 
     /// The template called `name`, enabled or not.
-    pub fn get(&self, name: &str) -> Option<&StoredTemplate> {
+    pub(crate) fn get(&self, name: &str) -> Option<&StoredTemplate> {
         self.templates.get(name)
     }
 
     /// Template names in order.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
         self.templates.keys().map(String::as_str)
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.templates.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.templates.is_empty()
     }
 }
 
 impl StoredTemplate {
     /// An enabled template without a hook, as a bare body file gives.
-    pub fn new(name: impl Into<String>, template: Template) -> StoredTemplate {
+    pub(crate) fn new(name: impl Into<String>, template: Template) -> StoredTemplate {
         StoredTemplate {
             name: name.into(),
             template,
@@ -240,7 +249,10 @@ impl StoredTemplate {
     }
 
     /// Loads one `NAME.json` file.
-    pub fn load_file(path: &Path, options: ParseOptions) -> Result<StoredTemplate, StoreError> {
+    pub(crate) fn load_file(
+        path: &Path,
+        options: ParseOptions,
+    ) -> Result<StoredTemplate, StoreError> {
         let name = file_template_name(path)?;
         let text = read_limited(path)?;
         StoredTemplate::from_text(path, &name, &text, options)

@@ -1,9 +1,13 @@
 //! MQTT packets as the broker's session logic sees them, and their wire codec.
 //!
 //! The session logic works on the protocol-neutral [`Inbound`]/[`Outbound`] types; this file
-//! converts them to and from the wire with rumqttc's maintained codecs: MQTT 3.1.1 with
-//! `rumqttc::mqttbytes::v4` ([`mqtt311`]), MQTT 5 with `rumqttc::v5::mqttbytes::v5` ([`mqtt5`]). Nothing here parses
-//! MQTT by hand. The first packet of a connection decides its version ([`read_first`]).
+//! defines them and converts them to and from the wire with rumqttc's maintained codecs.
+//! Nothing here parses MQTT by hand. The first packet of a connection decides its version
+//! ([`read_first`]).
+//!
+//! - `mqtt311`: MQTT 3.1.1 with `rumqttc::mqttbytes::v4`.
+//! - `mqtt5`: MQTT 5 with `rumqttc::v5::mqttbytes::v5`, properties and reason codes.
+//! - `tests`: round trips of every packet the broker reads and writes, on both versions.
 //!
 //! Reason codes are named after MQTT 5's; each knows its 3.1.1 form, if it has one. A packet
 //! with no 3.1.1 form (a server DISCONNECT, most CONNACK refusals) is not written on 3.1.1:
@@ -17,22 +21,42 @@ use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::Error as V5Error;
 use rumqttc::v5::mqttbytes::v5;
 
+/// The QoS mapping of both codecs: rumqttc's 3.1.1 and MQTT 5 `QoS` are two enums with the
+/// same variants (discriminants 0, 1 and 2), so one definition serves both. Expands to
+/// `qos_from` (wire enum to number) and `qos_to` (number to wire enum; anything above 1 is
+/// QoS 2, which the broker never grants or sends).
+macro_rules! qos_mapping {
+    ($qos:ident) => {
+        fn qos_from(q: $qos) -> u8 {
+            q as u8
+        }
+
+        fn qos_to(q: u8) -> $qos {
+            match q {
+                0 => $qos::AtMostOnce,
+                1 => $qos::AtLeastOnce,
+                _ => $qos::ExactlyOnce,
+            }
+        }
+    };
+}
+
 mod mqtt311;
 mod mqtt5;
 
 use mqtt5::{connect_from_v5, read_v5, v5_frame_error, write_v5};
-use mqtt311::{read_v4, write_v4};
+use mqtt311::{connect_from_v4, read_v4, write_v4};
 
 /// The MQTT protocol version a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
+pub(crate) enum Protocol {
     V311,
     V5,
 }
 
 /// CONNECT as the broker acts on it. MQTT 5-only fields have their "absent" value on 3.1.1.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Connect {
+pub(crate) struct Connect {
     pub client_id: String,
     pub keep_alive_s: u16,
     pub clean_start: bool,
@@ -48,7 +72,7 @@ pub struct Connect {
 
 /// MQTT 5 PUBLISH properties a server forwards unaltered to subscribers (MQTT 5 §3.3.2.3).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ForwardedProps {
+pub(crate) struct ForwardedProps {
     pub payload_format_indicator: Option<u8>,
     pub message_expiry_interval: Option<u32>,
     pub content_type: Option<String>,
@@ -59,7 +83,7 @@ pub struct ForwardedProps {
 
 /// One topic filter of a SUBSCRIBE.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SubFilter {
+pub(crate) struct SubFilter {
     pub filter: String,
     pub qos: u8,
     /// MQTT 5 No Local: do not deliver this connection's own publishes.
@@ -71,7 +95,7 @@ pub struct SubFilter {
 
 /// A packet from the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Inbound {
+pub(crate) enum Inbound {
     Connect(Connect),
     Publish {
         /// Empty when an MQTT 5 client uses an established topic alias.
@@ -105,7 +129,7 @@ pub enum Inbound {
 
 /// CONNACK result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnectCode {
+pub(crate) enum ConnectCode {
     Accepted,
     /// 3.1.1: 0x01; MQTT 5: 0x84.
     UnsupportedProtocolVersion,
@@ -124,7 +148,7 @@ pub enum ConnectCode {
 
 /// What the broker tells an MQTT 5 client in a successful CONNACK.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConnAckProps {
+pub(crate) struct ConnAckProps {
     /// Sent when the granted keep-alive differs from the requested one.
     pub server_keep_alive: Option<u16>,
     pub receive_maximum: Option<u16>,
@@ -136,10 +160,9 @@ pub struct ConnAckProps {
 
 /// One SUBACK entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SubCode {
+pub(crate) enum SubCode {
     Granted(u8),
     /// Every failure below is 0x80 on 3.1.1.
-    Unspecified,
     NotAuthorized,
     TopicFilterInvalid,
     QuotaExceeded,
@@ -149,7 +172,7 @@ pub enum SubCode {
 
 /// PUBACK reason (MQTT 5; a 3.1.1 PUBACK has none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PubAckCode {
+pub(crate) enum PubAckCode {
     Success,
     ImplementationSpecific,
     NotAuthorized,
@@ -159,14 +182,14 @@ pub enum PubAckCode {
 
 /// UNSUBACK reason (MQTT 5; a 3.1.1 UNSUBACK has none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UnsubCode {
+pub(crate) enum UnsubCode {
     Success,
     NoSubscriptionExisted,
 }
 
 /// Reason of a server DISCONNECT (MQTT 5 only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DisconnectCode {
+pub(crate) enum DisconnectCode {
     MalformedPacket,
     ProtocolError,
     ImplementationSpecific,
@@ -181,7 +204,7 @@ pub enum DisconnectCode {
 
 impl DisconnectCode {
     /// The Reason String sent with the code.
-    pub fn description(self) -> &'static str {
+    pub(crate) fn description(self) -> &'static str {
         match self {
             DisconnectCode::MalformedPacket => "malformed packet",
             DisconnectCode::ProtocolError => "protocol error",
@@ -199,7 +222,7 @@ impl DisconnectCode {
 
 /// A packet to the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outbound {
+pub(crate) enum Outbound {
     ConnAck {
         code: ConnectCode,
         /// A stored (persistent) session was resumed.
@@ -235,7 +258,7 @@ pub enum Outbound {
 
 /// Why bytes from the client could not be read as a packet.
 #[derive(Debug, thiserror::Error)]
-pub enum ReadError {
+pub(crate) enum ReadError {
     #[error("need more bytes")]
     Incomplete,
     #[error("packet of {0} bytes exceeds the limit")]
@@ -250,7 +273,7 @@ pub enum ReadError {
 /// Why a packet could not be encoded (a broker bug, never client input).
 #[derive(Debug, thiserror::Error)]
 #[error("cannot encode MQTT packet: {0}")]
-pub struct WriteError(String);
+pub(crate) struct WriteError(String);
 
 fn limit_u32(max_size: usize) -> u32 {
     u32::try_from(max_size).unwrap_or(u32::MAX)
@@ -264,7 +287,11 @@ fn decode_error(e: impl std::fmt::Display) -> ReadError {
 
 /// Reads one packet from the front of `buf` (consuming it), if a whole one is there.
 /// `max_size` bounds the packet's remaining length.
-pub fn read(protocol: Protocol, buf: &mut BytesMut, max_size: usize) -> Result<Inbound, ReadError> {
+pub(crate) fn read(
+    protocol: Protocol,
+    buf: &mut BytesMut,
+    max_size: usize,
+) -> Result<Inbound, ReadError> {
     match protocol {
         Protocol::V311 => read_v4(buf, max_size),
         Protocol::V5 => read_v5(buf, max_size),
@@ -277,7 +304,10 @@ pub fn read(protocol: Protocol, buf: &mut BytesMut, max_size: usize) -> Result<I
 /// its CONNECT reader checks the protocol level right after the protocol name, so a 3.1.1
 /// CONNECT fails there with level 4 and is then decoded with the 3.1.1 codec. (The 3.1.1
 /// reader reports level 5 too, but would go on to read MQTT 5 properties as a client id.)
-pub fn read_first(buf: &mut BytesMut, max_size: usize) -> Result<(Protocol, Inbound), ReadError> {
+pub(crate) fn read_first(
+    buf: &mut BytesMut,
+    max_size: usize,
+) -> Result<(Protocol, Inbound), ReadError> {
     let header = v5::check(buf.iter(), Some(limit_u32(max_size))).map_err(v5_frame_error)?;
     if !matches!(header.packet_type(), Ok(v5::PacketType::Connect)) {
         // Consume nothing: the connection is closed anyway.
@@ -293,18 +323,7 @@ pub fn read_first(buf: &mut BytesMut, max_size: usize) -> Result<(Protocol, Inbo
             "the first packet is not CONNECT".into(),
         )),
         Err(V5Error::InvalidProtocolLevel(4)) => match v4::Packet::read(&mut frame, usize::MAX) {
-            Ok(v4::Packet::Connect(c)) => Ok((
-                Protocol::V311,
-                Inbound::Connect(Connect {
-                    will_payload_len: c.last_will.as_ref().map(|w| w.message.len()),
-                    client_id: c.client_id,
-                    keep_alive_s: c.keep_alive,
-                    clean_start: c.clean_session,
-                    session_expiry_s: 0,
-                    max_packet_size: None,
-                    auth_method: None,
-                }),
-            )),
+            Ok(v4::Packet::Connect(c)) => Ok((Protocol::V311, connect_from_v4(c))),
             Ok(_) => Err(ReadError::Malformed(
                 "the first packet is not CONNECT".into(),
             )),
@@ -317,7 +336,11 @@ pub fn read_first(buf: &mut BytesMut, max_size: usize) -> Result<(Protocol, Inbo
 
 /// Appends the wire form of `packet` to `out`. A packet with no form in `protocol` (a server
 /// DISCONNECT on 3.1.1, say) appends nothing.
-pub fn write(protocol: Protocol, packet: Outbound, out: &mut BytesMut) -> Result<(), WriteError> {
+pub(crate) fn write(
+    protocol: Protocol,
+    packet: Outbound,
+    out: &mut BytesMut,
+) -> Result<(), WriteError> {
     match protocol {
         Protocol::V311 => write_v4(packet, out),
         Protocol::V5 => write_v5(packet, out),

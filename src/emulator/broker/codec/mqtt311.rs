@@ -5,21 +5,7 @@ use super::*;
 use rumqttc::mqttbytes::v4;
 use rumqttc::mqttbytes::{Error as V4Error, QoS as V4QoS};
 
-fn qos_from_v4(q: V4QoS) -> u8 {
-    match q {
-        V4QoS::AtMostOnce => 0,
-        V4QoS::AtLeastOnce => 1,
-        V4QoS::ExactlyOnce => 2,
-    }
-}
-
-fn qos_to_v4(q: u8) -> V4QoS {
-    match q {
-        0 => V4QoS::AtMostOnce,
-        1 => V4QoS::AtLeastOnce,
-        _ => V4QoS::ExactlyOnce,
-    }
-}
+qos_mapping!(V4QoS);
 
 /// Maps a framing error (from `check`, before any byte is consumed).
 pub(super) fn v4_frame_error(e: V4Error) -> ReadError {
@@ -30,22 +16,27 @@ pub(super) fn v4_frame_error(e: V4Error) -> ReadError {
     }
 }
 
+/// A 3.1.1 CONNECT as the broker acts on it: the MQTT 5-only fields get their "absent" value.
+pub(super) fn connect_from_v4(c: v4::Connect) -> Inbound {
+    Inbound::Connect(Connect {
+        will_payload_len: c.last_will.as_ref().map(|w| w.message.len()),
+        client_id: c.client_id,
+        keep_alive_s: c.keep_alive,
+        clean_start: c.clean_session,
+        session_expiry_s: 0,
+        max_packet_size: None,
+        auth_method: None,
+    })
+}
+
 pub(super) fn read_v4(buf: &mut BytesMut, max_size: usize) -> Result<Inbound, ReadError> {
     rumqttc::mqttbytes::check(buf.iter(), max_size).map_err(v4_frame_error)?;
     let packet = v4::Packet::read(buf, max_size).map_err(decode_error)?;
     Ok(match packet {
-        v4::Packet::Connect(c) => Inbound::Connect(Connect {
-            will_payload_len: c.last_will.as_ref().map(|w| w.message.len()),
-            client_id: c.client_id,
-            keep_alive_s: c.keep_alive,
-            clean_start: c.clean_session,
-            session_expiry_s: 0,
-            max_packet_size: None,
-            auth_method: None,
-        }),
+        v4::Packet::Connect(c) => connect_from_v4(c),
         v4::Packet::Publish(p) => Inbound::Publish {
             topic: p.topic,
-            qos: qos_from_v4(p.qos),
+            qos: qos_from(p.qos),
             pkid: p.pkid,
             retain: p.retain,
             payload: p.payload,
@@ -60,7 +51,7 @@ pub(super) fn read_v4(buf: &mut BytesMut, max_size: usize) -> Result<Inbound, Re
                 .into_iter()
                 .map(|f| SubFilter {
                     filter: f.path,
-                    qos: qos_from_v4(f.qos),
+                    qos: qos_from(f.qos),
                     no_local: false,
                     retain_handling: 0,
                 })
@@ -122,7 +113,7 @@ pub(super) fn write_v4(packet: Outbound, out: &mut BytesMut) -> Result<(), Write
             codes
                 .into_iter()
                 .map(|c| match c {
-                    SubCode::Granted(q) => v4::SubscribeReasonCode::Success(qos_to_v4(q)),
+                    SubCode::Granted(q) => v4::SubscribeReasonCode::Success(qos_to(q)),
                     _ => v4::SubscribeReasonCode::Failure,
                 })
                 .collect(),
@@ -137,7 +128,7 @@ pub(super) fn write_v4(packet: Outbound, out: &mut BytesMut) -> Result<(), Write
             payload,
             ..
         } => {
-            let mut p = v4::Publish::from_bytes(topic, qos_to_v4(qos), payload);
+            let mut p = v4::Publish::from_bytes(topic, qos_to(qos), payload);
             p.pkid = pkid;
             p.retain = retain;
             v4::Packet::Publish(p)

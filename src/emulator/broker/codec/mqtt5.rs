@@ -5,21 +5,7 @@ use super::*;
 use rumqttc::v5::mqttbytes::v5;
 use rumqttc::v5::mqttbytes::{Error as V5Error, QoS as V5QoS};
 
-fn qos_from_v5(q: V5QoS) -> u8 {
-    match q {
-        V5QoS::AtMostOnce => 0,
-        V5QoS::AtLeastOnce => 1,
-        V5QoS::ExactlyOnce => 2,
-    }
-}
-
-fn qos_to_v5(q: u8) -> V5QoS {
-    match q {
-        0 => V5QoS::AtMostOnce,
-        1 => V5QoS::AtLeastOnce,
-        _ => V5QoS::ExactlyOnce,
-    }
-}
+qos_mapping!(V5QoS);
 
 /// Maps a framing error (from `check`, before any byte is consumed).
 pub(super) fn v5_frame_error(e: V5Error) -> ReadError {
@@ -30,6 +16,7 @@ pub(super) fn v5_frame_error(e: V5Error) -> ReadError {
     }
 }
 
+/// An MQTT 5 CONNECT as the broker acts on it.
 pub(super) fn connect_from_v5(c: v5::Connect, will: Option<v5::LastWill>) -> Inbound {
     let props = c.properties;
     Inbound::Connect(Connect {
@@ -80,7 +67,7 @@ pub(super) fn read_v5(buf: &mut BytesMut, max_size: usize) -> Result<Inbound, Re
             };
             Inbound::Publish {
                 topic,
-                qos: qos_from_v5(p.qos),
+                qos: qos_from(p.qos),
                 pkid: p.pkid,
                 retain: p.retain,
                 payload: p.payload,
@@ -96,7 +83,7 @@ pub(super) fn read_v5(buf: &mut BytesMut, max_size: usize) -> Result<Inbound, Re
                 .filters
                 .into_iter()
                 .map(|f| SubFilter {
-                    qos: qos_from_v5(f.qos),
+                    qos: qos_from(f.qos),
                     no_local: f.nolocal,
                     retain_handling: match f.retain_forward_rule {
                         v5::RetainForwardRule::OnEverySubscribe => 0,
@@ -154,8 +141,7 @@ pub(super) fn write_v5(packet: Outbound, out: &mut BytesMut) -> Result<(), Write
             return_codes: codes
                 .into_iter()
                 .map(|c| match c {
-                    SubCode::Granted(q) => v5::SubscribeReasonCode::Success(qos_to_v5(q)),
-                    SubCode::Unspecified => v5::SubscribeReasonCode::Unspecified,
+                    SubCode::Granted(q) => v5::SubscribeReasonCode::Success(qos_to(q)),
                     SubCode::NotAuthorized => v5::SubscribeReasonCode::NotAuthorized,
                     SubCode::TopicFilterInvalid => v5::SubscribeReasonCode::TopicFilterInvalid,
                     SubCode::QuotaExceeded => v5::SubscribeReasonCode::QuotaExceeded,
@@ -200,7 +186,7 @@ pub(super) fn write_v5(packet: Outbound, out: &mut BytesMut) -> Result<(), Write
             props,
         } => v5::Packet::Publish(v5::Publish {
             dup: false,
-            qos: qos_to_v5(qos),
+            qos: qos_to(qos),
             retain,
             // String → Bytes takes the string's buffer; no copy.
             topic: Bytes::from(topic),

@@ -434,7 +434,6 @@ fn v5_acks_round_trip_with_reason_codes() {
                 SubCode::QuotaExceeded,
                 SubCode::SharedSubscriptionsNotSupported,
                 SubCode::SubscriptionIdsNotSupported,
-                SubCode::Unspecified,
             ],
         },
     )) {
@@ -451,7 +450,6 @@ fn v5_acks_round_trip_with_reason_codes() {
                     R::QuotaExceeded,
                     R::SharedSubscriptionsNotSupported,
                     R::SubscriptionIdNotSupported,
-                    R::Unspecified,
                 ]
             );
         }

@@ -1,6 +1,13 @@
 //! Behaviour tests of the template engine: every intrinsic function (happy paths and each
 //! error), parameters and defaults, mappings, pseudo-parameters, resources, OverrideSettings,
 //! the size limit, the fixture templates, and randomised inputs that must never panic.
+//!
+//! - `structure`: sections, size, and the thing, certificate and policy resources.
+//! - `expressions`: `Ref` and parameters, the intrinsic functions, `DeviceConfiguration`.
+//! - `fixtures`: the fixture templates (AWS's examples) evaluate as their documents say.
+//! - `robustness`: mutated bodies, random expressions and deep nesting never panic.
+//!
+//! This file holds the helpers they share.
 
 pub(super) use std::collections::BTreeMap;
 
