@@ -3,11 +3,19 @@
 //!
 //! # Layout
 //!
-//! The crate has two sides that share only the wire contract in [`fleet`]:
+//! The workspace has two sides that share only the wire contract. The crates enforce it:
 //!
-//! **The station** (what runs on the line):
+//! - `fleet-wire` ([`fleet`]): reserved topics and payloads of the three APIs.
+//! - `fleet-util` ([`shutdown`], [`token_bucket`], [`files`]): small utilities both sides use.
+//! - `fleet-emulator` ([`emulator`]): AWS IoT Core's fleet-provisioning API on one machine (an
+//!   MQTT broker over mutual TLS, a CA, the template engine, the registry); it depends on the
+//!   two crates above and on nothing of the station.
+//! - `fleet-station` (this crate): the station and the `station` binary.
+//!
+//! **The station** (what runs on the line), this crate's modules:
 //! - [`config`]: the `station.toml` schema and its validation; errors name the key and the fix.
-//! - [`keys`]: key pairs and CSRs, made ahead of time by a crossbeam worker pool.
+//! - [`keys`]: key pairs and CSRs, made ahead of time by a crossbeam worker pool; the key
+//!   source and algorithm types.
 //! - [`provision`]: MQTT sessions with the claim certificate (rumqttc + rustls), the session pool
 //!   and the per-device `CreateCertificateFromCsr` → `RegisterThing` flow.
 //! - [`jig`]: the jig protocol (frames, commands), the serial link to a board, and the virtual
@@ -17,26 +25,23 @@
 //! - [`telemetry`]: events from every stage, latency histograms, the progress printer and the
 //!   run summary (`summary.json`).
 //! - [`station`]: wires the stages into the pipeline behind `station run`.
+//! - [`error`]: the operator-facing error type; [`halt`]: why a run stopped early.
 //!
-//! **The emulator** ([`emulator`]): AWS IoT Core's fleet-provisioning API on one machine: an
-//! MQTT broker over mutual TLS, a CA, the template engine, the registry.
-//!
-//! Shared plumbing: [`error`] (the operator-facing error type), [`files`] (atomic and private
-//! file writes), [`shutdown`], [`halt`] (why a run stopped early) and [`token_bucket`].
+//! The station uses the emulator only to start it as its embedded endpoint; the other crates
+//! are re-exported here under the names the station and the tests use.
 
 pub mod config;
-pub mod emulator;
 pub mod error;
-pub mod files;
-pub mod fleet;
 pub mod halt;
 pub mod jig;
 pub mod keys;
 pub mod ledger;
 pub mod provision;
-pub mod shutdown;
 pub mod station;
 pub mod telemetry;
-pub mod token_bucket;
+
+pub use fleet_emulator as emulator;
+pub use fleet_util::{files, shutdown, token_bucket};
+pub use fleet_wire as fleet;
 
 pub use error::{Error, Result};

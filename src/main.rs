@@ -1,5 +1,9 @@
 //! The `station` command line: parse, load the configuration, call the library.
 
+// The doc comments of the argument types are clap's `--help` text, written for operators
+// (`<UTC timestamp>`, `[parameters]`), not rustdoc markup.
+#![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

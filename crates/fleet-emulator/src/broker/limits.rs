@@ -366,7 +366,7 @@ mod tests {
 
     #[test]
     fn the_emulator_section_reads_the_broker_keys() {
-        let cfg: crate::emulator::EmulatorConfig = toml::from_str(
+        let cfg: crate::EmulatorConfig = toml::from_str(
             r#"
             broker_profile = "aws"
             alpn_listen = "127.0.0.1:8443"
@@ -381,13 +381,13 @@ mod tests {
         assert_eq!(l.max_subscriptions, Some(10));
         assert_eq!(l.publishes_per_second, None);
         assert_eq!(l.max_filters_per_subscribe, Some(8));
-        let d = crate::emulator::EmulatorConfig::default();
+        let d = crate::EmulatorConfig::default();
         assert_eq!(
             BrokerLimits::resolve(d.broker_profile, &d.broker_limits),
             BrokerLimits::unlimited()
         );
         assert!(d.alpn_listen.is_none());
-        let e = toml::from_str::<crate::emulator::EmulatorConfig>("broker_profile = \"fast\"")
+        let e = toml::from_str::<crate::EmulatorConfig>("broker_profile = \"fast\"")
             .unwrap_err()
             .to_string();
         assert!(e.contains("unlimited") && e.contains("aws"), "{e}");

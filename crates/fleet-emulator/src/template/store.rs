@@ -660,7 +660,7 @@ mod tests {
 
     #[test]
     fn loads_the_fixture_directory() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/templates");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/templates");
         let store = TemplateStore::load_dir(&dir).unwrap();
         let names: Vec<_> = store.names().collect();
         assert_eq!(

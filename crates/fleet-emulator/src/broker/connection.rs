@@ -36,10 +36,10 @@ use super::codec::{
 use super::session::{self, StoredSubscription};
 use super::topic;
 use super::{ALPN_MQTT_CA, BrokerShared, Control};
-use crate::emulator::api::ApiRequest;
-use crate::emulator::ca::certificate_id;
-use crate::emulator::policy::{self, Action, Variables};
-use crate::emulator::registry::CertStatus;
+use crate::api::ApiRequest;
+use crate::ca::certificate_id;
+use crate::policy::{self, Action, Variables};
+use crate::registry::CertStatus;
 use crate::fleet::ReservedTopic;
 use crate::token_bucket::TokenBucket;
 

@@ -6,10 +6,10 @@
 //! The request is empty in AWS's docs; an empty payload, `{}` and an empty CBOR map (`0xA0`)
 //! are all accepted, and unknown keys are ignored. A payload that is not a map (or not valid
 //! in the topic's format) is rejected with 400 `InvalidPayload`. Keys come from the
-//! [`KeyStock`](crate::emulator::key_stock::KeyStock), never from the reactor.
+//! [`KeyStock`](crate::key_stock::KeyStock), never from the reactor.
 
 use super::{ApiRequest, ApiService, register_new_certificate};
-use crate::emulator::errors::Rejection;
+use crate::errors::Rejection;
 use crate::fleet::payloads::Secret;
 use crate::fleet::{CreateKeysAndCertificateResponse, Format};
 

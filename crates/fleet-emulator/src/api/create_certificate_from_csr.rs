@@ -3,7 +3,7 @@
 //! (docs/aws-fleet-provisioning.md §1.2, §2).
 
 use super::{ApiRequest, ApiService, register_new_certificate};
-use crate::emulator::errors::Rejection;
+use crate::errors::Rejection;
 use crate::fleet::payloads::{Secret, decode_or_default};
 use crate::fleet::{CreateCertificateFromCsrRequest, CreateCertificateFromCsrResponse};
 

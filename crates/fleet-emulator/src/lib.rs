@@ -1,11 +1,12 @@
 //! An embedded emulator of AWS IoT Core's fleet-provisioning API.
 //!
 //! It is the station's default endpoint (so `station run` works on one machine) and the test
-//! bed for load tests. From the rest of the crate it imports only the wire contract
-//! ([`crate::fleet`]) and three small utilities ([`crate::shutdown`], [`crate::token_bucket`],
-//! [`crate::files`]); nothing of the station. Where AWS documents a behaviour it does exactly
-//! that; where AWS is silent, the choice is stated where it is made (see `docs/emulator.md`).
-//! The facts it follows are in `docs/aws-fleet-provisioning.md`, cited by section (§N).
+//! bed for load tests. It depends only on the wire contract (`fleet-wire`, here
+//! `crate::fleet`) and three small utilities (`fleet-util`: `crate::shutdown`,
+//! `crate::token_bucket`, `crate::files`); nothing of the station, and the compiler holds it
+//! to that. Where AWS documents a behaviour it does exactly that; where AWS is silent, the
+//! choice is stated where it is made (see `docs/emulator.md` at the repository root). The
+//! facts it follows are in `docs/aws-fleet-provisioning.md`, cited by section (§N).
 //!
 //! This file holds [`Emulator`] (start, live fault changes, stop) and [`EmulatorError`]. The
 //! modules:
@@ -26,6 +27,8 @@
 //! - [`quota`]: account TPS quotas per API.
 //! - [`policy`]: IoT policy evaluation for CONNECT/PUBLISH/SUBSCRIBE/RECEIVE.
 //! - `errors`: the table of every rejected response the emulator sends.
+
+#![warn(unreachable_pub)]
 
 pub(crate) mod api;
 pub mod broker;
@@ -58,6 +61,10 @@ use self::template::TemplateStore;
 use crate::shutdown::Shutdown;
 
 pub use self::config::{EmulatorConfig, InvalidSetting};
+
+// The wire contract and the utilities under the names the emulator's modules use.
+pub(crate) use fleet_util::{files, shutdown, token_bucket};
+pub(crate) use fleet_wire as fleet;
 
 /// The name under which the claim policy is registered.
 pub(crate) const CLAIM_POLICY_NAME: &str = "FleetStationClaimPolicy";

@@ -7,7 +7,7 @@
 //! the registry of an emulator that has stopped (or was killed):
 //!
 //! ```no_run
-//! # use fleet_station::emulator::{control, registry::{CertStatus, Registry}};
+//! # use fleet_emulator::{control, registry::{CertStatus, Registry}};
 //! let registry = Registry::open_state_dir("state/emulator".as_ref()).unwrap();
 //! let id = "0f".repeat(32);
 //! control::update_certificate(&registry, &id, CertStatus::Inactive).unwrap();
@@ -304,7 +304,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::emulator::registry::{Certificate, Policy, Thing, TokenRecord};
+    use crate::registry::{Certificate, Policy, Thing, TokenRecord};
 
     const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
@@ -532,7 +532,7 @@ mod tests {
         delete_certificate(&reg, B, false).unwrap();
         // A second reader of the same file sees it all, without the first closing.
         let c =
-            rusqlite::Connection::open(dir.path().join(crate::emulator::registry::REGISTRY_FILE))
+            rusqlite::Connection::open(dir.path().join(crate::registry::REGISTRY_FILE))
                 .unwrap();
         let json = |table: &str, key: &str| -> Option<String> {
             c.query_row(

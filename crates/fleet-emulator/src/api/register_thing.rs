@@ -29,10 +29,10 @@
 use std::collections::BTreeMap;
 
 use super::{ApiRequest, ApiService, durable};
-use crate::emulator::errors::Rejection;
-use crate::emulator::hook::{HookInput, HookOutcome, template_arn};
-use crate::emulator::registry::{CertStatus, Policy, Thing, TokenProblem, Txn, now_ms};
-use crate::emulator::template::{CertificateStatus, EvalContext, Override, Provisioned, ThingSpec};
+use crate::errors::Rejection;
+use crate::hook::{HookInput, HookOutcome, template_arn};
+use crate::registry::{CertStatus, Policy, Thing, TokenProblem, Txn, now_ms};
+use crate::template::{CertificateStatus, EvalContext, Override, Provisioned, ThingSpec};
 use crate::fleet::payloads::decode_or_default;
 use crate::fleet::{RegisterThingRequest, RegisterThingResponse};
 
@@ -244,7 +244,7 @@ fn merge_maps(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::emulator::template::ThingOverrides;
+    use crate::template::ThingOverrides;
 
     fn spec(
         attrs: &[(&str, &str)],

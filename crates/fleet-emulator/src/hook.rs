@@ -521,7 +521,7 @@ mod tests {
 
     #[test]
     fn the_emulator_section_takes_the_hook_table() {
-        let cfg: crate::emulator::EmulatorConfig = toml::from_str(
+        let cfg: crate::EmulatorConfig = toml::from_str(
             r#"
             hook_timeout_ms = 300
             rsa_stock = 4
@@ -537,7 +537,7 @@ mod tests {
         );
         let hooks = Hooks::new(&cfg.hooks, Duration::from_millis(cfg.hook_timeout_ms)).unwrap();
         assert!(hooks.is_mapped("arn:aws:lambda:us-east-1:123456789012:function:check"));
-        let defaults: crate::emulator::EmulatorConfig = toml::from_str("").unwrap();
+        let defaults: crate::EmulatorConfig = toml::from_str("").unwrap();
         assert_eq!(defaults.hook_timeout_ms, 5000);
         assert!(defaults.hooks.is_empty());
     }

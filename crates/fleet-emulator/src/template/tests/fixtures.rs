@@ -6,7 +6,7 @@ use super::*;
 
 pub(super) fn fixture(name: &str) -> String {
     let path = format!(
-        "{}/fixtures/templates/{name}.json",
+        "{}/../../fixtures/templates/{name}.json",
         env!("CARGO_MANIFEST_DIR")
     );
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
