@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use std::io::{Read, Write};
 
-use fleet_station::jig::codec::FrameAssembler;
-use fleet_station::jig::port::line_time;
-use fleet_station::jig::protocol::{self, Command};
+use fleet_station::jig::link::port::line_time;
+use fleet_station::jig::wire::codec::FrameAssembler;
+use fleet_station::jig::wire::protocol::{self, Command};
 use fleet_station::jig::{
     BoardParams, CsrSubject, JigError, JigLink, PortSettings, SimBoardOptions, Slot, SlotWrite,
     serve_sim_board,
@@ -414,7 +414,7 @@ fn a_sender_that_ignores_the_rx_buffer_overruns_the_board() {
         slow_board(c);
         c.put_process_time = Duration::from_millis(80);
     });
-    let mut port = fleet_station::jig::port::open_port(
+    let mut port = fleet_station::jig::link::port::open_port(
         fx.jig.path(),
         &PortSettings {
             baud: 115_200,

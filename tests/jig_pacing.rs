@@ -10,9 +10,9 @@ use std::io::{Read, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use fleet_station::jig::codec::FrameAssembler;
-use fleet_station::jig::port::{line_time, open_port};
-use fleet_station::jig::protocol::{Command, Response};
+use fleet_station::jig::link::port::{line_time, open_port};
+use fleet_station::jig::wire::codec::FrameAssembler;
+use fleet_station::jig::wire::protocol::{Command, Response};
 use fleet_station::jig::{PortSettings, Slot};
 use jig_support::{Fixture, Identity, settings};
 
@@ -81,8 +81,8 @@ fn nothing_crosses_the_line_faster_than_the_baud_rate() {
         // A whole write: every byte the station sent crossed, then COMMIT's answer did.
         let mut link = fleet_station::jig::JigLink::open(fx.jig.path(), &link_settings).unwrap();
         let report = link.write_and_verify(&id.items(), &mut |_, _| {}).unwrap();
-        let commit_ack = fleet_station::jig::codec::wire_len_for_payload(
-            5 + fleet_station::jig::protocol::DIGEST_LEN,
+        let commit_ack = fleet_station::jig::wire::codec::wire_len_for_payload(
+            5 + fleet_station::jig::wire::protocol::DIGEST_LEN,
         );
         let floor = line_time(report.wire_bytes_written as usize + commit_ack, baud);
         assert!(
@@ -99,7 +99,7 @@ fn nothing_crosses_the_line_faster_than_the_baud_rate() {
             let (code, out, back, elapsed) = raw.exchange(&Command::Hash {
                 slots: vec![Slot::ThingName],
             });
-            assert_eq!(code, fleet_station::jig::protocol::rsp::HASH_ACK);
+            assert_eq!(code, fleet_station::jig::wire::protocol::rsp::HASH_ACK);
             let floor = line_time(out + back, baud);
             assert!(
                 elapsed >= floor,
@@ -112,7 +112,7 @@ fn nothing_crosses_the_line_faster_than_the_baud_rate() {
             offset: 0,
             len: 2000,
         });
-        assert_eq!(code, fleet_station::jig::protocol::rsp::READ_ACK);
+        assert_eq!(code, fleet_station::jig::wire::protocol::rsp::READ_ACK);
         assert!(back > 2000);
         let floor = line_time(out + back, baud);
         assert!(

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use miette::Diagnostic;
 
-use super::protocol::{ErrorCode, Slot};
+use super::wire::protocol::{ErrorCode, Slot};
 
 #[derive(Debug, thiserror::Error, Diagnostic)]
 pub enum JigError {

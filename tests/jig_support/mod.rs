@@ -7,8 +7,8 @@ use std::io::{self, Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fleet_station::jig::codec::FrameAssembler;
-use fleet_station::jig::port::{Transport, open_port};
+use fleet_station::jig::link::port::{Transport, open_port};
+use fleet_station::jig::wire::codec::FrameAssembler;
 use fleet_station::jig::{
     BoardSpec, Flash, JigLink, PortSettings, Slot, SlotWrite, VirtualJig, VirtualJigConfig,
 };

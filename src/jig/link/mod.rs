@@ -20,17 +20,19 @@ use std::time::{Duration, Instant};
 
 use zeroize::{Zeroize, Zeroizing};
 
-use super::codec::{self, FrameAssembler};
-use super::error::JigError;
-use super::pem;
-use super::port::{PortSettings, Transport, open_port};
-use super::protocol::{
+use self::port::{PortSettings, Transport, open_port};
+use self::window::PutWindow;
+use crate::jig::error::JigError;
+use crate::jig::wire::codec::{self, FrameAssembler};
+use crate::jig::wire::protocol::{
     self, Capabilities, CommitEntry, CommitSource, CsrFormat, CsrSubject, DIGEST_LEN, ErrorCode,
     KEY_TYPE_P256, MAX_HASH_SLOTS, PROTOCOL_VERSION, Response, SHA256_LEN, Slot, SlotHash,
     SubjectAttrs, attr, cmd,
 };
-use super::window::PutWindow;
 
+mod pem;
+pub mod port;
+pub mod window;
 mod write;
 
 /// What a board says about itself in HELLO.

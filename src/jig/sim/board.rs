@@ -4,7 +4,7 @@
 //! session flag (HELLO seen since boot) and the replay cache that makes retransmissions safe.
 //! COMMIT answers with the digest of what it reads back from flash after committing.
 //!
-//! The virtual jig (`virtual_board.rs`) drives it over a pty; tests can drive it directly.
+//! The virtual jig (`virtual_jig/`) drives it over a pty; tests can drive it directly.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use rcgen::{CertificateParams, DistinguishedName, DnType, DnValue, KeyPair};
 use zeroize::Zeroizing;
 
-use super::codec::Frame;
-use super::error::JigError;
 use super::flash::{Flash, Spare};
-use super::protocol::{
+use crate::jig::error::JigError;
+use crate::jig::wire::codec::Frame;
+use crate::jig::wire::protocol::{
     Capabilities, Command, CommitEntry, CommitSource, CsrFormat, DIGEST_LEN, ErrorCode, HelloAck,
     KEY_TYPE_P256, PROTOCOL_VERSION, Response, STAGING_CAPACITY, Slot, SlotHash, SubjectAttrs,
     attr, cmd, commit_digest, sha256,
@@ -58,7 +58,7 @@ impl Default for BoardParams {
     /// 4 KiB RX buffer.
     fn default() -> Self {
         BoardParams {
-            max_chunk: (super::codec::MAX_PAYLOAD - 4) as u16,
+            max_chunk: (crate::jig::wire::codec::MAX_PAYLOAD - 4) as u16,
             rx_buffer: 4096,
         }
     }
@@ -590,7 +590,7 @@ fn encode(head: &mut Vec<u8>, seq: u16, r: &Response<'_>, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jig::codec::FrameAssembler;
+    use crate::jig::wire::codec::FrameAssembler;
 
     /// Sends one command to the board and decodes its answer, without I/O.
     struct Harness {
@@ -726,7 +726,7 @@ mod tests {
         ]));
         assert_eq!(
             Harness::code_of(&out),
-            (crate::jig::protocol::rsp::COMMIT_ACK, None)
+            (crate::jig::wire::protocol::rsp::COMMIT_ACK, None)
         );
         assert_eq!(commit_ack_digest(&out), want);
         let on_disk = Flash::load(h.board.flash_path()).unwrap();
@@ -915,7 +915,7 @@ mod tests {
         });
         assert_eq!(
             Harness::code_of(&out),
-            (crate::jig::protocol::rsp::CSR, None)
+            (crate::jig::wire::protocol::rsp::CSR, None)
         );
         let (out, _) = h.send(&key_only);
         assert_eq!(Harness::code_of(&out).1, None);
@@ -939,7 +939,8 @@ mod tests {
                 .map(|_| if rng.bool() { rng.u8(0..8) } else { rng.u8(..) })
                 .collect();
             let mut wire = Vec::new();
-            crate::jig::codec::encode_frame(code, i as u16, &payload, &[], &mut wire).unwrap();
+            crate::jig::wire::codec::encode_frame(code, i as u16, &payload, &[], &mut wire)
+                .unwrap();
             let mut asm = FrameAssembler::new();
             let (_, ev) = asm.push(&wire);
             let frame = ev.unwrap().unwrap();

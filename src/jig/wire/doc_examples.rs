@@ -11,7 +11,7 @@ use super::protocol::{
     KEY_TYPE_P256, Response, Slot, SlotHash, SubjectAttrs, attr, cmd, commit_digest, sha256,
 };
 
-const DOC: &str = include_str!("../../docs/jig-protocol.md");
+const DOC: &str = include_str!("../../../docs/jig-protocol.md");
 
 struct Example {
     name: &'static str,

@@ -33,13 +33,13 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use serialport::{SerialPort, TTYPort};
 
-use super::board::{Board, BoardFaults, BoardParams, BoardSpec, Outcome};
-use super::codec::{self, CodecError, DELIMITER, FrameAssembler};
-use super::error::JigError;
-use super::faults::{FaultConfig, FaultPlan, RxFault, TxFault};
-use super::flash::Flash;
-use super::pacing::Line;
-use super::protocol::cmd;
+use crate::jig::error::JigError;
+use crate::jig::sim::board::{Board, BoardFaults, BoardParams, BoardSpec, Outcome};
+use crate::jig::sim::faults::{FaultConfig, FaultPlan, RxFault, TxFault};
+use crate::jig::sim::flash::Flash;
+use crate::jig::sim::pacing::Line;
+use crate::jig::wire::codec::{self, CodecError, DELIMITER, FrameAssembler};
+use crate::jig::wire::protocol::cmd;
 
 /// How the virtual jig and its boards behave.
 #[derive(Debug, Clone)]

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use super::protocol::{ErrorCode, Slot};
+use crate::jig::wire::protocol::{ErrorCode, Slot};
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FaultConfig {

@@ -862,7 +862,7 @@ pub fn commit_digest<'a>(slots: impl IntoIterator<Item = (Slot, &'a [u8])>) -> [
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jig::codec::FrameAssembler;
+    use crate::jig::wire::codec::FrameAssembler;
 
     fn decode_one(wire: &[u8]) -> (u8, u16, Vec<u8>) {
         let mut asm = FrameAssembler::new();

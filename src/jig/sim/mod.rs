@@ -1,0 +1,28 @@
+//! The board simulator: a board's side of the protocol, its flash, and the virtual jig that
+//! serves boards on a pseudo-terminal for tests, the demo and `station sim-board`.
+//!
+//! # Layout
+//!
+//! - [`board`]: the board side as a state machine, no I/O.
+//! - [`flash`]: a virtual board's committed slots in a file, written atomically.
+//! - [`virtual_jig`]: [`VirtualJig`], boards served on a pty behind a stable path (with
+//!   unplug/replug of the adapter).
+//! - [`pacing`]: the exact line-rate model of the virtual jig.
+//! - [`faults`]: fault injection for the virtual jig.
+//! - [`serials`]: [`SerialGenerator`], the board supply of a virtual line.
+//! - [`sim_board`]: `station sim-board` ([`run_sim_board`]).
+
+pub mod board;
+pub mod faults;
+pub mod flash;
+pub mod pacing;
+pub mod serials;
+pub mod sim_board;
+pub mod virtual_jig;
+
+pub use board::{BoardParams, BoardSpec};
+pub use faults::FaultConfig;
+pub use flash::Flash;
+pub use serials::SerialGenerator;
+pub use sim_board::{SimBoardOptions, run_sim_board, serve_sim_board};
+pub use virtual_jig::{JigStats, VirtualJig, VirtualJigConfig};
