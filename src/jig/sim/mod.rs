@@ -6,8 +6,9 @@
 //! - [`board`]: the board side as a state machine, no I/O.
 //! - [`flash`]: a virtual board's committed slots in a file, written atomically.
 //! - [`virtual_jig`]: [`VirtualJig`], boards served on a pty behind a stable path (with
-//!   unplug/replug of the adapter).
-//! - [`pacing`]: the exact line-rate model of the virtual jig.
+//!   unplug/replug of the adapter), by a board thread that runs the UART model.
+//! - `uart`: the UART model of the virtual jig: the serial line each way at the baud rate
+//!   exactly, and the board's bounded RX buffer; no I/O.
 //! - [`faults`]: fault injection for the virtual jig.
 //! - [`serials`]: [`SerialGenerator`], the board supply of a virtual line.
 //! - [`sim_board`]: `station sim-board` ([`run_sim_board`]).
@@ -15,9 +16,9 @@
 pub mod board;
 pub mod faults;
 pub mod flash;
-pub mod pacing;
 pub mod serials;
 pub mod sim_board;
+mod uart;
 pub mod virtual_jig;
 
 pub use board::{BoardParams, BoardSpec};
