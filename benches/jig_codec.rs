@@ -6,7 +6,7 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use fleet_station::jig::wire::codec::{self, FrameAssembler};
-use fleet_station::jig::wire::protocol::Command;
+use fleet_station::jig::wire::{Command, Message};
 
 fn data(len: usize) -> Vec<u8> {
     // PEM-like bytes with some zeros, so COBS has work to do.

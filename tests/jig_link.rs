@@ -12,7 +12,8 @@ use std::io::{Read, Write};
 
 use fleet_station::jig::link::port::line_time;
 use fleet_station::jig::wire::codec::FrameAssembler;
-use fleet_station::jig::wire::protocol::{self, Command};
+use fleet_station::jig::wire::protocol;
+use fleet_station::jig::wire::{Command, Message};
 use fleet_station::jig::{
     BoardParams, CsrSubject, JigError, JigLink, PortSettings, SimBoardOptions, Slot, SlotWrite,
     serve_sim_board,

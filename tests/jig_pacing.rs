@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use fleet_station::jig::link::port::{line_time, open_port};
 use fleet_station::jig::wire::codec::FrameAssembler;
-use fleet_station::jig::wire::protocol::{Command, Response};
+use fleet_station::jig::wire::{Command, Message, Response};
 use fleet_station::jig::{PortSettings, Slot};
 use jig_support::{Fixture, Identity, settings};
 

@@ -26,9 +26,10 @@ use crate::jig::error::JigError;
 use crate::jig::wire::codec::{self, FrameAssembler};
 use crate::jig::wire::protocol::{
     self, Capabilities, CommitEntry, CommitSource, CsrFormat, CsrSubject, DIGEST_LEN, ErrorCode,
-    KEY_TYPE_P256, MAX_HASH_SLOTS, PROTOCOL_VERSION, Response, SHA256_LEN, Slot, SlotHash,
-    SubjectAttrs, attr, cmd,
+    KEY_TYPE_P256, MAX_HASH_SLOTS, PROTOCOL_VERSION, SHA256_LEN, Slot, SlotHash, SubjectAttrs,
+    attr, cmd,
 };
+use crate::jig::wire::{Command, HelloAck, Message, Response};
 
 mod pem;
 pub mod port;
@@ -50,6 +51,22 @@ pub struct BoardInfo {
     pub rx_buffer: u16,
     /// The committed thing name, when an identity is committed.
     pub thing_name: Option<String>,
+}
+
+impl From<HelloAck<'_>> for BoardInfo {
+    fn from(h: HelloAck<'_>) -> BoardInfo {
+        BoardInfo {
+            protocol_version: h.version,
+            serial: h.serial.into_owned(),
+            hw_rev: h.hw_rev.into_owned(),
+            fw_version: h.fw_version.into_owned(),
+            mac: h.mac,
+            capabilities: h.capabilities.0,
+            max_chunk: h.max_chunk,
+            rx_buffer: h.rx_buffer,
+            thing_name: (!h.thing_name.is_empty()).then(|| h.thing_name.into_owned()),
+        }
+    }
 }
 
 impl BoardInfo {
@@ -135,109 +152,9 @@ pub struct LinkStats {
     pub stray_frames: u64,
 }
 
-/// A decoded answer, owned so the assembler can be reused.
-#[derive(Debug)]
-enum Reply {
-    Hello(BoardInfo),
-    Csr {
-        format: CsrFormat,
-        csr: Vec<u8>,
-    },
-    PutAck {
-        offset: u32,
-        len: u16,
-    },
-    CommitAck {
-        count: u8,
-        generation: u32,
-        digest: [u8; DIGEST_LEN],
-    },
-    HashAck(Vec<SlotHash>),
-    ReadAck {
-        slot: Slot,
-        offset: u32,
-        data: Vec<u8>,
-    },
-    EraseAck,
-    ResetAck,
-    Nak {
-        code: ErrorCode,
-        detail: u8,
-        text: String,
-    },
-}
-
-impl Reply {
-    fn from_response(r: Response<'_>) -> Reply {
-        match r {
-            Response::HelloAck(h) => Reply::Hello(BoardInfo {
-                protocol_version: h.version,
-                serial: h.serial.to_string(),
-                hw_rev: h.hw_rev.to_string(),
-                fw_version: h.fw_version.to_string(),
-                mac: h.mac,
-                capabilities: h.capabilities.0,
-                max_chunk: h.max_chunk,
-                rx_buffer: h.rx_buffer,
-                thing_name: (!h.thing_name.is_empty()).then(|| h.thing_name.to_string()),
-            }),
-            Response::Csr { format, csr } => Reply::Csr {
-                format,
-                csr: csr.to_vec(),
-            },
-            Response::PutAck { offset, len } => Reply::PutAck { offset, len },
-            Response::CommitAck {
-                count,
-                generation,
-                digest,
-            } => Reply::CommitAck {
-                count,
-                generation,
-                digest,
-            },
-            Response::HashAck { entries } => Reply::HashAck(entries),
-            Response::ReadAck { slot, offset, data } => Reply::ReadAck {
-                slot,
-                offset,
-                data: data.to_vec(),
-            },
-            Response::EraseAck { .. } => Reply::EraseAck,
-            Response::ResetAck => Reply::ResetAck,
-            Response::Nak {
-                code, detail, text, ..
-            } => Reply::Nak {
-                code,
-                detail,
-                // Board-supplied: keep it short and printable.
-                text: text
-                    .chars()
-                    .filter(|c| !c.is_control())
-                    .take(protocol::MAX_NAK_TEXT)
-                    .collect(),
-            },
-        }
-    }
-
-    fn kind(&self) -> &'static str {
-        match self {
-            Reply::Hello(_) => "HELLO_ACK",
-            Reply::Csr { .. } => "CSR",
-            Reply::PutAck { .. } => "PUT_ACK",
-            Reply::CommitAck { .. } => "COMMIT_ACK",
-            Reply::HashAck(_) => "HASH_ACK",
-            Reply::ReadAck { .. } => "READ_ACK",
-            Reply::EraseAck => "ERASE_ACK",
-            Reply::ResetAck => "RESET_ACK",
-            Reply::Nak { .. } => "NAK",
-        }
-    }
-}
-
 enum Incoming {
-    Reply {
-        seq: u16,
-        reply: Reply,
-    },
+    /// A decoded answer, owned so the assembler can be reused.
+    Reply { seq: u16, reply: Response<'static> },
     /// A frame was dropped (bad CRC / COBS / length).
     Corrupt,
 }
@@ -345,7 +262,7 @@ impl JigLink {
         self.rx_start = 0;
         self.rx_end = 0;
         let reply = self.transact(
-            &protocol::Command::Hello {
+            &Command::Hello {
                 version: PROTOCOL_VERSION,
             },
             false,
@@ -360,7 +277,8 @@ impl JigLink {
             other => other?,
         };
         match reply {
-            Reply::Hello(info) => {
+            Response::HelloAck(hello) => {
+                let info = BoardInfo::from(hello);
                 if info.protocol_version != PROTOCOL_VERSION {
                     return Err(JigError::Version {
                         port: self.port.clone(),
@@ -386,7 +304,7 @@ impl JigLink {
                 self.board = Some(info.clone());
                 Ok(info)
             }
-            Reply::Nak {
+            Response::Nak {
                 code: ErrorCode::Version,
                 ..
             } => Err(JigError::Version {
@@ -421,15 +339,15 @@ impl JigLink {
         .into_iter()
         .filter(|(_, v)| !v.is_empty())
         .collect();
-        let command = protocol::Command::GenCsr {
+        let command = Command::GenCsr {
             key_type: KEY_TYPE_P256,
             format: CsrFormat::Pem,
             subject: SubjectAttrs { attrs },
         };
         match self.transact(&command, true)? {
-            Reply::Csr { format, csr } => {
+            Response::Csr { format, csr } => {
                 let pem = match format {
-                    CsrFormat::Pem => String::from_utf8(csr).map_err(|_| {
+                    CsrFormat::Pem => String::from_utf8(csr.into_owned()).map_err(|_| {
                         self.protocol_error("GEN_CSR", "CSR PEM is not UTF-8".into())
                     })?,
                     CsrFormat::Der => pem::encode("CERTIFICATE REQUEST", &csr),
@@ -440,9 +358,9 @@ impl JigLink {
                 self.board_key_staged = true;
                 Ok(pem)
             }
-            Reply::Nak {
+            Response::Nak {
                 code, detail, text, ..
-            } => Err(self.nak_error("GEN_CSR", code, detail, text)),
+            } => Err(self.nak_error("GEN_CSR", code, detail, &text)),
             other => Err(self.unexpected("GEN_CSR", other)),
         }
     }
@@ -478,17 +396,17 @@ impl JigLink {
     pub fn hashes(&mut self, slots: &[Slot]) -> Result<Vec<SlotHash>, JigError> {
         let mut out = Vec::with_capacity(slots.len());
         for group in slots.chunks(MAX_HASH_SLOTS) {
-            let command = protocol::Command::Hash {
+            let command = Command::Hash {
                 slots: group.to_vec(),
             };
             match self.transact(&command, false)? {
-                Reply::HashAck(entries)
+                Response::HashAck { entries }
                     if entries.len() == group.len()
                         && entries.iter().zip(group).all(|(e, s)| e.slot == *s) =>
                 {
                     out.extend(entries)
                 }
-                Reply::HashAck(entries) => {
+                Response::HashAck { entries } => {
                     return Err(self.protocol_error(
                         "HASH",
                         format!(
@@ -497,9 +415,9 @@ impl JigLink {
                         ),
                     ));
                 }
-                Reply::Nak {
+                Response::Nak {
                     code, detail, text, ..
-                } => return Err(self.nak_error("HASH", code, detail, text)),
+                } => return Err(self.nak_error("HASH", code, detail, &text)),
                 other => return Err(self.unexpected("HASH", other)),
             }
         }
@@ -523,22 +441,22 @@ impl JigLink {
         while out.len() < len {
             let want = step.min(len - out.len());
             let offset = out.len() as u32;
-            let command = protocol::Command::Read {
+            let command = Command::Read {
                 slot,
                 offset,
                 len: want as u16,
             };
             match self.transact(&command, false)? {
-                Reply::ReadAck {
+                Response::ReadAck {
                     slot: s,
                     offset: o,
                     data,
                 } if s == slot && o == offset && !data.is_empty() && data.len() <= want => {
                     out.extend_from_slice(&data)
                 }
-                Reply::Nak {
+                Response::Nak {
                     code, detail, text, ..
-                } => return Err(self.nak_error("READ", code, detail, text)),
+                } => return Err(self.nak_error("READ", code, detail, &text)),
                 other => return Err(self.unexpected("READ", other)),
             }
         }
@@ -562,16 +480,16 @@ impl JigLink {
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
-        match self.transact(&protocol::Command::Erase { slots: unique }, true)? {
-            Reply::EraseAck => {
+        match self.transact(&Command::Erase { slots: unique }, true)? {
+            Response::EraseAck { .. } => {
                 if slots.contains(&Slot::PrivateKey) {
                     self.board_key_staged = false;
                 }
                 Ok(())
             }
-            Reply::Nak {
+            Response::Nak {
                 code, detail, text, ..
-            } => Err(self.nak_error("ERASE", code, detail, text)),
+            } => Err(self.nak_error("ERASE", code, detail, &text)),
             other => Err(self.unexpected("ERASE", other)),
         }
     }
@@ -580,17 +498,17 @@ impl JigLink {
     /// identity is then taken off and the next one placed. Send HELLO before anything else.
     pub fn reset(&mut self) -> Result<(), JigError> {
         self.ensure_hello()?;
-        let result = match self.transact(&protocol::Command::Reset, false) {
-            Ok(Reply::ResetAck) => Ok(()),
+        let result = match self.transact(&Command::Reset, false) {
+            Ok(Response::ResetAck) => Ok(()),
             // The RESET_ACK was lost and our retransmission reached the rebooted board.
-            Ok(Reply::Nak {
+            Ok(Response::Nak {
                 code: ErrorCode::NeedHello,
                 ..
             })
             | Err(JigError::BoardRebooted { .. }) => Ok(()),
-            Ok(Reply::Nak {
+            Ok(Response::Nak {
                 code, detail, text, ..
-            }) => Err(self.nak_error("RESET", code, detail, text)),
+            }) => Err(self.nak_error("RESET", code, detail, &text)),
             Ok(other) => Err(self.unexpected("RESET", other)),
             Err(e) => Err(e),
         };
@@ -617,7 +535,7 @@ impl JigLink {
         self.settings.retries + 1
     }
 
-    fn encode(&mut self, command: &protocol::Command<'_>, seq: u16) -> Result<(), JigError> {
+    fn encode(&mut self, command: &Command<'_>, seq: u16) -> Result<(), JigError> {
         self.wire.clear();
         let tail = command.write_payload(&mut self.head);
         self.payload_len = self.head.len() + tail.len();
@@ -675,9 +593,13 @@ impl JigLink {
     }
 
     /// One command, one answer, with retransmission. NAKs other than BAD_CRC and BUSY are
-    /// returned as `Reply::Nak` for the caller to interpret; NEED_HELLO becomes
+    /// returned as `Response::Nak` for the caller to interpret; NEED_HELLO becomes
     /// `BoardRebooted`.
-    fn transact(&mut self, command: &protocol::Command<'_>, slow: bool) -> Result<Reply, JigError> {
+    fn transact(
+        &mut self,
+        command: &Command<'_>,
+        slow: bool,
+    ) -> Result<Response<'static>, JigError> {
         let name = protocol::command_name(command.code());
         let seq = self.next_seq();
         self.encode(command, seq)?;
@@ -732,7 +654,7 @@ impl JigLink {
                     Some(Incoming::Corrupt) => break,
                     Some(Incoming::Reply {
                         reply:
-                            Reply::Nak {
+                            Response::Nak {
                                 code: ErrorCode::BadCrc,
                                 ..
                             },
@@ -747,7 +669,7 @@ impl JigLink {
                     }
                     Some(Incoming::Reply {
                         reply:
-                            Reply::Nak {
+                            Response::Nak {
                                 code: ErrorCode::Busy,
                                 ..
                             },
@@ -759,7 +681,7 @@ impl JigLink {
                     }
                     Some(Incoming::Reply {
                         reply:
-                            Reply::Nak {
+                            Response::Nak {
                                 code: ErrorCode::NeedHello,
                                 ..
                             },
@@ -792,7 +714,7 @@ impl JigLink {
                         return match Response::decode(&frame) {
                             Ok(r) => Ok(Some(Incoming::Reply {
                                 seq,
-                                reply: Reply::from_response(r),
+                                reply: r.into_owned(),
                             })),
                             Err(e) => Err(JigError::Protocol {
                                 port: self.port.clone(),
@@ -859,8 +781,8 @@ impl JigLink {
         }
     }
 
-    fn unexpected(&self, command: &'static str, reply: Reply) -> JigError {
-        self.protocol_error(command, format!("unexpected {}", reply.kind()))
+    fn unexpected(&self, command: &'static str, reply: Response<'_>) -> JigError {
+        self.protocol_error(command, format!("unexpected {}", reply.name()))
     }
 
     fn nak_error(
@@ -868,8 +790,14 @@ impl JigLink {
         command: &'static str,
         code: ErrorCode,
         detail: u8,
-        text: String,
+        text: &str,
     ) -> JigError {
+        // Board-supplied: keep it short and printable.
+        let text: String = text
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(protocol::MAX_NAK_TEXT)
+            .collect();
         let port = self.port.clone();
         let slot = Slot::from_u8(detail);
         match code {

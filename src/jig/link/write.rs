@@ -77,7 +77,7 @@ impl JigLink {
             });
         }
         let digest = protocol::commit_digest(items.iter().map(|i| (i.slot, i.data)));
-        let commit = protocol::Command::Commit { entries, digest };
+        let commit = Command::Commit { entries, digest };
         let chunk = chunk_size(&board);
         let chunks: Vec<(usize, usize)> = (0..total)
             .step_by(chunk)
@@ -129,19 +129,19 @@ impl JigLink {
         &mut self,
         image: &[u8],
         chunks: &[(usize, usize)],
-        commit: &protocol::Command<'_>,
+        commit: &Command<'_>,
         budget: usize,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Committed, JigError> {
         let put = |c: usize| {
             let (off, len) = chunks[c];
-            protocol::Command::Put {
+            Command::Put {
                 offset: off as u32,
                 data: &image[off..off + len],
             }
         };
         let slots_committed = match commit {
-            protocol::Command::Commit { entries, .. } => entries.len(),
+            Command::Commit { entries, .. } => entries.len(),
             _ => 0,
         };
         let total = image.len();
@@ -194,7 +194,7 @@ impl JigLink {
                 // frame again and the board replays its answer.
                 Some(Incoming::Corrupt) => resend.extend(window.oldest()),
                 Some(Incoming::Reply { seq, reply }) => match reply {
-                    Reply::PutAck { offset, len }
+                    Response::PutAck { offset, len }
                         if window.get(seq).is_some_and(|f| f.chunk != COMMIT_FRAME) =>
                     {
                         let Some((f, skipped)) = window.ack(seq) else {
@@ -220,7 +220,7 @@ impl JigLink {
                         // unanswered were lost (or their answers were).
                         resend = skipped;
                     }
-                    Reply::CommitAck {
+                    Response::CommitAck {
                         count,
                         generation,
                         digest,
@@ -242,15 +242,16 @@ impl JigLink {
                             rounds,
                         });
                     }
-                    Reply::Nak {
+                    Response::Nak {
                         code: code @ (ErrorCode::Incomplete | ErrorCode::HashMismatch),
                         detail,
                         text,
+                        ..
                     } if Some(seq) == commit_seq => {
                         let skipped = window.ack(seq).map(|(_, s)| s).unwrap_or_default();
                         commit_seq = None;
                         if rounds >= self.max_tries() {
-                            return Err(self.nak_error("COMMIT", code, detail, text));
+                            return Err(self.nak_error("COMMIT", code, detail, &text));
                         }
                         rounds += 1;
                         tracing::debug!(port = %self.port, %code, rounds,
@@ -264,7 +265,7 @@ impl JigLink {
                             resend = skipped;
                         }
                     }
-                    Reply::Nak {
+                    Response::Nak {
                         code: ErrorCode::BadCrc,
                         ..
                     } => {
@@ -276,26 +277,26 @@ impl JigLink {
                             resend.extend(window.oldest());
                         }
                     }
-                    Reply::Nak {
+                    Response::Nak {
                         code: ErrorCode::Busy,
                         ..
                     } if window.contains(seq) => {
                         let tries = window.get(seq).map_or(1, |f| f.tries);
                         window.postpone(seq, Instant::now() + Duration::from_millis(10) * tries);
                     }
-                    Reply::Nak {
+                    Response::Nak {
                         code: ErrorCode::NeedHello,
                         ..
                     } => return Err(self.rebooted()),
-                    Reply::Nak {
+                    Response::Nak {
                         code, detail, text, ..
                     } if Some(seq) == commit_seq => {
-                        return Err(self.nak_error("COMMIT", code, detail, text));
+                        return Err(self.nak_error("COMMIT", code, detail, &text));
                     }
-                    Reply::Nak {
+                    Response::Nak {
                         code, detail, text, ..
                     } if window.contains(seq) => {
-                        return Err(self.nak_error("PUT", code, detail, text));
+                        return Err(self.nak_error("PUT", code, detail, &text));
                     }
                     _ => self.stats.stray_frames += 1,
                 },

@@ -16,10 +16,11 @@ use super::flash::{Flash, Spare};
 use crate::jig::error::JigError;
 use crate::jig::wire::codec::Frame;
 use crate::jig::wire::protocol::{
-    Capabilities, Command, CommitEntry, CommitSource, CsrFormat, DIGEST_LEN, ErrorCode, HelloAck,
-    KEY_TYPE_P256, PROTOCOL_VERSION, Response, STAGING_CAPACITY, Slot, SlotHash, SubjectAttrs,
-    attr, cmd, commit_digest, sha256,
+    Capabilities, CommitEntry, CommitSource, CsrFormat, DIGEST_LEN, ErrorCode, KEY_TYPE_P256,
+    PROTOCOL_VERSION, STAGING_CAPACITY, Slot, SlotHash, SubjectAttrs, attr, cmd, commit_digest,
+    sha256,
 };
+use crate::jig::wire::{Command, HelloAck, Message, Response};
 
 /// Identity of a physical board, as the jig's queue hands it over.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -281,7 +282,7 @@ impl Board {
             code,
             detail,
             command,
-            text,
+            text: text.into(),
         };
         encode(&mut self.head, seq, &r, out);
     }
@@ -309,13 +310,13 @@ impl Board {
             max_chunk: self.params.max_chunk,
             rx_buffer: self.params.rx_buffer,
             mac: self.spec.mac,
-            serial: &self.spec.serial,
-            hw_rev: &self.spec.hw_rev,
-            fw_version: &self.spec.fw_version,
+            serial: self.spec.serial.as_str().into(),
+            hw_rev: self.spec.hw_rev.as_str().into(),
+            fw_version: self.spec.fw_version.as_str().into(),
             thing_name: if identity {
-                self.flash.thing_name().unwrap_or_default()
+                self.flash.thing_name().unwrap_or_default().into()
             } else {
-                ""
+                "".into()
             },
         });
         encode(&mut self.head, seq, &r, out);
@@ -366,7 +367,7 @@ impl Board {
         self.staged_key = Some(Zeroizing::new(key.serialize_pem().into_bytes()));
         let r = Response::Csr {
             format,
-            csr: &bytes,
+            csr: bytes.as_slice().into(),
         };
         encode(&mut self.head, seq, &r, out);
         Ok(())
@@ -533,7 +534,7 @@ impl Board {
         let r = Response::ReadAck {
             slot,
             offset,
-            data: &data[offset_us..end],
+            data: data[offset_us..end].into(),
         };
         encode(&mut self.head, seq, &r, out);
         Ok(())

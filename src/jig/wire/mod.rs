@@ -5,11 +5,22 @@
 //! # Layout
 //!
 //! - [`codec`]: frame layout, CRC-32, COBS framing, the streaming frame assembler.
-//! - [`protocol`]: commands, responses, slots, error codes and their byte layouts.
+//! - [`protocol`]: the vocabulary: codes, slots, error codes, capabilities, digests.
+//! - `message`: [`Message`], what commands and responses share: framing a message and
+//!   parsing one from a frame, written once, and the payload reader.
+//! - `command`: [`Command`] (station → board) and its payload layouts.
+//! - `response`: [`Response`] (board → station), [`HelloAck`], and their payload layouts.
 //! - `doc_examples` (tests only): the hex examples in `docs/jig-protocol.md` are the bytes
 //!   this code produces.
 
 pub mod codec;
+mod command;
 #[cfg(test)]
 mod doc_examples;
+mod message;
 pub mod protocol;
+mod response;
+
+pub use command::Command;
+pub use message::{Message, PayloadError, PayloadReader};
+pub use response::{HelloAck, Response};
