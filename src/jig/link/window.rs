@@ -51,10 +51,6 @@ impl PutWindow {
         self.frames.is_empty() || self.bytes + wire_len <= self.budget
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
-    }
-
     pub fn len(&self) -> usize {
         self.frames.len()
     }

@@ -23,8 +23,8 @@ pub enum Command<'a> {
         offset: u32,
         data: &'a [u8],
     },
-    /// Makes the listed slots live; `digest` is [`commit_digest`](super::protocol::commit_digest) over the staged
-    /// entries.
+    /// Makes the listed slots live; `digest` is
+    /// [`commit_digest`](super::protocol::commit_digest) over the staged entries.
     Commit {
         entries: Vec<CommitEntry>,
         digest: [u8; DIGEST_LEN],
