@@ -20,7 +20,7 @@ pub mod link;
 pub mod sim;
 pub mod wire;
 
-pub use error::JigError;
+pub use error::{JigError, JigFailure};
 pub use link::port::{DataBits, FlowControl, Parity, PortInfo, PortSettings, StopBits, list_ports};
 pub use link::{BoardInfo, JigLink, LinkStats, SlotWrite, WriteReport};
 pub use sim::{
