@@ -508,29 +508,13 @@ impl Worker {
 
     /// When the board next has something to do (`None`: only when woken).
     fn next_wake(&self) -> Option<Instant> {
-        let mut at: Option<Instant> = None;
-        let mut at_least = |t: Option<Instant>| {
-            if let Some(t) = t {
-                at = Some(at.map_or(t, |a| a.min(t)));
-            }
-        };
-        match &self.deferred {
-            // Busy: bytes are buffered when the board is free again (lazily, same result).
-            Some(d) => at_least(Some(d.at)),
-            // Free: the next frame is complete when its delimiter arrives.
-            None => at_least(self.uart.rx_due()),
-        }
-        if self.pty.is_some() && !self.uart.tx.is_empty() {
-            match self.tx_blocked_since {
-                Some(since) => at_least(Some(since + TX_GIVE_UP)),
-                // Each answer as its last byte arrives; long ones every millisecond.
-                None => at_least(self.uart.tx_due()),
-            }
-        }
-        if self.board.is_none() && !self.queue_closed {
-            at_least(Some(Instant::now() + PLACE_POLL));
-        }
-        at
+        wake_at(
+            &self.uart,
+            self.deferred.as_ref().map(|d| d.at),
+            self.pty.is_some(),
+            self.tx_blocked_since,
+            (self.board.is_none() && !self.queue_closed).then(|| Instant::now() + PLACE_POLL),
+        )
     }
 
     /// Sleeps until `until`, new bytes from the station, room to send, or a wake-up.
@@ -568,5 +552,95 @@ impl Worker {
                 self.readable = fds[1].readable();
             }
         }
+    }
+}
+
+/// When the board thread must next wake (`None`: only when woken): the board free again
+/// (`busy_until`) or else the next frame's delimiter through; with the adapter plugged in
+/// (`plugged`), the next answer's last byte (long answers every millisecond's worth), or when
+/// a blocked pty is given up (`tx_blocked_since`); and a look for the next board
+/// (`look_for_board`). Exactly those instants: the UART model's, never a coarser tick.
+fn wake_at(
+    uart: &Uart,
+    busy_until: Option<Instant>,
+    plugged: bool,
+    tx_blocked_since: Option<Instant>,
+    look_for_board: Option<Instant>,
+) -> Option<Instant> {
+    let mut at: Option<Instant> = None;
+    let mut at_least = |t: Option<Instant>| {
+        if let Some(t) = t {
+            at = Some(at.map_or(t, |a| a.min(t)));
+        }
+    };
+    match busy_until {
+        // Busy: bytes are buffered when the board is free again (lazily, same result).
+        Some(free) => at_least(Some(free)),
+        // Free: the next frame is complete when its delimiter arrives.
+        None => at_least(uart.rx_due()),
+    }
+    if plugged && !uart.tx.is_empty() {
+        match tx_blocked_since {
+            Some(since) => at_least(Some(since + TX_GIVE_UP)),
+            // Each answer as its last byte arrives; long ones every millisecond.
+            None => at_least(uart.tx_due()),
+        }
+    }
+    at_least(look_for_board);
+    at
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jig::sim::uart::time_of;
+
+    /// A HASH and its HASH_ACK on a 2 Mbaud line: 280 µs of line time in all.
+    fn fast_line_with_a_small_frame_each_way(t: Instant) -> (Uart, usize, usize) {
+        let mut uart = Uart::new(2_000_000, 4096);
+        let (mut hash, mut ack) = (Vec::new(), Vec::new());
+        codec::encode_frame(cmd::HASH, 1, &[1], &[], &mut hash).unwrap();
+        codec::encode_frame(0x85, 1, &[1; 37], &[], &mut ack).unwrap();
+        uart.rx.push(&hash, t);
+        uart.tx.push(&ack, t + Duration::from_micros(10));
+        (uart, hash.len(), ack.len())
+    }
+
+    /// The board thread wakes when a small frame's last byte is through, not at the next
+    /// millisecond: a fast line pays no millisecond tax per frame.
+    #[test]
+    fn a_small_frame_pays_no_millisecond_tax() {
+        let t = Instant::now();
+        let (mut uart, hash, ack) = fast_line_with_a_small_frame_each_way(t);
+        let frame_in = t + time_of(hash, 2_000_000);
+        assert_eq!(wake_at(&uart, None, true, None, None), Some(frame_in));
+        assert!(frame_in - t < Duration::from_micros(100));
+        // The frame is taken: next, the answer's last byte.
+        uart.rx.clear();
+        let answer_out = t + Duration::from_micros(10) + time_of(ack, 2_000_000);
+        assert_eq!(wake_at(&uart, None, true, None, None), Some(answer_out));
+        assert!(answer_out - t < Duration::from_micros(300));
+    }
+
+    #[test]
+    fn a_busy_board_a_blocked_pty_and_an_empty_jig_set_their_own_wake_ups() {
+        let t = Instant::now();
+        let (mut uart, _, _) = fast_line_with_a_small_frame_each_way(t);
+        let answer_out = uart.tx_due();
+        let free = t + Duration::from_millis(30);
+        // Busy: the frame on its way waits for the board; the answer still goes out.
+        assert_eq!(wake_at(&uart, Some(free), true, None, None), answer_out);
+        // Unplugged: nothing to send to; the board is free at `free`.
+        assert_eq!(wake_at(&uart, Some(free), false, None, None), Some(free));
+        // Nobody reads the pty: the answer is given up after TX_GIVE_UP.
+        uart.rx.clear();
+        assert_eq!(
+            wake_at(&uart, None, true, Some(t), None),
+            Some(t + TX_GIVE_UP)
+        );
+        // An empty jig looks for its next board; an idle one sleeps until woken.
+        let idle = Uart::new(2_000_000, 4096);
+        assert_eq!(wake_at(&idle, None, true, None, Some(free)), Some(free));
+        assert_eq!(wake_at(&idle, None, true, None, None), None);
     }
 }
