@@ -5,24 +5,36 @@
 //!
 //! # Layout
 //!
-//! Three jobs in three folders, which share only the wire and [`error`]:
+//! Three jobs in three folders, which share only the wire and the error type:
 //!
-//! - [`wire`]: the protocol as bytes: framing (`codec`) and messages (`protocol`), no I/O.
-//! - [`link`]: [`JigLink`], the station side: blocking, one OS thread per port; its port
-//!   settings and port listing.
-//! - [`sim`]: the board simulator: the board's state machine, its flash, the virtual jig
-//!   ([`VirtualJig`]) with its line model and faults, the serial-number supply, and
-//!   `station sim-board`.
-//! - [`error`]: [`JigError`], what went wrong and what the operator should do.
+//! - [`wire`] (`wire/`): the protocol as bytes, no I/O: framing (`codec`), the vocabulary
+//!   (`protocol`: codes, slots, error codes, digests), the [`wire::Command`] and
+//!   [`wire::Response`] messages and the [`wire::Message`] trait that frames and parses both.
+//! - `link/`: [`JigLink`], the station side: blocking, one OS thread per port; the
+//!   retransmission rules as state machines without I/O, the send window of a pipelined
+//!   write, the blocking I/O that feeds them, and the port ([`PortSettings`],
+//!   [`list_ports`]).
+//! - `sim/`: the board simulator: the board's state machine, its flash ([`Flash`]), the
+//!   virtual jig ([`VirtualJig`]) with its UART model and faults ([`FaultConfig`]), the
+//!   serial-number supply ([`SerialGenerator`]), and `station sim-board` ([`run_sim_board`]).
+//! - `error.rs`: [`JigError`], what went wrong and what the operator should do, and its kind
+//!   [`JigFailure`].
+//!
+//! Everything the station, the tests and the benches use is re-exported here; `wire` is
+//! public for those that speak the protocol byte by byte (tests, benches, tools).
 
-pub mod error;
-pub mod link;
-pub mod sim;
+#![warn(unreachable_pub)]
+
+mod error;
+mod link;
+mod sim;
 pub mod wire;
 
 pub use error::{JigError, JigFailure};
-pub use link::port::{DataBits, FlowControl, Parity, PortInfo, PortSettings, StopBits, list_ports};
-pub use link::{BoardInfo, JigLink, LinkStats, SlotWrite, WriteReport};
+pub use link::{
+    BoardInfo, DataBits, FlowControl, JigLink, LinkStats, Parity, PortInfo, PortSettings,
+    SlotWrite, StopBits, Transport, WriteReport, line_time, list_ports, open_port,
+};
 pub use sim::{
     BoardParams, BoardSpec, FaultConfig, Flash, JigStats, SerialGenerator, SimBoardOptions,
     VirtualJig, VirtualJigConfig, run_sim_board, serve_sim_board,

@@ -23,13 +23,12 @@
 //! - `window`: the pipelined write's send window against the board's RX buffer, no I/O.
 //! - `io`: the blocking I/O: frames written in batches, answers read by a deadline, and the
 //!   loop that runs one command's exchange.
-//! - [`port`]: port settings, the byte transport, port listing.
+//! - `port`: port settings, the byte transport, port listing.
 //! - `pem`: PEM armour for a CSR the board returns as DER.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use self::port::{PortSettings, Transport, open_port};
 use self::state::{Failure, PUT_HEADER};
 use self::write::chunk_size;
 use crate::jig::error::JigError;
@@ -42,10 +41,15 @@ use crate::jig::wire::{Command, HelloAck, Response};
 
 mod io;
 mod pem;
-pub mod port;
+mod port;
 mod state;
 mod window;
 mod write;
+
+pub use self::port::{
+    DataBits, FlowControl, Parity, PortInfo, PortSettings, StopBits, Transport, line_time,
+    list_ports, open_port,
+};
 
 /// What a board says about itself in HELLO.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -81,7 +85,7 @@ impl From<HelloAck<'_>> for BoardInfo {
 }
 
 impl BoardInfo {
-    pub fn can_gen_csr(&self) -> bool {
+    pub(crate) fn can_gen_csr(&self) -> bool {
         Capabilities(self.capabilities).has(Capabilities::GEN_CSR)
     }
     /// Certificate, private key and thing name are all committed.
@@ -225,16 +229,6 @@ impl JigLink {
             board_key_staged: false,
             stats: LinkStats::default(),
         }
-    }
-
-    /// The port name given at open.
-    pub fn port(&self) -> &str {
-        &self.port
-    }
-
-    /// The board seen by the last HELLO, if any.
-    pub fn board(&self) -> Option<&BoardInfo> {
-        self.board.as_ref()
     }
 
     pub fn stats(&self) -> LinkStats {
@@ -384,7 +378,7 @@ impl JigLink {
     }
 
     /// Length and SHA-256 of live slots, in the order asked (five per round trip).
-    pub fn hashes(&mut self, slots: &[Slot]) -> Result<Vec<SlotHash>, JigError> {
+    pub(crate) fn hashes(&mut self, slots: &[Slot]) -> Result<Vec<SlotHash>, JigError> {
         let mut out = Vec::with_capacity(slots.len());
         for group in slots.chunks(MAX_HASH_SLOTS) {
             let command = Command::Hash {

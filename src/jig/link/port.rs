@@ -42,13 +42,6 @@ impl Default for PortSettings {
     }
 }
 
-impl PortSettings {
-    /// Time `bytes` take on the line at this baud rate (start + 8 data + stop bits).
-    pub fn line_time(&self, bytes: usize) -> Duration {
-        line_time(bytes, self.baud)
-    }
-}
-
 /// Time `bytes` take on a line at `baud`, at 10 bits per byte. Zero when `baud` is 0.
 pub fn line_time(bytes: usize, baud: u32) -> Duration {
     if baud == 0 {

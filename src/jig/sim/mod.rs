@@ -13,13 +13,13 @@
 //! - [`serials`]: [`SerialGenerator`], the board supply of a virtual line.
 //! - [`sim_board`]: `station sim-board` ([`run_sim_board`]).
 
-pub mod board;
-pub mod faults;
-pub mod flash;
-pub mod serials;
-pub mod sim_board;
+mod board;
+mod faults;
+mod flash;
+mod serials;
+mod sim_board;
 mod uart;
-pub mod virtual_jig;
+mod virtual_jig;
 
 pub use board::{BoardParams, BoardSpec};
 pub use faults::FaultConfig;

@@ -29,7 +29,7 @@ pub enum Command<'a> {
         entries: Vec<CommitEntry>,
         digest: [u8; DIGEST_LEN],
     },
-    /// Length and SHA-256 of 1 to [`MAX_HASH_SLOTS`] live slots.
+    /// Length and SHA-256 of 1 to 5 live slots.
     Hash {
         slots: Vec<Slot>,
     },

@@ -57,7 +57,7 @@ pub enum PayloadError {
 
 impl PayloadError {
     /// The NAK code a board answers this parse failure with.
-    pub fn nak_code(&self) -> ErrorCode {
+    pub(crate) fn nak_code(&self) -> ErrorCode {
         match self {
             PayloadError::UnknownCode(_) => ErrorCode::UnknownCommand,
             PayloadError::BadSlot(_) => ErrorCode::BadSlot,

@@ -22,5 +22,7 @@ pub mod protocol;
 mod response;
 
 pub use command::Command;
+#[cfg(test)]
+pub(crate) use message::testing;
 pub use message::{Message, PayloadError, PayloadReader};
 pub use response::{HelloAck, Response};

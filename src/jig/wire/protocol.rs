@@ -10,35 +10,35 @@
 use std::fmt;
 
 /// The protocol version this code speaks (HELLO carries it both ways).
-pub const PROTOCOL_VERSION: u8 = 1;
+pub(crate) const PROTOCOL_VERSION: u8 = 1;
 
 /// Command codes (station → board).
-pub mod cmd {
-    pub const HELLO: u8 = 0x01;
-    pub const GEN_CSR: u8 = 0x02;
-    pub const PUT: u8 = 0x03;
-    pub const COMMIT: u8 = 0x04;
-    pub const HASH: u8 = 0x05;
-    pub const READ: u8 = 0x06;
-    pub const ERASE: u8 = 0x07;
-    pub const RESET: u8 = 0x08;
+pub(crate) mod cmd {
+    pub(crate) const HELLO: u8 = 0x01;
+    pub(crate) const GEN_CSR: u8 = 0x02;
+    pub(crate) const PUT: u8 = 0x03;
+    pub(crate) const COMMIT: u8 = 0x04;
+    pub(crate) const HASH: u8 = 0x05;
+    pub(crate) const READ: u8 = 0x06;
+    pub(crate) const ERASE: u8 = 0x07;
+    pub(crate) const RESET: u8 = 0x08;
 }
 
 /// Response codes (board → station): `command | 0x80` acknowledges, `NAK` refuses.
-pub mod rsp {
-    pub const HELLO_ACK: u8 = 0x81;
-    pub const CSR: u8 = 0x82;
-    pub const PUT_ACK: u8 = 0x83;
-    pub const COMMIT_ACK: u8 = 0x84;
-    pub const HASH_ACK: u8 = 0x85;
-    pub const READ_ACK: u8 = 0x86;
-    pub const ERASE_ACK: u8 = 0x87;
-    pub const RESET_ACK: u8 = 0x88;
-    pub const NAK: u8 = 0xFF;
+pub(crate) mod rsp {
+    pub(crate) const HELLO_ACK: u8 = 0x81;
+    pub(crate) const CSR: u8 = 0x82;
+    pub(crate) const PUT_ACK: u8 = 0x83;
+    pub(crate) const COMMIT_ACK: u8 = 0x84;
+    pub(crate) const HASH_ACK: u8 = 0x85;
+    pub(crate) const READ_ACK: u8 = 0x86;
+    pub(crate) const ERASE_ACK: u8 = 0x87;
+    pub(crate) const RESET_ACK: u8 = 0x88;
+    pub(crate) const NAK: u8 = 0xFF;
 }
 
 /// Human name of a command code, for logs and errors.
-pub fn command_name(code: u8) -> &'static str {
+pub(crate) fn command_name(code: u8) -> &'static str {
     match code {
         cmd::HELLO => "HELLO",
         cmd::GEN_CSR => "GEN_CSR",
@@ -53,7 +53,7 @@ pub fn command_name(code: u8) -> &'static str {
 }
 
 /// SHA-256 digest length.
-pub const SHA256_LEN: usize = 32;
+pub(crate) const SHA256_LEN: usize = 32;
 /// Length of the digest COMMIT and COMMIT_ACK carry ([`commit_digest`]): the first 128 bits
 /// of a SHA-256. It guards against frames lost or garbled on a local serial cable (each frame
 /// also has a CRC-32) and against a flash that does not hold what was written, where 2⁻¹²⁸ is
@@ -61,11 +61,11 @@ pub const SHA256_LEN: usize = 32;
 /// path (1.7 % of the line for a typical identity). HASH keeps the full SHA-256.
 pub const DIGEST_LEN: usize = 16;
 /// Bytes a board's staging area holds: every slot's capacity, back to back.
-pub const STAGING_CAPACITY: usize = 4096 * 3 + 8192 + 128;
+pub(crate) const STAGING_CAPACITY: usize = 4096 * 3 + 8192 + 128;
 /// Slots one HASH may name.
-pub const MAX_HASH_SLOTS: usize = 5;
+pub(crate) const MAX_HASH_SLOTS: usize = 5;
 /// Longest NAK text a board sends (longer text is truncated by the encoder).
-pub const MAX_NAK_TEXT: usize = 64;
+pub(crate) const MAX_NAK_TEXT: usize = 64;
 
 /// A persistent storage slot on the board.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -84,7 +84,7 @@ pub enum Slot {
 }
 
 impl Slot {
-    pub const ALL: [Slot; 5] = [
+    pub(crate) const ALL: [Slot; 5] = [
         Slot::Certificate,
         Slot::PrivateKey,
         Slot::RootCa,
@@ -92,12 +92,12 @@ impl Slot {
         Slot::ThingName,
     ];
 
-    pub fn from_u8(v: u8) -> Option<Slot> {
+    pub(crate) fn from_u8(v: u8) -> Option<Slot> {
         Slot::ALL.into_iter().find(|s| *s as u8 == v)
     }
 
     /// The largest content the slot holds, in bytes.
-    pub const fn capacity(self) -> usize {
+    pub(crate) const fn capacity(self) -> usize {
         match self {
             Slot::Certificate | Slot::PrivateKey | Slot::RootCa => 4096,
             Slot::DeviceConfig => 8192,
@@ -106,11 +106,11 @@ impl Slot {
     }
 
     /// Index 0..5, for arrays indexed by slot.
-    pub const fn index(self) -> usize {
+    pub(crate) const fn index(self) -> usize {
         self as usize - 1
     }
 
-    pub const fn name(self) -> &'static str {
+    pub(crate) const fn name(self) -> &'static str {
         match self {
             Slot::Certificate => "certificate",
             Slot::PrivateKey => "private_key",
@@ -169,7 +169,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub fn to_u8(self) -> u8 {
+    pub(crate) fn to_u8(self) -> u8 {
         match self {
             ErrorCode::BadCrc => 0x01,
             ErrorCode::BadFrame => 0x02,
@@ -190,7 +190,7 @@ impl ErrorCode {
         }
     }
 
-    pub fn from_u8(v: u8) -> ErrorCode {
+    pub(crate) fn from_u8(v: u8) -> ErrorCode {
         match v {
             0x01 => ErrorCode::BadCrc,
             0x02 => ErrorCode::BadFrame,
@@ -211,7 +211,7 @@ impl ErrorCode {
         }
     }
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             ErrorCode::BadCrc => "BAD_CRC",
             ErrorCode::BadFrame => "BAD_FRAME",
@@ -248,13 +248,13 @@ pub struct Capabilities(pub u8);
 
 impl Capabilities {
     /// The board can make a key pair and a CSR itself (GEN_CSR).
-    pub const GEN_CSR: u8 = 0x01;
+    pub(crate) const GEN_CSR: u8 = 0x01;
     /// An identity is committed: certificate, private key and thing name are all live.
-    pub const IDENTITY: u8 = 0x02;
+    pub(crate) const IDENTITY: u8 = 0x02;
     /// A board-generated key is staged (GEN_CSR done, not yet committed).
-    pub const STAGED_KEY: u8 = 0x04;
+    pub(crate) const STAGED_KEY: u8 = 0x04;
 
-    pub fn has(self, flag: u8) -> bool {
+    pub(crate) fn has(self, flag: u8) -> bool {
         self.0 & flag != 0
     }
 }
@@ -270,16 +270,16 @@ pub struct CsrSubject {
 }
 
 /// Subject attribute identifiers used in GEN_CSR.
-pub mod attr {
-    pub const COMMON_NAME: u8 = 1;
-    pub const ORGANIZATION: u8 = 2;
-    pub const ORGANIZATIONAL_UNIT: u8 = 3;
-    pub const COUNTRY: u8 = 4;
-    pub const SERIAL_NUMBER: u8 = 5;
+pub(crate) mod attr {
+    pub(crate) const COMMON_NAME: u8 = 1;
+    pub(crate) const ORGANIZATION: u8 = 2;
+    pub(crate) const ORGANIZATIONAL_UNIT: u8 = 3;
+    pub(crate) const COUNTRY: u8 = 4;
+    pub(crate) const SERIAL_NUMBER: u8 = 5;
 }
 
 /// Key types for GEN_CSR.
-pub const KEY_TYPE_P256: u8 = 1;
+pub(crate) const KEY_TYPE_P256: u8 = 1;
 
 /// CSR encodings for GEN_CSR.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -332,7 +332,7 @@ pub struct SubjectAttrs<'a> {
 }
 
 /// SHA-256 of `data` (ring).
-pub fn sha256(data: &[u8]) -> [u8; SHA256_LEN] {
+pub(crate) fn sha256(data: &[u8]) -> [u8; SHA256_LEN] {
     let d = ring::digest::digest(&ring::digest::SHA256, data);
     let mut out = [0u8; SHA256_LEN];
     out.copy_from_slice(d.as_ref());

@@ -27,8 +27,8 @@ pub struct HelloAck<'a> {
     pub thing_name: Cow<'a, str>,
 }
 
-/// A board → station response. Decoding borrows from the frame; [`Response::into_owned`]
-/// keeps one past the frame's buffer.
+/// A board → station response. Decoding borrows from the frame; the station's link keeps an
+/// owned copy past the frame's buffer (`into_owned`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response<'a> {
     HelloAck(HelloAck<'a>),
@@ -213,7 +213,7 @@ impl<'a> Message<'a> for Response<'a> {
 impl Response<'_> {
     /// The same response owning its bytes, so the frame's buffer can be reused (the
     /// station's link keeps answers this way).
-    pub fn into_owned(self) -> Response<'static> {
+    pub(crate) fn into_owned(self) -> Response<'static> {
         match self {
             Response::HelloAck(h) => Response::HelloAck(HelloAck {
                 serial: Cow::Owned(h.serial.into_owned()),
@@ -263,7 +263,7 @@ impl Response<'_> {
     }
 
     /// The response's name, for errors (`PUT_ACK`, `NAK`, …).
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Response::HelloAck(_) => "HELLO_ACK",
             Response::Csr { .. } => "CSR",

@@ -282,7 +282,7 @@ impl VirtualJig {
     }
 
     /// Stops the board thread and waits for it.
-    pub fn shutdown(mut self) {
+    pub(crate) fn shutdown(mut self) {
         self.stop();
     }
 
