@@ -378,7 +378,7 @@ impl JigLink {
     }
 
     /// Length and SHA-256 of live slots, in the order asked (five per round trip).
-    pub(crate) fn hashes(&mut self, slots: &[Slot]) -> Result<Vec<SlotHash>, JigError> {
+    fn hashes(&mut self, slots: &[Slot]) -> Result<Vec<SlotHash>, JigError> {
         let mut out = Vec::with_capacity(slots.len());
         for group in slots.chunks(MAX_HASH_SLOTS) {
             let command = Command::Hash {
