@@ -5,11 +5,11 @@
 
 mod jig_support;
 
-use fleet_station::jig::{CsrSubject, JigError, JigLink, PortSettings};
+use fleet_station::jig::{CsrSubject, JigError, JigLink, PortSettings, VirtualJigConfig};
 use jig_support::{Fixture, Identity, settings};
 
 /// A line slow enough that a write takes a few hundred milliseconds.
-fn slow_line(c: &mut fleet_station::jig::VirtualJigConfig) {
+fn slow_line(c: &mut VirtualJigConfig) {
     c.baud = 115_200;
 }
 
@@ -23,16 +23,9 @@ fn slow_settings() -> PortSettings {
 /// Either identity, whole; panics on a mix.
 fn old_or_new(fx: &Fixture, serial: &str, old: &Identity, new: &Identity) -> &'static str {
     let flash = fx.flash(serial);
-    let is = |id: &Identity| {
-        flash.certificate() == Some(&id.cert[..])
-            && flash.private_key() == Some(&id.key[..])
-            && flash.root_ca() == Some(&id.root_ca[..])
-            && flash.device_config() == Some(&id.config[..])
-            && flash.slot(fleet_station::jig::Slot::ThingName) == Some(&id.thing[..])
-    };
-    if is(old) {
+    if old.is_in(&flash) {
         "old"
-    } else if is(new) {
+    } else if new.is_in(&flash) {
         "new"
     } else {
         panic!("the flash of {serial} holds neither identity whole: {flash:?}")

@@ -8,16 +8,13 @@ mod jig_support;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use std::io::{Read, Write};
-
-use fleet_station::jig::codec::FrameAssembler;
-use fleet_station::jig::port::line_time;
-use fleet_station::jig::protocol::{self, Command};
+use fleet_station::jig::wire::protocol;
+use fleet_station::jig::wire::{Command, Response};
 use fleet_station::jig::{
     BoardParams, CsrSubject, JigError, JigLink, PortSettings, SimBoardOptions, Slot, SlotWrite,
-    serve_sim_board,
+    VirtualJigConfig, line_time, serve_sim_board,
 };
-use jig_support::{Fixture, Identity, IoEvent, frames, settings};
+use jig_support::{Fixture, Identity, IoEvent, RawPort, command, frames, response, settings};
 use rcgen::PublicKeyData;
 
 #[test]
@@ -111,25 +108,33 @@ fn the_commit_goes_out_right_behind_the_puts_before_any_answer() {
     let sent = log.written_before_first_read();
     let puts = id.puts(chunk) as usize;
     assert_eq!(puts, 1, "one PUT frame carries all the slots");
-    let codes: Vec<u8> = sent.iter().map(|(code, _)| *code).collect();
-    let mut want = vec![protocol::cmd::PUT; puts];
-    want.push(protocol::cmd::COMMIT);
-    assert_eq!(codes, want);
+    let commands: Vec<Command<'_>> = sent.iter().map(command).collect();
+    assert_eq!(commands.len(), puts + 1, "{commands:?}");
     assert_eq!(report.frames_sent, puts as u64 + 1, "nothing else was sent");
     // The PUTs carry the slots back to back, in the order COMMIT lists them.
     let image: Vec<u8> = id.items().iter().flat_map(|i| i.data.to_vec()).collect();
     let mut staged = Vec::new();
-    for (_, payload) in &sent[..puts] {
-        let offset = u32::from_le_bytes(payload[..4].try_into().unwrap()) as usize;
-        assert_eq!(offset, staged.len());
-        staged.extend_from_slice(&payload[4..]);
+    for c in &commands[..puts] {
+        let Command::Put { offset, data } = c else {
+            panic!("expected a PUT, got {c:?}")
+        };
+        assert_eq!(*offset as usize, staged.len());
+        staged.extend_from_slice(data);
     }
     assert_eq!(staged, image);
-    // COMMIT: five staged entries with their lengths, then the digest over them.
-    let commit = &sent[puts].1;
-    assert_eq!(commit[0], 5);
+    // COMMIT: the five staged slots with their lengths, then the digest over them.
     let digest = protocol::commit_digest(id.items().iter().map(|i| (i.slot, i.data)));
-    assert_eq!(commit[1 + 5 * 4..], digest);
+    let Command::Commit {
+        entries,
+        digest: sent_digest,
+    } = &commands[puts]
+    else {
+        panic!("expected a COMMIT, got {:?}", commands[puts])
+    };
+    let listed: Vec<(Slot, usize)> = entries.iter().map(|e| (e.slot, e.len as usize)).collect();
+    let items: Vec<(Slot, usize)> = id.items().iter().map(|i| (i.slot, i.data.len())).collect();
+    assert_eq!(listed, items);
+    assert_eq!(*sent_digest, digest);
 
     // The board answered each PUT and the COMMIT, in that order; the COMMIT's answer is the
     // last thing read and carries the same digest, read back from its flash.
@@ -143,11 +148,18 @@ fn the_commit_goes_out_right_behind_the_puts_before_any_answer() {
         .flatten()
         .collect();
     let answers = frames(&received);
-    let codes: Vec<u8> = answers.iter().map(|(code, _)| *code).collect();
-    let mut want = vec![protocol::rsp::PUT_ACK; puts];
-    want.push(protocol::rsp::COMMIT_ACK);
-    assert_eq!(codes, want);
-    assert_eq!(answers[puts].1[5..], digest);
+    let answers: Vec<Response<'_>> = answers.iter().map(response).collect();
+    assert_eq!(answers.len(), puts + 1, "{answers:?}");
+    assert!(
+        answers[..puts]
+            .iter()
+            .all(|a| matches!(a, Response::PutAck { .. })),
+        "{answers:?}"
+    );
+    assert!(
+        matches!(answers[puts], Response::CommitAck { digest: d, .. } if d == digest),
+        "{answers:?}"
+    );
 }
 
 #[test]
@@ -170,8 +182,8 @@ fn with_a_small_rx_buffer_the_window_still_puts_the_commit_before_the_last_answe
     for e in log.events() {
         match e {
             IoEvent::Wrote(b) => {
-                for (code, _) in frames(&b) {
-                    if code == protocol::cmd::COMMIT {
+                for frame in frames(&b) {
+                    if matches!(command(&frame), Command::Commit { .. }) {
                         commit_written_with_unanswered = Some(written - answered);
                     }
                     written += 1;
@@ -232,16 +244,10 @@ fn gen_csr_key_stays_on_the_board_and_commits_with_the_certificate() {
     let scalar = p256_scalar(&pkcs8);
     let log = fx.jig.tx_log();
     assert!(!log.is_empty());
-    let mut received = Vec::new();
-    let mut asm = FrameAssembler::new();
-    let mut rest = &log[..];
-    while !rest.is_empty() {
-        let (used, ev) = asm.push(rest);
-        if let Some(Ok(f)) = ev {
-            received.extend_from_slice(f.payload);
-        }
-        rest = &rest[used..];
-    }
+    let received: Vec<u8> = frames(&log)
+        .into_iter()
+        .flat_map(|(_, payload)| payload)
+        .collect();
     for (what, needle) in [
         ("scalar", &scalar[..]),
         ("pkcs8", &pkcs8[..]),
@@ -367,7 +373,7 @@ fn port_can_be_closed_and_reopened() {
 
 /// 115200 baud, a small RX buffer and a flash slower than the line (30 ms per 256-byte PUT,
 /// which takes 23 ms to arrive): a sender that ignores the RX buffer loses bytes.
-fn slow_board(c: &mut fleet_station::jig::VirtualJigConfig) {
+fn slow_board(c: &mut VirtualJigConfig) {
     c.baud = 115_200;
     c.params = BoardParams {
         max_chunk: 256,
@@ -414,45 +420,21 @@ fn a_sender_that_ignores_the_rx_buffer_overruns_the_board() {
         slow_board(c);
         c.put_process_time = Duration::from_millis(80);
     });
-    let mut port = fleet_station::jig::port::open_port(
-        fx.jig.path(),
-        &PortSettings {
-            baud: 115_200,
-            ..settings()
-        },
-    )
-    .unwrap();
+    let mut raw = RawPort::open(&fx, 115_200);
     // HELLO, then 12 PUTs of 256 bytes (about 3 KiB) in one go, against a 1 KiB buffer.
-    let (mut head, mut wire) = (Vec::new(), Vec::new());
-    Command::Hello { version: 1 }
-        .encode(1, &mut head, &mut wire)
-        .unwrap();
     let data = vec![0x5Au8; 256];
-    for i in 0..12u16 {
-        Command::Put {
-            offset: u32::from(i) * 256,
-            data: &data,
-        }
-        .encode(2 + i, &mut head, &mut wire)
-        .unwrap();
-    }
-    port.write_all(&wire).unwrap();
+    let mut burst = vec![Command::Hello { version: 1 }];
+    burst.extend((0..12u32).map(|i| Command::Put {
+        offset: i * 256,
+        data: &data,
+    }));
+    raw.burst(&burst);
     // Collect answers until the board has been quiet for a while.
-    port.set_timeout(Duration::from_millis(800)).unwrap();
-    let mut asm = FrameAssembler::new();
-    let (mut acks, mut buf) = (0, [0u8; 512]);
-    while let Ok(n) = port.read(&mut buf) {
-        let mut rest = &buf[..n];
-        while !rest.is_empty() {
-            let (used, ev) = asm.push(rest);
-            if let Some(Ok(f)) = ev
-                && f.code == protocol::rsp::PUT_ACK
-            {
-                acks += 1;
-            }
-            rest = &rest[used..];
-        }
-    }
+    let answers = frames(&raw.read_until_quiet(Duration::from_millis(800)));
+    let acks = answers
+        .iter()
+        .filter(|a| matches!(response(a), Response::PutAck { .. }))
+        .count();
     let stats = fx.jig.stats();
     assert!(stats.rx_overrun_bytes > 0, "{stats:?}");
     assert!(acks < 12, "{acks} acks: some PUTs must have been lost");

@@ -1,20 +1,22 @@
 //! `JigError`: everything that can go wrong between the station and a board on a jig, each
-//! variant saying what happened and, in `help`, what the operator should do.
+//! variant saying what happened and, in `help`, what the operator should do. Its diagnostic
+//! codes are `station::jig::<kind>`; [`JigError::failure`] gives the kind as a
+//! [`JigFailure`], whose [`as_str`](JigFailure::as_str) is that last segment (what reports
+//! and the ledger record).
 //!
 //! No variant carries slot contents: errors name slots, lengths and codes only.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use miette::Diagnostic;
 
-use super::protocol::{ErrorCode, Slot};
+use super::wire::protocol::{ErrorCode, Slot};
 
 #[derive(Debug, thiserror::Error, Diagnostic)]
 pub enum JigError {
     #[error("cannot open serial port {port}: {source}")]
     #[diagnostic(
-        code(jig::open),
+        code(station::jig::open),
         help(
             "check that the jig's USB cable is plugged in and that {port} is the jig's port \
              (list the machine's serial ports to find it); on Linux the user needs to be in \
@@ -29,7 +31,7 @@ pub enum JigError {
 
     #[error("cannot list serial ports: {source}")]
     #[diagnostic(
-        code(jig::list_ports),
+        code(station::jig::list_ports),
         help("the system did not let us enumerate serial ports; check /sys/class/tty is readable")
     )]
     ListPorts {
@@ -39,7 +41,7 @@ pub enum JigError {
 
     #[error("serial I/O on {port} failed: {source}")]
     #[diagnostic(
-        code(jig::io),
+        code(station::jig::io),
         help(
             "the connection to jig {port} was lost: check its USB cable and hub, then reopen the port"
         )
@@ -52,7 +54,7 @@ pub enum JigError {
 
     #[error("no board answers on jig {port} (HELLO unanswered {tries} times)")]
     #[diagnostic(
-        code(jig::no_board),
+        code(station::jig::no_board),
         help(
             "place a board on jig {port} and check that it is seated on the pogo pins and powered; \
              if a board is there, check the jig's USB cable and the baud rate in the station config"
@@ -62,7 +64,7 @@ pub enum JigError {
 
     #[error("the board on jig {port} stopped answering {command} after {tries} tries")]
     #[diagnostic(
-        code(jig::timeout),
+        code(station::jig::timeout),
         help(
             "the board was removed, lost power or crashed: reseat it on jig {port} and retry; \
              committed data is intact (COMMIT is atomic)"
@@ -78,7 +80,7 @@ pub enum JigError {
         "the link to jig {port} is garbling frames: {command} failed {tries} times ({crc_errors} CRC errors)"
     )]
     #[diagnostic(
-        code(jig::garbled),
+        code(station::jig::garbled),
         help(
             "the serial line is noisy: check the USB cable and jig wiring, lower the baud rate, \
              or check that station and board use the same baud rate"
@@ -93,7 +95,7 @@ pub enum JigError {
 
     #[error("the board on jig {port} refused {command}: {code} (slot {detail}): {text}")]
     #[diagnostic(
-        code(jig::nak),
+        code(station::jig::nak),
         help(
             "the board rejected the request; if it repeats, take the board off the line for analysis"
         )
@@ -111,7 +113,7 @@ pub enum JigError {
          (frames lost or garbled on the line)"
     )]
     #[diagnostic(
-        code(jig::commit_hash_mismatch),
+        code(station::jig::commit_hash_mismatch),
         help(
             "the bytes the board received differ from what was sent, even after resending them \
              (line noise or a board fault); nothing was committed, the previous identity is \
@@ -127,7 +129,7 @@ pub enum JigError {
 
     #[error("the board on jig {port} refused COMMIT ({code}{slot_text}): {text}")]
     #[diagnostic(
-        code(jig::commit_refused),
+        code(station::jig::commit_refused),
         help(
             "nothing was committed and the previous identity is intact; the board may be \
              write-protected or already provisioned: set it aside for analysis"
@@ -142,7 +144,7 @@ pub enum JigError {
 
     #[error("the board on jig {port} rebooted during the operation: staged data was lost")]
     #[diagnostic(
-        code(jig::board_rebooted),
+        code(station::jig::board_rebooted),
         help(
             "the board reset itself (power glitch, watchdog or a loose contact on jig {port}); \
              its committed identity is intact: run the write again (a board-generated key needs \
@@ -153,7 +155,7 @@ pub enum JigError {
 
     #[error("slot {slot} on jig {port} may not be read back")]
     #[diagnostic(
-        code(jig::access_denied),
+        code(station::jig::access_denied),
         help("the private-key slot is never readable; verify it by HASH instead")
     )]
     AccessDenied { port: String, slot: Slot },
@@ -163,7 +165,7 @@ pub enum JigError {
          (board has {found_len} bytes, expected {expected_len})"
     )]
     #[diagnostic(
-        code(jig::verify_mismatch),
+        code(station::jig::verify_mismatch),
         help(
             "the board holds different data in slot {slot} than the station wrote: do not ship \
              this board; erase and rewrite it, and if it repeats, set it aside (flash fault)"
@@ -178,7 +180,7 @@ pub enum JigError {
 
     #[error("the board on jig {port} speaks jig protocol v{found}, the station speaks v{expected}")]
     #[diagnostic(
-        code(jig::version),
+        code(station::jig::version),
         help("update the board firmware or the station so both speak the same protocol version")
     )]
     Version {
@@ -191,7 +193,7 @@ pub enum JigError {
         "the board on jig {port} sent a malformed or unexpected response to {command}: {detail}"
     )]
     #[diagnostic(
-        code(jig::protocol),
+        code(station::jig::protocol),
         help("the board firmware does not follow jig protocol v1; check its version (HELLO)")
     )]
     Protocol {
@@ -202,7 +204,7 @@ pub enum JigError {
 
     #[error("cannot write {len} bytes to slot {slot}: {reason}")]
     #[diagnostic(
-        code(jig::bad_request),
+        code(station::jig::bad_request),
         help(
             "this is a station-side input problem: check what the pipeline hands to the jig writer"
         )
@@ -215,35 +217,257 @@ pub enum JigError {
 
     #[error("the board on jig {port} cannot generate a key and CSR")]
     #[diagnostic(
-        code(jig::no_gen_csr),
+        code(station::jig::no_gen_csr),
         help("set the station to generate keys itself (key pool) for this board type")
     )]
     NoGenCsr { port: String },
 
     #[error("virtual board flash {path}: {detail}")]
     #[diagnostic(
-        code(jig::flash),
+        code(station::jig::flash),
         help("check that the flash directory exists, is writable, and the disk is not full")
     )]
     Flash { path: PathBuf, detail: String },
 
     #[error("cannot create the virtual jig: {detail}")]
     #[diagnostic(
-        code(jig::fixture),
+        code(station::jig::fixture),
         help("pseudo-terminals must be available (/dev/ptmx); check the container allows them")
     )]
     Fixture { detail: String },
 }
 
-impl JigError {
-    /// How long the station may reasonably wait before retrying the whole operation, when
-    /// the error is transient; `None` when an operator must act first.
-    pub fn retry_after(&self) -> Option<Duration> {
+/// The kind of a [`JigError`], without its details: one variant per `JigError` variant. Its
+/// [`as_str`](Self::as_str) is the last segment of the error's diagnostic code, the short
+/// name failure reports and the ledger record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JigFailure {
+    /// `open`: the serial port could not be opened.
+    Open,
+    /// `list_ports`: the serial ports could not be listed.
+    ListPorts,
+    /// `io`: serial I/O failed (the adapter is gone).
+    Io,
+    /// `no_board`: nothing answered HELLO: no board on the jig.
+    NoBoard,
+    /// `timeout`: the board stopped answering.
+    Timeout,
+    /// `garbled`: the line garbled frames until the tries ran out.
+    Garbled,
+    /// `nak`: the board refused a command.
+    Nak,
+    /// `commit_hash_mismatch`: the board kept finding its staged data incomplete or different at COMMIT.
+    CommitHashMismatch,
+    /// `commit_refused`: the board refused to commit.
+    CommitRefused,
+    /// `board_rebooted`: the board rebooted during the operation.
+    BoardRebooted,
+    /// `access_denied`: the slot may not be read back.
+    AccessDenied,
+    /// `verify_mismatch`: the board holds other bytes than were written.
+    VerifyMismatch,
+    /// `version`: station and board speak different protocol versions.
+    Version,
+    /// `protocol`: the board sent a malformed or unexpected answer.
+    Protocol,
+    /// `bad_request`: the station asked for a write the board would refuse.
+    BadRequest,
+    /// `no_gen_csr`: the board cannot make its own key.
+    NoGenCsr,
+    /// `flash`: a virtual board's flash file could not be used.
+    Flash,
+    /// `fixture`: a virtual jig could not be set up.
+    Fixture,
+}
+
+impl JigFailure {
+    /// The short name: `no_board`, `verify_mismatch`, `timeout`, ….
+    pub const fn as_str(self) -> &'static str {
         match self {
-            JigError::BoardRebooted { .. }
-            | JigError::CommitHashMismatch { .. }
-            | JigError::Garbled { .. } => Some(Duration::from_millis(100)),
-            _ => None,
+            JigFailure::Open => "open",
+            JigFailure::ListPorts => "list_ports",
+            JigFailure::Io => "io",
+            JigFailure::NoBoard => "no_board",
+            JigFailure::Timeout => "timeout",
+            JigFailure::Garbled => "garbled",
+            JigFailure::Nak => "nak",
+            JigFailure::CommitHashMismatch => "commit_hash_mismatch",
+            JigFailure::CommitRefused => "commit_refused",
+            JigFailure::BoardRebooted => "board_rebooted",
+            JigFailure::AccessDenied => "access_denied",
+            JigFailure::VerifyMismatch => "verify_mismatch",
+            JigFailure::Version => "version",
+            JigFailure::Protocol => "protocol",
+            JigFailure::BadRequest => "bad_request",
+            JigFailure::NoGenCsr => "no_gen_csr",
+            JigFailure::Flash => "flash",
+            JigFailure::Fixture => "fixture",
         }
+    }
+}
+
+impl std::fmt::Display for JigFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl JigError {
+    /// What kind of failure this is, for counting and reporting it.
+    pub fn failure(&self) -> JigFailure {
+        match self {
+            JigError::Open { .. } => JigFailure::Open,
+            JigError::ListPorts { .. } => JigFailure::ListPorts,
+            JigError::Io { .. } => JigFailure::Io,
+            JigError::NoBoard { .. } => JigFailure::NoBoard,
+            JigError::Timeout { .. } => JigFailure::Timeout,
+            JigError::Garbled { .. } => JigFailure::Garbled,
+            JigError::Nak { .. } => JigFailure::Nak,
+            JigError::CommitHashMismatch { .. } => JigFailure::CommitHashMismatch,
+            JigError::CommitRefused { .. } => JigFailure::CommitRefused,
+            JigError::BoardRebooted { .. } => JigFailure::BoardRebooted,
+            JigError::AccessDenied { .. } => JigFailure::AccessDenied,
+            JigError::VerifyMismatch { .. } => JigFailure::VerifyMismatch,
+            JigError::Version { .. } => JigFailure::Version,
+            JigError::Protocol { .. } => JigFailure::Protocol,
+            JigError::BadRequest { .. } => JigFailure::BadRequest,
+            JigError::NoGenCsr { .. } => JigFailure::NoGenCsr,
+            JigError::Flash { .. } => JigFailure::Flash,
+            JigError::Fixture { .. } => JigFailure::Fixture,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One error of every kind.
+    fn one_of_each() -> Vec<JigError> {
+        let port = || "/dev/ttyUSB0".to_string();
+        let serial = || serialport::Error::new(serialport::ErrorKind::NoDevice, "gone");
+        vec![
+            JigError::Open {
+                port: port(),
+                source: serial(),
+            },
+            JigError::ListPorts { source: serial() },
+            JigError::Io {
+                port: port(),
+                source: std::io::Error::other("gone"),
+            },
+            JigError::NoBoard {
+                port: port(),
+                tries: 4,
+            },
+            JigError::Timeout {
+                port: port(),
+                command: "PUT",
+                tries: 4,
+            },
+            JigError::Garbled {
+                port: port(),
+                command: "PUT",
+                tries: 4,
+                crc_errors: 2,
+            },
+            JigError::Nak {
+                port: port(),
+                command: "READ",
+                code: ErrorCode::OutOfRange,
+                detail: 1,
+                text: "no".into(),
+            },
+            JigError::CommitHashMismatch {
+                port: port(),
+                code: ErrorCode::Incomplete,
+                tries: 4,
+            },
+            JigError::CommitRefused {
+                port: port(),
+                code: ErrorCode::CommitRefused,
+                slot_text: String::new(),
+                text: "locked".into(),
+            },
+            JigError::BoardRebooted { port: port() },
+            JigError::AccessDenied {
+                port: port(),
+                slot: Slot::PrivateKey,
+            },
+            JigError::VerifyMismatch {
+                port: port(),
+                slot: Slot::RootCa,
+                expected_len: 2,
+                found_len: 2,
+            },
+            JigError::Version {
+                port: port(),
+                found: 2,
+                expected: 1,
+            },
+            JigError::Protocol {
+                port: port(),
+                command: "HELLO",
+                detail: "short".into(),
+            },
+            JigError::BadRequest {
+                slot: Slot::ThingName,
+                len: 0,
+                reason: "no content",
+            },
+            JigError::NoGenCsr { port: port() },
+            JigError::Flash {
+                path: PathBuf::from("x.flash.json"),
+                detail: "unreadable".into(),
+            },
+            JigError::Fixture {
+                detail: "no pty".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_error_has_a_station_jig_code_ending_in_its_failure_and_a_help_line() {
+        let errors = one_of_each();
+        let mut kinds: Vec<JigFailure> = errors.iter().map(JigError::failure).collect();
+        for e in &errors {
+            let code = e.code().map(|c| c.to_string()).unwrap_or_default();
+            assert_eq!(code, format!("station::jig::{}", e.failure()), "{e:?}");
+            let help = e.help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(!help.is_empty(), "{code} has no help");
+        }
+        kinds.sort_by_key(|k| k.as_str());
+        kinds.dedup();
+        assert_eq!(kinds.len(), errors.len(), "one error per kind");
+    }
+
+    /// The short names are what reports and ledgers already hold (`jig:<name>`): they do
+    /// not change.
+    #[test]
+    fn failure_names_are_the_established_ones() {
+        let names: Vec<&str> = one_of_each().iter().map(|e| e.failure().as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "open",
+                "list_ports",
+                "io",
+                "no_board",
+                "timeout",
+                "garbled",
+                "nak",
+                "commit_hash_mismatch",
+                "commit_refused",
+                "board_rebooted",
+                "access_denied",
+                "verify_mismatch",
+                "version",
+                "protocol",
+                "bad_request",
+                "no_gen_csr",
+                "flash",
+                "fixture",
+            ]
+        );
     }
 }

@@ -1,16 +1,18 @@
 //! Shared helpers for the jig tests over real ptys: a virtual jig with queued boards, link
-//! settings for tests, a realistic identity to write, and a transport that records what the
+//! settings for tests, a realistic identity to write, frames decoded from a byte stream, a
+//! raw port that times one command against the board, and a transport that records what the
 //! link writes and reads.
 #![allow(dead_code)]
 
 use std::io::{self, Read, Write};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use fleet_station::jig::codec::FrameAssembler;
-use fleet_station::jig::port::{Transport, open_port};
+use fleet_station::jig::wire::codec::{Frame, FrameAssembler};
+use fleet_station::jig::wire::{Command, Message, Response};
 use fleet_station::jig::{
-    BoardSpec, Flash, JigLink, PortSettings, Slot, SlotWrite, VirtualJig, VirtualJigConfig,
+    BoardSpec, Flash, JigLink, PortSettings, Slot, SlotWrite, Transport, VirtualJig,
+    VirtualJigConfig, open_port,
 };
 
 pub struct Fixture {
@@ -153,11 +155,16 @@ impl Identity {
 
     /// The flash holds exactly this identity.
     pub fn assert_in(&self, flash: &Flash) {
-        assert_eq!(flash.certificate(), Some(&self.cert[..]));
-        assert_eq!(flash.private_key(), Some(&self.key[..]));
-        assert_eq!(flash.root_ca(), Some(&self.root_ca[..]));
-        assert_eq!(flash.device_config(), Some(&self.config[..]));
-        assert_eq!(flash.slot(Slot::ThingName), Some(&self.thing[..]));
+        for item in self.items() {
+            assert_eq!(flash.slot(item.slot), Some(item.data), "slot {}", item.slot);
+        }
+    }
+
+    /// Whether the flash holds this identity, every slot of it.
+    pub fn is_in(&self, flash: &Flash) -> bool {
+        self.items()
+            .iter()
+            .all(|item| flash.slot(item.slot) == Some(item.data))
     }
 }
 
@@ -211,6 +218,113 @@ pub fn frames(stream: &[u8]) -> Vec<(u8, Vec<u8>)> {
         rest = &rest[used..];
     }
     out
+}
+
+/// A frame's (code, payload) decoded as a command; panics if it is none.
+pub fn command((code, payload): &(u8, Vec<u8>)) -> Command<'_> {
+    Command::decode(&frame(*code, payload)).expect("a well-formed command")
+}
+
+/// A frame's (code, payload) decoded as a response; panics if it is none.
+pub fn response((code, payload): &(u8, Vec<u8>)) -> Response<'_> {
+    Response::decode(&frame(*code, payload)).expect("a well-formed response")
+}
+
+fn frame(code: u8, payload: &[u8]) -> Frame<'_> {
+    Frame {
+        code,
+        seq: 0,
+        payload,
+        crc: 0,
+    }
+}
+
+/// A raw port on a virtual jig, for what the link does not do: one command at a time, timed
+/// from the write to the last byte of the answer, or a burst written at once.
+pub struct RawPort {
+    pub port: Box<dyn serialport::SerialPort>,
+    seq: u16,
+}
+
+/// One command's round trip on a [`RawPort`].
+pub struct RoundTrip {
+    /// The answer, as (code, payload): decode it with [`response`].
+    pub answer: (u8, Vec<u8>),
+    /// Wire bytes out (the command) and in (the answer).
+    pub wire_out: usize,
+    pub wire_in: usize,
+    pub elapsed: Duration,
+}
+
+impl RawPort {
+    /// Opens the jig's port at `baud` without saying HELLO.
+    pub fn open(fx: &Fixture, baud: u32) -> RawPort {
+        let settings = PortSettings { baud, ..settings() };
+        let mut port = open_port(fx.jig.path(), &settings).unwrap();
+        port.set_timeout(Duration::from_secs(2)).unwrap();
+        RawPort { port, seq: 100 }
+    }
+
+    /// Opens the jig's port at `baud` and says HELLO.
+    pub fn hello(fx: &Fixture, baud: u32) -> RawPort {
+        let mut raw = RawPort::open(fx, baud);
+        raw.exchange(&Command::Hello { version: 1 });
+        raw
+    }
+
+    /// Sends `command` and waits for its answer, which must be the only thing that arrives.
+    pub fn exchange(&mut self, command: &Command<'_>) -> RoundTrip {
+        self.seq += 1;
+        let (mut head, mut wire) = (Vec::new(), Vec::new());
+        command.encode(self.seq, &mut head, &mut wire).unwrap();
+        let started = Instant::now();
+        self.port.write_all(&wire).unwrap();
+        let mut asm = FrameAssembler::new();
+        let mut buf = [0u8; 8192];
+        let mut received = 0;
+        loop {
+            let n = self.port.read(&mut buf).expect("the board answers");
+            let mut rest = &buf[..n];
+            while !rest.is_empty() {
+                let (used, ev) = asm.push(rest);
+                received += used;
+                rest = &rest[used..];
+                if let Some(frame) = ev {
+                    let elapsed = started.elapsed();
+                    let frame = frame.expect("a valid answer");
+                    assert_eq!(frame.seq, self.seq);
+                    Response::decode(&frame).expect("a well-formed answer");
+                    assert!(rest.is_empty(), "nothing but the answer arrived");
+                    return RoundTrip {
+                        answer: (frame.code, frame.payload.to_vec()),
+                        wire_out: wire.len(),
+                        wire_in: received,
+                        elapsed,
+                    };
+                }
+            }
+        }
+    }
+
+    /// Writes `commands` in one go, numbered from the next seq, without waiting.
+    pub fn burst(&mut self, commands: &[Command<'_>]) {
+        let (mut head, mut wire) = (Vec::new(), Vec::new());
+        for c in commands {
+            self.seq += 1;
+            c.encode(self.seq, &mut head, &mut wire).unwrap();
+        }
+        self.port.write_all(&wire).unwrap();
+    }
+
+    /// Every byte that arrives until the board has been quiet for `quiet`.
+    pub fn read_until_quiet(&mut self, quiet: Duration) -> Vec<u8> {
+        self.port.set_timeout(quiet).unwrap();
+        let (mut got, mut buf) = (Vec::new(), [0u8; 512]);
+        while let Ok(n) = self.port.read(&mut buf) {
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
 }
 
 /// A transport over a real port that records every write and every read, in order.

@@ -12,26 +12,44 @@
 //! Nothing here logs or reports slot contents: logs name commands, slots, sequence numbers
 //! and lengths only.
 //!
-//! The write itself (PUT stream, COMMIT, repairs) is in `write.rs`.
+//! # Layout
+//!
+//! - this file: [`JigLink`] and its commands (HELLO, GEN_CSR, HASH, READ, ERASE, RESET), what
+//!   they return, and how the board's refusals become [`JigError`]s.
+//! - `write`: the identity write (`write_identity`, `write_and_verify`): the staging image,
+//!   the PUT chunk size, and the blocking loop that runs the pipelined write.
+//! - `state`: the retransmission rules as state machines without I/O: one command's
+//!   exchange and the pipelined write (selective repeat), unit-tested without a port.
+//! - `window`: the pipelined write's send window against the board's RX buffer, no I/O.
+//! - `io`: the blocking I/O: frames written in batches, answers read by a deadline, and the
+//!   loop that runs one command's exchange.
+//! - `port`: port settings, the byte transport, port listing.
+//! - `pem`: PEM armour for a CSR the board returns as DER.
 
-use std::collections::{HashSet, VecDeque};
-use std::io::{self, Write};
-use std::time::{Duration, Instant};
+use std::collections::BTreeSet;
+use std::time::Duration;
 
-use zeroize::{Zeroize, Zeroizing};
-
-use super::codec::{self, FrameAssembler};
-use super::error::JigError;
-use super::pem;
-use super::port::{PortSettings, Transport, open_port};
-use super::protocol::{
-    self, Capabilities, CommitEntry, CommitSource, CsrFormat, CsrSubject, DIGEST_LEN, ErrorCode,
-    KEY_TYPE_P256, MAX_HASH_SLOTS, PROTOCOL_VERSION, Response, SHA256_LEN, Slot, SlotHash,
-    SubjectAttrs, attr, cmd,
+use self::state::{Failure, PUT_HEADER};
+use self::write::chunk_size;
+use crate::jig::error::JigError;
+use crate::jig::wire::codec::{self, FrameAssembler};
+use crate::jig::wire::protocol::{
+    self, Capabilities, CsrFormat, CsrSubject, ErrorCode, KEY_TYPE_P256, MAX_HASH_SLOTS,
+    PROTOCOL_VERSION, SHA256_LEN, Slot, SlotHash, SubjectAttrs, attr,
 };
-use super::window::PutWindow;
+use crate::jig::wire::{Command, HelloAck, Response};
 
+mod io;
+mod pem;
+mod port;
+mod state;
+mod window;
 mod write;
+
+pub use self::port::{
+    DataBits, FlowControl, Parity, PortInfo, PortSettings, StopBits, Transport, line_time,
+    list_ports, open_port,
+};
 
 /// What a board says about itself in HELLO.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -50,8 +68,24 @@ pub struct BoardInfo {
     pub thing_name: Option<String>,
 }
 
+impl From<HelloAck<'_>> for BoardInfo {
+    fn from(h: HelloAck<'_>) -> BoardInfo {
+        BoardInfo {
+            protocol_version: h.version,
+            serial: h.serial.into_owned(),
+            hw_rev: h.hw_rev.into_owned(),
+            fw_version: h.fw_version.into_owned(),
+            mac: h.mac,
+            capabilities: h.capabilities.0,
+            max_chunk: h.max_chunk,
+            rx_buffer: h.rx_buffer,
+            thing_name: (!h.thing_name.is_empty()).then(|| h.thing_name.into_owned()),
+        }
+    }
+}
+
 impl BoardInfo {
-    pub fn can_gen_csr(&self) -> bool {
+    pub(crate) fn can_gen_csr(&self) -> bool {
         Capabilities(self.capabilities).has(Capabilities::GEN_CSR)
     }
     /// Certificate, private key and thing name are all committed.
@@ -133,128 +167,8 @@ pub struct LinkStats {
     pub stray_frames: u64,
 }
 
-/// A decoded answer, owned so the assembler can be reused.
-#[derive(Debug)]
-enum Reply {
-    Hello(BoardInfo),
-    Csr {
-        format: CsrFormat,
-        csr: Vec<u8>,
-    },
-    PutAck {
-        offset: u32,
-        len: u16,
-    },
-    CommitAck {
-        count: u8,
-        generation: u32,
-        digest: [u8; DIGEST_LEN],
-    },
-    HashAck(Vec<SlotHash>),
-    ReadAck {
-        slot: Slot,
-        offset: u32,
-        data: Vec<u8>,
-    },
-    EraseAck,
-    ResetAck,
-    Nak {
-        code: ErrorCode,
-        detail: u8,
-        text: String,
-    },
-}
-
-impl Reply {
-    fn from_response(r: Response<'_>) -> Reply {
-        match r {
-            Response::HelloAck(h) => Reply::Hello(BoardInfo {
-                protocol_version: h.version,
-                serial: h.serial.to_string(),
-                hw_rev: h.hw_rev.to_string(),
-                fw_version: h.fw_version.to_string(),
-                mac: h.mac,
-                capabilities: h.capabilities.0,
-                max_chunk: h.max_chunk,
-                rx_buffer: h.rx_buffer,
-                thing_name: (!h.thing_name.is_empty()).then(|| h.thing_name.to_string()),
-            }),
-            Response::Csr { format, csr } => Reply::Csr {
-                format,
-                csr: csr.to_vec(),
-            },
-            Response::PutAck { offset, len } => Reply::PutAck { offset, len },
-            Response::CommitAck {
-                count,
-                generation,
-                digest,
-            } => Reply::CommitAck {
-                count,
-                generation,
-                digest,
-            },
-            Response::HashAck { entries } => Reply::HashAck(entries),
-            Response::ReadAck { slot, offset, data } => Reply::ReadAck {
-                slot,
-                offset,
-                data: data.to_vec(),
-            },
-            Response::EraseAck { .. } => Reply::EraseAck,
-            Response::ResetAck => Reply::ResetAck,
-            Response::Nak {
-                code, detail, text, ..
-            } => Reply::Nak {
-                code,
-                detail,
-                // Board-supplied: keep it short and printable.
-                text: text
-                    .chars()
-                    .filter(|c| !c.is_control())
-                    .take(protocol::MAX_NAK_TEXT)
-                    .collect(),
-            },
-        }
-    }
-
-    fn kind(&self) -> &'static str {
-        match self {
-            Reply::Hello(_) => "HELLO_ACK",
-            Reply::Csr { .. } => "CSR",
-            Reply::PutAck { .. } => "PUT_ACK",
-            Reply::CommitAck { .. } => "COMMIT_ACK",
-            Reply::HashAck(_) => "HASH_ACK",
-            Reply::ReadAck { .. } => "READ_ACK",
-            Reply::EraseAck => "ERASE_ACK",
-            Reply::ResetAck => "RESET_ACK",
-            Reply::Nak { .. } => "NAK",
-        }
-    }
-}
-
-enum Incoming {
-    Reply {
-        seq: u16,
-        reply: Reply,
-    },
-    /// A frame was dropped (bad CRC / COBS / length).
-    Corrupt,
-}
-
 /// Largest data in one PUT or READ the station uses (payload minus the PUT header).
-const PUT_HEADER: usize = 4;
 const MAX_CHUNK: usize = codec::MAX_PAYLOAD - PUT_HEADER;
-/// Wire size of a PUT_ACK and of a COMMIT_ACK, for deadline estimates.
-const ACK_WIRE: usize = codec::wire_len_for_payload(6);
-const COMMIT_ACK_WIRE: usize = codec::wire_len_for_payload(5 + DIGEST_LEN);
-/// The COMMIT's place in the send window (PUTs use their chunk index).
-const COMMIT_FRAME: usize = usize::MAX;
-
-/// What COMMIT's answer said.
-struct Committed {
-    generation: u32,
-    digest: [u8; DIGEST_LEN],
-    rounds: u32,
-}
 
 /// The station's connection to one jig.
 pub struct JigLink {
@@ -317,16 +231,6 @@ impl JigLink {
         }
     }
 
-    /// The port name given at open.
-    pub fn port(&self) -> &str {
-        &self.port
-    }
-
-    /// The board seen by the last HELLO, if any.
-    pub fn board(&self) -> Option<&BoardInfo> {
-        self.board.as_ref()
-    }
-
     pub fn stats(&self) -> LinkStats {
         self.stats
     }
@@ -343,7 +247,7 @@ impl JigLink {
         self.rx_start = 0;
         self.rx_end = 0;
         let reply = self.transact(
-            &protocol::Command::Hello {
+            &Command::Hello {
                 version: PROTOCOL_VERSION,
             },
             false,
@@ -358,7 +262,8 @@ impl JigLink {
             other => other?,
         };
         match reply {
-            Reply::Hello(info) => {
+            Response::HelloAck(hello) => {
+                let info = BoardInfo::from(hello);
                 if info.protocol_version != PROTOCOL_VERSION {
                     return Err(JigError::Version {
                         port: self.port.clone(),
@@ -384,7 +289,7 @@ impl JigLink {
                 self.board = Some(info.clone());
                 Ok(info)
             }
-            Reply::Nak {
+            Response::Nak {
                 code: ErrorCode::Version,
                 ..
             } => Err(JigError::Version {
@@ -419,15 +324,15 @@ impl JigLink {
         .into_iter()
         .filter(|(_, v)| !v.is_empty())
         .collect();
-        let command = protocol::Command::GenCsr {
+        let command = Command::GenCsr {
             key_type: KEY_TYPE_P256,
             format: CsrFormat::Pem,
             subject: SubjectAttrs { attrs },
         };
         match self.transact(&command, true)? {
-            Reply::Csr { format, csr } => {
+            Response::Csr { format, csr } => {
                 let pem = match format {
-                    CsrFormat::Pem => String::from_utf8(csr).map_err(|_| {
+                    CsrFormat::Pem => String::from_utf8(csr.into_owned()).map_err(|_| {
                         self.protocol_error("GEN_CSR", "CSR PEM is not UTF-8".into())
                     })?,
                     CsrFormat::Der => pem::encode("CERTIFICATE REQUEST", &csr),
@@ -438,9 +343,9 @@ impl JigLink {
                 self.board_key_staged = true;
                 Ok(pem)
             }
-            Reply::Nak {
+            Response::Nak {
                 code, detail, text, ..
-            } => Err(self.nak_error("GEN_CSR", code, detail, text)),
+            } => Err(self.nak_error("GEN_CSR", code, detail, &text)),
             other => Err(self.unexpected("GEN_CSR", other)),
         }
     }
@@ -473,20 +378,20 @@ impl JigLink {
     }
 
     /// Length and SHA-256 of live slots, in the order asked (five per round trip).
-    pub fn hashes(&mut self, slots: &[Slot]) -> Result<Vec<SlotHash>, JigError> {
+    fn hashes(&mut self, slots: &[Slot]) -> Result<Vec<SlotHash>, JigError> {
         let mut out = Vec::with_capacity(slots.len());
         for group in slots.chunks(MAX_HASH_SLOTS) {
-            let command = protocol::Command::Hash {
+            let command = Command::Hash {
                 slots: group.to_vec(),
             };
             match self.transact(&command, false)? {
-                Reply::HashAck(entries)
+                Response::HashAck { entries }
                     if entries.len() == group.len()
                         && entries.iter().zip(group).all(|(e, s)| e.slot == *s) =>
                 {
                     out.extend(entries)
                 }
-                Reply::HashAck(entries) => {
+                Response::HashAck { entries } => {
                     return Err(self.protocol_error(
                         "HASH",
                         format!(
@@ -495,9 +400,9 @@ impl JigLink {
                         ),
                     ));
                 }
-                Reply::Nak {
+                Response::Nak {
                     code, detail, text, ..
-                } => return Err(self.nak_error("HASH", code, detail, text)),
+                } => return Err(self.nak_error("HASH", code, detail, &text)),
                 other => return Err(self.unexpected("HASH", other)),
             }
         }
@@ -521,22 +426,22 @@ impl JigLink {
         while out.len() < len {
             let want = step.min(len - out.len());
             let offset = out.len() as u32;
-            let command = protocol::Command::Read {
+            let command = Command::Read {
                 slot,
                 offset,
                 len: want as u16,
             };
             match self.transact(&command, false)? {
-                Reply::ReadAck {
+                Response::ReadAck {
                     slot: s,
                     offset: o,
                     data,
                 } if s == slot && o == offset && !data.is_empty() && data.len() <= want => {
                     out.extend_from_slice(&data)
                 }
-                Reply::Nak {
+                Response::Nak {
                     code, detail, text, ..
-                } => return Err(self.nak_error("READ", code, detail, text)),
+                } => return Err(self.nak_error("READ", code, detail, &text)),
                 other => return Err(self.unexpected("READ", other)),
             }
         }
@@ -557,19 +462,19 @@ impl JigLink {
         let unique: Vec<Slot> = slots
             .iter()
             .copied()
-            .collect::<std::collections::BTreeSet<_>>()
+            .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        match self.transact(&protocol::Command::Erase { slots: unique }, true)? {
-            Reply::EraseAck => {
+        match self.transact(&Command::Erase { slots: unique }, true)? {
+            Response::EraseAck { .. } => {
                 if slots.contains(&Slot::PrivateKey) {
                     self.board_key_staged = false;
                 }
                 Ok(())
             }
-            Reply::Nak {
+            Response::Nak {
                 code, detail, text, ..
-            } => Err(self.nak_error("ERASE", code, detail, text)),
+            } => Err(self.nak_error("ERASE", code, detail, &text)),
             other => Err(self.unexpected("ERASE", other)),
         }
     }
@@ -578,17 +483,17 @@ impl JigLink {
     /// identity is then taken off and the next one placed. Send HELLO before anything else.
     pub fn reset(&mut self) -> Result<(), JigError> {
         self.ensure_hello()?;
-        let result = match self.transact(&protocol::Command::Reset, false) {
-            Ok(Reply::ResetAck) => Ok(()),
+        let result = match self.transact(&Command::Reset, false) {
+            Ok(Response::ResetAck) => Ok(()),
             // The RESET_ACK was lost and our retransmission reached the rebooted board.
-            Ok(Reply::Nak {
+            Ok(Response::Nak {
                 code: ErrorCode::NeedHello,
                 ..
             })
             | Err(JigError::BoardRebooted { .. }) => Ok(()),
-            Ok(Reply::Nak {
+            Ok(Response::Nak {
                 code, detail, text, ..
-            }) => Err(self.nak_error("RESET", code, detail, text)),
+            }) => Err(self.nak_error("RESET", code, detail, &text)),
             Ok(other) => Err(self.unexpected("RESET", other)),
             Err(e) => Err(e),
         };
@@ -611,241 +516,41 @@ impl JigLink {
         self.seq
     }
 
-    fn max_tries(&self) -> u32 {
-        self.settings.retries + 1
-    }
-
-    fn encode(&mut self, command: &protocol::Command<'_>, seq: u16) -> Result<(), JigError> {
-        self.wire.clear();
-        let tail = command.write_payload(&mut self.head);
-        self.payload_len = self.head.len() + tail.len();
-        codec::encode_frame(command.code(), seq, &self.head, tail, &mut self.wire).map_err(
-            |e| JigError::Protocol {
-                port: self.port.clone(),
-                command: protocol::command_name(command.code()),
-                detail: format!("cannot encode: {e}"),
-            },
-        )?;
-        Ok(())
-    }
-
-    /// Adds `self.wire` to the batch of frames to write, preceded by a lone delimiter on
-    /// retransmissions so the board drops any partial frame first.
-    fn stage_wire(&mut self, retransmission: bool) {
-        if retransmission {
-            self.batch.push(codec::DELIMITER);
-            self.stats.retransmissions += 1;
-        }
-        self.batch.extend_from_slice(&self.wire);
-        self.stats.frames_sent += 1;
-        self.stats.payload_bytes_written += self.payload_len as u64;
-        self.stats.wire_bytes_written += self.wire.len() as u64 + u64::from(retransmission);
-    }
-
-    /// Writes the batch to the port in one go.
-    fn flush(&mut self, command: &'static str) -> Result<(), JigError> {
-        if self.batch.is_empty() {
-            return Ok(());
-        }
-        let result = self.io.write_all(&self.batch);
-        self.batch.clear();
-        match result {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                self.stats.timeouts += 1;
-                Err(JigError::Timeout {
-                    port: self.port.clone(),
-                    command,
-                    tries: 1,
-                })
-            }
-            Err(source) => Err(JigError::Io {
-                port: self.port.clone(),
-                source,
-            }),
-        }
-    }
-
-    /// Writes `self.wire` (after a lone delimiter on a retransmission).
-    fn send_wire(&mut self, command: &'static str, retransmission: bool) -> Result<(), JigError> {
-        self.stage_wire(retransmission);
-        self.flush(command)
-    }
-
-    /// One command, one answer, with retransmission. NAKs other than BAD_CRC and BUSY are
-    /// returned as `Reply::Nak` for the caller to interpret; NEED_HELLO becomes
-    /// `BoardRebooted`.
-    fn transact(&mut self, command: &protocol::Command<'_>, slow: bool) -> Result<Reply, JigError> {
-        let name = protocol::command_name(command.code());
-        let seq = self.next_seq();
-        self.encode(command, seq)?;
-        let wait = if slow {
-            self.settings.long_timeout
-        } else {
-            self.settings.timeout
-        };
-        let crc_before = self.stats.crc_errors + self.stats.naks_crc;
-        let mut tries = 0;
-        loop {
-            if tries == self.max_tries() {
-                let garbled = self.stats.crc_errors + self.stats.naks_crc - crc_before;
-                return Err(if garbled > 0 {
-                    JigError::Garbled {
-                        port: self.port.clone(),
-                        command: name,
-                        tries,
-                        crc_errors: garbled,
-                    }
-                } else {
-                    JigError::Timeout {
-                        port: self.port.clone(),
-                        command: name,
-                        tries,
-                    }
-                });
-            }
-            if tries > 0 {
-                tracing::debug!(port = %self.port, command = name, seq, tries, "retransmitting");
-            }
-            match self.send_wire(name, tries > 0) {
-                Err(JigError::Timeout { .. }) => {
-                    tries += 1;
-                    continue;
-                }
-                other => other?,
-            }
-            tries += 1;
-            let deadline = Instant::now()
-                + wait
-                + self
-                    .settings
-                    .line_time(self.wire.len() + codec::MAX_WIRE.min(1024));
-            loop {
-                match self.recv(deadline)? {
-                    None => {
-                        self.stats.timeouts += 1;
-                        break;
-                    }
-                    // Most likely our answer, garbled: ask again (the board replays it).
-                    Some(Incoming::Corrupt) => break,
-                    Some(Incoming::Reply {
-                        reply:
-                            Reply::Nak {
-                                code: ErrorCode::BadCrc,
-                                ..
-                            },
-                        ..
-                    }) => {
-                        // The board could not read our frame (its seq may be garbled too).
-                        self.stats.naks_crc += 1;
-                        break;
-                    }
-                    Some(Incoming::Reply { seq: s, .. }) if s != seq => {
-                        self.stats.stray_frames += 1;
-                    }
-                    Some(Incoming::Reply {
-                        reply:
-                            Reply::Nak {
-                                code: ErrorCode::Busy,
-                                ..
-                            },
-                        ..
-                    }) => {
-                        // Back off before asking again; bounded by the try count.
-                        std::thread::sleep(Duration::from_millis(10) * tries);
-                        break;
-                    }
-                    Some(Incoming::Reply {
-                        reply:
-                            Reply::Nak {
-                                code: ErrorCode::NeedHello,
-                                ..
-                            },
-                        ..
-                    }) if command.code() != cmd::HELLO => {
-                        return Err(self.rebooted());
-                    }
-                    Some(Incoming::Reply { reply, .. }) => return Ok(reply),
-                }
-            }
-        }
-    }
-
-    /// The next frame from the board, or `None` at `deadline`.
-    fn recv(&mut self, deadline: Instant) -> Result<Option<Incoming>, JigError> {
-        loop {
-            while self.rx_start < self.rx_end {
-                let (used, event) = self.asm.push(&self.rx[self.rx_start..self.rx_end]);
-                self.rx_start += used;
-                match event {
-                    None => {}
-                    Some(Err(e)) => {
-                        self.stats.crc_errors += 1;
-                        tracing::debug!(port = %self.port, error = %e, "dropped a frame");
-                        return Ok(Some(Incoming::Corrupt));
-                    }
-                    Some(Ok(frame)) => {
-                        self.stats.frames_received += 1;
-                        let seq = frame.seq;
-                        return match Response::decode(&frame) {
-                            Ok(r) => Ok(Some(Incoming::Reply {
-                                seq,
-                                reply: Reply::from_response(r),
-                            })),
-                            Err(e) => Err(JigError::Protocol {
-                                port: self.port.clone(),
-                                command: "(any)",
-                                detail: format!("response code {:#04x} seq {seq}: {e}", frame.code),
-                            }),
-                        };
-                    }
-                }
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(None);
-            }
-            let wait = (deadline - now).max(Duration::from_millis(1));
-            self.io
-                .set_read_timeout(wait)
-                .map_err(|source| JigError::Io {
-                    port: self.port.clone(),
-                    source,
-                })?;
-            match self.io.read(&mut self.rx) {
-                Ok(0) => {
-                    return Err(JigError::Io {
-                        port: self.port.clone(),
-                        source: io::Error::new(io::ErrorKind::UnexpectedEof, "port closed"),
-                    });
-                }
-                Ok(n) => {
-                    self.rx_start = 0;
-                    self.rx_end = n;
-                    self.stats.wire_bytes_read += n as u64;
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::TimedOut
-                            | io::ErrorKind::WouldBlock
-                            | io::ErrorKind::Interrupted
-                    ) => {}
-                Err(source) => {
-                    return Err(JigError::Io {
-                        port: self.port.clone(),
-                        source,
-                    });
-                }
-            }
-        }
-    }
-
     fn rebooted(&mut self) -> JigError {
         self.board = None;
         self.board_key_staged = false;
         JigError::BoardRebooted {
             port: self.port.clone(),
+        }
+    }
+
+    /// The operator's error for a failed exchange or write: the one place that tells a line
+    /// that garbles frames from a board that does not answer.
+    fn failure(&mut self, failure: Failure) -> JigError {
+        match failure {
+            Failure::GaveUp {
+                command,
+                tries,
+                garbled,
+            } if garbled > 0 => JigError::Garbled {
+                port: self.port.clone(),
+                command,
+                tries,
+                crc_errors: garbled,
+            },
+            Failure::GaveUp { command, tries, .. } => JigError::Timeout {
+                port: self.port.clone(),
+                command,
+                tries,
+            },
+            Failure::Rebooted => self.rebooted(),
+            Failure::Nak {
+                command,
+                code,
+                detail,
+                text,
+            } => self.nak_error(command, code, detail, &text),
+            Failure::Protocol { command, detail } => self.protocol_error(command, detail),
         }
     }
 
@@ -857,8 +562,8 @@ impl JigLink {
         }
     }
 
-    fn unexpected(&self, command: &'static str, reply: Reply) -> JigError {
-        self.protocol_error(command, format!("unexpected {}", reply.kind()))
+    fn unexpected(&self, command: &'static str, reply: Response<'_>) -> JigError {
+        self.protocol_error(command, format!("unexpected {}", reply.name()))
     }
 
     fn nak_error(
@@ -866,8 +571,14 @@ impl JigLink {
         command: &'static str,
         code: ErrorCode,
         detail: u8,
-        text: String,
+        text: &str,
     ) -> JigError {
+        // Board-supplied: keep it short and printable.
+        let text: String = text
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(protocol::MAX_NAK_TEXT)
+            .collect();
         let port = self.port.clone();
         let slot = Slot::from_u8(detail);
         match code {
@@ -909,132 +620,13 @@ impl JigLink {
     }
 }
 
-/// Rejects requests the board would refuse anyway, before anything is sent.
-fn validate(items: &[SlotWrite<'_>]) -> Result<(), JigError> {
-    let mut seen = HashSet::new();
-    for item in items {
-        let reason = if item.data.is_empty() {
-            Some("no content")
-        } else if item.data.len() > item.slot.capacity() {
-            Some("larger than the slot's capacity")
-        } else if !seen.insert(item.slot) {
-            Some("slot listed twice")
-        } else {
-            None
-        };
-        if let Some(reason) = reason {
-            return Err(JigError::BadRequest {
-                slot: item.slot,
-                len: item.data.len(),
-                reason,
-            });
-        }
-    }
-    Ok(())
-}
-
-/// The PUT data size: the board's chunk limit, and small enough that two PUT frames fit in
-/// its RX buffer (one being handled while the next streams in); one when two cannot.
-fn chunk_size(board: &BoardInfo) -> usize {
-    let max = (board.max_chunk as usize).clamp(1, MAX_CHUNK);
-    let rx = board.rx_buffer as usize;
-    let half = rx / 2;
-    if codec::wire_len_for_payload(PUT_HEADER + 1) <= half {
-        largest_chunk(max, half)
-    } else {
-        largest_chunk(max, rx)
-    }
-}
-
-/// The largest chunk ≤ `max` whose PUT frame takes at most `budget` wire bytes (at least 1;
-/// HELLO checked that one byte fits the RX buffer).
-fn largest_chunk(max: usize, budget: usize) -> usize {
-    let fits = |c: usize| codec::wire_len_for_payload(PUT_HEADER + c) <= budget;
-    if fits(max) {
-        return max;
-    }
-    let (mut lo, mut hi) = (1, max);
-    while lo < hi {
-        let mid = (lo + hi).div_ceil(2);
-        if fits(mid) { lo = mid } else { hi = mid - 1 }
-    }
-    lo
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn info(max_chunk: u16, rx_buffer: u16) -> BoardInfo {
-        BoardInfo {
-            protocol_version: 1,
-            serial: "S".into(),
-            hw_rev: "A".into(),
-            fw_version: "1".into(),
-            mac: [0; 6],
-            capabilities: 0,
-            max_chunk,
-            rx_buffer,
-            thing_name: None,
-        }
-    }
 
     #[test]
     fn link_can_move_to_its_port_thread() {
         fn assert_send<T: Send>() {}
         assert_send::<JigLink>();
-    }
-
-    #[test]
-    fn two_put_frames_fit_the_rx_buffer() {
-        assert_eq!(chunk_size(&info(1024, 4096)), 1024);
-        let c = chunk_size(&info(4092, 4096));
-        assert!(2 * codec::wire_len_for_payload(PUT_HEADER + c) <= 4096);
-        assert!(2 * codec::wire_len_for_payload(PUT_HEADER + c + 1) > 4096);
-        let c = chunk_size(&info(4000, 600));
-        assert!(codec::wire_len_for_payload(PUT_HEADER + c) <= 300);
-        assert!(codec::wire_len_for_payload(PUT_HEADER + c + 1) > 300);
-        assert_eq!(chunk_size(&info(60_000, 60_000)), MAX_CHUNK);
-        // Too small for two frames of one byte: one frame, as large as fits.
-        let tiny = codec::wire_len_for_payload(PUT_HEADER + 1) + 3;
-        assert_eq!(chunk_size(&info(100, tiny as u16)), 4);
-    }
-
-    #[test]
-    fn validation_rejects_bad_requests_without_content_in_the_error() {
-        let key = b"-----BEGIN PRIVATE KEY----- secret";
-        let big = vec![b'x'; Slot::ThingName.capacity() + 1];
-        for items in [
-            vec![SlotWrite {
-                slot: Slot::Certificate,
-                data: &[],
-            }],
-            vec![SlotWrite {
-                slot: Slot::ThingName,
-                data: &big,
-            }],
-            vec![
-                SlotWrite {
-                    slot: Slot::PrivateKey,
-                    data: key,
-                },
-                SlotWrite {
-                    slot: Slot::PrivateKey,
-                    data: key,
-                },
-            ],
-        ] {
-            let err = validate(&items).unwrap_err();
-            let text = format!("{err} {err:?}");
-            assert!(!text.contains("secret"));
-        }
-        let dbg = format!(
-            "{:?}",
-            SlotWrite {
-                slot: Slot::PrivateKey,
-                data: key
-            }
-        );
-        assert!(!dbg.contains("secret"));
     }
 }

@@ -1,8 +1,21 @@
-//! The identity write: PUTs streamed back to back within the board's RX buffer, COMMIT right
-//! behind the last one, lost or garbled frames sent again, and COMMIT's answer carrying the
-//! digest the board read back from its flash.
+//! The identity write: the staging image and COMMIT built from the slots, the PUT chunk
+//! size, and the blocking loop that streams the PUTs within the board's RX buffer with COMMIT
+//! right behind the last one. Which frames go out, and which again, is decided by the
+//! [`PipelinedWrite`] state machine (`state.rs`); COMMIT's answer carries the digest the board
+//! read back from its flash.
 
-use super::*;
+use std::collections::HashSet;
+use std::time::Instant;
+
+use zeroize::{Zeroize, Zeroizing};
+
+use super::state::{
+    Committed, PUT_HEADER, PipelinedWrite, Timing, Transmit, WriteFrame, WriteStep,
+};
+use super::{BoardInfo, JigLink, MAX_CHUNK, SlotWrite, WriteReport};
+use crate::jig::error::JigError;
+use crate::jig::wire::protocol::{self, CommitEntry, CommitSource, Slot};
+use crate::jig::wire::{Command, codec};
 
 impl JigLink {
     /// Writes the slots and commits them, with the board-generated key when `gen_csr` made one
@@ -77,7 +90,7 @@ impl JigLink {
             });
         }
         let digest = protocol::commit_digest(items.iter().map(|i| (i.slot, i.data)));
-        let commit = protocol::Command::Commit { entries, digest };
+        let commit = Command::Commit { entries, digest };
         let chunk = chunk_size(&board);
         let chunks: Vec<(usize, usize)> = (0..total)
             .step_by(chunk)
@@ -121,223 +134,67 @@ impl JigLink {
 
     /// Streams `chunks` of `image` as PUTs with `commit` right behind the last one, keeping
     /// the wire bytes in flight within `budget` (the board's RX buffer), and waits for
-    /// COMMIT's answer. Frames lost or garbled on the line are sent again (same `seq`: the
-    /// board replays answers it already gave). When the board refuses the COMMIT because
-    /// staged data is missing or differs, the PUTs it did not acknowledge are sent again —
-    /// all of them if it acknowledged every one — and a new COMMIT follows them.
+    /// COMMIT's answer. What to send and what to send again is the [`PipelinedWrite`]'s
+    /// call; this loop only writes its frames, reads the board's answers and feeds them to it.
     fn stream_and_commit(
         &mut self,
         image: &[u8],
         chunks: &[(usize, usize)],
-        commit: &protocol::Command<'_>,
+        commit: &Command<'_>,
         budget: usize,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Committed, JigError> {
-        let put = |c: usize| {
-            let (off, len) = chunks[c];
-            protocol::Command::Put {
-                offset: off as u32,
-                data: &image[off..off + len],
-            }
-        };
-        let slots_committed = match commit {
-            protocol::Command::Commit { entries, .. } => entries.len(),
+        let slots = match commit {
+            Command::Commit { entries, .. } => entries.len(),
             _ => 0,
         };
         let total = image.len();
-        let crc_before = self.stats.crc_errors + self.stats.naks_crc;
         self.encode(commit, 0)?;
         let commit_wire = self.wire.len();
-
-        let mut window = PutWindow::new(budget);
-        let mut queue: VecDeque<usize> = (0..chunks.len()).collect();
-        // Acknowledged since it was last (re)queued / counted for progress.
-        let mut acked = vec![false; chunks.len()];
-        let mut counted = vec![false; chunks.len()];
-        let mut done = 0;
-        let mut commit_seq: Option<u16> = None;
-        let mut rounds = 1;
+        let mut write = PipelinedWrite::new(
+            chunks.to_vec(),
+            slots,
+            commit_wire,
+            budget,
+            Timing::of(&self.settings),
+        );
         loop {
             // Fill the window: the PUTs, then the COMMIT right behind the last one.
-            while let Some(&c) = queue.front() {
-                let wire_len = codec::wire_len_for_payload(PUT_HEADER + chunks[c].1);
-                if !window.can_send(wire_len) {
-                    break;
-                }
-                queue.pop_front();
-                let seq = self.next_seq();
-                self.encode(&put(c), seq)?;
+            while let Some(t) = write.poll_new(&mut self.seq, Instant::now()) {
+                self.encode_frame(&t, image, chunks, commit)?;
                 self.stage_wire(false);
-                let deadline = self.frame_deadline(&window, wire_len, false);
-                window.sent(seq, c, wire_len, deadline);
-            }
-            if queue.is_empty() && commit_seq.is_none() && window.can_send(commit_wire) {
-                let seq = self.next_seq();
-                self.encode(commit, seq)?;
-                self.stage_wire(false);
-                let deadline = self.frame_deadline(&window, commit_wire, true);
-                window.sent(seq, COMMIT_FRAME, commit_wire, deadline);
-                commit_seq = Some(seq);
             }
             self.flush("PUT")?;
 
-            let deadline = window
-                .next_deadline()
-                .unwrap_or_else(|| Instant::now() + self.settings.timeout);
-            let mut resend: Vec<u16> = Vec::new();
-            match self.recv(deadline)? {
-                None => {
-                    self.stats.timeouts += 1;
-                    resend = window.expired(Instant::now());
+            let input = self.recv(write.deadline(Instant::now()))?;
+            match write
+                .handle(input, Instant::now())
+                .map_err(|f| self.failure(f))?
+            {
+                WriteStep::Continue => {}
+                WriteStep::Stray => self.stats.stray_frames += 1,
+                WriteStep::Progress(done) => progress(done, total),
+                WriteStep::Repair { code, rounds } => {
+                    tracing::debug!(port = %self.port, %code, rounds,
+                        "staged data incomplete or different at COMMIT; resending");
                 }
-                // Most likely the answer to the oldest frame in flight, garbled: send that
-                // frame again and the board replays its answer.
-                Some(Incoming::Corrupt) => resend.extend(window.oldest()),
-                Some(Incoming::Reply { seq, reply }) => match reply {
-                    Reply::PutAck { offset, len }
-                        if window.get(seq).is_some_and(|f| f.chunk != COMMIT_FRAME) =>
-                    {
-                        let Some((f, skipped)) = window.ack(seq) else {
-                            continue;
-                        };
-                        let (off, clen) = chunks[f.chunk];
-                        if offset as usize != off || len as usize != clen {
-                            return Err(self.protocol_error(
-                                "PUT",
-                                format!(
-                                    "PUT_ACK for seq {seq} acknowledges {len} bytes at {offset}, \
-                                     sent {clen} at {off}"
-                                ),
-                            ));
-                        }
-                        acked[f.chunk] = true;
-                        if !counted[f.chunk] {
-                            counted[f.chunk] = true;
-                            done += clen;
-                            progress(done, total);
-                        }
-                        // The board answers in order: frames sent before this one and still
-                        // unanswered were lost (or their answers were).
-                        resend = skipped;
+                WriteStep::Committed(committed) => {
+                    if write.acknowledged() < total {
+                        progress(total, total);
                     }
-                    Reply::CommitAck {
-                        count,
-                        generation,
-                        digest,
-                    } if Some(seq) == commit_seq => {
-                        if count as usize != slots_committed {
-                            return Err(self.protocol_error(
-                                "COMMIT",
-                                format!(
-                                    "board committed {count} slots, {slots_committed} were asked"
-                                ),
-                            ));
-                        }
-                        if done < total {
-                            progress(total, total);
-                        }
-                        return Ok(Committed {
-                            generation,
-                            digest,
-                            rounds,
-                        });
-                    }
-                    Reply::Nak {
-                        code: code @ (ErrorCode::Incomplete | ErrorCode::HashMismatch),
-                        detail,
-                        text,
-                    } if Some(seq) == commit_seq => {
-                        let skipped = window.ack(seq).map(|(_, s)| s).unwrap_or_default();
-                        commit_seq = None;
-                        if rounds >= self.max_tries() {
-                            return Err(self.nak_error("COMMIT", code, detail, text));
-                        }
-                        rounds += 1;
-                        tracing::debug!(port = %self.port, %code, rounds,
-                            "staged data incomplete or different at COMMIT; resending");
-                        if acked.iter().all(|a| *a) {
-                            // Every PUT was acknowledged, yet the staging area differs: stage
-                            // everything again.
-                            acked.iter_mut().for_each(|a| *a = false);
-                            queue = (0..chunks.len()).collect();
-                        } else {
-                            resend = skipped;
-                        }
-                    }
-                    Reply::Nak {
-                        code: ErrorCode::BadCrc,
-                        ..
-                    } => {
-                        // The board could not read one of our frames (its seq may be garbled).
-                        self.stats.naks_crc += 1;
-                        if window.contains(seq) {
-                            resend.push(seq);
-                        } else {
-                            resend.extend(window.oldest());
-                        }
-                    }
-                    Reply::Nak {
-                        code: ErrorCode::Busy,
-                        ..
-                    } if window.contains(seq) => {
-                        let tries = window.get(seq).map_or(1, |f| f.tries);
-                        window.postpone(seq, Instant::now() + Duration::from_millis(10) * tries);
-                    }
-                    Reply::Nak {
-                        code: ErrorCode::NeedHello,
-                        ..
-                    } => return Err(self.rebooted()),
-                    Reply::Nak {
-                        code, detail, text, ..
-                    } if Some(seq) == commit_seq => {
-                        return Err(self.nak_error("COMMIT", code, detail, text));
-                    }
-                    Reply::Nak {
-                        code, detail, text, ..
-                    } if window.contains(seq) => {
-                        return Err(self.nak_error("PUT", code, detail, text));
-                    }
-                    _ => self.stats.stray_frames += 1,
-                },
+                    return Ok(committed);
+                }
             }
-            let mut seen = HashSet::new();
-            for seq in resend {
-                if !seen.insert(seq) {
-                    continue;
-                }
-                let Some(f) = window.get(seq).copied() else {
-                    continue;
-                };
-                let is_commit = f.chunk == COMMIT_FRAME;
-                let command = if is_commit { "COMMIT" } else { "PUT" };
-                if f.tries >= self.max_tries() {
-                    let garbled = self.stats.crc_errors + self.stats.naks_crc - crc_before;
-                    return Err(if garbled > 0 {
-                        JigError::Garbled {
-                            port: self.port.clone(),
-                            command,
-                            tries: f.tries,
-                            crc_errors: garbled,
-                        }
-                    } else {
-                        JigError::Timeout {
-                            port: self.port.clone(),
-                            command,
-                            tries: f.tries,
-                        }
-                    });
-                }
-                tracing::debug!(port = %self.port, command, seq, tries = f.tries, "retransmitting");
-                if is_commit {
-                    self.encode(commit, seq)?;
-                } else {
-                    self.encode(&put(f.chunk), seq)?;
-                }
-                self.stage_wire(true);
-                let deadline = self.frame_deadline(&window, 0, is_commit);
-                window.resent(seq, deadline);
+            while let Some(t) = write
+                .poll_resend(Instant::now())
+                .map_err(|f| self.failure(f))?
+            {
+                tracing::debug!(port = %self.port, command = t.command(), seq = t.seq,
+                    tries = t.tries, "retransmitting");
+                self.encode_frame(&t, image, chunks, commit)?;
+                self.stage_wire(t.is_retransmission());
             }
-            self.flush(if commit_seq.is_some() {
+            self.flush(if write.commit_in_flight() {
                 "COMMIT"
             } else {
                 "PUT"
@@ -345,17 +202,149 @@ impl JigLink {
         }
     }
 
-    /// When the answer to a frame of `extra` wire bytes, sent now behind `window`'s frames,
-    /// is due: the line time of everything ahead of it and of the answers, plus the board's
-    /// time (longer for COMMIT, which writes flash).
-    fn frame_deadline(&self, window: &PutWindow, extra: usize, commit: bool) -> Instant {
-        let answers = ACK_WIRE * (window.len() + 1) + if commit { COMMIT_ACK_WIRE } else { 0 };
-        let bytes = window.bytes_in_flight() + extra + answers;
-        let wait = if commit {
-            self.settings.long_timeout
+    /// Encodes the frame `t` names into `self.wire`: a PUT of its chunk of `image`, or
+    /// `commit`.
+    fn encode_frame(
+        &mut self,
+        t: &Transmit,
+        image: &[u8],
+        chunks: &[(usize, usize)],
+        commit: &Command<'_>,
+    ) -> Result<(), JigError> {
+        match t.frame {
+            WriteFrame::Put(c) => {
+                let (off, len) = chunks[c];
+                let put = Command::Put {
+                    offset: off as u32,
+                    data: &image[off..off + len],
+                };
+                self.encode(&put, t.seq)
+            }
+            WriteFrame::Commit => self.encode(commit, t.seq),
+        }
+    }
+}
+
+/// Rejects requests the board would refuse anyway, before anything is sent.
+pub(super) fn validate(items: &[SlotWrite<'_>]) -> Result<(), JigError> {
+    let mut seen = HashSet::new();
+    for item in items {
+        let reason = if item.data.is_empty() {
+            Some("no content")
+        } else if item.data.len() > item.slot.capacity() {
+            Some("larger than the slot's capacity")
+        } else if !seen.insert(item.slot) {
+            Some("slot listed twice")
         } else {
-            self.settings.timeout
+            None
         };
-        Instant::now() + wait + self.settings.line_time(bytes)
+        if let Some(reason) = reason {
+            return Err(JigError::BadRequest {
+                slot: item.slot,
+                len: item.data.len(),
+                reason,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The PUT data size: the board's chunk limit, and small enough that two PUT frames fit in
+/// its RX buffer (one being handled while the next streams in); one when two cannot.
+pub(super) fn chunk_size(board: &BoardInfo) -> usize {
+    let max = (board.max_chunk as usize).clamp(1, MAX_CHUNK);
+    let rx = board.rx_buffer as usize;
+    let half = rx / 2;
+    if codec::wire_len_for_payload(PUT_HEADER + 1) <= half {
+        largest_chunk(max, half)
+    } else {
+        largest_chunk(max, rx)
+    }
+}
+
+/// The largest chunk ≤ `max` whose PUT frame takes at most `budget` wire bytes (at least 1;
+/// HELLO checked that one byte fits the RX buffer).
+fn largest_chunk(max: usize, budget: usize) -> usize {
+    let fits = |c: usize| codec::wire_len_for_payload(PUT_HEADER + c) <= budget;
+    if fits(max) {
+        return max;
+    }
+    let (mut lo, mut hi) = (1, max);
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if fits(mid) { lo = mid } else { hi = mid - 1 }
+    }
+    lo
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(max_chunk: u16, rx_buffer: u16) -> BoardInfo {
+        BoardInfo {
+            protocol_version: 1,
+            serial: "S".into(),
+            hw_rev: "A".into(),
+            fw_version: "1".into(),
+            mac: [0; 6],
+            capabilities: 0,
+            max_chunk,
+            rx_buffer,
+            thing_name: None,
+        }
+    }
+
+    #[test]
+    fn two_put_frames_fit_the_rx_buffer() {
+        assert_eq!(chunk_size(&info(1024, 4096)), 1024);
+        let c = chunk_size(&info(4092, 4096));
+        assert!(2 * codec::wire_len_for_payload(PUT_HEADER + c) <= 4096);
+        assert!(2 * codec::wire_len_for_payload(PUT_HEADER + c + 1) > 4096);
+        let c = chunk_size(&info(4000, 600));
+        assert!(codec::wire_len_for_payload(PUT_HEADER + c) <= 300);
+        assert!(codec::wire_len_for_payload(PUT_HEADER + c + 1) > 300);
+        assert_eq!(chunk_size(&info(60_000, 60_000)), MAX_CHUNK);
+        // Too small for two frames of one byte: one frame, as large as fits.
+        let tiny = codec::wire_len_for_payload(PUT_HEADER + 1) + 3;
+        assert_eq!(chunk_size(&info(100, tiny as u16)), 4);
+    }
+
+    #[test]
+    fn validation_rejects_bad_requests_without_content_in_the_error() {
+        let key = b"-----BEGIN PRIVATE KEY----- secret";
+        let big = vec![b'x'; Slot::ThingName.capacity() + 1];
+        for items in [
+            vec![SlotWrite {
+                slot: Slot::Certificate,
+                data: &[],
+            }],
+            vec![SlotWrite {
+                slot: Slot::ThingName,
+                data: &big,
+            }],
+            vec![
+                SlotWrite {
+                    slot: Slot::PrivateKey,
+                    data: key,
+                },
+                SlotWrite {
+                    slot: Slot::PrivateKey,
+                    data: key,
+                },
+            ],
+        ] {
+            let err = validate(&items).unwrap_err();
+            let text = format!("{err} {err:?}");
+            assert!(!text.contains("secret"));
+        }
+        let dbg = format!(
+            "{:?}",
+            SlotWrite {
+                slot: Slot::PrivateKey,
+                data: key
+            }
+        );
+        assert!(!dbg.contains("secret"));
     }
 }

@@ -16,25 +16,25 @@ use crc::{CRC_32_ISO_HDLC, Crc, Table};
 
 /// CRC-32/ISO-HDLC (poly 0x04C11DB7 reflected, init 0xFFFFFFFF, xorout 0xFFFFFFFF,
 /// check("123456789") = 0xCBF43926), table-driven with 16 lanes for speed.
-pub static CRC32: Crc<u32, Table<16>> = Crc::<u32, Table<16>>::new(&CRC_32_ISO_HDLC);
+pub(crate) static CRC32: Crc<u32, Table<16>> = Crc::<u32, Table<16>>::new(&CRC_32_ISO_HDLC);
 
 /// Bytes before the payload: code (1) + sequence number (2).
-pub const HEADER_LEN: usize = 3;
+pub(crate) const HEADER_LEN: usize = 3;
 /// Bytes after the payload: the CRC-32.
-pub const CRC_LEN: usize = 4;
+pub(crate) const CRC_LEN: usize = 4;
 /// Smallest valid body: header + CRC with an empty payload.
-pub const MIN_BODY: usize = HEADER_LEN + CRC_LEN;
+pub(crate) const MIN_BODY: usize = HEADER_LEN + CRC_LEN;
 /// Largest payload any v1 frame may carry, in either direction.
 pub const MAX_PAYLOAD: usize = 4096;
 /// Largest body (header + payload + CRC).
-pub const MAX_BODY: usize = HEADER_LEN + MAX_PAYLOAD + CRC_LEN;
+pub(crate) const MAX_BODY: usize = HEADER_LEN + MAX_PAYLOAD + CRC_LEN;
 /// Largest frame on the wire, delimiter included.
 pub const MAX_WIRE: usize = cobs::max_encoding_length(MAX_BODY) + 1;
 /// The frame delimiter.
-pub const DELIMITER: u8 = 0x00;
+pub(crate) const DELIMITER: u8 = 0x00;
 
 /// Wire size (COBS + delimiter) of a frame whose body is `body_len` bytes, worst case.
-pub const fn wire_len_for_body(body_len: usize) -> usize {
+pub(crate) const fn wire_len_for_body(body_len: usize) -> usize {
     cobs::max_encoding_length(body_len) + 1
 }
 
@@ -79,7 +79,7 @@ pub enum CodecError {
 /// Appends one encoded frame (COBS body + delimiter) to `out`. The payload is given in two
 /// parts (`head` then `tail`) so a PUT's data never has to be copied into a scratch buffer.
 /// Returns the number of wire bytes appended.
-pub fn encode_frame(
+pub(crate) fn encode_frame(
     code: u8,
     seq: u16,
     head: &[u8],
@@ -119,7 +119,7 @@ pub fn encode_frame(
 }
 
 /// Decodes one frame in place. `wire` is the COBS data of one frame, without its delimiter.
-pub fn decode_frame(wire: &mut [u8]) -> Result<Frame<'_>, CodecError> {
+pub(crate) fn decode_frame(wire: &mut [u8]) -> Result<Frame<'_>, CodecError> {
     if wire.len() >= MAX_WIRE {
         return Err(CodecError::TooLong);
     }
@@ -188,12 +188,12 @@ impl FrameAssembler {
     }
 
     /// Bytes of an incomplete frame currently held.
-    pub fn pending(&self) -> usize {
+    pub(crate) fn pending(&self) -> usize {
         if self.consumed { 0 } else { self.buf.len() }
     }
 
     /// Forgets any partial frame (after a line break, a reboot, or a port reopen).
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.buf.clear();
         self.consumed = false;
         self.discarding = false;
@@ -239,7 +239,7 @@ impl FrameAssembler {
 
 /// Re-encodes `wire` (one complete frame with delimiter) with its CRC inverted: the frame
 /// stays valid COBS but fails its CRC check. Used by fault injection.
-pub fn corrupt_crc(wire: &[u8]) -> Vec<u8> {
+pub(crate) fn corrupt_crc(wire: &[u8]) -> Vec<u8> {
     let mut raw = wire.to_vec();
     if raw.last() == Some(&DELIMITER) {
         raw.pop();

@@ -4,7 +4,7 @@
 //! session flag (HELLO seen since boot) and the replay cache that makes retransmissions safe.
 //! COMMIT answers with the digest of what it reads back from flash after committing.
 //!
-//! The virtual jig (`virtual_board.rs`) drives it over a pty; tests can drive it directly.
+//! The virtual jig (`virtual_jig/`) drives it over a pty; tests can drive it directly.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -12,14 +12,15 @@ use std::path::{Path, PathBuf};
 use rcgen::{CertificateParams, DistinguishedName, DnType, DnValue, KeyPair};
 use zeroize::Zeroizing;
 
-use super::codec::Frame;
-use super::error::JigError;
 use super::flash::{Flash, Spare};
-use super::protocol::{
-    Capabilities, Command, CommitEntry, CommitSource, CsrFormat, DIGEST_LEN, ErrorCode, HelloAck,
-    KEY_TYPE_P256, PROTOCOL_VERSION, Response, STAGING_CAPACITY, Slot, SlotHash, SubjectAttrs,
-    attr, cmd, commit_digest, sha256,
+use crate::jig::error::JigError;
+use crate::jig::wire::codec::Frame;
+use crate::jig::wire::protocol::{
+    Capabilities, CommitEntry, CommitSource, CsrFormat, DIGEST_LEN, ErrorCode, KEY_TYPE_P256,
+    PROTOCOL_VERSION, STAGING_CAPACITY, Slot, SlotHash, SubjectAttrs, attr, cmd, commit_digest,
+    sha256,
 };
+use crate::jig::wire::{Command, HelloAck, Message, Response};
 
 /// Identity of a physical board, as the jig's queue hands it over.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +59,7 @@ impl Default for BoardParams {
     /// 4 KiB RX buffer.
     fn default() -> Self {
         BoardParams {
-            max_chunk: (super::codec::MAX_PAYLOAD - 4) as u16,
+            max_chunk: (crate::jig::wire::codec::MAX_PAYLOAD - 4) as u16,
             rx_buffer: 4096,
         }
     }
@@ -66,7 +67,7 @@ impl Default for BoardParams {
 
 /// What the driver must do after a frame was handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Send the answer (if any) and go on.
     Continue,
     /// Send the answer, then reboot (RESET).
@@ -77,7 +78,7 @@ pub enum Outcome {
 
 /// Board-level fault switches (the line-level ones live in the jig).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct BoardFaults {
+pub(crate) struct BoardFaults {
     /// Answer every COMMIT with COMMIT_REFUSED.
     pub refuse_commit: bool,
     /// Lose power half-way through the next COMMIT's flash write.
@@ -99,7 +100,7 @@ const REPLAY_DEPTH: usize = 32;
 
 type Nak = (ErrorCode, u8, &'static str);
 
-pub struct Board {
+pub(crate) struct Board {
     spec: BoardSpec,
     params: BoardParams,
     flash: Flash,
@@ -128,7 +129,11 @@ impl std::fmt::Debug for Board {
 
 impl Board {
     /// Powers a board up: loads its flash from `flash_dir` (or starts blank).
-    pub fn new(spec: BoardSpec, params: BoardParams, flash_dir: &Path) -> Result<Board, JigError> {
+    pub(crate) fn new(
+        spec: BoardSpec,
+        params: BoardParams,
+        flash_dir: &Path,
+    ) -> Result<Board, JigError> {
         let flash_path = Flash::path_for(flash_dir, &spec.serial);
         // Also empties what a torn store may have left in the spare.
         let spare = Flash::prepare_spare(&flash_path).ok();
@@ -148,29 +153,16 @@ impl Board {
         })
     }
 
-    pub fn spec(&self) -> &BoardSpec {
+    pub(crate) fn spec(&self) -> &BoardSpec {
         &self.spec
     }
 
-    pub fn params(&self) -> BoardParams {
-        self.params
-    }
-
-    /// Committed content.
-    pub fn flash(&self) -> &Flash {
-        &self.flash
-    }
-
-    pub fn flash_path(&self) -> &Path {
-        &self.flash_path
-    }
-
-    pub fn has_identity(&self) -> bool {
+    pub(crate) fn has_identity(&self) -> bool {
         self.flash.has_identity()
     }
 
     /// Reboot: RAM is lost (staged data, generated key, session, replay cache).
-    pub fn reboot(&mut self) {
+    pub(crate) fn reboot(&mut self) {
         self.staging = None;
         self.staged_key = None;
         self.session = false;
@@ -178,17 +170,17 @@ impl Board {
     }
 
     /// Appends a NAK for a frame whose CRC failed (`code`, `seq` as received).
-    pub fn nak_bad_crc(&mut self, code: u8, seq: u16, out: &mut Vec<u8>) {
+    pub(crate) fn nak_bad_crc(&mut self, code: u8, seq: u16, out: &mut Vec<u8>) {
         self.nak(seq, code, (ErrorCode::BadCrc, 0, "bad CRC, resend"), out);
     }
 
     /// Appends a NAK with `error` for command `code`/`seq` (fault injection, BUSY).
-    pub fn nak_with(&mut self, code: u8, seq: u16, error: ErrorCode, out: &mut Vec<u8>) {
+    pub(crate) fn nak_with(&mut self, code: u8, seq: u16, error: ErrorCode, out: &mut Vec<u8>) {
         self.nak(seq, code, (error, 0, "injected"), out);
     }
 
     /// Handles one valid frame, appending the answer to `out`.
-    pub fn handle(&mut self, frame: &Frame<'_>, out: &mut Vec<u8>) -> Outcome {
+    pub(crate) fn handle(&mut self, frame: &Frame<'_>, out: &mut Vec<u8>) -> Outcome {
         if frame.code != cmd::HELLO
             && let Some(c) = self
                 .replay
@@ -281,7 +273,7 @@ impl Board {
             code,
             detail,
             command,
-            text,
+            text: text.into(),
         };
         encode(&mut self.head, seq, &r, out);
     }
@@ -309,13 +301,13 @@ impl Board {
             max_chunk: self.params.max_chunk,
             rx_buffer: self.params.rx_buffer,
             mac: self.spec.mac,
-            serial: &self.spec.serial,
-            hw_rev: &self.spec.hw_rev,
-            fw_version: &self.spec.fw_version,
+            serial: self.spec.serial.as_str().into(),
+            hw_rev: self.spec.hw_rev.as_str().into(),
+            fw_version: self.spec.fw_version.as_str().into(),
             thing_name: if identity {
-                self.flash.thing_name().unwrap_or_default()
+                self.flash.thing_name().unwrap_or_default().into()
             } else {
-                ""
+                "".into()
             },
         });
         encode(&mut self.head, seq, &r, out);
@@ -366,7 +358,7 @@ impl Board {
         self.staged_key = Some(Zeroizing::new(key.serialize_pem().into_bytes()));
         let r = Response::Csr {
             format,
-            csr: &bytes,
+            csr: bytes.as_slice().into(),
         };
         encode(&mut self.head, seq, &r, out);
         Ok(())
@@ -533,7 +525,7 @@ impl Board {
         let r = Response::ReadAck {
             slot,
             offset,
-            data: &data[offset_us..end],
+            data: data[offset_us..end].into(),
         };
         encode(&mut self.head, seq, &r, out);
         Ok(())
@@ -590,7 +582,16 @@ fn encode(head: &mut Vec<u8>, seq: u16, r: &Response<'_>, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jig::codec::FrameAssembler;
+    use crate::jig::wire::codec::FrameAssembler;
+    use crate::jig::wire::testing::{decode_one, frame_of};
+
+    /// The board's answer in `out` (one frame), decoded.
+    fn answer(out: &[u8]) -> Response<'static> {
+        let (code, seq, payload) = decode_one(out);
+        Response::decode(&frame_of(code, seq, &payload))
+            .expect("a well-formed answer")
+            .into_owned()
+    }
 
     /// Sends one command to the board and decodes its answer, without I/O.
     struct Harness {
@@ -633,14 +634,12 @@ mod tests {
         }
 
         fn code_of(out: &[u8]) -> (u8, Option<ErrorCode>) {
-            let mut asm = FrameAssembler::new();
-            let (_, ev) = asm.push(out);
-            let f = ev.unwrap().unwrap();
-            let nak = match Response::decode(&f).unwrap() {
+            let r = answer(out);
+            let nak = match r {
                 Response::Nak { code, .. } => Some(code),
                 _ => None,
             };
-            (f.code, nak)
+            (r.code(), nak)
         }
     }
 
@@ -661,9 +660,7 @@ mod tests {
     }
 
     fn commit_ack_digest(out: &[u8]) -> [u8; DIGEST_LEN] {
-        let mut asm = FrameAssembler::new();
-        let (_, ev) = asm.push(out);
-        match Response::decode(&ev.unwrap().unwrap()).unwrap() {
+        match answer(out) {
             Response::CommitAck { digest, .. } => digest,
             other => panic!("expected COMMIT_ACK, got {other:?}"),
         }
@@ -707,8 +704,8 @@ mod tests {
             digest: [0; DIGEST_LEN],
         });
         assert_eq!(Harness::code_of(&out).1, Some(ErrorCode::HashMismatch));
-        assert_eq!(h.board.flash().certificate(), None);
-        assert!(!h.board.flash_path().exists());
+        assert_eq!(h.board.flash.certificate(), None);
+        assert!(!h.board.flash_path.exists());
         // Lengths that split the staged bytes differently from what the digest covers.
         let mut shifted = entries.clone();
         shifted[0].len -= 1;
@@ -726,10 +723,10 @@ mod tests {
         ]));
         assert_eq!(
             Harness::code_of(&out),
-            (crate::jig::protocol::rsp::COMMIT_ACK, None)
+            (crate::jig::wire::protocol::rsp::COMMIT_ACK, None)
         );
         assert_eq!(commit_ack_digest(&out), want);
-        let on_disk = Flash::load(h.board.flash_path()).unwrap();
+        let on_disk = Flash::load(&h.board.flash_path).unwrap();
         assert_eq!(on_disk.certificate(), Some(&cert[..]));
         assert_eq!(on_disk.thing_name(), Some("thing-1"));
         assert_eq!(on_disk.generation(), 1);
@@ -749,9 +746,7 @@ mod tests {
             data: &image[..500],
         });
         let (out, _) = h.send(&commit);
-        let mut asm = FrameAssembler::new();
-        let (_, ev) = asm.push(&out);
-        match Response::decode(&ev.unwrap().unwrap()).unwrap() {
+        match answer(&out) {
             Response::Nak { code, detail, .. } => {
                 assert_eq!(code, ErrorCode::Incomplete);
                 assert_eq!(
@@ -776,9 +771,9 @@ mod tests {
         });
         let (out, _) = h.send(&commit);
         assert_eq!(Harness::code_of(&out).1, None);
-        assert_eq!(h.board.flash().certificate(), Some(&cert[..]));
-        assert_eq!(h.board.flash().private_key(), Some(&key[..]));
-        assert_eq!(h.board.flash().generation(), 1);
+        assert_eq!(h.board.flash.certificate(), Some(&cert[..]));
+        assert_eq!(h.board.flash.private_key(), Some(&key[..]));
+        assert_eq!(h.board.flash.generation(), 1);
     }
 
     #[test]
@@ -801,9 +796,7 @@ mod tests {
         let (out, _) = h.send(&Command::Hash {
             slots: vec![Slot::Certificate, Slot::RootCa],
         });
-        let mut asm = FrameAssembler::new();
-        let (_, ev) = asm.push(&out);
-        let Response::HashAck { entries } = Response::decode(&ev.unwrap().unwrap()).unwrap() else {
+        let Response::HashAck { entries } = answer(&out) else {
             panic!("expected HASH_ACK")
         };
         assert_eq!(entries.len(), 2);
@@ -827,7 +820,7 @@ mod tests {
         let (first, _) = h.send_seq(&commit, 500);
         let (again, _) = h.send_seq(&commit, 500);
         assert_eq!(first, again, "same answer");
-        assert_eq!(h.board.flash().generation(), 1, "committed once");
+        assert_eq!(h.board.flash.generation(), 1, "committed once");
         // A new command with a new seq is executed (and fails: staging was consumed).
         let (out, _) = h.send_seq(&commit, 501);
         assert_eq!(Harness::code_of(&out).1, Some(ErrorCode::Incomplete));
@@ -876,7 +869,7 @@ mod tests {
         assert_eq!(Harness::code_of(&out).1, Some(ErrorCode::OutOfRange));
         let (out, _) = h.send(&Command::Put {
             offset: 0,
-            data: &vec![1u8; h.board.params().max_chunk as usize + 1],
+            data: &vec![1u8; h.board.params.max_chunk as usize + 1],
         });
         assert_eq!(Harness::code_of(&out).1, Some(ErrorCode::OutOfRange));
         // A slot longer than its capacity.
@@ -915,11 +908,11 @@ mod tests {
         });
         assert_eq!(
             Harness::code_of(&out),
-            (crate::jig::protocol::rsp::CSR, None)
+            (crate::jig::wire::protocol::rsp::CSR, None)
         );
         let (out, _) = h.send(&key_only);
         assert_eq!(Harness::code_of(&out).1, None);
-        let key = h.board.flash().private_key().unwrap();
+        let key = h.board.flash.private_key().unwrap();
         assert!(std::str::from_utf8(key).unwrap().contains("PRIVATE KEY"));
     }
 
@@ -939,7 +932,8 @@ mod tests {
                 .map(|_| if rng.bool() { rng.u8(0..8) } else { rng.u8(..) })
                 .collect();
             let mut wire = Vec::new();
-            crate::jig::codec::encode_frame(code, i as u16, &payload, &[], &mut wire).unwrap();
+            crate::jig::wire::codec::encode_frame(code, i as u16, &payload, &[], &mut wire)
+                .unwrap();
             let mut asm = FrameAssembler::new();
             let (_, ev) = asm.push(&wire);
             let frame = ev.unwrap().unwrap();
@@ -951,11 +945,9 @@ mod tests {
                 "code {code:#x} payload {payload:?} got no answer"
             );
             // The answer itself is a valid response.
-            let mut asm = FrameAssembler::new();
-            let (_, ev) = asm.push(&out);
-            let f = ev.unwrap().unwrap();
-            assert_eq!(f.seq, i as u16);
-            Response::decode(&f).unwrap();
+            let (code, seq, payload) = decode_one(&out);
+            assert_eq!(seq, i as u16);
+            Response::decode(&frame_of(code, seq, &payload)).unwrap();
         }
     }
 }

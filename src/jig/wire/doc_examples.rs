@@ -7,11 +7,12 @@
 
 use super::codec;
 use super::protocol::{
-    Capabilities, Command, CommitEntry, CommitSource, CsrFormat, ErrorCode, HelloAck,
-    KEY_TYPE_P256, Response, Slot, SlotHash, SubjectAttrs, attr, cmd, commit_digest, sha256,
+    Capabilities, CommitEntry, CommitSource, CsrFormat, ErrorCode, KEY_TYPE_P256, Slot, SlotHash,
+    SubjectAttrs, attr, cmd, commit_digest, sha256,
 };
+use super::{Command, HelloAck, Message, Response};
 
-const DOC: &str = include_str!("../../docs/jig-protocol.md");
+const DOC: &str = include_str!("../../../docs/jig-protocol.md");
 
 struct Example {
     name: &'static str,
@@ -43,10 +44,10 @@ fn examples() -> Vec<Example> {
                 max_chunk: 1024,
                 rx_buffer: 4096,
                 mac: [0x02, 0x46, 0x00, 0x00, 0x00, 0x01],
-                serial: "VB-000001",
-                hw_rev: "A",
-                fw_version: "1.0.0",
-                thing_name: "",
+                serial: "VB-000001".into(),
+                hw_rev: "A".into(),
+                fw_version: "1.0.0".into(),
+                thing_name: "".into(),
             }),
         ),
         command(
@@ -130,7 +131,7 @@ fn examples() -> Vec<Example> {
                 code: ErrorCode::Incomplete,
                 detail: Slot::ThingName as u8,
                 command: cmd::COMMIT,
-                text: "staged data incomplete",
+                text: "staged data incomplete".into(),
             },
         ),
         response(
@@ -140,7 +141,7 @@ fn examples() -> Vec<Example> {
                 code: ErrorCode::BadCrc,
                 detail: 0,
                 command: cmd::PUT,
-                text: "bad CRC",
+                text: "bad CRC".into(),
             },
         ),
     ]

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 /// One unacknowledged frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InFlight {
+pub(crate) struct InFlight {
     pub seq: u16,
     /// Caller's index of the chunk this frame carries.
     pub chunk: usize,
@@ -26,7 +26,7 @@ pub struct InFlight {
 }
 
 #[derive(Debug)]
-pub struct PutWindow {
+pub(crate) struct PutWindow {
     budget: usize,
     bytes: usize,
     /// Ordered by `order` (oldest send first).
@@ -36,7 +36,7 @@ pub struct PutWindow {
 
 impl PutWindow {
     /// `budget`: the board's RX buffer size in bytes.
-    pub fn new(budget: usize) -> PutWindow {
+    pub(crate) fn new(budget: usize) -> PutWindow {
         PutWindow {
             budget,
             bytes: 0,
@@ -47,33 +47,29 @@ impl PutWindow {
 
     /// Whether a frame of `wire_len` bytes may be sent now. An empty window always accepts
     /// one frame, so progress is possible even if a frame alone exceeds the budget.
-    pub fn can_send(&self, wire_len: usize) -> bool {
+    pub(crate) fn can_send(&self, wire_len: usize) -> bool {
         self.frames.is_empty() || self.bytes + wire_len <= self.budget
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.frames.len()
     }
 
     /// Wire bytes currently unacknowledged.
-    pub fn bytes_in_flight(&self) -> usize {
+    pub(crate) fn bytes_in_flight(&self) -> usize {
         self.bytes
     }
 
-    pub fn contains(&self, seq: u16) -> bool {
+    pub(crate) fn contains(&self, seq: u16) -> bool {
         self.frames.iter().any(|f| f.seq == seq)
     }
 
-    pub fn get(&self, seq: u16) -> Option<&InFlight> {
+    pub(crate) fn get(&self, seq: u16) -> Option<&InFlight> {
         self.frames.iter().find(|f| f.seq == seq)
     }
 
     /// Records a first transmission.
-    pub fn sent(&mut self, seq: u16, chunk: usize, wire_len: usize, deadline: Instant) {
+    pub(crate) fn sent(&mut self, seq: u16, chunk: usize, wire_len: usize, deadline: Instant) {
         let order = self.bump();
         self.bytes += wire_len;
         self.frames.push_back(InFlight {
@@ -87,7 +83,7 @@ impl PutWindow {
     }
 
     /// Records a retransmission of `seq`; returns the frame with its updated try count.
-    pub fn resent(&mut self, seq: u16, deadline: Instant) -> Option<InFlight> {
+    pub(crate) fn resent(&mut self, seq: u16, deadline: Instant) -> Option<InFlight> {
         let pos = self.frames.iter().position(|f| f.seq == seq)?;
         let mut f = self.frames.remove(pos)?;
         f.tries += 1;
@@ -98,7 +94,7 @@ impl PutWindow {
     }
 
     /// Moves the deadline of `seq` (e.g. to back off after BUSY) without resending.
-    pub fn postpone(&mut self, seq: u16, deadline: Instant) {
+    pub(crate) fn postpone(&mut self, seq: u16, deadline: Instant) {
         if let Some(f) = self.frames.iter_mut().find(|f| f.seq == seq) {
             f.deadline = deadline;
         }
@@ -107,7 +103,7 @@ impl PutWindow {
     /// Removes `seq` on its acknowledgement. Returns it and the sequence numbers of frames
     /// sent before it that are still unacknowledged (to resend now), or `None` if `seq` is
     /// not in flight (a late duplicate ack).
-    pub fn ack(&mut self, seq: u16) -> Option<(InFlight, Vec<u16>)> {
+    pub(crate) fn ack(&mut self, seq: u16) -> Option<(InFlight, Vec<u16>)> {
         let pos = self.frames.iter().position(|f| f.seq == seq)?;
         let f = self.frames.remove(pos)?;
         self.bytes -= f.wire_len;
@@ -116,17 +112,17 @@ impl PutWindow {
     }
 
     /// The frame in flight that was sent (or resent) longest ago.
-    pub fn oldest(&self) -> Option<u16> {
+    pub(crate) fn oldest(&self) -> Option<u16> {
         self.frames.front().map(|f| f.seq)
     }
 
     /// The earliest deadline among frames in flight.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.frames.iter().map(|f| f.deadline).min()
     }
 
     /// Sequence numbers whose deadline has passed at `now`, oldest send first.
-    pub fn expired(&self, now: Instant) -> Vec<u16> {
+    pub(crate) fn expired(&self, now: Instant) -> Vec<u16> {
         self.frames
             .iter()
             .filter(|f| f.deadline <= now)

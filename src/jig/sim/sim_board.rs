@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use crossbeam_channel::Receiver;
 
 use super::board::BoardParams;
-use super::error::JigError;
 use super::faults::FaultConfig;
-use super::line::SerialGenerator;
-use super::virtual_board::{VirtualJig, VirtualJigConfig};
+use super::serials::SerialGenerator;
+use super::virtual_jig::{VirtualJig, VirtualJigConfig};
+use crate::jig::error::JigError;
 
 /// Options of `station sim-board`.
 #[derive(Debug, Clone)]

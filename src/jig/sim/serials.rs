@@ -3,6 +3,7 @@
 
 use super::board::BoardSpec;
 
+/// An endless supply of boards for a virtual line (an iterator of [`BoardSpec`]s).
 #[derive(Debug, Clone)]
 pub struct SerialGenerator {
     prefix: String,
@@ -26,19 +27,9 @@ impl SerialGenerator {
         }
     }
 
-    pub fn hw_rev(mut self, hw_rev: &str) -> SerialGenerator {
+    /// Boards of hardware revision `hw_rev` (default `A`).
+    pub(crate) fn hw_rev(mut self, hw_rev: &str) -> SerialGenerator {
         self.hw_rev = hw_rev.to_string();
-        self
-    }
-
-    pub fn fw_version(mut self, fw_version: &str) -> SerialGenerator {
-        self.fw_version = fw_version.to_string();
-        self
-    }
-
-    /// Whether the boards can make their own key (GEN_CSR).
-    pub fn can_gen_csr(mut self, yes: bool) -> SerialGenerator {
-        self.can_gen_csr = yes;
         self
     }
 }

@@ -23,7 +23,7 @@ fn base64(data: &[u8]) -> String {
 }
 
 /// `-----BEGIN {label}-----` + base64 in 64-character lines + `-----END {label}-----`.
-pub fn encode(label: &str, der: &[u8]) -> String {
+pub(super) fn encode(label: &str, der: &[u8]) -> String {
     let b64 = base64(der);
     let mut out = format!("-----BEGIN {label}-----\n");
     for line in b64.as_bytes().chunks(64) {

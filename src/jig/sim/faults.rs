@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use super::protocol::{ErrorCode, Slot};
+use crate::jig::wire::protocol::{ErrorCode, Slot};
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FaultConfig {
@@ -47,7 +47,7 @@ pub struct FaultConfig {
 
 /// What to do with one received frame, decided before the board sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum RxFault {
+pub(crate) enum RxFault {
     None,
     Unplug,
     Reboot,
@@ -58,7 +58,7 @@ pub enum RxFault {
 
 /// What to do with the board's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TxFault {
+pub(crate) enum TxFault {
     None,
     Corrupt,
     DropBytes,
@@ -66,14 +66,14 @@ pub enum TxFault {
 
 /// The fault schedule in force: config + frame counter + random source.
 #[derive(Debug)]
-pub struct FaultPlan {
+pub(crate) struct FaultPlan {
     config: FaultConfig,
     index: u64,
     rng: fastrand::Rng,
 }
 
 impl FaultPlan {
-    pub fn new(config: FaultConfig) -> FaultPlan {
+    pub(crate) fn new(config: FaultConfig) -> FaultPlan {
         let rng = fastrand::Rng::with_seed(config.seed);
         FaultPlan {
             config,
@@ -82,18 +82,13 @@ impl FaultPlan {
         }
     }
 
-    pub fn config(&self) -> &FaultConfig {
+    pub(crate) fn config(&self) -> &FaultConfig {
         &self.config
-    }
-
-    /// Index the next received frame will get.
-    pub fn next_index(&self) -> u64 {
-        self.index
     }
 
     /// Called once per received frame; returns its index, the fault to apply on receipt and
     /// how long to stall before handling it.
-    pub fn on_receive(&mut self) -> (u64, RxFault, Duration) {
+    pub(crate) fn on_receive(&mut self) -> (u64, RxFault, Duration) {
         let i = self.index;
         self.index += 1;
         let c = &self.config;
@@ -121,7 +116,7 @@ impl FaultPlan {
     }
 
     /// The fault to apply to the answer to frame `index`.
-    pub fn on_transmit(&mut self, index: u64) -> TxFault {
+    pub(crate) fn on_transmit(&mut self, index: u64) -> TxFault {
         if self.config.drop_tx_bytes_at == Some(index) {
             TxFault::DropBytes
         } else if self.config.corrupt_tx_at == Some(index)

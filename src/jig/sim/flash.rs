@@ -26,8 +26,8 @@ use std::path::{Path, PathBuf};
 
 use zeroize::{Zeroize, Zeroizing};
 
-use super::error::JigError;
-use super::protocol::Slot;
+use crate::jig::error::JigError;
+use crate::jig::wire::protocol::Slot;
 
 const FORMAT: &str = "fleet-station-virtual-flash/1";
 
@@ -55,7 +55,7 @@ impl std::fmt::Debug for Flash {
 
 /// A flash's spare file, created and open, ready for [`Flash::store_prepared`].
 #[derive(Debug)]
-pub struct Spare {
+pub(crate) struct Spare {
     file: File,
     /// Its name, or `None` for an anonymous file (`O_TMPFILE`).
     named: Option<PathBuf>,
@@ -66,7 +66,7 @@ pub struct Spare {
 impl Spare {
     /// Removes the spare (a board that leaves the jig without committing). An anonymous one
     /// just goes away when closed.
-    pub fn discard(self) {
+    pub(crate) fn discard(self) {
         drop(self.file);
         if let Some(path) = &self.named {
             let _ = fs::remove_file(path);
@@ -93,7 +93,7 @@ impl Drop for FlashFile {
 
 impl Flash {
     /// An empty flash for a board.
-    pub fn new(serial: &str) -> Flash {
+    pub(crate) fn new(serial: &str) -> Flash {
         Flash {
             serial: serial.to_string(),
             ..Flash::default()
@@ -127,7 +127,7 @@ impl Flash {
     /// Reads back the flash `store_prepared` just wrote to `path` (`written` is what it
     /// returned): when the file holds exactly those bytes it holds `self`; otherwise whatever
     /// it holds is parsed.
-    pub fn read_back(&self, path: &Path, written: &[u8]) -> Result<Flash, JigError> {
+    pub(crate) fn read_back(&self, path: &Path, written: &[u8]) -> Result<Flash, JigError> {
         let bytes = Zeroizing::new(fs::read(path).map_err(|e| JigError::Flash {
             path: path.to_path_buf(),
             detail: format!("cannot read back: {e}"),
@@ -165,7 +165,7 @@ impl Flash {
     }
 
     /// Loads the flash at `path`, or an empty one for `serial` when there is no file yet.
-    pub fn load_or_new(path: &Path, serial: &str) -> Result<Flash, JigError> {
+    pub(crate) fn load_or_new(path: &Path, serial: &str) -> Result<Flash, JigError> {
         if path.exists() {
             Flash::load(path)
         } else {
@@ -178,7 +178,7 @@ impl Flash {
     /// flash file yet, else swapped with it (`renameat2(RENAME_EXCHANGE)`) under the name
     /// [`Flash::spare_path`], which then holds the previous image and is emptied, so no old
     /// key lingers. Not fsynced: see the module docs.
-    pub fn store(&self, path: &Path) -> Result<(), JigError> {
+    pub(crate) fn store(&self, path: &Path) -> Result<(), JigError> {
         self.store_prepared(path, Flash::prepare_spare(path)?)
             .map(|_| ())
     }
@@ -188,7 +188,7 @@ impl Flash {
     /// part of a store, done under the directory's lock when the file has a name). The spare
     /// is an anonymous file in the flash's directory (`O_TMPFILE`: no name, nothing to clean
     /// up if it is never used) where the file system allows it, else `.<name>.tmp`.
-    pub fn prepare_spare(path: &Path) -> Result<Spare, JigError> {
+    pub(crate) fn prepare_spare(path: &Path) -> Result<Spare, JigError> {
         let replaces = path.exists();
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
@@ -231,7 +231,7 @@ impl Flash {
 
     /// [`store`](Self::store) through a spare file prepared earlier. Returns the image
     /// written, for [`read_back`](Self::read_back).
-    pub fn store_prepared(
+    pub(crate) fn store_prepared(
         &self,
         path: &Path,
         mut spare: Spare,
@@ -275,7 +275,7 @@ impl Flash {
 
     /// Emulates power loss half-way through `store`: part of the new image reaches the spare
     /// file, nothing is renamed, so the committed file keeps its previous content.
-    pub fn store_torn(&self, path: &Path) -> Result<(), JigError> {
+    pub(crate) fn store_torn(&self, path: &Path) -> Result<(), JigError> {
         let bytes = self.serialize();
         let mut spare = Flash::prepare_named_spare(path, path.exists())?;
         spare
@@ -285,7 +285,7 @@ impl Flash {
     }
 
     /// The spare file `store` writes before swapping it in: `.<name>.tmp` beside `path`.
-    pub fn spare_path(path: &Path) -> PathBuf {
+    pub(crate) fn spare_path(path: &Path) -> PathBuf {
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -293,21 +293,12 @@ impl Flash {
         path.with_file_name(format!(".{name}.tmp"))
     }
 
-    /// Removes the spare file next to `path` (what a torn store may have left).
-    pub fn clean_temp_files(path: &Path) {
-        let _ = fs::remove_file(Flash::spare_path(path));
-    }
-
-    pub fn serial(&self) -> &str {
-        &self.serial
-    }
-
     /// Number of commits this flash has seen.
     pub fn generation(&self) -> u32 {
         self.generation
     }
 
-    pub fn set_generation(&mut self, generation: u32) {
+    pub(crate) fn set_generation(&mut self, generation: u32) {
         self.generation = generation;
     }
 
@@ -315,11 +306,11 @@ impl Flash {
         self.slots[slot.index()].as_deref().map(|v| v.as_slice())
     }
 
-    pub fn set_slot(&mut self, slot: Slot, data: &[u8]) {
+    pub(crate) fn set_slot(&mut self, slot: Slot, data: &[u8]) {
         self.slots[slot.index()] = Some(Zeroizing::new(data.to_vec()));
     }
 
-    pub fn clear_slot(&mut self, slot: Slot) {
+    pub(crate) fn clear_slot(&mut self, slot: Slot) {
         self.slots[slot.index()] = None;
     }
 
@@ -442,7 +433,7 @@ mod tests {
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let g = Flash::load(&path).unwrap();
-        assert_eq!(g.serial(), "VB/01");
+        assert_eq!(g.serial, "VB/01");
         assert_eq!(g.generation(), 3);
         assert_eq!(g.certificate(), Some(&b"CERT\0\xff"[..]));
         assert_eq!(g.thing_name(), Some("thing"));
@@ -462,7 +453,7 @@ mod tests {
         f.store_torn(&path).unwrap();
         assert_eq!(Flash::load(&path).unwrap().certificate(), Some(&b"old"[..]));
         assert!(Flash::spare_path(&path).exists());
-        Flash::clean_temp_files(&path);
+        fs::remove_file(Flash::spare_path(&path)).unwrap();
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
         // A store after a torn one overwrites the spare and swaps it in; the previous image
         // does not linger in the spare.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 pub use serialport::{DataBits, FlowControl, Parity, StopBits};
 
-use super::error::JigError;
+use crate::jig::error::JigError;
 
 /// How to open and drive a jig's serial port.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,13 +39,6 @@ impl Default for PortSettings {
             stop_bits: StopBits::One,
             flow_control: FlowControl::None,
         }
-    }
-}
-
-impl PortSettings {
-    /// Time `bytes` take on the line at this baud rate (start + 8 data + stop bits).
-    pub fn line_time(&self, bytes: usize) -> Duration {
-        line_time(bytes, self.baud)
     }
 }
 

@@ -1,0 +1,41 @@
+//! The jig's USB adapter while plugged in: a pty pair, with the jig's stable path pointing
+//! at the slave end (switched atomically on every replug).
+
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use serialport::{SerialPort, TTYPort};
+
+use super::sys;
+use crate::jig::error::JigError;
+
+/// The adapter while plugged in: a pty pair, and the stable path pointing at its slave.
+pub(super) struct Pty {
+    pub(super) master: TTYPort,
+    /// Our own handle on the slave end, so the master never sees a hang-up while the station
+    /// closes and reopens the port.
+    _slave: TTYPort,
+}
+
+impl Pty {
+    pub(super) fn open(link: &Path) -> Result<Pty, JigError> {
+        let fixture = |detail: String| JigError::Fixture { detail };
+        let (master, slave) =
+            TTYPort::pair().map_err(|e| fixture(format!("cannot open a pty pair: {e}")))?;
+        let target = slave
+            .name()
+            .ok_or_else(|| fixture("the pty slave has no path".into()))?;
+        sys::set_nonblocking(master.as_raw_fd())
+            .map_err(|e| fixture(format!("cannot make the pty non-blocking: {e}")))?;
+        // Point the stable path at the new pty atomically (symlink beside it, rename over).
+        let tmp = link.with_extension("new");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&target, &tmp)
+            .and_then(|()| std::fs::rename(&tmp, link))
+            .map_err(|e| fixture(format!("cannot link {} to {target}: {e}", link.display())))?;
+        Ok(Pty {
+            master,
+            _slave: slave,
+        })
+    }
+}
