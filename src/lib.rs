@@ -10,6 +10,9 @@
 //! - `fleet-emulator` ([`emulator`]): AWS IoT Core's fleet-provisioning API on one machine (an
 //!   MQTT broker over mutual TLS, a CA, the template engine, the registry); it depends on the
 //!   two crates above and on nothing of the station.
+//! - `fleet-jig` ([`jig`]): the jig protocol (frames, commands), the serial link to a board,
+//!   and the board simulator on pseudo-terminals used by tests and the demo; it depends on
+//!   nothing of the rest.
 //! - `fleet-station` (this crate): the station and the `station` binary.
 //!
 //! **The station** (what runs on the line), this crate's modules:
@@ -18,8 +21,6 @@
 //!   source and algorithm types.
 //! - [`provision`]: MQTT sessions with the claim certificate (rumqttc + rustls), the session pool
 //!   and the per-device `CreateCertificateFromCsr` → `RegisterThing` flow.
-//! - [`jig`]: the jig protocol (frames, commands), the serial link to a board, and the virtual
-//!   board on a pseudo-terminal used by tests and the demo.
 //! - [`ledger`]: the SQLite journal; every state change of a device is durable before the next
 //!   step acts on it.
 //! - [`telemetry`]: events from every stage, latency histograms, the progress printer and the
@@ -33,7 +34,6 @@
 pub mod config;
 pub mod error;
 pub mod halt;
-pub mod jig;
 pub mod keys;
 pub mod ledger;
 pub mod provision;
@@ -41,6 +41,7 @@ pub mod station;
 pub mod telemetry;
 
 pub use fleet_emulator as emulator;
+pub use fleet_jig as jig;
 pub use fleet_util::{files, shutdown, token_bucket};
 pub use fleet_wire as fleet;
 

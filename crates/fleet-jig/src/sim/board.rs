@@ -13,14 +13,14 @@ use rcgen::{CertificateParams, DistinguishedName, DnType, DnValue, KeyPair};
 use zeroize::Zeroizing;
 
 use super::flash::{Flash, Spare};
-use crate::jig::error::JigError;
-use crate::jig::wire::codec::Frame;
-use crate::jig::wire::protocol::{
+use crate::error::JigError;
+use crate::wire::codec::Frame;
+use crate::wire::protocol::{
     Capabilities, CommitEntry, CommitSource, CsrFormat, DIGEST_LEN, ErrorCode, KEY_TYPE_P256,
     PROTOCOL_VERSION, STAGING_CAPACITY, Slot, SlotHash, SubjectAttrs, attr, cmd, commit_digest,
     sha256,
 };
-use crate::jig::wire::{Command, HelloAck, Message, Response};
+use crate::wire::{Command, HelloAck, Message, Response};
 
 /// Identity of a physical board, as the jig's queue hands it over.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,7 +59,7 @@ impl Default for BoardParams {
     /// 4 KiB RX buffer.
     fn default() -> Self {
         BoardParams {
-            max_chunk: (crate::jig::wire::codec::MAX_PAYLOAD - 4) as u16,
+            max_chunk: (crate::wire::codec::MAX_PAYLOAD - 4) as u16,
             rx_buffer: 4096,
         }
     }
@@ -582,8 +582,8 @@ fn encode(head: &mut Vec<u8>, seq: u16, r: &Response<'_>, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jig::wire::codec::FrameAssembler;
-    use crate::jig::wire::testing::{decode_one, frame_of};
+    use crate::wire::codec::FrameAssembler;
+    use crate::wire::testing::{decode_one, frame_of};
 
     /// The board's answer in `out` (one frame), decoded.
     fn answer(out: &[u8]) -> Response<'static> {
@@ -723,7 +723,7 @@ mod tests {
         ]));
         assert_eq!(
             Harness::code_of(&out),
-            (crate::jig::wire::protocol::rsp::COMMIT_ACK, None)
+            (crate::wire::protocol::rsp::COMMIT_ACK, None)
         );
         assert_eq!(commit_ack_digest(&out), want);
         let on_disk = Flash::load(&h.board.flash_path).unwrap();
@@ -908,7 +908,7 @@ mod tests {
         });
         assert_eq!(
             Harness::code_of(&out),
-            (crate::jig::wire::protocol::rsp::CSR, None)
+            (crate::wire::protocol::rsp::CSR, None)
         );
         let (out, _) = h.send(&key_only);
         assert_eq!(Harness::code_of(&out).1, None);
@@ -932,8 +932,7 @@ mod tests {
                 .map(|_| if rng.bool() { rng.u8(0..8) } else { rng.u8(..) })
                 .collect();
             let mut wire = Vec::new();
-            crate::jig::wire::codec::encode_frame(code, i as u16, &payload, &[], &mut wire)
-                .unwrap();
+            crate::wire::codec::encode_frame(code, i as u16, &payload, &[], &mut wire).unwrap();
             let mut asm = FrameAssembler::new();
             let (_, ev) = asm.push(&wire);
             let frame = ev.unwrap().unwrap();

@@ -149,7 +149,7 @@ pub(crate) fn put_str8(out: &mut Vec<u8>, s: &str) {
 #[cfg(test)]
 pub(crate) mod testing {
     use super::*;
-    use crate::jig::wire::codec::FrameAssembler;
+    use crate::wire::codec::FrameAssembler;
 
     /// The one frame `wire` holds (delimiter included), as (code, seq, payload).
     pub(crate) fn decode_one(wire: &[u8]) -> (u8, u16, Vec<u8>) {

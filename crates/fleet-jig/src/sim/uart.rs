@@ -17,7 +17,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::jig::wire::codec::{self, CodecError, DELIMITER, FrameAssembler};
+use crate::wire::codec::{self, CodecError, DELIMITER, FrameAssembler};
 
 /// Bits per byte on an 8N1 line (start + 8 data + stop).
 const BITS_PER_BYTE: u128 = 10;

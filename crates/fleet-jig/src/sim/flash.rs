@@ -26,8 +26,8 @@ use std::path::{Path, PathBuf};
 
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::jig::error::JigError;
-use crate::jig::wire::protocol::Slot;
+use crate::error::JigError;
+use crate::wire::protocol::Slot;
 
 const FORMAT: &str = "fleet-station-virtual-flash/1";
 

@@ -185,8 +185,8 @@ impl<'a> Message<'a> for Command<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jig::wire::message::testing::{decode_one, frame_of};
-    use crate::jig::wire::protocol::{KEY_TYPE_P256, attr};
+    use crate::wire::message::testing::{decode_one, frame_of};
+    use crate::wire::protocol::{KEY_TYPE_P256, attr};
 
     fn all_commands() -> Vec<Command<'static>> {
         vec![

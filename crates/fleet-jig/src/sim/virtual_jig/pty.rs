@@ -7,7 +7,7 @@ use std::path::Path;
 use serialport::{SerialPort, TTYPort};
 
 use super::sys;
-use crate::jig::error::JigError;
+use crate::error::JigError;
 
 /// The adapter while plugged in: a pty pair, and the stable path pointing at its slave.
 pub(super) struct Pty {

@@ -9,7 +9,7 @@ use super::board::BoardParams;
 use super::faults::FaultConfig;
 use super::serials::SerialGenerator;
 use super::virtual_jig::{VirtualJig, VirtualJigConfig};
-use crate::jig::error::JigError;
+use crate::error::JigError;
 
 /// Options of `station sim-board`.
 #[derive(Debug, Clone)]

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use super::JigLink;
 use super::state::{Exchange, ExchangeStep, Input, Timing};
-use crate::jig::error::JigError;
-use crate::jig::wire::codec;
-use crate::jig::wire::protocol::{self, ErrorCode};
-use crate::jig::wire::{Command, Message, Response};
+use crate::error::JigError;
+use crate::wire::codec;
+use crate::wire::protocol::{self, ErrorCode};
+use crate::wire::{Command, Message, Response};
 
 impl JigLink {
     /// One command, one answer, with retransmission. NAKs other than BAD_CRC and BUSY are

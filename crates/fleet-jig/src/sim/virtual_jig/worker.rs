@@ -17,12 +17,12 @@ use crossbeam_channel::{Receiver, TryRecvError};
 
 use super::pty::Pty;
 use super::{Request, Shared, VirtualJigConfig, lock, sys};
-use crate::jig::error::JigError;
-use crate::jig::sim::board::{Board, BoardFaults, BoardSpec, Outcome};
-use crate::jig::sim::faults::{FaultPlan, RxFault, TxFault};
-use crate::jig::sim::uart::{RxFrame, Uart};
-use crate::jig::wire::codec::{self, CodecError};
-use crate::jig::wire::protocol::cmd;
+use crate::error::JigError;
+use crate::sim::board::{Board, BoardFaults, BoardSpec, Outcome};
+use crate::sim::faults::{FaultPlan, RxFault, TxFault};
+use crate::sim::uart::{RxFrame, Uart};
+use crate::wire::codec::{self, CodecError};
+use crate::wire::protocol::cmd;
 
 /// A frame the board handles later: after a stall, or after the flash time of a PUT.
 struct Deferred {
@@ -593,7 +593,7 @@ fn wake_at(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jig::sim::uart::time_of;
+    use crate::sim::uart::time_of;
 
     /// A HASH and its HASH_ACK on a 2 Mbaud line: 280 µs of line time in all.
     fn fast_line_with_a_small_frame_each_way(t: Instant) -> (Uart, usize, usize) {

@@ -281,8 +281,8 @@ impl Response<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jig::wire::message::testing::{decode_one, frame_of};
-    use crate::jig::wire::protocol::cmd;
+    use crate::wire::message::testing::{decode_one, frame_of};
+    use crate::wire::protocol::cmd;
 
     fn all_responses() -> Vec<Response<'static>> {
         vec![

@@ -43,10 +43,10 @@ use crossbeam_channel::{Receiver, Sender};
 use self::pty::Pty;
 use self::tmpdir::private_dir;
 use self::worker::Worker;
-use crate::jig::error::JigError;
-use crate::jig::sim::board::{BoardParams, BoardSpec};
-use crate::jig::sim::faults::FaultConfig;
-use crate::jig::sim::flash::Flash;
+use crate::error::JigError;
+use crate::sim::board::{BoardParams, BoardSpec};
+use crate::sim::faults::FaultConfig;
+use crate::sim::flash::Flash;
 
 mod pty;
 mod sys;

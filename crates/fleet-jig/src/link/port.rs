@@ -7,7 +7,7 @@ use std::time::Duration;
 
 pub use serialport::{DataBits, FlowControl, Parity, StopBits};
 
-use crate::jig::error::JigError;
+use crate::error::JigError;
 
 /// How to open and drive a jig's serial port.
 #[derive(Debug, Clone, PartialEq, Eq)]

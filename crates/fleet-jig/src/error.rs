@@ -240,7 +240,7 @@ pub enum JigError {
 /// The kind of a [`JigError`], without its details: one variant per `JigError` variant. Its
 /// [`as_str`](Self::as_str) is the last segment of the error's diagnostic code, the short
 /// name failure reports and the ledger record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum JigFailure {
     /// `open`: the serial port could not be opened.
     Open,

@@ -31,13 +31,13 @@ use std::time::Duration;
 
 use self::state::{Failure, PUT_HEADER};
 use self::write::chunk_size;
-use crate::jig::error::JigError;
-use crate::jig::wire::codec::{self, FrameAssembler};
-use crate::jig::wire::protocol::{
+use crate::error::JigError;
+use crate::wire::codec::{self, FrameAssembler};
+use crate::wire::protocol::{
     self, Capabilities, CsrFormat, CsrSubject, ErrorCode, KEY_TYPE_P256, MAX_HASH_SLOTS,
     PROTOCOL_VERSION, SHA256_LEN, Slot, SlotHash, SubjectAttrs, attr,
 };
-use crate::jig::wire::{Command, HelloAck, Response};
+use crate::wire::{Command, HelloAck, Response};
 
 mod io;
 mod pem;

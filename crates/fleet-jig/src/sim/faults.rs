@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use crate::jig::wire::protocol::{ErrorCode, Slot};
+use crate::wire::protocol::{ErrorCode, Slot};
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FaultConfig {

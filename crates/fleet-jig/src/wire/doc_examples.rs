@@ -12,7 +12,7 @@ use super::protocol::{
 };
 use super::{Command, HelloAck, Message, Response};
 
-const DOC: &str = include_str!("../../../docs/jig-protocol.md");
+const DOC: &str = include_str!("../../../../docs/jig-protocol.md");
 
 struct Example {
     name: &'static str,

@@ -13,9 +13,9 @@ use super::state::{
     Committed, PUT_HEADER, PipelinedWrite, Timing, Transmit, WriteFrame, WriteStep,
 };
 use super::{BoardInfo, JigLink, MAX_CHUNK, SlotWrite, WriteReport};
-use crate::jig::error::JigError;
-use crate::jig::wire::protocol::{self, CommitEntry, CommitSource, Slot};
-use crate::jig::wire::{Command, codec};
+use crate::error::JigError;
+use crate::wire::protocol::{self, CommitEntry, CommitSource, Slot};
+use crate::wire::{Command, codec};
 
 impl JigLink {
     /// Writes the slots and commits them, with the board-generated key when `gen_csr` made one

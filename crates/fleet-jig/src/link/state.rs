@@ -31,9 +31,9 @@ use std::time::{Duration, Instant};
 
 use super::port::{PortSettings, line_time};
 use super::window::PutWindow;
-use crate::jig::wire::Response;
-use crate::jig::wire::codec;
-use crate::jig::wire::protocol::{DIGEST_LEN, ErrorCode};
+use crate::wire::Response;
+use crate::wire::codec;
+use crate::wire::protocol::{DIGEST_LEN, ErrorCode};
 
 /// Bytes of a PUT payload before its data: the staging offset.
 pub(crate) const PUT_HEADER: usize = 4;
