@@ -532,8 +532,7 @@ mod tests {
         delete_certificate(&reg, B, false).unwrap();
         // A second reader of the same file sees it all, without the first closing.
         let c =
-            rusqlite::Connection::open(dir.path().join(crate::registry::REGISTRY_FILE))
-                .unwrap();
+            rusqlite::Connection::open(dir.path().join(crate::registry::REGISTRY_FILE)).unwrap();
         let json = |table: &str, key: &str| -> Option<String> {
             c.query_row(
                 &format!("SELECT json FROM {table} WHERE key = ?1"),

@@ -30,11 +30,11 @@ use std::collections::BTreeMap;
 
 use super::{ApiRequest, ApiService, durable};
 use crate::errors::Rejection;
+use crate::fleet::payloads::decode_or_default;
+use crate::fleet::{RegisterThingRequest, RegisterThingResponse};
 use crate::hook::{HookInput, HookOutcome, template_arn};
 use crate::registry::{CertStatus, Policy, Thing, TokenProblem, Txn, now_ms};
 use crate::template::{CertificateStatus, EvalContext, Override, Provisioned, ThingSpec};
-use crate::fleet::payloads::decode_or_default;
-use crate::fleet::{RegisterThingRequest, RegisterThingResponse};
 
 pub(super) async fn handle(
     svc: &ApiService,

@@ -38,9 +38,9 @@ use super::topic;
 use super::{ALPN_MQTT_CA, BrokerShared, Control};
 use crate::api::ApiRequest;
 use crate::ca::certificate_id;
+use crate::fleet::ReservedTopic;
 use crate::policy::{self, Action, Variables};
 use crate::registry::CertStatus;
-use crate::fleet::ReservedTopic;
 use crate::token_bucket::TokenBucket;
 
 /// How long the broker waits to hand a closing client its last packets.
