@@ -6,12 +6,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use miette::{NamedSource, SourceSpan};
 use serde::Deserialize;
 
 use crate::emulator::EmulatorConfig;
 use crate::fleet::{Format, MqttVersion, validate_template_name};
+use crate::jig::{DataBits, FlowControl, Parity, PortSettings, StopBits};
 use crate::keys::{KeyAlgorithm, KeySource};
 
 /// Placeholders a parameter value may use, filled per board.
@@ -300,6 +302,49 @@ pub struct PortEntry {
     pub stop_bits: Option<u8>,
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+}
+
+impl JigsSection {
+    /// Port settings for a jig at `baud`, with this section's answer timeout.
+    pub fn port_settings(&self, baud: u32) -> PortSettings {
+        PortSettings {
+            baud,
+            timeout: Duration::from_millis(self.timeout_ms),
+            ..PortSettings::default()
+        }
+    }
+}
+
+impl PortEntry {
+    /// The settings this port is opened with: its own line settings over `jigs`' defaults.
+    /// `data_bits` and `stop_bits` were checked by [`Config::validate`].
+    pub fn settings(&self, jigs: &JigsSection) -> PortSettings {
+        let mut s = jigs.port_settings(self.baud.unwrap_or(jigs.baud));
+        if let Some(t) = self.timeout_ms {
+            s.timeout = Duration::from_millis(t);
+        }
+        s.parity = match self.parity.unwrap_or(ParityConfig::None) {
+            ParityConfig::None => Parity::None,
+            ParityConfig::Even => Parity::Even,
+            ParityConfig::Odd => Parity::Odd,
+        };
+        s.flow_control = match self.flow_control.unwrap_or(FlowControlConfig::None) {
+            FlowControlConfig::None => FlowControl::None,
+            FlowControlConfig::Software => FlowControl::Software,
+            FlowControlConfig::Hardware => FlowControl::Hardware,
+        };
+        s.data_bits = match self.data_bits {
+            Some(5) => DataBits::Five,
+            Some(6) => DataBits::Six,
+            Some(7) => DataBits::Seven,
+            _ => DataBits::Eight,
+        };
+        s.stop_bits = match self.stop_bits {
+            Some(2) => StopBits::Two,
+            _ => StopBits::One,
+        };
+        s
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -1015,5 +1060,55 @@ mod tests {
         assert_eq!(fill_placeholders("literal", &values), Ok("literal".into()));
         assert_eq!(fill_placeholders("{mac}", &values), Err("mac"));
         assert_eq!(placeholders("{a}-{b}"), vec!["a", "b"]);
+    }
+
+    #[test]
+    fn a_port_is_opened_with_its_own_line_settings_over_the_jigs_defaults() {
+        let cfg = parse(
+            "[jigs]\nmode = \"serial\"\nbaud = 460800\ntimeout_ms = 250\n\
+             [[jigs.ports]]\nname = \"a\"\npath = \"/dev/ttyUSB0\"\n\
+             [[jigs.ports]]\nname = \"b\"\npath = \"/dev/ttyUSB1\"\nbaud = 115200\n\
+             parity = \"even\"\nflow_control = \"hardware\"\ndata_bits = 7\nstop_bits = 2\n\
+             timeout_ms = 900\n",
+        )
+        .unwrap();
+        let a = cfg.jigs.ports[0].settings(&cfg.jigs);
+        assert_eq!(
+            (
+                a.baud,
+                a.timeout,
+                a.parity,
+                a.flow_control,
+                a.data_bits,
+                a.stop_bits
+            ),
+            (
+                460_800,
+                Duration::from_millis(250),
+                Parity::None,
+                FlowControl::None,
+                DataBits::Eight,
+                StopBits::One
+            )
+        );
+        let b = cfg.jigs.ports[1].settings(&cfg.jigs);
+        assert_eq!(
+            (
+                b.baud,
+                b.timeout,
+                b.parity,
+                b.flow_control,
+                b.data_bits,
+                b.stop_bits
+            ),
+            (
+                115_200,
+                Duration::from_millis(900),
+                Parity::Even,
+                FlowControl::Hardware,
+                DataBits::Seven,
+                StopBits::Two
+            )
+        );
     }
 }

@@ -1,10 +1,11 @@
 //! Why a device failed, as a type: the short stable code counted in reports and written at
-//! the head of the ledger's reason (`register_thing:InvalidParameters`, `jig:verify`, …),
+//! the head of the ledger's reason (`register_thing:InvalidParameters`, `jig:verify_mismatch`, …),
 //! with the message that says which exchange failed and how.
 
 use std::fmt;
 
 use crate::fleet::ApiKind;
+use crate::jig::JigFailure;
 
 /// The stable code of a device failure. Its text (`Display`) is what `summary.json`'s
 /// `failures` and the ledger's `reason` carry.
@@ -34,7 +35,7 @@ pub enum FailureCode {
     /// The new certificate could not connect (`post_check:connect`).
     PostCheckConnect,
     /// The board failed at the jig (`jig:<kind>`).
-    Jig(String),
+    Jig(JigFailure),
     /// The board already holds a verified identity (`already_provisioned`).
     AlreadyProvisioned,
 }
@@ -86,7 +87,10 @@ mod tests {
                 "parameter:mac",
             ),
             (FailureCode::NeedsNewKey, "resume:needs_new_key"),
-            (FailureCode::Jig("verify".into()), "jig:verify"),
+            (
+                FailureCode::Jig(JigFailure::VerifyMismatch),
+                "jig:verify_mismatch",
+            ),
             (FailureCode::AlreadyProvisioned, "already_provisioned"),
         ];
         for (code, text) in cases {

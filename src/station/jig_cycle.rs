@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use miette::Diagnostic;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::halt::Halt;
@@ -92,8 +91,7 @@ impl LineContext {
 
 /// The failure code of a jig error (the last segment of its diagnostic code).
 fn jig_code(e: &JigError) -> FailureCode {
-    let code = e.code().map(|c| c.to_string()).unwrap_or_default();
-    FailureCode::Jig(code.rsplit("::").next().unwrap_or("error").to_string())
+    FailureCode::Jig(e.failure())
 }
 
 /// Runs the line cycle on one port until the line is done or the station stops.

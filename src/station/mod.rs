@@ -198,10 +198,7 @@ pub async fn run(cfg: &Config, opts: &RunOptions, shutdown: Shutdown) -> crate::
         cfg.jigs
             .ports
             .iter()
-            .map(|p| {
-                let settings = virtual_line::serial_port_settings(cfg, p);
-                (p.name.clone(), p.path.clone(), settings)
-            })
+            .map(|p| (p.name.clone(), p.path.clone(), p.settings(&cfg.jigs)))
             .collect()
     };
     if ports.is_empty() {

@@ -4,51 +4,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::jig_cycle::ReleaseHook;
-use crate::config::{Config, FlowControlConfig, ParityConfig, PortEntry};
+use crate::config::Config;
 use crate::jig::{PortSettings, SerialGenerator, VirtualJig, VirtualJigConfig};
 use crate::ledger::{DeviceState, Ledger};
-
-/// Port settings for a jig at `baud` from the `[jigs]` section.
-pub fn port_settings(cfg: &Config, baud: u32) -> PortSettings {
-    PortSettings {
-        baud,
-        timeout: Duration::from_millis(cfg.jigs.timeout_ms),
-        ..PortSettings::default()
-    }
-}
-
-/// Port settings of a configured serial port (`[[jigs.ports]]`).
-pub fn serial_port_settings(cfg: &Config, p: &PortEntry) -> PortSettings {
-    use crate::jig::{DataBits, FlowControl, Parity, StopBits};
-    let mut s = port_settings(cfg, p.baud.unwrap_or(cfg.jigs.baud));
-    if let Some(t) = p.timeout_ms {
-        s.timeout = Duration::from_millis(t);
-    }
-    s.parity = match p.parity {
-        None | Some(ParityConfig::None) => Parity::None,
-        Some(ParityConfig::Even) => Parity::Even,
-        Some(ParityConfig::Odd) => Parity::Odd,
-    };
-    s.flow_control = match p.flow_control {
-        None | Some(FlowControlConfig::None) => FlowControl::None,
-        Some(FlowControlConfig::Software) => FlowControl::Software,
-        Some(FlowControlConfig::Hardware) => FlowControl::Hardware,
-    };
-    s.data_bits = match p.data_bits {
-        Some(5) => DataBits::Five,
-        Some(6) => DataBits::Six,
-        Some(7) => DataBits::Seven,
-        _ => DataBits::Eight,
-    };
-    s.stop_bits = match p.stop_bits {
-        Some(2) => StopBits::Two,
-        _ => StopBits::One,
-    };
-    s
-}
 
 /// The running virtual jigs.
 pub struct VirtualLine {
@@ -105,7 +65,7 @@ impl VirtualLine {
         }
         let line = VirtualLine {
             jigs,
-            settings: port_settings(cfg, cfg.jigs.baud),
+            settings: cfg.jigs.port_settings(cfg.jigs.baud),
         };
         Ok((line, fed))
     }

@@ -382,7 +382,7 @@ mod tests {
             .await;
         t.emit(Event::DeviceFailed {
             serial: "b".into(),
-            reason: FailureCode::Jig("verify".into()),
+            reason: FailureCode::Jig(crate::jig::JigFailure::VerifyMismatch),
         })
         .await;
         t.emit(Event::Throttled {
@@ -395,7 +395,7 @@ mod tests {
             (agg.started, agg.provisioned, agg.failed, agg.throttled),
             (2, 1, 1, 1)
         );
-        assert_eq!(agg.failures["jig:verify"], 1);
+        assert_eq!(agg.failures["jig:verify_mismatch"], 1);
         let h = &agg.histograms[&Stage::RegisterThing];
         assert_eq!(h.len(), 3);
         assert!((19_900..=20_100).contains(&h.value_at_quantile(0.5)));
