@@ -37,7 +37,7 @@ from cryptography.x509.oid import NameOID
 
 QOS1 = mqtt.QoS.AT_LEAST_ONCE
 
-# What the fixtures' templates give back (fixtures/templates/*.json; reference §3.7 (a), (c)).
+# What the fixtures' templates give back (fixtures/templates/*.json; docs/aws-fleet-provisioning.md §3.7 (a), (c)).
 LOCATION_CONFIG = {
     "FallbackUrl": "https://www.example.com/test-site",
     "LocationUrl": "https://example.aws",  # Fn::FindInMap LocationTable/Seattle/LocationUrl
@@ -72,7 +72,7 @@ TEMPLATES = {
 }
 
 CERT_ID = re.compile(r"^[0-9a-f]{64}$")
-EMPTY_TOKEN_MESSAGE = "Certificate ownership token cannot be empty."  # OBSERVED, reference §1.2
+EMPTY_TOKEN_MESSAGE = "Certificate ownership token cannot be empty."  # OBSERVED, docs/aws-fleet-provisioning.md §1.2
 
 
 class CaseFailure(Exception):
@@ -699,7 +699,7 @@ def case_device_connect(ctx: Ctx) -> str:
         reg = register.expect_accepted(lambda qos: client.publish_register_thing(register_request(
             template, resp.certificate_ownership_token, TEMPLATES[template].parameters(serial)), qos))
         thing = check_registered(ctx, template, serial, reg.thing_name, reg.device_configuration)
-    # The claim session is closed; the device now connects as itself (reference §2 "After success").
+    # The claim session is closed; the device now connects as itself (docs/aws-fleet-provisioning.md §2 "After success").
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     try:
