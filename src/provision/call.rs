@@ -13,7 +13,7 @@ use super::rate::RateLimiter;
 use super::session::{CloseCause, ErrorClass, PubAckRefusal, Reply, SessionError, Verdict};
 use super::{DeviceFailure, FailureCode, NotProvisioned};
 use crate::fleet::{Api, ApiKind, ErrorResponse, ReplyKind};
-use crate::telemetry::Event;
+use crate::telemetry::{ApiResult, Event};
 
 /// How long a request already sent may still be answered after the station was told to stop.
 const STOP_GRACE: Duration = Duration::from_secs(2);
@@ -30,6 +30,8 @@ pub fn backoff(attempt: u32) -> Duration {
 pub(super) struct CallSpec<'a> {
     /// Ledger id of the device.
     pub device: i64,
+    /// The board's serial (telemetry counts its attempts).
+    pub serial: &'a str,
     pub api: &'a Api,
     pub limiter: &'a RateLimiter,
     pub payload: Vec<u8>,
@@ -208,6 +210,7 @@ pub(super) async fn call_with_retry<T>(
     let cfg = &ctx.cfg;
     let CallSpec {
         device,
+        serial,
         api,
         limiter,
         payload,
@@ -230,7 +233,7 @@ pub(super) async fn call_with_retry<T>(
             return Err(CallFailure::Interrupted { sent });
         }
         if tries > 0 {
-            ctx.telemetry.emit(Event::Retry { api: name }).await;
+            ctx.telemetry.emit(Event::Retry { api: kind.code() }).await;
             let wait =
                 backoff(tries.min(6)).min(deadline.saturating_duration_since(Instant::now()));
             if !pause(ctx, wait).await {
@@ -297,10 +300,34 @@ pub(super) async fn call_with_retry<T>(
             }
             return Err(CallFailure::Interrupted { sent: true });
         };
+        let counted = |result: ApiResult| Event::ApiCall {
+            api: kind,
+            result,
+            serial: serial.to_string(),
+        };
+        let outcome = match &result {
+            Ok(Reply::Accepted(_)) => None,
+            Ok(Reply::Rejected(err)) => Some(ApiResult::Rejected {
+                status: err.status_code,
+                error_code: err.error_code.clone(),
+            }),
+            Err(SessionError::Timeout { .. }) => Some(ApiResult::Timeout),
+            Err(SessionError::PublishRefused { .. }) => Some(ApiResult::PublishRefused),
+            Err(_) => Some(ApiResult::ConnectionLost),
+        };
+        if let Some(outcome) = outcome {
+            ctx.telemetry.emit(counted(outcome)).await;
+        }
         match result {
             Ok(Reply::Accepted(bytes)) => {
                 ctx.health.answered(name);
-                match accept(&bytes) {
+                let accepted = accept(&bytes);
+                let outcome = match accepted {
+                    Ok(_) => ApiResult::Accepted,
+                    Err(_) => ApiResult::Unusable,
+                };
+                ctx.telemetry.emit(counted(outcome)).await;
+                match accepted {
                     Ok(value) => {
                         limiter.on_success();
                         return Ok(Call { value });
@@ -319,7 +346,7 @@ pub(super) async fn call_with_retry<T>(
                 last = format!("{name} rejected on {topic}: {err}");
                 if err.status_code == 429 {
                     limiter.on_throttle();
-                    ctx.telemetry.emit(Event::Throttled { api: name }).await;
+                    ctx.telemetry.emit(Event::Throttled { api: kind }).await;
                 } else if err.status_code < 500 {
                     return Err(CallFailure::Rejected {
                         message: last,
@@ -362,7 +389,7 @@ pub(super) async fn call_with_retry<T>(
                             }
                         }
                         limiter.on_throttle();
-                        ctx.telemetry.emit(Event::Throttled { api: name }).await;
+                        ctx.telemetry.emit(Event::Throttled { api: kind }).await;
                     }
                     ErrorClass::Reconnect | ErrorClass::Outage => {
                         slot.reset();

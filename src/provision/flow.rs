@@ -488,6 +488,7 @@ async fn new_certificate(
                 slot,
                 CallSpec {
                     device: id,
+                    serial,
                     api: &Api::CreateKeysAndCertificate,
                     limiter: &ctx.limits().create_keys,
                     payload: encode(format, &serde_json::Map::new()),
@@ -587,6 +588,7 @@ async fn create_from_csr(
         slot,
         CallSpec {
             device: id,
+            serial,
             api: &Api::CreateCertificateFromCsr,
             limiter: &ctx.limits().create_certificate,
             payload: request,
@@ -689,6 +691,7 @@ async fn register(
         slot,
         CallSpec {
             device: id,
+            serial,
             api: &api,
             limiter: &ctx.limits().register_thing,
             payload: request,

@@ -45,7 +45,7 @@ use crate::fleet::{Api, Format, MqttVersion};
 use crate::halt::Halt;
 use crate::keys::KeyPool;
 use crate::ledger::{KeySource, Ledger, Resume};
-use crate::telemetry::Telemetry;
+use crate::telemetry::{GaugeHold, SessionGauges, Telemetry};
 
 pub use self::failure::FailureCode;
 use self::health::LineHealth;
@@ -216,9 +216,14 @@ impl Provisioner {
         let rx = Arc::new(Mutex::new(rx));
         let cfg = Arc::new(cfg);
         let health = Arc::new(LineHealth::new(cfg.max_attempts));
+        telemetry.attach_limits(cfg.limits.clone());
+        let gauges = telemetry.session_gauges();
+        gauges
+            .total
+            .fetch_add(cfg.sessions.max(1), std::sync::atomic::Ordering::Relaxed);
         let tasks = (0..cfg.sessions.max(1))
             .map(|n| {
-                let slot = SessionSlot::new(session_config(&cfg, n));
+                let slot = SessionSlot::new(session_config(&cfg, n)).counted(gauges.clone());
                 let ctx = flow::FlowContext {
                     cfg: cfg.clone(),
                     keys: keys.clone(),
@@ -284,7 +289,9 @@ async fn session_task(
             }
         };
         let Some(mut job) = job else { break };
+        let busy = slot.gauges.as_ref().map(|g| g.busy());
         let result = flow::provision(&ctx, &mut slot, &mut job).await;
+        drop(busy);
         let _ = job.reply.send(result);
     }
     slot.close().await;
@@ -306,6 +313,10 @@ pub struct SessionSlot {
     certificates: VecDeque<String>,
     /// When the endpoint last closed this slot's connection while no request was out.
     last_idle_close: Option<Instant>,
+    /// The pool's session gauges, when telemetry counts them.
+    gauges: Option<Arc<SessionGauges>>,
+    /// Counts this slot as connected while it holds a session.
+    connected: Option<GaugeHold>,
 }
 
 impl SessionSlot {
@@ -318,7 +329,15 @@ impl SessionSlot {
             things: VecDeque::new(),
             certificates: VecDeque::new(),
             last_idle_close: None,
+            gauges: None,
+            connected: None,
         }
+    }
+
+    /// Counts this slot in `gauges` (connected while it holds a session).
+    pub fn counted(mut self, gauges: Arc<SessionGauges>) -> SessionSlot {
+        self.gauges = Some(gauges);
+        self
     }
 
     /// Whether the last [`get`](Self::get) connected anew (cleared by reading it).
@@ -372,6 +391,7 @@ impl SessionSlot {
             connects.acquire().await;
             self.last_connect = Some(Instant::now());
             self.session = Some(Session::connect(&self.cfg).await?);
+            self.connected = self.gauges.as_ref().map(|g| g.connected());
             self.fresh = true;
         }
         Ok(self.session.as_mut().expect("session was just set"))
@@ -380,12 +400,14 @@ impl SessionSlot {
     /// Drops the session; the next [`get`](Self::get) connects anew.
     pub fn reset(&mut self) {
         self.session = None;
+        self.connected = None;
     }
 
     pub async fn close(&mut self) {
         if let Some(s) = self.session.take() {
             s.close().await;
         }
+        self.connected = None;
     }
 }
 

@@ -378,7 +378,20 @@ fn write_and_verify(
         }
         // One pipelined stream: PUTs, COMMIT, and COMMIT's answer carrying the digest the
         // board read back from its flash, compared by the link.
-        match link.write_and_verify(&items, &mut |_, _| {}) {
+        // A few progress events per write (every tenth of it), not one per frame.
+        let mut shown = None;
+        let mut progress = |done: usize, total: usize| {
+            let tenth = (done * 10).checked_div(total).unwrap_or(10);
+            if shown != Some(tenth) {
+                shown = Some(tenth);
+                ctx.telemetry.emit_blocking(Event::JigProgress {
+                    jig: jig.to_string(),
+                    done: done as u64,
+                    total: total as u64,
+                });
+            }
+        };
+        match link.write_and_verify(&items, &mut progress) {
             Ok(report) => {
                 let line_time = line_started.elapsed();
                 // COMMIT answered: the board holds the identity; the digest matched: verified.

@@ -3,18 +3,26 @@
 //! channel. Consumers (the headless [`progress`] printer now, the dashboard later) read
 //! snapshots; none of them can steer the pipeline.
 //!
+//! Besides events, two live readings are shared without events, because they change on every
+//! call: the MQTT sessions' state ([`SessionGauges`]) and the rate controller's targets (the
+//! engine's [`Limits`], attached once). The aggregator reads both when it publishes.
+//!
 //! - [`summary`]: the end-of-run `summary.json` built from the aggregate.
 //! - [`progress`]: the headless progress printer.
 
 pub mod progress;
 pub mod summary;
 
-use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use hdrhistogram::Histogram;
 
+use crate::fleet::ApiKind;
 use crate::provision::FailureCode;
+use crate::provision::rate::Limits;
 use tokio::sync::{mpsc, watch};
 
 /// The timed stages of a device's provisioning.
@@ -48,6 +56,66 @@ impl Stage {
             Stage::RegisterThing => "register_thing",
             Stage::JigWrite => "jig_write",
             Stage::EndToEnd => "end_to_end",
+        }
+    }
+}
+
+impl FailureCode {
+    /// The stage a device failed in, for reports: an API's stage, the jig write, key
+    /// generation, or `None` for failures outside the timed stages (the post-provision check,
+    /// a board that already holds an identity, a template parameter the board lacks).
+    pub fn stage(&self) -> Option<Stage> {
+        let api_stage = |api: &ApiKind| match api {
+            ApiKind::RegisterThing => Stage::RegisterThing,
+            ApiKind::CreateCertificateFromCsr | ApiKind::CreateKeysAndCertificate => {
+                Stage::CreateCertificate
+            }
+        };
+        match self {
+            FailureCode::Rejected { api, .. }
+            | FailureCode::GaveUp(api)
+            | FailureCode::Deadline(api) => Some(api_stage(api)),
+            FailureCode::NoThingName => Some(Stage::RegisterThing),
+            FailureCode::CertificateRounds | FailureCode::NeedsNewKey => {
+                Some(Stage::CreateCertificate)
+            }
+            FailureCode::KeyGeneration | FailureCode::BoardCsr => Some(Stage::Keygen),
+            FailureCode::Jig(_) => Some(Stage::JigWrite),
+            FailureCode::MissingBoardValue(_)
+            | FailureCode::PostCheckTls
+            | FailureCode::PostCheckConnect
+            | FailureCode::AlreadyProvisioned => None,
+        }
+    }
+}
+
+/// How one API request ended, as counted per API and result (a bounded set of values).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiResult {
+    /// The accepted topic answered (and the reply was usable).
+    Accepted,
+    /// The accepted topic answered with a reply the station could not use.
+    Unusable,
+    /// The rejected topic answered with this AWS `errorCode` (`Throttling`, `InvalidCSR`, …).
+    Rejected { status: u16, error_code: String },
+    /// No answer within the request timeout.
+    Timeout,
+    /// The connection closed or could not be made.
+    ConnectionLost,
+    /// The broker refused the PUBLISH (MQTT 5 PUBACK reason).
+    PublishRefused,
+}
+
+impl ApiResult {
+    /// The result as a label: `accepted`, the AWS errorCode, `timeout`, ….
+    pub fn label(&self) -> &str {
+        match self {
+            ApiResult::Accepted => "accepted",
+            ApiResult::Unusable => "unusable_reply",
+            ApiResult::Rejected { error_code, .. } => error_code,
+            ApiResult::Timeout => "timeout",
+            ApiResult::ConnectionLost => "connection_lost",
+            ApiResult::PublishRefused => "publish_refused",
         }
     }
 }
@@ -86,11 +154,20 @@ pub enum Event {
     SessionTakenOver {
         client_id: String,
     },
+    /// A call is retried: `api` is an API's code (`register_thing`, …) or `jig_write`.
     Retry {
         api: &'static str,
     },
+    /// An API answered 429 or the connection was closed at a request (AWS's throttle).
     Throttled {
-        api: &'static str,
+        api: ApiKind,
+    },
+    /// One API request ended (every try counts, retries included).
+    ApiCall {
+        api: ApiKind,
+        result: ApiResult,
+        /// The board the request was for (to count its attempts; never a metric label).
+        serial: String,
     },
     KeyStock {
         level: usize,
@@ -112,6 +189,13 @@ pub enum Event {
     JigFailed {
         jig: String,
     },
+    /// The credentials write on a jig progressed: `done` of `total` payload bytes are on
+    /// the board. Sent a few times per write, not per frame.
+    JigProgress {
+        jig: String,
+        done: u64,
+        total: u64,
+    },
     /// A jig's port went away or came back.
     JigConnection {
         jig: String,
@@ -131,15 +215,157 @@ pub struct JigTotals {
     pub failed_boards: u64,
     pub disconnects: u64,
     pub connected: bool,
+    /// The board on the jig now (from its start to its end).
+    pub current: Option<String>,
+    /// The current write: payload bytes on the board, of the write's total.
+    pub progress: Option<(u64, u64)>,
+    /// How the last board on this jig ended.
+    pub last: Option<JigOutcome>,
+}
+
+impl JigTotals {
+    /// Payload bytes per byte the line could have carried while writing (0 when unpaced).
+    pub fn efficiency(&self) -> f64 {
+        if self.capacity_bytes > 0.0 {
+            self.payload_bytes as f64 / self.capacity_bytes
+        } else {
+            0.0
+        }
+    }
+}
+
+/// How a jig's last board ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JigOutcome {
+    Provisioned { serial: String },
+    Failed { serial: String, reason: String },
+    Interrupted { serial: String },
+}
+
+/// One failed device, for the dashboard's list and `failures.csv`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailureRecord {
+    pub serial: String,
+    /// The stage it failed in (`Stage::name`), or `other`.
+    pub stage: &'static str,
+    /// The failure code (`register_thing:InvalidParameters`, `jig:timeout`, …).
+    pub reason: String,
+    /// API requests sent for the device in this run (retries included).
+    pub attempts: u32,
+    /// Since the start of the run.
+    pub at: Duration,
+    /// Wall-clock time of the failure.
+    pub wall: SystemTime,
+}
+
+/// Devices that ended in one second of the run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Second {
+    pub provisioned: u32,
+    pub failed: u32,
+}
+
+/// The MQTT sessions' state, kept by the engine (no events: it changes on every call).
+#[derive(Debug, Default)]
+pub struct SessionGauges {
+    /// Sessions in the pool.
+    pub total: AtomicUsize,
+    /// Sessions with a live connection.
+    pub connected: AtomicUsize,
+    /// Sessions working on a device.
+    pub busy: AtomicUsize,
+}
+
+/// Holds one count of a gauge (`connected` or `busy`) and gives it back when dropped.
+#[derive(Debug)]
+pub struct GaugeHold {
+    gauges: Arc<SessionGauges>,
+    busy: bool,
+}
+
+impl GaugeHold {
+    fn counter(&self) -> &AtomicUsize {
+        if self.busy {
+            &self.gauges.busy
+        } else {
+            &self.gauges.connected
+        }
+    }
+}
+
+impl Drop for GaugeHold {
+    fn drop(&mut self) {
+        self.counter().fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl SessionGauges {
+    /// Counts a connected session until the hold is dropped.
+    pub fn connected(self: &Arc<Self>) -> GaugeHold {
+        self.hold(false)
+    }
+
+    /// Counts a busy session until the hold is dropped.
+    pub fn busy(self: &Arc<Self>) -> GaugeHold {
+        self.hold(true)
+    }
+
+    fn hold(self: &Arc<Self>, busy: bool) -> GaugeHold {
+        let h = GaugeHold {
+            gauges: self.clone(),
+            busy,
+        };
+        h.counter().fetch_add(1, Ordering::Relaxed);
+        h
+    }
+}
+
+/// One API's rate control, as the dashboard and `/metrics` show it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateRow {
+    pub api: ApiKind,
+    /// The rate controller's current target (requests/s); `None` = unlimited.
+    pub target: Option<f64>,
+    /// Requests answered per second over the last seconds.
+    pub actual: f64,
+    /// Time since the last throttle of this API.
+    pub last_throttle: Option<Duration>,
+}
+
+/// One stage's figures so far.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StageRow {
+    pub stage: Stage,
+    pub count: u64,
+    pub p50: Duration,
+    pub p99: Duration,
+}
+
+/// What the telemetry handles share besides the event channel.
+#[derive(Debug, Default)]
+struct Shared {
+    sessions: Arc<SessionGauges>,
+    limits: OnceLock<Arc<Limits>>,
 }
 
 /// A cheap, cloneable handle for emitting events.
 #[derive(Clone)]
 pub struct Telemetry {
     tx: mpsc::Sender<Event>,
+    shared: Arc<Shared>,
 }
 
 impl Telemetry {
+    /// The sessions' gauges, for the engine to keep.
+    pub fn session_gauges(&self) -> Arc<SessionGauges> {
+        self.shared.sessions.clone()
+    }
+
+    /// Lets the aggregator read the engine's rate limiters (the first call wins).
+    pub fn attach_limits(&self, limits: Arc<Limits>) {
+        let _ = self.shared.limits.set(limits);
+    }
+
     /// Emits from async code (waits if the aggregator is behind: back-pressure, not loss).
     pub async fn emit(&self, e: Event) {
         let _ = self.tx.send(e).await;
@@ -150,6 +376,13 @@ impl Telemetry {
         let _ = self.tx.blocking_send(e);
     }
 }
+
+/// How many recent failures a snapshot carries.
+pub const RECENT_FAILURES: usize = 20;
+/// How many seconds of throughput a snapshot carries.
+pub const RECENT_SECONDS: usize = 300;
+/// The window of an API's actual rate, in whole seconds.
+const RATE_WINDOW_S: u64 = 5;
 
 /// What consumers see, refreshed a few times a second.
 #[derive(Debug, Clone, Default)]
@@ -171,6 +404,29 @@ pub struct Snapshot {
     pub jigs_disconnected: usize,
     /// Median end-to-end latency so far.
     pub p50_end_to_end: Duration,
+    /// Each stage's count, p50 and p99 so far.
+    pub stages: Vec<StageRow>,
+    /// The stages' latency histograms (microseconds), shared until the next publish.
+    pub histograms: Arc<BTreeMap<Stage, Histogram<u64>>>,
+    /// Failed devices by failure code.
+    pub failures: BTreeMap<String, u64>,
+    /// API requests by (API code, result label).
+    pub api_results: BTreeMap<(&'static str, String), u64>,
+    /// Retries by API code (and `jig_write`).
+    pub retries_by_api: BTreeMap<&'static str, u64>,
+    /// Throttles by API code.
+    pub throttled_by_api: BTreeMap<&'static str, u64>,
+    /// MQTT sessions: (connected, busy, in the pool).
+    pub sessions: (usize, usize, usize),
+    /// The rate controller per API in use.
+    pub rates: Vec<RateRow>,
+    /// Every jig seen, by name.
+    pub jigs: BTreeMap<String, JigTotals>,
+    /// The latest failures, oldest first (at most [`RECENT_FAILURES`]).
+    pub recent_failures: Vec<FailureRecord>,
+    /// Devices ended per second over the last [`RECENT_SECONDS`] seconds, oldest first; the
+    /// last entry is the current second.
+    pub seconds: Vec<Second>,
 }
 
 impl Snapshot {
@@ -204,6 +460,21 @@ pub struct Aggregate {
     pub takeovers: u64,
     pub jig_bytes: u64,
     pub jigs: BTreeMap<String, JigTotals>,
+    /// API requests by (API code, result label).
+    pub api_results: BTreeMap<(&'static str, String), u64>,
+    pub retries_by_api: BTreeMap<&'static str, u64>,
+    pub throttled_by_api: BTreeMap<&'static str, u64>,
+    /// Every failed device of the run, in order.
+    pub failure_log: Vec<FailureRecord>,
+    /// Devices ended in each second of the run.
+    pub seconds: Vec<Second>,
+    last_throttle: BTreeMap<&'static str, Instant>,
+    /// Requests answered per API in the last seconds: (second of the run, count).
+    api_seconds: BTreeMap<&'static str, VecDeque<(u64, u32)>>,
+    /// API requests per device in flight, by serial.
+    attempts: HashMap<String, u32>,
+    /// The jig of each device in flight, by serial.
+    jig_of: HashMap<String, String>,
 }
 
 impl Aggregate {
@@ -235,32 +506,94 @@ impl Aggregate {
             takeovers: 0,
             jig_bytes: 0,
             jigs: BTreeMap::new(),
+            api_results: BTreeMap::new(),
+            retries_by_api: BTreeMap::new(),
+            throttled_by_api: BTreeMap::new(),
+            failure_log: Vec::new(),
+            seconds: Vec::new(),
+            last_throttle: BTreeMap::new(),
+            api_seconds: BTreeMap::new(),
+            attempts: HashMap::new(),
+            jig_of: HashMap::new(),
         }
     }
 
+    /// The second of the run `now` falls in.
+    fn second_of(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.started_at).as_secs()
+    }
+
+    /// The bucket of the current second.
+    fn this_second(&mut self, now: Instant) -> &mut Second {
+        let i = self.second_of(now) as usize;
+        if self.seconds.len() <= i {
+            self.seconds.resize(i + 1, Second::default());
+        }
+        &mut self.seconds[i]
+    }
+
+    /// A device in flight ended: forget its jig and attempts; mark its jig's last board.
+    fn device_ended(&mut self, serial: &str, outcome: impl FnOnce(String) -> JigOutcome) -> u32 {
+        let attempts = self.attempts.remove(serial).unwrap_or(0);
+        if let Some(jig) = self.jig_of.remove(serial)
+            && let Some(j) = self.jigs.get_mut(&jig)
+        {
+            j.current = None;
+            j.progress = None;
+            j.last = Some(outcome(serial.to_string()));
+        }
+        attempts
+    }
+
     fn apply(&mut self, e: Event, key_stock: &mut (usize, usize)) {
+        let now = Instant::now();
         match e {
-            Event::DeviceStarted { .. } => self.started += 1,
+            Event::DeviceStarted { serial, jig } => {
+                self.started += 1;
+                let j = self.jigs.entry(jig.clone()).or_default();
+                j.current = Some(serial.clone());
+                j.progress = None;
+                self.jig_of.insert(serial, jig);
+            }
             Event::StageTime { stage, elapsed } => {
                 let us = (elapsed.as_micros() as u64).clamp(1, 3_600_000_000);
                 if let Some(h) = self.histograms.get_mut(&stage) {
                     let _ = h.record(us);
                 }
             }
-            Event::DeviceProvisioned { .. } => {
+            Event::DeviceProvisioned { serial } => {
                 self.provisioned += 1;
-                self.last_done_at = Some(Instant::now());
+                self.last_done_at = Some(now);
+                self.this_second(now).provisioned += 1;
+                self.device_ended(&serial, |serial| JigOutcome::Provisioned { serial });
             }
-            Event::DeviceFailed { reason, .. } => {
+            Event::DeviceFailed { serial, reason } => {
                 self.failed += 1;
-                self.last_done_at = Some(Instant::now());
-                *self.failures.entry(reason.to_string()).or_default() += 1;
+                self.last_done_at = Some(now);
+                self.this_second(now).failed += 1;
+                let text = reason.to_string();
+                *self.failures.entry(text.clone()).or_default() += 1;
+                let attempts = self.device_ended(&serial, |serial| JigOutcome::Failed {
+                    serial,
+                    reason: text.clone(),
+                });
+                self.failure_log.push(FailureRecord {
+                    serial,
+                    stage: reason.stage().map_or("other", Stage::name),
+                    reason: text,
+                    attempts,
+                    at: now.saturating_duration_since(self.started_at),
+                    wall: SystemTime::now(),
+                });
             }
-            Event::DeviceInterrupted { .. } => self.interrupted += 1,
+            Event::DeviceInterrupted { serial } => {
+                self.interrupted += 1;
+                self.device_ended(&serial, |serial| JigOutcome::Interrupted { serial });
+            }
             Event::EndpointUnreachable { reason } => {
                 if self.down.is_none() {
                     self.outages += 1;
-                    self.down = Some((Instant::now(), reason));
+                    self.down = Some((now, reason));
                 }
             }
             Event::EndpointReachable { after } => {
@@ -268,8 +601,38 @@ impl Aggregate {
                 self.outage_time += after;
             }
             Event::SessionTakenOver { .. } => self.takeovers += 1,
-            Event::Retry { .. } => self.retries += 1,
-            Event::Throttled { .. } => self.throttled += 1,
+            Event::Retry { api } => {
+                self.retries += 1;
+                *self.retries_by_api.entry(api).or_default() += 1;
+            }
+            Event::Throttled { api } => {
+                self.throttled += 1;
+                *self.throttled_by_api.entry(api.code()).or_default() += 1;
+                self.last_throttle.insert(api.code(), now);
+            }
+            Event::ApiCall {
+                api,
+                result,
+                serial,
+            } => {
+                *self
+                    .api_results
+                    .entry((api.code(), result.label().to_string()))
+                    .or_default() += 1;
+                *self.attempts.entry(serial).or_default() += 1;
+                let second = self.second_of(now);
+                let window = self.api_seconds.entry(api.code()).or_default();
+                match window.back_mut() {
+                    Some((s, n)) if *s == second => *n += 1,
+                    _ => window.push_back((second, 1)),
+                }
+                while window
+                    .front()
+                    .is_some_and(|(s, _)| *s + RATE_WINDOW_S < second)
+                {
+                    window.pop_front();
+                }
+            }
             Event::KeyStock { level, capacity } => *key_stock = (level, capacity),
             Event::JigWrite {
                 jig,
@@ -285,8 +648,12 @@ impl Aggregate {
                 j.write_time += elapsed;
                 j.capacity_bytes += f64::from(baud) / 10.0 * elapsed.as_secs_f64();
                 j.retries += retries;
+                j.progress = Some((payload_bytes, payload_bytes));
             }
             Event::JigFailed { jig } => self.jigs.entry(jig).or_default().failed_boards += 1,
+            Event::JigProgress { jig, done, total } => {
+                self.jigs.entry(jig).or_default().progress = Some((done, total));
+            }
             Event::JigConnection { jig, connected } => {
                 let j = self.jigs.entry(jig).or_default();
                 if j.connected && !connected {
@@ -297,9 +664,60 @@ impl Aggregate {
         }
     }
 
-    fn snapshot(&self, key_stock: (usize, usize)) -> Snapshot {
+    /// Requests per second of `api` answered over the last whole seconds.
+    fn actual_rate(&self, api: &'static str, now: Instant) -> f64 {
+        let second = self.second_of(now);
+        // Whole seconds before the current one, at most RATE_WINDOW_S, at least 1.
+        let span = second.clamp(1, RATE_WINDOW_S);
+        let n: u32 = self.api_seconds.get(api).map_or(0, |w| {
+            w.iter()
+                .filter(|(s, _)| *s < second && *s + span >= second)
+                .map(|(_, n)| n)
+                .sum()
+        });
+        f64::from(n) / span as f64
+    }
+
+    fn rates(&self, limits: Option<&Limits>, now: Instant) -> Vec<RateRow> {
+        let Some(limits) = limits else {
+            return Vec::new();
+        };
+        [
+            (
+                ApiKind::CreateCertificateFromCsr,
+                &limits.create_certificate,
+            ),
+            (ApiKind::CreateKeysAndCertificate, &limits.create_keys),
+            (ApiKind::RegisterThing, &limits.register_thing),
+        ]
+        .into_iter()
+        .filter_map(|(api, limiter)| {
+            let target = limiter.rate();
+            let used = self.api_results.keys().any(|(a, _)| *a == api.code());
+            (used || target.is_some()).then(|| RateRow {
+                api,
+                target,
+                actual: self.actual_rate(api.code(), now),
+                last_throttle: self
+                    .last_throttle
+                    .get(api.code())
+                    .map(|t| now.saturating_duration_since(*t)),
+            })
+        })
+        .collect()
+    }
+
+    fn snapshot(&self, key_stock: (usize, usize), shared: &Shared) -> Snapshot {
+        let now = Instant::now();
+        let quantile = |h: &Histogram<u64>, q: f64| Duration::from_micros(h.value_at_quantile(q));
+        let seconds_now = self.second_of(now) as usize + 1;
+        let mut seconds: Vec<Second> = (seconds_now.saturating_sub(RECENT_SECONDS)..seconds_now)
+            .map(|i| self.seconds.get(i).copied().unwrap_or_default())
+            .collect();
+        seconds.shrink_to_fit();
+        let g = &shared.sessions;
         Snapshot {
-            elapsed: self.started_at.elapsed(),
+            elapsed: now.saturating_duration_since(self.started_at),
             busy: self
                 .last_done_at
                 .map_or(Duration::ZERO, |t| t.duration_since(self.started_at)),
@@ -316,9 +734,33 @@ impl Aggregate {
             key_stock,
             jig_bytes: self.jig_bytes,
             jigs_disconnected: self.jigs.values().filter(|j| !j.connected).count(),
-            p50_end_to_end: Duration::from_micros(
-                self.histograms[&Stage::EndToEnd].value_at_quantile(0.5),
+            p50_end_to_end: quantile(&self.histograms[&Stage::EndToEnd], 0.5),
+            stages: self
+                .histograms
+                .iter()
+                .map(|(stage, h)| StageRow {
+                    stage: *stage,
+                    count: h.len(),
+                    p50: quantile(h, 0.5),
+                    p99: quantile(h, 0.99),
+                })
+                .collect(),
+            histograms: Arc::new(self.histograms.clone()),
+            failures: self.failures.clone(),
+            api_results: self.api_results.clone(),
+            retries_by_api: self.retries_by_api.clone(),
+            throttled_by_api: self.throttled_by_api.clone(),
+            sessions: (
+                g.connected.load(Ordering::Relaxed),
+                g.busy.load(Ordering::Relaxed),
+                g.total.load(Ordering::Relaxed),
             ),
+            rates: self.rates(shared.limits.get().map(|l| &**l), now),
+            jigs: self.jigs.clone(),
+            recent_failures: self.failure_log
+                [self.failure_log.len().saturating_sub(RECENT_FAILURES)..]
+                .to_vec(),
+            seconds,
         }
     }
 }
@@ -332,6 +774,8 @@ pub fn start() -> (
 ) {
     let (tx, mut rx) = mpsc::channel::<Event>(65_536);
     let (snap_tx, snap_rx) = watch::channel(Snapshot::default());
+    let shared = Arc::new(Shared::default());
+    let reader = shared.clone();
     let task = tokio::spawn(async move {
         let mut agg = Aggregate::new();
         let mut key_stock = (0, 0);
@@ -343,15 +787,15 @@ pub fn start() -> (
                     None => break,
                 },
                 _ = tick.tick() => {
-                    let _ = snap_tx.send(agg.snapshot(key_stock));
+                    let _ = snap_tx.send(agg.snapshot(key_stock, &reader));
                 }
             }
         }
         agg.finished_at = Instant::now();
-        let _ = snap_tx.send(agg.snapshot(key_stock));
+        let _ = snap_tx.send(agg.snapshot(key_stock, &reader));
         agg
     });
-    (Telemetry { tx }, snap_rx, task)
+    (Telemetry { tx, shared }, snap_rx, task)
 }
 
 #[cfg(test)]
@@ -386,7 +830,7 @@ mod tests {
         })
         .await;
         t.emit(Event::Throttled {
-            api: "RegisterThing",
+            api: ApiKind::RegisterThing,
         })
         .await;
         drop(t);
@@ -399,5 +843,142 @@ mod tests {
         let h = &agg.histograms[&Stage::RegisterThing];
         assert_eq!(h.len(), 3);
         assert!((19_900..=20_100).contains(&h.value_at_quantile(0.5)));
+    }
+
+    #[test]
+    fn jigs_failures_api_results_and_seconds_are_kept_for_the_surfaces() {
+        let mut agg = Aggregate::new();
+        let mut stock = (0, 0);
+        let started = |serial: &str, jig: &str| Event::DeviceStarted {
+            serial: serial.into(),
+            jig: jig.into(),
+        };
+        let call = |serial: &str, result: ApiResult| Event::ApiCall {
+            api: ApiKind::RegisterThing,
+            result,
+            serial: serial.into(),
+        };
+        agg.apply(started("SN-1", "jig-a"), &mut stock);
+        agg.apply(started("SN-2", "jig-b"), &mut stock);
+        agg.apply(
+            Event::JigProgress {
+                jig: "jig-a".into(),
+                done: 300,
+                total: 1200,
+            },
+            &mut stock,
+        );
+        let shared = Shared::default();
+        let snap = agg.snapshot(stock, &shared);
+        assert_eq!(snap.jigs["jig-a"].current.as_deref(), Some("SN-1"));
+        assert_eq!(snap.jigs["jig-a"].progress, Some((300, 1200)));
+        assert_eq!(snap.in_flight(), 2);
+
+        agg.apply(call("SN-2", ApiResult::Timeout), &mut stock);
+        agg.apply(
+            call(
+                "SN-2",
+                ApiResult::Rejected {
+                    status: 400,
+                    error_code: "InvalidParameters".into(),
+                },
+            ),
+            &mut stock,
+        );
+        agg.apply(
+            Event::DeviceFailed {
+                serial: "SN-2".into(),
+                reason: FailureCode::Rejected {
+                    api: ApiKind::RegisterThing,
+                    error_code: "InvalidParameters".into(),
+                },
+            },
+            &mut stock,
+        );
+        agg.apply(call("SN-1", ApiResult::Accepted), &mut stock);
+        agg.apply(
+            Event::DeviceProvisioned {
+                serial: "SN-1".into(),
+            },
+            &mut stock,
+        );
+        let snap = agg.snapshot(stock, &shared);
+        // The failure names its stage, reason and the requests the device sent.
+        let f = &snap.recent_failures[0];
+        assert_eq!(
+            (f.serial.as_str(), f.stage, f.reason.as_str(), f.attempts),
+            (
+                "SN-2",
+                "register_thing",
+                "register_thing:InvalidParameters",
+                2
+            )
+        );
+        // Each jig shows how its last board ended, and holds no board now.
+        assert_eq!(
+            snap.jigs["jig-b"].last,
+            Some(JigOutcome::Failed {
+                serial: "SN-2".into(),
+                reason: "register_thing:InvalidParameters".into()
+            })
+        );
+        assert_eq!(snap.jigs["jig-a"].current, None);
+        assert_eq!(
+            snap.jigs["jig-a"].last,
+            Some(JigOutcome::Provisioned {
+                serial: "SN-1".into()
+            })
+        );
+        // Results by API and label; both devices ended in the current second.
+        assert_eq!(snap.api_results[&("register_thing", "timeout".into())], 1);
+        assert_eq!(
+            snap.api_results[&("register_thing", "InvalidParameters".into())],
+            1
+        );
+        assert_eq!(snap.api_results[&("register_thing", "accepted".into())], 1);
+        assert_eq!(
+            snap.seconds.last(),
+            Some(&Second {
+                provisioned: 1,
+                failed: 1
+            })
+        );
+        assert_eq!(snap.in_flight(), 0);
+    }
+
+    #[test]
+    fn session_gauges_count_while_held() {
+        let g = Arc::new(SessionGauges::default());
+        let a = g.connected();
+        let b = g.busy();
+        let c = g.connected();
+        assert_eq!(
+            (
+                g.connected.load(Ordering::Relaxed),
+                g.busy.load(Ordering::Relaxed)
+            ),
+            (2, 1)
+        );
+        drop((a, b));
+        assert_eq!(
+            (
+                g.connected.load(Ordering::Relaxed),
+                g.busy.load(Ordering::Relaxed)
+            ),
+            (1, 0)
+        );
+        drop(c);
+        assert_eq!(g.connected.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn every_failure_code_names_its_stage() {
+        let jig = FailureCode::Jig(crate::jig::JigFailure::Timeout);
+        assert_eq!(jig.stage(), Some(Stage::JigWrite));
+        assert_eq!(
+            FailureCode::GaveUp(ApiKind::CreateKeysAndCertificate).stage(),
+            Some(Stage::CreateCertificate)
+        );
+        assert_eq!(FailureCode::PostCheckConnect.stage(), None);
     }
 }
