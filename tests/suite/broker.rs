@@ -7,14 +7,12 @@
 //! the PINGRESP of a later PINGREQ) or on deliveries to one connection keeping their order (a
 //! message would arrive before a later marker).
 
-mod api_support;
-mod broker_support;
-mod common;
+use crate::api_support;
 
 use std::time::{Duration, Instant};
 
-use broker_support::*;
-use common::TestEmulator;
+use crate::broker_support::*;
+use crate::common::TestEmulator;
 use fleet_station::emulator::broker::{ALPN_MQTT_CA, BrokerProfile};
 use fleet_station::fleet::payloads::decode;
 use fleet_station::fleet::{

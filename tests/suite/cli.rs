@@ -1,14 +1,12 @@
 //! The `station` binary as an operator uses it: `run`, `emulate`, and what a bad
 //! configuration prints.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::cli::{StationConfig, station};
-use common::{RawClient, StandaloneEmulator};
+use crate::common::cli::{StationConfig, station};
+use crate::common::{RawClient, StandaloneEmulator};
 use fleet_station::provision::tls::{client_config_from_pem, read_roots};
 
 fn write_config(dir: &Path) -> std::path::PathBuf {

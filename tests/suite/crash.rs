@@ -11,14 +11,12 @@
 //! the emulator acknowledged was lost; and the printed cleanup of every orphan, applied to the
 //! emulator's registry with AWS's rules, succeeds and removes exactly the orphans.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use common::cli::{StationConfig, count, station, wait_for};
-use common::{StandaloneEmulator, free_port, public_key_of};
+use crate::common::cli::{StationConfig, count, station, wait_for};
+use crate::common::{StandaloneEmulator, free_port, public_key_of};
 use fleet_station::emulator::ca::certificate_id;
 use fleet_station::emulator::control::{self, ControlError};
 use fleet_station::emulator::registry::{CertStatus, Registry};

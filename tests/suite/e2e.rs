@@ -2,11 +2,9 @@
 //! TLS sockets, virtual boards on real pseudo-terminals, the ledger on disk. Then every board
 //! is checked from the outside: its flash file, the emulator's registry and the ledger.
 
-mod common;
-
 use std::path::Path;
 
-use common::public_key_of;
+use crate::common::public_key_of;
 use fleet_station::config::Config;
 use fleet_station::emulator::registry::{CertStatus, Registry};
 use fleet_station::jig::Flash;

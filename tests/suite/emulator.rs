@@ -1,13 +1,10 @@
 //! The emulator over real sockets and real TLS, driven by a raw MQTT client as a device
 //! would: the provisioning happy path, rejections, reply isolation, and TLS refusal.
 
-mod api_support;
-mod common;
-
-use api_support::{
+use crate::api_support::{
     claim_client, create_from_csr, csr_for, csr_request, register_api, register_request,
 };
-use common::{RawClient, Seen, TestEmulator};
+use crate::common::{RawClient, Seen, TestEmulator};
 use fleet_station::emulator::registry::CertStatus;
 use fleet_station::fleet::payloads::decode;
 use fleet_station::fleet::{

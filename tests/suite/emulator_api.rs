@@ -3,14 +3,13 @@
 //! hook (command and HTTP), ownership tokens, disabled and unknown templates. Every API is
 //! exercised in JSON and CBOR.
 
-mod api_support;
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use api_support::*;
+use crate::api_support::*;
+use crate::common::{RawClient, TestEmulator};
 use aws_lc_rs::signature::RsaKeyPair;
-use common::{RawClient, TestEmulator};
 use fleet_station::emulator::registry::{CertStatus, now_ms};
 use fleet_station::fleet::payloads::encode;
 use fleet_station::fleet::{Api, CreateCertificateFromCsrResponse, Format};

@@ -7,14 +7,14 @@
 //! The storage delay fault (`storage_delay_ms`) makes every commit slow, so a reply sent
 //! before its commit would always be caught by the kill.
 
-mod api_support;
-mod common;
+use crate::api_support;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use api_support::{claim_client_at, create_from_csr, csr_for};
-use common::{RawClient, Seen, StandaloneEmulator, TestEmulator, free_port};
+use crate::api_support::{claim_client_at, create_from_csr, csr_for};
+use crate::common::{RawClient, Seen, StandaloneEmulator, TestEmulator, free_port};
 use fleet_station::emulator::faults::FaultConfig;
 use fleet_station::emulator::registry::{CertStatus, Registry};
 use fleet_station::emulator::{Emulator, EmulatorConfig, EmulatorError};

@@ -5,13 +5,12 @@
 //! registry change. Order of arrival is what is asserted, plus lower bounds on time, never
 //! upper ones.
 
-mod api_support;
-mod common;
+use crate::api_support;
 
 use std::time::{Duration, Instant};
 
-use api_support::{claim_client, create_from_csr, next_publish, p256_csr, register_request};
-use common::{RawClient, TestEmulator};
+use crate::api_support::{claim_client, create_from_csr, next_publish, p256_csr, register_request};
+use crate::common::{RawClient, TestEmulator};
 use fleet_station::emulator::faults::FaultConfig;
 use fleet_station::fleet::{Api, CreateCertificateFromCsrResponse, Format, ReplyKind};
 use rumqttc::QoS;

@@ -4,13 +4,12 @@
 //! directory lets the provisioned device connect with its certificate, keeps the claim
 //! identity working, and provisions a new device into the same registry.
 
-mod api_support;
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 
-use api_support::{claim_client, create_from_csr, p256_csr, register};
-use common::{RawClient, fixtures};
+use crate::api_support::{claim_client, create_from_csr, p256_csr, register};
+use crate::common::{RawClient, fixtures};
 use fleet_station::emulator::control::{
     self, ControlError, certificate_arn, describe_certificate, list_principal_things,
 };

@@ -3,12 +3,12 @@
 //! fix, instead of being retried on every board; MQTT 5 reason codes are acted on at once; a
 //! quota refusal is a throttle; another station with the same client ids is reported.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{TestEmulator, key_pool, start_engine, submit};
+use crate::common::{TestEmulator, key_pool, start_engine, submit};
 use fleet_station::Error;
 use fleet_station::fleet::MqttVersion;
 use fleet_station::halt::Halt;

@@ -4,12 +4,12 @@
 //! the board refuse that COMMIT; the link resends what is missing and commits again. A flash
 //! that reads back different from what was sent is reported with the slot that differs.
 
-mod jig_support;
+use crate::jig_support;
 
 use std::time::Duration;
 
+use crate::jig_support::{Fixture, Identity};
 use fleet_station::jig::{ErrorCode, FaultConfig, Flash, JigError, JigLink, PortSettings, Slot};
-use jig_support::{Fixture, Identity};
 
 /// Writes identity A without faults, then arms `faults` (indices count from the next frame).
 fn provisioned(serial: &str, faults: FaultConfig) -> (Fixture, JigLink, Identity) {

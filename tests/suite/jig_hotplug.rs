@@ -3,10 +3,8 @@
 //! until the adapter is back, and a write cut by an unplug leaves the board's flash with the
 //! old identity or the new one, never a mix; after replug the write completes.
 
-mod jig_support;
-
+use crate::jig_support::{Fixture, Identity, settings};
 use fleet_station::jig::{CsrSubject, JigError, JigLink, PortSettings, VirtualJigConfig};
-use jig_support::{Fixture, Identity, settings};
 
 /// A line slow enough that a write takes a few hundred milliseconds.
 fn slow_line(c: &mut VirtualJigConfig) {

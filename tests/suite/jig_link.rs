@@ -3,18 +3,18 @@
 //! read-back, GEN_CSR, ERASE, RESET and board swap, empty jig, RX buffer and overrun, the
 //! sim-board entry point).
 
-mod jig_support;
-
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
+use crate::jig_support::{
+    Fixture, Identity, IoEvent, RawPort, command, frames, response, settings,
+};
 use fleet_station::jig::wire::protocol;
 use fleet_station::jig::wire::{Command, Response};
 use fleet_station::jig::{
     BoardParams, CsrSubject, JigError, JigLink, PortSettings, SimBoardOptions, Slot, SlotWrite,
     VirtualJigConfig, line_time, serve_sim_board,
 };
-use jig_support::{Fixture, Identity, IoEvent, RawPort, command, frames, response, settings};
 use rcgen::PublicKeyData;
 
 #[test]

@@ -8,15 +8,13 @@
 //! schedule, asserted on the model itself (`sim/uart.rs`) rather than on a wall clock the
 //! machine's load decides; `benches/jig_codec.rs` measures the round trip.
 
-mod jig_support;
-
 use std::sync::Mutex;
 
+use crate::jig_support::{Fixture, Identity, RawPort, response, settings};
 use fleet_station::jig::wire::codec::wire_len_for_payload;
 use fleet_station::jig::wire::protocol::DIGEST_LEN;
 use fleet_station::jig::wire::{Command, Response};
 use fleet_station::jig::{JigLink, PortSettings, Slot, VirtualJigConfig, line_time};
-use jig_support::{Fixture, Identity, RawPort, response, settings};
 
 /// The timing tests run one at a time, so they do not slow each other down.
 static TIMING: Mutex<()> = Mutex::new(());

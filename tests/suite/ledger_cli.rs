@@ -3,13 +3,11 @@
 //! station on the same ledger is refused (naming the first) until the first is gone, even
 //! when it was killed with SIGKILL.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::cli::{StationConfig, count, ledger, station, wait_for};
+use crate::common::cli::{StationConfig, count, ledger, station, wait_for};
 
 /// A station configuration with the embedded emulator, virtual jigs and its ledger in `dir`.
 fn write_config(dir: &Path, id: &str) -> PathBuf {

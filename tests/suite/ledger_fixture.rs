@@ -3,13 +3,11 @@
 //! printed, its unfinished devices resume with their tokens and sealed keys, and a ledger this
 //! code creates has that release's schema (so the release opens it too).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use common::cli::{StationConfig, ledger};
-use common::fixtures;
+use crate::common::cli::{StationConfig, ledger};
+use crate::common::fixtures;
 use fleet_station::keys::KeySource;
 use fleet_station::ledger::{DeviceState, Ledger, LedgerError, LedgerView, Resume, Transition};
 

@@ -2,13 +2,11 @@
 //! cut and new ones refused. Devices wait for the endpoint instead of spending their
 //! attempts on it; every device ends provisioned, and the report counts the outages.
 
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::cli::{StationConfig, count};
-use common::{OutageProxy, TestEmulator};
+use crate::common::cli::{StationConfig, count};
+use crate::common::{OutageProxy, TestEmulator};
 use fleet_station::config::Config;
 use fleet_station::ledger::{DeviceState, Ledger};
 use fleet_station::shutdown::Shutdown;

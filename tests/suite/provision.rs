@@ -3,11 +3,11 @@
 //! to read; and the configuration problems that stop the line after one certificate instead
 //! of failing every board.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 
-use common::{TestEmulator, failure, key_pool, start_engine, submit, submit_board};
+use crate::common::{TestEmulator, failure, key_pool, start_engine, submit, submit_board};
 use fleet_station::Error;
 use fleet_station::fleet::ApiKind;
 use fleet_station::keys::certificate_matches_key;

@@ -2,11 +2,11 @@
 //! emulator's policy evaluation; and the policy of the AWS fleet-provisioning guide, which
 //! README warns about, does not cover the default key source.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use common::{TestEmulator, key_pool, start_engine, submit};
+use crate::common::{TestEmulator, key_pool, start_engine, submit};
 use fleet_station::Error;
 use fleet_station::emulator::policy::{ACCOUNT, REGION};
 use fleet_station::ledger::Ledger;

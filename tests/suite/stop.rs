@@ -4,13 +4,11 @@
 //! resume: they are counted as interrupted, not failed. A ledger that refuses a write ends
 //! the run with that error (exit 2) instead of silently stopping a jig and hanging.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::cli::{StationConfig, count, station, wait_for};
+use crate::common::cli::{StationConfig, count, station, wait_for};
 use fleet_station::emulator::registry::Registry;
 use fleet_station::ledger::{DeviceState, Ledger};
 

@@ -6,7 +6,7 @@
 //! before it (`user_version` 0 with tables) has no migration and is refused (its error reads
 //! version 0, not a ledger), as since version 2 came. A schema change appends a migration: its number is the version it makes, its SQL
 //! takes a ledger of the version before it there; the released ledger of the version before
-//! it is a fixture (`fixtures/ledger/`) that `tests/ledger_fixture.rs` opens and upgrades.
+//! it is a fixture (`fixtures/ledger/`) that `tests/suite/ledger_fixture.rs` opens and upgrades.
 
 use std::path::Path;
 

@@ -1,4 +1,4 @@
-//! Helpers for the emulator tests (`tests/emulator*.rs`, `tests/broker.rs`): request bodies
+//! Helpers for the emulator tests (`tests/suite/emulator*.rs`, `tests/suite/broker.rs`): request bodies
 //! and calls of the three fleet-provisioning APIs in either format over a real claim
 //! connection, template directories with extra templates, hook targets from `fixtures/hooks`,
 //! a one-shot HTTP hook server, and certificate checks.
@@ -143,10 +143,10 @@ pub fn csr_for(key: &rcgen::KeyPair) -> String {
     p.serialize_request(key).unwrap().pem().unwrap()
 }
 
-/// A CSR fixture from `tests/api_support/csr/` (made with openssl; the keys were discarded).
+/// A CSR fixture from `tests/suite/api_support/csr/` (made with openssl; the keys were discarded).
 pub fn csr_fixture(name: &str) -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/api_support/csr")
+        .join("tests/suite/api_support/csr")
         .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
