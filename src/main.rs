@@ -275,6 +275,11 @@ fn print_report(r: station::RunReport, line: bool) -> ExitCode {
                 "stopped by the operator: {interrupted} devices in flight were stopped; {what_resumes}"
             );
         }
+        station::Stopped::Drained => {
+            eprintln!(
+                "stopped feeding by the operator (q): the devices in flight finished; boards not fed were not started"
+            );
+        }
         station::Stopped::Done => {}
     }
     if line && r.unfinished > 0 {
@@ -316,6 +321,7 @@ fn main() -> ExitCode {
                 jigs: jigs.map(usize::from),
                 baud,
                 progress: true,
+                control: None,
             };
             runtime().block_on(async {
                 let stop = Shutdown::new();
@@ -342,6 +348,7 @@ fn main() -> ExitCode {
                 sessions,
                 report_dir,
                 progress: true,
+                control: None,
             };
             runtime().block_on(async {
                 let stop = Shutdown::new();

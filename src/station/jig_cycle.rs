@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::command::{FeedGate, FeedState, PAUSED_POLL, RetryBook};
 use crate::halt::Halt;
 use crate::jig::{CsrSubject, JigError, JigLink, PortSettings, Slot, SlotWrite};
 use crate::keys::KeySource;
@@ -31,7 +32,8 @@ const WRITE_ATTEMPTS: u32 = 2;
 /// Counts finished boards and says when the line has done its job.
 pub struct LineProgress {
     done: AtomicU64,
-    target: Option<u64>,
+    /// Boards to finish; grows when the operator sends failed boards round again.
+    target: Option<AtomicU64>,
     /// Triggered when `target` boards are finished.
     pub finished: Shutdown,
 }
@@ -44,15 +46,26 @@ impl LineProgress {
         }
         LineProgress {
             done: AtomicU64::new(0),
-            target,
+            target: target.map(AtomicU64::new),
             finished,
         }
     }
 
     fn board_done(&self) {
         let n = self.done.fetch_add(1, Ordering::SeqCst) + 1;
-        if self.target.is_some_and(|t| n >= t) {
+        if self
+            .target
+            .as_ref()
+            .is_some_and(|t| n >= t.load(Ordering::SeqCst))
+        {
             self.finished.trigger();
+        }
+    }
+
+    /// `n` more boards to finish (failed boards the operator sent round again).
+    pub fn add_target(&self, n: u64) {
+        if let Some(t) = &self.target {
+            t.fetch_add(n, Ordering::SeqCst);
         }
     }
 
@@ -78,6 +91,11 @@ pub struct LineContext {
     pub key_source: KeySource,
     /// Station id, put in the subject of board-made CSRs.
     pub station_id: String,
+    /// The operator's feed: paused, no new board starts; stopping, the jig's cycle ends
+    /// after its board in flight.
+    pub feed: FeedGate,
+    /// Failed boards, and those the operator re-armed for one more try.
+    pub retry: Arc<RetryBook>,
 }
 
 /// See [`LineContext::release`].
@@ -85,7 +103,9 @@ pub type ReleaseHook = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
 impl LineContext {
     fn stopping(&self) -> bool {
-        self.halt.shutdown().is_triggered() || self.progress.finished.is_triggered()
+        self.halt.shutdown().is_triggered()
+            || self.progress.finished.is_triggered()
+            || self.feed.state() == FeedState::Stopping
     }
 }
 
@@ -151,13 +171,20 @@ pub fn run_jig(name: &str, path: &str, settings: &PortSettings, ctx: &LineContex
             && *serial == info.serial
         {
             // The board just finished is still there (or rebooted, or was put back). Only a
-            // failed board that was taken off and put back on a real line is tried again; a
-            // virtual line's simulated operator never puts one back.
-            let retry = !verified && emptied && ctx.release.is_none();
+            // failed board that was taken off and put back on a real line, or one the
+            // operator re-armed (`r`), is tried again; a virtual line's simulated operator
+            // puts one back only when it is re-armed.
+            let retry = !verified
+                && ((emptied && ctx.release.is_none()) || ctx.retry.take_armed(&info.serial));
             if !retry {
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
+        }
+        if ctx.feed.state() == FeedState::Paused {
+            // A new board waits on the jig while the operator has paused the feed.
+            std::thread::sleep(PAUSED_POLL);
+            continue;
         }
         emptied = false;
         let board = BoardIdentity {
@@ -284,6 +311,7 @@ fn provision_board(
                 serial: board.serial.clone(),
                 reason: code,
             });
+            ctx.retry.failed(&board.serial);
         }
     }
     ctx.progress.board_done();

@@ -7,13 +7,19 @@
 //! Synthetic devices never resume, so an interrupted one is closed in the ledger with its
 //! certificate listed for cleanup. A ledger that refuses a step stops the load test with
 //! that error.
+//!
+//! The operator's commands apply as on the line: pause and resume stop and restart new
+//! devices, stopping the feed lets the devices in flight finish, and `r` submits the failed
+//! synthetic devices again.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::{Semaphore, oneshot};
 
+use super::command::{self, FeedGate, FeedState};
 use super::pipeline::{LedgerPlace, Pipeline, PipelineOptions};
 use super::{RunReport, timestamp};
 use crate::config::Config;
@@ -32,6 +38,8 @@ pub struct LoadtestOptions {
     pub sessions: Option<usize>,
     pub report_dir: Option<PathBuf>,
     pub progress: bool,
+    /// The operator's commands (the dashboard's keys); `None`: none come.
+    pub control: Option<command::Control>,
 }
 
 /// Provisions `devices` synthetic devices through the engine.
@@ -41,6 +49,10 @@ pub async fn loadtest(
     shutdown: Shutdown,
 ) -> crate::Result<RunReport> {
     let halt = Halt::new(shutdown.clone());
+    let feed = match &opts.control {
+        Some(c) => c.serve(shutdown.clone()),
+        None => FeedGate::always(),
+    };
     let sessions = opts.sessions.unwrap_or(cfg.provision.sessions).max(1);
     let p = Pipeline::start(
         cfg,
@@ -56,6 +68,13 @@ pub async fn loadtest(
         &halt,
     )
     .await?;
+    if let Some(c) = &opts.control {
+        c.publish(command::Published {
+            snapshots: p.snapshots.clone(),
+            report_dir: p.report_dir.clone(),
+            target: opts.devices as u64,
+        });
+    }
 
     let stamp: String = timestamp().chars().filter(char::is_ascii_digit).collect();
     // Synthetic devices cannot make keys: the pool stands in for them.
@@ -67,13 +86,46 @@ pub async fn loadtest(
     // waiting on the ledger at once.
     let permits = Arc::new(Semaphore::new(sessions * 2));
     let mut tasks = tokio::task::JoinSet::new();
-    for n in 0..opts.devices {
+    let mut queue: VecDeque<String> = (0..opts.devices)
+        .map(|n| format!("LT-{stamp}-{n:07}"))
+        .collect();
+    // Failed devices, for the operator's `r`.
+    let failed = Arc::new(Mutex::new(Vec::new()));
+    loop {
+        if queue.is_empty() {
+            // Wait for the devices in flight, or for the operator to send failed ones again.
+            tokio::select! {
+                joined = tasks.join_next() => if joined.is_none() { break } else { continue },
+                _ = feed.retry_requested() => {
+                    let again: Vec<String> =
+                        std::mem::take(&mut *failed.lock().unwrap_or_else(|p| p.into_inner()));
+                    for serial in &again {
+                        p.telemetry.emit(Event::Requeued { serial: serial.clone() }).await;
+                    }
+                    queue.extend(again);
+                    continue;
+                }
+                _ = shutdown.wait() => break,
+            }
+        }
+        if !feed.admit(&shutdown).await {
+            break;
+        }
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
             _ = shutdown.wait() => break,
         };
+        if feed.state() != FeedState::Running {
+            // Paused or stopped while waiting for a permit: look at the feed again.
+            drop(permit);
+            continue;
+        }
+        let Some(serial) = queue.pop_front() else {
+            continue;
+        };
+        let failed = failed.clone();
         let device = Synthetic {
-            serial: format!("LT-{stamp}-{n:07}"),
+            serial,
             key: key.clone(),
             ledger: p.ledger.clone(),
             telemetry: p.telemetry.clone(),
@@ -82,11 +134,21 @@ pub async fn loadtest(
         };
         tasks.spawn(async move {
             let _permit = permit;
-            device.run().await;
+            let serial = device.serial.clone();
+            if device.run().await {
+                failed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(serial);
+            }
         });
     }
     while tasks.join_next().await.is_some() {}
-    p.finish(Some(opts.devices as u64), None).await
+    let mut report = p.finish(Some(opts.devices as u64), None).await?;
+    if matches!(report.stopped, super::Stopped::Done) && feed.state() == FeedState::Stopping {
+        report.stopped = super::Stopped::Drained;
+    }
+    Ok(report)
 }
 
 /// One synthetic device and what it needs.
@@ -100,14 +162,15 @@ struct Synthetic {
 }
 
 impl Synthetic {
-    async fn run(self) {
+    /// Runs the device; true if it failed.
+    async fn run(self) -> bool {
         let started = Instant::now();
         let begun = match self.ledger.begin(&self.serial, "loadtest").await {
             Ok(b) => b,
             Err(e) => {
                 // Not journaled, so not started: the load test stops with the ledger's error.
                 self.halt.raise(e);
-                return;
+                return false;
             }
         };
         let device_id = begun.id;
@@ -146,6 +209,7 @@ impl Synthetic {
                 self.telemetry
                     .emit(Event::DeviceProvisioned { serial })
                     .await;
+                false
             }
             Err(NotProvisioned::Failed(f)) => {
                 let recorded = self
@@ -166,6 +230,7 @@ impl Synthetic {
                         reason: f.code,
                     })
                     .await;
+                true
             }
             Err(NotProvisioned::Interrupted) => {
                 // A synthetic device never resumes: close it, listing its certificate.
@@ -175,6 +240,7 @@ impl Synthetic {
                 self.telemetry
                     .emit(Event::DeviceInterrupted { serial })
                     .await;
+                false
             }
         }
     }

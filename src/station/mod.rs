@@ -7,6 +7,8 @@
 //!        └──────────── telemetry events ──► aggregator ──► progress printer, summary.json
 //! ```
 //!
+//! - [`command`]: the operator's commands (pause, resume, stop feeding, retry failed
+//!   boards, interrupt) on one channel, and the feed gate the stages obey.
 //! - [`pipeline`]: the stages `run` and `loadtest` share, started and torn down in order.
 //! - [`endpoint`]: the embedded emulator or a real AWS endpoint.
 //! - [`jig_cycle`]: the cycle each jig's thread runs: wait for a board, provision it, write and
@@ -14,6 +16,7 @@
 //! - [`loadtest`]: `station loadtest`, the engine alone with synthetic devices.
 //! - [`virtual_line`]: virtual jigs on pseudo-terminals fed by a serial-number generator.
 
+pub mod command;
 pub mod endpoint;
 pub mod jig_cycle;
 pub mod loadtest;
@@ -46,6 +49,8 @@ pub struct RunOptions {
     pub baud: Option<u32>,
     /// Print progress lines to stderr.
     pub progress: bool,
+    /// The operator's commands (the dashboard's keys); `None`: none come.
+    pub control: Option<command::Control>,
 }
 
 /// How a run ended.
@@ -55,6 +60,8 @@ pub enum Stopped {
     Done,
     /// The operator stopped it (Ctrl-C, SIGTERM): devices in flight keep their state.
     Interrupted,
+    /// The operator stopped feeding new boards (`q`); the devices in flight finished.
+    Drained,
     /// A problem no retry can fix stopped the line (this error says which and what to do);
     /// devices in flight keep their state.
     Halted(Box<Error>),
@@ -78,8 +85,8 @@ impl RunReport {
         d.failed == 0 && d.provisioned == d.total
     }
 
-    /// The process exit code: 0 when every board was provisioned, 1 when some failed (or
-    /// were not done), 2 when the line was stopped by an error, 130 when the operator
+    /// The process exit code: 0 when every board was provisioned (or, stopped with `q`, when
+    /// none failed), 1 when some failed (or were not done), 2 when the line was stopped by an error, 130 when the operator
     /// stopped it (SIGINT/SIGTERM), as shells report a command ended by Ctrl-C.
     pub fn exit_code(&self) -> u8 {
         match &self.stopped {
@@ -87,6 +94,8 @@ impl RunReport {
             Stopped::Interrupted => 130,
             Stopped::Done if self.all_provisioned() => 0,
             Stopped::Done => 1,
+            Stopped::Drained if self.summary.devices.failed == 0 => 0,
+            Stopped::Drained => 1,
         }
     }
 }
@@ -134,6 +143,10 @@ pub async fn check(cfg: &Config) -> crate::Result<Vec<crate::provision::check::S
 /// which ([`RunReport::stopped`]).
 pub async fn run(cfg: &Config, opts: &RunOptions, shutdown: Shutdown) -> crate::Result<RunReport> {
     let halt = Halt::new(shutdown.clone());
+    let feed = match &opts.control {
+        Some(c) => c.serve(shutdown.clone()),
+        None => command::FeedGate::always(),
+    };
     let mut cfg = cfg.clone();
     if let Some(j) = opts.jigs {
         cfg.jigs.count = j;
@@ -192,7 +205,7 @@ pub async fn run(cfg: &Config, opts: &RunOptions, shutdown: Shutdown) -> crate::
         .expect("starting the virtual line does not panic")?;
         target = Some(fed);
         let ports = line.ports();
-        virtual_line = Some(line);
+        virtual_line = Some(Arc::new(line));
         ports
     } else {
         cfg.jigs
@@ -216,6 +229,37 @@ pub async fn run(cfg: &Config, opts: &RunOptions, shutdown: Shutdown) -> crate::
         },
     };
     let progress_state = Arc::new(LineProgress::new(target.map(|t| t as u64)));
+    let retry = Arc::new(command::RetryBook::default());
+    if let Some(c) = &opts.control {
+        c.publish(command::Published {
+            snapshots: p.snapshots.clone(),
+            report_dir: p.report_dir.clone(),
+            target: target.unwrap_or(0) as u64,
+        });
+    }
+    // `r`: the failed boards go round again (back in the virtual line's queue, or re-armed
+    // on their real jigs).
+    let retrier = tokio::spawn({
+        let (feed, retry, line) = (feed.clone(), retry.clone(), virtual_line.clone());
+        let (progress, telemetry) = (progress_state.clone(), p.telemetry.clone());
+        async move {
+            loop {
+                feed.retry_requested().await;
+                let serials = retry.arm_failed();
+                let again = match &line {
+                    Some(line) => line.requeue(&serials),
+                    None => serials.len(),
+                };
+                tracing::info!(boards = again, "failed boards go round again");
+                for serial in serials {
+                    telemetry
+                        .emit(crate::telemetry::Event::Requeued { serial })
+                        .await;
+                }
+                progress.add_target(again as u64);
+            }
+        }
+    });
     let ctx = LineContext {
         ledger: p.ledger.clone(),
         telemetry: p.telemetry.clone(),
@@ -226,6 +270,8 @@ pub async fn run(cfg: &Config, opts: &RunOptions, shutdown: Shutdown) -> crate::
         release: virtual_line.as_ref().map(|l| l.release_hook()),
         key_source: cfg.keys.source,
         station_id: cfg.station.id.clone(),
+        feed: feed.clone(),
+        retry,
     };
     let jig_threads: Vec<_> = ports
         .into_iter()
@@ -239,19 +285,29 @@ pub async fn run(cfg: &Config, opts: &RunOptions, shutdown: Shutdown) -> crate::
         .collect();
     drop(ctx);
 
-    // Wait for the line to finish (or the operator to stop it).
-    tokio::select! {
-        _ = progress_state.finished.wait() => {}
-        _ = shutdown.wait() => {}
-    }
-    progress_state.finished.trigger();
-    tokio::task::spawn_blocking(move || {
+    // Wait for the line to finish, the operator to stop it, or every jig's cycle to end
+    // (the operator stopped the feed and the boards in flight are done).
+    let mut joined = tokio::task::spawn_blocking(move || {
         for t in jig_threads {
             let _ = t.join();
         }
-    })
-    .await
-    .ok();
+    });
+    let mut all_joined = false;
+    tokio::select! {
+        _ = progress_state.finished.wait() => {}
+        _ = shutdown.wait() => {}
+        _ = &mut joined => all_joined = true,
+    }
+    progress_state.finished.trigger();
+    if !all_joined {
+        joined.await.ok();
+    }
+    retrier.abort();
+    let _ = retrier.await;
     drop(virtual_line);
-    p.finish(target.map(|t| t as u64), Some(line_info)).await
+    let mut report = p.finish(target.map(|t| t as u64), Some(line_info)).await?;
+    if matches!(report.stopped, Stopped::Done) && feed.state() == command::FeedState::Stopping {
+        report.stopped = Stopped::Drained;
+    }
+    Ok(report)
 }

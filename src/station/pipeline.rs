@@ -34,6 +34,8 @@ pub struct Pipeline {
     pub engine: Provisioner,
     pub report_dir: PathBuf,
     pub halt: Halt,
+    /// The telemetry snapshots, for the operator's surface.
+    pub snapshots: tokio::sync::watch::Receiver<telemetry::Snapshot>,
     aggregator: JoinHandle<Aggregate>,
     printer: Option<JoinHandle<()>>,
 }
@@ -94,7 +96,7 @@ impl Pipeline {
         let (telemetry, snapshots, aggregator) = telemetry::start();
         let printer = opts.progress.then(|| {
             tokio::spawn(progress::run(
-                snapshots,
+                snapshots.clone(),
                 opts.target,
                 Duration::from_secs(1),
             ))
@@ -141,6 +143,7 @@ impl Pipeline {
             engine,
             report_dir,
             halt: halt.clone(),
+            snapshots,
             aggregator,
             printer,
         })

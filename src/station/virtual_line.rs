@@ -1,19 +1,24 @@
 //! The virtual line: `jigs.count` virtual jigs on pseudo-terminals, fed from one queue of
 //! boards with generated serial numbers, so `station run` can provision a whole line on one
 //! machine. The station opens each jig's pty path exactly as it opens a USB adapter.
+//! Failed boards go back in the queue when the operator asks ([`VirtualLine::requeue`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::jig_cycle::ReleaseHook;
 use crate::config::Config;
-use crate::jig::{PortSettings, SerialGenerator, VirtualJig, VirtualJigConfig};
+use crate::jig::{BoardSpec, PortSettings, SerialGenerator, VirtualJig, VirtualJigConfig};
 use crate::ledger::{DeviceState, Ledger};
 
 /// The running virtual jigs.
 pub struct VirtualLine {
     jigs: Vec<(String, Arc<VirtualJig>)>,
     settings: PortSettings,
+    /// The queue stays open so failed boards can be placed again.
+    queue: crossbeam_channel::Sender<BoardSpec>,
+    /// Every board fed, by serial.
+    boards: HashMap<String, BoardSpec>,
 }
 
 impl VirtualLine {
@@ -34,11 +39,16 @@ impl VirtualLine {
             ))
             .unwrap_or_else(|_| now.unix_timestamp().to_string());
         let mut fed = 0;
+        let mut specs = HashMap::new();
+        let mut feed = |spec: BoardSpec| {
+            specs.insert(spec.serial.clone(), spec.clone());
+            tx.send(spec).expect("queue sized for every board");
+            fed += 1;
+        };
         if cfg.jigs.stamp_serials {
             let prefix = format!("{}-{stamp}-", cfg.jigs.serial_prefix);
             for spec in SerialGenerator::new(&prefix, 6, 1).take(boards) {
-                tx.send(spec).expect("queue sized for every board");
-                fed += 1;
+                feed(spec);
             }
         } else {
             let verified: HashSet<String> = ledger
@@ -50,12 +60,10 @@ impl VirtualLine {
             let prefix = format!("{}-", cfg.jigs.serial_prefix);
             for spec in SerialGenerator::new(&prefix, 6, 1).take(boards) {
                 if !verified.contains(&spec.serial) {
-                    tx.send(spec).expect("queue sized for every board");
-                    fed += 1;
+                    feed(spec);
                 }
             }
         }
-        drop(tx);
         let mut jigs = Vec::with_capacity(cfg.jigs.count);
         for i in 0..cfg.jigs.count {
             let mut jc = VirtualJigConfig::new(&cfg.jigs.flash_dir);
@@ -66,6 +74,8 @@ impl VirtualLine {
         let line = VirtualLine {
             jigs,
             settings: cfg.jigs.port_settings(cfg.jigs.baud),
+            queue: tx,
+            boards: specs,
         };
         Ok((line, fed))
     }
@@ -76,6 +86,16 @@ impl VirtualLine {
             .iter()
             .map(|(name, j)| (name.clone(), j.path().to_string(), self.settings.clone()))
             .collect()
+    }
+
+    /// Places the boards `serials` (fed earlier, since taken off) in the queue again;
+    /// returns how many.
+    pub fn requeue(&self, serials: &[String]) -> usize {
+        serials
+            .iter()
+            .filter_map(|s| self.boards.get(s))
+            .filter(|spec| self.queue.try_send((*spec).clone()).is_ok())
+            .count()
     }
 
     /// The simulated operator: takes a finished board off its jig.

@@ -142,6 +142,11 @@ pub enum Event {
     DeviceInterrupted {
         serial: String,
     },
+    /// The operator sent a failed device round again (`r`): it no longer counts as failed
+    /// (nor as started) until it starts again; the failure log keeps its failure.
+    Requeued {
+        serial: String,
+    },
     /// The endpoint cannot be reached: devices wait for it.
     EndpointUnreachable {
         reason: String,
@@ -394,6 +399,8 @@ pub struct Snapshot {
     pub provisioned: u64,
     pub failed: u64,
     pub interrupted: u64,
+    /// Failed devices the operator sent round again.
+    pub requeued: u64,
     pub retries: u64,
     pub throttled: u64,
     /// Why the endpoint cannot be reached, and since when (devices are paused).
@@ -448,6 +455,8 @@ pub struct Aggregate {
     pub provisioned: u64,
     pub failed: u64,
     pub interrupted: u64,
+    /// Failed devices the operator sent round again.
+    pub requeued: u64,
     pub retries: u64,
     pub throttled: u64,
     pub failures: BTreeMap<String, u64>,
@@ -497,6 +506,7 @@ impl Aggregate {
             provisioned: 0,
             failed: 0,
             interrupted: 0,
+            requeued: 0,
             retries: 0,
             throttled: 0,
             failures: BTreeMap::new(),
@@ -589,6 +599,20 @@ impl Aggregate {
             Event::DeviceInterrupted { serial } => {
                 self.interrupted += 1;
                 self.device_ended(&serial, |serial| JigOutcome::Interrupted { serial });
+            }
+            Event::Requeued { serial } => {
+                // Only a device whose failure is on record is taken back.
+                if let Some(f) = self.failure_log.iter().rev().find(|f| f.serial == serial) {
+                    if let Some(n) = self.failures.get_mut(&f.reason) {
+                        *n -= 1;
+                        if *n == 0 {
+                            self.failures.remove(&f.reason);
+                        }
+                    }
+                    self.failed = self.failed.saturating_sub(1);
+                    self.started = self.started.saturating_sub(1);
+                    self.requeued += 1;
+                }
             }
             Event::EndpointUnreachable { reason } => {
                 if self.down.is_none() {
@@ -725,6 +749,7 @@ impl Aggregate {
             provisioned: self.provisioned,
             failed: self.failed,
             interrupted: self.interrupted,
+            requeued: self.requeued,
             retries: self.retries,
             throttled: self.throttled,
             endpoint_down: self
@@ -944,6 +969,63 @@ mod tests {
             })
         );
         assert_eq!(snap.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_requeued_failure_no_longer_counts_until_the_device_ends_again() {
+        let mut agg = Aggregate::new();
+        let mut stock = (0, 0);
+        let shared = Shared::default();
+        let failed = |serial: &str| Event::DeviceFailed {
+            serial: serial.into(),
+            reason: FailureCode::Jig(crate::jig::JigFailure::Timeout),
+        };
+        for serial in ["SN-1", "SN-2"] {
+            agg.apply(
+                Event::DeviceStarted {
+                    serial: serial.into(),
+                    jig: "j".into(),
+                },
+                &mut stock,
+            );
+            agg.apply(failed(serial), &mut stock);
+        }
+        // An unknown serial changes nothing.
+        agg.apply(
+            Event::Requeued {
+                serial: "SN-9".into(),
+            },
+            &mut stock,
+        );
+        agg.apply(
+            Event::Requeued {
+                serial: "SN-1".into(),
+            },
+            &mut stock,
+        );
+        let snap = agg.snapshot(stock, &shared);
+        assert_eq!(
+            (snap.started, snap.failed, snap.requeued, snap.in_flight()),
+            (1, 1, 1, 0)
+        );
+        assert_eq!(snap.failures["jig:timeout"], 1);
+        // The failure log keeps both failures.
+        assert_eq!(snap.recent_failures.len(), 2);
+        agg.apply(
+            Event::DeviceStarted {
+                serial: "SN-1".into(),
+                jig: "j".into(),
+            },
+            &mut stock,
+        );
+        agg.apply(
+            Event::DeviceProvisioned {
+                serial: "SN-1".into(),
+            },
+            &mut stock,
+        );
+        let snap = agg.snapshot(stock, &shared);
+        assert_eq!((snap.started, snap.provisioned, snap.failed), (2, 1, 1));
     }
 
     #[test]
