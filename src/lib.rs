@@ -25,13 +25,17 @@
 //!   step acts on it.
 //! - [`telemetry`]: events from every stage, latency histograms, the progress printer and the
 //!   run summary (`summary.json`).
-//! - [`station`]: wires the stages into the pipeline behind `station run`.
+//! - [`station`]: wires the stages into the pipeline behind `station run`, and the operator's
+//!   command channel (pause, stop feeding, retry failed boards).
+//! - [`dashboard`]: the operator's terminal dashboard; it reads telemetry snapshots and sends
+//!   operator commands, nothing else.
 //! - [`error`]: the operator-facing error type; [`halt`]: why a run stopped early.
 //!
 //! The station uses the emulator only to start it as its embedded endpoint; the other crates
 //! are re-exported here under the names the station and the tests use.
 
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod halt;
 pub mod keys;
