@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use fleet_station::config::{Config, ConfigError, Overrides};
+use fleet_station::dashboard::{self, log::LogSink};
 use fleet_station::emulator::Emulator;
 use fleet_station::fleet::MqttVersion;
 use fleet_station::jig::SimBoardOptions;
@@ -16,6 +17,7 @@ use fleet_station::ledger::LedgerView;
 use fleet_station::ledger::cleanup;
 use fleet_station::ledger::export::{self, ExportError};
 use fleet_station::shutdown::{self, Shutdown};
+use fleet_station::station::command;
 use fleet_station::station::loadtest::{self, LoadtestOptions};
 use fleet_station::station::{self, RunOptions};
 
@@ -32,8 +34,18 @@ struct Cli {
     /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Log format: text, or json (one object a line, for log shippers).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -58,6 +70,10 @@ enum Command {
         /// Line rate in baud (overrides jigs.baud; virtual boards emulate it, 0 = memory speed).
         #[arg(long, value_name = "B")]
         baud: Option<u32>,
+        /// No dashboard: a progress line a second on stderr (also when stdout is not a
+        /// terminal).
+        #[arg(long)]
+        headless: bool,
         #[command(flatten)]
         endpoint: EndpointArgs,
     },
@@ -76,6 +92,10 @@ enum Command {
         /// Where to write summary.json (default: <station.report_dir>/loadtest-<UTC timestamp>/).
         #[arg(long, value_name = "DIR")]
         report_dir: Option<PathBuf>,
+        /// No dashboard: a progress line a second on stderr (also when stdout is not a
+        /// terminal).
+        #[arg(long)]
+        headless: bool,
         #[command(flatten)]
         endpoint: EndpointArgs,
     },
@@ -202,7 +222,8 @@ enum LedgerCommand {
     },
 }
 
-fn init_logging(verbose: u8) {
+/// Logs go to `sink` (stderr, until a dashboard moves them to a file), as text or JSON.
+fn init_logging(verbose: u8, format: LogFormat, sink: LogSink, ansi: bool) {
     let default = match verbose {
         0 => "warn,fleet_station=info,rumqttc=error",
         1 => "info,fleet_station=debug",
@@ -210,12 +231,62 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+        .with_writer(sink)
+        .with_target(false);
+    match format {
+        LogFormat::Text => fmt.with_ansi(ansi).init(),
+        LogFormat::Json => fmt.json().with_ansi(false).init(),
+    }
+}
+
+/// The dashboard, when one is shown: the operator's end of the command channel and the
+/// thread drawing it.
+struct Surface {
+    dashboard: Option<dashboard::Dashboard>,
+    control: Option<command::Control>,
+    log: LogSink,
+}
+
+impl Surface {
+    /// Starts the dashboard for `mode` unless `headless` or stdout is not a terminal.
+    fn start(headless: bool, mode: &'static str, log: &LogSink) -> Surface {
+        let mut surface = Surface {
+            dashboard: None,
+            control: None,
+            log: log.clone(),
+        };
+        if headless || !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            return surface;
+        }
+        let (operator, control) = command::channel();
+        match dashboard::spawn(operator, mode, log.clone()) {
+            Ok(d) => {
+                surface.dashboard = Some(d);
+                surface.control = Some(control);
+            }
+            Err(e) => eprintln!("no dashboard ({e}); progress lines instead"),
+        }
+        surface
+    }
+
+    /// Headless: the progress line instead.
+    fn progress(&self) -> bool {
+        self.control.is_none()
+    }
+
+    /// Gives the terminal back (the run has ended) and says where the log went.
+    fn finish(self) {
+        if let Some(d) = self.dashboard
+            && let Err(e) = d.finish()
+        {
+            eprintln!("dashboard: {e}");
+        }
+        if let Some(path) = self.log.file() {
+            eprintln!("log: {}", path.display());
+        }
+    }
 }
 
 fn report(err: impl miette::Diagnostic + Send + Sync + 'static) -> ExitCode {
@@ -301,7 +372,20 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    let log = LogSink::default();
+    // A dashboard may move the log to a file: no colour codes there.
+    let dashboard_possible = matches!(
+        cli.command,
+        Command::Run {
+            headless: false,
+            ..
+        } | Command::Loadtest {
+            headless: false,
+            ..
+        }
+    ) && std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && !dashboard_possible;
+    init_logging(cli.verbose, cli.log_format, log.clone(), ansi);
     match cli.command {
         Command::Run {
             config,
@@ -309,55 +393,63 @@ fn main() -> ExitCode {
             report_dir,
             jigs,
             baud,
+            headless,
             endpoint,
         } => {
             let cfg = match load(&config, &endpoint) {
                 Ok(c) => c,
                 Err(e) => return report(e),
             };
+            let surface = Surface::start(headless, "run", &log);
             let opts = RunOptions {
                 boards,
                 report_dir,
                 jigs: jigs.map(usize::from),
                 baud,
-                progress: true,
-                control: None,
+                progress: surface.progress(),
+                control: surface.control.clone(),
             };
-            runtime().block_on(async {
+            let result = runtime().block_on(async {
                 let stop = Shutdown::new();
                 shutdown::trigger_on_signals(&stop);
-                match station::run(&cfg, &opts, stop).await {
-                    Ok(r) => print_report(r, true),
-                    Err(e) => report(e),
-                }
-            })
+                station::run(&cfg, &opts, stop).await
+            });
+            surface.finish();
+            match result {
+                Ok(r) => print_report(r, true),
+                Err(e) => report(e),
+            }
         }
         Command::Loadtest {
             config,
             devices,
             sessions,
             report_dir,
+            headless,
             endpoint,
         } => {
             let cfg = match load(&config, &endpoint) {
                 Ok(c) => c,
                 Err(e) => return report(e),
             };
+            let surface = Surface::start(headless, "loadtest", &log);
             let opts = LoadtestOptions {
                 devices,
                 sessions,
                 report_dir,
-                progress: true,
-                control: None,
+                progress: surface.progress(),
+                control: surface.control.clone(),
             };
-            runtime().block_on(async {
+            let result = runtime().block_on(async {
                 let stop = Shutdown::new();
                 shutdown::trigger_on_signals(&stop);
-                match loadtest::loadtest(&cfg, &opts, stop).await {
-                    Ok(r) => print_report(r, false),
-                    Err(e) => report(e),
-                }
-            })
+                loadtest::loadtest(&cfg, &opts, stop).await
+            });
+            surface.finish();
+            match result {
+                Ok(r) => print_report(r, false),
+                Err(e) => report(e),
+            }
         }
         Command::Check { config, endpoint } => {
             let cfg = match load(&config, &endpoint) {
