@@ -317,7 +317,7 @@ impl JigsSection {
 
 impl PortEntry {
     /// The settings this port is opened with: its own line settings over `jigs`' defaults.
-    /// `data_bits` and `stop_bits` were checked by [`Config::validate`].
+    /// `data_bits` and `stop_bits` were checked when the configuration was loaded.
     pub fn settings(&self, jigs: &JigsSection) -> PortSettings {
         let mut s = jigs.port_settings(self.baud.unwrap_or(jigs.baud));
         if let Some(t) = self.timeout_ms {
