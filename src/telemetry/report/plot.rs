@@ -7,6 +7,9 @@
 //!   (placed at 1 in N, N the stage's count), and a legend.
 //! - `throughput.svg`: devices provisioned per second and devices failed per second over the
 //!   run, one step per second of the run.
+//!
+//! Series are drawn 2 px wide (`stroke-width="2"`), axes and ticks 1 px: a reader of the SVG
+//! can tell them apart.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -239,18 +242,19 @@ mod tests {
         h
     }
 
-    /// The polylines' stroke colours and the text of every `<text>` element.
+    /// The series' stroke colours (2 px polylines; axes are 1 px) and the text of every
+    /// `<text>` element.
     fn parts(svg: &str) -> (Vec<String>, Vec<String>) {
         let doc = roxmltree::Document::parse(svg).expect("the SVG is well-formed XML");
         let lines = doc
             .descendants()
-            .filter(|n| n.has_tag_name("polyline"))
+            .filter(|n| n.has_tag_name("polyline") && n.attribute("stroke-width") == Some("2"))
             .map(|n| n.attribute("stroke").unwrap_or_default().to_string())
             .collect();
         let texts = doc
             .descendants()
             .filter(|n| n.has_tag_name("text"))
-            .filter_map(|n| n.text().map(str::to_string))
+            .filter_map(|n| n.text().map(|t| t.trim().to_string()))
             .collect();
         (lines, texts)
     }
@@ -271,9 +275,13 @@ mod tests {
         let h = histogram((1..=1000u64).map(|ms| ms * 1000));
         let p = latency_points(&h);
         assert_eq!(p[0], (1.0, 1.0));
-        let p90 = p.iter().find(|(x, _)| (*x - 10.0).abs() < 1e-9).unwrap();
-        assert_eq!(p90.1, h.value_at_quantile(0.9) as f64 / 1000.0);
-        assert_eq!(*p.last().unwrap(), (1000.0, h.max() as f64 / 1000.0));
+        // The median sits at 1 in 2.
+        let p50 = p.iter().find(|(x, _)| *x == 2.0).unwrap();
+        assert_eq!(p50.1, h.value_at_quantile(0.5) as f64 / 1000.0);
+        // The maximum ends the line, at 1 in N or after the last tick.
+        let (x, y) = *p.last().unwrap();
+        assert_eq!(y, h.max() as f64 / 1000.0);
+        assert!(x >= 1000.0 && x >= p[p.len() - 2].0, "{x}");
         assert!(latency_points(&histogram([])).is_empty());
     }
 
