@@ -42,6 +42,10 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    ReportFiles(#[from] crate::telemetry::report::ReportError),
+
     #[error("the line has no jig to work with")]
     #[diagnostic(
         code(station::no_jigs),

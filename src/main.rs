@@ -99,6 +99,20 @@ enum Command {
         #[command(subcommand)]
         what: LedgerCommand,
     },
+    /// Print a past run's summary as a table (totals, throughput, each stage's latencies,
+    /// failures by reason, jigs), or two runs side by side with the change of every figure.
+    ///
+    /// DIR is a run's report folder (the one `run` or `loadtest` printed, holding
+    /// summary.json).
+    Report {
+        /// The run's report folder.
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        /// Another run's report folder: prints DIR (A) and OTHER (B) side by side with the
+        /// change from A to B, absolute and in %.
+        #[arg(long, value_name = "OTHER")]
+        compare: Option<PathBuf>,
+    },
     /// Run the fleet-provisioning emulator alone (MQTT over mutual TLS) until Ctrl-C.
     ///
     /// Prints `listening on HOST:PORT` once it accepts connections, then the paths of
@@ -383,6 +397,15 @@ fn main() -> ExitCode {
             };
             match ledger_command(&cfg, what) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e) => report(e),
+            }
+        }
+        Command::Report { dir, compare } => {
+            match fleet_station::telemetry::report::command(&dir, compare.as_deref()) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
                 Err(e) => report(e),
             }
         }

@@ -4,7 +4,7 @@
 //!
 //! Start-up checks come first (the line's ledger and its lock, then the endpoint and TLS
 //! files); the report folder is created only when they passed, under a name no other run
-//! uses.
+//! uses, and a probe file checks at once that it can be written.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -80,6 +80,8 @@ impl Pipeline {
         let endpoint = Endpoint::resolve(cfg).await?;
         let roots = read_roots(&endpoint.claim.root_ca)?;
         let report_dir = create_report_dir(cfg, opts.report_dir, opts.report_prefix)?;
+        // The report is written at the end: find out now, before any board, that it can be.
+        telemetry::report::probe_writable(&report_dir)?;
         let ledger = match line_ledger {
             Some(l) => l,
             None => match open_ledger(&report_dir.join("ledger.db"), &cfg.station.id).await {
@@ -146,7 +148,8 @@ impl Pipeline {
         })
     }
 
-    /// Stops the engine, closes telemetry, writes `summary.json` and stops the embedded
+    /// Stops the engine, closes telemetry, writes `summary.json` and the report's other files
+    /// (`.hgrm` per stage, `latency.svg`, `throughput.svg`, `failures.csv`), and stops the embedded
     /// emulator. `total` is the number of devices the run set out to do (`None`: those
     /// started). The report says how the run stopped.
     pub async fn finish(
@@ -179,6 +182,11 @@ impl Pipeline {
                 path: self.report_dir.clone(),
                 source,
             })?;
+        // The .hgrm files, the plots and failures.csv (file work: off the reactor).
+        let dir = self.report_dir.clone();
+        tokio::task::spawn_blocking(move || telemetry::report::write_run_files(&dir, &aggregate))
+            .await
+            .expect("the report writer does not panic")?;
         drop(self.endpoint);
         Ok(RunReport {
             summary,

@@ -9,8 +9,11 @@
 //!
 //! - [`summary`]: the end-of-run `summary.json` built from the aggregate.
 //! - [`progress`]: the headless progress printer.
+//! - [`report`]: the report folder's other files (`.hgrm`, plots, `failures.csv`) and
+//!   `station report`.
 
 pub mod progress;
+pub mod report;
 pub mod summary;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
