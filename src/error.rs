@@ -32,6 +32,10 @@ pub enum Error {
     #[diagnostic(transparent)]
     Line(#[from] crate::provision::health::LineError),
 
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Metrics(#[from] crate::telemetry::http::BindError),
+
     #[error("cannot write the report to {path}: {source}")]
     #[diagnostic(
         code(station::report),

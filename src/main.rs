@@ -58,6 +58,10 @@ enum Command {
         /// Line rate in baud (overrides jigs.baud; virtual boards emulate it, 0 = memory speed).
         #[arg(long, value_name = "B")]
         baud: Option<u32>,
+        /// Serve Prometheus metrics at http://HOST:PORT/metrics while the run lasts
+        /// (overrides telemetry.metrics_addr; port 0 picks a free port, printed at start).
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics_addr: Option<String>,
         #[command(flatten)]
         endpoint: EndpointArgs,
     },
@@ -76,6 +80,10 @@ enum Command {
         /// Where to write summary.json (default: <station.report_dir>/loadtest-<UTC timestamp>/).
         #[arg(long, value_name = "DIR")]
         report_dir: Option<PathBuf>,
+        /// Serve Prometheus metrics at http://HOST:PORT/metrics while the run lasts
+        /// (overrides telemetry.metrics_addr; port 0 picks a free port, printed at start).
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics_addr: Option<String>,
         #[command(flatten)]
         endpoint: EndpointArgs,
     },
@@ -186,13 +194,27 @@ impl EndpointArgs {
             template_name: self.template_name.clone(),
             template_parameters: self.template_parameters.clone(),
             mqtt_version: self.mqtt_version,
+            metrics_addr: None,
         }
     }
 }
 
 /// Loads the configuration and applies the command-line overrides.
 fn load(config: &std::path::Path, args: &EndpointArgs) -> Result<Config, ConfigError> {
-    Config::load(config)?.with_overrides(&args.overrides(), config)
+    load_with(config, args, None)
+}
+
+/// [`load`], with `--metrics-addr` (of `run` and `loadtest`).
+fn load_with(
+    config: &std::path::Path,
+    args: &EndpointArgs,
+    metrics_addr: Option<String>,
+) -> Result<Config, ConfigError> {
+    let overrides = Overrides {
+        metrics_addr,
+        ..args.overrides()
+    };
+    Config::load(config)?.with_overrides(&overrides, config)
 }
 
 #[derive(Subcommand)]
@@ -318,9 +340,10 @@ fn main() -> ExitCode {
             report_dir,
             jigs,
             baud,
+            metrics_addr,
             endpoint,
         } => {
-            let cfg = match load(&config, &endpoint) {
+            let cfg = match load_with(&config, &endpoint, metrics_addr) {
                 Ok(c) => c,
                 Err(e) => return report(e),
             };
@@ -345,9 +368,10 @@ fn main() -> ExitCode {
             devices,
             sessions,
             report_dir,
+            metrics_addr,
             endpoint,
         } => {
-            let cfg = match load(&config, &endpoint) {
+            let cfg = match load_with(&config, &endpoint, metrics_addr) {
                 Ok(c) => c,
                 Err(e) => return report(e),
             };

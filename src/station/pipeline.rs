@@ -23,6 +23,7 @@ use crate::ledger::Ledger;
 use crate::provision::rate::Limits;
 use crate::provision::tls::read_roots;
 use crate::provision::{EngineConfig, Provisioner};
+use crate::telemetry::http::{BoundMetrics, MetricsServer};
 use crate::telemetry::summary::{LineInfo, Summary};
 use crate::telemetry::{self, Aggregate, Telemetry, progress};
 
@@ -36,6 +37,8 @@ pub struct Pipeline {
     pub halt: Halt,
     aggregator: JoinHandle<Aggregate>,
     printer: Option<JoinHandle<()>>,
+    /// `/metrics`, served until the run's report is written.
+    metrics: Option<MetricsServer>,
 }
 
 /// Where the run's ledger is.
@@ -77,6 +80,16 @@ impl Pipeline {
             LedgerPlace::At(path) => Some(open_ledger(path, &cfg.station.id).await?),
             LedgerPlace::InReportDir => None,
         };
+        // The metrics address next, before anything is provisioned: one in use or unusable
+        // stops the run here. Port 0 picks a free one, so the address is printed.
+        let metrics = match &cfg.telemetry.metrics_addr {
+            Some(addr) => {
+                let bound = BoundMetrics::bind(addr, cfg.telemetry.metrics_addr_key)?;
+                eprintln!("metrics: http://{}/metrics", bound.local_addr());
+                Some(bound)
+            }
+            None => None,
+        };
         let endpoint = Endpoint::resolve(cfg).await?;
         let roots = read_roots(&endpoint.claim.root_ca)?;
         let report_dir = create_report_dir(cfg, opts.report_dir, opts.report_prefix)?;
@@ -94,6 +107,7 @@ impl Pipeline {
             },
         };
         let (telemetry, snapshots, aggregator) = telemetry::start();
+        let metrics = metrics.map(|m| m.serve(snapshots.clone()));
         let printer = opts.progress.then(|| {
             tokio::spawn(progress::run(
                 snapshots,
@@ -145,6 +159,7 @@ impl Pipeline {
             halt: halt.clone(),
             aggregator,
             printer,
+            metrics,
         })
     }
 
@@ -188,6 +203,7 @@ impl Pipeline {
             .await
             .expect("the report writer does not panic")?;
         drop(self.endpoint);
+        drop(self.metrics);
         Ok(RunReport {
             summary,
             report_dir: self.report_dir,
