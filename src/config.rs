@@ -79,10 +79,14 @@ pub fn validate_listen_addr(addr: &str) -> Result<(), String> {
         return Err(format!("is {addr:?}, which has no port"));
     };
     if port.parse::<u16>().is_err() {
-        return Err(format!("is {addr:?}, whose port {port:?} is not a number 0–65535"));
+        return Err(format!(
+            "is {addr:?}, whose port {port:?} is not a number 0–65535"
+        ));
     }
     if host.starts_with('[') || host.contains(':') {
-        return Err(format!("is {addr:?}, which is not a valid IPv6 address and port"));
+        return Err(format!(
+            "is {addr:?}, which is not a valid IPv6 address and port"
+        ));
     }
     validate_endpoint_host(host).map_err(|problem| format!("is {addr:?}: the host {problem}"))
 }
@@ -1177,11 +1181,23 @@ mod tests {
     #[test]
     fn metrics_addr_is_off_by_default_checked_and_overridden_by_the_flag() {
         assert_eq!(parse("").unwrap().telemetry.metrics_addr, None);
-        for ok in ["127.0.0.1:0", "0.0.0.0:9100", "[::1]:9100", "localhost:9100"] {
+        for ok in [
+            "127.0.0.1:0",
+            "0.0.0.0:9100",
+            "[::1]:9100",
+            "localhost:9100",
+        ] {
             let cfg = parse(&format!("[telemetry]\nmetrics_addr = \"{ok}\"\n")).unwrap();
             assert_eq!(cfg.telemetry.metrics_addr.as_deref(), Some(ok));
         }
-        for bad in ["9100", "localhost", "127.0.0.1:99999", "http://x:1", "::1:9100", ":9100"] {
+        for bad in [
+            "9100",
+            "localhost",
+            "127.0.0.1:99999",
+            "http://x:1",
+            "::1:9100",
+            ":9100",
+        ] {
             match parse(&format!("[telemetry]\nmetrics_addr = \"{bad}\"\n")) {
                 Err(ConfigError::Invalid { key, help, .. }) => {
                     assert_eq!(key, "telemetry.metrics_addr", "{bad}");

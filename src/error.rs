@@ -2,8 +2,6 @@
 //! code and a help line that says what to do (the espflash style). Errors of the stages are
 //! wrapped transparently so their own code and help reach the operator unchanged.
 
-use std::path::PathBuf;
-
 use miette::Diagnostic;
 
 #[derive(Debug, thiserror::Error, Diagnostic)]
@@ -36,19 +34,9 @@ pub enum Error {
     #[diagnostic(transparent)]
     Metrics(#[from] crate::telemetry::http::BindError),
 
-    #[error("cannot write the report to {path}: {source}")]
-    #[diagnostic(
-        code(station::report),
-        help("pass a writable directory with --report-dir, or fix station.report_dir")
-    )]
-    Report {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-
     #[error(transparent)]
     #[diagnostic(transparent)]
-    ReportFiles(#[from] crate::telemetry::report::ReportError),
+    Report(#[from] crate::telemetry::report::ReportError),
 
     #[error("the line has no jig to work with")]
     #[diagnostic(

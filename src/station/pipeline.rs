@@ -15,7 +15,6 @@ use tokio::task::JoinHandle;
 use super::endpoint::Endpoint;
 use super::{RunReport, Stopped, timestamp};
 use crate::config::Config;
-use crate::error::Error;
 use crate::halt::Halt;
 use crate::keys::KeyPool;
 use crate::keys::pool::PoolConfig;
@@ -191,12 +190,12 @@ impl Pipeline {
             p.abort();
         }
         let summary = Summary::from_aggregate(&aggregate, total.unwrap_or(aggregate.started), line);
-        summary
-            .write(&self.report_dir)
-            .map_err(|source| Error::Report {
-                path: self.report_dir.clone(),
+        summary.write(&self.report_dir).map_err(|source| {
+            telemetry::report::ReportError::Write {
+                path: self.report_dir.join("summary.json"),
                 source,
-            })?;
+            }
+        })?;
         // The .hgrm files, the plots and failures.csv (file work: off the reactor).
         let dir = self.report_dir.clone();
         tokio::task::spawn_blocking(move || telemetry::report::write_run_files(&dir, &aggregate))
@@ -227,7 +226,7 @@ async fn open_ledger(path: &Path, station: &str) -> Result<Ledger, crate::ledger
 fn create_report_dir(cfg: &Config, given: Option<PathBuf>, prefix: &str) -> crate::Result<PathBuf> {
     let report = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| Error::Report { path, source }
+        move |source| telemetry::report::ReportError::NotWritable { path, source }
     };
     if let Some(dir) = given {
         std::fs::create_dir_all(&dir).map_err(report(&dir))?;
@@ -245,7 +244,7 @@ fn create_report_dir(cfg: &Config, given: Option<PathBuf>, prefix: &str) -> crat
         match std::fs::create_dir(&dir) {
             Ok(()) => return Ok(dir),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(report(&dir)(e)),
+            Err(e) => return Err(report(&dir)(e).into()),
         }
     }
     unreachable!("the loop returns")

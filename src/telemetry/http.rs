@@ -162,7 +162,10 @@ mod tests {
         let server = bound.serve(rx);
 
         let ok = get(addr, "GET", "/metrics");
-        assert!(ok.starts_with("HTTP/1.0 200") || ok.starts_with("HTTP/1.1 200"), "{ok}");
+        assert!(
+            ok.starts_with("HTTP/1.0 200") || ok.starts_with("HTTP/1.1 200"),
+            "{ok}"
+        );
         assert!(
             ok.contains("Content-Type: text/plain; version=0.0.4; charset=utf-8"),
             "{ok}"
@@ -195,6 +198,9 @@ mod tests {
         };
         assert_eq!(e.key, "--metrics-addr");
         let text = e.to_string();
-        assert!(text.contains(&addr) && text.contains("--metrics-addr"), "{text}");
+        assert!(
+            text.contains(&addr) && text.contains("--metrics-addr"),
+            "{text}"
+        );
     }
 }

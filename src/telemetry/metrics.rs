@@ -328,7 +328,10 @@ pub fn families(s: &Snapshot) -> Vec<MetricFamily> {
     }
     push(&mut f);
 
-    for (spec, map) in [(&RETRIES, &s.retries_by_api), (&THROTTLES, &s.throttled_by_api)] {
+    for (spec, map) in [
+        (&RETRIES, &s.retries_by_api),
+        (&THROTTLES, &s.throttled_by_api),
+    ] {
         let mut f = Family::new(spec);
         for (api, n) in map {
             f.counter(&[api], *n);
@@ -513,7 +516,11 @@ mod tests {
             },
             started("SN-1", "jig-a"),
             started("SN-2", "jig-b"),
-            call("SN-1", ApiKind::CreateCertificateFromCsr, ApiResult::Accepted),
+            call(
+                "SN-1",
+                ApiKind::CreateCertificateFromCsr,
+                ApiResult::Accepted,
+            ),
             call(
                 "SN-1",
                 ApiKind::RegisterThing,
@@ -551,7 +558,11 @@ mod tests {
             Event::DeviceProvisioned {
                 serial: "SN-1".into(),
             },
-            call("SN-2", ApiKind::CreateCertificateFromCsr, ApiResult::Accepted),
+            call(
+                "SN-2",
+                ApiKind::CreateCertificateFromCsr,
+                ApiResult::Accepted,
+            ),
             call(
                 "SN-2",
                 ApiKind::RegisterThing,
@@ -590,9 +601,15 @@ mod tests {
         let text = render(agg.snapshot(stock, &shared));
         let s = samples(&text);
         let v = |k: &str| *s.get(k).unwrap_or_else(|| panic!("no {k} in\n{text}"));
-        assert_eq!(v(r#"fleet_station_devices_total{outcome="provisioned"}"#), 1.0);
+        assert_eq!(
+            v(r#"fleet_station_devices_total{outcome="provisioned"}"#),
+            1.0
+        );
         assert_eq!(v(r#"fleet_station_devices_total{outcome="failed"}"#), 1.0);
-        assert_eq!(v(r#"fleet_station_devices_total{outcome="interrupted"}"#), 0.0);
+        assert_eq!(
+            v(r#"fleet_station_devices_total{outcome="interrupted"}"#),
+            0.0
+        );
         assert_eq!(
             v(r#"fleet_station_device_failures_total{reason="register_thing:InvalidParameters"}"#),
             1.0
@@ -609,13 +626,31 @@ mod tests {
             v(r#"fleet_station_api_requests_total{api="create_certificate",result="accepted"}"#),
             2.0
         );
-        assert_eq!(v(r#"fleet_station_retries_total{api="register_thing"}"#), 1.0);
-        assert_eq!(v(r#"fleet_station_throttles_total{api="register_thing"}"#), 1.0);
-        assert_eq!(v(r#"fleet_station_jig_boards_written_total{jig="jig-a"}"#), 1.0);
-        assert_eq!(v(r#"fleet_station_jig_boards_written_total{jig="jig-b"}"#), 0.0);
-        assert_eq!(v(r#"fleet_station_jig_payload_bytes_total{jig="jig-a"}"#), 2000.0);
+        assert_eq!(
+            v(r#"fleet_station_retries_total{api="register_thing"}"#),
+            1.0
+        );
+        assert_eq!(
+            v(r#"fleet_station_throttles_total{api="register_thing"}"#),
+            1.0
+        );
+        assert_eq!(
+            v(r#"fleet_station_jig_boards_written_total{jig="jig-a"}"#),
+            1.0
+        );
+        assert_eq!(
+            v(r#"fleet_station_jig_boards_written_total{jig="jig-b"}"#),
+            0.0
+        );
+        assert_eq!(
+            v(r#"fleet_station_jig_payload_bytes_total{jig="jig-a"}"#),
+            2000.0
+        );
         assert_eq!(v(r#"fleet_station_jig_retries_total{jig="jig-a"}"#), 2.0);
-        assert_eq!(v(r#"fleet_station_jig_boards_failed_total{jig="jig-a"}"#), 0.0);
+        assert_eq!(
+            v(r#"fleet_station_jig_boards_failed_total{jig="jig-a"}"#),
+            0.0
+        );
         assert_eq!(v("fleet_station_endpoint_outages_total"), 1.0);
         // Gauges.
         assert_eq!(v("fleet_station_devices_in_flight"), 1.0);
@@ -633,9 +668,9 @@ mod tests {
             25.0
         );
         assert!(!text.contains(r#"rate_target_requests_per_second{api="create_certificate"}"#));
-        assert!(
-            s.contains_key(r#"fleet_station_rate_actual_requests_per_second{api="create_certificate"}"#)
-        );
+        assert!(s.contains_key(
+            r#"fleet_station_rate_actual_requests_per_second{api="create_certificate"}"#
+        ));
         // The histogram: 0.7 ms, 20 ms and 90 s, in seconds, cumulative, +Inf = count.
         let b = |le: &str| {
             v(&format!(
@@ -701,7 +736,10 @@ mod tests {
         let text = metrics.render();
         let after = samples(&text);
         // The collector reads the latest snapshot at scrape time.
-        assert_eq!(after[r#"fleet_station_devices_total{outcome="failed"}"#], 2.0);
+        assert_eq!(
+            after[r#"fleet_station_devices_total{outcome="failed"}"#],
+            2.0
+        );
         assert_eq!(after["fleet_station_endpoint_reachable"], 1.0);
         assert_eq!(after["fleet_station_devices_in_flight"], 0.0);
         assert_eq!(
@@ -710,7 +748,10 @@ mod tests {
         );
         // No counter series went down or went away.
         let counter = |k: &str| {
-            k.contains("_total") || k.contains("_bucket") || k.contains("_count") || k.contains("_sum")
+            k.contains("_total")
+                || k.contains("_bucket")
+                || k.contains("_count")
+                || k.contains("_sum")
         };
         for (k, v) in before.iter().filter(|(k, _)| counter(k)) {
             let now = after.get(k).unwrap_or_else(|| panic!("{k} went away"));
@@ -726,7 +767,10 @@ mod tests {
     fn an_empty_snapshot_renders_zeroes_not_errors() {
         let text = render(Snapshot::default());
         let s = samples(&text);
-        assert_eq!(s[r#"fleet_station_devices_total{outcome="provisioned"}"#], 0.0);
+        assert_eq!(
+            s[r#"fleet_station_devices_total{outcome="provisioned"}"#],
+            0.0
+        );
         assert_eq!(s["fleet_station_endpoint_reachable"], 1.0);
         assert!(!text.contains("fleet_station_device_failures_total"));
     }

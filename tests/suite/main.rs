@@ -29,4 +29,5 @@ mod metrics;
 mod outage;
 mod provision;
 mod readme;
+mod report;
 mod stop;

@@ -203,10 +203,7 @@ fn scrapes_during_a_run_grow_and_end_at_the_summary_figures() {
     });
     // The operator stops the idle line; nothing was in flight.
     // SAFETY: signalling a child process this test owns.
-    assert_eq!(
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) },
-        0
-    );
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     let out = finish(child);
     let errors: Vec<String> = stderr.try_iter().collect();
     assert_eq!(out.status.code(), Some(130), "{errors:?}");
@@ -354,7 +351,10 @@ fn an_unparsable_metrics_address_is_refused_with_its_key() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{stderr}");
         assert!(stderr.contains("station::config::invalid"), "{stderr}");
-        assert!(stderr.contains(key) && stderr.contains("HOST:PORT"), "{stderr}");
+        assert!(
+            stderr.contains(key) && stderr.contains("HOST:PORT"),
+            "{stderr}"
+        );
         assert_eq!(devices, 0);
         assert!(!dir.path().join("ledger.db").exists());
     }

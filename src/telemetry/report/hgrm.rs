@@ -169,14 +169,20 @@ mod tests {
         let last = rows.last().unwrap();
         assert_eq!((last.1, last.2, last.3), (1.0, 1000, None));
         assert!((last.0 - 1000.0).abs() <= 1.0, "{last:?}");
-        assert!(rows.windows(2).all(|w| w[0].2 <= w[1].2 && w[0].0 <= w[1].0));
+        assert!(
+            rows.windows(2)
+                .all(|w| w[0].2 <= w[1].2 && w[0].0 <= w[1].0)
+        );
         // The 1/(1-p) column is what the plotter's x axis reads.
         let p90 = rows.iter().find(|r| (r.1 - 0.9).abs() < 1e-9).unwrap();
         assert_eq!(p90.3, Some(10.0));
         // Footer: mean, max and count in ms, then the bucket layout of a 3-digit histogram.
         let footer: Vec<&str> = text.lines().filter(|l| l.starts_with("#[")).collect();
         assert!(footer[0].starts_with("#[Mean    =      500."), "{footer:?}");
-        assert!(footer[0].contains(", StdDeviation   =      288."), "{footer:?}");
+        assert!(
+            footer[0].contains(", StdDeviation   =      288."),
+            "{footer:?}"
+        );
         assert!(
             footer[1].starts_with("#[Max     =     1000.")
                 && footer[1].ends_with("Total count    =         1000]"),
@@ -203,7 +209,10 @@ mod tests {
         let after = rows.iter().position(|r| r.1 >= 0.99).unwrap();
         let p99 = h.value_at_quantile(0.99) as f64 / 1000.0;
         assert!(rows[after - 1].1 < 0.99);
-        assert!(rows[after - 1].0 <= p99 && p99 <= rows[after].0, "{p99} {rows:?}");
+        assert!(
+            rows[after - 1].0 <= p99 && p99 <= rows[after].0,
+            "{p99} {rows:?}"
+        );
     }
 
     #[test]

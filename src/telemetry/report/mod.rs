@@ -52,7 +52,9 @@ pub enum ReportError {
     #[error("cannot draw {path}: {reason}")]
     #[diagnostic(
         code(station::report::plot),
-        help("summary.json and the .hgrm files hold the figures; report this as a bug with the run's summary.json")
+        help(
+            "summary.json and the .hgrm files hold the figures; report this as a bug with the run's summary.json"
+        )
     )]
     Plot { path: PathBuf, reason: String },
 
@@ -235,10 +237,17 @@ mod tests {
         }
         let csv = std::fs::read_to_string(dir.path().join("failures.csv")).unwrap();
         assert_eq!(csv.lines().count(), 2);
-        assert!(csv.lines().nth(1).unwrap().starts_with("SN-9,other,parameter:mac,0,"));
+        assert!(
+            csv.lines()
+                .nth(1)
+                .unwrap()
+                .starts_with("SN-9,other,parameter:mac,0,")
+        );
 
         let err = load_summary(dir.path()).unwrap_err();
-        assert!(matches!(&err, ReportError::NoSummary { path, .. } if path.ends_with("summary.json")));
+        assert!(
+            matches!(&err, ReportError::NoSummary { path, .. } if path.ends_with("summary.json"))
+        );
         let summary = Summary::from_aggregate(&agg, 3, None);
         summary.write(dir.path()).unwrap();
         assert_eq!(load_summary(dir.path()).unwrap(), summary);

@@ -146,7 +146,9 @@ pub fn latency_svg(histograms: &BTreeMap<Stage, Histogram<u64>>) -> Result<Strin
                 .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
                 .map_err(plot_err)?
                 .label(stage.name())
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 16, y + 5)], color.filled()));
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 16, y + 5)], color.filled())
+                });
         }
         chart
             .configure_series_labels()
@@ -216,7 +218,9 @@ pub fn throughput_svg(seconds: &[Second]) -> Result<String, PlotError> {
                 .draw_series(LineSeries::new(points, color.stroke_width(2)))
                 .map_err(plot_err)?
                 .label(label)
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 16, y + 5)], color.filled()));
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 16, y + 5)], color.filled())
+                });
         }
         chart
             .configure_series_labels()
@@ -299,8 +303,16 @@ mod tests {
         assert_eq!(lines.len(), 4, "{lines:?}");
         let distinct: std::collections::BTreeSet<&String> = lines.iter().collect();
         assert_eq!(distinct.len(), 4, "each stage has its own colour");
-        for s in ["keygen", "create_certificate", "register_thing", "end_to_end"] {
-            assert!(texts.iter().any(|t| t == s), "no legend entry {s}: {texts:?}");
+        for s in [
+            "keygen",
+            "create_certificate",
+            "register_thing",
+            "end_to_end",
+        ] {
+            assert!(
+                texts.iter().any(|t| t == s),
+                "no legend entry {s}: {texts:?}"
+            );
         }
         assert!(!texts.iter().any(|t| t == "jig_write"));
         assert!(texts.iter().any(|t| t.contains("no samples: jig_write")));

@@ -210,7 +210,12 @@ fn change(a: &Figure, b: &Figure) -> (String, String) {
 /// Two runs side by side: `a` (the folder given first) and `b` (`--compare`), with the change
 /// from `a` to `b` of every figure.
 pub fn compare(a: &Summary, a_dir: &Path, b: &Summary, b_dir: &Path) -> String {
-    let reasons: BTreeSet<String> = a.failures.keys().chain(b.failures.keys()).cloned().collect();
+    let reasons: BTreeSet<String> = a
+        .failures
+        .keys()
+        .chain(b.failures.keys())
+        .cloned()
+        .collect();
     let jig_names = |s: &Summary| -> Vec<String> {
         s.jigs
             .as_ref()
@@ -336,10 +341,19 @@ mod tests {
             .find(|l| l.starts_with("end_to_end"))
             .expect("an end_to_end row");
         let cols: Vec<&str> = e2e.split_whitespace().collect();
-        assert_eq!(cols, ["end_to_end", "10", "12.345", "24.690", "37.035", "49.380"]);
-        assert!(text.contains("register_thing:InvalidParameters         2"), "{text}");
+        assert_eq!(
+            cols,
+            ["end_to_end", "10", "12.345", "24.690", "37.035", "49.380"]
+        );
+        assert!(
+            text.contains("register_thing:InvalidParameters         2"),
+            "{text}"
+        );
         assert!(text.contains("line efficiency 81.23 %"), "{text}");
-        assert!(text.contains("jig-2        line efficiency 82.46 %"), "{text}");
+        assert!(
+            text.contains("jig-2        line efficiency 82.46 %"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -357,7 +371,10 @@ mod tests {
                 .map(str::to_string)
                 .collect()
         };
-        assert_eq!(row("end_to_end p50 ms"), ["10.000", "12.500", "+2.500", "+25.0", "%"]);
+        assert_eq!(
+            row("end_to_end p50 ms"),
+            ["10.000", "12.500", "+2.500", "+25.0", "%"]
+        );
         assert_eq!(row("devices provisioned"), ["10", "8", "-2", "-20.0", "%"]);
         // A reason only B has: 0 in A, and no percentage from zero.
         assert_eq!(row("failed: jig:timeout"), ["0", "2", "+2", "n/a"]);
@@ -372,7 +389,10 @@ mod tests {
         load.jigs = None;
         let text = compare(&load, Path::new("l"), &line, Path::new("r"));
         let jigs = text.lines().find(|l| l.starts_with("jigs ")).unwrap();
-        assert_eq!(jigs.split_whitespace().collect::<Vec<_>>(), ["jigs", "-", "2", "-", "-"]);
+        assert_eq!(
+            jigs.split_whitespace().collect::<Vec<_>>(),
+            ["jigs", "-", "2", "-", "-"]
+        );
         assert!(render(&load, Path::new("l")).contains("jigs: none (a load test)"));
     }
 }
