@@ -38,6 +38,57 @@ pub struct Config {
     pub jigs: JigsSection,
     #[serde(default)]
     pub emulator: EmulatorConfig,
+    #[serde(default)]
+    pub telemetry: TelemetrySection,
+}
+
+/// `[telemetry]`: what the station shows to the outside while it runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySection {
+    /// `HOST:PORT` to serve Prometheus `/metrics` on during `run` and `loadtest` (port 0: any
+    /// free port); off unless set. `--metrics-addr` overrides it.
+    #[serde(default)]
+    pub metrics_addr: Option<String>,
+    /// Where `metrics_addr` came from (`telemetry.metrics_addr` or `--metrics-addr`), for
+    /// messages.
+    #[serde(skip, default = "default_metrics_addr_key")]
+    pub metrics_addr_key: &'static str,
+}
+
+fn default_metrics_addr_key() -> &'static str {
+    "telemetry.metrics_addr"
+}
+
+impl Default for TelemetrySection {
+    fn default() -> Self {
+        TelemetrySection {
+            metrics_addr: None,
+            metrics_addr_key: default_metrics_addr_key(),
+        }
+    }
+}
+
+/// Checks a `HOST:PORT` listen address (an IP address or a host name, and a port; 0 = any
+/// free port); returns what is wrong.
+pub fn validate_listen_addr(addr: &str) -> Result<(), String> {
+    if addr.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(format!("is {addr:?}, which has no port"));
+    };
+    if port.parse::<u16>().is_err() {
+        return Err(format!(
+            "is {addr:?}, whose port {port:?} is not a number 0–65535"
+        ));
+    }
+    if host.starts_with('[') || host.contains(':') {
+        return Err(format!(
+            "is {addr:?}, which is not a valid IPv6 address and port"
+        ));
+    }
+    validate_endpoint_host(host).map_err(|problem| format!("is {addr:?}: the host {problem}"))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -317,7 +368,7 @@ impl JigsSection {
 
 impl PortEntry {
     /// The settings this port is opened with: its own line settings over `jigs`' defaults.
-    /// `data_bits` and `stop_bits` were checked by [`Config::validate`].
+    /// `data_bits` and `stop_bits` were checked when the configuration was loaded.
     pub fn settings(&self, jigs: &JigsSection) -> PortSettings {
         let mut s = jigs.port_settings(self.baud.unwrap_or(jigs.baud));
         if let Some(t) = self.timeout_ms {
@@ -504,6 +555,8 @@ pub struct Overrides {
     /// A JSON object of string values, merged over `[parameters]`.
     pub template_parameters: Option<String>,
     pub mqtt_version: Option<MqttVersion>,
+    /// `--metrics-addr`: overrides `telemetry.metrics_addr`.
+    pub metrics_addr: Option<String>,
 }
 
 impl Config {
@@ -535,6 +588,10 @@ impl Config {
         }
         if let Some(v) = o.mqtt_version {
             self.provision.mqtt_version = v;
+        }
+        if let Some(a) = &o.metrics_addr {
+            self.telemetry.metrics_addr = Some(a.clone());
+            self.telemetry.metrics_addr_key = "--metrics-addr";
         }
         if let Some(json) = &o.template_parameters {
             let map: BTreeMap<String, serde_json::Value> =
@@ -727,6 +784,15 @@ impl Config {
                 &e.key(),
                 e.problem(),
                 "see the [emulator] keys in README.md (quotas, faults, error_codes)",
+            ));
+        }
+        if let Some(addr) = &self.telemetry.metrics_addr
+            && let Err(problem) = validate_listen_addr(addr)
+        {
+            return Err(invalid(
+                self.telemetry.metrics_addr_key,
+                problem,
+                "give HOST:PORT to serve /metrics on, e.g. \"127.0.0.1:9100\" or \"0.0.0.0:9100\" (port 0: any free port)",
             ));
         }
         let j = &self.jigs;
@@ -1109,6 +1175,55 @@ mod tests {
                 DataBits::Seven,
                 StopBits::Two
             )
+        );
+    }
+
+    #[test]
+    fn metrics_addr_is_off_by_default_checked_and_overridden_by_the_flag() {
+        assert_eq!(parse("").unwrap().telemetry.metrics_addr, None);
+        for ok in [
+            "127.0.0.1:0",
+            "0.0.0.0:9100",
+            "[::1]:9100",
+            "localhost:9100",
+        ] {
+            let cfg = parse(&format!("[telemetry]\nmetrics_addr = \"{ok}\"\n")).unwrap();
+            assert_eq!(cfg.telemetry.metrics_addr.as_deref(), Some(ok));
+        }
+        for bad in [
+            "9100",
+            "localhost",
+            "127.0.0.1:99999",
+            "http://x:1",
+            "::1:9100",
+            ":9100",
+        ] {
+            match parse(&format!("[telemetry]\nmetrics_addr = \"{bad}\"\n")) {
+                Err(ConfigError::Invalid { key, help, .. }) => {
+                    assert_eq!(key, "telemetry.metrics_addr", "{bad}");
+                    assert!(help.contains("HOST:PORT"), "{help}");
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        // The flag wins over the file, and a bad flag is named as the flag.
+        let file = parse("[telemetry]\nmetrics_addr = \"127.0.0.1:9100\"\n").unwrap();
+        let flag = |a: &str| Overrides {
+            metrics_addr: Some(a.into()),
+            ..Overrides::default()
+        };
+        let cfg = file
+            .clone()
+            .with_overrides(&flag("127.0.0.1:0"), Path::new("s.toml"))
+            .unwrap();
+        assert_eq!(cfg.telemetry.metrics_addr.as_deref(), Some("127.0.0.1:0"));
+        assert_eq!(cfg.telemetry.metrics_addr_key, "--metrics-addr");
+        let err = file
+            .with_overrides(&flag("nope"), Path::new("s.toml"))
+            .unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Invalid { ref key, .. } if key == "--metrics-addr"),
+            "{err:?}"
         );
     }
 }

@@ -2,8 +2,6 @@
 //! code and a help line that says what to do (the espflash style). Errors of the stages are
 //! wrapped transparently so their own code and help reach the operator unchanged.
 
-use std::path::PathBuf;
-
 use miette::Diagnostic;
 
 #[derive(Debug, thiserror::Error, Diagnostic)]
@@ -32,15 +30,13 @@ pub enum Error {
     #[diagnostic(transparent)]
     Line(#[from] crate::provision::health::LineError),
 
-    #[error("cannot write the report to {path}: {source}")]
-    #[diagnostic(
-        code(station::report),
-        help("pass a writable directory with --report-dir, or fix station.report_dir")
-    )]
-    Report {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Metrics(#[from] crate::telemetry::http::BindError),
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Report(#[from] crate::telemetry::report::ReportError),
 
     #[error("the line has no jig to work with")]
     #[diagnostic(

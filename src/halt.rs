@@ -68,10 +68,12 @@ mod tests {
         let h = Halt::new(s.clone());
         assert!(!h.is_raised());
         h.raise(Error::NoJigs);
-        h.raise(Error::Report {
-            path: "later".into(),
-            source: std::io::Error::other("later"),
-        });
+        h.raise(Error::Report(
+            crate::telemetry::report::ReportError::NotWritable {
+                path: "later".into(),
+                source: std::io::Error::other("later"),
+            },
+        ));
         assert!(s.is_triggered());
         assert!(matches!(h.take(), Some(Error::NoJigs)));
         assert!(h.take().is_none());

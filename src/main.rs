@@ -74,6 +74,10 @@ enum Command {
         /// terminal).
         #[arg(long)]
         headless: bool,
+        /// Serve Prometheus metrics at http://HOST:PORT/metrics while the run lasts
+        /// (overrides telemetry.metrics_addr; port 0 picks a free port, printed at start).
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics_addr: Option<String>,
         #[command(flatten)]
         endpoint: EndpointArgs,
     },
@@ -96,6 +100,10 @@ enum Command {
         /// terminal).
         #[arg(long)]
         headless: bool,
+        /// Serve Prometheus metrics at http://HOST:PORT/metrics while the run lasts
+        /// (overrides telemetry.metrics_addr; port 0 picks a free port, printed at start).
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics_addr: Option<String>,
         #[command(flatten)]
         endpoint: EndpointArgs,
     },
@@ -118,6 +126,20 @@ enum Command {
         config: PathBuf,
         #[command(subcommand)]
         what: LedgerCommand,
+    },
+    /// Print a past run's summary as a table (totals, throughput, each stage's latencies,
+    /// failures by reason, jigs), or two runs side by side with the change of every figure.
+    ///
+    /// DIR is a run's report folder (the one `run` or `loadtest` printed, holding
+    /// summary.json).
+    Report {
+        /// The run's report folder.
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        /// Another run's report folder: prints DIR (A) and OTHER (B) side by side with the
+        /// change from A to B, absolute and in %.
+        #[arg(long, value_name = "OTHER")]
+        compare: Option<PathBuf>,
     },
     /// Run the fleet-provisioning emulator alone (MQTT over mutual TLS) until Ctrl-C.
     ///
@@ -192,13 +214,27 @@ impl EndpointArgs {
             template_name: self.template_name.clone(),
             template_parameters: self.template_parameters.clone(),
             mqtt_version: self.mqtt_version,
+            metrics_addr: None,
         }
     }
 }
 
 /// Loads the configuration and applies the command-line overrides.
 fn load(config: &std::path::Path, args: &EndpointArgs) -> Result<Config, ConfigError> {
-    Config::load(config)?.with_overrides(&args.overrides(), config)
+    load_with(config, args, None)
+}
+
+/// [`load`], with `--metrics-addr` (of `run` and `loadtest`).
+fn load_with(
+    config: &std::path::Path,
+    args: &EndpointArgs,
+    metrics_addr: Option<String>,
+) -> Result<Config, ConfigError> {
+    let overrides = Overrides {
+        metrics_addr,
+        ..args.overrides()
+    };
+    Config::load(config)?.with_overrides(&overrides, config)
 }
 
 #[derive(Subcommand)]
@@ -394,9 +430,10 @@ fn main() -> ExitCode {
             jigs,
             baud,
             headless,
+            metrics_addr,
             endpoint,
         } => {
-            let cfg = match load(&config, &endpoint) {
+            let cfg = match load_with(&config, &endpoint, metrics_addr) {
                 Ok(c) => c,
                 Err(e) => return report(e),
             };
@@ -426,9 +463,10 @@ fn main() -> ExitCode {
             sessions,
             report_dir,
             headless,
+            metrics_addr,
             endpoint,
         } => {
-            let cfg = match load(&config, &endpoint) {
+            let cfg = match load_with(&config, &endpoint, metrics_addr) {
                 Ok(c) => c,
                 Err(e) => return report(e),
             };
@@ -482,6 +520,15 @@ fn main() -> ExitCode {
             };
             match ledger_command(&cfg, what) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e) => report(e),
+            }
+        }
+        Command::Report { dir, compare } => {
+            match fleet_station::telemetry::report::command(&dir, compare.as_deref()) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
                 Err(e) => report(e),
             }
         }

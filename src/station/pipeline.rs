@@ -4,7 +4,7 @@
 //!
 //! Start-up checks come first (the line's ledger and its lock, then the endpoint and TLS
 //! files); the report folder is created only when they passed, under a name no other run
-//! uses.
+//! uses, and a probe file checks at once that it can be written.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,7 +15,6 @@ use tokio::task::JoinHandle;
 use super::endpoint::Endpoint;
 use super::{RunReport, Stopped, timestamp};
 use crate::config::Config;
-use crate::error::Error;
 use crate::halt::Halt;
 use crate::keys::KeyPool;
 use crate::keys::pool::PoolConfig;
@@ -23,6 +22,7 @@ use crate::ledger::Ledger;
 use crate::provision::rate::Limits;
 use crate::provision::tls::read_roots;
 use crate::provision::{EngineConfig, Provisioner};
+use crate::telemetry::http::{BoundMetrics, MetricsServer};
 use crate::telemetry::summary::{LineInfo, Summary};
 use crate::telemetry::{self, Aggregate, Telemetry, progress};
 
@@ -38,6 +38,8 @@ pub struct Pipeline {
     pub snapshots: tokio::sync::watch::Receiver<telemetry::Snapshot>,
     aggregator: JoinHandle<Aggregate>,
     printer: Option<JoinHandle<()>>,
+    /// `/metrics`, served until the run's report is written.
+    metrics: Option<MetricsServer>,
 }
 
 /// Where the run's ledger is.
@@ -79,9 +81,21 @@ impl Pipeline {
             LedgerPlace::At(path) => Some(open_ledger(path, &cfg.station.id).await?),
             LedgerPlace::InReportDir => None,
         };
+        // The metrics address next, before anything is provisioned: one in use or unusable
+        // stops the run here. Port 0 picks a free one, so the address is printed.
+        let metrics = match &cfg.telemetry.metrics_addr {
+            Some(addr) => {
+                let bound = BoundMetrics::bind(addr, cfg.telemetry.metrics_addr_key)?;
+                eprintln!("metrics: http://{}/metrics", bound.local_addr());
+                Some(bound)
+            }
+            None => None,
+        };
         let endpoint = Endpoint::resolve(cfg).await?;
         let roots = read_roots(&endpoint.claim.root_ca)?;
         let report_dir = create_report_dir(cfg, opts.report_dir, opts.report_prefix)?;
+        // The report is written at the end: find out now, before any board, that it can be.
+        telemetry::report::probe_writable(&report_dir)?;
         let ledger = match line_ledger {
             Some(l) => l,
             None => match open_ledger(&report_dir.join("ledger.db"), &cfg.station.id).await {
@@ -94,6 +108,7 @@ impl Pipeline {
             },
         };
         let (telemetry, snapshots, aggregator) = telemetry::start();
+        let metrics = metrics.map(|m| m.serve(snapshots.clone()));
         let printer = opts.progress.then(|| {
             tokio::spawn(progress::run(
                 snapshots.clone(),
@@ -146,10 +161,12 @@ impl Pipeline {
             snapshots,
             aggregator,
             printer,
+            metrics,
         })
     }
 
-    /// Stops the engine, closes telemetry, writes `summary.json` and stops the embedded
+    /// Stops the engine, closes telemetry, writes `summary.json` and the report's other files
+    /// (`.hgrm` per stage, `latency.svg`, `throughput.svg`, `failures.csv`), and stops the embedded
     /// emulator. `total` is the number of devices the run set out to do (`None`: those
     /// started). The report says how the run stopped.
     pub async fn finish(
@@ -176,13 +193,19 @@ impl Pipeline {
             p.abort();
         }
         let summary = Summary::from_aggregate(&aggregate, total.unwrap_or(aggregate.started), line);
-        summary
-            .write(&self.report_dir)
-            .map_err(|source| Error::Report {
-                path: self.report_dir.clone(),
+        summary.write(&self.report_dir).map_err(|source| {
+            telemetry::report::ReportError::Write {
+                path: self.report_dir.join("summary.json"),
                 source,
-            })?;
+            }
+        })?;
+        // The .hgrm files, the plots and failures.csv (file work: off the reactor).
+        let dir = self.report_dir.clone();
+        tokio::task::spawn_blocking(move || telemetry::report::write_run_files(&dir, &aggregate))
+            .await
+            .expect("the report writer does not panic")?;
         drop(self.endpoint);
+        drop(self.metrics);
         Ok(RunReport {
             summary,
             report_dir: self.report_dir,
@@ -206,7 +229,7 @@ async fn open_ledger(path: &Path, station: &str) -> Result<Ledger, crate::ledger
 fn create_report_dir(cfg: &Config, given: Option<PathBuf>, prefix: &str) -> crate::Result<PathBuf> {
     let report = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| Error::Report { path, source }
+        move |source| telemetry::report::ReportError::NotWritable { path, source }
     };
     if let Some(dir) = given {
         std::fs::create_dir_all(&dir).map_err(report(&dir))?;
@@ -224,7 +247,7 @@ fn create_report_dir(cfg: &Config, given: Option<PathBuf>, prefix: &str) -> crat
         match std::fs::create_dir(&dir) {
             Ok(()) => return Ok(dir),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(report(&dir)(e)),
+            Err(e) => return Err(report(&dir)(e).into()),
         }
     }
     unreachable!("the loop returns")

@@ -9,8 +9,15 @@
 //!
 //! - [`summary`]: the end-of-run `summary.json` built from the aggregate.
 //! - [`progress`]: the headless progress printer.
+//! - [`report`]: the report folder's other files (`.hgrm`, plots, `failures.csv`) and
+//!   `station report`.
+//! - [`metrics`]: Prometheus metrics, rendered from the latest snapshot at scrape time.
+//! - [`http`]: the `/metrics` HTTP endpoint serving them.
 
+pub mod http;
+pub mod metrics;
 pub mod progress;
+pub mod report;
 pub mod summary;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -405,6 +412,8 @@ pub struct Snapshot {
     pub throttled: u64,
     /// Why the endpoint cannot be reached, and since when (devices are paused).
     pub endpoint_down: Option<(String, Duration)>,
+    /// Times the endpoint became unreachable.
+    pub outages: u64,
     pub key_stock: (usize, usize),
     pub jig_bytes: u64,
     /// Jigs whose port is currently gone.
@@ -756,6 +765,7 @@ impl Aggregate {
                 .down
                 .as_ref()
                 .map(|(since, why)| (why.clone(), since.elapsed())),
+            outages: self.outages,
             key_stock,
             jig_bytes: self.jig_bytes,
             jigs_disconnected: self.jigs.values().filter(|j| !j.connected).count(),
@@ -1026,6 +1036,28 @@ mod tests {
         );
         let snap = agg.snapshot(stock, &shared);
         assert_eq!((snap.started, snap.provisioned, snap.failed), (2, 1, 1));
+    }
+
+    #[test]
+    fn snapshot_counts_endpoint_outages_once_each() {
+        let mut agg = Aggregate::new();
+        let mut stock = (0, 0);
+        let down = || Event::EndpointUnreachable {
+            reason: "connection refused".into(),
+        };
+        agg.apply(down(), &mut stock);
+        agg.apply(down(), &mut stock);
+        let snap = agg.snapshot(stock, &Shared::default());
+        assert_eq!(snap.outages, 1);
+        assert!(snap.endpoint_down.is_some());
+        agg.apply(
+            Event::EndpointReachable {
+                after: Duration::from_secs(1),
+            },
+            &mut stock,
+        );
+        agg.apply(down(), &mut stock);
+        assert_eq!(agg.snapshot(stock, &Shared::default()).outages, 2);
     }
 
     #[test]
