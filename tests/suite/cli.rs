@@ -48,6 +48,56 @@ fn run_provisions_and_writes_the_summary() {
     }
 }
 
+/// Not a terminal: no dashboard (no alternate screen, no raw mode), the progress line and the
+/// log on stderr; `--log-format json` makes every log line one JSON object.
+#[test]
+fn without_a_terminal_the_run_is_headless_and_logs_json_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let out = station()
+        .args([
+            "run",
+            "--boards",
+            "2",
+            "-v",
+            "--log-format",
+            "json",
+            "--config",
+        ])
+        .arg(&config)
+        .arg("--report-dir")
+        .arg(dir.path().join("r"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        !stdout.contains("\x1b[?1049h"),
+        "alternate screen entered: {stdout:?}"
+    );
+    assert!(stdout.contains("devices: 2 provisioned"), "{stdout}");
+    let logs: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(!logs.is_empty(), "no JSON log line in {stderr}");
+    for l in &logs {
+        assert!(l["level"].is_string() && l["fields"].is_object(), "{l}");
+    }
+    // Every other stderr line is the progress line or the report's, never a text log line.
+    for l in stderr.lines().filter(|l| !l.starts_with('{')) {
+        assert!(
+            !l.contains(" DEBUG ") && !l.contains(" INFO "),
+            "text log line: {l}"
+        );
+    }
+    assert!(!dir.path().join("r/station.log").exists());
+}
+
 #[test]
 fn a_bad_config_names_the_key_and_the_fix() {
     let dir = tempfile::tempdir().unwrap();
