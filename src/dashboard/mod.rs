@@ -119,6 +119,7 @@ fn run(
                 feed,
                 log: Some(&log_path),
                 help: keys.help,
+                line: mode == "run",
             };
             term.draw(|f| view::render(f, &snapshot, &view))?;
             last_draw = Some(Instant::now());

@@ -17,7 +17,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Sparkline, Table, Wrap};
 
 use crate::station::command::FeedState;
-use crate::telemetry::{JigOutcome, JigTotals, Snapshot};
+use crate::telemetry::{JigOutcome, JigTotals, RECENT_FAILURES, Snapshot};
 
 /// A board failed / a jig is unplugged / the endpoint is down.
 pub const FAIL: &str = "✖";
@@ -42,6 +42,9 @@ pub struct ViewContext<'a> {
     pub log: Option<&'a Path>,
     /// The help overlay is open.
     pub help: bool,
+    /// The run has a line of jigs (`run`); a load test has none, and its failures get the
+    /// jigs' room.
+    pub line: bool,
 }
 
 fn bold() -> Style {
@@ -105,14 +108,23 @@ pub fn render(frame: &mut Frame, s: &Snapshot, v: &ViewContext) {
     let big = area.height >= 40 && area.width >= 120;
     let failures_rows = if big { 10 } else { 2 };
     let failures_height = 1 + s.recent_failures.len().clamp(1, failures_rows) as u16;
+    let (jigs_height, failures_height, failures_rows) = if v.line {
+        (
+            Constraint::Min(2),
+            Constraint::Length(failures_height),
+            failures_rows,
+        )
+    } else {
+        (Constraint::Length(0), Constraint::Min(2), RECENT_FAILURES)
+    };
     let banner = u16::from(s.endpoint_down.is_some());
     let [title, banner_area, top, middle, jigs, failures, footer] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Length(banner),
         Constraint::Length(if big { 6 } else { 3 }),
         Constraint::Length(if big { 7 } else { 6 }),
-        Constraint::Min(2),
-        Constraint::Length(failures_height),
+        jigs_height,
+        failures_height,
         Constraint::Length(1),
     ])
     .areas(area);
@@ -133,7 +145,9 @@ pub fn render(frame: &mut Frame, s: &Snapshot, v: &ViewContext) {
         Layout::horizontal([Constraint::Length(split), Constraint::Min(20)]).areas(middle);
     render_stages(frame, stages, s, big);
     render_rates(frame, rates, s, big);
-    render_jigs(frame, jigs, s, big);
+    if v.line {
+        render_jigs(frame, jigs, s, big);
+    }
     render_failures(frame, failures, s, failures_rows);
     let keys = "q stop feeding · qq/Ctrl-C stop now · p pause/resume · r retry failed · ? help";
     frame.render_widget(

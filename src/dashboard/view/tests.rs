@@ -113,6 +113,7 @@ fn context(log: &Path) -> ViewContext<'_> {
         feed: FeedState::Running,
         log: Some(log),
         help: false,
+        line: true,
     }
 }
 
@@ -280,6 +281,30 @@ fn paused_stopping_help_and_an_unreachable_endpoint_are_on_screen() {
     let all = screen(&b);
     assert!(all.contains("STOPPING"), "{all}");
     assert!(all.contains("pause / resume feeding"), "{all}");
+}
+
+#[test]
+fn a_load_test_has_no_jig_panel_and_its_failures_get_the_room() {
+    let log = Path::new("station.log");
+    let mut s = troubled_line(8);
+    // Synthetic devices all start on the pseudo-jig `loadtest`, which is never connected.
+    s.jigs.clear();
+    s.jigs.insert("loadtest".into(), JigTotals::default());
+    let v = ViewContext {
+        mode: "loadtest",
+        line: false,
+        ..context(log)
+    };
+    let b = render_at(80, 24, &s, &v);
+    let all = screen(&b);
+    assert!(all.contains("station loadtest"), "{all}");
+    assert!(!all.contains("jigs (") && !all.contains(UNPLUGGED), "{all}");
+    for n in 5..12 {
+        assert!(
+            all.contains(&format!("SN-261203144643210-{:06}", 900 + n)),
+            "{all}"
+        );
+    }
 }
 
 #[test]
