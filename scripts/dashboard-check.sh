@@ -11,7 +11,8 @@
 # count stops rising), `p` resumes (it rises again); `q` lets the devices in flight finish and
 # exits 0 with summary.json and station.log in the report folder; the terminal is restored
 # (alternate screen left, cursor shown, the tty back in canonical mode with echo).
-# Run 2: `q` and at once `q` again stops at once: exit 130, terminal restored.
+# Run 2: `q` and at once `q` again stops at once: exit 130, terminal restored. Run 3: SIGTERM
+# likewise.
 # Every wait polls the screen (tmux capture-pane) with a bound; no sleep is a synchronization.
 # Environment: DASHBOARD_TIMEOUT (seconds for each wait, default 60), KEEP=1 keeps the
 # temporary directory. Needs tmux (installed with apt-get when missing and run as root).
@@ -49,7 +50,8 @@ bin=$(realpath "$bin")
 
 # --- a station with all its state in a temporary directory -----------------------------------
 work=$(mktemp -d)
-socket=dashboard-check-$$
+runs=0
+socket=dashboard-check-$$-$runs
 cleanup() {
     tmux -L "$socket" kill-server 2>/dev/null || true
     if [[ ${KEEP:-} == 1 ]]; then say "kept $work"; else rm -rf "$work"; fi
@@ -113,13 +115,18 @@ on_screen() { screen | grep -qF -- "$1"; }
 count_above() { local n; n=$(count); [[ -n $n && $n -gt $1 ]]; }
 exited() { [[ -s $work/exit ]]; }
 
-# start_station NAME: `station run` in a fresh 80×24 terminal; after it exits, the shell
+# start_station: `station run` in a fresh 80×24 terminal; after it exits, the shell
 # records its exit code and the tty's modes, then waits to be killed.
 start_station() {
-    rm -f "$work/exit" "$work/stty"
+    rm -f "$work/exit" "$work/stty" "$work/pid"
+    # A tmux server of its own per run: a new one on a socket whose server is still going
+    # away could fail.
     tmux -L "$socket" kill-server 2>/dev/null || true
+    runs=$((runs + 1))
+    socket=dashboard-check-$$-$runs
+    # The inner bash writes its pid and becomes the station (exec), in the foreground.
     tmux -L "$socket" -f /dev/null new-session -d -s "$pane" -x 80 -y 24 \
-        "cd '$work' && '$bin' run --config '$work/station.toml'; echo \$? >'$work/exit.tmp'; stty -a >'$work/stty'; mv '$work/exit.tmp' '$work/exit'; exec sleep 86400"
+        "cd '$work' && bash -c 'echo \$\$ >pid; exec \"\$0\" run --config station.toml' '$bin'; echo \$? >'$work/exit.tmp'; stty -a >'$work/stty'; mv '$work/exit.tmp' '$work/exit'; exec sleep 86400"
 }
 
 # The terminal is ours again: normal screen, cursor shown, canonical mode with echo.
@@ -187,4 +194,14 @@ code=$(<"$work/exit")
 [[ $code == 130 ]] || fail "q q exited $code, expected 130"
 check_restored
 say "q q: exit 130, terminal restored"
+
+# --- run 3: SIGTERM while the dashboard runs (exit 130) ---------------------------------------
+start_station
+wait_until "the dashboard shows the provisioned count (run 3)" count_above 0
+kill -TERM "$(<"$work/pid")"
+wait_until "SIGTERM makes the station exit" exited
+code=$(<"$work/exit")
+[[ $code == 130 ]] || fail "SIGTERM exited $code, expected 130"
+check_restored
+say "SIGTERM: exit 130, terminal restored"
 say "ok"
