@@ -10,6 +10,7 @@
 #
 #   scripts/surface-cost.sh                  # 5,000 devices, 3 rounds
 #   DEVICES=2000 ROUNDS=5 scripts/surface-cost.sh
+#   MODES="headless metrics" PROFILE=dev scripts/surface-cost.sh   # a subset, debug build
 #
 # Prints every run, then per mode the median CPU seconds, the median wall time, and the extra
 # CPU over headless as a share of one core for the run's duration. Builds the release binary.
@@ -33,8 +34,13 @@ if ! command -v tmux >/dev/null; then
 fi
 [[ -x /usr/bin/time ]] || die "GNU time (/usr/bin/time) is needed: apt-get install time"
 
-cargo build --release --locked --quiet --bin station
-station=$root/$target_dir/release/station
+profile=${PROFILE:-release}
+cargo build --profile "$profile" --locked --quiet --bin station
+station=$root/$target_dir/$([[ $profile == dev ]] && echo debug || echo "$profile")/station
+
+# Off a terminal the station is headless anyway; say so explicitly where the flag exists.
+headless=()
+"$station" loadtest --help | grep -q -- '--headless' && headless=(--headless)
 
 work=$(mktemp -d)
 emu_pid=
@@ -145,7 +151,7 @@ one_run() {
         tmux -L "$tmux_socket" wait-for done
         wait
     else
-        /usr/bin/time -f "%U %S %e" -o "$timing" "$station" "${args[@]}" --headless \
+        /usr/bin/time -f "%U %S %e" -o "$timing" "$station" "${args[@]}" "${headless[@]}" \
             >"$dir/out.txt" 2>"$dir/err.txt" &
         local pid=$!
         if [[ $mode == *metrics* ]]; then
