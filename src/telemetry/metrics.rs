@@ -793,4 +793,29 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn the_grafana_dashboard_plots_only_metrics_the_station_exports() {
+        let dashboard = include_str!("../../docs/grafana-dashboard.json");
+        let json: serde_json::Value = serde_json::from_str(dashboard).unwrap();
+        let mut named = 0;
+        for panel in json["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                let expr = target["expr"].as_str().unwrap();
+                for (i, _) in expr.match_indices("fleet_station_") {
+                    let name: String = expr[i..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    let base = name.strip_suffix("_bucket").unwrap_or(&name);
+                    assert!(
+                        ALL.iter().any(|m| m.name == base),
+                        "{base} in docs/grafana-dashboard.json is not exported"
+                    );
+                    named += 1;
+                }
+            }
+        }
+        assert!(named >= ALL.len(), "{named}");
+    }
 }
