@@ -22,6 +22,7 @@ devices=${DEVICES:-5000}
 rounds=${ROUNDS:-3}
 modes=${MODES:-"headless metrics dashboard dashboard+metrics"}
 target_dir=${CARGO_TARGET_DIR:-target}
+[[ $target_dir == /* ]] || target_dir=$root/$target_dir
 
 say() { printf 'surface-cost.sh: %s\n' "$*" >&2; }
 die() { say "$*"; exit 2; }
@@ -36,7 +37,7 @@ fi
 
 profile=${PROFILE:-release}
 cargo build --profile "$profile" --locked --quiet --bin station
-station=$root/$target_dir/$([[ $profile == dev ]] && echo debug || echo "$profile")/station
+station=$target_dir/$([[ $profile == dev ]] && echo debug || echo "$profile")/station
 
 # Off a terminal the station is headless anyway; say so explicitly where the flag exists.
 headless=()
