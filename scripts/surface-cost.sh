@@ -134,6 +134,7 @@ one_run() {
     [[ $mode == *metrics* ]] && args+=(--metrics-addr 127.0.0.1:0)
     local timing=$dir/time.txt
     if [[ $mode == dashboard* ]]; then
+        local scraper_pid=
         # A terminal of its own: the dashboard is on because stdout is a tty.
         printf '#!/usr/bin/env bash\n/usr/bin/time -f "%%U %%S %%e" -o %q %q' "$timing" "$station" >"$dir/cmd.sh"
         printf ' %q' "${args[@]}" >>"$dir/cmd.sh"
@@ -148,9 +149,11 @@ one_run() {
             done
             [[ -n $pid ]] || die "the dashboard's station did not start"
             scraper "$dir/err.txt" "$pid" 2>"$dir/scrapes" &
+            scraper_pid=$!
         fi
         tmux -L "$tmux_socket" wait-for done
-        wait
+        # The scraper only: a bare `wait` would wait for the emulator too, which never ends.
+        [[ -z $scraper_pid ]] || wait "$scraper_pid"
     else
         /usr/bin/time -f "%U %S %e" -o "$timing" "$station" "${args[@]}" "${headless[@]}" \
             >"$dir/out.txt" 2>"$dir/err.txt" &
