@@ -143,9 +143,10 @@ one_run() {
         tmux -L "$tmux_socket" new-session -d -x 200 -y 60 "$dir/cmd.sh"
         if [[ $mode == *metrics* ]]; then
             local pid=
-            for ((i = 0; i < 600 && -z $pid; i++)); do
+            for ((i = 0; i < 600; i++)); do
                 pid=$(pgrep -f "^$station loadtest --config $dir/station.toml" | head -n1 || true)
-                [[ -n $pid ]] || sleep 0.1
+                [[ -n $pid ]] && break
+                sleep 0.1
             done
             [[ -n $pid ]] || die "the dashboard's station did not start"
             scraper "$dir/err.txt" "$pid" 2>"$dir/scrapes" &
