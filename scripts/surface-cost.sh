@@ -143,8 +143,11 @@ one_run() {
         tmux -L "$tmux_socket" new-session -d -x 200 -y 60 "$dir/cmd.sh"
         if [[ $mode == *metrics* ]]; then
             local pid=
+            # The command line as a regular expression: the run's folder holds a `+`.
+            local pattern
+            pattern=$(printf '%s' "$station loadtest --config $dir/station.toml" | sed 's/[][\\.*^$+?(){}|]/\\&/g')
             for ((i = 0; i < 600; i++)); do
-                pid=$(pgrep -f "^$station loadtest --config $dir/station.toml" | head -n1 || true)
+                pid=$(pgrep -f "^$pattern" | head -n1 || true)
                 [[ -n $pid ]] && break
                 sleep 0.1
             done
