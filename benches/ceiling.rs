@@ -1,0 +1,179 @@
+//! `cargo bench --bench ceiling`: how close the engine runs to its crypto limit, in one run.
+//!
+//! 1. The crypto ceiling. Single-thread cost of the per-device crypto both sides must do:
+//!    the station's P-256 key + CSR (`KeyMaterial::generate`, the key pool's code) plus the
+//!    emulator's CSR parse + verify + certificate sign (`CertificateAuthority::sign_csr`).
+//!    Scaled to the machine's cores (`std::thread::available_parallelism`), that is the most
+//!    devices/s this machine could provision if nothing but that crypto ran. TLS handshakes are
+//!    left out: sessions are reused, so they are not a per-device cost.
+//! 2. End-to-end: `station loadtest --devices N --sessions M` in this process (embedded emulator,
+//!    real sockets and TLS, ledger and registry in a fresh temporary directory), its
+//!    `throughput_per_s` as summary.json reports it, and the process CPU time per device.
+//! 3. `end-to-end / ceiling`.
+//!
+//! Environment: FLEET_BENCH_DEVICES (default 5000), FLEET_BENCH_SESSIONS (default 16, the
+//! `provision.sessions` default), FLEET_BENCH_RUNS (load tests, default 3; the median counts),
+//! FLEET_BENCH_CRYPTO_SECS (seconds per crypto measurement, default 2).
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use fleet_station::emulator::ca::CertificateAuthority;
+use fleet_station::keys::{KeyAlgorithm, KeyMaterial};
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a valid value")),
+        Err(_) => default,
+    }
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+/// Median cost in µs of one call of `f`, over batches of 50 calls for about `secs` seconds.
+fn per_call_us(secs: f64, mut f: impl FnMut()) -> (f64, usize) {
+    const BATCH: usize = 50;
+    for _ in 0..BATCH {
+        f(); // warm-up
+    }
+    let mut batches = Vec::new();
+    let start = Instant::now();
+    while start.elapsed().as_secs_f64() < secs || batches.len() < 5 {
+        let t = Instant::now();
+        for _ in 0..BATCH {
+            f();
+        }
+        batches.push(t.elapsed().as_secs_f64() * 1e6 / BATCH as f64);
+    }
+    let calls = batches.len() * BATCH;
+    (median(batches), calls)
+}
+
+/// User + system CPU time this process has used so far.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage writes into the struct we pass and reads nothing else.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    assert_eq!(rc, 0, "getrusage failed");
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing we use. Under
+    // `cargo test` (no `--bench`) run a small smoke version so the target stays exercised.
+    let benching = std::env::args().any(|a| a == "--bench");
+    let devices: usize = env_or("FLEET_BENCH_DEVICES", if benching { 5000 } else { 50 });
+    let sessions: usize = env_or("FLEET_BENCH_SESSIONS", 16);
+    let runs: usize = env_or("FLEET_BENCH_RUNS", if benching { 3 } else { 1 });
+    let crypto_secs: f64 = env_or("FLEET_BENCH_CRYPTO_SECS", if benching { 2.0 } else { 0.1 });
+    assert!(
+        devices > 0 && sessions > 0 && runs > 0,
+        "counts must be positive"
+    );
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+
+    println!("ceiling: crypto limit vs end-to-end load test");
+    println!(
+        "machine: {cores} cores (available_parallelism), load average at start {}",
+        loadavg()
+    );
+
+    // --- 1. crypto ceiling ---------------------------------------------------------------
+    let (key_us, key_n) = per_call_us(crypto_secs, || {
+        black_box(KeyMaterial::generate(KeyAlgorithm::P256, "LT-bench-0000001").expect("key"));
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = CertificateAuthority::load_or_create(dir.path()).expect("CA");
+    // Distinct CSRs, as real traffic has (each is parsed and verified from scratch anyway).
+    let csrs: Vec<String> = (0..64)
+        .map(|i| {
+            KeyMaterial::generate(KeyAlgorithm::P256, &format!("LT-bench-{i:07}"))
+                .expect("key")
+                .csr_pem()
+                .to_string()
+        })
+        .collect();
+    let mut i = 0;
+    let (sign_us, sign_n) = per_call_us(crypto_secs, || {
+        i = (i + 1) % csrs.len();
+        black_box(ca.sign_csr(csrs[i].as_bytes()).expect("CSR signs"));
+    });
+    let device_us = key_us + sign_us;
+    let ceiling = cores as f64 * 1e6 / device_us;
+    println!();
+    println!("crypto, one thread (median of 50-call batches):");
+    println!(
+        "  station  P-256 key + CSR (KeyMaterial::generate)       {key_us:8.1} µs  ({key_n} calls)"
+    );
+    println!(
+        "  emulator CSR verify + certificate sign (CA::sign_csr) {sign_us:8.1} µs  ({sign_n} calls)"
+    );
+    println!("  per device                                             {device_us:8.1} µs");
+    println!("  ceiling = {cores} cores × 1e6 / {device_us:.1} µs       = {ceiling:8.0} devices/s");
+
+    // --- 2. end-to-end ---------------------------------------------------------------------
+    println!();
+    println!(
+        "end-to-end: station loadtest --devices {devices} --sessions {sessions}, embedded emulator, fresh state, {runs} run(s):"
+    );
+    let rt = support::runtime();
+    let mut rates = Vec::new();
+    let mut cpu_per_device = Vec::new();
+    for run in 1..=runs {
+        let cpu0 = cpu_time();
+        let r = support::loadtest(&rt, devices, sessions);
+        let cpu = (cpu_time() - cpu0).as_secs_f64();
+        let s = &r.summary;
+        let stage = |name: &str| s.stages.get(name).map(|st| st.p99_ms).unwrap_or(f64::NAN);
+        println!(
+            "  run {run}: {:8.1} devices/s ({} devices in {:.3} s; wall with start-up {:.3} s), CPU {:.2} cores = {:.0} µs/device, p99 create {:.1} ms, register {:.1} ms, end-to-end {:.1} ms, retries {}, throttled {}",
+            s.throughput_per_s,
+            s.devices.provisioned,
+            s.elapsed_s,
+            r.wall.as_secs_f64(),
+            cpu / r.wall.as_secs_f64(),
+            cpu * 1e6 / devices as f64,
+            stage("create_certificate"),
+            stage("register_thing"),
+            stage("end_to_end"),
+            s.retries,
+            s.throttled,
+        );
+        rates.push(s.throughput_per_s);
+        cpu_per_device.push(cpu * 1e6 / devices as f64);
+    }
+    let e2e = median(rates);
+    let cpu_us = median(cpu_per_device);
+
+    // --- 3. ratio ----------------------------------------------------------------------------
+    println!();
+    println!("summary:");
+    println!(
+        "  crypto ceiling        {ceiling:8.0} devices/s  ({device_us:.1} µs of crypto per device, {cores} cores)"
+    );
+    println!("  end-to-end (median)   {e2e:8.1} devices/s  ({cpu_us:.0} µs of CPU per device)");
+    println!("  end-to-end / ceiling  {:8.3}", e2e / ceiling);
+    println!("  load average at end   {}", loadavg());
+}
