@@ -88,8 +88,22 @@ enum Command {
         #[arg(long, default_value = "station.toml", value_name = "FILE")]
         config: PathBuf,
         /// Number of synthetic devices.
-        #[arg(long, value_name = "N")]
-        devices: usize,
+        #[arg(long, value_name = "N", required_unless_present = "cleanup_plan")]
+        devices: Option<usize>,
+        /// Write cleanup.sh and cleanup.json into DIR, the report folder of a past load test:
+        /// the AWS CLI commands that remove every certificate and thing it created. Provisions
+        /// nothing.
+        #[arg(
+            long,
+            value_name = "DIR",
+            conflicts_with_all = ["devices", "sessions", "report_dir", "metrics_addr", "keep_emulator_state"]
+        )]
+        cleanup_plan: Option<PathBuf>,
+        /// Keep the embedded emulator's state (CA, claim identity, registry) in
+        /// emulator.state_dir after the load test; by default a load test's embedded emulator
+        /// works in a temporary directory that goes with the run.
+        #[arg(long)]
+        keep_emulator_state: bool,
         /// MQTT sessions provisioning in parallel (default: provision.sessions).
         #[arg(long, value_name = "M")]
         sessions: Option<usize>,
@@ -417,6 +431,7 @@ fn main() -> ExitCode {
             ..
         } | Command::Loadtest {
             headless: false,
+            cleanup_plan: None,
             ..
         }
     ) && std::io::IsTerminal::is_terminal(&std::io::stdout());
@@ -458,6 +473,21 @@ fn main() -> ExitCode {
             }
         }
         Command::Loadtest {
+            cleanup_plan: Some(dir),
+            ..
+        } => match station::cleanup::write_cleanup_plan(&dir) {
+            Ok(f) => {
+                println!(
+                    "cleanup plan: {} certificate(s), {} thing(s) to delete, {} thing(s) kept (see cleanup.json)",
+                    f.certificates, f.things, f.kept
+                );
+                println!("script: {}", f.script.display());
+                println!("plan: {}", f.json.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => report(e),
+        },
+        Command::Loadtest {
             config,
             devices,
             sessions,
@@ -465,7 +495,10 @@ fn main() -> ExitCode {
             headless,
             metrics_addr,
             endpoint,
+            keep_emulator_state,
+            cleanup_plan: None,
         } => {
+            let devices = devices.expect("clap requires --devices without --cleanup-plan");
             let cfg = match load_with(&config, &endpoint, metrics_addr) {
                 Ok(c) => c,
                 Err(e) => return report(e),
@@ -475,6 +508,7 @@ fn main() -> ExitCode {
                 devices,
                 sessions,
                 report_dir,
+                keep_emulator_state,
                 progress: surface.progress(),
                 control: surface.control.clone(),
             };

@@ -37,6 +37,9 @@ pub struct LoadtestOptions {
     /// Session pool size (default: `provision.sessions`).
     pub sessions: Option<usize>,
     pub report_dir: Option<PathBuf>,
+    /// Keep the embedded emulator's state in `emulator.state_dir`; otherwise it works in a
+    /// temporary directory removed after the run (a load test's things are synthetic).
+    pub keep_emulator_state: bool,
     pub progress: bool,
     /// The operator's commands (the dashboard's keys); `None`: none come.
     pub control: Option<command::Control>,
@@ -54,6 +57,20 @@ pub async fn loadtest(
         None => FeedGate::always(),
     };
     let sessions = opts.sessions.unwrap_or(cfg.provision.sessions).max(1);
+    // The embedded emulator keeps nothing past a load test unless asked: its registry would
+    // only grow (and be read back at every start).
+    let mut cfg = cfg.clone();
+    let _scratch = if cfg.endpoint.is_embedded() && !opts.keep_emulator_state {
+        let dir = tempfile::Builder::new()
+            .prefix("fleet-loadtest-emulator-")
+            .tempdir()
+            .map_err(crate::Error::LoadtestScratch)?;
+        cfg.emulator.state_dir = dir.path().to_path_buf();
+        Some(dir)
+    } else {
+        None
+    };
+    let cfg = &cfg;
     let p = Pipeline::start(
         cfg,
         PipelineOptions {

@@ -25,6 +25,7 @@ mod jig_link;
 mod jig_pacing;
 mod ledger_cli;
 mod ledger_fixture;
+mod loadtest_cleanup;
 mod metrics;
 mod outage;
 mod provision;
