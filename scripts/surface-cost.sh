@@ -5,6 +5,9 @@
 #
 #   headless            the progress line (today's default off a terminal)
 #   metrics             headless, with /metrics scraped every second
+#   headless-tty        headless in a 200×60 tmux pane: the baseline of the dashboard modes (a
+#                       terminal and its tmux server on the same 2 cores cost the station CPU
+#                       whatever it draws)
 #   dashboard           the ratatui dashboard in a 200×60 tmux pane
 #   dashboard+metrics   both
 #
@@ -12,15 +15,17 @@
 #   DEVICES=2000 ROUNDS=5 scripts/surface-cost.sh
 #   MODES="headless metrics" PROFILE=dev scripts/surface-cost.sh   # a subset, debug build
 #
-# Prints every run, then per mode the median CPU seconds, the median wall time, and the extra
-# CPU over headless as a share of one core for the run's duration. Builds the release binary.
+# Prints every run, then per mode the median CPU seconds, the median wall time, the extra
+# process CPU over headless as a share of one core for the run's duration (noisy: whole runs
+# differ by several percent), and the CPU of the surface threads themselves (`dashboard`,
+# `metrics-http`, sampled from /proc) as a share of one core (direct). Builds the release binary.
 # Needs tmux (installed with apt-get when missing) and python3 (the scraper).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 devices=${DEVICES:-5000}
 rounds=${ROUNDS:-3}
-modes=${MODES:-"headless metrics dashboard dashboard+metrics"}
+modes=${MODES:-"headless metrics headless-tty dashboard dashboard+metrics"}
 target_dir=${CARGO_TARGET_DIR:-target}
 [[ $target_dir == /* ]] || target_dir=$root/$target_dir
 
@@ -126,65 +131,107 @@ print(n, file=sys.stderr)
 EOF
 }
 
-# Runs one load test in MODE; prints "cpu_s wall_s".
+# Samples the CPU time of the station's surface threads (`dashboard`, `metrics-http`: the
+# drawing and the scrape rendering happen there) until PID exits; writes their last readings
+# in ms ("dashboard metrics") to FILE. A direct measure, free of the whole process's run-to-run
+# noise.
+thread_sampler() {
+    local pid=$1 file=$2 d=0 m=0 t comm stat rest ticks hz
+    hz=$(getconf CLK_TCK)
+    local -a f
+    while kill -0 "$pid" 2>/dev/null; do
+        for t in /proc/"$pid"/task/*; do
+            comm=$(cat "$t/comm" 2>/dev/null) || continue
+            case $comm in dashboard | metrics-http) ;; *) continue ;; esac
+            stat=$(cat "$t/stat" 2>/dev/null) || continue
+            rest=${stat##*) }
+            read -r -a f <<<"$rest"
+            # utime and stime: fields 14 and 15 of stat, 12th and 13th after the name.
+            ticks=$((f[11] + f[12]))
+            if [[ $comm == dashboard ]]; then d=$ticks; else m=$ticks; fi
+        done
+        sleep 0.2 # the sampling interval, not a synchronization
+    done
+    echo "$((d * 1000 / hz)) $((m * 1000 / hz))" >"$file"
+}
+
+# The pid of the station started with config $1 (bounded wait).
+station_pid() {
+    local pattern pid=
+    # The command line as a regular expression: a run's folder may hold a `+`.
+    pattern=$(printf '%s' "$station loadtest --config $1" | sed 's/[][\\.*^$+?(){}|]/\\&/g')
+    for ((i = 0; i < 600; i++)); do
+        pid=$(pgrep -f "^$pattern" | head -n1 || true)
+        [[ -n $pid ]] && break
+        sleep 0.1
+    done
+    [[ -n $pid ]] || die "the station did not start"
+    printf '%s' "$pid"
+}
+
+# Runs one load test in MODE; prints "cpu_s wall_s dashboard_ms metrics_ms".
 one_run() {
     local mode=$1 dir=$2
     start_emulator "$dir"
     local args=(loadtest --config "$dir/station.toml" --devices "$devices" --report-dir "$dir/report")
     [[ $mode == *metrics* ]] && args+=(--metrics-addr 127.0.0.1:0)
     local timing=$dir/time.txt
-    if [[ $mode == dashboard* ]]; then
+    if [[ $mode == dashboard* || $mode == headless-tty ]]; then
         local scraper_pid=
+        [[ $mode == headless-tty ]] && args+=("${headless[@]}")
         # A terminal of its own: the dashboard is on because stdout is a tty.
         printf '#!/usr/bin/env bash\n/usr/bin/time -f "%%U %%S %%e" -o %q %q' "$timing" "$station" >"$dir/cmd.sh"
         printf ' %q' "${args[@]}" >>"$dir/cmd.sh"
         printf ' 2>%q\necho $? >%q\ntmux -L %q wait-for -S done\n' "$dir/err.txt" "$dir/rc" "$tmux_socket" >>"$dir/cmd.sh"
         chmod +x "$dir/cmd.sh"
         tmux -L "$tmux_socket" new-session -d -x 200 -y 60 "$dir/cmd.sh"
+        local pid sampler_pid
+        pid=$(station_pid "$dir/station.toml")
+        thread_sampler "$pid" "$dir/threads" &
+        sampler_pid=$!
         if [[ $mode == *metrics* ]]; then
-            local pid=
-            # The command line as a regular expression: the run's folder holds a `+`.
-            local pattern
-            pattern=$(printf '%s' "$station loadtest --config $dir/station.toml" | sed 's/[][\\.*^$+?(){}|]/\\&/g')
-            for ((i = 0; i < 600; i++)); do
-                pid=$(pgrep -f "^$pattern" | head -n1 || true)
-                [[ -n $pid ]] && break
-                sleep 0.1
-            done
-            [[ -n $pid ]] || die "the dashboard's station did not start"
             scraper "$dir/err.txt" "$pid" 2>"$dir/scrapes" &
             scraper_pid=$!
         fi
         tmux -L "$tmux_socket" wait-for done
-        # The scraper only: a bare `wait` would wait for the emulator too, which never ends.
+        # Our helpers only: a bare `wait` would wait for the emulator too, which never ends.
+        wait "$sampler_pid"
         [[ -z $scraper_pid ]] || wait "$scraper_pid"
     else
         /usr/bin/time -f "%U %S %e" -o "$timing" "$station" "${args[@]}" "${headless[@]}" \
             >"$dir/out.txt" 2>"$dir/err.txt" &
-        local pid=$!
+        local time_pid=$! pid sampler_pid
+        pid=$(station_pid "$dir/station.toml")
+        thread_sampler "$pid" "$dir/threads" &
+        sampler_pid=$!
         if [[ $mode == *metrics* ]]; then
             scraper "$dir/err.txt" "$pid" 2>"$dir/scrapes"
         fi
         local rc=0
-        wait "$pid" || rc=$?
+        wait "$time_pid" || rc=$?
+        wait "$sampler_pid"
         echo "$rc" >"$dir/rc"
     fi
     stop_emulator
     [[ $(<"$dir/rc") == 0 ]] || { tail -n 20 "$dir/err.txt" >&2; die "$mode: the load test exited with $(<"$dir/rc")"; }
-    local user sys wall
+    local user sys wall dash_ms metrics_ms
     read -r user sys wall <"$timing"
-    printf '%.2f %.2f\n' "$(echo "$user + $sys" | bc -l)" "$wall"
+    read -r dash_ms metrics_ms <"$dir/threads"
+    printf '%.2f %.2f %d %d\n' "$(echo "$user + $sys" | bc -l)" "$wall" "$dash_ms" "$metrics_ms"
 }
 
-declare -A cpu wall
+declare -A cpu wall share
 for ((r = 1; r <= rounds; r++)); do
     for mode in $modes; do
         dir=$work/$r-$mode
-        read -r c w < <(one_run "$mode" "$dir")
+        read -r c w dms mms < <(one_run "$mode" "$dir")
         scrapes=$( [[ -f $dir/scrapes ]] && tail -n1 "$dir/scrapes" || echo -)
-        printf 'round %d %-18s cpu %6.2f s  wall %6.2f s  scrapes %s\n' "$r" "$mode" "$c" "$w" "$scrapes"
+        sh=$(echo "($dms + $mms) / 1000 / $w * 100" | bc -l)
+        printf 'round %d %-18s cpu %6.2f s  wall %6.2f s  scrapes %-3s  dashboard thread %4d ms  metrics thread %4d ms  (%.2f %% of one core)\n' \
+            "$r" "$mode" "$c" "$w" "$scrapes" "$dms" "$mms" "$sh"
         cpu[$mode]+="$c "
         wall[$mode]+="$w "
+        share[$mode]+="$sh "
         rm -rf "$dir"
     done
 done
@@ -192,13 +239,18 @@ done
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 echo
 echo "$devices devices, $rounds rounds, medians:"
-base_cpu=$(echo "${cpu[headless]:-}" | median)
 for mode in $modes; do
     c=$(echo "${cpu[$mode]}" | median)
     w=$(echo "${wall[$mode]}" | median)
-    if [[ -n $base_cpu && $mode != headless ]]; then
+    t=$(echo "${share[$mode]}" | median)
+    # The dashboard modes against headless in the same kind of terminal, the others against
+    # headless without one.
+    base=headless
+    [[ $mode == dashboard* && -n ${cpu[headless-tty]:-} ]] && base=headless-tty
+    base_cpu=$(echo "${cpu[$base]:-}" | median)
+    if [[ -n $base_cpu && $mode != "$base" && $mode != headless ]]; then
         extra=$(echo "($c - $base_cpu) / $w * 100" | bc -l)
-        printf '%-18s cpu %6.2f s  wall %6.2f s  extra over headless: %+.2f %% of one core\n' "$mode" "$c" "$w" "$extra"
+        printf '%-18s cpu %6.2f s  wall %6.2f s  process CPU over %s: %+.2f %% of one core; surface threads: %.2f %% of one core\n' "$mode" "$c" "$w" "$base" "$extra" "$t"
     else
         printf '%-18s cpu %6.2f s  wall %6.2f s\n' "$mode" "$c" "$w"
     fi
