@@ -64,6 +64,7 @@ pub async fn loadtest(
             target: opts.devices as u64,
             progress: opts.progress,
             key_pool: cfg.keys.source != KeySource::Aws,
+            open_loop: false,
         },
         &halt,
     )
@@ -76,12 +77,8 @@ pub async fn loadtest(
         });
     }
 
-    let stamp: String = timestamp().chars().filter(char::is_ascii_digit).collect();
-    // Synthetic devices cannot make keys: the pool stands in for them.
-    let key = match cfg.keys.source {
-        KeySource::Aws => KeyPlan::Aws,
-        KeySource::Pool | KeySource::Device => KeyPlan::Pool,
-    };
+    let stamp = serial_stamp();
+    let key = key_plan(cfg);
     // Enough devices in flight to keep every session busy, without a task per device
     // waiting on the ledger at once.
     let permits = Arc::new(Semaphore::new(sessions * 2));
@@ -124,18 +121,11 @@ pub async fn loadtest(
             continue;
         };
         let failed = failed.clone();
-        let device = Synthetic {
-            serial,
-            key: key.clone(),
-            ledger: p.ledger.clone(),
-            telemetry: p.telemetry.clone(),
-            jobs: p.engine.submitter(),
-            halt: halt.clone(),
-        };
+        let device = Synthetic::new(&p, serial, key.clone(), Instant::now());
         tasks.spawn(async move {
             let _permit = permit;
             let serial = device.serial.clone();
-            if device.run().await {
+            if device.run().await == Ended::Failed {
                 failed
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -151,26 +141,64 @@ pub async fn loadtest(
     Ok(report)
 }
 
+/// The digits of the load test's start time, in its synthetic serial numbers.
+pub(super) fn serial_stamp() -> String {
+    timestamp().chars().filter(char::is_ascii_digit).collect()
+}
+
+/// Synthetic devices cannot make keys: the pool stands in for them.
+pub(super) fn key_plan(cfg: &Config) -> KeyPlan {
+    match cfg.keys.source {
+        KeySource::Aws => KeyPlan::Aws,
+        KeySource::Pool | KeySource::Device => KeyPlan::Pool,
+    }
+}
+
+/// How a synthetic device ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ended {
+    Provisioned,
+    Failed,
+    Interrupted,
+    /// The ledger refused to journal it (the load test stops).
+    NotStarted,
+}
+
 /// One synthetic device and what it needs.
-struct Synthetic {
-    serial: String,
+pub(super) struct Synthetic {
+    pub serial: String,
     key: KeyPlan,
     ledger: Ledger,
     telemetry: Telemetry,
     jobs: tokio::sync::mpsc::Sender<DeviceJob>,
     halt: Halt,
+    /// When the device was due to start: its end-to-end latency counts from here (an open
+    /// loop's schedule, so a stall shows in the percentiles).
+    scheduled: Instant,
 }
 
 impl Synthetic {
-    /// Runs the device; true if it failed.
-    async fn run(self) -> bool {
-        let started = Instant::now();
+    pub(super) fn new(p: &Pipeline, serial: String, key: KeyPlan, scheduled: Instant) -> Self {
+        Synthetic {
+            serial,
+            key,
+            ledger: p.ledger.clone(),
+            telemetry: p.telemetry.clone(),
+            jobs: p.engine.submitter(),
+            halt: p.halt.clone(),
+            scheduled,
+        }
+    }
+
+    /// Runs the device.
+    pub(super) async fn run(self) -> Ended {
+        let started = self.scheduled;
         let begun = match self.ledger.begin(&self.serial, "loadtest").await {
             Ok(b) => b,
             Err(e) => {
                 // Not journaled, so not started: the load test stops with the ledger's error.
                 self.halt.raise(e);
-                return false;
+                return Ended::NotStarted;
             }
         };
         let device_id = begun.id;
@@ -209,7 +237,7 @@ impl Synthetic {
                 self.telemetry
                     .emit(Event::DeviceProvisioned { serial })
                     .await;
-                false
+                Ended::Provisioned
             }
             Err(NotProvisioned::Failed(f)) => {
                 let recorded = self
@@ -230,7 +258,7 @@ impl Synthetic {
                         reason: f.code,
                     })
                     .await;
-                true
+                Ended::Failed
             }
             Err(NotProvisioned::Interrupted) => {
                 // A synthetic device never resumes: close it, listing its certificate.
@@ -240,7 +268,7 @@ impl Synthetic {
                 self.telemetry
                     .emit(Event::DeviceInterrupted { serial })
                     .await;
-                false
+                Ended::Interrupted
             }
         }
     }
