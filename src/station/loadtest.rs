@@ -11,6 +11,9 @@
 //! The operator's commands apply as on the line: pause and resume stop and restart new
 //! devices, stopping the feed lets the devices in flight finish, and `r` submits the failed
 //! synthetic devices again.
+//!
+//! This is the fixed-count mode (`--devices N`); the open-loop modes (`--rate`, `--ramp`,
+//! `--find-knee`) are in [`super::open_loop`] and share [`Synthetic`] with it.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;

@@ -7,6 +7,10 @@
 //! call: the MQTT sessions' state ([`SessionGauges`]) and the rate controller's targets (the
 //! engine's [`Limits`], attached once). The aggregator reads both when it publishes.
 //!
+//! A load test in steps names its current step ([`Event::Step`], shown by the dashboard) and
+//! cuts the stream with [`Telemetry::totals`]: the running totals after every event sent
+//! before the cut, which it diffs into one step's figures.
+//!
 //! - [`summary`]: the end-of-run `summary.json` built from the aggregate.
 //! - [`progress`]: the headless progress printer.
 //! - [`report`]: the report folder's other files (`.hgrm`, plots, `failures.csv`) and
@@ -897,6 +901,39 @@ pub fn start() -> (
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn totals_are_cut_after_the_events_sent_before_and_the_step_is_shown() {
+        let (t, snap, task) = start();
+        let call = |result| Event::ApiCall {
+            api: ApiKind::RegisterThing,
+            result,
+            serial: "a".into(),
+        };
+        t.emit(Event::Step {
+            label: "step 1".into(),
+        })
+        .await;
+        t.emit(call(ApiResult::Accepted)).await;
+        let first = t.totals().await.unwrap();
+        t.emit(call(ApiResult::Rejected {
+            status: 429,
+            error_code: "Throttling".into(),
+        }))
+        .await;
+        t.emit(Event::Throttled {
+            api: ApiKind::RegisterThing,
+        })
+        .await;
+        let second = t.totals().await.unwrap();
+        assert_eq!(first.api_results.values().sum::<u64>(), 1);
+        assert_eq!(second.api_results.values().sum::<u64>(), 2);
+        assert_eq!(second.throttled_by_api["register_thing"], 1);
+        assert!(first.throttled_by_api.is_empty());
+        drop(t);
+        task.await.unwrap();
+        assert_eq!(snap.borrow().step.as_deref(), Some("step 1"));
+    }
 
     #[tokio::test]
     async fn aggregates_counts_failures_and_latencies() {

@@ -205,3 +205,40 @@ fn ctrl_c_during_a_ramp_exits_130_with_the_steps_done() {
     assert_eq!(j["steps"].as_array().unwrap().len(), lines.len() - 1);
     assert!(report.join("summary.json").is_file());
 }
+
+#[test]
+fn a_bad_ramp_and_conflicting_modes_are_refused_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StationConfig::embedded(dir.path()).write();
+    let run = |args: &[&str]| {
+        let out = station()
+            .arg("loadtest")
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["--ramp", "20..5"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("station::loadtest::bad_ramp"), "{err}");
+    let (code, err) = run(&["--find-knee", "--hold", "soon"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("station::loadtest::bad_duration"), "{err}");
+    // clap's groups: one mode, and --rate needs --duration.
+    for args in [
+        &["--devices", "5", "--rate", "3", "--duration", "2s"][..],
+        &["--rate", "3"],
+        &["--rate", "3", "--duration", "1s", "--find-knee"],
+        &[],
+    ] {
+        let (code, err) = run(args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+    }
+    // Nothing was started: no report folder.
+    assert!(!dir.path().join("reports").exists());
+}
