@@ -13,7 +13,7 @@
 //! synthetic devices again.
 //!
 //! This is the fixed-count mode (`--devices N`); the open-loop modes (`--rate`, `--ramp`,
-//! `--find-knee`) are in [`super::open_loop`] and share [`Synthetic`] with it.
+//! `--find-knee`) are in [`super::open_loop`] and share its synthetic device (`Synthetic`).
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
