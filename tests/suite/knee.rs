@@ -135,6 +135,10 @@ async fn an_emulator_stall_shows_in_the_open_loop_p99() {
     let out = run.await.unwrap().unwrap();
     assert_eq!(out.steps.len(), 1);
     let s = &out.steps[0];
+    eprintln!(
+        "stall: {} devices, e2e p50 {:.1} ms, p99 {:.1} ms",
+        s.devices, s.end_to_end.p50_ms, s.end_to_end.p99_ms
+    );
     // Open loop: every device started on schedule, the stall notwithstanding.
     assert_eq!(s.devices, 80, "{s:?}");
     assert_eq!(s.provisioned, 80, "{s:?}");
