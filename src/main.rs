@@ -200,10 +200,10 @@ struct OpenLoopArgs {
     #[arg(long, value_name = "FROM..TO")]
     ramp: Option<String>,
     /// Rate added per step (--ramp default: FROM; --find-knee default: the rate doubles).
-    #[arg(long, value_name = "S")]
+    #[arg(long, value_name = "S", conflicts_with_all = ["devices", "rate"])]
     step: Option<f64>,
     /// How long each step holds (default 15s).
-    #[arg(long, value_name = "D")]
+    #[arg(long, value_name = "D", conflicts_with_all = ["devices", "rate"])]
     hold: Option<String>,
     /// Step up until more than 1 % of an API's requests are throttled or end-to-end p99
     /// passes --p99-ms, then bisect: the highest rate held and which limit bit.
@@ -216,12 +216,12 @@ struct OpenLoopArgs {
     #[arg(long, value_name = "N", requires = "find_knee")]
     rounds: Option<u32>,
     /// The start of each step not measured for throttles and API latency, so a quota's
-    /// burst cannot hide a rate above it (default: a fifth of the hold).
-    #[arg(long, value_name = "D")]
+    /// burst is spent before the measuring starts (default: a fifth of the hold).
+    #[arg(long, value_name = "D", conflicts_with = "devices")]
     warmup: Option<String>,
     /// Cap on devices in flight (default 10000); devices started late because of it are
     /// counted per step.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", conflicts_with = "devices")]
     max_in_flight: Option<usize>,
 }
 

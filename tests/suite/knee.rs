@@ -238,6 +238,7 @@ fn a_bad_ramp_and_conflicting_modes_are_refused_before_anything_starts() {
         &["--devices", "5", "--rate", "3", "--duration", "2s"][..],
         &["--rate", "3"],
         &["--rate", "3", "--duration", "1s", "--find-knee"],
+        &["--devices", "5", "--hold", "2s"],
         &[],
     ] {
         let (code, err) = run(args);
