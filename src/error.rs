@@ -38,6 +38,19 @@ pub enum Error {
     #[diagnostic(transparent)]
     Report(#[from] crate::telemetry::report::ReportError),
 
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    NoLoadtestLedger(#[from] crate::station::cleanup::NoLoadtestLedger),
+
+    #[error("cannot make a temporary directory for the load test's embedded emulator: {0}")]
+    #[diagnostic(
+        code(station::loadtest::scratch),
+        help(
+            "set TMPDIR to a writable directory, or pass --keep-emulator-state to use emulator.state_dir"
+        )
+    )]
+    LoadtestScratch(std::io::Error),
+
     #[error("the line has no jig to work with")]
     #[diagnostic(
         code(station::no_jigs),

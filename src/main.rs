@@ -92,7 +92,7 @@ enum Command {
         clap::ArgGroup::new("mode")
             .required(true)
             .multiple(true)
-            .args(["devices", "rate", "ramp", "find_knee"])
+            .args(["devices", "rate", "ramp", "find_knee", "cleanup_plan"])
     ))]
     Loadtest {
         /// Station configuration file (endpoint, template, parameters, keys).
@@ -102,7 +102,21 @@ enum Command {
         #[arg(long, value_name = "N", conflicts_with_all = ["rate", "ramp", "find_knee"])]
         devices: Option<usize>,
         #[command(flatten)]
-        open: OpenLoopArgs,
+        open: Box<OpenLoopArgs>,
+        /// Write cleanup.sh and cleanup.json into DIR, the report folder of a past load test:
+        /// the AWS CLI commands that remove every certificate and thing it created. Provisions
+        /// nothing.
+        #[arg(
+            long,
+            value_name = "DIR",
+            conflicts_with_all = ["devices", "sessions", "report_dir", "metrics_addr", "keep_emulator_state", "rate", "ramp", "find_knee"]
+        )]
+        cleanup_plan: Option<PathBuf>,
+        /// Keep the embedded emulator's state (CA, claim identity, registry) in
+        /// emulator.state_dir after the load test; by default a load test's embedded emulator
+        /// works in a temporary directory that goes with the run.
+        #[arg(long)]
+        keep_emulator_state: bool,
         /// MQTT sessions provisioning in parallel (default: provision.sessions).
         #[arg(long, value_name = "M")]
         sessions: Option<usize>,
@@ -541,6 +555,7 @@ fn main() -> ExitCode {
             ..
         } | Command::Loadtest {
             headless: false,
+            cleanup_plan: None,
             ..
         }
     ) && std::io::IsTerminal::is_terminal(&std::io::stdout());
@@ -582,6 +597,21 @@ fn main() -> ExitCode {
             }
         }
         Command::Loadtest {
+            cleanup_plan: Some(dir),
+            ..
+        } => match station::cleanup::write_cleanup_plan(&dir) {
+            Ok(f) => {
+                println!(
+                    "cleanup plan: {} certificate(s), {} thing(s) to delete, {} thing(s) kept (see cleanup.json)",
+                    f.certificates, f.things, f.kept
+                );
+                println!("script: {}", f.script.display());
+                println!("plan: {}", f.json.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => report(e),
+        },
+        Command::Loadtest {
             config,
             devices,
             open,
@@ -590,6 +620,8 @@ fn main() -> ExitCode {
             headless,
             metrics_addr,
             endpoint,
+            keep_emulator_state,
+            cleanup_plan: None,
         } => {
             let cfg = match load_with(&config, &endpoint, metrics_addr) {
                 Ok(c) => c,
@@ -604,6 +636,7 @@ fn main() -> ExitCode {
                 devices: devices.unwrap_or(0),
                 sessions,
                 report_dir,
+                keep_emulator_state,
                 progress: surface.progress(),
                 control: surface.control.clone(),
             };

@@ -61,6 +61,7 @@ pub fn loadtest(rt: &tokio::runtime::Runtime, devices: usize, sessions: usize) -
         devices,
         sessions: Some(sessions),
         report_dir: Some(dir.path().join("report")),
+        keep_emulator_state: false,
         progress: false,
         control: None,
     };

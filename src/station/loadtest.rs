@@ -40,6 +40,9 @@ pub struct LoadtestOptions {
     /// Session pool size (default: `provision.sessions`).
     pub sessions: Option<usize>,
     pub report_dir: Option<PathBuf>,
+    /// Keep the embedded emulator's state in `emulator.state_dir`; otherwise it works in a
+    /// temporary directory removed after the run (a load test's things are synthetic).
+    pub keep_emulator_state: bool,
     pub progress: bool,
     /// The operator's commands (the dashboard's keys); `None`: none come.
     pub control: Option<command::Control>,
@@ -57,6 +60,8 @@ pub async fn loadtest(
         None => FeedGate::always(),
     };
     let sessions = opts.sessions.unwrap_or(cfg.provision.sessions).max(1);
+    let (cfg, _scratch) = scratch_emulator(cfg, opts.keep_emulator_state)?;
+    let cfg = &cfg;
     let p = Pipeline::start(
         cfg,
         PipelineOptions {
@@ -142,6 +147,27 @@ pub async fn loadtest(
         report.stopped = super::Stopped::Drained;
     }
     Ok(report)
+}
+
+/// The embedded emulator keeps nothing past a load test unless asked (`keep`): its registry
+/// would only grow (and be read back at every start). The configuration to run with, and the
+/// temporary directory to keep until the run is over.
+pub(super) fn scratch_emulator(
+    cfg: &Config,
+    keep: bool,
+) -> crate::Result<(Config, Option<tempfile::TempDir>)> {
+    let mut cfg = cfg.clone();
+    let scratch = if cfg.endpoint.is_embedded() && !keep {
+        let dir = tempfile::Builder::new()
+            .prefix("fleet-loadtest-emulator-")
+            .tempdir()
+            .map_err(crate::Error::LoadtestScratch)?;
+        cfg.emulator.state_dir = dir.path().to_path_buf();
+        Some(dir)
+    } else {
+        None
+    };
+    Ok((cfg, scratch))
 }
 
 /// The digits of the load test's start time, in its synthetic serial numbers.

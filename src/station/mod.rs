@@ -9,6 +9,8 @@
 //!
 //! - [`command`]: the operator's commands (pause, resume, stop feeding, retry failed
 //!   boards, interrupt) on one channel, and the feed gate the stages obey.
+//! - [`cleanup`]: `loadtest --cleanup-plan`: the script and JSON that remove what a load
+//!   test created.
 //! - [`pipeline`]: the stages `run` and `loadtest` share, started and torn down in order.
 //! - [`endpoint`]: the embedded emulator or a real AWS endpoint.
 //! - [`jig_cycle`]: the cycle each jig's thread runs: wait for a board, provision it, write and
@@ -19,6 +21,7 @@
 //! - [`steps`]: those modes' per-step figures, the knee's limit, and their report files.
 //! - [`virtual_line`]: virtual jigs on pseudo-terminals fed by a serial-number generator.
 
+pub mod cleanup;
 pub mod command;
 pub mod endpoint;
 pub mod jig_cycle;

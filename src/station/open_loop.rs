@@ -19,6 +19,9 @@
 //! quota. Devices in flight are capped (default 10,000); devices started late because of the
 //! cap are counted per step.
 //!
+//! As with `--devices`, the embedded emulator works in a temporary directory unless
+//! `--keep-emulator-state`.
+//!
 //! Ctrl-C stops at once: the current step closes with what it measured (marked interrupted)
 //! and the report folder gets the steps done.
 
@@ -32,7 +35,9 @@ use miette::Diagnostic;
 use tokio::task::JoinSet;
 
 use super::command::{self, FeedGate, FeedState};
-use super::loadtest::{Ended, LoadtestOptions, Synthetic, key_plan, serial_stamp};
+use super::loadtest::{
+    Ended, LoadtestOptions, Synthetic, key_plan, scratch_emulator, serial_stamp,
+};
 use super::pipeline::{LedgerPlace, Pipeline, PipelineOptions};
 use super::steps::{self, Knee, LoadtestFile, StepRecord};
 use super::{RunReport, Stopped};
@@ -205,6 +210,8 @@ pub async fn loadtest_open(
         None => FeedGate::always(),
     };
     let sessions = opts.sessions.unwrap_or(cfg.provision.sessions).max(1);
+    let (cfg, _scratch) = scratch_emulator(cfg, opts.keep_emulator_state)?;
+    let cfg = &cfg;
     let p = Pipeline::start(
         cfg,
         PipelineOptions {

@@ -15,14 +15,14 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+use crate::common::cleanup::apply_cleanup;
 use crate::common::cli::{StationConfig, count, station, wait_for};
 use crate::common::{StandaloneEmulator, free_port, public_key_of};
 use fleet_station::emulator::ca::certificate_id;
-use fleet_station::emulator::control::{self, ControlError};
 use fleet_station::emulator::registry::{CertStatus, Registry};
 use fleet_station::jig::Flash;
 use fleet_station::keys::public_key_sha256;
-use fleet_station::ledger::cleanup::{CleanupStep, cleanup_plan};
+use fleet_station::ledger::cleanup::cleanup_plan;
 use fleet_station::ledger::{DeviceState, Ledger};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -78,53 +78,6 @@ fn start_station(config: &Path) -> std::process::Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
-}
-
-/// Applies one orphan's cleanup steps to the registry as the printed script would to AWS.
-fn apply_cleanup(registry: &Registry, steps: &[CleanupStep]) {
-    let gone = |e: &ControlError| matches!(e, ControlError::ResourceNotFoundException(_));
-    for step in steps {
-        match step {
-            CleanupStep::Note(_) => {}
-            CleanupStep::SkipIfGone { certificate_id } => {
-                match control::describe_certificate(registry, certificate_id) {
-                    Ok(_) => {}
-                    Err(e) if gone(&e) => return,
-                    Err(e) => panic!("describe-certificate {certificate_id}: {e}"),
-                }
-            }
-            CleanupStep::DetachAllThings { certificate_id } => {
-                let arn = control::certificate_arn(certificate_id);
-                for thing in control::list_principal_things(registry, &arn).unwrap() {
-                    control::detach_thing_principal(registry, &thing, &arn).unwrap();
-                }
-                assert!(
-                    control::list_principal_things(registry, &arn)
-                        .unwrap()
-                        .is_empty()
-                );
-            }
-            CleanupStep::Deactivate { certificate_id } => {
-                let d = control::describe_certificate(registry, certificate_id).unwrap();
-                if d.status == CertStatus::Active {
-                    control::update_certificate(registry, certificate_id, CertStatus::Inactive)
-                        .unwrap();
-                }
-            }
-            CleanupStep::Delete {
-                certificate_id,
-                force,
-            } => control::delete_certificate(registry, certificate_id, *force)
-                .unwrap_or_else(|e| panic!("delete-certificate {certificate_id}: {e}")),
-            CleanupStep::DeleteIfPresent { certificate_id } => {
-                match control::delete_certificate(registry, certificate_id, true) {
-                    Ok(()) => {}
-                    Err(e) if gone(&e) => {}
-                    Err(e) => panic!("delete-certificate {certificate_id}: {e}"),
-                }
-            }
-        }
-    }
 }
 
 #[test]

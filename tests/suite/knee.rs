@@ -103,6 +103,7 @@ async fn an_emulator_stall_shows_in_the_open_loop_p99() {
         devices: 0,
         sessions: None,
         report_dir: Some(report.clone()),
+        keep_emulator_state: false,
         progress: false,
         control: None,
     };

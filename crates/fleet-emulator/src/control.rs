@@ -1,7 +1,7 @@
 //! AWS IoT control-plane operations on the emulator's registry, the ones a station's orphan
-//! cleanup uses: `DescribeCertificate`, `ListPrincipalThings`, `DetachThingPrincipal`,
-//! `UpdateCertificate` and `DeleteCertificate`, with AWS's documented preconditions and
-//! exception names ([`ControlError`]).
+//! and load-test cleanup uses: `DescribeCertificate`, `ListPrincipalThings`,
+//! `ListThingPrincipals`, `DetachThingPrincipal`, `UpdateCertificate`, `DeleteCertificate` and
+//! `DeleteThing`, with AWS's documented preconditions and exception names ([`ControlError`]).
 //!
 //! They are plain functions on a [`Registry`], so a test can apply a station's cleanup steps to
 //! the registry of an emulator that has stopped (or was killed):
@@ -35,7 +35,12 @@
 //!   thing attached → `DeleteConflictException`; a policy attached without `force_delete` →
 //!   `DeleteConflictException`. With `force_delete` the policies are detached (the policies
 //!   themselves stay). The certificate's ownership tokens go with it;
-//! - `ListPrincipalThings` returns every name at once, sorted (no paging).
+//! - `ListPrincipalThings` and `ListThingPrincipals` return everything at once, sorted (no
+//!   paging);
+//! - `DeleteThing` of a thing that does not exist succeeds (AWS: "Returns successfully with no
+//!   error if the deletion is successful or you specify a thing that doesn't exist"); a thing
+//!   with a principal attached is refused with `InvalidRequestException` (AWS documents no
+//!   such rule; its cleanup guides detach first, and the station's cleanup does).
 
 use super::policy::{ACCOUNT, REGION};
 use super::registry::{CertStatus, CommitError, Registry, Txn};
@@ -240,6 +245,39 @@ pub fn detach_thing_principal(
     Ok(txn.commit_blocking()?)
 }
 
+/// `ListThingPrincipals`: the ARNs of the certificates attached to `thing_name`.
+pub fn list_thing_principals(
+    registry: &Registry,
+    thing_name: &str,
+) -> Result<Vec<String>, ControlError> {
+    check_thing_name(thing_name)?;
+    let thing = registry.thing(thing_name).ok_or_else(|| {
+        ControlError::ResourceNotFoundException(format!("The thing {thing_name} does not exist."))
+    })?;
+    Ok(thing
+        .principals
+        .iter()
+        .map(|id| certificate_arn(id))
+        .collect())
+}
+
+/// `DeleteThing`: deletes a thing no principal is attached to; a thing that does not exist is
+/// not an error.
+pub fn delete_thing(registry: &Registry, thing_name: &str) -> Result<(), ControlError> {
+    check_thing_name(thing_name)?;
+    let mut txn = registry.txn();
+    let Some(thing) = txn.state.things.get(thing_name) else {
+        return Ok(());
+    };
+    if !thing.principals.is_empty() {
+        return Err(ControlError::InvalidRequestException(format!(
+            "The thing {thing_name} has principals attached; detach them first."
+        )));
+    }
+    txn.delete_thing(thing_name);
+    Ok(txn.commit_blocking()?)
+}
+
 /// `UpdateCertificate`: sets the certificate's status.
 pub fn update_certificate(
     registry: &Registry,
@@ -435,6 +473,33 @@ mod tests {
         // Not attached (any more): nothing to do, no error.
         detach_thing_principal(&reg, "t1", &arn).unwrap();
         detach_thing_principal(&reg, "t1", &certificate_arn(B)).unwrap();
+    }
+
+    #[test]
+    fn a_thing_lists_its_principals_and_is_deleted_only_without_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = registry(&dir);
+        let arn = certificate_arn(A);
+        assert_eq!(
+            list_thing_principals(&reg, "t1").unwrap(),
+            std::slice::from_ref(&arn)
+        );
+        assert_eq!(code(list_thing_principals(&reg, "nope")), 404);
+        assert_eq!(code(list_thing_principals(&reg, "bad name!")), 400);
+        // Attached: refused, and nothing changed.
+        assert_eq!(code(delete_thing(&reg, "t1")), 400);
+        assert!(reg.thing("t1").is_some());
+        detach_thing_principal(&reg, "t1", &arn).unwrap();
+        assert!(list_thing_principals(&reg, "t1").unwrap().is_empty());
+        delete_thing(&reg, "t1").unwrap();
+        assert!(reg.thing("t1").is_none());
+        // Gone (or never there): success, as AWS documents.
+        delete_thing(&reg, "t1").unwrap();
+        assert_eq!(code(delete_thing(&reg, "")), 400);
+        // On disk: a second reader of the file no longer finds it.
+        reg.close();
+        let again = Registry::open_state_dir(dir.path()).unwrap();
+        assert!(again.thing("t1").is_none());
     }
 
     #[test]

@@ -256,6 +256,13 @@ impl Txn<'_> {
             key: id.to_string(),
         });
     }
+    pub(crate) fn delete_thing(&mut self, name: &str) {
+        self.state.things.remove(name);
+        self.pending.push(Write::Delete {
+            table: "things",
+            key: name.to_string(),
+        });
+    }
     fn delete_token_by_key(&mut self, key: &str) {
         self.state.tokens.remove(key);
         self.pending.push(Write::Delete {

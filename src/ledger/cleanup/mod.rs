@@ -1,6 +1,7 @@
 //! Removing the orphaned certificates from AWS: a plan of steps per orphan
 //! ([`cleanup_plan`]) and its rendering as a bash script of AWS CLI commands
-//! ([`cleanup_script`]), which `station ledger orphans` prints.
+//! ([`cleanup_script`]), which `station ledger orphans` prints. [`loadtest`] plans the removal
+//! of everything a load test created (its certificates and things) with the same steps.
 //!
 //! The steps follow the AWS IoT API's documented rules:
 //! - DeleteCertificate refuses a certificate that is ACTIVE or attached to a thing;
@@ -19,10 +20,15 @@
 //! Orphans without a certificate id (a request whose answer was lost) get a note: there is
 //! nothing to run.
 
+pub mod loadtest;
+
+use serde::{Deserialize, Serialize};
+
 use super::Orphan;
 
-/// One step of removing an orphaned certificate from AWS.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One step of removing an orphaned certificate (or a load test's thing) from AWS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
 pub enum CleanupStep {
     /// Nothing to run; the text says why.
     Note(String),
@@ -40,6 +46,9 @@ pub enum CleanupStep {
     /// DeleteCertificate with `--force-delete`, where a certificate AWS has deleted meanwhile
     /// (a never-registered one whose token expired) counts as done.
     DeleteIfPresent { certificate_id: String },
+    /// Wait until ListThingPrincipals lists no principal (detachments are asynchronous), then
+    /// DeleteThing; a thing that is gone is done.
+    DeleteThing { thing_name: String },
 }
 
 /// The steps for one orphan (duplicates of a certificate merged into one).
@@ -158,12 +167,16 @@ fn describe(o: &Orphan) -> String {
     line
 }
 
-const PREAMBLE: &str = r#"#!/usr/bin/env bash
+/// The orphan script's header comment.
+const ORPHANS_HEADER: &str = "\
 # Removes the certificates that fleet-station recorded as orphaned: issued by AWS, on no board.
 # Printed by `station ledger orphans`. Read it, then run it with AWS credentials for the account
 # and region the station provisioned in (AWS_PROFILE, AWS_REGION). It can be run again after a
 # failure: a certificate AWS no longer has is skipped.
-set -euo pipefail
+";
+
+/// The functions every cleanup script calls.
+const FUNCTIONS: &str = r#"set -euo pipefail
 
 errors=$(mktemp)
 trap 'rm -f "$errors"' EXIT
@@ -244,8 +257,8 @@ delete_certificate_if_present() {
 /// The plan as a bash script (`set -euo pipefail`) of documented AWS CLI commands. Each
 /// certificate's ARN is read from AWS (`describe-certificate`), so no account or region is
 /// written into the script.
-fn render_script(plan: &[OrphanCleanup]) -> String {
-    let mut out = String::from(PREAMBLE);
+fn render_script(header: &str, functions: &str, plan: &[OrphanCleanup]) -> String {
+    let mut out = format!("#!/usr/bin/env bash\n{header}{FUNCTIONS}{functions}");
     let to_run = plan
         .iter()
         .filter(|p| p.steps.iter().any(|s| !matches!(s, CleanupStep::Note(_))))
@@ -291,6 +304,9 @@ fn render_script(plan: &[OrphanCleanup]) -> String {
                         "{indent}delete_certificate_if_present {certificate_id}\n"
                     ));
                 }
+                CleanupStep::DeleteThing { thing_name } => {
+                    out.push_str(&format!("{indent}delete_thing {thing_name}\n"));
+                }
             }
         }
         if !indent.is_empty() {
@@ -303,7 +319,7 @@ fn render_script(plan: &[OrphanCleanup]) -> String {
 /// [`cleanup_plan`] rendered as a bash script (`set -euo pipefail`) of documented AWS CLI
 /// commands; each certificate's ARN is read from AWS, so no account or region is in it.
 pub fn cleanup_script(orphans: &[Orphan]) -> String {
-    render_script(&cleanup_plan(orphans))
+    render_script(ORPHANS_HEADER, "", &cleanup_plan(orphans))
 }
 
 #[cfg(test)]

@@ -1,9 +1,11 @@
 //! Tests of the cleanup plan: a model of AWS's documented rules the plans are applied to, the
-//! script's exact text, and a stand-in `aws` command that runs the rendered script.
+//! script's exact text, and a stand-in `aws` command that runs the rendered scripts (the orphans'
+//! and a load test's).
 
 use std::collections::BTreeMap;
 
 use super::*;
+use crate::ledger::{DeviceRow, DeviceState};
 
 const C1: &str = "c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1";
 const C2: &str = "c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2";
@@ -200,6 +202,9 @@ impl Aws {
                 } => self.delete_certificate(certificate_id, *force)?,
                 CleanupStep::DeleteIfPresent { certificate_id } => {
                     done_if_gone(self.delete_certificate(certificate_id, true))?;
+                }
+                CleanupStep::DeleteThing { .. } => {
+                    unreachable!("an orphan's plan deletes no thing")
                 }
             }
         }
@@ -412,7 +417,8 @@ fn the_script_says_what_each_orphan_is_and_what_to_run() {
     let mut active = orphan(Some(C1), "active", Some("thing-1"));
     active.reason = "jig:verify".into();
     let script = cleanup_script(&[active, pending, lost]);
-    let body = script.strip_prefix(PREAMBLE).expect("the preamble first");
+    let preamble = format!("#!/usr/bin/env bash\n{ORPHANS_HEADER}{FUNCTIONS}");
+    let body = script.strip_prefix(&preamble).expect("the preamble first");
     assert_eq!(
         body,
         format!(
@@ -439,8 +445,8 @@ fi
         )
     );
     // The preamble: strict bash, ARNs read from AWS, the documented commands in order.
-    assert!(PREAMBLE.starts_with("#!/usr/bin/env bash\n"));
-    assert!(PREAMBLE.contains("\nset -euo pipefail\n"));
+    assert!(preamble.starts_with("#!/usr/bin/env bash\n"));
+    assert!(preamble.contains("\nset -euo pipefail\n"));
     let order = [
         "aws_iot describe-certificate --certificate-id \"$1\" --query certificateDescription.certificateArn --output text",
         "aws_iot list-principal-things --principal \"$arn\" --query 'things[]' --output text",
@@ -451,7 +457,7 @@ fi
     ];
     let at: Vec<usize> = order
         .iter()
-        .map(|s| PREAMBLE.find(s).unwrap_or_else(|| panic!("missing {s}")))
+        .map(|s| preamble.find(s).unwrap_or_else(|| panic!("missing {s}")))
         .collect();
     assert!(at.windows(2).all(|w| w[0] < w[1]), "{at:?}");
     assert!(!script.contains("arn:aws:iot:"), "no ARN is made up");
@@ -530,6 +536,25 @@ update-certificate)
   [ "$(cat "$d/status")" != PENDING_ACTIVATION ] || fail CertificateStateException "pending"
   echo INACTIVE >"$d/status"
   ;;
+list-thing-principals)
+  t=$(arg --thing-name "$@")
+  [ -e "$state/things/$t" ] || fail ResourceNotFoundException "no thing $t"
+  [ "$query" = 'principals[]' ] || fail InvalidRequestException "query $query"
+  names=()
+  for f in "$state"/certs/*/things/"$t"; do
+[ -e "$f" ] || continue
+d=${f%/things/*}
+names+=("arn:aws:iot:eu-west-1:111122223333:cert/${d##*/}")
+  done
+  if [ ${#names[@]} -gt 0 ]; then (IFS=$'\t'; echo "${names[*]}"); fi
+  ;;
+delete-thing)
+  t=$(arg --thing-name "$@")
+  for f in "$state"/certs/*/things/"$t"; do
+if [ -e "$f" ]; then fail InvalidRequestException "thing $t has principals attached"; fi
+  done
+  rm -f "$state/things/$t"
+  ;;
 delete-certificate)
   d=$state/certs/$(arg --certificate-id "$@")
   [ -d "$d" ] || fail ResourceNotFoundException "no certificate"
@@ -577,6 +602,24 @@ impl FakeAws {
         for t in things {
             std::fs::write(d.join("things").join(t), "").unwrap();
         }
+    }
+
+    /// A thing (the certificates name it in `add`).
+    fn add_thing(&self, name: &str) {
+        let d = self.dir.path().join("state/things");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(name), "").unwrap();
+    }
+
+    fn things(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.dir.path().join("state/things")) else {
+            return Vec::new();
+        };
+        let mut v: Vec<String> = entries
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
     }
 
     fn set(&self, id: &str, file: &str, text: &str) {
@@ -735,6 +778,161 @@ fn the_script_is_valid_bash() {
         orphan(Some(C2), "pending", None),
         orphan(None, "unknown", None),
     ]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cleanup.sh");
+    std::fs::write(&path, script).unwrap();
+    let out = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn device(serial: &str, state: DeviceState, cert: Option<&str>, thing: Option<&str>) -> DeviceRow {
+    DeviceRow {
+        id: 1,
+        serial: serial.into(),
+        jig: "loadtest".into(),
+        station: "s".into(),
+        state,
+        key_source: Some("pool".into()),
+        certificate_id: cert.map(str::to_string),
+        thing_name: thing.map(str::to_string),
+        reason: None,
+        attempts: 1,
+        created_ms: 0,
+        updated_ms: 0,
+    }
+}
+
+#[test]
+fn a_load_test_s_certificates_and_things_are_removed_and_a_thing_it_may_not_own_is_kept() {
+    use super::loadtest::loadtest_plan;
+    const C4: &str = "c4c4c4c4c4c4c4c4c4c4c4c4c4c4c4c4c4c4c4c4c4c4c4c4c4c4c4c4c4c4c4c4";
+    const C5: &str = "c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5";
+    let aws = FakeAws::new();
+    for t in ["LT-1", "LT-2", "LT-3", "shared-thing"] {
+        aws.add_thing(t);
+    }
+    aws.add(C1, "ACTIVE", &["LT-1"], true);
+    aws.add(C2, "ACTIVE", &["LT-2"], true);
+    // Issued, and registered by a request whose answer the load test never got.
+    aws.add(C3, "ACTIVE", &["LT-3"], true);
+    // Registered onto a thing every device shares (a template with a static ThingName).
+    aws.add(C4, "ACTIVE", &["shared-thing"], true);
+    // A failed device's certificate, never registered.
+    aws.add(C5, "PENDING_ACTIVATION", &[], false);
+    let devices = [
+        device("LT-1", DeviceState::Registered, Some(C1), Some("LT-1")),
+        device("LT-2", DeviceState::Registered, Some(C2), Some("LT-2")),
+        device("LT-3", DeviceState::CertificateIssued, Some(C3), None),
+        device(
+            "LT-4",
+            DeviceState::Registered,
+            Some(C4),
+            Some("shared-thing"),
+        ),
+        device("LT-5", DeviceState::Failed, Some(C5), None),
+        device("LT-6", DeviceState::Started, None, None),
+    ];
+    let mut failed = orphan(Some(C5), "pending", None);
+    failed.serial = "LT-5".into();
+    let plan = loadtest_plan(&devices, &[failed]);
+    assert_eq!(plan.certificates.len(), 5);
+    let script = plan.script();
+    let out = aws.run(&script);
+    assert!(
+        out.status.success(),
+        "{}\n{}\n{:#?}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        aws.calls()
+    );
+    assert!(aws.certificates().is_empty(), "{:?}", aws.certificates());
+    // LT-3's thing was never named to the ledger; the shared thing may not be the test's.
+    assert_eq!(aws.things(), ["LT-3", "shared-thing"]);
+    // Every thing is deleted after the last certificate's steps, once it has no principal.
+    let calls = aws.calls();
+    let last_cert = calls
+        .iter()
+        .rposition(|c| c.starts_with("delete-certificate"))
+        .unwrap();
+    let first_thing = calls
+        .iter()
+        .position(|c| c.starts_with("delete-thing"))
+        .unwrap();
+    assert!(last_cert < first_thing, "{calls:#?}");
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| c.starts_with("delete-thing"))
+            .count(),
+        2
+    );
+
+    // Run again: everything is gone, nothing fails.
+    let again = aws.run(&script);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
+    let json: serde_json::Value = serde_json::from_str(&plan.json()).unwrap();
+    let things = json["things"].as_array().unwrap();
+    let shared = things
+        .iter()
+        .find(|t| t["thing_name"] == "shared-thing")
+        .unwrap();
+    assert!(shared["steps"].as_array().unwrap().is_empty());
+    assert!(
+        shared["kept_because"]
+            .as_str()
+            .unwrap()
+            .contains("existed before")
+    );
+    let lt1 = things.iter().find(|t| t["thing_name"] == "LT-1").unwrap();
+    assert_eq!(
+        lt1["steps"],
+        serde_json::json!([{"step": "delete_thing", "thing_name": "LT-1"}])
+    );
+    let c3 = json["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["certificate_id"] == C3)
+        .unwrap();
+    assert_eq!(c3["status"], "unknown");
+    assert_eq!(c3["steps"][0]["step"], "skip_if_gone");
+    assert!(
+        json["policies"]
+            .as_str()
+            .unwrap()
+            .starts_with("not deleted")
+    );
+}
+
+#[test]
+fn a_load_test_s_script_is_valid_bash_and_names_no_unsafe_thing() {
+    use super::loadtest::loadtest_plan;
+    let devices = [
+        device("LT-1", DeviceState::Registered, Some(C1), Some("LT-1")),
+        device(
+            "LT-2",
+            DeviceState::Registered,
+            Some(C2),
+            Some("LT-2; rm -rf /"),
+        ),
+    ];
+    let plan = loadtest_plan(&devices, &[]);
+    let script = plan.script();
+    assert!(!script.contains("delete_thing LT-2"), "{script}");
+    assert!(script.contains("delete_thing LT-1\n"));
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cleanup.sh");
     std::fs::write(&path, script).unwrap();

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod cleanup;
 pub mod cli;
 
 use std::path::{Path, PathBuf};
