@@ -19,6 +19,7 @@ use fleet_station::ledger::export::{self, ExportError};
 use fleet_station::shutdown::{self, Shutdown};
 use fleet_station::station::command;
 use fleet_station::station::loadtest::{self, LoadtestOptions};
+use fleet_station::station::open_loop;
 use fleet_station::station::{self, RunOptions};
 
 #[derive(Parser)]
@@ -81,22 +82,34 @@ enum Command {
         #[command(flatten)]
         endpoint: EndpointArgs,
     },
-    /// Load-test the provisioning engine: synthetic devices, no jigs, as fast as the
-    /// endpoint's quotas allow. Writes summary.json like `run`.
+    /// Load-test the provisioning engine: synthetic devices, no jigs. Writes summary.json
+    /// like `run`.
+    ///
+    /// --devices N: N devices as fast as the endpoint's quotas allow. --rate, --ramp and
+    /// --find-knee: open loop (devices started on a schedule, latency from the scheduled
+    /// start, throttles counted and not retried), with steps.csv, loadtest.json and knee.svg.
+    #[command(group(
+        clap::ArgGroup::new("mode")
+            .required(true)
+            .multiple(true)
+            .args(["devices", "rate", "ramp", "find_knee", "cleanup_plan"])
+    ))]
     Loadtest {
         /// Station configuration file (endpoint, template, parameters, keys).
         #[arg(long, default_value = "station.toml", value_name = "FILE")]
         config: PathBuf,
-        /// Number of synthetic devices.
-        #[arg(long, value_name = "N", required_unless_present = "cleanup_plan")]
+        /// Number of synthetic devices (the fixed-count mode).
+        #[arg(long, value_name = "N", conflicts_with_all = ["rate", "ramp", "find_knee"])]
         devices: Option<usize>,
+        #[command(flatten)]
+        open: Box<OpenLoopArgs>,
         /// Write cleanup.sh and cleanup.json into DIR, the report folder of a past load test:
         /// the AWS CLI commands that remove every certificate and thing it created. Provisions
         /// nothing.
         #[arg(
             long,
             value_name = "DIR",
-            conflicts_with_all = ["devices", "sessions", "report_dir", "metrics_addr", "keep_emulator_state"]
+            conflicts_with_all = ["devices", "sessions", "report_dir", "metrics_addr", "keep_emulator_state", "rate", "ramp", "find_knee"]
         )]
         cleanup_plan: Option<PathBuf>,
         /// Keep the embedded emulator's state (CA, claim identity, registry) in
@@ -185,6 +198,101 @@ enum Command {
     },
     /// List the serial ports of this machine.
     Ports,
+}
+
+/// The open-loop load-test flags.
+#[derive(clap::Args, Default)]
+struct OpenLoopArgs {
+    /// Open loop at R devices/s for --duration.
+    #[arg(long, value_name = "R", requires = "duration", conflicts_with_all = ["ramp", "find_knee"])]
+    rate: Option<f64>,
+    /// How long --rate runs (15s, 2m, 500ms).
+    #[arg(long, value_name = "D", requires = "rate")]
+    duration: Option<String>,
+    /// Steps of increasing rate, FROM..TO devices/s (with --find-knee: its first and
+    /// highest rate; default 5..2000).
+    #[arg(long, value_name = "FROM..TO")]
+    ramp: Option<String>,
+    /// Rate added per step (--ramp default: FROM; --find-knee default: the rate doubles).
+    #[arg(long, value_name = "S", conflicts_with_all = ["devices", "rate"])]
+    step: Option<f64>,
+    /// How long each step holds (default 15s).
+    #[arg(long, value_name = "D", conflicts_with_all = ["devices", "rate"])]
+    hold: Option<String>,
+    /// Step up until more than 1 % of an API's requests are throttled or end-to-end p99
+    /// passes --p99-ms, then bisect: the highest rate held and which limit bit.
+    #[arg(long)]
+    find_knee: bool,
+    /// --find-knee's end-to-end p99 threshold in ms (default 2000).
+    #[arg(long, value_name = "MS", requires = "find_knee")]
+    p99_ms: Option<u64>,
+    /// --find-knee's bisection rounds (default 4).
+    #[arg(long, value_name = "N", requires = "find_knee")]
+    rounds: Option<u32>,
+    /// The start of each step not measured for throttles and API latency, so a quota's
+    /// burst is spent before the measuring starts (default: a fifth of the hold).
+    #[arg(long, value_name = "D", conflicts_with = "devices")]
+    warmup: Option<String>,
+    /// Cap on devices in flight (default 10000); devices started late because of it are
+    /// counted per step.
+    #[arg(long, value_name = "N", conflicts_with = "devices")]
+    max_in_flight: Option<usize>,
+}
+
+impl OpenLoopArgs {
+    /// The open-loop plan, or `None` for the fixed-count mode.
+    fn plan(&self) -> Result<Option<open_loop::OpenLoop>, open_loop::OpenLoopError> {
+        use open_loop::{OpenLoop, Plan, check_rate, parse_duration, parse_ramp};
+        let hold = match &self.hold {
+            Some(h) => parse_duration("--hold", h)?,
+            None => open_loop::DEFAULT_HOLD,
+        };
+        let step = self.step.map(|s| check_rate("--step", s)).transpose()?;
+        let plan = if let Some(rate) = self.rate {
+            let duration = parse_duration("--duration", self.duration.as_deref().unwrap_or(""))?;
+            Plan::Rate {
+                rate: check_rate("--rate", rate)?,
+                duration,
+            }
+        } else if self.find_knee {
+            let (from, to) = match &self.ramp {
+                Some(r) => parse_ramp(r)?,
+                None => open_loop::DEFAULT_KNEE_RANGE,
+            };
+            Plan::Knee {
+                from,
+                to,
+                step,
+                hold,
+                rounds: self.rounds.unwrap_or(open_loop::DEFAULT_ROUNDS),
+            }
+        } else if let Some(r) = &self.ramp {
+            let (from, to) = parse_ramp(r)?;
+            Plan::Ramp {
+                from,
+                to,
+                step: step.unwrap_or(from),
+                hold,
+            }
+        } else {
+            return Ok(None);
+        };
+        Ok(Some(OpenLoop {
+            plan,
+            p99_threshold: self
+                .p99_ms
+                .map_or(open_loop::DEFAULT_P99, std::time::Duration::from_millis),
+            warmup: self
+                .warmup
+                .as_deref()
+                .map(|w| parse_duration("--warmup", w))
+                .transpose()?,
+            max_in_flight: self
+                .max_in_flight
+                .unwrap_or(open_loop::DEFAULT_MAX_IN_FLIGHT)
+                .max(1),
+        }))
+    }
 }
 
 /// Endpoint overrides, named like the AWS IoT SDK samples' arguments.
@@ -413,6 +521,22 @@ fn print_report(r: station::RunReport, line: bool) -> ExitCode {
     ExitCode::from(code)
 }
 
+/// An open-loop load test's report: the summary, the steps, the knee. Devices failed by
+/// throttles are what it measures, so it exits 0 when it ran to its end (130 when stopped,
+/// 2 when an error stopped it).
+fn print_open_report(
+    r: station::RunReport,
+    steps: &[fleet_station::station::steps::StepRecord],
+    knee: Option<&fleet_station::station::steps::Knee>,
+) -> ExitCode {
+    let dir = r.report_dir.clone();
+    let done = matches!(r.stopped, station::Stopped::Done);
+    let code = print_report(r, false);
+    print!("{}", fleet_station::station::steps::render(steps, knee));
+    println!("steps: {}", dir.join("steps.csv").display());
+    if done { ExitCode::SUCCESS } else { code }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -490,6 +614,7 @@ fn main() -> ExitCode {
         Command::Loadtest {
             config,
             devices,
+            open,
             sessions,
             report_dir,
             headless,
@@ -498,14 +623,17 @@ fn main() -> ExitCode {
             keep_emulator_state,
             cleanup_plan: None,
         } => {
-            let devices = devices.expect("clap requires --devices without --cleanup-plan");
             let cfg = match load_with(&config, &endpoint, metrics_addr) {
                 Ok(c) => c,
                 Err(e) => return report(e),
             };
+            let plan = match open.plan() {
+                Ok(p) => p,
+                Err(e) => return report(e),
+            };
             let surface = Surface::start(headless, "loadtest", &log);
             let opts = LoadtestOptions {
-                devices,
+                devices: devices.unwrap_or(0),
                 sessions,
                 report_dir,
                 keep_emulator_state,
@@ -515,11 +643,19 @@ fn main() -> ExitCode {
             let result = runtime().block_on(async {
                 let stop = Shutdown::new();
                 shutdown::trigger_on_signals(&stop);
-                loadtest::loadtest(&cfg, &opts, stop).await
+                match &plan {
+                    None => loadtest::loadtest(&cfg, &opts, stop)
+                        .await
+                        .map(|r| (r, None)),
+                    Some(ol) => open_loop::loadtest_open(&cfg, &opts, ol, stop)
+                        .await
+                        .map(|r| (r.run, Some((r.steps, r.knee)))),
+                }
             });
             surface.finish();
             match result {
-                Ok(r) => print_report(r, false),
+                Ok((r, None)) => print_report(r, false),
+                Ok((r, Some((steps, knee)))) => print_open_report(r, &steps, knee.as_ref()),
                 Err(e) => report(e),
             }
         }

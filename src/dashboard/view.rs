@@ -171,6 +171,9 @@ fn render_title(frame: &mut Frame, area: Rect, s: &Snapshot, v: &ViewContext) {
         feed,
         Span::raw(format!(" {}", clock(s.elapsed))),
     ];
+    if let Some(step) = &s.step {
+        spans.push(Span::styled(format!("  {step}"), bold()));
+    }
     if let Some(log) = v.log {
         spans.push(Span::raw(format!("  log: {}", log.display())));
     }

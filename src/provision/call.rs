@@ -347,6 +347,10 @@ pub(super) async fn call_with_retry<T>(
                 if err.status_code == 429 {
                     limiter.on_throttle();
                     ctx.telemetry.emit(Event::Throttled { api: kind }).await;
+                    if !limiter.retries_throttled() {
+                        // A load test measuring quotas: not sent again (see `rate`).
+                        return Err(throttled(kind, err.error_code, last, lost));
+                    }
                 } else if err.status_code < 500 {
                     return Err(CallFailure::Rejected {
                         message: last,
@@ -390,6 +394,13 @@ pub(super) async fn call_with_retry<T>(
                         }
                         limiter.on_throttle();
                         ctx.telemetry.emit(Event::Throttled { api: kind }).await;
+                        if !limiter.retries_throttled() {
+                            let code = match e {
+                                SessionError::PublishRefused { .. } => "publish_refused",
+                                _ => "connection_closed",
+                            };
+                            return Err(throttled(kind, code.into(), last, lost));
+                        }
                     }
                     ErrorClass::Reconnect | ErrorClass::Outage => {
                         slot.reset();
@@ -435,6 +446,17 @@ pub(super) async fn call_with_retry<T>(
         message: format!("{last} (gave up after {failures} failed attempts)"),
         lost,
     })
+}
+
+/// A throttled call that is not sent again (an open limiter): the device fails as
+/// `<api>:<errorCode>` (without stopping the line, unlike a rejection before the first
+/// device got through).
+fn throttled(api: ApiKind, error_code: String, message: String, lost: u32) -> CallFailure {
+    CallFailure::GaveUp {
+        code: FailureCode::Rejected { api, error_code },
+        message: format!("{message} (throttled; a load test measuring quotas does not retry)"),
+        lost,
+    }
 }
 
 /// A CreateCertificate request was sent and its answer lost: AWS may hold a certificate for

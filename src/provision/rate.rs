@@ -9,6 +9,10 @@
 //!   the configured rate, or 3% of the rate found), up to the configured ceiling; with no
 //!   ceiling, up to twice the achieved rate. The gentle climb keeps the time spent above the
 //!   quota, and so the share of throttled requests, small.
+//! - An *open* limiter ([`RateLimiter::open`], [`Limits::open_loop`]) neither paces nor adapts:
+//!   the load-test modes that measure an account's quotas offer their load as scheduled, and a
+//!   throttled request is not retried (the device fails as throttled), so the throttles they
+//!   count are the ones the offered rate caused.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -39,6 +43,8 @@ struct State {
     window_start: Instant,
     window_count: u64,
     achieved: f64,
+    /// False for an open limiter: no adaptation, throttled requests are not retried.
+    adaptive: bool,
 }
 
 impl RateLimiter {
@@ -59,8 +65,22 @@ impl RateLimiter {
                 window_start: now,
                 window_count: 0,
                 achieved: 0.0,
+                adaptive: true,
             }),
         }
+    }
+
+    /// A limiter that never paces nor adapts (the load-test modes that measure quotas).
+    pub fn open() -> RateLimiter {
+        let l = RateLimiter::new(0.0, 0.0);
+        l.lock().adaptive = false;
+        l
+    }
+
+    /// Whether a throttled request is sent again (false for an [`open`](Self::open) limiter:
+    /// the device fails as throttled, so the offered load stays what was scheduled).
+    pub fn retries_throttled(&self) -> bool {
+        self.lock().adaptive
     }
 
     /// Current rate (tokens/s), `None` if unlimited.
@@ -126,6 +146,9 @@ impl RateLimiter {
 
     fn on_throttle_at(&self, now: Instant) {
         let mut s = self.lock();
+        if !s.adaptive {
+            return;
+        }
         if s.last_decrease
             .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1))
         {
@@ -230,6 +253,18 @@ mod tests {
             l.on_success_at(t);
         }
         assert_eq!(l.rate(), Some(10.0), "capped at the configured rate");
+    }
+
+    #[test]
+    fn an_open_limiter_neither_paces_nor_adapts() {
+        let l = RateLimiter::open();
+        for _ in 0..100 {
+            l.on_throttle();
+            assert!(l.try_take(Instant::now()).is_ok());
+        }
+        assert_eq!(l.rate(), None);
+        assert!(!l.retries_throttled());
+        assert!(RateLimiter::new(0.0, 0.0).retries_throttled());
     }
 
     #[test]

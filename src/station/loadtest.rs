@@ -11,6 +11,9 @@
 //! The operator's commands apply as on the line: pause and resume stop and restart new
 //! devices, stopping the feed lets the devices in flight finish, and `r` submits the failed
 //! synthetic devices again.
+//!
+//! This is the fixed-count mode (`--devices N`); the open-loop modes (`--rate`, `--ramp`,
+//! `--find-knee`) are in [`super::open_loop`] and share its synthetic device (`Synthetic`).
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -57,19 +60,7 @@ pub async fn loadtest(
         None => FeedGate::always(),
     };
     let sessions = opts.sessions.unwrap_or(cfg.provision.sessions).max(1);
-    // The embedded emulator keeps nothing past a load test unless asked: its registry would
-    // only grow (and be read back at every start).
-    let mut cfg = cfg.clone();
-    let _scratch = if cfg.endpoint.is_embedded() && !opts.keep_emulator_state {
-        let dir = tempfile::Builder::new()
-            .prefix("fleet-loadtest-emulator-")
-            .tempdir()
-            .map_err(crate::Error::LoadtestScratch)?;
-        cfg.emulator.state_dir = dir.path().to_path_buf();
-        Some(dir)
-    } else {
-        None
-    };
+    let (cfg, _scratch) = scratch_emulator(cfg, opts.keep_emulator_state)?;
     let cfg = &cfg;
     let p = Pipeline::start(
         cfg,
@@ -81,6 +72,7 @@ pub async fn loadtest(
             target: opts.devices as u64,
             progress: opts.progress,
             key_pool: cfg.keys.source != KeySource::Aws,
+            open_loop: false,
         },
         &halt,
     )
@@ -93,12 +85,8 @@ pub async fn loadtest(
         });
     }
 
-    let stamp: String = timestamp().chars().filter(char::is_ascii_digit).collect();
-    // Synthetic devices cannot make keys: the pool stands in for them.
-    let key = match cfg.keys.source {
-        KeySource::Aws => KeyPlan::Aws,
-        KeySource::Pool | KeySource::Device => KeyPlan::Pool,
-    };
+    let stamp = serial_stamp();
+    let key = key_plan(cfg);
     // Enough devices in flight to keep every session busy, without a task per device
     // waiting on the ledger at once.
     let permits = Arc::new(Semaphore::new(sessions * 2));
@@ -141,18 +129,11 @@ pub async fn loadtest(
             continue;
         };
         let failed = failed.clone();
-        let device = Synthetic {
-            serial,
-            key: key.clone(),
-            ledger: p.ledger.clone(),
-            telemetry: p.telemetry.clone(),
-            jobs: p.engine.submitter(),
-            halt: halt.clone(),
-        };
+        let device = Synthetic::new(&p, serial, key.clone(), Instant::now());
         tasks.spawn(async move {
             let _permit = permit;
             let serial = device.serial.clone();
-            if device.run().await {
+            if device.run().await == Ended::Failed {
                 failed
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -168,26 +149,85 @@ pub async fn loadtest(
     Ok(report)
 }
 
+/// The embedded emulator keeps nothing past a load test unless asked (`keep`): its registry
+/// would only grow (and be read back at every start). The configuration to run with, and the
+/// temporary directory to keep until the run is over.
+pub(super) fn scratch_emulator(
+    cfg: &Config,
+    keep: bool,
+) -> crate::Result<(Config, Option<tempfile::TempDir>)> {
+    let mut cfg = cfg.clone();
+    let scratch = if cfg.endpoint.is_embedded() && !keep {
+        let dir = tempfile::Builder::new()
+            .prefix("fleet-loadtest-emulator-")
+            .tempdir()
+            .map_err(crate::Error::LoadtestScratch)?;
+        cfg.emulator.state_dir = dir.path().to_path_buf();
+        Some(dir)
+    } else {
+        None
+    };
+    Ok((cfg, scratch))
+}
+
+/// The digits of the load test's start time, in its synthetic serial numbers.
+pub(super) fn serial_stamp() -> String {
+    timestamp().chars().filter(char::is_ascii_digit).collect()
+}
+
+/// Synthetic devices cannot make keys: the pool stands in for them.
+pub(super) fn key_plan(cfg: &Config) -> KeyPlan {
+    match cfg.keys.source {
+        KeySource::Aws => KeyPlan::Aws,
+        KeySource::Pool | KeySource::Device => KeyPlan::Pool,
+    }
+}
+
+/// How a synthetic device ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ended {
+    Provisioned,
+    Failed,
+    Interrupted,
+    /// The ledger refused to journal it (the load test stops).
+    NotStarted,
+}
+
 /// One synthetic device and what it needs.
-struct Synthetic {
-    serial: String,
+pub(super) struct Synthetic {
+    pub serial: String,
     key: KeyPlan,
     ledger: Ledger,
     telemetry: Telemetry,
     jobs: tokio::sync::mpsc::Sender<DeviceJob>,
     halt: Halt,
+    /// When the device was due to start: its end-to-end latency counts from here (an open
+    /// loop's schedule, so a stall shows in the percentiles).
+    scheduled: Instant,
 }
 
 impl Synthetic {
-    /// Runs the device; true if it failed.
-    async fn run(self) -> bool {
-        let started = Instant::now();
+    pub(super) fn new(p: &Pipeline, serial: String, key: KeyPlan, scheduled: Instant) -> Self {
+        Synthetic {
+            serial,
+            key,
+            ledger: p.ledger.clone(),
+            telemetry: p.telemetry.clone(),
+            jobs: p.engine.submitter(),
+            halt: p.halt.clone(),
+            scheduled,
+        }
+    }
+
+    /// Runs the device.
+    pub(super) async fn run(self) -> Ended {
+        let started = self.scheduled;
         let begun = match self.ledger.begin(&self.serial, "loadtest").await {
             Ok(b) => b,
             Err(e) => {
                 // Not journaled, so not started: the load test stops with the ledger's error.
                 self.halt.raise(e);
-                return false;
+                return Ended::NotStarted;
             }
         };
         let device_id = begun.id;
@@ -226,7 +266,7 @@ impl Synthetic {
                 self.telemetry
                     .emit(Event::DeviceProvisioned { serial })
                     .await;
-                false
+                Ended::Provisioned
             }
             Err(NotProvisioned::Failed(f)) => {
                 let recorded = self
@@ -247,7 +287,7 @@ impl Synthetic {
                         reason: f.code,
                     })
                     .await;
-                true
+                Ended::Failed
             }
             Err(NotProvisioned::Interrupted) => {
                 // A synthetic device never resumes: close it, listing its certificate.
@@ -257,7 +297,7 @@ impl Synthetic {
                 self.telemetry
                     .emit(Event::DeviceInterrupted { serial })
                     .await;
-                false
+                Ended::Interrupted
             }
         }
     }

@@ -16,6 +16,9 @@
 //! - [`jig_cycle`]: the cycle each jig's thread runs: wait for a board, provision it, write and
 //!   verify, release it.
 //! - [`loadtest`]: `station loadtest`, the engine alone with synthetic devices.
+//! - [`open_loop`]: its open-loop modes (`--rate`, `--ramp`, `--find-knee`): devices started
+//!   on a schedule, in steps, and the search for the highest rate the endpoint holds.
+//! - [`steps`]: those modes' per-step figures, the knee's limit, and their report files.
 //! - [`virtual_line`]: virtual jigs on pseudo-terminals fed by a serial-number generator.
 
 pub mod cleanup;
@@ -23,7 +26,9 @@ pub mod command;
 pub mod endpoint;
 pub mod jig_cycle;
 pub mod loadtest;
+pub mod open_loop;
 pub mod pipeline;
+pub mod steps;
 pub mod virtual_line;
 
 use std::path::PathBuf;
@@ -172,6 +177,7 @@ pub async fn run(cfg: &Config, opts: &RunOptions, shutdown: Shutdown) -> crate::
             sessions: cfg.provision.sessions,
             target: requested.unwrap_or(0) as u64,
             progress: opts.progress,
+            open_loop: false,
             key_pool: cfg.keys.source == crate::keys::KeySource::Pool,
         },
         &halt,

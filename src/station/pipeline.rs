@@ -61,6 +61,9 @@ pub struct PipelineOptions<'a> {
     pub progress: bool,
     /// Whether devices take keys from the station's pool (else no key workers run).
     pub key_pool: bool,
+    /// Open loop (the load-test modes that measure quotas): open rate limiters, no
+    /// adaptation, throttled requests not retried ([`Limits::open_loop`]).
+    pub open_loop: bool,
 }
 
 impl Pipeline {
@@ -134,12 +137,16 @@ impl Pipeline {
                 request_timeout: Duration::from_secs(cfg.provision.request_timeout_s),
                 max_attempts: cfg.provision.max_attempts,
                 parameters: cfg.parameters.clone(),
-                limits: Arc::new(Limits::new(
-                    cfg.provision.create_certificate_tps,
-                    cfg.provision.create_keys_tps,
-                    cfg.provision.register_thing_tps,
-                    cfg.provision.connects_per_s,
-                )),
+                limits: Arc::new(if opts.open_loop {
+                    Limits::open_loop()
+                } else {
+                    Limits::new(
+                        cfg.provision.create_certificate_tps,
+                        cfg.provision.create_keys_tps,
+                        cfg.provision.register_thing_tps,
+                        cfg.provision.connects_per_s,
+                    )
+                }),
                 device_deadline: Duration::from_secs(cfg.provision.device_deadline_s),
                 mqtt_version: cfg.provision.mqtt_version,
                 post_provision_check: cfg.provision.post_provision_check,

@@ -7,6 +7,10 @@
 //! call: the MQTT sessions' state ([`SessionGauges`]) and the rate controller's targets (the
 //! engine's [`Limits`], attached once). The aggregator reads both when it publishes.
 //!
+//! A load test in steps names its current step ([`Event::Step`], shown by the dashboard) and
+//! cuts the stream with [`Telemetry::totals`]: the running totals after every event sent
+//! before the cut, which it diffs into one step's figures.
+//!
 //! - [`summary`]: the end-of-run `summary.json` built from the aggregate.
 //! - [`progress`]: the headless progress printer.
 //! - [`report`]: the report folder's other files (`.hgrm`, plots, `failures.csv`) and
@@ -213,6 +217,34 @@ pub enum Event {
         jig: String,
         connected: bool,
     },
+    /// A load test's step began (`label`: its rate and place, for the operator's surface).
+    Step {
+        label: String,
+    },
+    /// Asks for the running totals as they are after every event sent before this one
+    /// ([`Telemetry::totals`]: a load test cuts its steps with them).
+    Mark(TotalsReply),
+}
+
+/// The running totals a load test diffs to get one step's figures.
+#[derive(Debug, Clone, Default)]
+pub struct Totals {
+    /// API requests by (API code, result label).
+    pub api_results: BTreeMap<(&'static str, String), u64>,
+    /// Throttles by API code.
+    pub throttled_by_api: BTreeMap<&'static str, u64>,
+    /// The per-API stages' latency histograms (microseconds).
+    pub histograms: BTreeMap<Stage, Histogram<u64>>,
+}
+
+/// Where the aggregator sends the [`Totals`] of an [`Event::Mark`].
+#[derive(Clone)]
+pub struct TotalsReply(Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<Totals>>>>);
+
+impl std::fmt::Debug for TotalsReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TotalsReply")
+    }
 }
 
 /// What one jig did in a run.
@@ -383,6 +415,15 @@ impl Telemetry {
         let _ = self.tx.send(e).await;
     }
 
+    /// The running totals after every event emitted before this call (None if the
+    /// aggregator has ended).
+    pub async fn totals(&self) -> Option<Totals> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let reply = TotalsReply(Arc::new(std::sync::Mutex::new(Some(tx))));
+        self.emit(Event::Mark(reply)).await;
+        rx.await.ok()
+    }
+
     /// Emits from a plain thread.
     pub fn emit_blocking(&self, e: Event) {
         let _ = self.tx.blocking_send(e);
@@ -443,6 +484,8 @@ pub struct Snapshot {
     /// Devices ended per second over the last [`RECENT_SECONDS`] seconds, oldest first; the
     /// last entry is the current second.
     pub seconds: Vec<Second>,
+    /// A load test's current step (its rate and place), if it runs in steps.
+    pub step: Option<String>,
 }
 
 impl Snapshot {
@@ -486,6 +529,8 @@ pub struct Aggregate {
     pub failure_log: Vec<FailureRecord>,
     /// Devices ended in each second of the run.
     pub seconds: Vec<Second>,
+    /// A load test's current step.
+    pub step: Option<String>,
     last_throttle: BTreeMap<&'static str, Instant>,
     /// Requests answered per API in the last seconds: (second of the run, count).
     api_seconds: BTreeMap<&'static str, VecDeque<(u64, u32)>>,
@@ -530,6 +575,7 @@ impl Aggregate {
             throttled_by_api: BTreeMap::new(),
             failure_log: Vec::new(),
             seconds: Vec::new(),
+            step: None,
             last_throttle: BTreeMap::new(),
             api_seconds: BTreeMap::new(),
             attempts: HashMap::new(),
@@ -694,6 +740,24 @@ impl Aggregate {
                 }
                 j.connected = connected;
             }
+            Event::Step { label } => self.step = Some(label),
+            Event::Mark(TotalsReply(reply)) => {
+                let reply = reply.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some(reply) = reply {
+                    let _ = reply.send(Totals {
+                        api_results: self.api_results.clone(),
+                        throttled_by_api: self.throttled_by_api.clone(),
+                        histograms: self
+                            .histograms
+                            .iter()
+                            .filter(|(s, _)| {
+                                matches!(s, Stage::CreateCertificate | Stage::RegisterThing)
+                            })
+                            .map(|(s, h)| (*s, h.clone()))
+                            .collect(),
+                    });
+                }
+            }
         }
     }
 
@@ -796,6 +860,7 @@ impl Aggregate {
                 [self.failure_log.len().saturating_sub(RECENT_FAILURES)..]
                 .to_vec(),
             seconds,
+            step: self.step.clone(),
         }
     }
 }
@@ -836,6 +901,39 @@ pub fn start() -> (
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn totals_are_cut_after_the_events_sent_before_and_the_step_is_shown() {
+        let (t, snap, task) = start();
+        let call = |result| Event::ApiCall {
+            api: ApiKind::RegisterThing,
+            result,
+            serial: "a".into(),
+        };
+        t.emit(Event::Step {
+            label: "step 1".into(),
+        })
+        .await;
+        t.emit(call(ApiResult::Accepted)).await;
+        let first = t.totals().await.unwrap();
+        t.emit(call(ApiResult::Rejected {
+            status: 429,
+            error_code: "Throttling".into(),
+        }))
+        .await;
+        t.emit(Event::Throttled {
+            api: ApiKind::RegisterThing,
+        })
+        .await;
+        let second = t.totals().await.unwrap();
+        assert_eq!(first.api_results.values().sum::<u64>(), 1);
+        assert_eq!(second.api_results.values().sum::<u64>(), 2);
+        assert_eq!(second.throttled_by_api["register_thing"], 1);
+        assert!(first.throttled_by_api.is_empty());
+        drop(t);
+        task.await.unwrap();
+        assert_eq!(snap.borrow().step.as_deref(), Some("step 1"));
+    }
 
     #[tokio::test]
     async fn aggregates_counts_failures_and_latencies() {

@@ -23,6 +23,7 @@ mod jig_faults;
 mod jig_hotplug;
 mod jig_link;
 mod jig_pacing;
+mod knee;
 mod ledger_cli;
 mod ledger_fixture;
 mod loadtest_cleanup;

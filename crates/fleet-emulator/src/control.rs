@@ -480,7 +480,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let reg = registry(&dir);
         let arn = certificate_arn(A);
-        assert_eq!(list_thing_principals(&reg, "t1").unwrap(), std::slice::from_ref(&arn));
+        assert_eq!(
+            list_thing_principals(&reg, "t1").unwrap(),
+            std::slice::from_ref(&arn)
+        );
         assert_eq!(code(list_thing_principals(&reg, "nope")), 404);
         assert_eq!(code(list_thing_principals(&reg, "bad name!")), 400);
         // Attached: refused, and nothing changed.

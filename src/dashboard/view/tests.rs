@@ -315,3 +315,21 @@ fn an_empty_snapshot_renders_at_the_smallest_sizes() {
         render_at(w, h, &troubled_line(8), &context(log));
     }
 }
+
+#[test]
+fn a_load_test_in_steps_shows_its_step_in_the_title() {
+    let mut s = busy_line(0);
+    s.step = Some("step 3 (up): 16.0/s offered for 15 s".into());
+    let log = Path::new("/tmp/station.log");
+    let v = ViewContext {
+        mode: "loadtest",
+        line: false,
+        ..context(log)
+    };
+    let b = render_at(200, 60, &s, &v);
+    let title = &text(&b)[0];
+    assert!(
+        title.contains("step 3 (up): 16.0/s offered for 15 s"),
+        "{title}"
+    );
+}
