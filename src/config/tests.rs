@@ -1,0 +1,297 @@
+//! Tests of the station configuration: parsing, defaults, validation with the key and the fix.
+
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("station.toml"))
+}
+
+#[test]
+fn the_checked_in_station_toml_is_valid() {
+    let c = Config::load(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("station.toml")
+            .as_path(),
+    )
+    .unwrap();
+    assert!(c.endpoint.is_embedded());
+    assert_eq!(c.provision.template_name, "FleetTemplate");
+}
+
+#[test]
+fn empty_file_gives_defaults() {
+    let c = parse("").unwrap();
+    assert_eq!(c.provision.sessions, 16);
+    assert!(c.jigs.is_virtual());
+}
+
+#[test]
+fn unknown_key_is_named_with_its_place() {
+    let err = parse("[provision]\nsesions = 4\n").unwrap_err();
+    let ConfigError::Syntax(e) = &err else {
+        panic!("{err:?}")
+    };
+    let SyntaxError {
+        message,
+        span,
+        help,
+        ..
+    } = e.as_ref();
+    assert!(message.contains("sesions"), "{message}");
+    assert!(
+        message.contains("sessions"),
+        "lists the accepted keys: {message}"
+    );
+    assert!(span.is_some());
+    assert!(help.contains("rename"));
+}
+
+#[test]
+fn wrong_type_is_named() {
+    let err = parse("[provision]\nsessions = \"many\"\n").unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::Syntax(e)
+            if e.message.contains("`provision.sessions`") && e.message.contains("expected usize")),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn semantic_errors_name_the_key_and_the_fix() {
+    let cases = [
+        ("[provision]\nsessions = 0\n", "provision.sessions"),
+        (
+            "[provision]\ntemplate_name = \"bad name\"\n",
+            "provision.template_name",
+        ),
+        (
+            "[parameters]\nThingName = \"{serail}\"\n",
+            "parameters.ThingName",
+        ),
+        (
+            "[endpoint]\nendpoint = \"abc-ats.iot.eu-west-1.amazonaws.com\"\n",
+            "endpoint.claim_cert",
+        ),
+        ("[jigs]\nmode = \"serial\"\n", "jigs.ports"),
+        (
+            "[jigs]\nmode = \"serial\"\n[[jigs.ports]]\nname = \"a\"\npath = \"/dev/ttyUSB0\"\nstop_bits = 3\n",
+            "jigs.ports[0].stop_bits",
+        ),
+        (
+            "[jigs]\nmode = \"serial\"\n[[jigs.ports]]\nname = \"a\"\npath = \"x\"\n[[jigs.ports]]\nname = \"a\"\npath = \"y\"\n",
+            "jigs.ports[1].name",
+        ),
+        ("[keys]\nworkers = 0\n", "keys.workers"),
+        ("[endpoint]\nendpoint = \"\"\n", "endpoint.endpoint"),
+        (
+            "[endpoint]\nendpoint = \"mqtts://abc-ats.iot.eu-west-1.amazonaws.com\"\n",
+            "endpoint.endpoint",
+        ),
+        (
+            "[endpoint]\nendpoint = \"abc-ats.iot.eu-west-1.amazonaws.com:8883\"\n",
+            "endpoint.endpoint",
+        ),
+        ("[endpoint]\nendpoint = \"abc ats\"\n", "endpoint.endpoint"),
+        ("[endpoint]\nport = 0\n", "endpoint.port"),
+    ];
+    for (text, key) in cases {
+        match parse(text) {
+            Err(ConfigError::Invalid { key: k, help, .. }) => {
+                assert_eq!(k, key, "{text}");
+                assert!(!help.is_empty());
+            }
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn enum_values_are_checked_where_they_are_read_and_name_the_choices() {
+    for (text, key, choices) in [
+        (
+            "[jigs]\nmode = \"usb\"\n",
+            "jigs.mode",
+            "`virtual` or `serial`",
+        ),
+        (
+            "[provision]\nformat = \"xml\"\n",
+            "provision.format",
+            "`json` or `cbor`",
+        ),
+        ("[provision]\nmqtt_version = 4\n", "", ""),
+        (
+            "[provision]\nmqtt_version = 6\n",
+            "provision.mqtt_version",
+            "3 (MQTT 3.1.1) or 5",
+        ),
+        (
+            "[keys]\nsource = \"hsm\"\n",
+            "keys.source",
+            "`pool`, `device`",
+        ),
+    ] {
+        match parse(text) {
+            // Protocol level 4 is MQTT 3.1.1.
+            Ok(c) if key.is_empty() => assert_eq!(c.provision.mqtt_version, MqttVersion::V311),
+            Err(ConfigError::Syntax(e)) => {
+                assert!(e.message.contains(key), "{text}: {}", e.message);
+                assert!(e.message.contains(choices), "{text}: {}", e.message);
+                assert!(e.span.is_some(), "the place in the file is marked");
+            }
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn command_line_overrides_apply_and_are_validated() {
+    let o = Overrides {
+        endpoint: Some("abc-ats.iot.eu-west-1.amazonaws.com".into()),
+        claim_cert: Some("c.pem".into()),
+        claim_key: Some("k.pem".into()),
+        root_ca: Some("ca.pem".into()),
+        template_name: Some("Other".into()),
+        template_parameters: Some(r#"{"DeviceLocation":"Berlin","Extra":"{mac}"}"#.into()),
+        ..Overrides::default()
+    };
+    let c = parse("[parameters]\nDeviceLocation = \"Seattle\"\n")
+        .unwrap()
+        .with_overrides(&o, Path::new("station.toml"))
+        .unwrap();
+    assert_eq!(c.provision.template_name, "Other");
+    assert_eq!(c.parameters["DeviceLocation"], "Berlin");
+    assert_eq!(c.parameters["Extra"], "{mac}");
+    assert!(!c.endpoint.is_embedded());
+
+    let bad = |o: Overrides| {
+        parse("")
+            .unwrap()
+            .with_overrides(&o, Path::new("station.toml"))
+            .unwrap_err()
+    };
+    let e = bad(Overrides {
+        template_parameters: Some("[1]".into()),
+        ..Overrides::default()
+    });
+    assert!(matches!(e, ConfigError::Invalid { ref key, .. } if key == "--template-parameters"));
+    // A real endpoint without the claim files is refused as in the file.
+    let e = bad(Overrides {
+        endpoint: Some("abc-ats.iot.eu-west-1.amazonaws.com".into()),
+        ..Overrides::default()
+    });
+    assert!(matches!(e, ConfigError::Invalid { ref key, .. } if key == "endpoint.claim_cert"));
+}
+
+#[test]
+fn placeholders_fill_or_name_the_missing_one() {
+    let values = |n: &str| match n {
+        "serial" => Some("SN-1".to_string()),
+        _ => None,
+    };
+    assert_eq!(
+        fill_placeholders("thing-{serial}", &values),
+        Ok("thing-SN-1".into())
+    );
+    assert_eq!(fill_placeholders("literal", &values), Ok("literal".into()));
+    assert_eq!(fill_placeholders("{mac}", &values), Err("mac"));
+    assert_eq!(placeholders("{a}-{b}"), vec!["a", "b"]);
+}
+
+#[test]
+fn a_port_is_opened_with_its_own_line_settings_over_the_jigs_defaults() {
+    let cfg = parse(
+        "[jigs]\nmode = \"serial\"\nbaud = 460800\ntimeout_ms = 250\n\
+         [[jigs.ports]]\nname = \"a\"\npath = \"/dev/ttyUSB0\"\n\
+         [[jigs.ports]]\nname = \"b\"\npath = \"/dev/ttyUSB1\"\nbaud = 115200\n\
+         parity = \"even\"\nflow_control = \"hardware\"\ndata_bits = 7\nstop_bits = 2\n\
+         timeout_ms = 900\n",
+    )
+    .unwrap();
+    let a = cfg.jigs.ports[0].settings(&cfg.jigs);
+    assert_eq!(
+        (
+            a.baud,
+            a.timeout,
+            a.parity,
+            a.flow_control,
+            a.data_bits,
+            a.stop_bits
+        ),
+        (
+            460_800,
+            Duration::from_millis(250),
+            Parity::None,
+            FlowControl::None,
+            DataBits::Eight,
+            StopBits::One
+        )
+    );
+    let b = cfg.jigs.ports[1].settings(&cfg.jigs);
+    assert_eq!(
+        (
+            b.baud,
+            b.timeout,
+            b.parity,
+            b.flow_control,
+            b.data_bits,
+            b.stop_bits
+        ),
+        (
+            115_200,
+            Duration::from_millis(900),
+            Parity::Even,
+            FlowControl::Hardware,
+            DataBits::Seven,
+            StopBits::Two
+        )
+    );
+}
+
+#[test]
+fn metrics_addr_is_off_by_default_checked_and_overridden_by_the_flag() {
+    assert_eq!(parse("").unwrap().telemetry.metrics_addr, None);
+    for ok in [
+        "127.0.0.1:0",
+        "0.0.0.0:9100",
+        "[::1]:9100",
+        "localhost:9100",
+    ] {
+        let cfg = parse(&format!("[telemetry]\nmetrics_addr = \"{ok}\"\n")).unwrap();
+        assert_eq!(cfg.telemetry.metrics_addr.as_deref(), Some(ok));
+    }
+    for bad in [
+        "9100",
+        "localhost",
+        "127.0.0.1:99999",
+        "http://x:1",
+        "::1:9100",
+        ":9100",
+    ] {
+        match parse(&format!("[telemetry]\nmetrics_addr = \"{bad}\"\n")) {
+            Err(ConfigError::Invalid { key, help, .. }) => {
+                assert_eq!(key, "telemetry.metrics_addr", "{bad}");
+                assert!(help.contains("HOST:PORT"), "{help}");
+            }
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
+    // The flag wins over the file, and a bad flag is named as the flag.
+    let file = parse("[telemetry]\nmetrics_addr = \"127.0.0.1:9100\"\n").unwrap();
+    let flag = |a: &str| Overrides {
+        metrics_addr: Some(a.into()),
+        ..Overrides::default()
+    };
+    let cfg = file
+        .clone()
+        .with_overrides(&flag("127.0.0.1:0"), Path::new("s.toml"))
+        .unwrap();
+    assert_eq!(cfg.telemetry.metrics_addr.as_deref(), Some("127.0.0.1:0"));
+    assert_eq!(cfg.telemetry.metrics_addr_key, "--metrics-addr");
+    let err = file
+        .with_overrides(&flag("nope"), Path::new("s.toml"))
+        .unwrap_err();
+    assert!(
+        matches!(err, ConfigError::Invalid { ref key, .. } if key == "--metrics-addr"),
+        "{err:?}"
+    );
+}
