@@ -55,35 +55,14 @@ pub async fn loadtest(
     shutdown: Shutdown,
 ) -> crate::Result<RunReport> {
     let halt = Halt::new(shutdown.clone());
-    let feed = match &opts.control {
-        Some(c) => c.serve(shutdown.clone()),
-        None => FeedGate::always(),
-    };
-    let sessions = opts.sessions.unwrap_or(cfg.provision.sessions).max(1);
-    let (cfg, _scratch) = scratch_emulator(cfg, opts.keep_emulator_state)?;
-    let cfg = &cfg;
-    let p = Pipeline::start(
+    let Started {
+        p,
+        feed,
+        sessions,
         cfg,
-        PipelineOptions {
-            report_dir: opts.report_dir.clone(),
-            report_prefix: "loadtest-",
-            ledger: LedgerPlace::InReportDir,
-            sessions,
-            target: opts.devices as u64,
-            progress: opts.progress,
-            key_pool: cfg.keys.source != KeySource::Aws,
-            open_loop: false,
-        },
-        &halt,
-    )
-    .await?;
-    if let Some(c) = &opts.control {
-        c.publish(command::Published {
-            snapshots: p.snapshots.clone(),
-            report_dir: p.report_dir.clone(),
-            target: opts.devices as u64,
-        });
-    }
+        scratch: _scratch,
+    } = start(cfg, opts, opts.devices as u64, false, &halt, &shutdown).await?;
+    let cfg = &cfg;
 
     let stamp = serial_stamp();
     let key = key_plan(cfg);
@@ -149,15 +128,37 @@ pub async fn loadtest(
     Ok(report)
 }
 
-/// The embedded emulator keeps nothing past a load test unless asked (`keep`): its registry
-/// would only grow (and be read back at every start). The configuration to run with, and the
-/// temporary directory to keep until the run is over.
-pub(super) fn scratch_emulator(
+/// What every kind of load test starts with.
+pub(super) struct Started {
+    pub p: Pipeline,
+    /// The operator's commands, or a gate that is always open.
+    pub feed: FeedGate,
+    pub sessions: usize,
+    /// The configuration to run with (the embedded emulator's state may be a scratch one).
+    pub cfg: Config,
+    /// The scratch emulator state, removed when this is dropped: keep it until the run ends.
+    pub scratch: Option<tempfile::TempDir>,
+}
+
+/// Starts a load test's pipeline (ledger in the report folder, `target` devices, open loop or
+/// not) and the operator's feed gate, and publishes the run to the operator. The embedded
+/// emulator keeps nothing past a load test unless `keep_emulator_state`: its registry would only
+/// grow (and be read back at every start).
+pub(super) async fn start(
     cfg: &Config,
-    keep: bool,
-) -> crate::Result<(Config, Option<tempfile::TempDir>)> {
+    opts: &LoadtestOptions,
+    target: u64,
+    open_loop: bool,
+    halt: &Halt,
+    shutdown: &Shutdown,
+) -> crate::Result<Started> {
+    let feed = match &opts.control {
+        Some(c) => c.serve(shutdown.clone()),
+        None => FeedGate::always(),
+    };
+    let sessions = opts.sessions.unwrap_or(cfg.provision.sessions).max(1);
     let mut cfg = cfg.clone();
-    let scratch = if cfg.endpoint.is_embedded() && !keep {
+    let scratch = if cfg.endpoint.is_embedded() && !opts.keep_emulator_state {
         let dir = tempfile::Builder::new()
             .prefix("fleet-loadtest-emulator-")
             .tempdir()
@@ -167,7 +168,35 @@ pub(super) fn scratch_emulator(
     } else {
         None
     };
-    Ok((cfg, scratch))
+    let p = Pipeline::start(
+        &cfg,
+        PipelineOptions {
+            report_dir: opts.report_dir.clone(),
+            report_prefix: "loadtest-",
+            ledger: LedgerPlace::InReportDir,
+            sessions,
+            target,
+            progress: opts.progress,
+            key_pool: cfg.keys.source != KeySource::Aws,
+            open_loop,
+        },
+        halt,
+    )
+    .await?;
+    if let Some(c) = &opts.control {
+        c.publish(command::Published {
+            snapshots: p.snapshots.clone(),
+            report_dir: p.report_dir.clone(),
+            target,
+        });
+    }
+    Ok(Started {
+        p,
+        feed,
+        sessions,
+        cfg,
+        scratch,
+    })
 }
 
 /// The digits of the load test's start time, in its synthetic serial numbers.

@@ -34,16 +34,13 @@ use hdrhistogram::Histogram;
 use miette::Diagnostic;
 use tokio::task::JoinSet;
 
-use super::command::{self, FeedGate, FeedState};
-use super::loadtest::{
-    Ended, LoadtestOptions, Synthetic, key_plan, scratch_emulator, serial_stamp,
-};
-use super::pipeline::{LedgerPlace, Pipeline, PipelineOptions};
+use super::command::{FeedGate, FeedState};
+use super::loadtest::{Ended, LoadtestOptions, Started, Synthetic, key_plan, serial_stamp, start};
+use super::pipeline::Pipeline;
 use super::steps::{self, Knee, LoadtestFile, StepRecord};
 use super::{RunReport, Stopped};
 use crate::config::Config;
 use crate::halt::Halt;
-use crate::keys::KeySource;
 use crate::provision::KeyPlan;
 use crate::shutdown::Shutdown;
 use crate::telemetry::{Event, Totals};
@@ -205,35 +202,14 @@ pub async fn loadtest_open(
     shutdown: Shutdown,
 ) -> crate::Result<OpenReport> {
     let halt = Halt::new(shutdown.clone());
-    let feed = match &opts.control {
-        Some(c) => c.serve(shutdown.clone()),
-        None => FeedGate::always(),
-    };
-    let sessions = opts.sessions.unwrap_or(cfg.provision.sessions).max(1);
-    let (cfg, _scratch) = scratch_emulator(cfg, opts.keep_emulator_state)?;
-    let cfg = &cfg;
-    let p = Pipeline::start(
+    let Started {
+        p,
+        feed,
         cfg,
-        PipelineOptions {
-            report_dir: opts.report_dir.clone(),
-            report_prefix: "loadtest-",
-            ledger: LedgerPlace::InReportDir,
-            sessions,
-            target: 0,
-            progress: opts.progress,
-            key_pool: cfg.keys.source != KeySource::Aws,
-            open_loop: true,
-        },
-        &halt,
-    )
-    .await?;
-    if let Some(c) = &opts.control {
-        c.publish(command::Published {
-            snapshots: p.snapshots.clone(),
-            report_dir: p.report_dir.clone(),
-            target: 0,
-        });
-    }
+        scratch: _scratch,
+        ..
+    } = start(cfg, opts, 0, true, &halt, &shutdown).await?;
+    let cfg = &cfg;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut d = Driver {
         p: &p,
