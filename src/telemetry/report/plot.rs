@@ -150,9 +150,10 @@ pub fn latency_svg(histograms: &BTreeMap<Stage, Histogram<u64>>) -> Result<Strin
                     Rectangle::new([(x, y - 5), (x + 16, y + 5)], color.filled())
                 });
         }
+        // Lower right: latencies rise with the percentile, so that corner is the emptiest.
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
+            .position(SeriesLabelPosition::LowerRight)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .draw()
