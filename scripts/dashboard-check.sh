@@ -25,17 +25,11 @@ target_dir=${CARGO_TARGET_DIR:-target}
 
 say() { printf 'dashboard-check.sh: %s\n' "$*" >&2; }
 die() { say "$*"; exit 2; }
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 # --- tools and binary ------------------------------------------------------------------------
-if ! command -v tmux >/dev/null; then
-    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
-        say "installing tmux"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux >/dev/null \
-            || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux >/dev/null; }
-    else
-        die "tmux is missing (apt-get install tmux)"
-    fi
-fi
+need_command tmux tmux
 if [[ -n ${STATION_BIN:-} ]]; then
     bin=$STATION_BIN
 elif [[ ${1:-} == --release ]]; then

@@ -24,21 +24,11 @@ start_timeout=${INTEROP_START_TIMEOUT:-60}
 
 say() { printf 'interop.sh: %s\n' "$*" >&2; }
 die() { say "$*"; exit 2; }
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 # --- 1. virtualenv ---------------------------------------------------------------------------
-"$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
-    || die "$python is $("$python" --version 2>&1); the pinned requirements need Python >= 3.11 (set PYTHON)"
-stamp="$("$python" -c 'import sys; print(sys.executable, sys.version)') $(sha256sum "$requirements")"
-if [[ -x $venv/bin/python && -f $venv/.interop-stamp && "$(<"$venv/.interop-stamp")" == "$stamp" ]]; then
-    say "reusing $venv"
-else
-    say "creating $venv"
-    rm -rf "$venv"
-    "$python" -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
-        --only-binary=:all: -r "$requirements"
-    printf '%s' "$stamp" >"$venv/.interop-stamp"
-fi
+ensure_venv "$python" "$venv" "$requirements"
 
 # --- 2. the station binary -------------------------------------------------------------------
 cargo build --locked --bin station

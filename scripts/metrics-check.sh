@@ -18,19 +18,11 @@ start_timeout=${METRICS_START_TIMEOUT:-120}
 
 say() { printf 'metrics-check.sh: %s\n' "$*" >&2; }
 die() { say "$*"; exit 2; }
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 # --- 1. promtool -----------------------------------------------------------------------------
-if ! command -v promtool >/dev/null; then
-    say "installing promtool (Debian package prometheus)"
-    sudo=()
-    [[ $(id -u) -eq 0 ]] || sudo=(sudo)
-    export DEBIAN_FRONTEND=noninteractive
-    "${sudo[@]}" apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 || {
-        "${sudo[@]}" apt-get update -q >/dev/null
-        "${sudo[@]}" apt-get install -y -q --no-install-recommends prometheus >/dev/null
-    }
-    command -v promtool >/dev/null || die "promtool is still missing after installing prometheus"
-fi
+need_command promtool prometheus
 say "$(promtool --version 2>&1 | head -n1)"
 
 # --- 2. the station --------------------------------------------------------------------------

@@ -31,13 +31,10 @@ target_dir=${CARGO_TARGET_DIR:-target}
 
 say() { printf 'surface-cost.sh: %s\n' "$*" >&2; }
 die() { say "$*"; exit 2; }
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
-if ! command -v tmux >/dev/null; then
-    sudo=()
-    [[ $(id -u) -eq 0 ]] || sudo=(sudo)
-    "${sudo[@]}" apt-get install -y -q tmux >/dev/null 2>&1 \
-        || { "${sudo[@]}" apt-get update -q >/dev/null && "${sudo[@]}" apt-get install -y -q tmux >/dev/null; }
-fi
+need_command tmux tmux
 [[ -x /usr/bin/time ]] || die "GNU time (/usr/bin/time) is needed: apt-get install time"
 
 profile=${PROFILE:-release}

@@ -29,21 +29,11 @@ station_sessions=${PEER_STATION_SESSIONS:-16}
 
 say() { printf 'peer: %s\n' "$*" >&2; }
 die() { say "$*"; exit 2; }
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 # --- 1. virtualenv ---------------------------------------------------------------------------
-"$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
-    || die "$python is $("$python" --version 2>&1); the pinned requirements need Python >= 3.11 (set PYTHON)"
-stamp="$("$python" -c 'import sys; print(sys.executable, sys.version)') $(sha256sum "$requirements")"
-if [[ -x $venv/bin/python && -f $venv/.peer-stamp && "$(<"$venv/.peer-stamp")" == "$stamp" ]]; then
-    say "reusing $venv"
-else
-    say "creating $venv"
-    rm -rf "$venv"
-    "$python" -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
-        --only-binary=:all: -r "$requirements"
-    printf '%s' "$stamp" >"$venv/.peer-stamp"
-fi
+ensure_venv "$python" "$venv" "$requirements"
 
 # --- 2. the station binary (release: this is a performance figure) ----------------------------
 cargo build --release --locked --bin station
