@@ -70,12 +70,20 @@ pub async fn loadtest(
     // waiting on the ledger at once.
     let permits = Arc::new(Semaphore::new(sessions * 2));
     let mut tasks = tokio::task::JoinSet::new();
-    let mut queue: VecDeque<String> = (0..opts.devices)
-        .map(|n| format!("LT-{stamp}-{n:07}"))
-        .collect();
+    // Serials are made as devices start (the next number), not all up front: memory stays
+    // the same whatever the count. Failed devices the operator sends again queue here.
+    let mut next = 0..opts.devices;
+    let mut queue: VecDeque<String> = VecDeque::new();
     // Failed devices, for the operator's `r`.
     let failed = Arc::new(Mutex::new(Vec::new()));
     loop {
+        // A finished device's task is reaped here, not kept until the end of the run.
+        while tasks.try_join_next().is_some() {}
+        if queue.is_empty()
+            && let Some(n) = next.next()
+        {
+            queue.push_back(format!("LT-{stamp}-{n:07}"));
+        }
         if queue.is_empty() {
             // Wait for the devices in flight, or for the operator to send failed ones again.
             tokio::select! {

