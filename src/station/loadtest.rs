@@ -107,6 +107,9 @@ pub async fn loadtest(
         let Some(serial) = queue.pop_front() else {
             continue;
         };
+        // Reap the devices that are done: a JoinSet keeps each finished task (its future's
+        // memory) until it is joined, which made memory grow with the device count.
+        while tasks.try_join_next().is_some() {}
         let failed = failed.clone();
         let device = Synthetic::new(&p, serial, key.clone(), Instant::now());
         tasks.spawn(async move {
