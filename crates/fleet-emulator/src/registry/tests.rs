@@ -232,19 +232,41 @@ fn futures_lite_block_on(commit: Commit) {
 #[test]
 fn a_newer_write_stays_dirty_when_an_older_one_is_committed() {
     let dir = tempfile::tempdir().unwrap();
-    let reg = Registry::open_with_cache(&dir.path().join("r.db"), 1).unwrap();
+    let path = dir.path().join("r.db");
+    let reg = Registry::open_with_cache(&path, 1).unwrap();
+    let mut t = reg.txn();
+    t.put_certificate(cert("other", CertStatus::Active));
+    t.commit_blocking().unwrap();
+    reg.set_storage_delay(Duration::from_millis(300));
     let mut t = reg.txn();
     t.put_certificate(cert("c", CertStatus::PendingActivation));
     let first = t.commit();
-    // Made before the writer settles `first`, under the lock.
+    // The writer has taken the first write into its commit and is in the slow disk's delay.
+    std::thread::sleep(Duration::from_millis(100));
     let mut t = reg.txn();
     t.put_certificate(cert("c", CertStatus::Active));
     drop(t);
     futures_lite_block_on(first);
+    let on_disk: String = Connection::open(&path)
+        .unwrap()
+        .query_row(
+            "SELECT json_extract(json, '$.status') FROM certificates WHERE key = 'c'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        on_disk, "PENDING_ACTIVATION",
+        "the newer write is not committed yet"
+    );
+    // Committing the older write did not make the record clean: it is not evicted (a cache of
+    // one, filled by another record) and still reads as the newer write.
+    assert!(reg.certificate("other").unwrap().is_some());
     assert_eq!(
         reg.certificate("c").unwrap().unwrap().status,
         CertStatus::Active
     );
+    reg.set_storage_delay(Duration::ZERO);
     reg.flush().unwrap();
     assert_eq!(
         reg.certificate("c").unwrap().unwrap().status,
