@@ -211,7 +211,13 @@ async fn an_mqtt5_client_provisions_a_device() {
         }
     };
     assert_eq!(registered.thing_name.as_deref(), Some("v5-thing-1"));
-    assert!(emu.emulator.registry().thing("v5-thing-1").is_some());
+    assert!(
+        emu.emulator
+            .registry()
+            .thing("v5-thing-1")
+            .unwrap()
+            .is_some()
+    );
 }
 
 #[tokio::test]

@@ -250,7 +250,12 @@ fn check_reports_each_step_against_a_standalone_emulator() {
         fleet_station::emulator::registry::Registry::open(&dir.path().join("emulator/registry.db"))
             .unwrap();
     assert_eq!(
-        registry.read(|s| s.certificates.values().filter(|c| !c.claim).count()),
+        registry
+            .certificates()
+            .unwrap()
+            .iter()
+            .filter(|c| !c.claim)
+            .count(),
         0
     );
 }

@@ -173,10 +173,12 @@ fn sigkills_of_the_station_and_the_emulator_lose_no_identity() {
         let thing_name = d.thing_name.as_deref().unwrap();
         let thing = registry
             .thing(thing_name)
+            .unwrap()
             .unwrap_or_else(|| panic!("thing {thing_name} of a verified board was lost"));
         assert!(thing.principals.contains(&id), "{thing_name}");
         let c = registry
             .certificate(&id)
+            .unwrap()
             .expect("an acknowledged certificate was lost");
         assert_eq!(c.status, CertStatus::Active, "{id} of {thing_name}");
     }
@@ -208,13 +210,12 @@ fn sigkills_of_the_station_and_the_emulator_lose_no_identity() {
         orphan_ids.keys().all(|id| !on_boards.contains(id)),
         "a board's certificate is listed as an orphan"
     );
-    let certs: Vec<_> = registry.read(|s| {
-        s.certificates
-            .values()
-            .filter(|c| !c.claim)
-            .cloned()
-            .collect()
-    });
+    let certs: Vec<_> = registry
+        .certificates()
+        .unwrap()
+        .into_iter()
+        .filter(|c| !c.claim)
+        .collect();
     for c in &certs {
         if on_boards.contains(&c.id) || orphan_ids.contains_key(&c.id) {
             continue;
@@ -238,7 +239,7 @@ fn sigkills_of_the_station_and_the_emulator_lose_no_identity() {
     // Every orphan the ledger names by id was issued.
     for id in orphan_ids.keys() {
         assert!(
-            registry.certificate(id).is_some(),
+            registry.certificate(id).unwrap().is_some(),
             "orphan {id} is unknown to the emulator (an acknowledged certificate was lost)"
         );
     }
@@ -275,13 +276,13 @@ fn sigkills_of_the_station_and_the_emulator_lose_no_identity() {
     }
     for id in orphan_ids.keys() {
         assert!(
-            registry.certificate(id).is_none(),
+            registry.certificate(id).unwrap().is_none(),
             "orphan {id} survived its cleanup"
         );
     }
     for d in &devices {
         let id = d.certificate_id.as_deref().unwrap();
-        let c = registry.certificate(id).unwrap();
+        let c = registry.certificate(id).unwrap().unwrap();
         assert_eq!(c.status, CertStatus::Active);
         assert!(c.things.contains(d.thing_name.as_deref().unwrap()));
     }

@@ -138,11 +138,14 @@ async fn provisions_a_line_of_virtual_boards_end_to_end() {
         // The thing has the name the template gives (ThingName = the serial) and this
         // certificate; the ledger agrees.
         assert_eq!(flash.thing_name(), Some(d.serial.as_str()));
-        let thing = registry.thing(&d.serial).expect("thing in the registry");
+        let thing = registry
+            .thing(&d.serial)
+            .unwrap()
+            .expect("thing in the registry");
         let cert_id = d.certificate_id.clone().unwrap();
         assert!(thing.principals.contains(&cert_id));
         assert_eq!(
-            registry.certificate(&cert_id).unwrap().status,
+            registry.certificate(&cert_id).unwrap().unwrap().status,
             CertStatus::Active
         );
         assert_eq!(d.thing_name.as_deref(), Some(d.serial.as_str()));
@@ -181,7 +184,11 @@ async fn a_bad_parameter_stops_the_line_after_one_certificate_and_the_fixed_line
     let registry = |dir: &Path| {
         Registry::open(&dir.join("emulator/registry.db"))
             .unwrap()
-            .read(|s| s.certificates.values().filter(|c| !c.claim).count())
+            .certificates()
+            .unwrap()
+            .iter()
+            .filter(|c| !c.claim)
+            .count()
     };
     assert_eq!(
         registry(dir.path()),

@@ -39,7 +39,10 @@ async fn csr_then_register_creates_the_thing_and_activates_the_certificate() {
     );
     let reg = emu.emulator.registry();
     assert_eq!(
-        reg.certificate(&created.certificate_id).unwrap().status,
+        reg.certificate(&created.certificate_id)
+            .unwrap()
+            .unwrap()
+            .status,
         CertStatus::PendingActivation
     );
 
@@ -69,10 +72,13 @@ async fn csr_then_register_creates_the_thing_and_activates_the_certificate() {
         "https://www.example.com/test-site"
     );
 
-    let thing = reg.thing("thing-001").expect("thing in the registry");
+    let thing = reg
+        .thing("thing-001")
+        .unwrap()
+        .expect("thing in the registry");
     assert!(thing.principals.contains(&created.certificate_id));
     assert_eq!(thing.thing_type.as_deref(), Some("ThingPrefix_001"));
-    let cert = reg.certificate(&created.certificate_id).unwrap();
+    let cert = reg.certificate(&created.certificate_id).unwrap().unwrap();
     assert_eq!(cert.status, CertStatus::Active);
     assert!(cert.things.contains("thing-001"));
     assert_eq!(cert.policies.len(), 1, "the template's policy is attached");
@@ -202,7 +208,7 @@ async fn rejections_carry_the_documented_codes() {
         (400, "InvalidParameters")
     );
     assert!(
-        emu.emulator.registry().thing("t-x").is_none(),
+        emu.emulator.registry().thing("t-x").unwrap().is_none(),
         "nothing is created on a rejection"
     );
 }

@@ -171,7 +171,11 @@ async fn keys_and_certificate_accept_empty_payloads_and_unknown_keys_only() {
     assert_eq!(
         emu.emulator
             .registry()
-            .read(|s| s.certificates.values().filter(|c| !c.claim).count()),
+            .certificates()
+            .unwrap()
+            .iter()
+            .filter(|c| !c.claim)
+            .count(),
         4,
         "rejected requests register nothing"
     );
@@ -337,7 +341,11 @@ async fn csr_with_a_refused_key_or_a_bad_signature_is_400_in_json_and_cbor() {
     assert_eq!(
         emu.emulator
             .registry()
-            .read(|s| s.certificates.values().filter(|c| !c.claim).count()),
+            .certificates()
+            .unwrap()
+            .iter()
+            .filter(|c| !c.claim)
+            .count(),
         0
     );
 }
@@ -407,7 +415,13 @@ async fn hook_denial_is_403_and_creates_nothing() {
             "The pre-provisioning hook did not allow provisioning."
         );
     }
-    assert!(emu.emulator.registry().thing("ThingPrefix_1").is_none());
+    assert!(
+        emu.emulator
+            .registry()
+            .thing("ThingPrefix_1")
+            .unwrap()
+            .is_none()
+    );
     let cert = certificate(&emu, &cert_id).unwrap();
     assert_eq!(cert.status, CertStatus::PendingActivation);
     assert!(cert.policies.is_empty() && cert.things.is_empty());
@@ -426,10 +440,21 @@ async fn hook_overrides_are_applied_over_the_request_parameters() {
         .await
         .unwrap();
     assert_eq!(r.thing_name.as_deref(), Some("ThingPrefix_HOOK-7"));
-    let thing = emu.emulator.registry().thing("ThingPrefix_HOOK-7").unwrap();
+    let thing = emu
+        .emulator
+        .registry()
+        .thing("ThingPrefix_HOOK-7")
+        .unwrap()
+        .unwrap();
     assert_eq!(thing.thing_type.as_deref(), Some("ThingTypePrefix_HOOK-7"));
     assert!(thing.principals.contains(&cert_id));
-    assert!(emu.emulator.registry().thing("ThingPrefix_1").is_none());
+    assert!(
+        emu.emulator
+            .registry()
+            .thing("ThingPrefix_1")
+            .unwrap()
+            .is_none()
+    );
     // Parameters the hook did not override keep the request's values.
     assert_eq!(r.device_configuration["LocationUrl"], "https://example.aws");
 }
@@ -506,7 +531,13 @@ async fn hook_command_exiting_non_zero_is_403_even_when_it_printed_allow() {
         .unwrap_err();
     assert_rejected(&e, 403, "AccessDenied");
     assert!(e.error_message.contains("exited with status 2"), "{e}");
-    assert!(emu.emulator.registry().thing("ThingPrefix_1").is_none());
+    assert!(
+        emu.emulator
+            .registry()
+            .thing("ThingPrefix_1")
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[tokio::test]
@@ -599,9 +630,15 @@ async fn an_expired_token_fails_and_its_certificate_is_deleted() {
         .unwrap_err();
         assert_rejected(&e, 400, "InvalidCertificateOwnershipToken");
     }
-    assert!(emu.emulator.registry().thing("ThingPrefix_exp").is_none());
+    assert!(
+        emu.emulator
+            .registry()
+            .thing("ThingPrefix_exp")
+            .unwrap()
+            .is_none()
+    );
     // The periodic sweep (or this call, whichever runs first) deletes the certificate.
-    emu.emulator.registry().expire_tokens(now_ms());
+    emu.emulator.registry().expire_tokens(now_ms()).unwrap();
     assert!(certificate(&emu, &created.certificate_id).is_none());
 }
 
@@ -627,7 +664,8 @@ async fn expiry_deletes_unregistered_certificates_only() {
     let deleted = emu
         .emulator
         .registry()
-        .expire_tokens(now_ms() + 3_600_000 + 1);
+        .expire_tokens(now_ms() + 3_600_000 + 1)
+        .unwrap();
     assert_eq!(deleted, vec![left.certificate_id.clone()]);
     assert!(certificate(&emu, &left.certificate_id).is_none());
     assert_eq!(
@@ -667,6 +705,7 @@ async fn a_token_is_single_use_in_both_formats() {
             emu.emulator
                 .registry()
                 .thing(&format!("ThingPrefix_again{i}"))
+                .unwrap()
                 .is_none()
         );
     }
@@ -693,7 +732,12 @@ async fn a_token_registers_only_its_own_certificate() {
     )
     .await
     .unwrap();
-    let thing = emu.emulator.registry().thing("ThingPrefix_bound").unwrap();
+    let thing = emu
+        .emulator
+        .registry()
+        .thing("ThingPrefix_bound")
+        .unwrap()
+        .unwrap();
     assert_eq!(
         thing.principals.iter().collect::<Vec<_>>(),
         [&b.certificate_id]
@@ -759,7 +803,13 @@ async fn a_disabled_template_is_rejected_and_registers_nothing() {
             "{e}"
         );
     }
-    assert!(emu.emulator.registry().thing("ThingPrefix_off").is_none());
+    assert!(
+        emu.emulator
+            .registry()
+            .thing("ThingPrefix_off")
+            .unwrap()
+            .is_none()
+    );
     assert_eq!(
         certificate(&emu, &created.certificate_id).unwrap().status,
         CertStatus::PendingActivation

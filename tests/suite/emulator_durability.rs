@@ -90,17 +90,19 @@ async fn a_thing_whose_register_reply_arrived_survives_a_sigkill_at_that_moment(
     let registry = Registry::open(&dir.path().join("emulator/registry.db")).unwrap();
     let cert = registry
         .certificate(&created.certificate_id)
+        .unwrap()
         .expect("the certificate survived");
     assert_eq!(cert.status, CertStatus::Active);
     assert!(cert.things.contains("ThingPrefix_D1"), "{cert:?}");
     let thing = registry
         .thing("ThingPrefix_D1")
+        .unwrap()
         .expect("the thing survived");
     assert!(thing.principals.contains(&created.certificate_id));
     assert_eq!(cert.policies.len(), 1, "{cert:?}");
     for policy in &cert.policies {
         assert!(
-            registry.policy(policy).is_some(),
+            registry.policy(policy).unwrap().is_some(),
             "policy {policy} survived"
         );
     }
@@ -178,6 +180,43 @@ async fn a_change_that_cannot_be_committed_is_not_acknowledged() {
         (e.status_code, e.error_code.as_str()),
         (500, "InternalFailure")
     );
+}
+
+/// The registry is read when a request needs a record, not at start: a row that does not parse
+/// fails that request as a failed commit does (500), and nothing else.
+#[tokio::test]
+async fn a_corrupt_registry_row_fails_the_request_that_reads_it_with_500() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut emu = Guard(StandaloneEmulator::start_on(dir.path(), free_port(), ""));
+    let mut c = claim_client(emu.0.port, emu.0.claim_tls()).await;
+    let created = create_certificate(&mut c, &KeyPair::generate().unwrap())
+        .await
+        .unwrap();
+    let other = create_certificate(&mut c, &KeyPair::generate().unwrap())
+        .await
+        .unwrap();
+    emu.0.kill();
+    rusqlite::Connection::open(dir.path().join("emulator/registry.db"))
+        .unwrap()
+        .execute(
+            "UPDATE certificates SET json = '{\"id\": 7' WHERE key = ?1",
+            [&created.certificate_id],
+        )
+        .unwrap();
+
+    emu.0.restart();
+    let mut c = claim_client(emu.0.port, emu.0.claim_tls()).await;
+    let e = register(&mut c, created.certificate_ownership_token.expose(), "D9")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.status_code, e.error_code.as_str()),
+        (500, "InternalFailure")
+    );
+    // The other records still serve.
+    register(&mut c, other.certificate_ownership_token.expose(), "D10")
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

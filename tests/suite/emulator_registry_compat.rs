@@ -56,52 +56,59 @@ fn the_records_of_a_0_1_0_registry_read_back_as_written() {
 
     let cert = reg
         .certificate(&device)
+        .unwrap()
         .expect("the provisioned certificate");
     assert_eq!(cert.status, CertStatus::Active);
     assert_eq!(cert.things.iter().collect::<Vec<_>>(), [THING]);
     assert!(!cert.claim);
     assert_eq!(cert.pem.trim(), read("device-cert.pem"));
-    let thing = reg.thing(THING).expect("the thing RegisterThing created");
+    let thing = reg
+        .thing(THING)
+        .unwrap()
+        .expect("the thing RegisterThing created");
     assert!(thing.principals.contains(&device));
     assert_eq!(thing.attributes["version"], "v1");
     // PySampleTemplate's policy, named after its document's hash, is attached and stored.
     let policy_name = cert.policies.iter().next().expect("a policy is attached");
-    assert!(reg.policy(policy_name).is_some());
-    assert_eq!(reg.policies_of(&device).len(), 1);
+    assert!(reg.policy(policy_name).unwrap().is_some());
+    assert_eq!(reg.policies_of(&device).unwrap().len(), 1);
 
-    let claim = reg.read(|s| {
-        s.certificates
-            .values()
-            .filter(|c| c.claim)
-            .map(|c| (c.status, c.policies.clone()))
-            .collect::<Vec<_>>()
-    });
+    let claim = reg
+        .certificates()
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.claim)
+        .map(|c| (c.status, c.policies))
+        .collect::<Vec<_>>();
     assert_eq!(claim.len(), 1, "one claim certificate");
     assert_eq!(claim[0].0, CertStatus::Active);
     assert!(claim[0].1.contains("FleetStationClaimPolicy"));
 
     let p = reg
         .certificate(&pending)
+        .unwrap()
         .expect("the unregistered certificate");
     assert_eq!(p.status, CertStatus::PendingActivation);
     assert!(p.things.is_empty());
 
     // Tokens are stored by their hash: the tokens themselves still find their records.
-    let txn = reg.txn();
+    let mut txn = reg.txn();
     assert_eq!(
-        txn.check_token(&read("device-token"), 0),
+        txn.check_token(&read("device-token"), 0).unwrap(),
         Err(TokenProblem::AlreadyUsed)
     );
     let rec = txn
         .check_token(&read("pending-token"), 0)
+        .unwrap()
         .expect("the unused token redeems before its expiry");
     assert_eq!(rec.certificate_id, pending);
     assert_eq!(
-        txn.check_token(&read("pending-token"), rec.expires_ms),
+        txn.check_token(&read("pending-token"), rec.expires_ms)
+            .unwrap(),
         Err(TokenProblem::Expired)
     );
     assert_eq!(
-        txn.check_token("not a token", 0),
+        txn.check_token("not a token", 0).unwrap(),
         Err(TokenProblem::Unknown)
     );
     drop(txn);
@@ -129,13 +136,16 @@ fn the_control_plane_answers_from_a_0_1_0_registry() {
     ));
     control::update_certificate(&reg, &pending, CertStatus::Inactive).unwrap();
     control::delete_certificate(&reg, &pending, false).unwrap();
-    assert!(reg.certificate(&pending).is_none());
+    assert!(reg.certificate(&pending).unwrap().is_none());
     reg.close();
 
     // The changes were written to the old file and read back.
     let reg = open(state.path());
-    assert!(reg.certificate(&pending).is_none());
-    assert_eq!(reg.certificate(&device).unwrap().status, CertStatus::Active);
+    assert!(reg.certificate(&pending).unwrap().is_none());
+    assert_eq!(
+        reg.certificate(&device).unwrap().unwrap().status,
+        CertStatus::Active
+    );
     reg.close();
 }
 
@@ -205,11 +215,15 @@ async fn an_emulator_on_a_0_1_0_state_directory_serves_its_devices_and_provision
     );
     let reg = emu.emulator.registry();
     assert_eq!(
-        reg.certificate(&cert.certificate_id).unwrap().status,
+        reg.certificate(&cert.certificate_id)
+            .unwrap()
+            .unwrap()
+            .status,
         CertStatus::Active
     );
     assert_eq!(
         reg.certificate(&read("device-certificate-id"))
+            .unwrap()
             .unwrap()
             .status,
         CertStatus::Active

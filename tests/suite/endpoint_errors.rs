@@ -52,7 +52,11 @@ async fn run_devices(
 fn issued(emu: &TestEmulator) -> usize {
     emu.emulator
         .registry()
-        .read(|s| s.certificates.values().filter(|c| !c.claim).count())
+        .certificates()
+        .unwrap()
+        .iter()
+        .filter(|c| !c.claim)
+        .count()
 }
 
 fn all_interrupted(outcomes: &[Result<(), NotProvisioned>]) {

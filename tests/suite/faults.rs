@@ -101,12 +101,16 @@ fn check_no_double_identity(emu: &TestEmulator, ledger: &Ledger) {
     let devices = ledger.devices().unwrap();
     let registry = emu.emulator.registry();
     for d in devices.iter().filter(|d| d.state == DeviceState::Verified) {
-        let thing = registry.thing(d.thing_name.as_deref().unwrap()).unwrap();
+        let thing = registry
+            .thing(d.thing_name.as_deref().unwrap())
+            .unwrap()
+            .unwrap();
         let own = d.certificate_id.clone().unwrap();
         assert!(thing.principals.contains(&own));
         for p in &thing.principals {
             let active = registry
                 .certificate(p)
+                .unwrap()
                 .is_some_and(|c| c.status == CertStatus::Active);
             if *p != own && active {
                 assert!(
@@ -224,7 +228,11 @@ async fn dropped_sessions_reconnect_and_the_device_in_flight_resumes() {
     let issued = emu
         .emulator
         .registry()
-        .read(|s| s.certificates.values().filter(|c| !c.claim).count());
+        .certificates()
+        .unwrap()
+        .iter()
+        .filter(|c| !c.claim)
+        .count();
     assert_eq!(issued, 16, "a device restarted instead of resuming");
 }
 

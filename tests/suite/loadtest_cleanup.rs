@@ -70,7 +70,7 @@ fn the_cleanup_plan_removes_every_certificate_and_thing_a_load_test_created() {
         serde_json::from_slice(&std::fs::read(report.join("cleanup.json")).unwrap()).unwrap();
 
     let registry = Registry::open_state_dir(&dir.path().join("emulator")).unwrap();
-    let things_before = registry.read(|s| s.things.len());
+    let things_before = registry.things().unwrap().len();
     assert_eq!(things_before, 12);
     for c in plan["certificates"].as_array().unwrap() {
         assert_eq!(c["status"], "active", "{c}");
@@ -79,15 +79,14 @@ fn the_cleanup_plan_removes_every_certificate_and_thing_a_load_test_created() {
     for t in plan["things"].as_array().unwrap() {
         apply_cleanup(&registry, &steps(t));
     }
-    let (certificates, things) = registry.read(|s| {
-        (
-            s.certificates.values().filter(|c| !c.claim).count(),
-            s.things.len(),
-        )
-    });
+    let certificates = registry.certificates().unwrap();
+    let (certificates, things) = (
+        certificates.iter().filter(|c| !c.claim).count(),
+        registry.things().unwrap().len(),
+    );
     assert_eq!((certificates, things), (0, 0), "the load test left litter");
     // The claim certificate is not the load test's.
-    assert!(registry.read(|s| s.certificates.values().any(|c| c.claim)));
+    assert!(registry.certificates().unwrap().iter().any(|c| c.claim));
 }
 
 #[test]
@@ -104,7 +103,7 @@ fn an_embedded_emulator_keeps_no_state_past_a_load_test_unless_asked() {
         &["--keep-emulator-state"],
     );
     let registry = Registry::open_state_dir(&state).unwrap();
-    assert_eq!(registry.read(|s| s.things.len()), 4);
+    assert_eq!(registry.things().unwrap().len(), 4);
 }
 
 #[test]

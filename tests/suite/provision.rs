@@ -65,7 +65,12 @@ async fn provisions_many_devices_over_a_session_pool() {
             row.certificate_id.as_deref(),
             Some(creds.certificate_id.as_str())
         );
-        let thing = emu.emulator.registry().thing(&creds.thing_name).unwrap();
+        let thing = emu
+            .emulator
+            .registry()
+            .thing(&creds.thing_name)
+            .unwrap()
+            .unwrap();
         assert!(thing.principals.contains(&creds.certificate_id));
     }
     drop(jobs);
@@ -80,7 +85,11 @@ async fn provisions_many_devices_over_a_session_pool() {
 fn issued(emu: &TestEmulator) -> usize {
     emu.emulator
         .registry()
-        .read(|s| s.certificates.values().filter(|c| !c.claim).count())
+        .certificates()
+        .unwrap()
+        .iter()
+        .filter(|c| !c.claim)
+        .count()
 }
 
 #[tokio::test]
@@ -226,7 +235,13 @@ async fn mqtt5_sessions_provision_as_3_1_1_ones_do() {
         .await
         .unwrap();
     assert_eq!(creds.thing_name, "thing-SN-V5");
-    assert!(emu.emulator.registry().thing("thing-SN-V5").is_some());
+    assert!(
+        emu.emulator
+            .registry()
+            .thing("thing-SN-V5")
+            .unwrap()
+            .is_some()
+    );
 }
 
 #[tokio::test]
@@ -390,7 +405,7 @@ async fn a_token_refused_on_resume_lists_the_first_certificate_as_active_on_its_
     assert_eq!(o.status, "active");
     assert_eq!(o.thing_name.as_deref(), Some(serial));
     // What AWS holds: the thing with both certificates ACTIVE; two certificates in all.
-    let thing = emu.emulator.registry().thing(serial).unwrap();
+    let thing = emu.emulator.registry().thing(serial).unwrap().unwrap();
     assert!(thing.principals.contains(&created.certificate_id));
     assert!(thing.principals.contains(&creds.certificate_id));
     assert_eq!(issued(&emu), 2, "one new certificate, no more");

@@ -43,7 +43,7 @@
 //!   such rule; its cleanup guides detach first, and the station's cleanup does).
 
 use super::policy::{ACCOUNT, REGION};
-use super::registry::{CertStatus, CommitError, Registry, Txn};
+use super::registry::{CertStatus, CommitError, Registry, RegistryError, Txn};
 
 /// `arn:aws:iot:REGION:ACCOUNT:cert/ID`, the ARN AWS gives a certificate.
 pub fn certificate_arn(certificate_id: &str) -> String {
@@ -132,6 +132,14 @@ impl ControlError {
     }
 }
 
+/// A registry that could not be read (a corrupt row, a failing disk): 500, as a failed commit.
+impl From<RegistryError> for ControlError {
+    fn from(e: RegistryError) -> Self {
+        tracing::error!(error = %e, "emulator: a control-plane request could not read the registry");
+        ControlError::InternalFailureException(e.to_string())
+    }
+}
+
 impl From<CommitError> for ControlError {
     fn from(e: CommitError) -> Self {
         tracing::error!(error = %e, "emulator: a control-plane change could not be committed");
@@ -183,13 +191,10 @@ fn no_certificate(id: &str) -> ControlError {
 }
 
 fn certificate_in<'a>(
-    txn: &'a Txn<'_>,
+    txn: &'a mut Txn<'_>,
     id: &str,
 ) -> Result<&'a super::registry::Certificate, ControlError> {
-    txn.state
-        .certificates
-        .get(id)
-        .ok_or_else(|| no_certificate(id))
+    txn.certificate(id)?.ok_or_else(|| no_certificate(id))
 }
 
 /// `DescribeCertificate`.
@@ -199,7 +204,7 @@ pub fn describe_certificate(
 ) -> Result<CertificateDescription, ControlError> {
     check_certificate_id(certificate_id)?;
     let c = registry
-        .certificate(certificate_id)
+        .certificate(certificate_id)?
         .ok_or_else(|| no_certificate(certificate_id))?;
     Ok(CertificateDescription {
         certificate_arn: certificate_arn(&c.id),
@@ -217,7 +222,9 @@ pub fn list_principal_things(
     principal: &str,
 ) -> Result<Vec<String>, ControlError> {
     let id = check_principal(principal)?;
-    let c = registry.certificate(id).ok_or_else(|| no_certificate(id))?;
+    let c = registry
+        .certificate(id)?
+        .ok_or_else(|| no_certificate(id))?;
     Ok(c.things.into_iter().collect())
 }
 
@@ -230,12 +237,12 @@ pub fn detach_thing_principal(
     check_thing_name(thing_name)?;
     let id = check_principal(principal)?;
     let mut txn = registry.txn();
-    let Some(mut thing) = txn.state.things.get(thing_name).cloned() else {
+    let Some(mut thing) = txn.thing(thing_name)?.cloned() else {
         return Err(ControlError::ResourceNotFoundException(format!(
             "The thing {thing_name} does not exist."
         )));
     };
-    let mut cert = certificate_in(&txn, id)?.clone();
+    let mut cert = certificate_in(&mut txn, id)?.clone();
     if !thing.principals.remove(id) && !cert.things.contains(thing_name) {
         return Ok(());
     }
@@ -251,7 +258,7 @@ pub fn list_thing_principals(
     thing_name: &str,
 ) -> Result<Vec<String>, ControlError> {
     check_thing_name(thing_name)?;
-    let thing = registry.thing(thing_name).ok_or_else(|| {
+    let thing = registry.thing(thing_name)?.ok_or_else(|| {
         ControlError::ResourceNotFoundException(format!("The thing {thing_name} does not exist."))
     })?;
     Ok(thing
@@ -266,7 +273,7 @@ pub fn list_thing_principals(
 pub fn delete_thing(registry: &Registry, thing_name: &str) -> Result<(), ControlError> {
     check_thing_name(thing_name)?;
     let mut txn = registry.txn();
-    let Some(thing) = txn.state.things.get(thing_name) else {
+    let Some(thing) = txn.thing(thing_name)? else {
         return Ok(());
     };
     if !thing.principals.is_empty() {
@@ -291,7 +298,7 @@ pub fn update_certificate(
         ));
     }
     let mut txn = registry.txn();
-    let mut cert = certificate_in(&txn, certificate_id)?.clone();
+    let mut cert = certificate_in(&mut txn, certificate_id)?.clone();
     if cert.status == new_status {
         return Ok(());
     }
@@ -314,7 +321,7 @@ pub fn delete_certificate(
 ) -> Result<(), ControlError> {
     check_certificate_id(certificate_id)?;
     let mut txn = registry.txn();
-    let cert = certificate_in(&txn, certificate_id)?;
+    let cert = certificate_in(&mut txn, certificate_id)?;
     let arn = certificate_arn(certificate_id);
     if cert.status == CertStatus::Active {
         return Err(ControlError::CertificateStateException(format!(
@@ -332,7 +339,7 @@ pub fn delete_certificate(
         )));
     }
     txn.delete_certificate(certificate_id);
-    txn.delete_tokens_of(certificate_id);
+    txn.delete_tokens_of(certificate_id)?;
     Ok(txn.commit_blocking()?)
 }
 
@@ -369,7 +376,7 @@ mod tests {
                 subject: Default::default(),
             });
         }
-        let mut a = t.state.certificates[A].clone();
+        let mut a = t.certificate(A).unwrap().unwrap().clone();
         a.policies.insert("p1".into());
         a.things.insert("t1".into());
         t.put_certificate(a);
@@ -468,8 +475,8 @@ mod tests {
         );
 
         detach_thing_principal(&reg, "t1", &arn).unwrap();
-        assert!(reg.thing("t1").unwrap().principals.is_empty());
-        assert!(reg.certificate(A).unwrap().things.is_empty());
+        assert!(reg.thing("t1").unwrap().unwrap().principals.is_empty());
+        assert!(reg.certificate(A).unwrap().unwrap().things.is_empty());
         // Not attached (any more): nothing to do, no error.
         detach_thing_principal(&reg, "t1", &arn).unwrap();
         detach_thing_principal(&reg, "t1", &certificate_arn(B)).unwrap();
@@ -488,18 +495,18 @@ mod tests {
         assert_eq!(code(list_thing_principals(&reg, "bad name!")), 400);
         // Attached: refused, and nothing changed.
         assert_eq!(code(delete_thing(&reg, "t1")), 400);
-        assert!(reg.thing("t1").is_some());
+        assert!(reg.thing("t1").unwrap().is_some());
         detach_thing_principal(&reg, "t1", &arn).unwrap();
         assert!(list_thing_principals(&reg, "t1").unwrap().is_empty());
         delete_thing(&reg, "t1").unwrap();
-        assert!(reg.thing("t1").is_none());
+        assert!(reg.thing("t1").unwrap().is_none());
         // Gone (or never there): success, as AWS documents.
         delete_thing(&reg, "t1").unwrap();
         assert_eq!(code(delete_thing(&reg, "")), 400);
         // On disk: a second reader of the file no longer finds it.
         reg.close();
         let again = Registry::open_state_dir(dir.path()).unwrap();
-        assert!(again.thing("t1").is_none());
+        assert!(again.thing("t1").unwrap().is_none());
     }
 
     #[test]
@@ -525,7 +532,10 @@ mod tests {
         );
         // From PENDING_ACTIVATION (a certificate a device never registered) it may move.
         update_certificate(&reg, B, CertStatus::Inactive).unwrap();
-        assert_eq!(reg.certificate(B).unwrap().status, CertStatus::Inactive);
+        assert_eq!(
+            reg.certificate(B).unwrap().unwrap().status,
+            CertStatus::Inactive
+        );
         update_certificate(&reg, A, CertStatus::Inactive).unwrap();
         update_certificate(&reg, A, CertStatus::Active).unwrap();
         // Idempotent.
@@ -539,7 +549,10 @@ mod tests {
                 Err(ControlError::CertificateStateException(_))
             ));
         }
-        assert_eq!(reg.certificate(A).unwrap().status, CertStatus::Revoked);
+        assert_eq!(
+            reg.certificate(A).unwrap().unwrap().status,
+            CertStatus::Revoked
+        );
     }
 
     #[test]
@@ -567,25 +580,25 @@ mod tests {
             "{e}"
         );
         assert!(
-            reg.certificate(A).is_some(),
+            reg.certificate(A).unwrap().is_some(),
             "a refused delete changes nothing"
         );
 
         delete_certificate(&reg, A, true).unwrap();
-        assert!(reg.certificate(A).is_none());
+        assert!(reg.certificate(A).unwrap().is_none());
         assert!(
-            reg.policy("p1").is_some(),
+            reg.policy("p1").unwrap().is_some(),
             "force detaches policies, keeps them"
         );
         assert!(
-            reg.read(|s| s.tokens.values().all(|t| t.certificate_id != A)),
+            reg.tokens_of(A).unwrap().is_empty(),
             "its tokens went with it"
         );
         assert_eq!(code(delete_certificate(&reg, A, true)), 404);
 
         // A never-registered certificate (PENDING_ACTIVATION, nothing attached) deletes as is.
         delete_certificate(&reg, B, false).unwrap();
-        assert!(reg.certificate(B).is_none());
+        assert!(reg.certificate(B).unwrap().is_none());
     }
 
     #[test]

@@ -299,12 +299,16 @@ async fn expire_tokens(registry: Arc<Registry>, every: Duration, shutdown: Shutd
             _ = tick.tick() => {}
             _ = shutdown.wait() => return,
         }
-        let deleted = registry.expire_tokens(now_ms());
-        if !deleted.is_empty() {
-            tracing::info!(
+        match registry.expire_tokens(now_ms()) {
+            Ok(deleted) if !deleted.is_empty() => tracing::info!(
                 count = deleted.len(),
                 "emulator: deleted certificates whose ownership token expired"
-            );
+            ),
+            Ok(_) => {}
+            // Nothing was changed; the next tick tries again.
+            Err(e) => {
+                tracing::error!(error = %e, "emulator: token expiry could not read the registry")
+            }
         }
     }
 }

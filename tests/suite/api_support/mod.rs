@@ -234,16 +234,17 @@ pub fn claim_certificate_id(emu: &TestEmulator) -> String {
 }
 
 pub fn certificate(emu: &TestEmulator, id: &str) -> Option<Certificate> {
-    emu.emulator.registry().certificate(id)
+    emu.emulator.registry().certificate(id).unwrap()
 }
 
 /// Whether an unused ownership token for the certificate is still stored.
 pub fn has_unused_token(emu: &TestEmulator, certificate_id: &str) -> bool {
-    emu.emulator.registry().read(|s| {
-        s.tokens
-            .values()
-            .any(|t| t.certificate_id == certificate_id && !t.used)
-    })
+    emu.emulator
+        .registry()
+        .tokens_of(certificate_id)
+        .unwrap()
+        .iter()
+        .any(|t| !t.used)
 }
 
 /// A one-route HTTP server standing in for a Lambda: answers every POST with `status` and

@@ -24,7 +24,9 @@ use super::faults::Faults;
 use super::hook::Hooks;
 use super::key_stock::KeyStock;
 use super::quota::{QuotaConfig, Quotas};
-use super::registry::{CertStatus, Certificate, Commit, Registry, TokenRecord, now_ms};
+use super::registry::{
+    CertStatus, Certificate, Commit, Registry, RegistryError, TokenRecord, now_ms,
+};
 use super::template::TemplateStore;
 use crate::fleet::payloads::encode;
 use crate::fleet::{Api, Format, ReplyKind};
@@ -240,6 +242,15 @@ async fn register_new_certificate(
     };
     durable(commit, "certificate", &issued.id).await?;
     Ok(token)
+}
+
+/// A registry that could not be read (a corrupt row, a failing disk; the registry logged it,
+/// with table and key) fails the request as a failed commit does: 500 `InternalFailure`.
+impl From<RegistryError> for Rejection {
+    fn from(e: RegistryError) -> Self {
+        tracing::error!(error = %e, "emulator: the registry could not be read; answering 500");
+        Rejection::Internal("The service could not read its registry.".into())
+    }
 }
 
 /// Waits for a commit; a failed one is logged and answered 500 `InternalFailure`.

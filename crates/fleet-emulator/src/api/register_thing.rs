@@ -57,14 +57,12 @@ pub(super) async fn handle(
 
     // Look the token up first (without consuming it) to evaluate the template.
     let (certificate_id, subject, certificate_pem) = {
-        let txn = svc.registry.txn();
+        let mut txn = svc.registry.txn();
         let rec = txn
-            .check_token(token.expose(), now_ms())
+            .check_token(token.expose(), now_ms())?
             .map_err(|_| Rejection::TokenInvalid)?;
         let cert = txn
-            .state
-            .certificates
-            .get(&rec.certificate_id)
+            .certificate(&rec.certificate_id)?
             .ok_or(Rejection::TokenInvalid)?;
         (rec.certificate_id, cert.subject.clone(), cert.pem.clone())
     };
@@ -103,7 +101,7 @@ pub(super) async fn handle(
     let commit = {
         let mut txn = svc.registry.txn();
         // Re-check under the same lock that applies: a concurrent request may have used it.
-        match txn.check_token(token.expose(), now_ms()) {
+        match txn.check_token(token.expose(), now_ms())? {
             Ok(rec) if rec.certificate_id == certificate_id => {}
             Ok(_)
             | Err(TokenProblem::Unknown | TokenProblem::Expired | TokenProblem::AlreadyUsed) => {
@@ -111,7 +109,7 @@ pub(super) async fn handle(
             }
         }
         apply(&mut txn, &certificate_id, &provisioned)?;
-        txn.consume_token(token.expose());
+        txn.consume_token(token.expose())?;
         txn.commit()
     };
     // The reply goes out only once the thing, its policy and the activation are on disk.
@@ -136,7 +134,7 @@ fn apply(txn: &mut Txn<'_>, certificate_id: &str, p: &Provisioned) -> Result<(),
         )));
     }
     for policy in &p.policies {
-        if policy.document.is_none() && !txn.state.policies.contains_key(&policy.name) {
+        if policy.document.is_none() && !txn.has_policy(&policy.name)? {
             return Err(Rejection::InvalidParameters(format!(
                 "Policy {} does not exist",
                 policy.name
@@ -144,16 +142,16 @@ fn apply(txn: &mut Txn<'_>, certificate_id: &str, p: &Provisioned) -> Result<(),
         }
     }
     let thing = match &p.thing {
-        Some(spec) => Some(merged_thing(txn.state.things.get(&spec.name), spec)?),
+        Some(spec) => Some(merged_thing(txn.thing(&spec.name)?, spec)?),
         None => None,
     };
 
-    let Some(mut cert) = txn.state.certificates.get(certificate_id).cloned() else {
+    let Some(mut cert) = txn.certificate(certificate_id)?.cloned() else {
         return Err(Rejection::TokenInvalid);
     };
     for policy in &p.policies {
         if let Some(doc) = &policy.document
-            && !txn.state.policies.contains_key(&policy.name)
+            && !txn.has_policy(&policy.name)?
         {
             let document = serde_json::from_str(doc)
                 .map_err(|e| Rejection::InvalidParameters(format!("Policy document: {e}")))?;

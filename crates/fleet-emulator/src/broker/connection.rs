@@ -87,6 +87,8 @@ pub(super) async fn serve(
     let active = shared
         .registry
         .certificate(&principal)
+        .ok()
+        .flatten()
         .is_some_and(|c| c.status == CertStatus::Active);
     if !active {
         tracing::debug!(%peer, certificate = %principal, "emulator: certificate not active; closing");
@@ -426,11 +428,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             .await;
             return None;
         }
-        self.policies = shared.registry.policies_of(&self.principal);
+        // A registry that cannot be read (logged there) allows nothing.
+        self.policies = shared
+            .registry
+            .policies_of(&self.principal)
+            .unwrap_or_default();
         self.decisions.clear();
         self.thing_name = shared
             .registry
             .thing(&self.client_id)
+            .ok()
+            .flatten()
             .filter(|t| t.principals.contains(&self.principal))
             .map(|t| t.name);
         let client_id = self.client_id.clone();

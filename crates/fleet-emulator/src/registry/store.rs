@@ -1,0 +1,251 @@
+//! What the registry holds in memory of one table, and how it reads a row it does not hold.
+//!
+//! A [`Table`] is an overlay of the records changed but not yet committed (a value or a
+//! tombstone, tagged with the sequence number of the write) over a bounded FIFO cache of clean
+//! records (equal to their rows on disk). A dirty record is never evicted; the writer turns it
+//! clean once the write that made it is committed (see [`Table::settle`]). A record in neither
+//! is read from SQLite through the registry's read connection ([`ReadDb`]) and cached; missing
+//! rows are not cached (a miss is a B-tree probe).
+
+use std::collections::{HashMap, VecDeque};
+
+use rusqlite::{Connection, OptionalExtension};
+use serde::de::DeserializeOwned;
+
+use super::RegistryError;
+
+/// The registry's tables, in the order of [`TableId`].
+pub(super) const TABLES: [&str; 4] = ["certificates", "tokens", "things", "policies"];
+
+/// A table of the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum TableId {
+    Certificates = 0,
+    Tokens = 1,
+    Things = 2,
+    Policies = 3,
+}
+
+impl TableId {
+    pub(super) fn name(self) -> &'static str {
+        TABLES[self as usize]
+    }
+    /// `SELECT json FROM <table> WHERE key = ?1`.
+    fn select_sql(self) -> &'static str {
+        [
+            "SELECT json FROM certificates WHERE key = ?1",
+            "SELECT json FROM tokens WHERE key = ?1",
+            "SELECT json FROM things WHERE key = ?1",
+            "SELECT json FROM policies WHERE key = ?1",
+        ][self as usize]
+    }
+    /// `INSERT .. ON CONFLICT DO UPDATE` of one row.
+    pub(super) fn upsert_sql(self) -> &'static str {
+        [
+            "INSERT INTO certificates (key, json) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET json = excluded.json",
+            "INSERT INTO tokens (key, json) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET json = excluded.json",
+            "INSERT INTO things (key, json) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET json = excluded.json",
+            "INSERT INTO policies (key, json) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET json = excluded.json",
+        ][self as usize]
+    }
+    pub(super) fn delete_sql(self) -> &'static str {
+        [
+            "DELETE FROM certificates WHERE key = ?1",
+            "DELETE FROM tokens WHERE key = ?1",
+            "DELETE FROM things WHERE key = ?1",
+            "DELETE FROM policies WHERE key = ?1",
+        ][self as usize]
+    }
+}
+
+/// The read connection of the registry: `query_only`, used under the registry lock. In WAL
+/// mode it never blocks the writer, and each read sees the last commit.
+pub(super) struct ReadDb {
+    pub(super) conn: Connection,
+    pub(super) path: String,
+}
+
+impl ReadDb {
+    fn sqlite(&self, table: TableId, key: &str, source: rusqlite::Error) -> RegistryError {
+        tracing::error!(table = table.name(), %key, error = %source, "emulator registry: a row could not be read");
+        RegistryError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Parses a stored row; a row that does not parse is [`RegistryError::Corrupt`] (logged).
+    pub(super) fn parse<T: DeserializeOwned>(
+        &self,
+        table: TableId,
+        key: &str,
+        json: &str,
+    ) -> Result<T, RegistryError> {
+        serde_json::from_str(json).map_err(|e| {
+            tracing::error!(table = table.name(), %key, error = %e, "emulator registry: a stored row does not parse; the request reading it fails");
+            RegistryError::Corrupt {
+                path: self.path.clone(),
+                table: table.name(),
+                key: key.to_string(),
+                reason: e.to_string(),
+            }
+        })
+    }
+
+    /// The row `key` of `table`, if there is one.
+    fn load<T: DeserializeOwned>(
+        &self,
+        table: TableId,
+        key: &str,
+    ) -> Result<Option<T>, RegistryError> {
+        let json: Option<String> = self
+            .conn
+            .prepare_cached(table.select_sql())
+            .and_then(|mut s| s.query_row([key], |r| r.get(0)).optional())
+            .map_err(|e| self.sqlite(table, key, e))?;
+        json.map(|j| self.parse(table, key, &j)).transpose()
+    }
+
+    /// Every row of `sql` (which selects `key, json`), with `param` bound if given.
+    pub(super) fn rows(
+        &self,
+        table: TableId,
+        sql: &str,
+        param: Option<&dyn rusqlite::ToSql>,
+    ) -> Result<Vec<(String, String)>, RegistryError> {
+        let run = || -> rusqlite::Result<Vec<(String, String)>> {
+            let mut stmt = self.conn.prepare_cached(sql)?;
+            let params: Vec<&dyn rusqlite::ToSql> = param.into_iter().collect();
+            let rows = stmt.query_map(params.as_slice(), |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        };
+        run().map_err(|e| self.sqlite(table, "*", e))
+    }
+}
+
+/// A record changed under the lock and not yet committed: its value, or `None` if deleted.
+struct Dirty<T> {
+    seq: u64,
+    value: Option<T>,
+}
+
+/// One table's records in memory: the uncommitted overlay and the clean cache.
+pub(super) struct Table<T> {
+    id: TableId,
+    dirty: HashMap<String, Dirty<T>>,
+    /// Clean records, with the generation of their entry in `order`.
+    clean: HashMap<String, (T, u64)>,
+    /// Insertion order of the clean records (FIFO eviction). An entry whose generation is not
+    /// its record's any more (the record was changed or re-cached since) is stale and only
+    /// counts against the cap, so `clean.len() <= order.len() <= cap`.
+    order: VecDeque<(String, u64)>,
+    generation: u64,
+    cap: usize,
+}
+
+impl<T: DeserializeOwned> Table<T> {
+    pub(super) fn new(id: TableId, cap: usize) -> Table<T> {
+        Table {
+            id,
+            dirty: HashMap::new(),
+            clean: HashMap::new(),
+            order: VecDeque::new(),
+            generation: 0,
+            cap: cap.max(1),
+        }
+    }
+
+    /// The current record `key`: the overlay's, the cache's, or the row on disk (then cached).
+    pub(super) fn get(&mut self, db: &ReadDb, key: &str) -> Result<Option<&T>, RegistryError> {
+        if self.dirty.contains_key(key) {
+            return Ok(self.dirty.get(key).and_then(|d| d.value.as_ref()));
+        }
+        if !self.clean.contains_key(key) {
+            // Not in the overlay, so its last write is committed: the disk has it.
+            let Some(value) = db.load::<T>(self.id, key)? else {
+                return Ok(None);
+            };
+            self.cache(key.to_string(), value);
+        }
+        Ok(self.clean.get(key).map(|(v, _)| v))
+    }
+
+    /// Records a write made under the lock (`None`: a delete) with its sequence number.
+    pub(super) fn put(&mut self, key: String, value: Option<T>, seq: u64) {
+        self.clean.remove(&key);
+        self.dirty.insert(key, Dirty { seq, value });
+    }
+
+    /// The write `seq` of `key` is committed: unless a newer write changed the record since,
+    /// it is clean now (cached, or forgotten if it was a delete).
+    pub(super) fn settle(&mut self, key: &str, seq: u64) {
+        if self.dirty.get(key).is_none_or(|d| d.seq != seq) {
+            return;
+        }
+        let Some((key, dirty)) = self.dirty.remove_entry(key) else {
+            return;
+        };
+        if let Some(value) = dirty.value {
+            self.cache(key, value);
+        }
+    }
+
+    fn cache(&mut self, key: String, value: T) {
+        while self.order.len() >= self.cap {
+            let Some((old, generation)) = self.order.pop_front() else {
+                break;
+            };
+            if self.clean.get(&old).is_some_and(|(_, g)| *g == generation) {
+                self.clean.remove(&old);
+            }
+        }
+        self.generation += 1;
+        self.order.push_back((key.clone(), self.generation));
+        self.clean.insert(key, (value, self.generation));
+    }
+
+    /// Records held in memory: dirty ones and cached clean ones.
+    pub(super) fn held(&self) -> usize {
+        self.dirty.len() + self.clean.len()
+    }
+
+    /// The overlay's records (`None`: deleted), for scans that merge it with the disk.
+    pub(super) fn dirty(&self) -> impl Iterator<Item = (&String, Option<&T>)> {
+        self.dirty.iter().map(|(k, d)| (k, d.value.as_ref()))
+    }
+}
+
+impl<T: DeserializeOwned + Clone> Table<T> {
+    /// Every record of the table: the rows of `sql` (selecting `key, json`) not overridden by
+    /// the overlay, then the overlay's values that `keep` accepts. `keep` must accept every
+    /// record the query selects, so disk and memory agree on what is in the scan.
+    pub(super) fn scan(
+        &self,
+        db: &ReadDb,
+        sql: &str,
+        param: Option<&dyn rusqlite::ToSql>,
+        keep: impl Fn(&T) -> bool,
+    ) -> Result<Vec<(String, T)>, RegistryError> {
+        let mut out = Vec::new();
+        for (key, json) in db.rows(self.id, sql, param)? {
+            if self.dirty.contains_key(&key) {
+                continue;
+            }
+            let value = match self.clean.get(&key) {
+                Some((v, _)) => v.clone(),
+                None => db.parse(self.id, &key, &json)?,
+            };
+            out.push((key, value));
+        }
+        for (key, value) in self.dirty() {
+            if let Some(v) = value.filter(|v| keep(v)) {
+                out.push((key.clone(), v.clone()));
+            }
+        }
+        Ok(out)
+    }
+}
