@@ -4,8 +4,11 @@
 //! tombstone, tagged with the sequence number of the write) over a bounded FIFO cache of clean
 //! records (equal to their rows on disk). A dirty record is never evicted; the writer turns it
 //! clean once the write that made it is committed (see [`Table::settle`]). A record in neither
-//! is read from SQLite through the registry's read connection ([`ReadDb`]) and cached; missing
-//! rows are not cached (a miss is a B-tree probe).
+//! is read from SQLite through the registry's read connection ([`ReadDb`]) and cached, and so
+//! is a row that is not there: every write goes through the overlay (one process owns
+//! `registry.db`), so a cached absence is replaced by the first write of that key. RegisterThing
+//! asks for a new thing name every time; without that, each such miss read the disk again
+//! (after every commit of the writer the read connection's page cache starts cold).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -137,8 +140,8 @@ struct Dirty<T> {
 pub(super) struct Table<T> {
     id: TableId,
     dirty: HashMap<String, Dirty<T>>,
-    /// Clean records, with the generation of their entry in `order`.
-    clean: HashMap<String, (T, u64)>,
+    /// Clean records (`None`: no such row), with the generation of their entry in `order`.
+    clean: HashMap<String, (Option<T>, u64)>,
     /// Insertion order of the clean records (FIFO eviction). An entry whose generation is not
     /// its record's any more (the record was changed or re-cached since) is stale and only
     /// counts against the cap, so `clean.len() <= order.len() <= cap`.
@@ -165,13 +168,12 @@ impl<T: DeserializeOwned> Table<T> {
             return Ok(self.dirty.get(key).and_then(|d| d.value.as_ref()));
         }
         if !self.clean.contains_key(key) {
-            // Not in the overlay, so its last write is committed: the disk has it.
-            let Some(value) = db.load::<T>(self.id, key)? else {
-                return Ok(None);
-            };
+            // Not in the overlay, so its last write is committed: the disk has it (or that
+            // there is no such record).
+            let value = db.load::<T>(self.id, key)?;
             self.cache(key.to_string(), value);
         }
-        Ok(self.clean.get(key).map(|(v, _)| v))
+        Ok(self.clean.get(key).and_then(|(v, _)| v.as_ref()))
     }
 
     /// Records a write made under the lock (`None`: a delete) with its sequence number.
@@ -181,7 +183,7 @@ impl<T: DeserializeOwned> Table<T> {
     }
 
     /// The write `seq` of `key` is committed: unless a newer write changed the record since,
-    /// it is clean now (cached, or forgotten if it was a delete).
+    /// it is clean now (cached; a delete is cached as an absence).
     pub(super) fn settle(&mut self, key: &str, seq: u64) {
         if self.dirty.get(key).is_none_or(|d| d.seq != seq) {
             return;
@@ -189,12 +191,10 @@ impl<T: DeserializeOwned> Table<T> {
         let Some((key, dirty)) = self.dirty.remove_entry(key) else {
             return;
         };
-        if let Some(value) = dirty.value {
-            self.cache(key, value);
-        }
+        self.cache(key, dirty.value);
     }
 
-    fn cache(&mut self, key: String, value: T) {
+    fn cache(&mut self, key: String, value: Option<T>) {
         while self.order.len() >= self.cap {
             let Some((old, generation)) = self.order.pop_front() else {
                 break;
@@ -236,8 +236,8 @@ impl<T: DeserializeOwned + Clone> Table<T> {
                 continue;
             }
             let value = match self.clean.get(&key) {
-                Some((v, _)) => v.clone(),
-                None => db.parse(self.id, &key, &json)?,
+                Some((Some(v), _)) => v.clone(),
+                _ => db.parse(self.id, &key, &json)?,
             };
             out.push((key, value));
         }

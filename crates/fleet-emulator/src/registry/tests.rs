@@ -87,7 +87,38 @@ fn opening_reads_no_record() {
     assert!(reg.certificate("c7").unwrap().is_some());
     assert_eq!(reg.held(), 1, "a read caches what it read, and only that");
     assert!(reg.certificate("missing").unwrap().is_none());
-    assert_eq!(reg.held(), 1, "a missing row is not cached");
+    assert_eq!(reg.held(), 2, "an absent row is cached as absent");
+}
+
+#[test]
+fn a_cached_absence_gives_way_to_the_first_write_and_a_delete_is_cached_as_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::open(&dir.path().join("r.db")).unwrap();
+    assert!(reg.certificate("c1").unwrap().is_none());
+    reg.set_storage_delay(Duration::from_millis(100));
+    let commit = {
+        let mut t = reg.txn();
+        t.put_certificate(cert("c1", CertStatus::PendingActivation));
+        t.commit()
+    };
+    // Before its commit (the overlay) and after it (the clean cache): the write, not the
+    // absence read before it.
+    assert!(reg.certificate("c1").unwrap().is_some());
+    futures_lite_block_on(commit);
+    reg.set_storage_delay(Duration::ZERO);
+    assert_eq!(
+        reg.certificate("c1").unwrap().unwrap().status,
+        CertStatus::PendingActivation
+    );
+    let mut t = reg.txn();
+    t.delete_certificate("c1");
+    t.commit_blocking().unwrap();
+    assert!(reg.certificate("c1").unwrap().is_none());
+    // Reopened: the disk agrees.
+    reg.close();
+    drop(reg);
+    let reg = Registry::open(&dir.path().join("r.db")).unwrap();
+    assert!(reg.certificate("c1").unwrap().is_none());
 }
 
 #[test]
