@@ -28,7 +28,7 @@
 
 use tokio::sync::oneshot;
 
-use super::{Began, DeviceRow, LedgerError, Orphan, Transition};
+use super::{Began, DeviceRow, DeviceState, LedgerError, Orphan, Transition};
 
 /// The changes a station records. Every method returns at once; its [`Pending`] answers when
 /// the change is durable.
@@ -57,6 +57,9 @@ pub(crate) trait Records: Send + Sync + std::fmt::Debug {
     fn device(&self, serial: &str) -> Result<Option<DeviceRow>, LedgerError>;
     /// Every device, in the order they were first seen.
     fn devices(&self) -> Result<Vec<DeviceRow>, LedgerError>;
+    /// The devices in one of `states`, in the order they were first seen (the store filters,
+    /// so a ledger of many finished devices is not read whole to find the few unfinished).
+    fn devices_in(&self, states: &[DeviceState]) -> Result<Vec<DeviceRow>, LedgerError>;
     /// The audit trail of one device, oldest first: (state or note, detail, time).
     fn events(&self, id: i64) -> Result<Vec<(String, Option<String>, i64)>, LedgerError>;
     /// Every orphan, in the order they were recorded.

@@ -34,6 +34,18 @@ pub enum DeviceState {
 }
 
 impl DeviceState {
+    /// Every state, in the order a device goes through them.
+    pub const ALL: [DeviceState; 8] = [
+        DeviceState::Started,
+        DeviceState::KeyReserved,
+        DeviceState::CertificateIssued,
+        DeviceState::Registered,
+        DeviceState::Written,
+        DeviceState::Verified,
+        DeviceState::Failed,
+        DeviceState::Interrupted,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             DeviceState::Started => "started",

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::backend::Records;
 use super::sqlite::SqliteRecords;
-use super::{DeviceRow, LedgerError, Orphan};
+use super::{DeviceRow, DeviceState, LedgerError, Orphan};
 
 /// Read access to a ledger. [`Ledger`](super::Ledger) dereferences to one.
 #[derive(Debug, Clone)]
@@ -44,11 +44,11 @@ impl LedgerView {
     /// where they stopped when their boards are placed again. A device at `started` holds
     /// nothing and simply starts afresh, so it is not listed.
     pub fn unfinished(&self) -> Result<Vec<DeviceRow>, LedgerError> {
-        Ok(self
-            .devices()?
+        let resuming: Vec<DeviceState> = DeviceState::ALL
             .into_iter()
-            .filter(|d| d.state.resumes())
-            .collect())
+            .filter(|s| s.resumes())
+            .collect();
+        self.records.devices_in(&resuming)
     }
 
     /// The audit trail of one device, oldest first: (state or note, detail, time in ms).

@@ -143,6 +143,20 @@ impl Records for SqliteRecords {
         )
     }
 
+    fn devices_in(&self, states: &[DeviceState]) -> Result<Vec<DeviceRow>, LedgerError> {
+        // The states are this code's own names: quoted into the SQL, never from input.
+        let list = states
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.rows(
+            &format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE state IN ({list}) ORDER BY id"),
+            [],
+            device_row,
+        )
+    }
+
     fn events(&self, id: i64) -> Result<Vec<(String, Option<String>, i64)>, LedgerError> {
         self.rows(
             "SELECT state, detail, at_ms FROM events WHERE device_id = ?1 ORDER BY id",

@@ -5,7 +5,7 @@ use rusqlite::Connection;
 
 use super::*;
 use crate::ledger::{
-    DeviceState, KeySource, Ledger, LedgerError, OrphanStatus, Transition, export,
+    DeviceRow, DeviceState, KeySource, Ledger, LedgerError, OrphanStatus, Transition, export,
 };
 
 #[tokio::test]
@@ -476,4 +476,67 @@ async fn a_key_released_before_its_request_was_sent_leaves_no_orphan() {
     let d = ledger.device("SN-R").unwrap().unwrap();
     assert_eq!(d.state, DeviceState::CertificateIssued);
     assert_eq!(d.certificate_id.as_deref(), Some("d".repeat(64).as_str()));
+}
+
+#[tokio::test]
+async fn unfinished_lists_exactly_the_devices_that_resume_in_the_order_first_seen() {
+    let (_dir, path) = scratch();
+    let ledger = Ledger::open(&path, "st").unwrap();
+    // One device left in each state a device can be left in.
+    let begin = |serial: &'static str| {
+        let ledger = ledger.clone();
+        async move { ledger.begin(serial, "j").await.unwrap().id }
+    };
+    begin("SN-started").await;
+    let id = begin("SN-key").await;
+    ledger.record(id, key_reserved()).await.unwrap();
+    let id = begin("SN-issued").await;
+    ledger.record(id, key_reserved()).await.unwrap();
+    ledger.record(id, issued("c-issued")).await.unwrap();
+    let id = begin("SN-registered").await;
+    ledger.record(id, key_reserved()).await.unwrap();
+    ledger.record(id, issued("c-registered")).await.unwrap();
+    ledger.record(id, registered("t-registered")).await.unwrap();
+    let id = begin("SN-written").await;
+    ledger.record(id, key_reserved()).await.unwrap();
+    ledger.record(id, issued("c-written")).await.unwrap();
+    ledger.record(id, registered("t-written")).await.unwrap();
+    ledger.record(id, Transition::Written).await.unwrap();
+    let id = begin("SN-verified").await;
+    ledger.record(id, key_reserved()).await.unwrap();
+    ledger.record(id, issued("c-verified")).await.unwrap();
+    ledger.record(id, registered("t-verified")).await.unwrap();
+    ledger.record(id, Transition::Written).await.unwrap();
+    ledger.record(id, Transition::Verified).await.unwrap();
+    let id = begin("SN-failed").await;
+    let reason = "test".to_string();
+    ledger
+        .record(
+            id,
+            Transition::Failed {
+                reason: reason.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    let id = begin("SN-interrupted").await;
+    ledger
+        .record(id, Transition::Interrupted { reason })
+        .await
+        .unwrap();
+
+    let serials = |rows: Vec<DeviceRow>| rows.into_iter().map(|d| d.serial).collect::<Vec<_>>();
+    let unfinished = serials(ledger.unfinished().unwrap());
+    assert_eq!(
+        unfinished,
+        ["SN-key", "SN-issued", "SN-registered", "SN-written"]
+    );
+    // The same as reading every device and keeping those that resume.
+    let filtered: Vec<DeviceRow> = ledger
+        .devices()
+        .unwrap()
+        .into_iter()
+        .filter(|d| d.state.resumes())
+        .collect();
+    assert_eq!(unfinished, serials(filtered));
 }
