@@ -60,6 +60,8 @@ pub(crate) trait Records: Send + Sync + std::fmt::Debug {
     /// The devices in one of `states`, in the order they were first seen (the store filters,
     /// so a ledger of many finished devices is not read whole to find the few unfinished).
     fn devices_in(&self, states: &[DeviceState]) -> Result<Vec<DeviceRow>, LedgerError>;
+    /// How many devices are in one of `states` (counted by the store, no row read out).
+    fn count_in(&self, states: &[DeviceState]) -> Result<usize, LedgerError>;
     /// The audit trail of one device, oldest first: (state or note, detail, time).
     fn events(&self, id: i64) -> Result<Vec<(String, Option<String>, i64)>, LedgerError>;
     /// Every orphan, in the order they were recorded.

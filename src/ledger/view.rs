@@ -44,11 +44,12 @@ impl LedgerView {
     /// where they stopped when their boards are placed again. A device at `started` holds
     /// nothing and simply starts afresh, so it is not listed.
     pub fn unfinished(&self) -> Result<Vec<DeviceRow>, LedgerError> {
-        let resuming: Vec<DeviceState> = DeviceState::ALL
-            .into_iter()
-            .filter(|s| s.resumes())
-            .collect();
-        self.records.devices_in(&resuming)
+        self.records.devices_in(&resuming())
+    }
+
+    /// How many devices [`unfinished`](Self::unfinished) would list, without reading them.
+    pub fn unfinished_count(&self) -> Result<usize, LedgerError> {
+        self.records.count_in(&resuming())
     }
 
     /// The audit trail of one device, oldest first: (state or note, detail, time in ms).
@@ -60,4 +61,12 @@ impl LedgerView {
     pub fn orphans(&self) -> Result<Vec<Orphan>, LedgerError> {
         self.records.orphans()
     }
+}
+
+/// The states a device resumes from.
+fn resuming() -> Vec<DeviceState> {
+    DeviceState::ALL
+        .into_iter()
+        .filter(|s| s.resumes())
+        .collect()
 }

@@ -191,12 +191,12 @@ pub async fn run(cfg: &Config, opts: &RunOptions, shutdown: Shutdown) -> crate::
         }
     })?;
     let ledger = p.ledger.clone();
-    let unfinished = tokio::task::spawn_blocking(move || ledger.unfinished())
+    let unfinished = tokio::task::spawn_blocking(move || ledger.unfinished_count())
         .await
         .expect("the ledger reader does not panic")?;
-    if !unfinished.is_empty() {
+    if unfinished > 0 {
         tracing::info!(
-            count = unfinished.len(),
+            count = unfinished,
             "the ledger holds unfinished devices from an earlier run; they resume when their boards are placed"
         );
     }

@@ -189,11 +189,11 @@ impl Pipeline {
         };
         // Devices that keep their state for the next run.
         let ledger = self.ledger.clone();
-        let unfinished = tokio::task::spawn_blocking(move || ledger.unfinished())
+        let unfinished = tokio::task::spawn_blocking(move || ledger.unfinished_count())
             .await
             .ok()
             .and_then(Result::ok)
-            .map_or(0, |u| u.len());
+            .unwrap_or(0);
         drop(self.telemetry);
         let aggregate = self.aggregator.await.expect("telemetry aggregator");
         if let Some(p) = self.printer {

@@ -144,17 +144,29 @@ impl Records for SqliteRecords {
     }
 
     fn devices_in(&self, states: &[DeviceState]) -> Result<Vec<DeviceRow>, LedgerError> {
-        // The states are this code's own names: quoted into the SQL, never from input.
-        let list = states
-            .iter()
-            .map(|s| format!("'{}'", s.as_str()))
-            .collect::<Vec<_>>()
-            .join(", ");
         self.rows(
-            &format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE state IN ({list}) ORDER BY id"),
+            &format!(
+                "SELECT {DEVICE_COLUMNS} FROM devices WHERE state IN ({}) ORDER BY id",
+                state_list(states)
+            ),
             [],
             device_row,
         )
+    }
+
+    fn count_in(&self, states: &[DeviceState]) -> Result<usize, LedgerError> {
+        let n: i64 = self
+            .reader()?
+            .query_row(
+                &format!(
+                    "SELECT count(*) FROM devices WHERE state IN ({})",
+                    state_list(states)
+                ),
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sql_error(&self.path))?;
+        Ok(usize::try_from(n).unwrap_or(0))
     }
 
     fn events(&self, id: i64) -> Result<Vec<(String, Option<String>, i64)>, LedgerError> {
@@ -172,4 +184,13 @@ impl Records for SqliteRecords {
             orphan_row,
         )
     }
+}
+
+/// `'a', 'b'` of `states` for an `IN (..)`: this code's own state names, never input.
+fn state_list(states: &[DeviceState]) -> String {
+    states
+        .iter()
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -539,4 +539,5 @@ async fn unfinished_lists_exactly_the_devices_that_resume_in_the_order_first_see
         .filter(|d| d.state.resumes())
         .collect();
     assert_eq!(unfinished, serials(filtered));
+    assert_eq!(ledger.unfinished_count().unwrap(), 4);
 }
