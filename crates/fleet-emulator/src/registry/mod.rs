@@ -22,7 +22,8 @@
 //!
 //! Reads: the overlay, then the cache, then the row on disk through a `query_only` read
 //! connection used under the same lock. A record leaves the overlay only after its commit and
-//! under the lock, so a miss always finds the current row on disk. Nothing is loaded on open:
+//! under the lock, so a miss always finds the current row on disk; a row that is not there is
+//! cached as absent (`store.rs`), since every write goes through the overlay. Nothing is loaded on open:
 //! a row that does not parse is found when it is read, and that request fails
 //! ([`RegistryError::Corrupt`], logged with table and key; the API answers 500). Whole-table
 //! needs are explicit scans that merge the disk and the overlay; token expiry and the tokens
