@@ -181,15 +181,7 @@ async fn a_bad_parameter_stops_the_line_after_one_certificate_and_the_fixed_line
     let s = &report.summary;
     assert_eq!((s.devices.provisioned, s.devices.failed), (0, 0));
     assert!(s.devices.interrupted >= 1, "{:?}", s.devices);
-    let registry = |dir: &Path| {
-        Registry::open(&dir.join("emulator/registry.db"))
-            .unwrap()
-            .certificates()
-            .unwrap()
-            .iter()
-            .filter(|c| !c.claim)
-            .count()
-    };
+    let registry = |dir: &Path| crate::common::issued_certificates_in(&dir.join("emulator"));
     assert_eq!(
         registry(dir.path()),
         1,

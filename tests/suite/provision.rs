@@ -83,13 +83,7 @@ async fn provisions_many_devices_over_a_session_pool() {
 
 /// Certificates the emulator issued (claim certificate aside).
 fn issued(emu: &TestEmulator) -> usize {
-    emu.emulator
-        .registry()
-        .certificates()
-        .unwrap()
-        .iter()
-        .filter(|c| !c.claim)
-        .count()
+    common::issued_certificates(emu.emulator.registry())
 }
 
 #[tokio::test]

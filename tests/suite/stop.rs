@@ -9,7 +9,6 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::cli::{StationConfig, count, station, wait_for};
-use fleet_station::emulator::registry::Registry;
 use fleet_station::ledger::{DeviceState, Ledger};
 
 /// A station with the embedded emulator, RegisterThing paced to `register_tps` per second.
@@ -131,14 +130,8 @@ fn ctrl_c_keeps_the_devices_in_flight_and_the_next_run_resumes_them() {
             .all(|d| d.state == DeviceState::Verified)
     );
     assert!(l.orphans().unwrap().is_empty());
-    let registry = Registry::open(&dir.path().join("emulator/registry.db")).unwrap();
     assert_eq!(
-        registry
-            .certificates()
-            .unwrap()
-            .iter()
-            .filter(|c| !c.claim)
-            .count(),
+        crate::common::issued_certificates_in(&dir.path().join("emulator")),
         40,
         "one certificate per board"
     );

@@ -554,3 +554,20 @@ pub fn public_key_of(key_pem: &[u8]) -> Vec<u8> {
     let pair = rcgen::KeyPair::try_from(&key).unwrap();
     rcgen::PublicKeyData::subject_public_key_info(&pair)
 }
+
+/// Certificates the emulator's registry holds that it issued (the claim certificate aside).
+pub fn issued_certificates(registry: &fleet_station::emulator::registry::Registry) -> usize {
+    registry
+        .certificates()
+        .unwrap()
+        .iter()
+        .filter(|c| !c.claim)
+        .count()
+}
+
+/// [`issued_certificates`] of the registry an emulator left in `state_dir`.
+pub fn issued_certificates_in(state_dir: &Path) -> usize {
+    let registry =
+        fleet_station::emulator::registry::Registry::open(&state_dir.join("registry.db")).unwrap();
+    issued_certificates(&registry)
+}
