@@ -387,6 +387,85 @@ async fn one_subscribe_with_several_filters_grants_each() {
     assert_eq!(p.qos, q4(1), "overlapping filters: the highest QoS, once");
 }
 
+// ---------------------------------------------------------------------------------------------
+// Topic filters as AWS matches them (AWS IoT Core developer guide, "MQTT topics" and "AWS IoT
+// differences from MQTT specifications").
+
+/// Topics of the PUBLISHes a 3.1.1 client receives until one on `marker`.
+async fn topics_until_marker4(c: &mut Raw) -> Vec<String> {
+    let mut got = Vec::new();
+    loop {
+        let p = next_publish4(c).await;
+        if p.topic == "marker" {
+            return got;
+        }
+        got.push(p.topic);
+    }
+}
+
+/// Topics of the PUBLISHes an MQTT 5 client receives until one on `marker`.
+async fn topics_until_marker5(c: &mut Raw) -> Vec<String> {
+    let mut got = Vec::new();
+    loop {
+        let p = next_publish5(c).await;
+        let topic = String::from_utf8(p.topic.to_vec()).unwrap();
+        if topic == "marker" {
+            return got;
+        }
+        got.push(topic);
+    }
+}
+
+#[tokio::test]
+async fn a_multi_level_wildcard_does_not_match_the_parent_level_as_on_aws() {
+    // AWS: `sensor/#` receives `sensor/`, `sensor/temperature`, `sensor/temperature/room1`,
+    // not `sensor` (the MQTT specification would deliver `sensor` too).
+    let topics = [
+        "sensor",
+        "sensor/",
+        "sensor/temperature",
+        "sensor/temperature/room1",
+        "sensors/x",
+        "marker",
+    ];
+    let expected = ["sensor/", "sensor/temperature", "sensor/temperature/room1"];
+    let b = BrokerEmu::permissive(|_| {}).await;
+
+    let (mut c5, _) = b.v5("v5-parent").await;
+    suback5(&mut c5, 1, &[("sensor/#", 0), ("marker", 0)]).await;
+    for t in topics {
+        c5.send5(publish5(t, 0, 0, b"x")).await;
+    }
+    assert_eq!(topics_until_marker5(&mut c5).await, expected);
+
+    let mut c4 = b.v4("v4-parent").await;
+    suback4(&mut c4, 1, &[("sensor/#", 0), ("marker", 0)]).await;
+    for t in topics {
+        c4.send4(publish4(t, 0, 0, b"x")).await;
+    }
+    assert_eq!(topics_until_marker4(&mut c4).await, expected);
+}
+
+#[tokio::test]
+async fn first_level_wildcards_do_not_match_reserved_dollar_topics() {
+    let b = BrokerEmu::permissive(|_| {}).await;
+    let (mut wild, _) = b.v5("v5-wild").await;
+    suback5(&mut wild, 1, &[("#", 0), ("+/things/#", 0)]).await;
+    let (mut reserved, _) = b.v5("v5-reserved").await;
+    suback5(&mut reserved, 1, &[("$aws/things/#", 0), ("marker", 0)]).await;
+    let mut wild4 = b.v4("v4-wild").await;
+    suback4(&mut wild4, 1, &[("#", 0)]).await;
+
+    let shadow = "$aws/things/t/shadow/update";
+    for t in [shadow, "x/things/t", "marker"] {
+        wild.send5(publish5(t, 0, 0, b"x")).await;
+    }
+    // `#` and `+/things/#` get the ordinary topics only; `$aws/things/#` gets the reserved one.
+    assert_eq!(topics_until_marker5(&mut wild).await, ["x/things/t"]);
+    assert_eq!(topics_until_marker4(&mut wild4).await, ["x/things/t"]);
+    assert_eq!(topics_until_marker5(&mut reserved).await, [shadow]);
+}
+
 #[tokio::test]
 async fn after_unsubscribe_nothing_more_is_delivered() {
     let b = BrokerEmu::permissive(|_| {}).await;

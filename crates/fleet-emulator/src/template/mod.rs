@@ -94,7 +94,7 @@
 mod error;
 mod eval;
 mod expr;
-mod names;
+pub(crate) mod names;
 mod parse;
 mod provisioned;
 pub(crate) mod store;
