@@ -124,11 +124,26 @@ async fn a_thing_without_a_type_gets_at_most_three_attributes_and_fifty_with_one
     assert_nothing_created(&emu, "lim_1", &id);
 
     // With a thing type, four are fine.
-    let r = register(&mut c, "FourTyped", Format::Json, &token, &[("Serial", "1")])
-        .await
-        .unwrap();
+    let r = register(
+        &mut c,
+        "FourTyped",
+        Format::Json,
+        &token,
+        &[("Serial", "1")],
+    )
+    .await
+    .unwrap();
     assert_eq!(r.thing_name.as_deref(), Some("lim_1"));
-    assert_eq!(emu.emulator.registry().thing("lim_1").unwrap().unwrap().attributes.len(), 4);
+    assert_eq!(
+        emu.emulator
+            .registry()
+            .thing("lim_1")
+            .unwrap()
+            .unwrap()
+            .attributes
+            .len(),
+        4
+    );
 
     // The limit applies to the thing as stored: three, then a MERGE of a fourth, is refused.
     let (mut c, token, _) = claim(&emu, "claim-merge", &all).await;
@@ -141,7 +156,11 @@ async fn a_thing_without_a_type_gets_at_most_three_attributes_and_fifty_with_one
         "Thing lim_2 would have 4 attributes",
     );
     let stored = emu.emulator.registry().thing("lim_2").unwrap().unwrap();
-    assert_eq!(stored.attributes.len(), 3, "the existing thing is unchanged");
+    assert_eq!(
+        stored.attributes.len(),
+        3,
+        "the existing thing is unchanged"
+    );
     assert!(!stored.principals.contains(&id));
 }
 
@@ -187,15 +206,28 @@ async fn attribute_thing_type_and_policy_names_follow_aws_patterns() {
         "Invalid attribute name 'bad key'",
     );
     assert_invalid(
-        register(&mut c, "ByName", Format::Json, &token, &[("Name", "<policy>")]).await,
+        register(
+            &mut c,
+            "ByName",
+            Format::Json,
+            &token,
+            &[("Name", "<policy>")],
+        )
+        .await,
         "Invalid policy name '<policy>'",
     );
     assert_nothing_created(&emu, "lim_n", &id);
     // Values at the limits pass.
     let at_limit = "v".repeat(800);
-    let r = register(&mut c, "Named", Format::Json, &token, &params(&at_limit, "a:b_c-d"))
-        .await
-        .unwrap();
+    let r = register(
+        &mut c,
+        "Named",
+        Format::Json,
+        &token,
+        &params(&at_limit, "a:b_c-d"),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.thing_name.as_deref(), Some("lim_n"));
 }
 
@@ -220,7 +252,14 @@ async fn a_policy_document_over_2048_characters_fails_the_registration() {
     let over = "r".repeat(2048 - 14);
     for format in FORMATS {
         assert_invalid(
-            register(&mut c, "BigPolicy", format, &token, &[("Resource", over.as_str())]).await,
+            register(
+                &mut c,
+                "BigPolicy",
+                format,
+                &token,
+                &[("Resource", over.as_str())],
+            )
+            .await,
             "2049 characters excluding white space; AWS IoT allows at most 2048",
         );
     }
@@ -228,9 +267,15 @@ async fn a_policy_document_over_2048_characters_fails_the_registration() {
     assert!(cert.policies.is_empty());
     assert_eq!(cert.status, CertStatus::PendingActivation);
     let fits = "r".repeat(2048 - 15);
-    register(&mut c, "BigPolicy", Format::Json, &token, &[("Resource", fits.as_str())])
-        .await
-        .unwrap();
+    register(
+        &mut c,
+        "BigPolicy",
+        Format::Json,
+        &token,
+        &[("Resource", fits.as_str())],
+    )
+    .await
+    .unwrap();
     assert_eq!(certificate(&emu, &id).unwrap().policies.len(), 1);
 }
 
@@ -249,7 +294,12 @@ fn grouped_template() -> String {
 async fn thing_types_and_groups_are_created_on_first_use_by_default() {
     let (emu, _t) = emulator(&[("Grouped.json", grouped_template())], |_| {}).await;
     let (mut c, token, _) = claim(&emu, "claim-first-use", &["Grouped"]).await;
-    let params = [("Serial", "g"), ("Type", "Any"), ("Group", "any"), ("Billing", "b")];
+    let params = [
+        ("Serial", "g"),
+        ("Type", "Any"),
+        ("Group", "any"),
+        ("Billing", "b"),
+    ];
     register(&mut c, "Grouped", Format::Json, &token, &params)
         .await
         .unwrap();
@@ -270,9 +320,19 @@ async fn require_thing_types_and_groups_refuses_names_that_do_not_exist() {
     for (ty, group, billing, needle) in [
         ("Other", "fleet", "lab", "Thing type Other does not exist"),
         ("Sensor", "other", "lab", "Thing group other does not exist"),
-        ("Sensor", "fleet", "other", "Billing group other does not exist"),
+        (
+            "Sensor",
+            "fleet",
+            "other",
+            "Billing group other does not exist",
+        ),
     ] {
-        let params = [("Serial", "r"), ("Type", ty), ("Group", group), ("Billing", billing)];
+        let params = [
+            ("Serial", "r"),
+            ("Type", ty),
+            ("Group", group),
+            ("Billing", billing),
+        ];
         for format in FORMATS {
             assert_invalid(
                 register(&mut c, "Grouped", format, &token, &params).await,
@@ -281,7 +341,12 @@ async fn require_thing_types_and_groups_refuses_names_that_do_not_exist() {
         }
     }
     assert_nothing_created(&emu, "lim_r", &id);
-    let params = [("Serial", "r"), ("Type", "Sensor"), ("Group", "fleet"), ("Billing", "lab")];
+    let params = [
+        ("Serial", "r"),
+        ("Type", "Sensor"),
+        ("Group", "fleet"),
+        ("Billing", "lab"),
+    ];
     register(&mut c, "Grouped", Format::Json, &token, &params)
         .await
         .unwrap();

@@ -153,7 +153,11 @@ impl EmulatorConfig {
         for (key, names, rule) in [
             ("thing_types", &self.thing_types, &names::THING_TYPE_NAME),
             ("thing_groups", &self.thing_groups, &names::THING_GROUP_NAME),
-            ("billing_groups", &self.billing_groups, &names::BILLING_GROUP_NAME),
+            (
+                "billing_groups",
+                &self.billing_groups,
+                &names::BILLING_GROUP_NAME,
+            ),
         ] {
             if let Some(name) = names.iter().find(|n| !rule.accepts(n)) {
                 return Err(InvalidSetting::RegistryName {

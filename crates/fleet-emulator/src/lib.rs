@@ -255,13 +255,11 @@ impl Emulator {
 fn registry_rules(cfg: &EmulatorConfig) -> api::RegistryRules {
     let set = |names: &[String]| names.iter().cloned().collect();
     api::RegistryRules {
-        existing: cfg
-            .require_thing_types_and_groups
-            .then(|| api::Existing {
-                thing_types: set(&cfg.thing_types),
-                thing_groups: set(&cfg.thing_groups),
-                billing_groups: set(&cfg.billing_groups),
-            }),
+        existing: cfg.require_thing_types_and_groups.then(|| api::Existing {
+            thing_types: set(&cfg.thing_types),
+            thing_groups: set(&cfg.thing_groups),
+            billing_groups: set(&cfg.billing_groups),
+        }),
     }
 }
 

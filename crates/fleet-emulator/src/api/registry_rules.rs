@@ -105,7 +105,10 @@ mod tests {
 
     fn message(r: Rejection) -> String {
         let wire = r.to_response();
-        assert_eq!((wire.status_code, wire.error_code.as_str()), (400, "InvalidParameters"));
+        assert_eq!(
+            (wire.status_code, wire.error_code.as_str()),
+            (400, "InvalidParameters")
+        );
         wire.error_message
     }
 

@@ -17,8 +17,19 @@ pub(crate) fn valid_topic_name(topic: &str) -> bool {
     !topic.is_empty() && !topic.contains(['+', '#', '\0'])
 }
 
-/// A topic filter: `#` only as the whole last level, `+` only as a whole level.
+/// A topic filter: `#` only as the whole last level, `+` only as a whole level. A shared
+/// subscription `$share/<ShareName>/<filter>` needs a share name without `/`, `+` or `#`
+/// and a valid filter after it (MQTT 5 §4.8.2).
 pub(crate) fn valid_filter(filter: &str) -> bool {
+    if filter == "$share" || filter.starts_with("$share/") {
+        return shared_parts(filter).is_some_and(|(name, inner)| {
+            !name.is_empty() && !name.contains(['+', '#']) && valid_plain_filter(inner)
+        });
+    }
+    valid_plain_filter(filter)
+}
+
+fn valid_plain_filter(filter: &str) -> bool {
     if filter.is_empty() || filter.contains('\0') {
         return false;
     }
@@ -56,9 +67,10 @@ pub(crate) fn matches(filter: &str, topic: &str) -> bool {
     }
 }
 
-/// True for an MQTT 5 shared-subscription filter (`$share/<group>/<filter>`).
-pub(crate) fn is_shared_filter(filter: &str) -> bool {
-    filter.starts_with("$share/")
+/// The share name and the filter of a shared subscription (`$share/<ShareName>/<filter>`);
+/// `None` for an ordinary filter.
+pub(crate) fn shared_parts(filter: &str) -> Option<(&str, &str)> {
+    filter.strip_prefix("$share/")?.split_once('/')
 }
 
 /// The part of a topic name or filter that AWS counts against its size and slash limits.
@@ -160,6 +172,17 @@ mod tests {
         assert!(!valid_filter("a/#/b"));
         assert!(!valid_filter("a/b+"));
         assert!(!valid_filter(""));
+        assert!(valid_filter("$share/g/a/+"));
+        assert!(valid_filter("$share/g/#"));
+        assert!(!valid_filter("$share/g"));
+        assert!(!valid_filter("$share/g/"), "no filter after the share name");
+        assert!(!valid_filter("$share//a"), "an empty share name");
+        assert!(!valid_filter("$share/g+/a"));
+        assert!(!valid_filter("$share/#/a"));
+        assert!(!valid_filter("$share"));
+        assert_eq!(shared_parts("$share/g/a/b"), Some(("g", "a/b")));
+        assert_eq!(shared_parts("$sharex/g/a"), None);
+        assert_eq!(shared_parts("a/b"), None);
         assert!(valid_topic_name("a/b"));
         assert!(!valid_topic_name("a/+"));
     }
