@@ -13,6 +13,12 @@
 //! QoS 2 is not supported, as on AWS: a PUBLISH or SUBSCRIBE asking for it gets no PUBACK or
 //! SUBACK and is not processed (docs/aws-fleet-provisioning.md §2), on both versions.
 //!
+//! Shared subscriptions (`$share/<name>/<filter>`, which AWS supports on both versions): the
+//! broker picks one member of each matching group per message; a connection delivers on a
+//! shared subscription only when it is the member picked. It joins a group when the
+//! subscription is granted (or its persistent session resumes) and leaves on UNSUBSCRIBE or
+//! when it ends.
+//!
 //! Fleet-provisioning requests are handed to the API service on their own task; the reply
 //! comes back on this connection's control channel and is published only to this connection,
 //! only if it subscribed to the reply topic (docs/aws-fleet-provisioning.md §2).
@@ -876,13 +882,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     f.filter
                 )));
             }
-            let code = if !topic::valid_filter(&f.filter) {
-                SubCode::TopicFilterInvalid
-            } else if !topic::within_aws_limits(
-                &f.filter,
-                limits.max_topic_bytes,
-                limits.max_topic_slashes,
-            ) {
+            let code = if !topic::valid_filter(&f.filter)
+                || !topic::within_aws_limits(
+                    &f.filter,
+                    limits.max_topic_bytes,
+                    limits.max_topic_slashes,
+                ) {
                 SubCode::TopicFilterInvalid
             } else if !self.allowed(Action::Subscribe, &f.filter) {
                 // MQTT 3.1.1: a policy violation closes the connection; MQTT 5: SUBACK 0x87
