@@ -887,9 +887,9 @@ async fn mqtt5_subscription_identifiers_are_refused() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Shared subscriptions. AWS IoT Core "supports Shared Subscriptions for both MQTT3 and MQTT5":
-// clients subscribe to `$share/{ShareName}/{TopicFilter}` and "only one client will receive
-// messages published to that topic" (developer guide, "MQTT" → "Shared Subscriptions").
+// Shared subscriptions. AWS IoT Core supports them on MQTT 3.1.1 and 5: clients subscribe to
+// `$share/{ShareName}/{TopicFilter}` and each message goes to only one member of the group
+// (developer guide, "MQTT" → shared subscriptions).
 
 #[tokio::test]
 async fn a_shared_subscription_delivers_each_message_to_one_member_on_either_version() {

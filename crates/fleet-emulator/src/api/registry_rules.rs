@@ -2,10 +2,10 @@
 //! its `OverrideSettings` are applied: AWS's attribute count per thing, and (optionally) that
 //! the thing type, thing groups and billing group the template names exist.
 //!
-//! - Attributes: "Things with a thing type can have up to 50 attributes. Things without a
-//!   thing type can have up to three attributes" (AWS IoT developer guide, "Thing types";
-//!   the same figures on the AWS IoT Core quotas page). The names and values themselves are
-//!   checked by the template engine (`template::names`).
+//! - Attributes: a thing with a thing type can have up to 50 attributes, a thing without one
+//!   up to three (AWS IoT developer guide, "Thing types"; the AWS IoT Core quotas page;
+//!   CloudFormation's `AttributePayload` "specifies up to three attributes"). The names and
+//!   values themselves are checked by the template engine (`template::names`).
 //! - Existence: AWS creates none of these on RegisterThing; a template naming a thing type or
 //!   group the account lacks fails. The emulator, by default, treats every name as existing
 //!   (the demo and its tests rely on that); `require_thing_types_and_groups = true` makes it

@@ -147,9 +147,9 @@ impl BrokerShared {
     }
 
     /// For each shared subscription whose filter matches `topic`, the one member that gets
-    /// the message. AWS: "only one client will receive messages published to that topic
-    /// using a random distribution"; the emulator takes the members in turn (a choice, so
-    /// that tests can count).
+    /// the message. AWS sends each message to one member "in a random manner" (AWS IoT blog
+    /// on shared subscriptions); the emulator takes the members in turn (a choice, so that
+    /// tests can count).
     fn choose_shared(&self, topic: &str) -> Vec<(u64, String)> {
         let mut groups = lock(&self.shared);
         let mut chosen = Vec::new();

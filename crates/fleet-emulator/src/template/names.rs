@@ -115,8 +115,8 @@ pub(crate) const CERTIFICATE_ID: Rule = Rule {
     hex_prefix: true,
 };
 
-/// AWS IoT Core quotas ("AWS IoT Core policy" limits): "Maximum size of a policy document:
-/// 2048 characters (excluding white space)".
+/// AWS IoT Core quotas (policy limits): a policy document is at most 2048 characters,
+/// white space excluded.
 pub(crate) const MAX_POLICY_DOCUMENT_CHARS: usize = 2048;
 
 /// Checks a policy document against [`MAX_POLICY_DOCUMENT_CHARS`], counting every character

@@ -460,8 +460,8 @@ fn policy_by_document_object_or_escaped_string_gets_a_hash_name() {
 
 #[test]
 fn policy_documents_over_2048_characters_without_white_space_are_refused() {
-    // AWS IoT quotas: "Maximum size of a policy document: 2048 characters (excluding white
-    // space)". The canonical document is `{"Resource":"<r>"}`: 15 characters around `<r>`.
+    // AWS IoT Core quotas: a policy document is at most 2048 characters, white space not
+    // counted. The canonical document is `{"Resource":"<r>"}`: 15 characters around `<r>`.
     let doc = |resource_len: usize| {
         format!(
             r#"{{"PolicyDocument":{{"Resource":"{}"}}}}"#,
