@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import os
 import queue
 import re
 import sys
+import tempfile
 import time
 import traceback
 import uuid
@@ -202,12 +204,14 @@ class Mqtt3Session:
 class Mqtt5Session:
     """An awscrt MQTT 5 client built with mqtt5_client_builder (mTLS)."""
 
-    def __init__(self, ctx: Ctx, client_id: str, *, cert_path: str, key_path: str):
+    def __init__(self, ctx: Ctx, client_id: str, *, cert_path: str, key_path: str,
+                 on_publish: Callable[[mqtt5.PublishReceivedData], None] | None = None):
         self.ctx = ctx
         self.client_id = client_id
         self.connected: concurrent.futures.Future = concurrent.futures.Future()
         self.stopped: concurrent.futures.Future = concurrent.futures.Future()
         self.disconnections: list[str] = []
+        extra = {} if on_publish is None else {"on_publish_received": on_publish}
         self.client = mqtt5_client_builder.mtls_from_path(
             endpoint=ctx.args.endpoint,
             port=ctx.args.port,
@@ -222,6 +226,7 @@ class Mqtt5Session:
             on_lifecycle_connection_failure=self._on_failure,
             on_lifecycle_disconnection=self._on_disconnection,
             on_lifecycle_stopped=self._on_stopped,
+            **extra,
         )
         self.started = False
 
@@ -684,6 +689,123 @@ def case_mqtt5_rejected(ctx: Ctx) -> str:
 # Case: the issued identity is live
 
 
+@dataclass
+class Device:
+    """A provisioned device identity: its thing name and its certificate and key files."""
+    thing: str
+    certificate_id: str
+    cert_pem: bytes
+    key_pem: bytes
+    cert_path: str
+    key_path: str
+
+
+def provision_device(ctx: Ctx, tag: str, files: str) -> Device:
+    """CSR flow with the device template (its policy allows connect, publish, subscribe and
+    receive on everything); the certificate and key are written under `files`."""
+    template = ctx.device_template
+    serial = ctx.serial(tag)
+    key, csr = make_csr(serial)
+    with Mqtt3Session(ctx, ctx.client_id(f"{tag}claim"), cert_path=ctx.args.cert, key_path=ctx.args.key) as s:
+        client = v1_client(s)
+        create = v1_create_from_csr(ctx, s, client)
+        register = v1_register(ctx, s, client, template)
+        resp = create.expect_accepted(lambda qos: client.publish_create_certificate_from_csr(
+            iotidentity.CreateCertificateFromCsrRequest(certificate_signing_request=csr), qos))
+        reg = register.expect_accepted(lambda qos: client.publish_register_thing(register_request(
+            template, resp.certificate_ownership_token, TEMPLATES[template].parameters(serial)), qos))
+        thing = check_registered(ctx, template, serial, reg.thing_name, reg.device_configuration)
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    cert_path, key_path = os.path.join(files, f"{tag}.crt"), os.path.join(files, f"{tag}.key")
+    with open(cert_path, "wb") as f:
+        f.write(resp.certificate_pem.encode())
+    with open(key_path, "wb") as f:
+        f.write(key_pem)
+    return Device(thing, resp.certificate_id, resp.certificate_pem.encode(), key_pem, cert_path, key_path)
+
+
+def topics_until(q: queue.Queue, marker: str, ctx: Ctx, who: str) -> list[str]:
+    """Topics received on `q` until one on `marker` (deliveries to a connection keep their
+    order, and the marker was published last)."""
+    got = []
+    while True:
+        try:
+            topic = q.get(timeout=ctx.timeout)
+        except queue.Empty:
+            raise CaseFailure(f"{who}: no message on {marker} within {ctx.timeout:g} s "
+                              f"(received {got})") from None
+        if topic == marker:
+            return got
+        got.append(topic)
+
+
+def mqtt5_subscribe(ctx: Ctx, s: Mqtt5Session, filters: list[str]) -> None:
+    suback = ctx.wait(s.client.subscribe(mqtt5.SubscribePacket(subscriptions=[
+        mqtt5.Subscription(topic_filter=f, qos=mqtt5.QoS.AT_LEAST_ONCE) for f in filters])),
+        f"SUBACK for {filters}")
+    check(list(suback.reason_codes) == [mqtt5.SubackReasonCode.GRANTED_QOS_1] * len(filters),
+          f"SUBACK for {filters}: {suback.reason_codes}{s.context()}")
+
+
+def mqtt5_publish(ctx: Ctx, s: Mqtt5Session, topic: str) -> None:
+    puback = ctx.wait(s.client.publish(mqtt5.PublishPacket(
+        topic=topic, payload=b"x", qos=mqtt5.QoS.AT_LEAST_ONCE)), f"PUBACK for {topic}")
+    check(puback.puback.reason_code == mqtt5.PubackReasonCode.SUCCESS,
+          f"PUBACK for {topic}: {puback.puback.reason_code!r}{s.context()}")
+
+
+def case_mqtt5_topic_filters(ctx: Ctx) -> str:
+    """AWS: `sensor/#` receives `sensor/temperature`, not `sensor` (the MQTT specification
+    would deliver the parent level too)."""
+    base = f"interop/{ctx.run_id}/sensor"
+    with tempfile.TemporaryDirectory() as files:
+        device = provision_device(ctx, "filt", files)
+        received: queue.Queue = queue.Queue()
+        with Mqtt5Session(ctx, ctx.client_id("filt"), cert_path=device.cert_path, key_path=device.key_path,
+                          on_publish=lambda d: received.put(d.publish_packet.topic)) as s:
+            mqtt5_subscribe(ctx, s, [f"{base}/#", f"{base}-marker"])
+            for topic in [base, f"{base}/temperature", f"{base}/temperature/room1", f"{base}-marker"]:
+                mqtt5_publish(ctx, s, topic)
+            got = topics_until(received, f"{base}-marker", ctx, "subscriber")
+    want = [f"{base}/temperature", f"{base}/temperature/room1"]
+    check(got == want, f"{base}/# received {got}, expected {want} (not the parent {base})")
+    return f"{base}/# received the two sub-levels and not {base} itself"
+
+
+def case_shared_subscription(ctx: Ctx) -> str:
+    """AWS supports shared subscriptions on MQTT 3.1.1 and 5: `$share/<name>/<filter>`, each
+    message to only one member of the group."""
+    topic = f"interop/{ctx.run_id}/jobs"
+    shared = f"$share/g{ctx.run_id}/{topic}"
+    marker = f"interop/{ctx.run_id}/marker"
+    jobs = [f"{topic}/{i}" for i in range(6)]
+    with tempfile.TemporaryDirectory() as files:
+        device = provision_device(ctx, "share", files)
+        queues = [queue.Queue() for _ in range(3)]
+        paths = dict(cert_path=device.cert_path, key_path=device.key_path)
+        with Mqtt5Session(ctx, ctx.client_id("share1"), **paths,
+                          on_publish=lambda d: queues[0].put(d.publish_packet.topic)) as m1, \
+             Mqtt5Session(ctx, ctx.client_id("share2"), **paths,
+                          on_publish=lambda d: queues[1].put(d.publish_packet.topic)) as m2, \
+             Mqtt3Session(ctx, ctx.client_id("share3"), cert_pem=device.cert_pem, key_pem=device.key_pem) as m3, \
+             Mqtt5Session(ctx, ctx.client_id("sharepub"), **paths) as pub:
+            for m in (m1, m2):
+                mqtt5_subscribe(ctx, m, [f"{shared}/#", marker])
+            for f in (f"{shared}/#", marker):
+                fut, _ = m3.connection.subscribe(
+                    topic=f, qos=QOS1, callback=lambda topic, payload, **kw: queues[2].put(topic))
+                granted = ctx.wait(fut, f"SUBACK for {f} (MQTT 3.1.1)")
+                check(granted["qos"] == QOS1, f"SUBACK for {f} (MQTT 3.1.1): {granted}")
+            for job in jobs + [marker]:
+                mqtt5_publish(ctx, pub, job)
+            got = [topics_until(q, marker, ctx, who) for q, who in zip(queues, ["MQTT 5 member 1", "MQTT 5 member 2", "MQTT 3.1.1 member"])]
+    delivered = sorted(t for g in got for t in g)
+    check(delivered == jobs, f"each of {len(jobs)} messages to exactly one member; members got {got}")
+    check(all(got), f"every member should get some of the messages; members got {got}")
+    return f"{len(jobs)} messages shared by 2 MQTT 5 members and 1 MQTT 3.1.1 member: {[len(g) for g in got]}"
+
+
 def case_device_connect(ctx: Ctx) -> str:
     template = ctx.device_template
     serial = ctx.serial("dev")
@@ -722,6 +844,10 @@ CASES = [
     ("mqtt5-rejected", "MQTT 5 + IotIdentityClientV2: RegisterThing with bad tokens is rejected", case_mqtt5_rejected),
     ("device-connect", "MQTT 3.1.1: provision with the device template, then CONNECT as the device",
      case_device_connect),
+    ("mqtt5-topic-filters", "MQTT 5 as a provisioned device: a/# does not receive a (AWS's topic rules)",
+     case_mqtt5_topic_filters),
+    ("shared-subscription", "MQTT 5 and 3.1.1 as a provisioned device: $share/<name>/<filter> gives each "
+     "message to one member", case_shared_subscription),
 ]
 
 

@@ -252,7 +252,7 @@ async fn mqtt5_connack_tells_the_client_what_aws_enforces() {
         assert_eq!(p.retain_available, Some(1));
         assert_eq!(p.wildcard_subscription_available, Some(1));
         assert_eq!(p.subscription_identifiers_available, Some(0));
-        assert_eq!(p.shared_subscription_available, Some(0));
+        assert_eq!(p.shared_subscription_available, Some(1));
         assert_eq!(p.receive_max, Some(100));
         assert_eq!(p.topic_alias_max, Some(8));
         assert_eq!(p.max_packet_size, Some((PAYLOAD_LIMIT + 16 * 1024) as u32));
@@ -385,6 +385,85 @@ async fn one_subscribe_with_several_filters_grants_each() {
     let p = next_publish4(&mut c).await;
     assert_eq!(p.topic, "n/a");
     assert_eq!(p.qos, q4(1), "overlapping filters: the highest QoS, once");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Topic filters as AWS matches them (AWS IoT Core developer guide, "MQTT topics" and "AWS IoT
+// differences from MQTT specifications").
+
+/// Topics of the PUBLISHes a 3.1.1 client receives until one on `marker`.
+async fn topics_until_marker4(c: &mut Raw) -> Vec<String> {
+    let mut got = Vec::new();
+    loop {
+        let p = next_publish4(c).await;
+        if p.topic == "marker" {
+            return got;
+        }
+        got.push(p.topic);
+    }
+}
+
+/// Topics of the PUBLISHes an MQTT 5 client receives until one on `marker`.
+async fn topics_until_marker5(c: &mut Raw) -> Vec<String> {
+    let mut got = Vec::new();
+    loop {
+        let p = next_publish5(c).await;
+        let topic = String::from_utf8(p.topic.to_vec()).unwrap();
+        if topic == "marker" {
+            return got;
+        }
+        got.push(topic);
+    }
+}
+
+#[tokio::test]
+async fn a_multi_level_wildcard_does_not_match_the_parent_level_as_on_aws() {
+    // AWS: `sensor/#` receives `sensor/`, `sensor/temperature`, `sensor/temperature/room1`,
+    // not `sensor` (the MQTT specification would deliver `sensor` too).
+    let topics = [
+        "sensor",
+        "sensor/",
+        "sensor/temperature",
+        "sensor/temperature/room1",
+        "sensors/x",
+        "marker",
+    ];
+    let expected = ["sensor/", "sensor/temperature", "sensor/temperature/room1"];
+    let b = BrokerEmu::permissive(|_| {}).await;
+
+    let (mut c5, _) = b.v5("v5-parent").await;
+    suback5(&mut c5, 1, &[("sensor/#", 0), ("marker", 0)]).await;
+    for t in topics {
+        c5.send5(publish5(t, 0, 0, b"x")).await;
+    }
+    assert_eq!(topics_until_marker5(&mut c5).await, expected);
+
+    let mut c4 = b.v4("v4-parent").await;
+    suback4(&mut c4, 1, &[("sensor/#", 0), ("marker", 0)]).await;
+    for t in topics {
+        c4.send4(publish4(t, 0, 0, b"x")).await;
+    }
+    assert_eq!(topics_until_marker4(&mut c4).await, expected);
+}
+
+#[tokio::test]
+async fn first_level_wildcards_do_not_match_reserved_dollar_topics() {
+    let b = BrokerEmu::permissive(|_| {}).await;
+    let (mut wild, _) = b.v5("v5-wild").await;
+    suback5(&mut wild, 1, &[("#", 0), ("+/things/#", 0)]).await;
+    let (mut reserved, _) = b.v5("v5-reserved").await;
+    suback5(&mut reserved, 1, &[("$aws/things/#", 0), ("marker", 0)]).await;
+    let mut wild4 = b.v4("v4-wild").await;
+    suback4(&mut wild4, 1, &[("#", 0)]).await;
+
+    let shadow = "$aws/things/t/shadow/update";
+    for t in [shadow, "x/things/t", "marker"] {
+        wild.send5(publish5(t, 0, 0, b"x")).await;
+    }
+    // `#` and `+/things/#` get the ordinary topics only; `$aws/things/#` gets the reserved one.
+    assert_eq!(topics_until_marker5(&mut wild).await, ["x/things/t"]);
+    assert_eq!(topics_until_marker4(&mut wild4).await, ["x/things/t"]);
+    assert_eq!(topics_until_marker5(&mut reserved).await, [shadow]);
 }
 
 #[tokio::test]
@@ -783,7 +862,7 @@ async fn aws_topics_are_limited_to_256_bytes_and_7_slashes() {
 // Other MQTT 5 behaviour.
 
 #[tokio::test]
-async fn mqtt5_subscription_identifiers_and_shared_subscriptions_are_refused() {
+async fn mqtt5_subscription_identifiers_are_refused() {
     let b = BrokerEmu::permissive(|_| {}).await;
     let (mut c, _) = b.v5("v5-subid").await;
     let mut s = v5::Subscribe::new_many(
@@ -804,11 +883,132 @@ async fn mqtt5_subscription_identifiers_and_shared_subscriptions_are_refused() {
         }
         other => panic!("expected SUBACK, got {other:?}"),
     }
-    assert_eq!(
-        suback5(&mut c, 2, &[("$share/group/s/a", 1)]).await,
-        vec![S5::SharedSubscriptionsNotSupported]
-    );
     assert!(c.ping5().await.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared subscriptions. AWS IoT Core supports them on MQTT 3.1.1 and 5: clients subscribe to
+// `$share/{ShareName}/{TopicFilter}` and each message goes to only one member of the group
+// (developer guide, "MQTT" → shared subscriptions).
+
+#[tokio::test]
+async fn a_shared_subscription_delivers_each_message_to_one_member_on_either_version() {
+    let b = BrokerEmu::permissive(|_| {}).await;
+    let shared = "$share/workers/jobs/#";
+    let (mut m1, _) = b.v5("v5-member-1").await;
+    let (mut m2, _) = b.v5("v5-member-2").await;
+    let mut m3 = b.v4("v4-member-3").await;
+    for m in [&mut m1, &mut m2] {
+        assert_eq!(
+            suback5(m, 1, &[(shared, 1), ("marker", 0)]).await,
+            vec![S5::Success(Q5::AtLeastOnce), S5::Success(Q5::AtMostOnce)]
+        );
+    }
+    assert_eq!(
+        suback4(&mut m3, 1, &[(shared, 1), ("marker", 0)]).await,
+        vec![
+            v4::SubscribeReasonCode::Success(q4(1)),
+            v4::SubscribeReasonCode::Success(q4(0))
+        ]
+    );
+    // An ordinary subscriber of the same filter gets every message.
+    let (mut all, _) = b.v5("v5-ordinary").await;
+    suback5(&mut all, 1, &[("jobs/#", 0), ("marker", 0)]).await;
+
+    let (mut publisher, _) = b.v5("v5-jobs").await;
+    let jobs: Vec<String> = (0..6).map(|i| format!("jobs/{i}")).collect();
+    for (i, job) in jobs.iter().enumerate() {
+        assert_eq!(
+            puback5(&mut publisher, job, 1 + i as u16, b"j").await,
+            P5::Success
+        );
+    }
+    // `jobs` does not match `jobs/#` (AWS's parent rule) and goes to nobody.
+    publisher.send5(publish5("jobs", 0, 0, b"j")).await;
+    publisher.send5(publish5("marker", 0, 0, b"m")).await;
+
+    let got = [
+        topics_until_marker5(&mut m1).await,
+        topics_until_marker5(&mut m2).await,
+        topics_until_marker4(&mut m3).await,
+    ];
+    let mut delivered: Vec<String> = got.iter().flatten().cloned().collect();
+    delivered.sort();
+    assert_eq!(
+        delivered, jobs,
+        "each message to exactly one member: {got:?}"
+    );
+    assert!(
+        got.iter().all(|g| !g.is_empty()),
+        "members take turns: {got:?}"
+    );
+    assert_eq!(topics_until_marker5(&mut all).await, jobs);
+}
+
+#[tokio::test]
+async fn a_member_that_unsubscribes_or_leaves_gets_no_more_shared_messages() {
+    let b = BrokerEmu::permissive(|_| {}).await;
+    let shared = "$share/g/work";
+    let (mut stays, _) = b.v5("v5-stays").await;
+    suback5(&mut stays, 1, &[(shared, 0), ("marker", 0)]).await;
+    let (mut goes, _) = b.v5("v5-goes").await;
+    suback5(&mut goes, 1, &[(shared, 0), ("marker", 0)]).await;
+    let mut gone = b.v4("v4-gone").await;
+    suback4(&mut gone, 1, &[(shared, 0)]).await;
+
+    // The UNSUBACK says `goes` left the group; the broker closes `gone`'s connection only
+    // after taking it out of its groups.
+    goes.send5(unsubscribe5(2, &[shared])).await;
+    assert!(
+        matches!(goes.recv5().await, Some(v5::Packet::UnsubAck(u)) if u.reasons == [U5::Success])
+    );
+    gone.send4(v4::Packet::Disconnect).await;
+    assert!(gone.until_closed4().await.is_empty());
+
+    let (mut publisher, _) = b.v5("v5-work").await;
+    for i in 0..4u16 {
+        assert_eq!(
+            puback5(&mut publisher, "work", 1 + i, b"w").await,
+            P5::Success
+        );
+    }
+    publisher.send5(publish5("marker", 0, 0, b"m")).await;
+    assert_eq!(topics_until_marker5(&mut goes).await, Vec::<String>::new());
+    assert_eq!(topics_until_marker5(&mut stays).await, ["work"; 4]);
+}
+
+#[tokio::test]
+async fn shared_subscription_filters_are_checked() {
+    let b = BrokerEmu::permissive(|_| {}).await;
+    let (mut c, _) = b.v5("v5-share-filters").await;
+    assert_eq!(
+        suback5(
+            &mut c,
+            1,
+            &[
+                ("$share/g", 0),
+                ("$share//a", 0),
+                ("$share/g+/a", 0),
+                ("$share/g/a/#/b", 0),
+                ("$share/g/a/+", 0),
+            ]
+        )
+        .await,
+        vec![
+            S5::TopicFilterInvalid,
+            S5::TopicFilterInvalid,
+            S5::TopicFilterInvalid,
+            S5::TopicFilterInvalid,
+            S5::Success(Q5::AtMostOnce),
+        ]
+    );
+    // MQTT 5 §3.8.3.1: No Local on a shared subscription is a Protocol Error.
+    let mut f = v5::Filter::new("$share/g/a", Q5::AtMostOnce);
+    f.nolocal = true;
+    let mut s = v5::Subscribe::new(f, None);
+    s.pkid = 2;
+    c.send5(v5::Packet::Subscribe(s)).await;
+    assert_eq!(disconnect_reason(&mut c).await, D5::ProtocolError);
 }
 
 #[tokio::test]

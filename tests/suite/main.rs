@@ -17,6 +17,7 @@ mod emulator_api;
 mod emulator_durability;
 mod emulator_faults;
 mod emulator_registry_compat;
+mod emulator_registry_rules;
 mod endpoint_errors;
 mod faults;
 mod jig_faults;

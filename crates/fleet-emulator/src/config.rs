@@ -10,6 +10,7 @@ use super::broker::{BrokerLimitOverrides, BrokerProfile};
 use super::errors::ERROR_CODES;
 use super::faults::{FaultConfig, MAX_DELAY_MS};
 use super::quota::QuotaConfig;
+use super::template::names;
 
 /// The `[emulator]` section of `station.toml`.
 #[derive(Debug, Clone, Deserialize)]
@@ -75,6 +76,24 @@ pub struct EmulatorConfig {
     /// (`0` lifts an optional limit). Keys: see `BrokerLimits`.
     #[serde(default)]
     pub broker_limits: BrokerLimitOverrides,
+
+    // --- Registry ---
+    /// Make RegisterThing require, as AWS does, that the thing type, thing groups and billing
+    /// group a template names exist: those listed in `thing_types`, `thing_groups` and
+    /// `billing_groups`. `false` (the default): every name is taken as existing (created on
+    /// first use).
+    #[serde(default)]
+    pub require_thing_types_and_groups: bool,
+    /// Thing types that exist in the emulated account (read with
+    /// `require_thing_types_and_groups`).
+    #[serde(default)]
+    pub thing_types: Vec<String>,
+    /// Thing groups that exist (read with `require_thing_types_and_groups`).
+    #[serde(default)]
+    pub thing_groups: Vec<String>,
+    /// Billing groups that exist (read with `require_thing_types_and_groups`).
+    #[serde(default)]
+    pub billing_groups: Vec<String>,
 }
 
 fn default_listen() -> String {
@@ -117,6 +136,10 @@ impl Default for EmulatorConfig {
             alpn_listen: None,
             broker_profile: BrokerProfile::default(),
             broker_limits: BrokerLimitOverrides::default(),
+            require_thing_types_and_groups: false,
+            thing_types: Vec::new(),
+            thing_groups: Vec::new(),
+            billing_groups: Vec::new(),
         }
     }
 }
@@ -127,6 +150,23 @@ impl EmulatorConfig {
     pub fn validate(&self) -> Result<(), InvalidSetting> {
         self.quotas.validate()?;
         self.faults.validate()?;
+        for (key, names, rule) in [
+            ("thing_types", &self.thing_types, &names::THING_TYPE_NAME),
+            ("thing_groups", &self.thing_groups, &names::THING_GROUP_NAME),
+            (
+                "billing_groups",
+                &self.billing_groups,
+                &names::BILLING_GROUP_NAME,
+            ),
+        ] {
+            if let Some(name) = names.iter().find(|n| !rule.accepts(n)) {
+                return Err(InvalidSetting::RegistryName {
+                    key,
+                    name: name.clone(),
+                    rule: rule.description,
+                });
+            }
+        }
         match self
             .error_codes
             .keys()
@@ -162,6 +202,14 @@ pub enum InvalidSetting {
     /// A delay of `emulator.faults` (`key`: its key there) is over [`MAX_DELAY_MS`].
     #[error("is {ms}; it must be at most {MAX_DELAY_MS} (ten minutes)")]
     FaultDelay { key: &'static str, ms: u64 },
+    /// A name in `emulator.thing_types`, `thing_groups` or `billing_groups` (`key`) breaks
+    /// AWS's naming rule for it.
+    #[error("holds {name:?}, which is not a valid name: {rule}")]
+    RegistryName {
+        key: &'static str,
+        name: String,
+        rule: &'static str,
+    },
     /// A key of `emulator.error_codes` is not one of the emulator's errorCodes.
     #[error("{0} is not an errorCode of the emulator; known: {known}", known = ERROR_CODES.join(", "))]
     UnknownErrorCode(String),
@@ -179,6 +227,7 @@ impl InvalidSetting {
             // Either of two counts; the problem names them both.
             InvalidSetting::FaultCount => "emulator.faults".into(),
             InvalidSetting::UnknownErrorCode(code) => format!("emulator.error_codes.{code}"),
+            InvalidSetting::RegistryName { key, .. } => format!("emulator.{key}"),
         }
     }
 
@@ -207,6 +256,34 @@ mod tests {
             "{e}"
         );
         assert_eq!(EmulatorConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn registry_names_are_read_and_checked() {
+        let cfg: EmulatorConfig = toml::from_str(
+            r#"
+            require_thing_types_and_groups = true
+            thing_types = ["Sensor"]
+            thing_groups = ["fleet-a", "fleet:b"]
+            "#,
+        )
+        .unwrap();
+        assert!(cfg.require_thing_types_and_groups);
+        assert_eq!(cfg.thing_types, ["Sensor"]);
+        assert_eq!(cfg.validate(), Ok(()));
+        assert!(!EmulatorConfig::default().require_thing_types_and_groups);
+
+        let bad = EmulatorConfig {
+            thing_groups: vec!["ok".into(), "has space".into()],
+            ..EmulatorConfig::default()
+        };
+        let e = bad.validate().unwrap_err();
+        assert_eq!(e.key(), "emulator.thing_groups");
+        assert_eq!(
+            e.problem(),
+            "holds \"has space\", which is not a valid name: 1-128 characters from a-z A-Z \
+             0-9 : _ -"
+        );
     }
 
     #[test]

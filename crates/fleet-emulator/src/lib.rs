@@ -173,6 +173,7 @@ impl Emulator {
                 templates,
                 ApiSettings {
                     token_ttl: Duration::from_secs(cfg.token_ttl_s),
+                    registry_rules: registry_rules(cfg),
                 },
             )
             .with_key_stock(KeyStock::new(cfg.rsa_stock, cfg.rsa_workers))
@@ -247,6 +248,18 @@ impl Emulator {
         if let Err(e) = self.registry.flush() {
             tracing::error!(error = %e, "emulator: the registry could not be saved at stop");
         }
+    }
+}
+
+/// `require_thing_types_and_groups` and the names that exist, as RegisterThing checks them.
+fn registry_rules(cfg: &EmulatorConfig) -> api::RegistryRules {
+    let set = |names: &[String]| names.iter().cloned().collect();
+    api::RegistryRules {
+        existing: cfg.require_thing_types_and_groups.then(|| api::Existing {
+            thing_types: set(&cfg.thing_types),
+            thing_groups: set(&cfg.thing_groups),
+            billing_groups: set(&cfg.billing_groups),
+        }),
     }
 }
 

@@ -6,10 +6,15 @@
 //! - `create_keys_and_certificate`: RSA-2048 key from the [`KeyStock`], certificate, token.
 //! - `create_certificate_from_csr`: CSR checked and signed, certificate, token.
 //! - `register_thing`: token redeemed, pre-provisioning hook ([`Hooks`]), template applied.
+//! - `registry_rules`: what RegisterThing checks on the thing it stores (attribute count,
+//!   and optionally that its thing type and groups exist).
 
 mod create_certificate_from_csr;
 mod create_keys_and_certificate;
 mod register_thing;
+mod registry_rules;
+
+pub(crate) use registry_rules::{Existing, RegistryRules};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -58,12 +63,15 @@ pub(crate) struct ApiReply {
 pub(crate) struct ApiSettings {
     /// How long an ownership token stays valid (AWS: one hour).
     pub token_ttl: Duration,
+    /// What RegisterThing checks on the thing it stores.
+    pub registry_rules: RegistryRules,
 }
 
 impl Default for ApiSettings {
     fn default() -> Self {
         ApiSettings {
             token_ttl: Duration::from_secs(3600),
+            registry_rules: RegistryRules::default(),
         }
     }
 }

@@ -8,7 +8,9 @@
 //!
 //! Application, all under one registry transaction so a token is redeemed at most once, and
 //! answered only once that transaction is committed (a failed commit is 500):
-//! - the thing is created, or updated per its `OverrideSettings` (see below);
+//! - the thing is created, or updated per its `OverrideSettings` (see below), and must then
+//!   meet AWS's registry constraints (`registry_rules`: at most 3 attributes without a thing
+//!   type, 50 with one; optionally, its thing type and groups must exist);
 //! - policies named by `PolicyName` must exist; a `PolicyDocument` policy is created under
 //!   its hash name if missing; each is attached to the certificate;
 //! - the certificate is attached to the thing and gets the template's `Status`;
@@ -28,7 +30,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{ApiRequest, ApiService, durable};
+use super::{ApiRequest, ApiService, RegistryRules, durable};
 use crate::errors::Rejection;
 use crate::fleet::payloads::decode_or_default;
 use crate::fleet::{RegisterThingRequest, RegisterThingResponse};
@@ -108,7 +110,12 @@ pub(super) async fn handle(
                 return Err(Rejection::TokenInvalid);
             }
         }
-        apply(&mut txn, &certificate_id, &provisioned)?;
+        apply(
+            &mut txn,
+            &certificate_id,
+            &provisioned,
+            &svc.settings.registry_rules,
+        )?;
         txn.consume_token(token.expose())?;
         txn.commit()
     };
@@ -123,7 +130,12 @@ pub(super) async fn handle(
 }
 
 /// Applies evaluated resources; on error nothing has been changed.
-fn apply(txn: &mut Txn<'_>, certificate_id: &str, p: &Provisioned) -> Result<(), Rejection> {
+fn apply(
+    txn: &mut Txn<'_>,
+    certificate_id: &str,
+    p: &Provisioned,
+    rules: &RegistryRules,
+) -> Result<(), Rejection> {
     // Validate everything before changing anything.
     if let Some(cert) = &p.certificate
         && cert.certificate_id != certificate_id
@@ -145,6 +157,10 @@ fn apply(txn: &mut Txn<'_>, certificate_id: &str, p: &Provisioned) -> Result<(),
         Some(spec) => Some(merged_thing(txn.thing(&spec.name)?, spec)?),
         None => None,
     };
+    // AWS's registry constraints apply to the thing as stored (after OverrideSettings).
+    if let Some(thing) = &thing {
+        rules.check(thing)?;
+    }
 
     let Some(mut cert) = txn.certificate(certificate_id)?.cloned() else {
         return Err(Rejection::TokenInvalid);

@@ -13,6 +13,12 @@
 //! QoS 2 is not supported, as on AWS: a PUBLISH or SUBSCRIBE asking for it gets no PUBACK or
 //! SUBACK and is not processed (docs/aws-fleet-provisioning.md §2), on both versions.
 //!
+//! Shared subscriptions (`$share/<name>/<filter>`, which AWS supports on both versions): the
+//! broker picks one member of each matching group per message; a connection delivers on a
+//! shared subscription only when it is the member picked. It joins a group when the
+//! subscription is granted (or its persistent session resumes) and leaves on UNSUBSCRIBE or
+//! when it ends.
+//!
 //! Fleet-provisioning requests are handed to the API service on their own task; the reply
 //! comes back on this connection's control channel and is published only to this connection,
 //! only if it subscribed to the reply topic (docs/aws-fleet-provisioning.md §2).
@@ -119,7 +125,14 @@ pub(super) async fn serve(
     conn.run(deadline).await;
 }
 
-/// One subscription of a connection.
+/// Where a delivered message comes from: the publishing connection, and the members the
+/// broker chose for the shared subscriptions it matches.
+struct Origin {
+    conn_id: u64,
+    shared: Option<Arc<Vec<(u64, String)>>>,
+}
+
+/// One subscription of a connection (`filter` as subscribed, `$share/...` included).
 struct Subscription {
     filter: String,
     /// Granted QoS (0 or 1).
@@ -161,6 +174,15 @@ struct Connection<S> {
 }
 
 impl<S> Connection<S> {
+    /// Takes this connection out of the groups of its shared subscriptions (it is ending).
+    fn leave_shared_groups(&self) {
+        for s in &self.subscriptions {
+            if topic::shared_parts(&s.filter).is_some() {
+                self.shared.leave_shared(&s.filter, self.conn_id);
+            }
+        }
+    }
+
     /// Saves the subscriptions of a persistent session as they change.
     fn save_session(&self) {
         if self.persistent {
@@ -270,6 +292,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         };
         let close = self.session(&mut control_rx, keep_alive).await;
         tracing::debug!(client = %self.client_id, %close, "emulator: connection closed");
+        self.leave_shared_groups();
         lock_sessions(&self.shared).close(&self.client_id, self.conn_id, std::time::Instant::now());
         self.shared.release_client_id(&self.client_id, self.conn_id);
         if !matches!(close, Close::Io(_) | Close::PeerClosed) {
@@ -485,6 +508,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     no_local: s.no_local,
                 })
                 .collect();
+            // A resumed session's shared subscriptions take this connection into their groups.
+            for s in &self.subscriptions {
+                if topic::shared_parts(&s.filter).is_some() {
+                    shared.join_shared(&s.filter, self.conn_id);
+                }
+            }
         }
         let granted = limits.effective_keep_alive(keep_alive_s);
         let props = (self.protocol == Protocol::V5).then(|| {
@@ -504,6 +533,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             props,
         };
         if self.send(accepted).await.is_err() || self.flush_out().await.is_err() {
+            self.leave_shared_groups();
             lock_sessions(&shared).close(&self.client_id, self.conn_id, std::time::Instant::now());
             shared.release_client_id(&self.client_id, self.conn_id);
             return None;
@@ -589,8 +619,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                             return c;
                         }
                     }
-                    Some(Control::Deliver { topic, payload, qos, props, origin }) => {
-                        if let Err(c) = self.deliver(topic, payload, Some(qos), props, Some(origin)).await {
+                    Some(Control::Deliver { topic, payload, qos, props, origin, shared }) => {
+                        let from = Some(Origin { conn_id: origin, shared });
+                        if let Err(c) = self.deliver(topic, payload, Some(qos), props, from).await {
                             return c;
                         }
                     }
@@ -628,6 +659,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         let before = self.subscriptions.len();
                         self.subscriptions.retain(|s| s.filter != *f);
                         if self.subscriptions.len() < before {
+                            if topic::shared_parts(f).is_some() {
+                                self.shared.leave_shared(f, self.conn_id);
+                            }
                             UnsubCode::Success
                         } else {
                             UnsubCode::NoSubscriptionExisted
@@ -840,15 +874,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let mut over_quota = false;
         let mut retained_for: Vec<(String, u8)> = Vec::new();
         for f in filters {
-            let code = if !topic::valid_filter(&f.filter) {
-                SubCode::TopicFilterInvalid
-            } else if topic::is_shared_filter(&f.filter) {
-                SubCode::SharedSubscriptionsNotSupported
-            } else if !topic::within_aws_limits(
-                &f.filter,
-                limits.max_topic_bytes,
-                limits.max_topic_slashes,
-            ) {
+            let is_shared = topic::shared_parts(&f.filter).is_some();
+            // MQTT 5 §3.8.3.1: No Local on a shared subscription is a Protocol Error.
+            if v5 && is_shared && f.no_local {
+                return Err(Close::Protocol(format!(
+                    "No Local on shared subscription {}",
+                    f.filter
+                )));
+            }
+            let code = if !topic::valid_filter(&f.filter)
+                || !topic::within_aws_limits(
+                    &f.filter,
+                    limits.max_topic_bytes,
+                    limits.max_topic_slashes,
+                ) {
                 SubCode::TopicFilterInvalid
             } else if !self.allowed(Action::Subscribe, &f.filter) {
                 // MQTT 3.1.1: a policy violation closes the connection; MQTT 5: SUBACK 0x87
@@ -858,7 +897,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 }
                 SubCode::NotAuthorized
             } else {
-                let exact = !f.filter.contains(['+', '#']);
+                // Retained messages go to exact ordinary filters only (AWS); never to a shared
+                // subscription (MQTT 5 §4.8.2: none are sent when a shared one is made).
+                let exact = !is_shared && !f.filter.contains(['+', '#']);
                 let existing = self.subscriptions.iter().position(|s| s.filter == f.filter);
                 let new_sub = Subscription {
                     filter: f.filter.clone(),
@@ -868,6 +909,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 match existing {
                     Some(i) => {
                         self.subscriptions[i] = new_sub;
+                        if is_shared {
+                            shared.join_shared(&f.filter, self.conn_id);
+                        }
                         // Retain Handling 0: retained messages on every subscribe.
                         if exact && f.retain_handling == 0 {
                             retained_for.push((f.filter, f.qos));
@@ -883,6 +927,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     }
                     None => {
                         self.subscriptions.push(new_sub);
+                        if is_shared {
+                            shared.join_shared(&f.filter, self.conn_id);
+                        }
                         // AWS sends a retained message on subscribe only to a filter that
                         // names its topic exactly (no wildcards).
                         if exact && f.retain_handling < 2 {
@@ -934,20 +981,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     /// Publishes to this client if a subscription matches (and `iot:Receive` allows it).
     /// `publish_qos` is `None` for API replies, which go out at the subscription's QoS;
-    /// `origin` is the publishing connection, for MQTT 5 No Local.
+    /// `origin` is the publishing connection (for MQTT 5 No Local) and the shared
+    /// subscriptions the broker chose a member for: a shared subscription of this connection
+    /// counts only when this connection is that member. API replies (`origin` `None`) go to
+    /// ordinary subscriptions only.
     async fn deliver(
         &mut self,
         topic: String,
         payload: Bytes,
         publish_qos: Option<u8>,
         props: Option<Arc<ForwardedProps>>,
-        origin: Option<u64>,
+        origin: Option<Origin>,
     ) -> Result<(), Close> {
-        let own = origin == Some(self.conn_id);
+        let own = origin.as_ref().is_some_and(|o| o.conn_id == self.conn_id);
+        let chosen = |filter: &str| {
+            origin
+                .as_ref()
+                .and_then(|o| o.shared.as_deref())
+                .is_some_and(|c| c.iter().any(|(m, f)| *m == self.conn_id && f == filter))
+        };
         let Some(sub_qos) = self
             .subscriptions
             .iter()
-            .filter(|s| !(own && s.no_local) && topic::matches(&s.filter, &topic))
+            .filter(|s| match topic::shared_parts(&s.filter) {
+                Some(_) => chosen(&s.filter),
+                None => !(own && s.no_local) && topic::matches(&s.filter, &topic),
+            })
             .map(|s| s.qos)
             .max()
         else {

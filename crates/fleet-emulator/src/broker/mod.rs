@@ -1,7 +1,7 @@
 //! The emulator's MQTT broker: TLS listeners with client-certificate authentication (the
 //! 8883-style one, and optionally a 443-style one that requires ALPN `x-amzn-mqtt-ca`), the
-//! client table (one connection per client id), retained messages and routing of
-//! fleet-provisioning requests.
+//! client table (one connection per client id), retained messages, shared subscriptions and
+//! routing of fleet-provisioning requests.
 //!
 //! - `codec`: packets as the session logic sees them, encoded with rumqttc's codecs for
 //!   MQTT 3.1.1 and MQTT 5.
@@ -55,6 +55,9 @@ pub(crate) enum Control {
         qos: u8,
         props: Option<Arc<ForwardedProps>>,
         origin: u64,
+        /// The shared subscriptions this message goes to: (connection, `$share/...` filter)
+        /// of the one member chosen in each matching group.
+        shared: Option<Arc<Vec<(u64, String)>>>,
     },
     /// Another connection took over this client id.
     Kick,
@@ -74,6 +77,14 @@ pub(crate) struct Retained {
     pub stored: Instant,
 }
 
+/// The members of one shared subscription (`$share/<ShareName>/<filter>`) and whose turn
+/// is next.
+#[derive(Debug, Default)]
+struct SharedGroup {
+    members: Vec<u64>,
+    next: usize,
+}
+
 /// State shared by all connections.
 pub(crate) struct BrokerShared {
     pub registry: Arc<Registry>,
@@ -87,6 +98,8 @@ pub(crate) struct BrokerShared {
     connect_rate: Option<Mutex<ConnectRate>>,
     /// Persistent sessions.
     pub(crate) sessions: Mutex<session::Sessions>,
+    /// Shared subscriptions by their `$share/...` filter.
+    shared: Mutex<HashMap<String, SharedGroup>>,
 }
 
 impl BrokerShared {
@@ -109,7 +122,47 @@ impl BrokerShared {
             retained: Mutex::new(HashMap::new()),
             connect_rate,
             sessions: Mutex::new(session::Sessions::default()),
+            shared: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Adds a connection to a shared subscription (once, however often it subscribes).
+    fn join_shared(&self, filter: &str, conn_id: u64) {
+        let mut groups = lock(&self.shared);
+        let group = groups.entry(filter.to_string()).or_default();
+        if !group.members.contains(&conn_id) {
+            group.members.push(conn_id);
+        }
+    }
+
+    /// Removes a connection from a shared subscription; an empty group goes.
+    fn leave_shared(&self, filter: &str, conn_id: u64) {
+        let mut groups = lock(&self.shared);
+        if let Some(group) = groups.get_mut(filter) {
+            group.members.retain(|m| *m != conn_id);
+            if group.members.is_empty() {
+                groups.remove(filter);
+            }
+        }
+    }
+
+    /// For each shared subscription whose filter matches `topic`, the one member that gets
+    /// the message. AWS sends each message to one member "in a random manner" (AWS IoT blog
+    /// on shared subscriptions); the emulator takes the members in turn (a choice, so that
+    /// tests can count).
+    fn choose_shared(&self, topic: &str) -> Vec<(u64, String)> {
+        let mut groups = lock(&self.shared);
+        let mut chosen = Vec::new();
+        for (filter, group) in groups.iter_mut() {
+            let matching =
+                topic::shared_parts(filter).is_some_and(|(_, f)| topic::matches(f, topic));
+            if matching && !group.members.is_empty() {
+                let member = group.members[group.next % group.members.len()];
+                group.next = group.next.wrapping_add(1);
+                chosen.push((member, filter.clone()));
+            }
+        }
+        chosen
     }
 
     /// Registers a connection under its client id and returns its connection id; the
@@ -158,6 +211,8 @@ impl BrokerShared {
             },
             Instant::now(),
         );
+        let shared = self.choose_shared(topic);
+        let shared = (!shared.is_empty()).then(|| Arc::new(shared));
         let clients = lock(&self.clients);
         for entry in clients.values() {
             // A full queue drops the message, as AWS drops beyond its per-connection limits.
@@ -167,6 +222,7 @@ impl BrokerShared {
                 qos,
                 props: props.clone(),
                 origin,
+                shared: shared.clone(),
             });
         }
     }

@@ -1,13 +1,35 @@
-//! MQTT topic names and filters: validation and matching (MQTT 3.1.1 §4.7, MQTT 5 §4.7), and
-//! AWS IoT Core's topic size and depth limits.
+//! MQTT topic names and filters: validation and matching (MQTT 3.1.1 §4.7, MQTT 5 §4.7) with
+//! AWS IoT Core's departures from the specification, and AWS's topic size and depth limits.
+//!
+//! Matching as AWS applies it:
+//! - `#` matches one or more levels, never zero: `sensor/#` receives `sensor/`,
+//!   `sensor/temperature` and `sensor/temperature/room1`, but not `sensor` (AWS IoT Core
+//!   developer guide, "MQTT topics" → topic filters, and "AWS IoT differences from MQTT
+//!   specifications"). The MQTT specification (§4.7.1.2) lets `sport/#` match the parent
+//!   `sport`; AWS does not, so neither does the emulator.
+//! - A filter whose first level is a wildcard (`#`, `+/...`) does not match a topic that
+//!   starts with `$` (MQTT §4.7.2, which AWS follows for its reserved `$aws/...` topics);
+//!   `$aws/certificates/#` does.
+//! - `+` matches exactly one level, an empty one included (`sensor/+` matches `sensor/`).
 
 /// A topic name a client may publish to: non-empty, no wildcards, no NUL.
 pub(crate) fn valid_topic_name(topic: &str) -> bool {
     !topic.is_empty() && !topic.contains(['+', '#', '\0'])
 }
 
-/// A topic filter: `#` only as the whole last level, `+` only as a whole level.
+/// A topic filter: `#` only as the whole last level, `+` only as a whole level. A shared
+/// subscription `$share/<ShareName>/<filter>` needs a share name without `/`, `+` or `#`
+/// and a valid filter after it (MQTT 5 §4.8.2).
 pub(crate) fn valid_filter(filter: &str) -> bool {
+    if filter == "$share" || filter.starts_with("$share/") {
+        return shared_parts(filter).is_some_and(|(name, inner)| {
+            !name.is_empty() && !name.contains(['+', '#']) && valid_plain_filter(inner)
+        });
+    }
+    valid_plain_filter(filter)
+}
+
+fn valid_plain_filter(filter: &str) -> bool {
     if filter.is_empty() || filter.contains('\0') {
         return false;
     }
@@ -23,7 +45,8 @@ pub(crate) fn valid_filter(filter: &str) -> bool {
     true
 }
 
-/// Does `filter` match `topic`? Wildcards at the first level do not match `$` topics.
+/// Does `filter` match `topic`, as AWS IoT Core matches them? Wildcards at the first level
+/// do not match `$` topics, and `#` needs at least one level (`a/#` does not match `a`).
 pub(crate) fn matches(filter: &str, topic: &str) -> bool {
     if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
         return false;
@@ -32,7 +55,10 @@ pub(crate) fn matches(filter: &str, topic: &str) -> bool {
     let mut t = topic.split('/');
     loop {
         match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
+            // AWS: `#` does not match the parent level (the specification's `sport/#` →
+            // `sport` case); it needs one more level, which may be empty (`a/`).
+            (Some("#"), Some(_)) => return true,
+            (Some("#"), None) => return false,
             (Some("+"), Some(_)) => {}
             (Some(fl), Some(tl)) if fl == tl => {}
             (None, None) => return true,
@@ -41,9 +67,10 @@ pub(crate) fn matches(filter: &str, topic: &str) -> bool {
     }
 }
 
-/// True for an MQTT 5 shared-subscription filter (`$share/<group>/<filter>`).
-pub(crate) fn is_shared_filter(filter: &str) -> bool {
-    filter.starts_with("$share/")
+/// The share name and the filter of a shared subscription (`$share/<ShareName>/<filter>`);
+/// `None` for an ordinary filter.
+pub(crate) fn shared_parts(filter: &str) -> Option<(&str, &str)> {
+    filter.strip_prefix("$share/")?.split_once('/')
 }
 
 /// The part of a topic name or filter that AWS counts against its size and slash limits.
@@ -103,8 +130,12 @@ mod tests {
         assert!(matches("a/b", "a/b"));
         assert!(matches("a/+/c", "a/b/c"));
         assert!(!matches("a/+/c", "a/b/d"));
-        assert!(matches("a/#", "a"));
         assert!(matches("a/#", "a/b/c"));
+        assert!(matches("a/+", "a/"));
+        assert!(!matches("a/+", "a"));
+        assert!(matches("#", "a"));
+        assert!(matches("#", "a/b"));
+        assert!(!matches("a/b/+", "a/b/c/d"));
         assert!(!matches("a/b", "a/b/c"));
         assert!(!matches("#", "$aws/certificates/create/json/accepted"));
         assert!(matches(
@@ -114,11 +145,44 @@ mod tests {
     }
 
     #[test]
+    fn a_multi_level_wildcard_does_not_match_the_parent_level_as_on_aws() {
+        // AWS's example: `sensor/#` gets `sensor/`, `sensor/temperature`,
+        // `sensor/temperature/room1`, not `sensor` (the MQTT specification would match it).
+        assert!(!matches("sensor/#", "sensor"));
+        assert!(matches("sensor/#", "sensor/"));
+        assert!(matches("sensor/#", "sensor/temperature"));
+        assert!(matches("sensor/#", "sensor/temperature/room1"));
+        assert!(!matches("sensor/+/#", "sensor/temperature"));
+        assert!(matches("sensor/+/#", "sensor/temperature/room1"));
+        assert!(!matches("$aws/certificates/#", "$aws/certificates"));
+    }
+
+    #[test]
+    fn first_level_wildcards_do_not_match_dollar_topics() {
+        assert!(!matches("#", "$aws/things/t/shadow/update"));
+        assert!(!matches("+/things/#", "$aws/things/t"));
+        assert!(!matches("+", "$SYS"));
+        assert!(matches("$aws/+/t/#", "$aws/things/t/shadow"));
+        assert!(matches("a/+", "a/$b"), "only the first level is special");
+    }
+
+    #[test]
     fn validation() {
         assert!(valid_filter("a/+/#"));
         assert!(!valid_filter("a/#/b"));
         assert!(!valid_filter("a/b+"));
         assert!(!valid_filter(""));
+        assert!(valid_filter("$share/g/a/+"));
+        assert!(valid_filter("$share/g/#"));
+        assert!(!valid_filter("$share/g"));
+        assert!(!valid_filter("$share/g/"), "no filter after the share name");
+        assert!(!valid_filter("$share//a"), "an empty share name");
+        assert!(!valid_filter("$share/g+/a"));
+        assert!(!valid_filter("$share/#/a"));
+        assert!(!valid_filter("$share"));
+        assert_eq!(shared_parts("$share/g/a/b"), Some(("g", "a/b")));
+        assert_eq!(shared_parts("$sharex/g/a"), None);
+        assert_eq!(shared_parts("a/b"), None);
         assert!(valid_topic_name("a/b"));
         assert!(!valid_topic_name("a/+"));
     }

@@ -153,6 +153,7 @@ fn policy(r: &PolicyRes, env: &Env<'_>) -> Result<PolicySpec, EvalError> {
         PolicySource::Tree { path, node } => {
             let doc = doc_value(node, env).map_err(|kind| EvalError::at(kind, path))?;
             let (name, document) = canonical_policy(&doc);
+            sized(&document, path)?;
             (name, Some(document))
         }
         PolicySource::Text(slot) => {
@@ -161,6 +162,7 @@ fn policy(r: &PolicyRes, env: &Env<'_>) -> Result<PolicySpec, EvalError> {
                 EvalError::at(EvalErrorKind::InvalidPolicyDocument { reason }, &slot.path)
             })?;
             let (name, document) = canonical_policy(&doc);
+            sized(&document, &slot.path)?;
             (name, Some(document))
         }
     };
@@ -169,6 +171,12 @@ fn policy(r: &PolicyRes, env: &Env<'_>) -> Result<PolicySpec, EvalError> {
         name,
         document,
     })
+}
+
+/// A computed policy document must fit AWS's size limit (see `names`).
+fn sized(document: &str, path: &str) -> Result<(), EvalError> {
+    names::check_policy_document_size(document)
+        .map_err(|reason| EvalError::at(EvalErrorKind::InvalidPolicyDocument { reason }, path))
 }
 
 fn doc_value(node: &DocNode, env: &Env<'_>) -> Result<Value, EvalErrorKind> {

@@ -77,7 +77,11 @@
 //! - **Names and values are checked at evaluation** against the AWS IoT API patterns (thing,
 //!   thing type, group and billing-group names: 1-128 of `[a-zA-Z0-9:_-]`; attribute names and
 //!   values; policy names; a 64-hex-digit certificate id). A violation fails the request with
-//!   400 `InvalidParameters` rather than later in the registry.
+//!   400 `InvalidParameters` rather than later in the registry. So does a computed policy
+//!   document over AWS's 2048 characters (white space not counted); a literal one over it
+//!   is a load error. The attribute count (3 without a thing type, 50 with one) depends on
+//!   the thing as stored after `OverrideSettings`, so RegisterThing checks it
+//!   (`api::registry_rules`).
 //! - **Policy documents** are returned as canonical JSON (compact, keys sorted), whichever
 //!   form the template used, and the default name AWS describes as "a hash of the policy
 //!   document" is the lowercase hex SHA-256 of that canonical text. Intrinsic functions inside
@@ -94,7 +98,7 @@
 mod error;
 mod eval;
 mod expr;
-mod names;
+pub(crate) mod names;
 mod parse;
 mod provisioned;
 pub(crate) mod store;

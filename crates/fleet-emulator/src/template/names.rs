@@ -2,6 +2,7 @@
 //! type, thing group, billing group and policy names, attribute keys and values, certificate
 //! ids. Each rule is the length and pattern constraint of the AWS IoT API reference
 //! (`ThingAttribute`, `CreateThingGroup`, `CreatePolicy`, `Certificate.certificateId`).
+//! Also the size limit of a policy document ([`check_policy_document_size`]).
 
 /// One AWS naming rule: what it names, how a person reads it, and the check itself.
 #[derive(Debug, Clone, Copy)]
@@ -114,6 +115,24 @@ pub(crate) const CERTIFICATE_ID: Rule = Rule {
     hex_prefix: true,
 };
 
+/// AWS IoT Core quotas (policy limits): a policy document is at most 2048 characters,
+/// white space excluded.
+pub(crate) const MAX_POLICY_DOCUMENT_CHARS: usize = 2048;
+
+/// Checks a policy document against [`MAX_POLICY_DOCUMENT_CHARS`], counting every character
+/// that is not white space (the emulator counts the document as it stores it: compact JSON).
+pub(crate) fn check_policy_document_size(document: &str) -> Result<(), String> {
+    let chars = document.chars().filter(|c| !c.is_whitespace()).count();
+    if chars > MAX_POLICY_DOCUMENT_CHARS {
+        Err(format!(
+            "the policy document has {chars} characters excluding white space; AWS IoT allows \
+             at most {MAX_POLICY_DOCUMENT_CHARS}"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,6 +159,19 @@ mod tests {
         assert!(ATTRIBUTE_NAME.accepts("serial.Number@site/a#1"));
         assert!(!ATTRIBUTE_NAME.accepts(""));
         assert!(!ATTRIBUTE_NAME.accepts("a=b"));
+    }
+
+    #[test]
+    fn policy_documents_are_limited_to_2048_characters_without_white_space() {
+        let at_limit = format!("{{\"a\":\"{}\"}}", "x".repeat(2048 - 8));
+        assert_eq!(at_limit.len(), 2048);
+        assert!(check_policy_document_size(&at_limit).is_ok());
+        let over = format!("{{\"a\":\"{}\"}}", "x".repeat(2048 - 7));
+        let e = check_policy_document_size(&over).unwrap_err();
+        assert!(e.contains("2049 characters") && e.contains("2048"), "{e}");
+        // White space does not count.
+        let spaced = format!("{{\"a\":\"{} \n\t\"}}", "x".repeat(2048 - 8));
+        assert!(check_policy_document_size(&spaced).is_ok());
     }
 
     #[test]

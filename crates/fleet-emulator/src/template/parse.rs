@@ -739,7 +739,7 @@ fn policy_document(
     match v {
         Value::String(text) => {
             let doc = parse_policy_text(text).map_err(|m| TemplateError::invalid(path, m))?;
-            Ok(static_policy(&doc))
+            static_policy(&doc, path)
         }
         Value::Object(map) => match intrinsic(map) {
             Some(("Fn::Split", _)) => Err(TemplateError::invalid(
@@ -748,7 +748,7 @@ fn policy_document(
             )),
             Some(_) => Ok(PolicySource::Text(slot(v, path, scope, None)?)),
             None => match doc_node(v, path, scope)? {
-                DocNode::Lit(doc) => Ok(static_policy(&doc)),
+                DocNode::Lit(doc) => static_policy(&doc, path),
                 node => Ok(PolicySource::Tree {
                     path: path.into(),
                     node,
@@ -771,9 +771,11 @@ pub(crate) fn parse_policy_text(text: &str) -> Result<Value, String> {
     }
 }
 
-fn static_policy(doc: &Value) -> PolicySource {
+/// A literal policy document, compiled once; one over AWS's size limit is a load error.
+fn static_policy(doc: &Value, path: &str) -> Result<PolicySource, TemplateError> {
     let (name, document) = canonical_policy(doc);
-    PolicySource::Static { name, document }
+    names::check_policy_document_size(&document).map_err(|m| TemplateError::invalid(path, m))?;
+    Ok(PolicySource::Static { name, document })
 }
 
 /// The canonical text of a policy document (compact JSON, keys sorted) and its default name,

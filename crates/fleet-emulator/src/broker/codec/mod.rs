@@ -166,7 +166,6 @@ pub(crate) enum SubCode {
     NotAuthorized,
     TopicFilterInvalid,
     QuotaExceeded,
-    SharedSubscriptionsNotSupported,
     SubscriptionIdsNotSupported,
 }
 

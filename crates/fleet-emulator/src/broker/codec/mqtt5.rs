@@ -145,9 +145,6 @@ pub(super) fn write_v5(packet: Outbound, out: &mut BytesMut) -> Result<(), Write
                     SubCode::NotAuthorized => v5::SubscribeReasonCode::NotAuthorized,
                     SubCode::TopicFilterInvalid => v5::SubscribeReasonCode::TopicFilterInvalid,
                     SubCode::QuotaExceeded => v5::SubscribeReasonCode::QuotaExceeded,
-                    SubCode::SharedSubscriptionsNotSupported => {
-                        v5::SubscribeReasonCode::SharedSubscriptionsNotSupported
-                    }
                     SubCode::SubscriptionIdsNotSupported => {
                         v5::SubscribeReasonCode::SubscriptionIdNotSupported
                     }
@@ -237,8 +234,7 @@ pub(super) fn write_v5(packet: Outbound, out: &mut BytesMut) -> Result<(), Write
 
 /// The CONNACK properties: what the broker enforces, and the features AWS IoT Core states
 /// (maximum QoS 1; retained messages and wildcard subscriptions available; subscription
-/// identifiers not available). Shared subscriptions are not implemented by the emulator, so
-/// it says so.
+/// identifiers not available; shared subscriptions available, as AWS supports them).
 fn connack_properties(p: &ConnAckProps) -> v5::ConnAckProperties {
     v5::ConnAckProperties {
         session_expiry_interval: p.session_expiry_s,
@@ -252,7 +248,7 @@ fn connack_properties(p: &ConnAckProps) -> v5::ConnAckProperties {
         user_properties: Vec::new(),
         wildcard_subscription_available: Some(1),
         subscription_identifiers_available: Some(0),
-        shared_subscription_available: Some(0),
+        shared_subscription_available: Some(1),
         server_keep_alive: p.server_keep_alive,
         response_information: None,
         server_reference: None,

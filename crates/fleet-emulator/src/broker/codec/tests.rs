@@ -375,7 +375,7 @@ fn v5_connack_round_trips_with_properties() {
             assert_eq!(p.topic_alias_max, Some(8));
             assert_eq!(p.wildcard_subscription_available, Some(1));
             assert_eq!(p.subscription_identifiers_available, Some(0));
-            assert_eq!(p.shared_subscription_available, Some(0));
+            assert_eq!(p.shared_subscription_available, Some(1));
             assert_eq!(p.session_expiry_interval, Some(0));
         }
         other => panic!("{other:?}"),
@@ -432,7 +432,6 @@ fn v5_acks_round_trip_with_reason_codes() {
                 SubCode::NotAuthorized,
                 SubCode::TopicFilterInvalid,
                 SubCode::QuotaExceeded,
-                SubCode::SharedSubscriptionsNotSupported,
                 SubCode::SubscriptionIdsNotSupported,
             ],
         },
@@ -448,7 +447,6 @@ fn v5_acks_round_trip_with_reason_codes() {
                     R::NotAuthorized,
                     R::TopicFilterInvalid,
                     R::QuotaExceeded,
-                    R::SharedSubscriptionsNotSupported,
                     R::SubscriptionIdNotSupported,
                 ]
             );

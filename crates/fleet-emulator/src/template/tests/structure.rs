@@ -459,6 +459,46 @@ fn policy_by_document_object_or_escaped_string_gets_a_hash_name() {
 }
 
 #[test]
+fn policy_documents_over_2048_characters_without_white_space_are_refused() {
+    // AWS IoT Core quotas: a policy document is at most 2048 characters, white space not
+    // counted. The canonical document is `{"Resource":"<r>"}`: 15 characters around `<r>`.
+    let doc = |resource_len: usize| {
+        format!(
+            r#"{{"PolicyDocument":{{"Resource":"{}"}}}}"#,
+            "r".repeat(resource_len)
+        )
+    };
+    assert!(Template::parse(&policy_body(&doc(2048 - 15))).is_ok());
+    // A literal document over the limit cannot be loaded, as an object or as a string.
+    let e = Template::parse(&policy_body(&doc(2048 - 14))).unwrap_err();
+    assert_eq!(e.path(), Some("Resources.policy.Properties.PolicyDocument"));
+    assert!(e.to_string().contains("2049 characters"), "{e}");
+    let escaped = policy_body(&format!(
+        r#"{{"PolicyDocument":"{{ \"Resource\" : \"{}\" }}"}}"#,
+        "r".repeat(2048 - 14)
+    ));
+    assert!(Template::parse(&escaped).is_err());
+    // White space in the escaped text does not count.
+    let spaced = policy_body(&format!(
+        r#"{{"PolicyDocument":"{{   \"Resource\"   :   \"{}\"   }}"}}"#,
+        "r".repeat(2048 - 15)
+    ));
+    assert!(Template::parse(&spaced).is_ok());
+    // A document computed per request fails that request (400 InvalidParameters).
+    let computed = policy_body(r#"{"PolicyDocument":{"Resource":{"Ref":"Resource"}}}"#);
+    let fits = "r".repeat(2048 - 15);
+    assert!(eval(&computed, &[("Resource", &fits)]).is_ok());
+    let long = "r".repeat(2048 - 14);
+    let e = eval(&computed, &[("Resource", &long)]).unwrap_err();
+    assert!(
+        matches!(e.kind, EvalErrorKind::InvalidPolicyDocument { .. }),
+        "{e:?}"
+    );
+    assert_eq!(e.to_error_response().error_code, "InvalidParameters");
+    assert!(e.error_message().contains("at most 2048"), "{e}");
+}
+
+#[test]
 fn policy_documents_may_hold_intrinsics() {
     let body = policy_body(
         r#"{"PolicyDocument":{"Version":"2012-10-17","Statement":[{"Effect":"Allow",
