@@ -330,6 +330,15 @@ pub struct JigsSection {
     /// Root CA written into each board's root-CA slot (PEM). Default: the endpoint's root CA.
     #[serde(default)]
     pub board_root_ca: Option<PathBuf>,
+    /// Before writing, ask the board for the digests of the slots that are the same from board
+    /// to board (root CA, device configuration) and leave out those it already holds (one
+    /// HASH round trip). `false` writes every slot every time.
+    #[serde(default = "default_true")]
+    pub skip_held: bool,
+    /// Virtual boards come with the board root CA already in flash, as firmware that bakes
+    /// it in (`mode = "virtual"` only).
+    #[serde(default)]
+    pub boards_hold_root_ca: bool,
 }
 
 /// One real jig: a named serial port and its line settings (default 8N1, no flow control,
@@ -449,6 +458,8 @@ impl Default for JigsSection {
             flash_dir: default_flash_dir(),
             ports: Vec::new(),
             board_root_ca: None,
+            skip_held: true,
+            boards_hold_root_ca: false,
         }
     }
 }
@@ -819,6 +830,14 @@ impl Config {
                 }
             }
             JigMode::Serial => {
+                if j.boards_hold_root_ca {
+                    return Err(invalid(
+                        "jigs.boards_hold_root_ca",
+                        "is true but jigs.mode is \"serial\": it sets up virtual boards only"
+                            .into(),
+                        "remove it; real boards hold what their firmware holds, and jigs.skip_held finds it",
+                    ));
+                }
                 if j.ports.is_empty() {
                     return Err(invalid(
                         "jigs.ports",

@@ -78,6 +78,10 @@ fn semantic_errors_name_the_key_and_the_fix() {
             "jigs.ports[0].stop_bits",
         ),
         (
+            "[jigs]\nmode = \"serial\"\nboards_hold_root_ca = true\n[[jigs.ports]]\nname = \"a\"\npath = \"x\"\n",
+            "jigs.boards_hold_root_ca",
+        ),
+        (
             "[jigs]\nmode = \"serial\"\n[[jigs.ports]]\nname = \"a\"\npath = \"x\"\n[[jigs.ports]]\nname = \"a\"\npath = \"y\"\n",
             "jigs.ports[1].name",
         ),

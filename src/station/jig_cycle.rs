@@ -96,6 +96,8 @@ pub struct LineContext {
     pub feed: FeedGate,
     /// Failed boards, and those the operator re-armed for one more try.
     pub retry: Arc<RetryBook>,
+    /// Leave out of each write the slots the board already holds (`jigs.skip_held`).
+    pub skip_held: bool,
 }
 
 /// See [`LineContext::release`].
@@ -371,6 +373,42 @@ fn slot_contents(creds: &Credentials, root_ca: &[u8]) -> Vec<(Slot, Vec<u8>)> {
     ]
 }
 
+/// The slots that are the same from board to board: worth asking the board whether it
+/// already holds them (the root CA its firmware bakes in, a configuration that did not
+/// change). The certificate, key and thing name are new with each identity.
+const SHARED_SLOTS: [Slot; 2] = [Slot::RootCa, Slot::DeviceConfig];
+
+/// Leaves out of `items` the shared slots the board already holds, byte for byte (HASH:
+/// length and SHA-256); returns the bytes left out. Those slots are verified by that digest
+/// and are not touched by the COMMIT of the others, so the identity is still verified as a
+/// whole. A board that cannot answer gets every slot written.
+fn skip_held(link: &mut JigLink, items: &mut Vec<SlotWrite<'_>>, jig: &str) -> u64 {
+    let asked: Vec<SlotWrite<'_>> = items
+        .iter()
+        .filter(|i| SHARED_SLOTS.contains(&i.slot))
+        .map(|i| SlotWrite {
+            slot: i.slot,
+            data: i.data,
+        })
+        .collect();
+    let held = match link.held(&asked) {
+        Ok(held) => held,
+        Err(e) => {
+            tracing::warn!(jig, error = %e, "the board did not say which slots it holds; writing them all");
+            return 0;
+        }
+    };
+    let mut skipped = 0;
+    items.retain(|i| {
+        let keep = !held.contains(&i.slot);
+        if !keep {
+            skipped += i.data.len() as u64;
+        }
+        keep
+    });
+    skipped
+}
+
 /// Writes and verifies the identity: `Ok(Err(failure))` when the board failed at the jig;
 /// `Err` when the ledger could not record a step.
 fn write_and_verify(
@@ -396,8 +434,14 @@ fn write_and_verify(
         });
     }
     let retransmissions_before = link.stats().retransmissions;
-    // The line time runs from the first PUT of the first attempt to the verified read-back.
+    // The line time runs from the question of what the board holds (or the first PUT of the
+    // first attempt) to the verified read-back.
     let line_started = Instant::now();
+    let skipped_bytes = if ctx.skip_held {
+        skip_held(link, &mut items, jig)
+    } else {
+        0
+    };
     let mut last = None;
     for attempt in 0..WRITE_ATTEMPTS {
         if attempt > 0 {
@@ -433,6 +477,7 @@ fn write_and_verify(
                 ctx.telemetry.emit_blocking(Event::JigWrite {
                     jig: jig.to_string(),
                     payload_bytes: report.bytes as u64,
+                    skipped_bytes,
                     elapsed: line_time,
                     baud,
                     retries: link.stats().retransmissions - retransmissions_before

@@ -207,8 +207,9 @@ pub async fn run(cfg: &Config, opts: &RunOptions, shutdown: Shutdown) -> crate::
     let ports: Vec<(String, String, PortSettings)> = if cfg.jigs.is_virtual() {
         // Off the reactor: it reads the ledger and opens pseudo-terminals.
         let (cfg, ledger, boards) = (cfg.clone(), p.ledger.clone(), requested.unwrap_or(0));
+        let root_ca = root_ca_pem.clone();
         let (line, fed) = tokio::task::spawn_blocking(move || {
-            virtual_line::VirtualLine::start(&cfg, boards, &ledger)
+            virtual_line::VirtualLine::start(&cfg, boards, &ledger, &root_ca)
         })
         .await
         .expect("starting the virtual line does not panic")?;
@@ -281,6 +282,7 @@ pub async fn run(cfg: &Config, opts: &RunOptions, shutdown: Shutdown) -> crate::
         station_id: cfg.station.id.clone(),
         feed: feed.clone(),
         retry,
+        skip_held: cfg.jigs.skip_held,
     };
     let jig_threads: Vec<_> = ports
         .into_iter()

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::jig_cycle::ReleaseHook;
 use crate::config::Config;
-use crate::jig::{BoardSpec, PortSettings, SerialGenerator, VirtualJig, VirtualJigConfig};
+use crate::jig::{BoardSpec, PortSettings, SerialGenerator, Slot, VirtualJig, VirtualJigConfig};
 use crate::ledger::{DeviceState, Ledger};
 
 /// The running virtual jigs.
@@ -25,11 +25,13 @@ impl VirtualLine {
     /// Starts `jigs.count` jigs sharing a queue of `boards` boards. Serials are
     /// `<prefix>-<UTC yymmddHHMMSSmmm>-<n>`, so boards of different runs do not collide; or,
     /// with `jigs.stamp_serials = false`, `<prefix>-<n>` without the boards `ledger` shows
-    /// verified. Returns the line and the number of boards placed in its queue.
+    /// verified. With `jigs.boards_hold_root_ca`, blank boards come with `root_ca` in their
+    /// root-CA slot. Returns the line and the number of boards placed in its queue.
     pub fn start(
         cfg: &Config,
         boards: usize,
         ledger: &Ledger,
+        root_ca: &[u8],
     ) -> crate::Result<(VirtualLine, usize)> {
         let (tx, rx) = crossbeam_channel::bounded(boards.max(1));
         let now = time::OffsetDateTime::now_utc();
@@ -45,9 +47,17 @@ impl VirtualLine {
             tx.send(spec).expect("queue sized for every board");
             fed += 1;
         };
+        let generator = |prefix: &str| {
+            let g = SerialGenerator::new(prefix, 6, 1);
+            if cfg.jigs.boards_hold_root_ca {
+                g.firmware_slot(Slot::RootCa, root_ca)
+            } else {
+                g
+            }
+        };
         if cfg.jigs.stamp_serials {
             let prefix = format!("{}-{stamp}-", cfg.jigs.serial_prefix);
-            for spec in SerialGenerator::new(&prefix, 6, 1).take(boards) {
+            for spec in generator(&prefix).take(boards) {
                 feed(spec);
             }
         } else {
@@ -58,7 +68,7 @@ impl VirtualLine {
                 .map(|d| d.serial)
                 .collect();
             let prefix = format!("{}-", cfg.jigs.serial_prefix);
-            for spec in SerialGenerator::new(&prefix, 6, 1).take(boards) {
+            for spec in generator(&prefix).take(boards) {
                 if !verified.contains(&spec.serial) {
                     feed(spec);
                 }

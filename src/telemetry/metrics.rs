@@ -94,6 +94,12 @@ pub const JIG_BYTES: Spec = spec(
     &["jig"],
     "Payload (credential slot) bytes written to verified boards, by jig.",
 );
+pub const JIG_SKIPPED: Spec = spec(
+    "fleet_station_jig_skipped_bytes_total",
+    COUNTER,
+    &["jig"],
+    "Slot bytes left out of writes because the board already held them, by jig.",
+);
 pub const JIG_RETRIES: Spec = spec(
     "fleet_station_jig_retries_total",
     COUNTER,
@@ -183,6 +189,7 @@ pub const ALL: &[&Spec] = &[
     &JIG_BOARDS,
     &JIG_FAILED,
     &JIG_BYTES,
+    &JIG_SKIPPED,
     &JIG_RETRIES,
     &OUTAGES,
     &IN_FLIGHT,
@@ -343,6 +350,7 @@ pub fn families(s: &Snapshot) -> Vec<MetricFamily> {
         (&JIG_BOARDS, (|j| j.boards) as fn(&super::JigTotals) -> u64),
         (&JIG_FAILED, |j| j.failed_boards),
         (&JIG_BYTES, |j| j.payload_bytes),
+        (&JIG_SKIPPED, |j| j.skipped_bytes),
         (&JIG_RETRIES, |j| j.retries),
     ] {
         let mut f = Family::new(spec);
@@ -551,6 +559,7 @@ mod tests {
             Event::JigWrite {
                 jig: "jig-a".into(),
                 payload_bytes: 2000,
+                skipped_bytes: 1200,
                 elapsed: Duration::from_millis(30),
                 baud: 921_600,
                 retries: 2,
@@ -645,6 +654,10 @@ mod tests {
         assert_eq!(
             v(r#"fleet_station_jig_payload_bytes_total{jig="jig-a"}"#),
             2000.0
+        );
+        assert_eq!(
+            v(r#"fleet_station_jig_skipped_bytes_total{jig="jig-a"}"#),
+            1200.0
         );
         assert_eq!(v(r#"fleet_station_jig_retries_total{jig="jig-a"}"#), 2.0);
         assert_eq!(

@@ -194,7 +194,10 @@ pub enum Event {
         jig: String,
         /// Slot bytes written (the payload).
         payload_bytes: u64,
-        /// From the first PUT to the verified read-back.
+        /// Slot bytes left out because the board already held them (`jigs.skip_held`).
+        skipped_bytes: u64,
+        /// From the question of what the board holds (or the first PUT) to the verified
+        /// read-back.
         elapsed: Duration,
         /// The port's line rate (0 = unpaced virtual line).
         baud: u32,
@@ -252,6 +255,8 @@ impl std::fmt::Debug for TotalsReply {
 pub struct JigTotals {
     pub boards: u64,
     pub payload_bytes: u64,
+    /// Slot bytes the boards already held, left out of their writes.
+    pub skipped_bytes: u64,
     pub write_time: Duration,
     /// Σ baud/10 × write time: the bytes the line could have carried meanwhile.
     pub capacity_bytes: f64,
@@ -716,6 +721,7 @@ impl Aggregate {
             Event::JigWrite {
                 jig,
                 payload_bytes,
+                skipped_bytes,
                 elapsed,
                 baud,
                 retries,
@@ -724,6 +730,7 @@ impl Aggregate {
                 let j = self.jigs.entry(jig).or_default();
                 j.boards += 1;
                 j.payload_bytes += payload_bytes;
+                j.skipped_bytes += skipped_bytes;
                 j.write_time += elapsed;
                 j.capacity_bytes += f64::from(baud) / 10.0 * elapsed.as_secs_f64();
                 j.retries += retries;

@@ -42,6 +42,13 @@ pub struct JigSummary {
     pub baud: u32,
     /// Payload (slot) bytes written to boards.
     pub bytes_written: u64,
+    /// Slot bytes left out because the boards already held them (`jigs.skip_held`).
+    #[serde(default)]
+    pub bytes_skipped: u64,
+    /// Mean time a verified board spent in its write, in milliseconds: from asking what it
+    /// holds (or its first PUT) to the verified read-back, retries included.
+    #[serde(default)]
+    pub write_ms_per_board: f64,
     /// payload bytes ÷ (baud/10 × write-to-verified time), over every verified board.
     pub line_efficiency: f64,
     /// Frames sent again and whole writes repeated.
@@ -183,6 +190,16 @@ impl Summary {
                     count: l.count,
                     baud: l.baud,
                     bytes_written: total(|j| j.payload_bytes),
+                    bytes_skipped: total(|j| j.skipped_bytes),
+                    write_ms_per_board: {
+                        let boards = total(|j| j.boards);
+                        let time: f64 = agg.jigs.values().map(|j| j.write_time.as_secs_f64()).sum();
+                        if boards == 0 {
+                            0.0
+                        } else {
+                            (time / boards as f64 * 1e6).round() / 1e3
+                        }
+                    },
                     line_efficiency: efficiency(total(|j| j.payload_bytes), capacity),
                     retries: total(|j| j.retries),
                     failed_boards: total(|j| j.failed_boards),
@@ -249,10 +266,12 @@ impl Summary {
         }
         if let Some(j) = &self.jigs {
             out.push_str(&format!(
-                "line: {} jigs at {} baud, {} payload bytes, line efficiency {:.1}%, {} retries, {} boards failed at the jig\n",
+                "line: {} jigs at {} baud, {} payload bytes ({} held by the boards, skipped), {:.1} ms a board, line efficiency {:.1}%, {} retries, {} boards failed at the jig\n",
                 j.count,
                 j.baud,
                 j.bytes_written,
+                j.bytes_skipped,
+                j.write_ms_per_board,
                 j.line_efficiency * 100.0,
                 j.retries,
                 j.failed_boards

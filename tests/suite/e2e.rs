@@ -432,3 +432,38 @@ async fn on_a_real_line_a_failed_board_put_back_is_tried_again() {
         Some("RETRY-1")
     );
 }
+
+/// Boards whose firmware already carries the root CA (`jigs.boards_hold_root_ca`) are asked
+/// what they hold and not sent it again (`jigs.skip_held`, the default): summary.json counts
+/// the bytes left out, and every board ends with the whole identity. With `skip_held = false`
+/// every slot is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boards_that_hold_the_root_ca_are_not_sent_it_again() {
+    for skip_held in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path(), 2, 8);
+        cfg.jigs.boards_hold_root_ca = true;
+        cfg.jigs.skip_held = skip_held;
+        let report = run_line(&cfg, dir.path(), None).await;
+        assert!(report.all_provisioned(), "{:?}", report.summary);
+        let ca = std::fs::read(dir.path().join("emulator/ca.pem")).unwrap();
+        let written: fleet_station::telemetry::summary::Summary =
+            serde_json::from_slice(&std::fs::read(dir.path().join("report/summary.json")).unwrap())
+                .unwrap();
+        let jigs = written.jigs.expect("a line run reports its jigs");
+        let expected = if skip_held { 8 * ca.len() as u64 } else { 0 };
+        assert_eq!(jigs.bytes_skipped, expected, "skip_held = {skip_held}");
+        assert!(jigs.write_ms_per_board > 0.0, "{jigs:?}");
+
+        let ledger = Ledger::open(&cfg.station.ledger, "e2e").unwrap();
+        let devices = ledger.devices().unwrap();
+        assert_eq!(devices.len(), 8);
+        for d in devices {
+            assert_eq!(d.state, DeviceState::Verified, "{d:?}");
+            let flash = Flash::load(&Flash::path_for(&cfg.jigs.flash_dir, &d.serial)).unwrap();
+            assert_eq!(flash.root_ca(), Some(ca.as_slice()));
+            assert_eq!(flash.thing_name(), Some(d.serial.as_str()));
+            assert!(flash.certificate().is_some() && flash.private_key().is_some());
+        }
+    }
+}

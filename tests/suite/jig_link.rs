@@ -12,8 +12,8 @@ use crate::jig_support::{
 use fleet_station::jig::wire::protocol;
 use fleet_station::jig::wire::{Command, Response};
 use fleet_station::jig::{
-    BoardParams, CsrSubject, JigError, JigLink, PortSettings, SimBoardOptions, Slot, SlotWrite,
-    VirtualJigConfig, line_time, serve_sim_board,
+    BoardParams, BoardSpec, CsrSubject, JigError, JigLink, PortSettings, SimBoardOptions, Slot,
+    SlotWrite, VirtualJigConfig, line_time, serve_sim_board,
 };
 use rcgen::PublicKeyData;
 
@@ -469,4 +469,53 @@ fn sim_board_serves_until_stopped() {
 fn list_ports_works_without_hardware() {
     let ports = fleet_station::jig::list_ports().unwrap();
     assert!(ports.iter().all(|p| !p.path.is_empty()));
+}
+
+/// A board whose firmware carries a root CA: HASH finds the slots it holds byte for byte (a
+/// stale CA, an empty slot or the key are not held), a write of the rest leaves the held slot
+/// as it was and the whole identity is on the board, verified.
+#[test]
+fn held_slots_are_found_by_digest_and_a_write_without_them_keeps_them() {
+    let id = Identity::line_sized("held");
+    let board = |serial: &str, ca: &[u8]| {
+        let mut spec = BoardSpec::new(serial);
+        spec.firmware_slots = vec![(Slot::RootCa, ca.to_vec())];
+        spec
+    };
+
+    let fx = Fixture::with_boards(vec![board("VB-HELD", &id.root_ca)], |_| {});
+    let mut link = fx.link();
+    assert_eq!(link.hello().unwrap().serial, "VB-HELD");
+    assert_eq!(link.held(&id.items()).unwrap(), vec![Slot::RootCa]);
+    let rest: Vec<SlotWrite<'_>> = id
+        .items()
+        .into_iter()
+        .filter(|i| i.slot != Slot::RootCa)
+        .collect();
+    let report = link.write_and_verify(&rest, &mut |_, _| {}).unwrap();
+    assert!(report.verified);
+    assert_eq!(report.bytes, id.total() - id.root_ca.len());
+    assert!(!report.slots.iter().any(|(s, _)| *s == Slot::RootCa));
+    id.assert_in(&fx.flash("VB-HELD"));
+    // Now it holds everything but the key, which is never reported held.
+    let mut held = link.held(&id.items()).unwrap();
+    held.sort();
+    assert_eq!(
+        held,
+        [
+            Slot::Certificate,
+            Slot::RootCa,
+            Slot::DeviceConfig,
+            Slot::ThingName
+        ]
+    );
+
+    // Firmware with another root CA: nothing is held, everything is written.
+    let stale = Identity::line_sized("stale");
+    let fx = Fixture::with_boards(vec![board("VB-STALE", &stale.root_ca)], |_| {});
+    let mut link = fx.link();
+    link.hello().unwrap();
+    assert_eq!(link.held(&id.items()).unwrap(), Vec::<Slot>::new());
+    link.write_and_verify(&id.items(), &mut |_, _| {}).unwrap();
+    id.assert_in(&fx.flash("VB-STALE"));
 }

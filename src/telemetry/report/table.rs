@@ -92,6 +92,8 @@ fn figures_with(s: &Summary, reasons: &BTreeSet<String>, jigs: &BTreeSet<String>
             count("jigs", j.count as u64),
             count("jig baud", u64::from(j.baud)),
             count("jig payload bytes", j.bytes_written),
+            count("jig bytes held, skipped", j.bytes_skipped),
+            figure("jig write ms a board", j.write_ms_per_board, 1),
             figure("line efficiency %", j.line_efficiency * 100.0, 2),
             count("jig retries", j.retries),
             count("boards failed at the jig", j.failed_boards),
@@ -174,10 +176,12 @@ pub fn render(s: &Summary, dir: &Path) -> String {
             let _ = writeln!(out);
             let _ = writeln!(
                 out,
-                "jigs          {} at {} baud, {} payload bytes, line efficiency {:.2} %, {} retries, {} boards failed at the jig",
+                "jigs          {} at {} baud, {} payload bytes ({} held by the boards, skipped), {:.1} ms a board, line efficiency {:.2} %, {} retries, {} boards failed at the jig",
                 j.count,
                 j.baud,
                 j.bytes_written,
+                j.bytes_skipped,
+                j.write_ms_per_board,
                 j.line_efficiency * 100.0,
                 j.retries,
                 j.failed_boards
@@ -322,6 +326,8 @@ mod tests {
                 count: 2,
                 baud: 921_600,
                 bytes_written: 36_000,
+                bytes_skipped: 2_400,
+                write_ms_per_board: 48.5,
                 line_efficiency: 0.8123,
                 retries: 0,
                 failed_boards: 0,

@@ -23,13 +23,21 @@ pub struct Fixture {
 impl Fixture {
     /// A jig with `serials` queued (queue closed after them), configured by `tweak`.
     pub fn new(serials: &[&str], tweak: impl FnOnce(&mut VirtualJigConfig)) -> Fixture {
+        Fixture::with_boards(serials.iter().map(|s| BoardSpec::new(s)).collect(), tweak)
+    }
+
+    /// A jig with the boards `specs` queued (queue closed after them).
+    pub fn with_boards(
+        specs: Vec<BoardSpec>,
+        tweak: impl FnOnce(&mut VirtualJigConfig),
+    ) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let mut config = VirtualJigConfig::new(dir.path());
         config.baud = 1_000_000;
         tweak(&mut config);
         let (tx, rx) = crossbeam_channel::unbounded();
-        for s in serials {
-            tx.send(BoardSpec::new(s)).unwrap();
+        for spec in specs {
+            tx.send(spec).unwrap();
         }
         drop(tx); // no more boards after these: then the jig is empty
         let jig = VirtualJig::spawn(config, rx).unwrap();

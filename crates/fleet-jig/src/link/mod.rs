@@ -369,6 +369,30 @@ impl JigLink {
         Ok(())
     }
 
+    /// Which of `items` the board already holds: the slots whose live value has the item's
+    /// length and SHA-256 (HASH, five slots a round trip), in the order of `items`. Ask only
+    /// about slots that can match (a root CA baked into the firmware, a configuration that
+    /// did not change): each costs 37 bytes of HASH_ACK on the line. The private-key slot is
+    /// never reported held (a new identity brings its key).
+    pub fn held(&mut self, items: &[SlotWrite<'_>]) -> Result<Vec<Slot>, JigError> {
+        let asked: Vec<&SlotWrite<'_>> = items
+            .iter()
+            .filter(|i| i.slot != Slot::PrivateKey)
+            .collect();
+        if asked.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.ensure_hello()?;
+        let slots: Vec<Slot> = asked.iter().map(|i| i.slot).collect();
+        let hashes = self.hashes(&slots)?;
+        Ok(asked
+            .iter()
+            .zip(&hashes)
+            .filter(|(i, h)| h.len as usize == i.data.len() && h.sha256 == protocol::sha256(i.data))
+            .map(|(i, _)| i.slot)
+            .collect())
+    }
+
     /// Length and SHA-256 of a live slot.
     pub fn hash(&mut self, slot: Slot) -> Result<(u32, [u8; SHA256_LEN]), JigError> {
         match self.hashes(&[slot])?.first() {

@@ -31,6 +31,9 @@ pub struct BoardSpec {
     pub mac: [u8; 6],
     /// The board can make its own key and CSR (GEN_CSR).
     pub can_gen_csr: bool,
+    /// Slots the board's firmware image carries before it is ever provisioned (a root CA
+    /// baked in): a blank board (no flash file yet) starts with them live.
+    pub firmware_slots: Vec<(Slot, Vec<u8>)>,
 }
 
 impl BoardSpec {
@@ -41,6 +44,7 @@ impl BoardSpec {
             fw_version: "1.0.0".to_string(),
             mac: [0x02, 0, 0, 0, 0, 1],
             can_gen_csr: true,
+            firmware_slots: Vec::new(),
         }
     }
 }
@@ -137,7 +141,13 @@ impl Board {
         let flash_path = Flash::path_for(flash_dir, &spec.serial);
         // Also empties what a torn store may have left in the spare.
         let spare = Flash::prepare_spare(&flash_path).ok();
-        let flash = Flash::load_or_new(&flash_path, &spec.serial)?;
+        let blank = !flash_path.exists();
+        let mut flash = Flash::load_or_new(&flash_path, &spec.serial)?;
+        if blank {
+            for (slot, data) in &spec.firmware_slots {
+                flash.set_slot(*slot, data);
+            }
+        }
         Ok(Board {
             spec,
             params,

@@ -2,6 +2,7 @@
 //! serial numbers `prefix` + zero-padded counter and matching locally administered MACs.
 
 use super::board::BoardSpec;
+use crate::wire::protocol::Slot;
 
 /// An endless supply of boards for a virtual line (an iterator of [`BoardSpec`]s).
 #[derive(Debug, Clone)]
@@ -12,6 +13,7 @@ pub struct SerialGenerator {
     hw_rev: String,
     fw_version: String,
     can_gen_csr: bool,
+    firmware_slots: Vec<(Slot, Vec<u8>)>,
 }
 
 impl SerialGenerator {
@@ -24,7 +26,16 @@ impl SerialGenerator {
             hw_rev: "A".to_string(),
             fw_version: "1.0.0".to_string(),
             can_gen_csr: true,
+            firmware_slots: Vec::new(),
         }
+    }
+
+    /// Boards whose firmware image carries `data` in `slot` (a root CA baked in): a blank
+    /// board starts with it live.
+    pub fn firmware_slot(mut self, slot: Slot, data: &[u8]) -> SerialGenerator {
+        self.firmware_slots.retain(|(s, _)| *s != slot);
+        self.firmware_slots.push((slot, data.to_vec()));
+        self
     }
 
     /// Boards of hardware revision `hw_rev` (default `A`).
@@ -48,6 +59,7 @@ impl Iterator for SerialGenerator {
             // 0x02: locally administered, unicast; 0x46 = 'F' for fleet-station.
             mac: [0x02, 0x46, c[0], c[1], c[2], c[3]],
             can_gen_csr: self.can_gen_csr,
+            firmware_slots: self.firmware_slots.clone(),
         })
     }
 }
