@@ -13,7 +13,9 @@ use serde::Deserialize;
 
 use crate::emulator::EmulatorConfig;
 use crate::fleet::{Format, MqttVersion, validate_template_name};
-use crate::jig::{DataBits, FlowControl, Parity, PortSettings, StopBits};
+use crate::jig::{
+    DataBits, DriverKind, DriverOptions, FlowControl, Parity, PortSettings, StopBits,
+};
 use crate::keys::{KeyAlgorithm, KeySource};
 
 /// Placeholders a parameter value may use, filled per board.
@@ -339,6 +341,10 @@ pub struct JigsSection {
     /// it in (`mode = "virtual"` only).
     #[serde(default)]
     pub boards_hold_root_ca: bool,
+    /// The driver of the virtual line's jigs (`--driver` overrides): `"fleet-jig"` (our jig
+    /// protocol, the default). Real ports name theirs in `[[jigs.ports]] driver`.
+    #[serde(default)]
+    pub driver: DriverKind,
 }
 
 /// One real jig: a named serial port and its line settings (default 8N1, no flow control,
@@ -362,6 +368,9 @@ pub struct PortEntry {
     pub stop_bits: Option<u8>,
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// How the station talks to the board's firmware: `"fleet-jig"` (default).
+    #[serde(default)]
+    pub driver: DriverKind,
 }
 
 impl JigsSection {
@@ -376,6 +385,11 @@ impl JigsSection {
 }
 
 impl PortEntry {
+    /// The options of this port's driver.
+    pub fn driver_options(&self) -> DriverOptions {
+        DriverOptions::default()
+    }
+
     /// The settings this port is opened with: its own line settings over `jigs`' defaults.
     /// `data_bits` and `stop_bits` were checked when the configuration was loaded.
     pub fn settings(&self, jigs: &JigsSection) -> PortSettings {
@@ -460,6 +474,7 @@ impl Default for JigsSection {
             board_root_ca: None,
             skip_held: true,
             boards_hold_root_ca: false,
+            driver: DriverKind::default(),
         }
     }
 }

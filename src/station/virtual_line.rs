@@ -6,9 +6,12 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use super::jig_cycle::ReleaseHook;
+use super::jig_cycle::{JigPort, ReleaseHook};
 use crate::config::Config;
-use crate::jig::{BoardSpec, PortSettings, SerialGenerator, Slot, VirtualJig, VirtualJigConfig};
+use crate::jig::{
+    BoardSpec, DriverKind, DriverOptions, PortSettings, SerialGenerator, Slot, VirtualJig,
+    VirtualJigConfig,
+};
 use crate::ledger::{DeviceState, Ledger};
 
 /// The running virtual jigs.
@@ -90,11 +93,17 @@ impl VirtualLine {
         Ok((line, fed))
     }
 
-    /// (name, pty path, settings) of every jig.
-    pub fn ports(&self) -> Vec<(String, String, PortSettings)> {
+    /// Every jig: its name, pty path, settings and driver.
+    pub fn ports(&self) -> Vec<JigPort> {
         self.jigs
             .iter()
-            .map(|(name, j)| (name.clone(), j.path().to_string(), self.settings.clone()))
+            .map(|(name, j)| JigPort {
+                name: name.clone(),
+                path: j.path().to_string(),
+                settings: self.settings.clone(),
+                driver: DriverKind::FleetJig,
+                options: DriverOptions::default(),
+            })
             .collect()
     }
 

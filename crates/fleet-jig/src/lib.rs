@@ -17,6 +17,8 @@
 //! - `sim/`: the board simulator: the board's state machine, its flash ([`Flash`]), the
 //!   virtual jig ([`VirtualJig`]) with its UART model and faults ([`FaultConfig`]), the
 //!   serial-number supply ([`SerialGenerator`]), and `station sim-board` ([`run_sim_board`]).
+//! - `driver/`: [`JigDriver`], the station's one way to provision a board on a jig, and a
+//!   driver per protocol ([`DriverKind`]): our own (`fleet-jig`, over [`JigLink`]).
 //! - `error.rs`: [`JigError`], what went wrong and what the operator should do, and its kind
 //!   [`JigFailure`].
 //!
@@ -25,11 +27,13 @@
 
 #![warn(unreachable_pub)]
 
+mod driver;
 mod error;
 mod link;
 mod sim;
 pub mod wire;
 
+pub use driver::{BoardIdentity, DriverKind, DriverOptions, DriverWrite, JigDriver};
 pub use error::{JigError, JigFailure};
 pub use link::{
     BoardInfo, DataBits, FlowControl, JigLink, LinkStats, Parity, PortInfo, PortSettings,
