@@ -374,6 +374,13 @@ pub struct PortEntry {
 }
 
 impl JigsSection {
+    /// The options of the virtual line's driver (`jigs.driver`), from this section.
+    pub fn driver_options(&self) -> DriverOptions {
+        match self.driver {
+            DriverKind::FleetJig => DriverOptions::default(),
+        }
+    }
+
     /// Port settings for a jig at `baud`, with this section's answer timeout.
     pub fn port_settings(&self, baud: u32) -> PortSettings {
         PortSettings {
