@@ -15,6 +15,7 @@ use crate::emulator::EmulatorConfig;
 use crate::fleet::{Format, MqttVersion, validate_template_name};
 use crate::jig::{
     DataBits, DriverKind, DriverOptions, FlowControl, Parity, PortSettings, StopBits,
+    ZEPHYR_MAX_CHUNK, ZephyrOptions,
 };
 use crate::keys::{KeyAlgorithm, KeySource};
 
@@ -368,9 +369,29 @@ pub struct PortEntry {
     pub stop_bits: Option<u8>,
     #[serde(default)]
     pub timeout_ms: Option<u64>,
-    /// How the station talks to the board's firmware: `"fleet-jig"` (default).
+    /// How the station talks to the board's firmware: `"fleet-jig"` (default) or
+    /// `"zephyr-cred"` (see docs/jig-drivers.md).
     #[serde(default)]
     pub driver: DriverKind,
+    /// `zephyr-cred`: the security tag the credentials go to (default 16842753, the
+    /// default of Zephyr's `tls_creds_installer.py`).
+    #[serde(default)]
+    pub sec_tag: Option<u32>,
+    /// `zephyr-cred`: write the root CA too (default `true`); `false` when the firmware
+    /// provides it.
+    #[serde(default)]
+    pub write_root_ca: Option<bool>,
+    /// `zephyr-cred`: the shell command whose output names the board (default
+    /// `"hwinfo devid"`, whose `ID: 0x…` is the device id; another command's first line).
+    #[serde(default)]
+    pub identity_command: Option<String>,
+    /// `zephyr-cred`: base64 characters per `cred buf` line (default 48, a multiple of 4).
+    #[serde(default)]
+    pub chunk: Option<usize>,
+    /// `zephyr-cred`: send raw PEM with `cred buf load` where the shell has it (default
+    /// `true`; a shell without it is noticed and sent base64 chunks).
+    #[serde(default)]
+    pub buf_load: Option<bool>,
 }
 
 impl JigsSection {
@@ -378,6 +399,7 @@ impl JigsSection {
     pub fn driver_options(&self) -> DriverOptions {
         match self.driver {
             DriverKind::FleetJig => DriverOptions::default(),
+            DriverKind::ZephyrCred => DriverOptions::default(),
         }
     }
 
@@ -394,7 +416,17 @@ impl JigsSection {
 impl PortEntry {
     /// The options of this port's driver.
     pub fn driver_options(&self) -> DriverOptions {
-        DriverOptions::default()
+        let d = ZephyrOptions::default();
+        DriverOptions {
+            zephyr: ZephyrOptions {
+                sec_tag: self.sec_tag.unwrap_or(d.sec_tag),
+                write_root_ca: self.write_root_ca.unwrap_or(d.write_root_ca),
+                identity_command: self.identity_command.clone().unwrap_or(d.identity_command),
+                chunk: self.chunk.unwrap_or(d.chunk),
+                buf_load: self.buf_load.unwrap_or(d.buf_load),
+                prompt: d.prompt,
+            },
+        }
     }
 
     /// The settings this port is opened with: its own line settings over `jigs`' defaults.
@@ -685,6 +717,33 @@ impl Config {
         Ok(config)
     }
 
+    /// Board-made keys (`keys.source = "device"`) need a driver whose boards make keys: the
+    /// Zephyr TLS-credentials shell has no key generation. Checked on load and again after
+    /// `--driver` (`path` names the configuration in the error).
+    pub fn check_key_source_and_drivers(&self, path: &Path) -> Result<(), ConfigError> {
+        if self.keys.source != KeySource::Device {
+            return Ok(());
+        }
+        let zephyr = if self.jigs.is_virtual() {
+            (self.jigs.driver == DriverKind::ZephyrCred).then(|| "jigs.driver".to_string())
+        } else {
+            self.jigs
+                .ports
+                .iter()
+                .position(|p| p.driver == DriverKind::ZephyrCred)
+                .map(|i| format!("jigs.ports[{i}].driver"))
+        };
+        match zephyr {
+            Some(key) => Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key,
+                problem: "is \"zephyr-cred\" but keys.source is \"device\": Zephyr's TLS-credentials shell cannot make a key or a CSR".into(),
+                help: "set keys.source = \"pool\" (station-made keys) or \"aws\" for zephyr-cred boards".into(),
+            }),
+            None => Ok(()),
+        }
+    }
+
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid = |key: &str, problem: String, help: &str| ConfigError::Invalid {
             path: path.to_path_buf(),
@@ -883,6 +942,42 @@ impl Config {
                             "use 5, 6, 7 or 8 (8 is usual)",
                         ));
                     }
+                    let zephyr_only = [
+                        ("sec_tag", p.sec_tag.is_some()),
+                        ("write_root_ca", p.write_root_ca.is_some()),
+                        ("identity_command", p.identity_command.is_some()),
+                        ("chunk", p.chunk.is_some()),
+                        ("buf_load", p.buf_load.is_some()),
+                    ];
+                    if let Some((key, _)) = zephyr_only
+                        .iter()
+                        .find(|(_, set)| *set && p.driver != DriverKind::ZephyrCred)
+                    {
+                        return Err(invalid(
+                            &format!("jigs.ports[{i}].{key}"),
+                            format!("is set but the port's driver is {:?}", p.driver.as_str()),
+                            "it is a zephyr-cred option: set driver = \"zephyr-cred\" or remove it",
+                        ));
+                    }
+                    if p.chunk
+                        .is_some_and(|c| c == 0 || c % 4 != 0 || c > ZEPHYR_MAX_CHUNK)
+                    {
+                        return Err(invalid(
+                            &format!("jigs.ports[{i}].chunk"),
+                            format!("is {}", p.chunk.unwrap_or(0)),
+                            "use a multiple of 4 from 4 to 244 (`cred buf <chunk>` must fit the shell's 256-byte command buffer); 48 is what Zephyr's own installer sends",
+                        ));
+                    }
+                    if p.identity_command
+                        .as_deref()
+                        .is_some_and(|c| c.trim().is_empty() || c.chars().any(|ch| ch.is_control()))
+                    {
+                        return Err(invalid(
+                            &format!("jigs.ports[{i}].identity_command"),
+                            "is empty or holds control characters".into(),
+                            "give one shell command line, e.g. \"hwinfo devid\"",
+                        ));
+                    }
                     if p.stop_bits.is_some_and(|b| b != 1 && b != 2) {
                         return Err(invalid(
                             &format!("jigs.ports[{i}].stop_bits"),
@@ -893,6 +988,7 @@ impl Config {
                 }
             }
         }
+        self.check_key_source_and_drivers(path)?;
         if j.timeout_ms < 10 {
             return Err(invalid(
                 "jigs.timeout_ms",

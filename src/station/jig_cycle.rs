@@ -502,7 +502,7 @@ fn write_and_verify(
                 });
                 return Ok(Ok(()));
             }
-            Err(e @ JigError::VerifyMismatch { .. }) => {
+            Err(e @ (JigError::VerifyMismatch { .. } | JigError::CredDigestMismatch { .. })) => {
                 // COMMIT was answered (the board holds what it read back, which is not what
                 // was sent): the credentials are on the board, unverified.
                 ctx.ledger.record_blocking(device_id, Transition::Written)?;

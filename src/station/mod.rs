@@ -165,6 +165,7 @@ pub async fn run(cfg: &Config, opts: &RunOptions, shutdown: Shutdown) -> crate::
     }
     if let Some(d) = opts.driver {
         cfg.jigs.driver = d;
+        cfg.check_key_source_and_drivers(std::path::Path::new("--driver"))?;
     }
     let cfg = &cfg;
     let requested = if cfg.jigs.is_virtual() {

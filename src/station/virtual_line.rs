@@ -16,7 +16,8 @@ use super::jig_cycle::{JigPort, ReleaseHook};
 use crate::config::Config;
 use crate::jig::{
     BoardSpec, DriverKind, DriverOptions, PortSettings, SerialGenerator, Slot, VirtualJig,
-    VirtualJigConfig,
+    VirtualJigConfig, VirtualZephyr, VirtualZephyrConfig, ZEPHYR_DEFAULT_SEC_TAG, ZephyrSpec,
+    devids,
 };
 use crate::ledger::{DeviceState, Ledger};
 
@@ -25,18 +26,22 @@ use crate::ledger::{DeviceState, Ledger};
 enum LineJig {
     /// A board running our jig firmware (`fleet-jig`).
     Fleet(Arc<VirtualJig>),
+    /// A Zephyr board with the TLS-credentials shell (`zephyr-cred`).
+    Zephyr(Arc<VirtualZephyr>),
 }
 
 impl LineJig {
     fn path(&self) -> &str {
         match self {
             LineJig::Fleet(j) => j.path(),
+            LineJig::Zephyr(j) => j.path(),
         }
     }
 
     fn take_off(&self, serial: &str) {
         match self {
             LineJig::Fleet(j) => j.take_off(serial),
+            LineJig::Zephyr(j) => j.take_off(serial),
         }
     }
 }
@@ -81,6 +86,7 @@ impl<S: Clone> Feed<S> {
 /// The line's board queue, of the line's driver.
 enum Queue {
     Fleet(Feed<BoardSpec>),
+    Zephyr(Feed<ZephyrSpec>),
 }
 
 /// The running virtual jigs.
@@ -107,9 +113,11 @@ impl VirtualLine {
         let verified = verified_boards(cfg, ledger)?;
         let (jigs, queue) = match cfg.jigs.driver {
             DriverKind::FleetJig => start_fleet(cfg, boards, &verified, root_ca)?,
+            DriverKind::ZephyrCred => start_zephyr(cfg, boards, &verified, root_ca)?,
         };
         let fed = match &queue {
             Queue::Fleet(f) => f.len(),
+            Queue::Zephyr(f) => f.len(),
         };
         let line = VirtualLine {
             jigs,
@@ -140,6 +148,7 @@ impl VirtualLine {
     pub fn requeue(&self, serials: &[String]) -> usize {
         match &self.queue {
             Queue::Fleet(f) => f.requeue(serials),
+            Queue::Zephyr(f) => f.requeue(serials),
         }
     }
 
@@ -208,4 +217,45 @@ fn start_fleet(
         jigs.push((format!("vjig-{}", i + 1), LineJig::Fleet(Arc::new(jig))));
     }
     Ok((jigs, Queue::Fleet(feed)))
+}
+
+/// `zephyr-cred`: Zephyr boards with the TLS-credentials shell, identified by their
+/// `hwinfo devid` (8 bytes: `f5`, a run number from the start time — new each run, or 0 with
+/// `jigs.stamp_serials = false` — and the board's number). Built with a 2048-byte credential
+/// buffer and a persistent backend; with `jigs.boards_hold_root_ca`, the firmware registers
+/// `root_ca` under the default security tag at boot.
+fn start_zephyr(
+    cfg: &Config,
+    boards: usize,
+    verified: &HashSet<String>,
+    root_ca: &[u8],
+) -> crate::Result<Started> {
+    let (mut feed, rx) = Feed::new(boards);
+    let run = if cfg.jigs.stamp_serials {
+        // Tenths of a second, 24 bits: a new run number every run (wraps after ~19 days).
+        let tenths = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 100_000_000;
+        (tenths % (1 << 24)) as u32
+    } else {
+        0
+    };
+    for devid in devids(run, boards) {
+        let mut spec = ZephyrSpec::new(&devid);
+        if cfg.jigs.boards_hold_root_ca {
+            spec = spec.with_root_ca(ZEPHYR_DEFAULT_SEC_TAG, root_ca);
+        }
+        let id = spec.serial();
+        if !verified.contains(&id) {
+            feed.push(id, spec);
+        }
+    }
+    let mut jigs = Vec::with_capacity(cfg.jigs.count);
+    for i in 0..cfg.jigs.count {
+        let zc = VirtualZephyrConfig {
+            baud: cfg.jigs.baud,
+            ..VirtualZephyrConfig::default()
+        };
+        let jig = VirtualZephyr::spawn(zc, rx.clone())?;
+        jigs.push((format!("vzephyr-{}", i + 1), LineJig::Zephyr(Arc::new(jig))));
+    }
+    Ok((jigs, Queue::Zephyr(feed)))
 }

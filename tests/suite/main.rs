@@ -24,6 +24,7 @@ mod jig_faults;
 mod jig_hotplug;
 mod jig_link;
 mod jig_pacing;
+mod jig_zephyr;
 mod knee;
 mod ledger_cli;
 mod ledger_fixture;

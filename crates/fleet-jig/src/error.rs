@@ -222,6 +222,71 @@ pub enum JigError {
     )]
     NoGenCsr { port: String },
 
+    #[error(
+        "the board on jig {port} has no room for slot {slot} in its credential buffer \
+         ({needed} characters of base64 to buffer): {text}"
+    )]
+    #[diagnostic(
+        code(station::jig::cred_buffer_too_small),
+        help(
+            "rebuild the board's firmware with CONFIG_TLS_CREDENTIALS_SHELL_CRED_BUF_SIZE of at \
+             least {needed} + 1 (Zephyr's default 1024 cannot take Amazon Root CA 1, whose \
+             base64 is 1584 characters; 2048 is enough for a root CA), or bake the root CA into \
+             the firmware so the station finds it held and skips it"
+        )
+    )]
+    CredBufferTooSmall {
+        port: String,
+        slot: Slot,
+        needed: usize,
+        text: String,
+    },
+
+    #[error("the board on jig {port} refused `{command}`: {text}")]
+    #[diagnostic(
+        code(station::jig::shell_refused),
+        help(
+            "the board's Zephyr shell answered with an error: check that the firmware has \
+             CONFIG_TLS_CREDENTIALS_SHELL (and CONFIG_HWINFO_SHELL for the device id), room for \
+             one more credential (CONFIG_TLS_MAX_CREDENTIALS_NUMBER) and a working credential \
+             backend; nothing not verified is recorded as verified"
+        )
+    )]
+    ShellRefused {
+        port: String,
+        command: String,
+        text: String,
+    },
+
+    #[error("the line to the board on jig {port} lost or garbled `{command}`: {detail}")]
+    #[diagnostic(
+        code(station::jig::shell_line_lost),
+        help(
+            "characters were lost between the station and the board's shell (its RX ring \
+             overflowed, or the line is noisy): the station waits for each answer, so check \
+             the cable and baud rate, or raise CONFIG_SHELL_BACKEND_SERIAL_RX_RING_BUFFER_SIZE"
+        )
+    )]
+    ShellLineLost {
+        port: String,
+        command: String,
+        detail: String,
+    },
+
+    #[error("the digest of slot {slot} on the board on jig {port} is not what was sent: {detail}")]
+    #[diagnostic(
+        code(station::jig::cred_digest_mismatch),
+        help(
+            "the board stores different bytes than the station wrote (`cred list` digest): \
+             the board is not verified; it is retried, and if it repeats, set it aside"
+        )
+    )]
+    CredDigestMismatch {
+        port: String,
+        slot: Slot,
+        detail: String,
+    },
+
     #[error("virtual board flash {path}: {detail}")]
     #[diagnostic(
         code(station::jig::flash),
@@ -274,6 +339,14 @@ pub enum JigFailure {
     BadRequest,
     /// `no_gen_csr`: the board cannot make its own key.
     NoGenCsr,
+    /// `cred_buffer_too_small`: an item does not fit the Zephyr shell's credential buffer.
+    CredBufferTooSmall,
+    /// `shell_refused`: the Zephyr shell answered a command with an error.
+    ShellRefused,
+    /// `shell_line_lost`: characters were lost on the way to the Zephyr shell.
+    ShellLineLost,
+    /// `cred_digest_mismatch`: a `cred list` digest differs from the station's.
+    CredDigestMismatch,
     /// `flash`: a virtual board's flash file could not be used.
     Flash,
     /// `fixture`: a virtual jig could not be set up.
@@ -300,6 +373,10 @@ impl JigFailure {
             JigFailure::Protocol => "protocol",
             JigFailure::BadRequest => "bad_request",
             JigFailure::NoGenCsr => "no_gen_csr",
+            JigFailure::CredBufferTooSmall => "cred_buffer_too_small",
+            JigFailure::ShellRefused => "shell_refused",
+            JigFailure::ShellLineLost => "shell_line_lost",
+            JigFailure::CredDigestMismatch => "cred_digest_mismatch",
             JigFailure::Flash => "flash",
             JigFailure::Fixture => "fixture",
         }
@@ -332,6 +409,10 @@ impl JigError {
             JigError::Protocol { .. } => JigFailure::Protocol,
             JigError::BadRequest { .. } => JigFailure::BadRequest,
             JigError::NoGenCsr { .. } => JigFailure::NoGenCsr,
+            JigError::CredBufferTooSmall { .. } => JigFailure::CredBufferTooSmall,
+            JigError::ShellRefused { .. } => JigFailure::ShellRefused,
+            JigError::ShellLineLost { .. } => JigFailure::ShellLineLost,
+            JigError::CredDigestMismatch { .. } => JigFailure::CredDigestMismatch,
             JigError::Flash { .. } => JigFailure::Flash,
             JigError::Fixture { .. } => JigFailure::Fixture,
         }
@@ -416,6 +497,27 @@ mod tests {
                 reason: "no content",
             },
             JigError::NoGenCsr { port: port() },
+            JigError::CredBufferTooSmall {
+                port: port(),
+                slot: Slot::RootCa,
+                needed: 1584,
+                text: "Not enough room".into(),
+            },
+            JigError::ShellRefused {
+                port: port(),
+                command: "cred add 1 CA DEFAULT bint".into(),
+                text: "Failed to add".into(),
+            },
+            JigError::ShellLineLost {
+                port: port(),
+                command: "cred buf".into(),
+                detail: "echo differs".into(),
+            },
+            JigError::CredDigestMismatch {
+                port: port(),
+                slot: Slot::Certificate,
+                detail: "differs".into(),
+            },
             JigError::Flash {
                 path: PathBuf::from("x.flash.json"),
                 detail: "unreadable".into(),
@@ -465,6 +567,10 @@ mod tests {
                 "protocol",
                 "bad_request",
                 "no_gen_csr",
+                "cred_buffer_too_small",
+                "shell_refused",
+                "shell_line_lost",
+                "cred_digest_mismatch",
                 "flash",
                 "fixture",
             ]

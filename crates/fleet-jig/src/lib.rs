@@ -18,7 +18,9 @@
 //!   virtual jig ([`VirtualJig`]) with its UART model and faults ([`FaultConfig`]), the
 //!   serial-number supply ([`SerialGenerator`]), and `station sim-board` ([`run_sim_board`]).
 //! - `driver/`: [`JigDriver`], the station's one way to provision a board on a jig, and a
-//!   driver per protocol ([`DriverKind`]): our own (`fleet-jig`, over [`JigLink`]).
+//!   driver per protocol ([`DriverKind`]): our own (`fleet-jig`, over [`JigLink`]) and
+//!   Zephyr's TLS-credentials shell (`zephyr-cred`, [`ZephyrCred`]; its emulated board is
+//!   [`VirtualZephyr`]).
 //! - `error.rs`: [`JigError`], what went wrong and what the operator should do, and its kind
 //!   [`JigFailure`].
 //!
@@ -33,7 +35,10 @@ mod link;
 mod sim;
 pub mod wire;
 
-pub use driver::{BoardIdentity, DriverKind, DriverOptions, DriverWrite, JigDriver};
+pub use driver::{
+    BoardIdentity, DriverKind, DriverOptions, DriverWrite, JigDriver, ZEPHYR_DEFAULT_PROMPT,
+    ZEPHYR_DEFAULT_SEC_TAG, ZEPHYR_MAX_CHUNK, ZephyrCred, ZephyrOptions,
+};
 pub use error::{JigError, JigFailure};
 pub use link::{
     BoardInfo, DataBits, FlowControl, JigLink, LinkStats, Parity, PortInfo, PortSettings,
@@ -41,6 +46,7 @@ pub use link::{
 };
 pub use sim::{
     BoardParams, BoardSpec, FaultConfig, Flash, JigStats, SerialGenerator, SimBoardOptions,
-    VirtualJig, VirtualJigConfig, run_sim_board, serve_sim_board,
+    VirtualJig, VirtualJigConfig, VirtualZephyr, VirtualZephyrConfig, ZephyrSpec, ZephyrStats,
+    devids, run_sim_board, serve_sim_board,
 };
 pub use wire::protocol::{CsrSubject, ErrorCode, Slot};

@@ -3,6 +3,8 @@
 //! (`[[jigs.ports]] driver`, `jigs.driver` / `--driver` for a virtual line):
 //!
 //! - `fleet-jig` (default): our own jig protocol ([`JigLink`], `docs/jig-protocol.md`).
+//! - `zephyr-cred`: Zephyr's TLS-credentials shell (`cred buf`, `cred add`, `cred list`)
+//!   ([`ZephyrCred`]).
 //!
 //! A driver reports the board's identity, says which items it already holds (skip), writes
 //! the credential set and proves the write with a digest the board computes, and, where the
@@ -14,6 +16,8 @@
 //!
 //! - this file: the trait, [`DriverKind`], [`BoardIdentity`], [`DriverOptions`].
 //! - `fleet`: the trait over [`JigLink`].
+//! - `zephyr/`: [`ZephyrCred`], the Zephyr shell driver, and the shell's text (shared with
+//!   the emulated shell).
 
 use std::fmt;
 
@@ -22,6 +26,11 @@ use crate::link::{JigLink, PortSettings, SlotWrite};
 use crate::wire::protocol::{CsrSubject, Slot};
 
 mod fleet;
+pub(crate) mod zephyr;
+
+pub use zephyr::{
+    ZEPHYR_DEFAULT_PROMPT, ZEPHYR_DEFAULT_SEC_TAG, ZEPHYR_MAX_CHUNK, ZephyrCred, ZephyrOptions,
+};
 
 /// Which driver a port uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
@@ -30,16 +39,19 @@ pub enum DriverKind {
     /// Our jig protocol (`docs/jig-protocol.md`).
     #[default]
     FleetJig,
+    /// Zephyr's TLS-credentials shell.
+    ZephyrCred,
 }
 
 impl DriverKind {
     /// Every driver, by its name.
-    pub const ALL: [DriverKind; 1] = [DriverKind::FleetJig];
+    pub const ALL: [DriverKind; 2] = [DriverKind::FleetJig, DriverKind::ZephyrCred];
 
     /// `fleet-jig`, `nrf91-at`.
     pub const fn as_str(self) -> &'static str {
         match self {
             DriverKind::FleetJig => "fleet-jig",
+            DriverKind::ZephyrCred => "zephyr-cred",
         }
     }
 
@@ -52,9 +64,10 @@ impl DriverKind {
     /// `docs/jig-drivers.md`: the firmware derives them).
     pub fn writes(self, slot: Slot) -> bool {
         match self {
-            DriverKind::FleetJig => {
-                let _ = slot;
-                true
+            DriverKind::FleetJig => true,
+            // The credential store has certificates and keys only.
+            DriverKind::ZephyrCred => {
+                matches!(slot, Slot::Certificate | Slot::PrivateKey | Slot::RootCa)
             }
         }
     }
@@ -64,10 +77,13 @@ impl DriverKind {
         self,
         path: &str,
         settings: &PortSettings,
-        _options: &DriverOptions,
+        options: &DriverOptions,
     ) -> Result<Box<dyn JigDriver>, JigError> {
         Ok(match self {
             DriverKind::FleetJig => Box::new(JigLink::open(path, settings)?),
+            DriverKind::ZephyrCred => {
+                Box::new(ZephyrCred::open(path, settings, options.zephyr.clone())?)
+            }
         })
     }
 }
@@ -80,7 +96,9 @@ impl fmt::Display for DriverKind {
 
 /// Per-port options of the drivers that have any.
 #[derive(Debug, Clone, Default)]
-pub struct DriverOptions {}
+pub struct DriverOptions {
+    pub zephyr: ZephyrOptions,
+}
 
 /// Who the board on the jig is.
 #[derive(Debug, Clone, PartialEq, Eq)]

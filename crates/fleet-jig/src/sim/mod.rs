@@ -12,6 +12,8 @@
 //! - [`faults`]: fault injection for the virtual jig.
 //! - [`serials`]: [`SerialGenerator`], the board supply of a virtual line.
 //! - [`sim_board`]: `station sim-board` ([`run_sim_board`]).
+//! - `zephyr`: the emulated Zephyr shell on a pty ([`VirtualZephyr`]) for the `zephyr-cred`
+//!   driver.
 
 mod board;
 mod faults;
@@ -20,6 +22,7 @@ mod serials;
 mod sim_board;
 mod uart;
 mod virtual_jig;
+mod zephyr;
 
 pub use board::{BoardParams, BoardSpec};
 pub use faults::FaultConfig;
@@ -27,3 +30,4 @@ pub use flash::Flash;
 pub use serials::SerialGenerator;
 pub use sim_board::{SimBoardOptions, run_sim_board, serve_sim_board};
 pub use virtual_jig::{JigStats, VirtualJig, VirtualJigConfig};
+pub use zephyr::{VirtualZephyr, VirtualZephyrConfig, ZephyrSpec, ZephyrStats, devids};
