@@ -14,7 +14,8 @@ use serde::Deserialize;
 use crate::emulator::EmulatorConfig;
 use crate::fleet::{Format, MqttVersion, validate_template_name};
 use crate::jig::{
-    DataBits, DriverKind, DriverOptions, FlowControl, Parity, PortSettings, StopBits,
+    DataBits, DriverKind, DriverOptions, FlowControl, NRF91_DEFAULT_SEC_TAG, Nrf91Options, Parity,
+    PortSettings, StopBits,
 };
 use crate::keys::{KeyAlgorithm, KeySource};
 
@@ -342,10 +343,29 @@ pub struct JigsSection {
     #[serde(default)]
     pub boards_hold_root_ca: bool,
     /// The driver of the virtual line's jigs (`--driver` overrides): `"fleet-jig"` (our jig
-    /// protocol, the default). Real ports name theirs in `[[jigs.ports]] driver`.
+    /// protocol, the default) or `"nrf91-at"` (emulated nRF91 modems behind their AT host).
+    /// Real ports name theirs in `[[jigs.ports]] driver`.
     #[serde(default)]
     pub driver: DriverKind,
+    /// `nrf91-at` on the virtual line: the security tag the credentials go to (default
+    /// 16842753, nRF Cloud Utils' default). Real ports set theirs in `[[jigs.ports]]`.
+    #[serde(default)]
+    pub sec_tag: Option<u32>,
+    /// `nrf91-at` on the virtual line: write the root CA (type 0) too (default `true`).
+    #[serde(default)]
+    pub write_root_ca: Option<bool>,
 }
+
+/// The nRF91 options from a port's (or the virtual line's) keys.
+fn nrf91_options(sec_tag: Option<u32>, write_root_ca: Option<bool>) -> Nrf91Options {
+    Nrf91Options {
+        sec_tag: sec_tag.unwrap_or(NRF91_DEFAULT_SEC_TAG),
+        write_root_ca: write_root_ca.unwrap_or(true),
+    }
+}
+
+/// Largest security tag a station may use (larger ones are reserved for the modem).
+const MAX_SEC_TAG: u32 = 2_147_483_647;
 
 /// One real jig: a named serial port and its line settings (default 8N1, no flow control,
 /// `jigs.baud`, `jigs.timeout_ms`).
@@ -368,9 +388,18 @@ pub struct PortEntry {
     pub stop_bits: Option<u8>,
     #[serde(default)]
     pub timeout_ms: Option<u64>,
-    /// How the station talks to the board's firmware: `"fleet-jig"` (default).
+    /// How the station talks to the board's firmware: `"fleet-jig"` (default) or
+    /// `"nrf91-at"` (see docs/jig-drivers.md).
     #[serde(default)]
     pub driver: DriverKind,
+    /// `nrf91-at`: the security tag the credentials go to (default 16842753, nRF Cloud
+    /// Utils' default).
+    #[serde(default)]
+    pub sec_tag: Option<u32>,
+    /// `nrf91-at`: write the root CA (type 0) too (default `true`); `false` when the
+    /// firmware provides it.
+    #[serde(default)]
+    pub write_root_ca: Option<bool>,
 }
 
 impl JigsSection {
@@ -378,6 +407,9 @@ impl JigsSection {
     pub fn driver_options(&self) -> DriverOptions {
         match self.driver {
             DriverKind::FleetJig => DriverOptions::default(),
+            DriverKind::Nrf91At => DriverOptions {
+                nrf91: nrf91_options(self.sec_tag, self.write_root_ca),
+            },
         }
     }
 
@@ -394,7 +426,12 @@ impl JigsSection {
 impl PortEntry {
     /// The options of this port's driver.
     pub fn driver_options(&self) -> DriverOptions {
-        DriverOptions::default()
+        match self.driver {
+            DriverKind::FleetJig => DriverOptions::default(),
+            DriverKind::Nrf91At => DriverOptions {
+                nrf91: nrf91_options(self.sec_tag, self.write_root_ca),
+            },
+        }
     }
 
     /// The settings this port is opened with: its own line settings over `jigs`' defaults.
@@ -482,6 +519,8 @@ impl Default for JigsSection {
             skip_held: true,
             boards_hold_root_ca: false,
             driver: DriverKind::default(),
+            sec_tag: None,
+            write_root_ca: None,
         }
     }
 }
@@ -829,6 +868,13 @@ impl Config {
             ));
         }
         let j = &self.jigs;
+        if j.sec_tag.is_some_and(|t| t > MAX_SEC_TAG) {
+            return Err(invalid(
+                "jigs.sec_tag",
+                format!("is {}", j.sec_tag.unwrap_or(0)),
+                "use 0 to 2147483647 (larger tags are reserved for the modem)",
+            ));
+        }
         match j.mode {
             JigMode::Virtual => {
                 if j.count == 0 || j.count > 512 {
@@ -881,6 +927,27 @@ impl Config {
                             &format!("jigs.ports[{i}].data_bits"),
                             format!("is {}", p.data_bits.unwrap_or(0)),
                             "use 5, 6, 7 or 8 (8 is usual)",
+                        ));
+                    }
+                    if p.driver != DriverKind::Nrf91At
+                        && (p.sec_tag.is_some() || p.write_root_ca.is_some())
+                    {
+                        let key = if p.sec_tag.is_some() {
+                            "sec_tag"
+                        } else {
+                            "write_root_ca"
+                        };
+                        return Err(invalid(
+                            &format!("jigs.ports[{i}].{key}"),
+                            format!("is set but the port's driver is {:?}", p.driver.as_str()),
+                            "sec_tag and write_root_ca are nrf91-at options: set driver = \"nrf91-at\" or remove them",
+                        ));
+                    }
+                    if p.sec_tag.is_some_and(|t| t > MAX_SEC_TAG) {
+                        return Err(invalid(
+                            &format!("jigs.ports[{i}].sec_tag"),
+                            format!("is {}", p.sec_tag.unwrap_or(0)),
+                            "use 0 to 2147483647 (larger tags are reserved for the modem)",
                         ));
                     }
                     if p.stop_bits.is_some_and(|b| b != 1 && b != 2) {

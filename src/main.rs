@@ -71,7 +71,7 @@ enum Command {
         /// Line rate in baud (overrides jigs.baud; virtual boards emulate it, 0 = memory speed).
         #[arg(long, value_name = "B")]
         baud: Option<u32>,
-        /// The virtual line's jig driver (overrides jigs.driver): fleet-jig.
+        /// The virtual line's jig driver (overrides jigs.driver): fleet-jig or nrf91-at.
         #[arg(long, value_name = "DRIVER", value_parser = parse_driver)]
         driver: Option<fleet_station::jig::DriverKind>,
         /// No dashboard: a progress line a second on stderr (also when stdout is not a

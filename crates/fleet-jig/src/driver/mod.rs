@@ -3,6 +3,8 @@
 //! (`[[jigs.ports]] driver`, `jigs.driver` / `--driver` for a virtual line):
 //!
 //! - `fleet-jig` (default): our own jig protocol ([`JigLink`], `docs/jig-protocol.md`).
+//! - `nrf91-at`: the Nordic nRF91 modem's AT commands (`AT%CMNG`, `AT%KEYGEN`), as
+//!   Nordic's nRF Cloud Utils and `nrfcredstore` drive them ([`Nrf91At`]).
 //!
 //! A driver reports the board's identity, says which items it already holds (skip), writes
 //! the credential set and proves the write with a digest the board computes, and, where the
@@ -14,6 +16,7 @@
 //!
 //! - this file: the trait, [`DriverKind`], [`BoardIdentity`], [`DriverOptions`].
 //! - `fleet`: the trait over [`JigLink`].
+//! - `nrf91`: [`Nrf91At`], the AT-command driver, and its line handling.
 
 use std::fmt;
 
@@ -22,6 +25,10 @@ use crate::link::{JigLink, PortSettings, SlotWrite};
 use crate::wire::protocol::{CsrSubject, Slot};
 
 mod fleet;
+mod nrf91;
+
+pub(crate) use nrf91::cmng_type;
+pub use nrf91::{NRF91_DEFAULT_SEC_TAG, Nrf91At, Nrf91Options};
 
 /// Which driver a port uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
@@ -30,16 +37,19 @@ pub enum DriverKind {
     /// Our jig protocol (`docs/jig-protocol.md`).
     #[default]
     FleetJig,
+    /// Nordic nRF91 modem AT commands.
+    Nrf91At,
 }
 
 impl DriverKind {
     /// Every driver, by its name.
-    pub const ALL: [DriverKind; 1] = [DriverKind::FleetJig];
+    pub const ALL: [DriverKind; 2] = [DriverKind::FleetJig, DriverKind::Nrf91At];
 
     /// `fleet-jig`, `nrf91-at`.
     pub const fn as_str(self) -> &'static str {
         match self {
             DriverKind::FleetJig => "fleet-jig",
+            DriverKind::Nrf91At => "nrf91-at",
         }
     }
 
@@ -52,9 +62,9 @@ impl DriverKind {
     /// `docs/jig-drivers.md`: the firmware derives them).
     pub fn writes(self, slot: Slot) -> bool {
         match self {
-            DriverKind::FleetJig => {
-                let _ = slot;
-                true
+            DriverKind::FleetJig => true,
+            DriverKind::Nrf91At => {
+                matches!(slot, Slot::Certificate | Slot::PrivateKey | Slot::RootCa)
             }
         }
     }
@@ -64,10 +74,11 @@ impl DriverKind {
         self,
         path: &str,
         settings: &PortSettings,
-        _options: &DriverOptions,
+        options: &DriverOptions,
     ) -> Result<Box<dyn JigDriver>, JigError> {
         Ok(match self {
             DriverKind::FleetJig => Box::new(JigLink::open(path, settings)?),
+            DriverKind::Nrf91At => Box::new(Nrf91At::open(path, settings, options.nrf91.clone())?),
         })
     }
 }
@@ -80,7 +91,9 @@ impl fmt::Display for DriverKind {
 
 /// Per-port options of the drivers that have any.
 #[derive(Debug, Clone, Default)]
-pub struct DriverOptions {}
+pub struct DriverOptions {
+    pub nrf91: Nrf91Options,
+}
 
 /// Who the board on the jig is.
 #[derive(Debug, Clone, PartialEq, Eq)]
