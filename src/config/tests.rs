@@ -299,3 +299,38 @@ fn metrics_addr_is_off_by_default_checked_and_overridden_by_the_flag() {
         "{err:?}"
     );
 }
+
+#[test]
+fn nrf91_options_come_from_the_port_or_the_virtual_line_and_are_checked() {
+    let cfg = parse(
+        "[jigs]\nmode = \"serial\"\n\
+         [[jigs.ports]]\nname = \"a\"\npath = \"/dev/ttyACM0\"\ndriver = \"nrf91-at\"\n\
+         sec_tag = 42\nwrite_root_ca = false\n\
+         [[jigs.ports]]\nname = \"b\"\npath = \"/dev/ttyACM1\"\ndriver = \"nrf91-at\"\n",
+    )
+    .unwrap();
+    let a = cfg.jigs.ports[0].driver_options().nrf91;
+    assert_eq!((a.sec_tag, a.write_root_ca), (42, false));
+    let b = cfg.jigs.ports[1].driver_options().nrf91;
+    assert_eq!((b.sec_tag, b.write_root_ca), (NRF91_DEFAULT_SEC_TAG, true));
+    let line = parse("[jigs]\ndriver = \"nrf91-at\"\nsec_tag = 7\n").unwrap();
+    assert_eq!(line.jigs.driver_options().nrf91.sec_tag, 7);
+
+    let key_of = |text: &str| match parse(text).unwrap_err() {
+        ConfigError::Invalid { key, .. } => key,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        key_of(
+            "[jigs]\nmode = \"serial\"\n[[jigs.ports]]\nname = \"a\"\npath = \"/dev/x\"\n\
+             sec_tag = 42\n"
+        ),
+        "jigs.ports[0].sec_tag",
+        "sec_tag on a fleet-jig port"
+    );
+    assert_eq!(
+        key_of("[jigs]\nsec_tag = 2147483648\n"),
+        "jigs.sec_tag",
+        "a tag reserved for the modem"
+    );
+}

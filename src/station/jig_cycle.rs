@@ -130,7 +130,6 @@ pub struct JigPort {
     pub options: DriverOptions,
 }
 
-/// Runs the line cycle on one port until the line is done or the station stops.
 impl JigPort {
     /// Whether the root CA is written to this jig's boards (an `nrf91-at` port may leave it
     /// to the firmware: `write_root_ca = false`).
@@ -142,6 +141,7 @@ impl JigPort {
     }
 }
 
+/// Runs the line cycle on one port until the line is done or the station stops.
 pub fn run_jig(port: &JigPort, ctx: &LineContext) {
     let (name, path, settings) = (port.name.as_str(), port.path.as_str(), &port.settings);
     // No silent success: say once which items this jig's boards are not given.

@@ -23,6 +23,7 @@ mod faults;
 mod jig_faults;
 mod jig_hotplug;
 mod jig_link;
+mod jig_nrf91;
 mod jig_pacing;
 mod knee;
 mod ledger_cli;

@@ -249,31 +249,7 @@ impl Nrf91At {
         let tag = self.options.sec_tag;
         let command = format!("AT%CMNG=1,{tag}");
         let lines = self.ok(&command, self.timeout)?;
-        let mut out = Vec::new();
-        for l in &lines {
-            let Some(rest) = l.strip_prefix("%CMNG:") else {
-                continue;
-            };
-            let mut parts = rest.trim().splitn(3, ',');
-            let (Some(t), Some(ty)) = (parts.next(), parts.next()) else {
-                return Err(self.protocol(&command, format!("unreadable line {l:?}")));
-            };
-            if t.trim().parse::<u32>().ok() != Some(tag) {
-                continue;
-            }
-            let ty: u8 = ty
-                .trim()
-                .parse()
-                .map_err(|_| self.protocol(&command, format!("unreadable type in {l:?}")))?;
-            let sha = parts
-                .next()
-                .unwrap_or("")
-                .trim()
-                .trim_matches('"')
-                .to_ascii_uppercase();
-            out.push((ty, sha));
-        }
-        Ok(out)
+        parse_list(&lines, tag).map_err(|detail| self.protocol(&command, detail))
     }
 
     /// Deletes item `ty` of the port's tag (absent already: fine). The modem refuses while
@@ -400,18 +376,7 @@ impl Nrf91At {
         .collect();
         let command = format!("AT%KEYGEN={tag},2,0,\"{}\"", attrs.join(","));
         let lines = self.ok(&command, WRITE_TIMEOUT)?;
-        let value = lines
-            .iter()
-            .find_map(|l| l.strip_prefix("%KEYGEN:"))
-            .map(|v| v.trim().trim_matches('"').to_string())
-            .ok_or_else(|| self.protocol(&command, "no %KEYGEN: line".into()))?;
-        let csr_part = value.split('.').next().unwrap_or("");
-        let der = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(csr_part.trim_end_matches('='))
-            .map_err(|e| self.protocol(&command, format!("the CSR is not base64url: {e}")))?;
-        if der.first() != Some(&0x30) {
-            return Err(self.protocol(&command, "the CSR is not DER".into()));
-        }
+        let der = parse_keygen(&lines).map_err(|detail| self.protocol(&command, detail))?;
         Ok(pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", der)))
     }
 }
@@ -427,6 +392,56 @@ fn command_name(command: &str) -> String {
         }
         _ => command.to_string(),
     }
+}
+
+/// The items of tag `tag` in an `AT%CMNG=1` answer (`%CMNG: <tag>,<type>[,"<sha>"]`): type
+/// and SHA-256 as uppercase hex (empty where the modem lists none: firmware before 1.3.2).
+fn parse_list(lines: &[String], tag: u32) -> Result<Vec<(u8, String)>, String> {
+    let mut out = Vec::new();
+    for l in lines {
+        let Some(rest) = l.strip_prefix("%CMNG:") else {
+            continue;
+        };
+        let mut parts = rest.trim().splitn(3, ',');
+        let (Some(t), Some(ty)) = (parts.next(), parts.next()) else {
+            return Err(format!("unreadable line {l:?}"));
+        };
+        if t.trim().parse::<u32>().ok() != Some(tag) {
+            continue;
+        }
+        let ty: u8 = ty
+            .trim()
+            .parse()
+            .map_err(|_| format!("unreadable type in {l:?}"))?;
+        let sha = parts
+            .next()
+            .unwrap_or("")
+            .trim()
+            .trim_matches('"')
+            .to_ascii_uppercase();
+        if !sha.is_empty() && (sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit())) {
+            return Err(format!("the SHA-256 in {l:?} is not 64 hex digits"));
+        }
+        out.push((ty, sha));
+    }
+    Ok(out)
+}
+
+/// The CSR (DER) of an `AT%KEYGEN` answer: `%KEYGEN: "<base64url CSR>.<base64url COSE>"`.
+fn parse_keygen(lines: &[String]) -> Result<Vec<u8>, String> {
+    let value = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("%KEYGEN:"))
+        .map(|v| v.trim().trim_matches('"'))
+        .ok_or("no %KEYGEN: line")?;
+    let csr_part = value.split('.').next().unwrap_or("");
+    let der = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(csr_part.trim_end_matches('='))
+        .map_err(|e| format!("the CSR is not base64url: {e}"))?;
+    if der.first() != Some(&0x30) {
+        return Err("the CSR is not DER".into());
+    }
+    Ok(der)
 }
 
 fn final_text(end: &Final) -> String {
@@ -586,6 +601,39 @@ mod tests {
             parse_reply(b"\r\nERROR\r\n", echo),
             Some((vec![], Final::Error))
         );
+    }
+
+    #[test]
+    fn a_list_gives_each_item_of_the_tag_and_its_digest() {
+        let sha = "2C43952EE9E000FF2ACC4E2ED0897C0A72AD5FA72C3D934E81741CBD54F05BD1";
+        let lines = vec![
+            format!("%CMNG: 16842753,0,\"{sha}\""),
+            format!("%CMNG: 16842753,1,\"{}\"", sha.to_lowercase()),
+            "%CMNG: 7,2,\"00\"".to_string(),
+            "%CMNG: 16842753,2".to_string(),
+        ];
+        assert_eq!(
+            parse_list(&lines, 16_842_753),
+            Ok(vec![
+                (0, sha.to_string()),
+                (1, sha.to_string()),
+                (2, String::new())
+            ])
+        );
+        assert!(parse_list(&["%CMNG: 16842753,x,\"\"".into()], 16_842_753).is_err());
+        assert!(parse_list(&["%CMNG: 16842753,1,\"ABC\"".into()], 16_842_753).is_err());
+    }
+
+    #[test]
+    fn a_keygen_answer_gives_the_der_csr_before_the_dot() {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let der = [0x30u8, 0x03, 0x02, 0x01, 0x00];
+        let line = format!("%KEYGEN: \"{}.{}\"", b64.encode(der), b64.encode(b"cose"));
+        assert_eq!(parse_keygen(&[line]), Ok(der.to_vec()));
+        assert!(parse_keygen(&["%KEYGEN: \"!!.x\"".into()]).is_err());
+        let not_der = format!("%KEYGEN: \"{}.x\"", b64.encode(b"text"));
+        assert_eq!(parse_keygen(&[not_der]), Err("the CSR is not DER".into()));
+        assert!(parse_keygen(&["OK".into()]).is_err());
     }
 
     #[test]
