@@ -20,6 +20,7 @@ import concurrent.futures
 import queue
 import re
 import sys
+import tempfile
 import time
 import traceback
 import uuid
@@ -54,6 +55,12 @@ class TemplateUse:
     allows_device_connect: bool
 
 
+# The template of the device-conditions case (fixtures/templates/AttachedThingTemplate.json): its
+# policy allows iot:Connect on client/${iot:Connection.Thing.ThingName} if the certificate is attached
+# to the thing (Bool iot:Connection.Thing.IsAttached), and publish on lines/<the thing's line attribute>/*.
+ATTACHED_TEMPLATE = "AttachedThingTemplate"
+ATTACHED_LINE = "L1"
+
 TEMPLATES = {
     # ThingName = Ref ThingName; policy allows only iot:Publish on foo/bar.
     "FleetTemplate": TemplateUse(
@@ -67,6 +74,13 @@ TEMPLATES = {
         parameters=lambda s: {"SerialNumber": s, "DeviceLocation": "Seattle"},
         thing_name=lambda s: f"ThingPrefix_{s}",
         device_configuration=LOCATION_CONFIG,
+        allows_device_connect=True,
+    ),
+    # ThingName = att_<SerialNumber>, attribute line = Line; policy with conditions (see ATTACHED_TEMPLATE).
+    ATTACHED_TEMPLATE: TemplateUse(
+        parameters=lambda s: {"SerialNumber": s, "Line": ATTACHED_LINE},
+        thing_name=lambda s: f"att_{s}",
+        device_configuration={},
         allows_device_connect=True,
     ),
 }
@@ -684,9 +698,9 @@ def case_mqtt5_rejected(ctx: Ctx) -> str:
 # Case: the issued identity is live
 
 
-def case_device_connect(ctx: Ctx) -> str:
-    template = ctx.device_template
-    serial = ctx.serial("dev")
+def provision_device(ctx: Ctx, template: str, serial: str):
+    """CSR flow on a claim session with `template`: (thing name, CreateCertificateFromCsr reply,
+    PKCS#8 PEM private key)."""
     key, csr = make_csr(serial)
     with Mqtt3Session(ctx, ctx.client_id("devclaim"), cert_path=ctx.args.cert, key_path=ctx.args.key) as s:
         client = v1_client(s)
@@ -699,9 +713,15 @@ def case_device_connect(ctx: Ctx) -> str:
         reg = register.expect_accepted(lambda qos: client.publish_register_thing(register_request(
             template, resp.certificate_ownership_token, TEMPLATES[template].parameters(serial)), qos))
         thing = check_registered(ctx, template, serial, reg.thing_name, reg.device_configuration)
-    # The claim session is closed; the device now connects as itself (docs/aws-fleet-provisioning.md §2 "After success").
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
+    return thing, resp, key_pem
+
+
+def case_device_connect(ctx: Ctx) -> str:
+    template = ctx.device_template
+    thing, resp, key_pem = provision_device(ctx, template, ctx.serial("dev"))
+    # The claim session is closed; the device now connects as itself (docs/aws-fleet-provisioning.md §2 "After success").
     try:
         with Mqtt3Session(ctx, thing, cert_pem=resp.certificate_pem.encode(), key_pem=key_pem):
             pass
@@ -709,6 +729,47 @@ def case_device_connect(ctx: Ctx) -> str:
         raise CaseFailure(f"device identity of {thing} (certificate {resp.certificate_id[:12]}…) "
                           f"cannot connect: {e}") from None
     return f"thing {thing} connected with its issued certificate as client id {thing!r} and disconnected"
+
+
+def mqtt5_publish(ctx: Ctx, session: "Mqtt5Session", topic: str):
+    """QoS 1 publish; the PUBACK reason code."""
+    fut = session.client.publish(mqtt5.PublishPacket(topic=topic, payload=b"{}", qos=mqtt5.QoS.AT_LEAST_ONCE))
+    done = ctx.wait(fut, f"PUBACK for {topic}")
+    check(done.puback is not None, f"no PUBACK packet for {topic}")
+    return done.puback.reason_code
+
+
+def case_device_conditions(ctx: Ctx) -> str:
+    """AWS's thing-policy example (IsAttached + thing attributes), judged through the SDK."""
+    thing, resp, key_pem = provision_device(ctx, ATTACHED_TEMPLATE, ctx.serial("cond"))
+    with tempfile.TemporaryDirectory() as d:
+        cert_path, key_path = f"{d}/cert.pem", f"{d}/key.pem"
+        with open(cert_path, "w") as f:
+            f.write(resp.certificate_pem)
+        with open(key_path, "wb") as f:
+            f.write(key_pem)
+        # Client id = thing name, certificate attached: IsAttached is true, connect allowed.
+        with Mqtt5Session(ctx, thing, cert_path=cert_path, key_path=key_path) as s:
+            on_line = f"lines/{ATTACHED_LINE}/telemetry"
+            code = mqtt5_publish(ctx, s, on_line)
+            check(code == mqtt5.PubackReasonCode.SUCCESS,
+                  f"publish to {on_line} (the thing's line attribute) got PUBACK {code!r}{s.context()}")
+            off_line = "lines/L2/telemetry"
+            code = mqtt5_publish(ctx, s, off_line)
+            check(code == mqtt5.PubackReasonCode.NOT_AUTHORIZED,
+                  f"publish to {off_line} (not the thing's line) got PUBACK {code!r}, expected NOT_AUTHORIZED")
+        # Another client id: no thing of that name, so IsAttached is false and ThingName does not resolve.
+        other = ctx.client_id("not-the-thing")
+        try:
+            with Mqtt5Session(ctx, other, cert_path=cert_path, key_path=key_path):
+                pass
+        except CaseFailure as e:
+            check("NOT_AUTHORIZED" in str(e), f"CONNECT as {other!r} failed, but not as NOT_AUTHORIZED: {e}")
+        else:
+            raise CaseFailure(f"CONNECT as {other!r} (not the thing name) was accepted; "
+                              "the policy needs iot:Connection.Thing.IsAttached")
+    return (f"thing {thing} connected and published on lines/{ATTACHED_LINE}/*, was refused lines/L2/*, "
+            f"and its certificate could not connect as another client id")
 
 
 CASES = [
@@ -722,6 +783,8 @@ CASES = [
     ("mqtt5-rejected", "MQTT 5 + IotIdentityClientV2: RegisterThing with bad tokens is rejected", case_mqtt5_rejected),
     ("device-connect", "MQTT 3.1.1: provision with the device template, then CONNECT as the device",
      case_device_connect),
+    ("device-conditions", "MQTT 5: a device whose policy needs IsAttached and its thing attribute",
+     case_device_conditions),
 ]
 
 
