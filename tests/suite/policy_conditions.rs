@@ -27,7 +27,11 @@ async fn provision(
     emu: &TestEmulator,
     template: &str,
     params: &[(&str, &str)],
-) -> (String, KeyPair, Result<String, fleet_station::fleet::ErrorResponse>) {
+) -> (
+    String,
+    KeyPair,
+    Result<String, fleet_station::fleet::ErrorResponse>,
+) {
     let mut c = claim_client(emu, "claim-conditions", &[template]).await;
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let created = create_from_csr(&mut c, Format::Json, &csr_for(&key))
@@ -89,8 +93,14 @@ async fn an_attached_thing_connects_and_publishes_only_on_its_line() {
     assert_eq!(code, C5::Success);
     // lines/${iot:Connection.Thing.Attributes[line]}/* with IsAttached = true.
     assert_eq!(puback(&mut dev, "lines/L1/temp", 1).await, P5::Success);
-    assert_eq!(puback(&mut dev, "lines/L2/temp", 2).await, P5::NotAuthorized);
-    assert!(matches!(suback(&mut dev, "lines/L1/#", 3).await, S5::Success(_)));
+    assert_eq!(
+        puback(&mut dev, "lines/L2/temp", 2).await,
+        P5::NotAuthorized
+    );
+    assert!(matches!(
+        suback(&mut dev, "lines/L1/#", 3).await,
+        S5::Success(_)
+    ));
     assert_eq!(suback(&mut dev, "lines/L2/#", 4).await, S5::NotAuthorized);
 
     // MQTT 3.1.1 with the station's client library: allowed publish acknowledged, one off
@@ -252,7 +262,10 @@ async fn certificate_variables_source_ip_not_action_and_not_resource() {
     let issuer = "issuer/Amazon.com Inc.";
     assert!(matches!(suback(&mut c, issuer, 5).await, S5::Success(_)));
     let by_serial = format!("serial/{serial}");
-    assert!(matches!(suback(&mut c, &by_serial, 6).await, S5::Success(_)));
+    assert!(matches!(
+        suback(&mut c, &by_serial, 6).await,
+        S5::Success(_)
+    ));
     // A certificate field the certificate does not have: the variable does not resolve and
     // the entry matches nothing (not even the literal text).
     let literal = "none/${iot:Certificate.Subject.Surname}";

@@ -272,16 +272,17 @@ fn parse_one(op: &str, key_name: &str, values: &Value) -> Result<Condition, Stri
         "StringLike" => (false, strings(StrOp::Like)?),
         "StringNotLike" => (true, strings(StrOp::Like)?),
         "Bool" => (false, Values::Bool(bools()?)),
-        "Null" if quantifier == Quantifier::Single && !if_exists => {
-            (false, Values::Null(bools()?))
-        }
+        "Null" if quantifier == Quantifier::Single && !if_exists => (false, Values::Null(bools()?)),
         "Null" => {
             return Err(format!(
                 "`{op}`: Null takes neither ForAnyValue/ForAllValues nor IfExists"
             ));
         }
         "IpAddress" | "NotIpAddress" => {
-            let nets = raw.iter().map(|s| parse_cidr(s)).collect::<Result<_, _>>()?;
+            let nets = raw
+                .iter()
+                .map(|s| parse_cidr(s))
+                .collect::<Result<_, _>>()?;
             (base == "NotIpAddress", Values::Ip(nets))
         }
         b if b.starts_with("Numeric")
@@ -455,10 +456,12 @@ mod tests {
         assert_eq!(holds(eq.clone(), &on), Some(true));
         assert_eq!(holds(eq, &off), Some(false));
         // Negated: true when no value matches, and when the key is absent.
-        let ne = json!({"StringNotEquals": {"iot:Connection.Thing.Attributes[line]": ["L1", "L3"]}});
+        let ne =
+            json!({"StringNotEquals": {"iot:Connection.Thing.Attributes[line]": ["L1", "L3"]}});
         assert_eq!(holds(ne.clone(), &on), Some(true));
         assert_eq!(holds(ne, &off), Some(true));
-        let ne = json!({"StringNotEquals": {"iot:Connection.Thing.Attributes[line]": ["L1", "L2"]}});
+        let ne =
+            json!({"StringNotEquals": {"iot:Connection.Thing.Attributes[line]": ["L1", "L2"]}});
         assert_eq!(holds(ne, &on), Some(false));
         let ic = json!({"StringEqualsIgnoreCase": {"iot:Connection.Thing.ThingTypeName": "BOARD"}});
         assert_eq!(holds(ic, &on), Some(true));
@@ -468,7 +471,8 @@ mod tests {
         assert_eq!(holds(like, &on), Some(true));
         let not_like = json!({"StringNotLike": {"iot:ClientId": ["x*", "dev-*"]}});
         assert_eq!(holds(not_like, &on), Some(false));
-        let if_exists = json!({"StringEqualsIfExists": {"iot:Connection.Thing.ThingTypeName": "X"}});
+        let if_exists =
+            json!({"StringEqualsIfExists": {"iot:Connection.Thing.ThingTypeName": "X"}});
         assert_eq!(holds(if_exists.clone(), &off), Some(true));
         assert_eq!(holds(if_exists, &on), Some(false));
     }
@@ -507,16 +511,20 @@ mod tests {
         assert_eq!(holds(not_ip, &on), Some(false));
         let v6 = json!({"IpAddress": {"aws:SourceIp": "::1/128"}});
         assert_eq!(holds(v6, &on), Some(false));
-        let any = json!({"ForAnyValue:StringEquals": {"iot:Certificate.Subject.Country.List": ["CA"]}});
+        let any =
+            json!({"ForAnyValue:StringEquals": {"iot:Certificate.Subject.Country.List": ["CA"]}});
         assert_eq!(holds(any, &on), Some(true));
-        let all = json!({"ForAllValues:StringEquals": {"iot:Certificate.Subject.Country.List": ["CA"]}});
+        let all =
+            json!({"ForAllValues:StringEquals": {"iot:Certificate.Subject.Country.List": ["CA"]}});
         assert_eq!(holds(all, &on), Some(false));
         let all = json!({"ForAllValues:StringEquals": {"iot:Certificate.Subject.Country.List": ["CA", "US"]}});
         assert_eq!(holds(all, &on), Some(true));
         // Absent key: ForAllValues holds, ForAnyValue does not.
-        let all = json!({"ForAllValues:StringEquals": {"iot:Certificate.Issuer.Country.List": ["CA"]}});
+        let all =
+            json!({"ForAllValues:StringEquals": {"iot:Certificate.Issuer.Country.List": ["CA"]}});
         assert_eq!(holds(all, &on), Some(true));
-        let any = json!({"ForAnyValue:StringEquals": {"iot:Certificate.Issuer.Country.List": ["CA"]}});
+        let any =
+            json!({"ForAnyValue:StringEquals": {"iot:Certificate.Issuer.Country.List": ["CA"]}});
         assert_eq!(holds(any, &on), Some(false));
     }
 

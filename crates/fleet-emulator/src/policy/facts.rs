@@ -380,7 +380,11 @@ mod tests {
                 pick: Pick::Index(2)
             })
         );
-        assert!(Key::parse("iot:Certificate.Subject.Country.List").unwrap().is_list());
+        assert!(
+            Key::parse("iot:Certificate.Subject.Country.List")
+                .unwrap()
+                .is_list()
+        );
         let e = Key::parse("iot:Certificate.Subject.Country.0").unwrap_err();
         assert!(e.contains("from 1"), "{e}");
         let e = Key::parse("aws:CurrentTime").unwrap_err();
@@ -430,7 +434,10 @@ mod tests {
             facts.resolve(&key("iot:Certificate.Subject.Country.4")),
             None
         );
-        assert_eq!(facts.resolve(&key("iot:Certificate.Issuer.CommonName")), None);
+        assert_eq!(
+            facts.resolve(&key("iot:Certificate.Issuer.CommonName")),
+            None
+        );
         assert_eq!(
             facts.resolve(&key("iot:Certificate.SerialNumber")),
             Some(vec!["42".into()])

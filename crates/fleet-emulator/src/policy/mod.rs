@@ -149,8 +149,14 @@ fn parse_statement(st: &Value, path: &str) -> Result<Statement, PolicyError> {
         match (st.get(a), st.get(b)) {
             (Some(v), None) => Ok((v, false, format!("{path}.{a}"))),
             (None, Some(v)) => Ok((v, true, format!("{path}.{b}"))),
-            (Some(_), Some(_)) => Err(malformed(path, format!("a statement has {a} or {b}, not both"))),
-            (None, None) => Err(malformed(path, format!("the statement has neither {a} nor {b}"))),
+            (Some(_), Some(_)) => Err(malformed(
+                path,
+                format!("a statement has {a} or {b}, not both"),
+            )),
+            (None, None) => Err(malformed(
+                path,
+                format!("the statement has neither {a} nor {b}"),
+            )),
         }
     };
     let (actions, not_action, apath) = one_of("Action", "NotAction")?;
@@ -209,9 +215,10 @@ impl Statement {
             };
             !pats.iter().any(|p| tokens_match(p, arn, false))
         } else {
-            self.resources
-                .iter()
-                .any(|r| r.pattern(facts).is_some_and(|p| tokens_match(&p, arn, false)))
+            self.resources.iter().any(|r| {
+                r.pattern(facts)
+                    .is_some_and(|p| tokens_match(&p, arn, false))
+            })
         };
         resource_ok
             && self
@@ -437,7 +444,12 @@ mod tests {
             client_id: "dev-1".into(),
             ..Facts::default()
         };
-        assert!(!is_allowed(&docs, Action::Subscribe, "line//x", &unattached));
+        assert!(!is_allowed(
+            &docs,
+            Action::Subscribe,
+            "line//x",
+            &unattached
+        ));
     }
 
     #[test]
@@ -464,19 +476,29 @@ mod tests {
         assert_eq!(e.path, "Statement");
         let e = err(json!({"Statement": [{"Effect": "Permit", "Action": "*", "Resource": "*"}]}));
         assert_eq!(e.path, "Statement[0].Effect");
-        let e = err(json!({"Statement": [{"Effect": "Allow", "Action": "*", "NotAction": "x", "Resource": "*"}]}));
+        let e = err(
+            json!({"Statement": [{"Effect": "Allow", "Action": "*", "NotAction": "x", "Resource": "*"}]}),
+        );
         assert!(e.message.contains("not both"), "{e}");
         let e = err(json!({"Statement": [{"Effect": "Allow", "Action": "*"}]}));
-        assert!(e.message.contains("neither Resource nor NotResource"), "{e}");
+        assert!(
+            e.message.contains("neither Resource nor NotResource"),
+            "{e}"
+        );
         let e = err(json!({"Statement": [{"Effect": "Allow", "Action": "*",
             "Resource": ["*", "*:client/${iot:Thing}"]}]}));
         assert_eq!(e.path, "Statement[0].Resource[1]");
-        let e = err(json!({"Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*",
-            "Condition": {"StringEquals": {"iot:Connection.Thing.Colour": "red"}}}]}));
+        let e = err(
+            json!({"Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*",
+            "Condition": {"StringEquals": {"iot:Connection.Thing.Colour": "red"}}}]}),
+        );
         assert_eq!(
             e.path,
             "Statement[0].Condition.StringEquals.iot:Connection.Thing.Colour"
         );
-        assert!(e.to_string().starts_with("policy document: Statement[0]"), "{e}");
+        assert!(
+            e.to_string().starts_with("policy document: Statement[0]"),
+            "{e}"
+        );
     }
 }
