@@ -456,7 +456,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.decisions.clear();
         // Thing policy variables: the thing named by the client id, if this certificate is
         // attached to it (AWS: the client id "must exactly match the thing name"). Read once,
-        // at CONNECT: a change to the thing applies from the next connection (docs/emulator.md).
+        // at CONNECT: a change to the thing applies from the next connection (docs/emulator.md;
+        // AWS documents no propagation time for thing changes, and says policy changes "can
+        // take anywhere between 6 and 8 minutes to become effective").
         self.facts.client_id = self.client_id.clone();
         self.facts.thing = shared
             .registry
