@@ -7,10 +7,12 @@
 //! is loaded.
 
 use crate::api_support::{
-    assert_rejected, claim_client, create_from_csr, csr_for, register, templates_with,
+    assert_rejected, cert_der, certificate, claim_client, create_from_csr, csr_for,
+    has_unused_token, register, templates_with,
 };
 use crate::broker_support::{BrokerEmu, Raw, connect5, publish5, subscribe5};
 use crate::common::{RawClient, Seen, TestEmulator};
+use fleet_station::emulator::registry::CertStatus;
 use fleet_station::emulator::{Emulator, EmulatorConfig};
 use fleet_station::fleet::Format;
 use fleet_station::shutdown::Shutdown;
@@ -178,8 +180,15 @@ async fn register_thing_refuses_a_policy_the_emulator_cannot_evaluate() {
     });
     let dir = templates_with(&[("BadPolicy.json", body.to_string())]);
     let emu = TestEmulator::start_with(|cfg| cfg.templates = dir.path().to_path_buf()).await;
-    let (_, _, registered) = provision(&emu, "BadPolicy", &[]).await;
+    let (pem, _, registered) = provision(&emu, "BadPolicy", &[]).await;
     let e = registered.unwrap_err();
+    // Refused before anything changed: the certificate is not activated, its token unused,
+    // and no policy is attached.
+    let id = fleet_station::emulator::ca::certificate_id(&cert_der(&pem));
+    let cert = certificate(&emu, &id).unwrap();
+    assert_eq!(cert.status, CertStatus::PendingActivation);
+    assert!(cert.policies.is_empty());
+    assert!(has_unused_token(&emu, &id));
     assert_rejected(&e, 400, "InvalidParameters");
     assert!(
         e.error_message.contains("MalformedPolicyException")
