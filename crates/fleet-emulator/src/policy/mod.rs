@@ -104,7 +104,7 @@ pub struct PolicyDocument {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Statement {
     allow: bool,
-    /// Lowercased action patterns; `not` for `NotAction`.
+    /// Lowercased action patterns (of `NotAction` when `not_action`).
     actions: Vec<String>,
     not_action: bool,
     resources: Vec<Template>,
