@@ -30,6 +30,7 @@ mod ledger_fixture;
 mod loadtest_cleanup;
 mod metrics;
 mod outage;
+mod policy_conditions;
 mod provision;
 mod readme;
 mod report;
