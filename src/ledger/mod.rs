@@ -135,6 +135,12 @@ impl LedgerLocation {
     }
 }
 
+/// Whether `url` is a PostgreSQL URL the ledger can connect with (checked without
+/// connecting); the problem otherwise.
+pub fn check_url(url: &str) -> Result<(), String> {
+    postgres::check_url(url)
+}
+
 /// Whether `s` names a PostgreSQL database rather than a file.
 pub fn is_postgres_url(s: &str) -> bool {
     s.starts_with("postgres://") || s.starts_with("postgresql://")

@@ -132,6 +132,15 @@ fn tls(url: &str, rootcert: Option<&str>) -> Result<MakeRustlsConnect, LedgerErr
     Ok(MakeRustlsConnect::new(config))
 }
 
+/// Whether `url` parses as the client reads it (nothing is connected).
+pub(crate) fn check_url(url: &str) -> Result<(), String> {
+    let (plain, _) = split_rootcert(url);
+    plain
+        .parse::<postgres::Config>()
+        .map(drop)
+        .map_err(|e| describe(&e))
+}
+
 /// Connects to the ledger database at `url`; a `read_only` session refuses every write.
 pub(super) fn connect(url: &str, read_only: bool) -> Result<Client, LedgerError> {
     let (plain, rootcert) = split_rootcert(url);

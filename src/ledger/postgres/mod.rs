@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use postgres::Client;
 
-pub(crate) use self::connect::redact;
+pub(crate) use self::connect::{check_url, redact};
 use self::connect::{connect, pg_error};
 pub(crate) use self::read::PgRecords;
 use self::writer::Writer;

@@ -8,8 +8,9 @@
 use super::PgRecords;
 use super::schema::SCHEMA_VERSION;
 use crate::ledger::backend::Records;
+use crate::ledger::tests::registered;
 use crate::ledger::tests::{Scratch, issued, key_reserved, with_server};
-use crate::ledger::{DeviceState, LedgerError, Transition};
+use crate::ledger::{DeviceState, Ledger, LedgerError, LedgerLocation, LedgerView, Transition};
 
 fn schema_versions(s: &Scratch) -> Vec<i64> {
     with_server(s.url.as_deref().unwrap(), |c| {
@@ -205,4 +206,64 @@ fn a_failing_change_fails_only_itself_and_the_reader_cannot_write() {
         .expect_err("refused");
     assert!(format!("{err}").contains("read-only"), "{err}");
     assert_eq!(reader.devices().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn the_privileges_the_readme_lists_are_enough() {
+    let Some(s) = Scratch::postgres() else { return };
+    // The schema's owner creates the ledger (the first start).
+    drop(s.open("owner").unwrap());
+    let schema = s.schema().unwrap();
+    let role = format!("{schema}_station");
+    // README, "A shared PostgreSQL ledger": exactly these grants.
+    s.execute(&format!(
+        "CREATE ROLE {role} LOGIN;
+         GRANT USAGE ON SCHEMA {schema} TO {role};
+         GRANT SELECT, INSERT, UPDATE ON {schema}.devices, {schema}.events, {schema}.orphans, {schema}.stations TO {role};
+         GRANT SELECT ON {schema}.ledger_schema TO {role};
+         GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {role};"
+    ));
+    let url = format!("{}&user={role}", s.url.as_deref().unwrap());
+    let at = LedgerLocation::Postgres {
+        url: url.clone(),
+        key_file: s.key("line"),
+    };
+    {
+        let ledger = Ledger::open_at(&at, "line").unwrap();
+        let id = ledger.begin("SN-P", "j").await.unwrap().id;
+        ledger.record(id, key_reserved()).await.unwrap();
+        ledger.record(id, issued("c-1")).await.unwrap();
+        ledger
+            .record(
+                id,
+                Transition::CertificateAbandoned {
+                    reason: "token expired".into(),
+                    status: crate::ledger::OrphanStatus::Pending,
+                },
+            )
+            .await
+            .unwrap();
+        ledger.record(id, key_reserved()).await.unwrap();
+        ledger.record(id, issued("c-2")).await.unwrap();
+        ledger.record(id, registered("thing-p")).await.unwrap();
+        ledger.record(id, Transition::Written).await.unwrap();
+        ledger.record(id, Transition::Verified).await.unwrap();
+        ledger.note(id, "checked", "by hand").await.unwrap();
+        assert_eq!(ledger.orphans().unwrap().len(), 1);
+        let view = LedgerView::open_at(&at).unwrap();
+        assert_eq!(
+            view.device("SN-P").unwrap().unwrap().state,
+            DeviceState::Verified
+        );
+    }
+    // And no more: it cannot create tables (a migration needs the owner).
+    let denied = with_server(&url, |c| {
+        c.batch_execute(&format!("CREATE TABLE {schema}.x (y INT)"))
+    });
+    assert!(denied.is_err());
+    drop(s);
+    let base = std::env::var(crate::ledger::tests::TEST_POSTGRES).unwrap();
+    with_server(&base, |c| {
+        c.batch_execute(&format!("DROP ROLE {role}")).unwrap()
+    });
 }

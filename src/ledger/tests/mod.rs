@@ -189,6 +189,11 @@ impl Scratch {
         }
     }
 
+    /// The test's schema on PostgreSQL.
+    pub(crate) fn schema(&self) -> Option<&str> {
+        self.server.as_ref().map(|(_, schema)| schema.as_str())
+    }
+
     pub(crate) fn open(&self, station: &str) -> Result<Ledger, LedgerError> {
         Ledger::open_at(&self.location(station), station)
     }
