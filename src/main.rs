@@ -598,8 +598,9 @@ fn main() -> ExitCode {
         }
         Command::Loadtest {
             cleanup_plan: Some(dir),
+            config,
             ..
-        } => match station::cleanup::write_cleanup_plan(&dir) {
+        } => match station::cleanup::write_cleanup_plan(&dir, &config) {
             Ok(f) => {
                 println!(
                     "cleanup plan: {} certificate(s), {} thing(s) to delete, {} thing(s) kept (see cleanup.json)",

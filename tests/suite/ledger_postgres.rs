@@ -1,7 +1,8 @@
 //! The PostgreSQL ledger through the real CLI: two stations with ids of their own run lines on
 //! one shared ledger at the same time, a third with a running station's id is refused (naming
 //! it) until that station is gone, even by SIGKILL, and `station ledger export` reads every
-//! station's devices. Needs the server `STATION_TEST_POSTGRES` names (`scripts/postgres.sh`
+//! station's devices; a load test journals to the shared ledger too, and its cleanup plan takes
+//! its own devices from there (`ledger.json` in its report folder). Needs the server `STATION_TEST_POSTGRES` names (`scripts/postgres.sh`
 //! starts one); passes without running when none is named, fails then under
 //! `STATION_REQUIRE_POSTGRES=1` (the library's `postgres_ledger_tests_need_station_test_postgres`
 //! says on stderr that these tests did not run).
@@ -219,5 +220,95 @@ fn stations_share_a_postgres_ledger_and_only_a_taken_station_id_is_refused() {
     assert!(
         stdout.contains("devices: 4 provisioned, 0 failed, of 4"),
         "{stdout}"
+    );
+}
+
+#[test]
+fn a_load_test_journals_to_the_shared_ledger_and_its_cleanup_plan_takes_only_its_devices() {
+    let Some(schema) = Schema::new() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &schema, "lt-station", "X");
+    // A line's boards are in the ledger too; they are not the load test's.
+    let out = station()
+        .args(["run", "--boards", "3", "--config"])
+        .arg(&config)
+        .arg("--report-dir")
+        .arg(dir.path().join("report-run"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let loadtest = |report: &Path, devices: &str| {
+        let out = station()
+            .args(["loadtest", "--headless", "--devices", devices, "--config"])
+            .arg(&config)
+            .arg("--report-dir")
+            .arg(report)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let first = dir.path().join("lt-1");
+    loadtest(&first, "12");
+    loadtest(&dir.path().join("lt-2"), "5");
+    assert_eq!(
+        // A synthetic device ends at `registered` (it has no board to write).
+        schema.count(
+            "SELECT count(*) FROM devices WHERE serial LIKE 'LT-%' AND state = 'registered'"
+        ),
+        17,
+        "both load tests journaled to the shared ledger"
+    );
+    assert!(!first.join("ledger.db").exists(), "no ledger of its own");
+    let pointer = std::fs::read_to_string(first.join("ledger.json")).unwrap();
+    assert!(pointer.contains("\"serials\": \"LT-"), "{pointer}");
+    if !schema.password.is_empty() {
+        assert!(!pointer.contains(&schema.password), "{pointer}");
+    }
+
+    let plan = |config: &Path| {
+        station()
+            .args(["loadtest", "--cleanup-plan"])
+            .arg(&first)
+            .arg("--config")
+            .arg(config)
+            .output()
+            .unwrap()
+    };
+    let out = plan(&config);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("12 certificate(s), 12 thing(s) to delete, 0 thing(s) kept"),
+        "only the first load test's devices: {stdout}"
+    );
+
+    // A configuration naming another ledger is refused with the fix.
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let other_config = StationConfig::embedded(&other)
+        .set_str(
+            "station.ledger",
+            format!("{}&application_name=other", schema.url),
+        )
+        .write();
+    let out = plan(&other_config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("station::loadtest::other_ledger"),
+        "{stderr}"
     );
 }
