@@ -8,13 +8,14 @@
 # PATH), installing Debian's `postgresql` package when they are missing (as root, or with
 # sudo); makes a cluster in a new temporary directory, owned by an unprivileged user when run
 # as root (PostgreSQL refuses to run as root: the user `station-pg` is created for it); starts
-# it listening only on a Unix socket in that directory (no TCP port, so it collides with
-# nothing); creates the database `station_test`; exports
-# STATION_TEST_POSTGRES=postgres://postgres@/station_test?host=<dir>&port=<port>; runs the
-# command; and stops the cluster and deletes the directory when the command ends, whatever
-# way it ends. The command's exit status is the script's.
+# it on a Unix socket in that directory, and with TLS on a free TCP port of 127.0.0.1 (its
+# certificate from a CA made for the run with openssl); creates the database `station_test`;
+# exports STATION_TEST_POSTGRES=postgres://postgres@/station_test?host=<dir>&port=<port> and
+# STATION_TEST_POSTGRES_TLS=postgres://postgres@localhost:<port>/station_test?sslmode=require&sslrootcert=<dir>/tls/ca.pem;
+# runs the command; and stops the cluster and deletes the directory when the command ends,
+# whatever way it ends. The command's exit status is the script's.
 #
-# The cluster is a test server: trust authentication on its private socket, nothing else.
+# The cluster is a test server: trust authentication, on its private socket and on loopback.
 # PG_FSYNC=off turns fsync off (faster tests; never for the figures of the README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -73,16 +74,39 @@ trap 'exit 130' INT TERM
 
 "${as_owner[@]}" "$bin/initdb" -D "$work/data" -U postgres --auth=trust -E UTF8 \
     --no-instructions >"$work/initdb.log" 2>&1 || { cat "$work/initdb.log" >&2; die "initdb failed"; }
-port=5432
-"${as_owner[@]}" "$bin/pg_ctl" -D "$work/data" -l "$work/server.log" -w -t 60 \
-    -o "-c listen_addresses='' -c unix_socket_directories='$work' -p $port -c max_connections=300 -c fsync=${PG_FSYNC:-on}" \
-    start >/dev/null || { cat "$work/server.log" >&2; die "the server did not start"; }
-started=1
+# TLS: a CA and a server certificate for localhost, made for this run.
+command -v openssl >/dev/null || die "openssl is missing (Debian package openssl)"
+tls=$work/tls
+mkdir "$tls"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/CN=station-pg test CA" -keyout "$tls/ca.key" -out "$tls/ca.pem" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+    -subj "/CN=localhost" -keyout "$tls/server.key" -out "$tls/server.csr" 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$tls/ext"
+openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" -CAcreateserial \
+    -days 2 -extfile "$tls/ext" -out "$tls/server.pem" 2>/dev/null
+chmod 0600 "$tls/server.key"
+[[ ${#as_owner[@]} -eq 0 ]] || chown -R "$owner" "$tls"
+
+# The port (TCP on loopback, and the name of the Unix socket): a free one, found by trying (the
+# server refuses to start on a taken one).
+for _ in 1 2 3 4 5 6 7 8; do
+    port=$((20000 + RANDOM % 40000))
+    if "${as_owner[@]}" "$bin/pg_ctl" -D "$work/data" -l "$work/server.log" -w -t 60 \
+        -o "-c listen_addresses='127.0.0.1' -c unix_socket_directories='$work' -p $port -c max_connections=300 -c fsync=${PG_FSYNC:-on} -c ssl=on -c ssl_cert_file='$tls/server.pem' -c ssl_key_file='$tls/server.key'" \
+        start >/dev/null 2>&1; then
+        started=1
+        break
+    fi
+done
+[[ -n $started ]] || { cat "$work/server.log" >&2; die "the server did not start"; }
 "$bin/psql" -X -q -h "$work" -p "$port" -U postgres -d postgres \
     -c "CREATE DATABASE station_test" >/dev/null || die "cannot create the test database"
 
 export STATION_TEST_POSTGRES="postgres://postgres@/station_test?host=$work&port=$port"
+export STATION_TEST_POSTGRES_TLS="postgres://postgres@localhost:$port/station_test?sslmode=require&sslrootcert=$tls/ca.pem"
 say "STATION_TEST_POSTGRES=$STATION_TEST_POSTGRES"
+say "STATION_TEST_POSTGRES_TLS=$STATION_TEST_POSTGRES_TLS"
 
 # --- 3. the command ----------------------------------------------------------------------------
 set +e

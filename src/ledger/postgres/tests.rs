@@ -2,7 +2,8 @@
 //! (each in a schema of its own; they pass without running when none is named, see
 //! `ledger/tests`): stations sharing one ledger and refused only for the same id, migrating
 //! once when they start together, refusing a newer schema, each station's key file, a
-//! failing change failing only itself, a reader that cannot write. (The journal's behaviour
+//! failing change failing only itself, a reader that cannot write, the privileges the README
+//! lists, TLS with the server verified (`STATION_TEST_POSTGRES_TLS`). (The journal's behaviour
 //! is tested on both stores in `ledger/tests/`.)
 
 use super::PgRecords;
@@ -265,5 +266,82 @@ async fn the_privileges_the_readme_lists_are_enough() {
     let base = std::env::var(crate::ledger::tests::TEST_POSTGRES).unwrap();
     with_server(&base, |c| {
         c.batch_execute(&format!("DROP ROLE {role}")).unwrap()
+    });
+}
+
+#[tokio::test]
+async fn over_tls_the_server_is_verified_against_sslrootcert() {
+    // scripts/postgres.sh also serves TLS on loopback, with a certificate from a CA of its own.
+    let url = match std::env::var("STATION_TEST_POSTGRES_TLS") {
+        Ok(url) if !url.is_empty() => url,
+        _ => {
+            assert!(
+                crate::ledger::tests::test_server().is_none(),
+                "STATION_TEST_POSTGRES is set but STATION_TEST_POSTGRES_TLS is not: run the tests through scripts/postgres.sh"
+            );
+            return;
+        }
+    };
+    let schema = format!(
+        "ledger_tls_{}_{:08x}",
+        std::process::id(),
+        fastrand::u32(..)
+    );
+    with_server(&url, |c| {
+        c.batch_execute(&format!("CREATE SCHEMA {schema}")).unwrap()
+    });
+    let ledger_url = format!("{url}&options=-c%20search_path%3D{schema}");
+    let dir = tempfile::tempdir().unwrap();
+    let at = LedgerLocation::Postgres {
+        url: ledger_url.clone(),
+        key_file: dir.path().join("k"),
+    };
+    {
+        let ledger = Ledger::open_at(&at, "st").unwrap();
+        let id = ledger.begin("SN-TLS", "j").await.unwrap().id;
+        ledger.record(id, key_reserved()).await.unwrap();
+        assert_eq!(
+            ledger.device("SN-TLS").unwrap().unwrap().state,
+            DeviceState::KeyReserved
+        );
+    }
+    let ssl: bool = with_server(&ledger_url, |c| {
+        c.query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    });
+    assert!(ssl, "the session is encrypted");
+    // Without the CA file the server's certificate is checked against the system's roots,
+    // which do not know the test CA: refused, not connected unverified.
+    let without_ca = {
+        let (base, query) = ledger_url.split_once('?').unwrap();
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|kv| !kv.starts_with("sslrootcert="))
+            .collect();
+        format!("{base}?{}", kept.join("&"))
+    };
+    let err = Ledger::open_at(
+        &LedgerLocation::Postgres {
+            url: without_ca,
+            key_file: dir.path().join("k"),
+        },
+        "st2",
+    )
+    .err()
+    .expect("refused");
+    let LedgerError::Postgres { reason, .. } = &err else {
+        panic!("{err:?}");
+    };
+    assert!(
+        reason.contains("TLS") || reason.contains("certificate"),
+        "{reason}"
+    );
+    with_server(&url, |c| {
+        c.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+            .unwrap()
     });
 }
