@@ -4,7 +4,7 @@
 //! ledger inside the report folder so the line's ledger file is not touched — or, when
 //! `station.ledger` is a PostgreSQL database, in that shared ledger as `run` does, with
 //! `ledger.json` in the report folder naming the ledger and the load test's serials (its
-//! devices are `LT-<start time>-<n>`), which `--cleanup-plan` reads them back by.
+//! devices are `LT-<start time><six random digits>-<n>`), which `--cleanup-plan` reads them back by.
 //!
 //! Every device started is accounted for: provisioned, failed, or interrupted by a stop.
 //! Synthetic devices never resume, so an interrupted one is closed in the ledger with its
@@ -181,11 +181,17 @@ pub(super) async fn start(
     } else {
         None
     };
-    let stamp = serial_stamp();
     // A shared (PostgreSQL) ledger journals the load test as it journals the line; a ledger
     // file is the line's own, and the load test keeps a ledger of its own in its report folder.
     let configured = cfg.station.ledger_location();
     let shared = matches!(configured, LedgerLocation::Postgres { .. });
+    // On a shared ledger, load tests that start in the same second (on this station or
+    // another) must not take each other's serials: six random digits follow the time.
+    let stamp = if shared {
+        format!("{}{:06}", serial_stamp(), fastrand::u32(..1_000_000))
+    } else {
+        serial_stamp()
+    };
     let p = Pipeline::start(
         &cfg,
         PipelineOptions {
