@@ -4,7 +4,8 @@
 //! ledger inside the report folder so the line's ledger file is not touched — or, when
 //! `station.ledger` is a PostgreSQL database, in that shared ledger as `run` does, with
 //! `ledger.json` in the report folder naming the ledger and the load test's serials (its
-//! devices are `LT-<start time><six random digits>-<n>`), which `--cleanup-plan` reads them back by.
+//! devices are `LT-<start time><six random digits>-<n>`), by which `--cleanup-plan` reads
+//! them back.
 //!
 //! Every device started is accounted for: provisioned, failed, or interrupted by a stop.
 //! Synthetic devices never resume, so an interrupted one is closed in the ledger with its
