@@ -27,6 +27,7 @@ mod jig_pacing;
 mod knee;
 mod ledger_cli;
 mod ledger_fixture;
+mod ledger_postgres;
 mod loadtest_cleanup;
 mod metrics;
 mod outage;
