@@ -100,9 +100,15 @@ pub struct StationSection {
     /// Identifies this station in client ids (`<id>-<n>`), the ledger and reports.
     #[serde(default = "default_station_id")]
     pub id: String,
-    /// SQLite journal of every device.
+    /// The journal of every device: a SQLite file (the embedded default), or a PostgreSQL
+    /// database many stations share (`postgres://user@host/db?sslmode=require`).
     #[serde(default = "default_ledger")]
     pub ledger: PathBuf,
+    /// A PostgreSQL ledger only: this station's key file, which seals the private keys of its
+    /// unfinished devices (default `state/ledger-<station.id>.key`). A file ledger keeps its
+    /// key beside it (`<ledger>.key`).
+    #[serde(default)]
+    pub ledger_key: Option<PathBuf>,
     /// Parent directory of run reports (`<report_dir>/<timestamp>/summary.json`).
     #[serde(default = "default_report_dir")]
     pub report_dir: PathBuf,
@@ -123,8 +129,16 @@ impl Default for StationSection {
         StationSection {
             id: default_station_id(),
             ledger: default_ledger(),
+            ledger_key: None,
             report_dir: default_report_dir(),
         }
+    }
+}
+
+impl StationSection {
+    /// Where this station's ledger is (`ledger`, and `ledger_key` for PostgreSQL).
+    pub fn ledger_location(&self) -> crate::ledger::LedgerLocation {
+        crate::ledger::LedgerLocation::of(&self.ledger, self.ledger_key.as_deref(), &self.id)
     }
 }
 
@@ -738,6 +752,28 @@ impl Config {
                 format!("is {:?}, which cannot start an MQTT client id", s.id),
                 "use 1–100 characters without '#', '+', '/' or '$', e.g. \"line3-station1\"",
             ));
+        }
+        match self.station.ledger_location() {
+            crate::ledger::LedgerLocation::Postgres { url, .. } => {
+                if let Err(problem) = crate::ledger::check_url(&url) {
+                    return Err(invalid(
+                        "station.ledger",
+                        format!(
+                            "is {:?}, which is not a PostgreSQL URL: {problem}",
+                            crate::ledger::LedgerLocation::of(&s.ledger, None, &s.id).display()
+                        ),
+                        "write it as postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=require&sslrootcert=/path/ca.pem]",
+                    ));
+                }
+            }
+            crate::ledger::LedgerLocation::File(_) if s.ledger_key.is_some() => {
+                return Err(invalid(
+                    "station.ledger_key",
+                    "is set, but station.ledger is a file".into(),
+                    "remove station.ledger_key: a file ledger keeps its key beside it (<ledger>.key); ledger_key is for a PostgreSQL ledger",
+                ));
+            }
+            crate::ledger::LedgerLocation::File(_) => {}
         }
         if let Err(e) = validate_template_name(&self.provision.template_name) {
             return Err(invalid(

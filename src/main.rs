@@ -457,7 +457,7 @@ fn report(err: impl miette::Diagnostic + Send + Sync + 'static) -> ExitCode {
 
 /// The ledger commands read a [`LedgerView`]: no lock, no write, beside a running station.
 fn ledger_command(cfg: &Config, what: LedgerCommand) -> Result<(), ExportError> {
-    let ledger = LedgerView::open(&cfg.station.ledger)?;
+    let ledger = LedgerView::open_at(&cfg.station.ledger_location())?;
     match what {
         LedgerCommand::Export { format, out } => {
             let sink: Box<dyn std::io::Write> = match &out {
@@ -617,8 +617,9 @@ fn main() -> ExitCode {
         }
         Command::Loadtest {
             cleanup_plan: Some(dir),
+            config,
             ..
-        } => match station::cleanup::write_cleanup_plan(&dir) {
+        } => match station::cleanup::write_cleanup_plan(&dir, &config) {
             Ok(f) => {
                 println!(
                     "cleanup plan: {} certificate(s), {} thing(s) to delete, {} thing(s) kept (see cleanup.json)",

@@ -334,3 +334,56 @@ fn nrf91_options_come_from_the_port_or_the_virtual_line_and_are_checked() {
         "a tag reserved for the modem"
     );
 }
+
+#[test]
+fn the_ledger_is_a_file_or_a_postgres_url_with_a_key_file_per_station() {
+    use crate::ledger::LedgerLocation;
+    let c = parse("").unwrap();
+    assert_eq!(
+        c.station.ledger_location(),
+        LedgerLocation::File("state/ledger.db".into())
+    );
+    let c = parse(
+        "[station]\nid = \"line3\"\nledger = \"postgresql://station:pw@db.lan/fleet?sslmode=require\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.station.ledger_location(),
+        LedgerLocation::Postgres {
+            url: "postgresql://station:pw@db.lan/fleet?sslmode=require".into(),
+            key_file: "state/ledger-line3.key".into(),
+        }
+    );
+    assert_eq!(
+        c.station.ledger_location().display(),
+        "postgresql://station:***@db.lan/fleet?sslmode=require"
+    );
+    let c = parse(
+        "[station]\nledger = \"postgres://db.lan/fleet\"\nledger_key = \"/var/lib/fleet/k\"\n",
+    )
+    .unwrap();
+    assert!(matches!(
+        c.station.ledger_location(),
+        LedgerLocation::Postgres { key_file, .. } if key_file == Path::new("/var/lib/fleet/k")
+    ));
+
+    // A URL the client cannot read, and a key file for a file ledger: the key and the fix.
+    let err = parse("[station]\nledger = \"postgres://u:secret@db/fleet?sslmode=sometimes\"\n")
+        .unwrap_err();
+    let text = format!("{err}");
+    assert!(text.contains("`station.ledger`"), "{text}");
+    assert!(text.contains("sslmode"), "{text}");
+    assert!(
+        !text.contains("secret"),
+        "the password is not shown: {text}"
+    );
+    let err = parse("[station]\nledger_key = \"k\"\n").unwrap_err();
+    let ConfigError::Invalid { key, help, .. } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(key, "station.ledger_key");
+    assert!(
+        help.contains("file ledger keeps its key beside it"),
+        "{help}"
+    );
+}
