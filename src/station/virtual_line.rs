@@ -4,8 +4,8 @@
 //! Failed boards go back in the queue when the operator asks ([`VirtualLine::requeue`]).
 //!
 //! The line's boards are those of `jigs.driver`: [`VirtualLine::start`] matches on the
-//! driver kind, one arm per driver, each starting its emulated boards ([`LineJig`]) and
-//! their queue ([`Queue`]); what every driver shares (identities new each run unless
+//! driver kind, one arm per driver, each starting its emulated boards (`LineJig`) and
+//! their queue (`Queue`); what every driver shares (identities new each run unless
 //! `jigs.stamp_serials = false`, boards the ledger shows verified left out, requeueing) is
 //! here once.
 //!
