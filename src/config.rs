@@ -14,8 +14,8 @@ use serde::Deserialize;
 use crate::emulator::EmulatorConfig;
 use crate::fleet::{Format, MqttVersion, validate_template_name};
 use crate::jig::{
-    DataBits, DriverKind, DriverOptions, FlowControl, Parity, PortSettings, StopBits,
-    ZEPHYR_MAX_CHUNK, ZephyrOptions,
+    DataBits, DriverKind, DriverOptions, FlowControl, NRF91_DEFAULT_SEC_TAG, Nrf91Options, Parity,
+    PortSettings, StopBits, ZEPHYR_DEFAULT_SEC_TAG, ZEPHYR_MAX_CHUNK, ZephyrOptions,
 };
 use crate::keys::{KeyAlgorithm, KeySource};
 
@@ -100,9 +100,15 @@ pub struct StationSection {
     /// Identifies this station in client ids (`<id>-<n>`), the ledger and reports.
     #[serde(default = "default_station_id")]
     pub id: String,
-    /// SQLite journal of every device.
+    /// The journal of every device: a SQLite file (the embedded default), or a PostgreSQL
+    /// database many stations share (`postgres://user@host/db?sslmode=require`).
     #[serde(default = "default_ledger")]
     pub ledger: PathBuf,
+    /// A PostgreSQL ledger only: this station's key file, which seals the private keys of its
+    /// unfinished devices (default `state/ledger-<station.id>.key`). A file ledger keeps its
+    /// key beside it (`<ledger>.key`).
+    #[serde(default)]
+    pub ledger_key: Option<PathBuf>,
     /// Parent directory of run reports (`<report_dir>/<timestamp>/summary.json`).
     #[serde(default = "default_report_dir")]
     pub report_dir: PathBuf,
@@ -123,8 +129,16 @@ impl Default for StationSection {
         StationSection {
             id: default_station_id(),
             ledger: default_ledger(),
+            ledger_key: None,
             report_dir: default_report_dir(),
         }
+    }
+}
+
+impl StationSection {
+    /// Where this station's ledger is (`ledger`, and `ledger_key` for PostgreSQL).
+    pub fn ledger_location(&self) -> crate::ledger::LedgerLocation {
+        crate::ledger::LedgerLocation::of(&self.ledger, self.ledger_key.as_deref(), &self.id)
     }
 }
 
@@ -343,10 +357,29 @@ pub struct JigsSection {
     #[serde(default)]
     pub boards_hold_root_ca: bool,
     /// The driver of the virtual line's jigs (`--driver` overrides): `"fleet-jig"` (our jig
-    /// protocol, the default). Real ports name theirs in `[[jigs.ports]] driver`.
+    /// protocol, the default) or `"nrf91-at"` (emulated nRF91 modems behind their AT host).
+    /// Real ports name theirs in `[[jigs.ports]] driver`.
     #[serde(default)]
     pub driver: DriverKind,
+    /// `nrf91-at` on the virtual line: the security tag the credentials go to (default
+    /// 16842753, nRF Cloud Utils' default). Real ports set theirs in `[[jigs.ports]]`.
+    #[serde(default)]
+    pub sec_tag: Option<u32>,
+    /// `nrf91-at` on the virtual line: write the root CA (type 0) too (default `true`).
+    #[serde(default)]
+    pub write_root_ca: Option<bool>,
 }
+
+/// The nRF91 options from a port's (or the virtual line's) keys.
+fn nrf91_options(sec_tag: Option<u32>, write_root_ca: Option<bool>) -> Nrf91Options {
+    Nrf91Options {
+        sec_tag: sec_tag.unwrap_or(NRF91_DEFAULT_SEC_TAG),
+        write_root_ca: write_root_ca.unwrap_or(true),
+    }
+}
+
+/// Largest security tag a station may use (larger ones are reserved for the modem).
+const MAX_SEC_TAG: u32 = 2_147_483_647;
 
 /// One real jig: a named serial port and its line settings (default 8N1, no flow control,
 /// `jigs.baud`, `jigs.timeout_ms`).
@@ -370,15 +403,15 @@ pub struct PortEntry {
     #[serde(default)]
     pub timeout_ms: Option<u64>,
     /// How the station talks to the board's firmware: `"fleet-jig"` (default) or
-    /// `"zephyr-cred"` (see docs/jig-drivers.md).
+    /// `"nrf91-at"` or `"zephyr-cred"` (see docs/jig-drivers.md).
     #[serde(default)]
     pub driver: DriverKind,
-    /// `zephyr-cred`: the security tag the credentials go to (default 16842753, the
-    /// default of Zephyr's `tls_creds_installer.py`).
+    /// `nrf91-at`, `zephyr-cred`: the security tag the credentials go to (default 16842753,
+    /// the default of nRF Cloud Utils and of Zephyr's `tls_creds_installer.py`).
     #[serde(default)]
     pub sec_tag: Option<u32>,
-    /// `zephyr-cred`: write the root CA too (default `true`); `false` when the firmware
-    /// provides it.
+    /// `nrf91-at`, `zephyr-cred`: write the root CA too (default `true`); `false` when the
+    /// firmware provides it.
     #[serde(default)]
     pub write_root_ca: Option<bool>,
     /// `zephyr-cred`: the shell command whose output names the board (default
@@ -399,7 +432,18 @@ impl JigsSection {
     pub fn driver_options(&self) -> DriverOptions {
         match self.driver {
             DriverKind::FleetJig => DriverOptions::default(),
-            DriverKind::ZephyrCred => DriverOptions::default(),
+            DriverKind::Nrf91At => DriverOptions {
+                nrf91: nrf91_options(self.sec_tag, self.write_root_ca),
+                ..DriverOptions::default()
+            },
+            DriverKind::ZephyrCred => DriverOptions {
+                zephyr: ZephyrOptions {
+                    sec_tag: self.sec_tag.unwrap_or(ZEPHYR_DEFAULT_SEC_TAG),
+                    write_root_ca: self.write_root_ca.unwrap_or(true),
+                    ..ZephyrOptions::default()
+                },
+                ..DriverOptions::default()
+            },
         }
     }
 
@@ -416,16 +460,29 @@ impl JigsSection {
 impl PortEntry {
     /// The options of this port's driver.
     pub fn driver_options(&self) -> DriverOptions {
-        let d = ZephyrOptions::default();
-        DriverOptions {
-            zephyr: ZephyrOptions {
-                sec_tag: self.sec_tag.unwrap_or(d.sec_tag),
-                write_root_ca: self.write_root_ca.unwrap_or(d.write_root_ca),
-                identity_command: self.identity_command.clone().unwrap_or(d.identity_command),
-                chunk: self.chunk.unwrap_or(d.chunk),
-                buf_load: self.buf_load.unwrap_or(d.buf_load),
-                prompt: d.prompt,
+        match self.driver {
+            DriverKind::FleetJig => DriverOptions::default(),
+            DriverKind::Nrf91At => DriverOptions {
+                nrf91: nrf91_options(self.sec_tag, self.write_root_ca),
+                ..DriverOptions::default()
             },
+            DriverKind::ZephyrCred => {
+                let d = ZephyrOptions::default();
+                DriverOptions {
+                    zephyr: ZephyrOptions {
+                        sec_tag: self.sec_tag.unwrap_or(d.sec_tag),
+                        write_root_ca: self.write_root_ca.unwrap_or(d.write_root_ca),
+                        identity_command: self
+                            .identity_command
+                            .clone()
+                            .unwrap_or(d.identity_command),
+                        chunk: self.chunk.unwrap_or(d.chunk),
+                        buf_load: self.buf_load.unwrap_or(d.buf_load),
+                        prompt: d.prompt,
+                    },
+                    ..DriverOptions::default()
+                }
+            }
         }
     }
 
@@ -514,6 +571,8 @@ impl Default for JigsSection {
             skip_held: true,
             boards_hold_root_ca: false,
             driver: DriverKind::default(),
+            sec_tag: None,
+            write_root_ca: None,
         }
     }
 }
@@ -759,6 +818,28 @@ impl Config {
                 "use 1–100 characters without '#', '+', '/' or '$', e.g. \"line3-station1\"",
             ));
         }
+        match self.station.ledger_location() {
+            crate::ledger::LedgerLocation::Postgres { url, .. } => {
+                if let Err(problem) = crate::ledger::check_url(&url) {
+                    return Err(invalid(
+                        "station.ledger",
+                        format!(
+                            "is {:?}, which is not a PostgreSQL URL: {problem}",
+                            crate::ledger::LedgerLocation::of(&s.ledger, None, &s.id).display()
+                        ),
+                        "write it as postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=require&sslrootcert=/path/ca.pem]",
+                    ));
+                }
+            }
+            crate::ledger::LedgerLocation::File(_) if s.ledger_key.is_some() => {
+                return Err(invalid(
+                    "station.ledger_key",
+                    "is set, but station.ledger is a file".into(),
+                    "remove station.ledger_key: a file ledger keeps its key beside it (<ledger>.key); ledger_key is for a PostgreSQL ledger",
+                ));
+            }
+            crate::ledger::LedgerLocation::File(_) => {}
+        }
         if let Err(e) = validate_template_name(&self.provision.template_name) {
             return Err(invalid(
                 "provision.template_name",
@@ -888,6 +969,13 @@ impl Config {
             ));
         }
         let j = &self.jigs;
+        if j.sec_tag.is_some_and(|t| t > MAX_SEC_TAG) {
+            return Err(invalid(
+                "jigs.sec_tag",
+                format!("is {}", j.sec_tag.unwrap_or(0)),
+                "use 0 to 2147483647 (larger tags are reserved for the modem)",
+            ));
+        }
         match j.mode {
             JigMode::Virtual => {
                 if j.count == 0 || j.count > 512 {
@@ -942,9 +1030,28 @@ impl Config {
                             "use 5, 6, 7 or 8 (8 is usual)",
                         ));
                     }
+                    if !matches!(p.driver, DriverKind::Nrf91At | DriverKind::ZephyrCred)
+                        && (p.sec_tag.is_some() || p.write_root_ca.is_some())
+                    {
+                        let key = if p.sec_tag.is_some() {
+                            "sec_tag"
+                        } else {
+                            "write_root_ca"
+                        };
+                        return Err(invalid(
+                            &format!("jigs.ports[{i}].{key}"),
+                            format!("is set but the port's driver is {:?}", p.driver.as_str()),
+                            "sec_tag and write_root_ca are nrf91-at and zephyr-cred options: set the port's driver or remove them",
+                        ));
+                    }
+                    if p.sec_tag.is_some_and(|t| t > MAX_SEC_TAG) {
+                        return Err(invalid(
+                            &format!("jigs.ports[{i}].sec_tag"),
+                            format!("is {}", p.sec_tag.unwrap_or(0)),
+                            "use 0 to 2147483647 (larger tags are reserved for the modem)",
+                        ));
+                    }
                     let zephyr_only = [
-                        ("sec_tag", p.sec_tag.is_some()),
-                        ("write_root_ca", p.write_root_ca.is_some()),
                         ("identity_command", p.identity_command.is_some()),
                         ("chunk", p.chunk.is_some()),
                         ("buf_load", p.buf_load.is_some()),

@@ -41,6 +41,9 @@ pub enum Error {
     #[error(transparent)]
     #[diagnostic(transparent)]
     NoLoadtestLedger(#[from] crate::station::cleanup::NoLoadtestLedger),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    LoadtestOtherLedger(#[from] crate::station::cleanup::LoadtestOtherLedger),
 
     #[error("cannot make a temporary directory for the load test's embedded emulator: {0}")]
     #[diagnostic(

@@ -71,7 +71,8 @@ enum Command {
         /// Line rate in baud (overrides jigs.baud; virtual boards emulate it, 0 = memory speed).
         #[arg(long, value_name = "B")]
         baud: Option<u32>,
-        /// The virtual line's jig driver (overrides jigs.driver): fleet-jig or zephyr-cred.
+        /// The virtual line's jig driver (overrides jigs.driver): fleet-jig, nrf91-at or
+        /// zephyr-cred.
         #[arg(long, value_name = "DRIVER", value_parser = parse_driver)]
         driver: Option<fleet_station::jig::DriverKind>,
         /// No dashboard: a progress line a second on stderr (also when stdout is not a
@@ -457,7 +458,7 @@ fn report(err: impl miette::Diagnostic + Send + Sync + 'static) -> ExitCode {
 
 /// The ledger commands read a [`LedgerView`]: no lock, no write, beside a running station.
 fn ledger_command(cfg: &Config, what: LedgerCommand) -> Result<(), ExportError> {
-    let ledger = LedgerView::open(&cfg.station.ledger)?;
+    let ledger = LedgerView::open_at(&cfg.station.ledger_location())?;
     match what {
         LedgerCommand::Export { format, out } => {
             let sink: Box<dyn std::io::Write> = match &out {
@@ -617,8 +618,9 @@ fn main() -> ExitCode {
         }
         Command::Loadtest {
             cleanup_plan: Some(dir),
+            config,
             ..
-        } => match station::cleanup::write_cleanup_plan(&dir) {
+        } => match station::cleanup::write_cleanup_plan(&dir, &config) {
             Ok(f) => {
                 println!(
                     "cleanup plan: {} certificate(s), {} thing(s) to delete, {} thing(s) kept (see cleanup.json)",

@@ -299,3 +299,91 @@ fn metrics_addr_is_off_by_default_checked_and_overridden_by_the_flag() {
         "{err:?}"
     );
 }
+
+#[test]
+fn nrf91_options_come_from_the_port_or_the_virtual_line_and_are_checked() {
+    let cfg = parse(
+        "[jigs]\nmode = \"serial\"\n\
+         [[jigs.ports]]\nname = \"a\"\npath = \"/dev/ttyACM0\"\ndriver = \"nrf91-at\"\n\
+         sec_tag = 42\nwrite_root_ca = false\n\
+         [[jigs.ports]]\nname = \"b\"\npath = \"/dev/ttyACM1\"\ndriver = \"nrf91-at\"\n",
+    )
+    .unwrap();
+    let a = cfg.jigs.ports[0].driver_options().nrf91;
+    assert_eq!((a.sec_tag, a.write_root_ca), (42, false));
+    let b = cfg.jigs.ports[1].driver_options().nrf91;
+    assert_eq!((b.sec_tag, b.write_root_ca), (NRF91_DEFAULT_SEC_TAG, true));
+    let line = parse("[jigs]\ndriver = \"nrf91-at\"\nsec_tag = 7\n").unwrap();
+    assert_eq!(line.jigs.driver_options().nrf91.sec_tag, 7);
+
+    let key_of = |text: &str| match parse(text).unwrap_err() {
+        ConfigError::Invalid { key, .. } => key,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        key_of(
+            "[jigs]\nmode = \"serial\"\n[[jigs.ports]]\nname = \"a\"\npath = \"/dev/x\"\n\
+             sec_tag = 42\n"
+        ),
+        "jigs.ports[0].sec_tag",
+        "sec_tag on a fleet-jig port"
+    );
+    assert_eq!(
+        key_of("[jigs]\nsec_tag = 2147483648\n"),
+        "jigs.sec_tag",
+        "a tag reserved for the modem"
+    );
+}
+
+#[test]
+fn the_ledger_is_a_file_or_a_postgres_url_with_a_key_file_per_station() {
+    use crate::ledger::LedgerLocation;
+    let c = parse("").unwrap();
+    assert_eq!(
+        c.station.ledger_location(),
+        LedgerLocation::File("state/ledger.db".into())
+    );
+    let c = parse(
+        "[station]\nid = \"line3\"\nledger = \"postgresql://station:pw@db.lan/fleet?sslmode=require\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.station.ledger_location(),
+        LedgerLocation::Postgres {
+            url: "postgresql://station:pw@db.lan/fleet?sslmode=require".into(),
+            key_file: "state/ledger-line3.key".into(),
+        }
+    );
+    assert_eq!(
+        c.station.ledger_location().display(),
+        "postgresql://station:***@db.lan/fleet?sslmode=require"
+    );
+    let c = parse(
+        "[station]\nledger = \"postgres://db.lan/fleet\"\nledger_key = \"/var/lib/fleet/k\"\n",
+    )
+    .unwrap();
+    assert!(matches!(
+        c.station.ledger_location(),
+        LedgerLocation::Postgres { key_file, .. } if key_file == Path::new("/var/lib/fleet/k")
+    ));
+
+    // A URL the client cannot read, and a key file for a file ledger: the key and the fix.
+    let err = parse("[station]\nledger = \"postgres://u:secret@db/fleet?sslmode=sometimes\"\n")
+        .unwrap_err();
+    let text = format!("{err}");
+    assert!(text.contains("`station.ledger`"), "{text}");
+    assert!(text.contains("sslmode"), "{text}");
+    assert!(
+        !text.contains("secret"),
+        "the password is not shown: {text}"
+    );
+    let err = parse("[station]\nledger_key = \"k\"\n").unwrap_err();
+    let ConfigError::Invalid { key, help, .. } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(key, "station.ledger_key");
+    assert!(
+        help.contains("file ledger keeps its key beside it"),
+        "{help}"
+    );
+}

@@ -1,11 +1,12 @@
 //! The boundary between the ledger the station uses ([`Ledger`](super::Ledger),
-//! [`LedgerView`](super::LedgerView)) and the store behind it. Today's one store is SQLite
-//! ([`super::sqlite`]); a second (PostgreSQL) implements the same two traits and its own
-//! opening, and the station's calls do not change.
+//! [`LedgerView`](super::LedgerView)) and the store behind it: SQLite ([`super::sqlite`]) or
+//! PostgreSQL ([`super::postgres`]), each implementing the same two traits and its own
+//! opening; the station's calls do not change.
 //!
 //! What a backend provides:
 //! - **Opening as the one writer**: take the ledger's one-writer lock (refusing a second
-//!   station with [`LedgerError::InUse`]), bring the schema to this version or refuse a
+//!   station with [`LedgerError::InUse`]; on a shared PostgreSQL ledger the lock is per station
+//!   id, [`LedgerError::StationInUse`]), bring the schema to this version or refuse a
 //!   newer one ([`LedgerError::Schema`]), guard the key file with [`seal::open_key_file`] from
 //!   what its sealed rows are, and answer a [`Journal`] and [`Records`].
 //! - **Opening read-only**: [`Records`] that write nothing and take no lock.
@@ -14,9 +15,9 @@
 //!   the async reactor (the SQLite backend runs it on its writer thread).
 //! - [`Records`]: the reads.
 //!
-//! [`Ledger::open`](super::Ledger::open) and [`LedgerView::open`](super::LedgerView::open)
-//! choose the store: today they take the ledger file's path and open SQLite; they are where a
-//! second store is chosen (from how the configuration names the ledger).
+//! [`Ledger::open_at`](super::Ledger::open_at) and
+//! [`LedgerView::open_at`](super::LedgerView::open_at) choose the store from the
+//! [`LedgerLocation`](super::LedgerLocation) the configuration names.
 //!
 //! The rules every backend applies are in [`super::state`] ([`DeviceState::resumes`],
 //! [`OrphanStatus::of_abandoned`]) and the sealing of keys in [`seal`].

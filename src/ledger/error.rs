@@ -14,6 +14,33 @@ pub enum LedgerError {
         path: PathBuf,
         source: rusqlite::Error,
     },
+    #[error("ledger {ledger}: {reason}")]
+    #[diagnostic(
+        code(station::ledger::postgres),
+        help(
+            "check station.ledger's URL (host, port, dbname, user, password, sslmode), that the PostgreSQL server is up and reachable from this station, and that its user has the privileges the README's \"A shared PostgreSQL ledger\" lists"
+        )
+    )]
+    Postgres {
+        /// The ledger's URL, without its password.
+        ledger: String,
+        /// What the server or the connection said.
+        reason: String,
+    },
+    #[error("ledger {ledger} is in use by another station with station.id {station:?}: {holder}")]
+    #[diagnostic(
+        code(station::ledger::station_in_use),
+        help(
+            "many stations share a PostgreSQL ledger, but each under its own station.id: stop the other station with this id, or give this one an id of its own"
+        )
+    )]
+    StationInUse {
+        /// The ledger's URL, without its password.
+        ledger: String,
+        station: String,
+        /// Who holds the id: station id, pid, host and start time.
+        holder: String,
+    },
     #[error("cannot use {path}: {source}")]
     #[diagnostic(
         code(station::ledger::io),
@@ -29,7 +56,7 @@ pub enum LedgerError {
     #[diagnostic(
         code(station::ledger::schema),
         help(
-            "read it with the fleet-station version that wrote it (`station ledger export`); to start a new ledger, move the file aside together with its .key file"
+            "read it with the fleet-station version that wrote it (`station ledger export`); to start a new ledger, move the file aside together with its .key file (a PostgreSQL ledger: point station.ledger at another database or schema)"
         )
     )]
     Schema {

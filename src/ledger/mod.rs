@@ -1,4 +1,6 @@
-//! The ledger: a journal of every device the station touches, kept in SQLite.
+//! The ledger: a journal of every device the station touches, kept in SQLite (a file, the
+//! embedded default) or in PostgreSQL (a database many stations share), chosen by
+//! [`LedgerLocation`].
 //!
 //! - devices: one row per board serial — jig, state, key source, certificate id and PEM,
 //!   thing name, device configuration, times, and while the device is unfinished what it
@@ -9,8 +11,9 @@
 //! Every change is durable before the call that records it returns, so the step after it
 //! never runs ahead of the journal.
 //!
-//! One station writes a ledger at a time: [`Ledger::open`] takes the ledger's lock and refuses
-//! to start while another process holds it. Reading needs no lock: [`LedgerView`] writes
+//! One station writes a ledger file at a time: [`Ledger::open`] takes the ledger's lock and
+//! refuses to start while another process holds it. A PostgreSQL ledger is shared: only a
+//! second station with the same `station.id` is refused. Reading needs no lock: [`LedgerView`] writes
 //! nothing, so `station ledger export` and `station ledger orphans` run safely beside a
 //! running station.
 //!
@@ -41,6 +44,15 @@
 //!   - `sqlite/read`: read-only connections and the queries of the read side;
 //!   - `sqlite/lock`: the one-writer lock (`<ledger>.lock`);
 //!   - `sqlite/tests`: tests of the store itself (files, locks, a reader that writes nothing).
+//! - `postgres`: the shared store, a PostgreSQL database (same tables, same rules):
+//!   - `postgres/connect`: the URL, TLS (rustls, `sslmode`, `sslrootcert`), the password
+//!     kept out of messages;
+//!   - `postgres/schema`: numbered migrations (`postgres/migrations/NNNN.sql`) applied at
+//!     start under a database lock, the version check, the per-station lock;
+//!   - `postgres/writer`: the group-commit writer thread (one connection);
+//!   - `postgres/journal`: the SQL of each change;
+//!   - `postgres/read`: the read side (one read-only connection on its own thread);
+//!   - `postgres/tests`: tests of the store itself (stations sharing it, migrations).
 //! - `view`: [`LedgerView`], read-only access.
 //! - `seal`: sealing private keys kept for resuming, and the guard of the key file.
 //! - `error`: [`LedgerError`].
@@ -48,12 +60,13 @@
 //! - [`cleanup`]: what to run on AWS to remove the orphans, as steps and as a bash script
 //!   (`cleanup/tests`: its tests).
 //! - `tests`: tests through [`Ledger`] and [`LedgerView`] (`tests/journal`,
-//!   `tests/key_file`) and the helpers every ledger test shares.
+//!   `tests/key_file`), run on both stores, and the helpers every ledger test shares.
 
 mod backend;
 pub mod cleanup;
 mod error;
 pub mod export;
+mod postgres;
 mod seal;
 mod sqlite;
 mod state;
@@ -87,6 +100,52 @@ impl std::ops::Deref for Ledger {
     }
 }
 
+/// Where a ledger is, from `station.ledger` (and `station.ledger_key`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LedgerLocation {
+    /// A SQLite file, with its lock file (`<ledger>.lock`) and key file (`<ledger>.key`)
+    /// beside it.
+    File(PathBuf),
+    /// A PostgreSQL database (`postgres://` or `postgresql://` URL), shared by stations; the
+    /// key file sealing this station's private keys is the station's own.
+    Postgres { url: String, key_file: PathBuf },
+}
+
+impl LedgerLocation {
+    /// `ledger` as configured: a `postgres://`/`postgresql://` URL or a file path. A
+    /// PostgreSQL ledger's key file is `key_file`, by default `state/ledger-<station>.key`.
+    pub fn of(ledger: &Path, key_file: Option<&Path>, station: &str) -> LedgerLocation {
+        match ledger.to_str().filter(|s| is_postgres_url(s)) {
+            Some(url) => LedgerLocation::Postgres {
+                url: url.to_string(),
+                key_file: key_file
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| PathBuf::from(format!("state/ledger-{station}.key"))),
+            },
+            None => LedgerLocation::File(ledger.to_path_buf()),
+        }
+    }
+
+    /// How messages name the ledger: its path, or its URL without the password.
+    pub fn display(&self) -> String {
+        match self {
+            LedgerLocation::File(p) => p.display().to_string(),
+            LedgerLocation::Postgres { url, .. } => postgres::redact(url),
+        }
+    }
+}
+
+/// Whether `url` is a PostgreSQL URL the ledger can connect with (checked without
+/// connecting); the problem otherwise.
+pub fn check_url(url: &str) -> Result<(), String> {
+    postgres::check_url(url)
+}
+
+/// Whether `s` names a PostgreSQL database rather than a file.
+pub fn is_postgres_url(s: &str) -> bool {
+    s.starts_with("postgres://") || s.starts_with("postgresql://")
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -118,6 +177,24 @@ impl Ledger {
             journal: Arc::new(journal),
             view: LedgerView::of(records),
         })
+    }
+
+    /// Opens the ledger at `at`: a file as [`open`](Self::open) does, or a PostgreSQL
+    /// database, where the lock is per station id (a second station with the same id is
+    /// refused with [`LedgerError::StationInUse`], other stations share the ledger), the
+    /// schema is migrated once however many stations start together, and the key file is
+    /// this station's own. Blocking work: call it off the async reactor.
+    pub fn open_at(at: &LedgerLocation, station: &str) -> Result<Ledger, LedgerError> {
+        match at {
+            LedgerLocation::File(path) => Ledger::open(path, station),
+            LedgerLocation::Postgres { url, key_file } => {
+                let (journal, records) = postgres::open(url, key_file, station)?;
+                Ok(Ledger {
+                    journal: Arc::new(journal),
+                    view: LedgerView::of(records),
+                })
+            }
+        }
     }
 
     /// Records that a board is being provisioned. A board left unfinished by an earlier run

@@ -14,6 +14,14 @@
 //! unfinished devices whose keys are sealed cannot resume, so
 //! [`Ledger::open`](super::Ledger::open) refuses to start rather than make a new key
 //! ([`open_key_file`], which every backend uses with what its sealed rows are).
+//!
+//! A PostgreSQL ledger is shared by many stations, and each station has its own key file
+//! (`station.ledger_key`), which never leaves the station: the database never holds a key
+//! that opens its sealed rows. A station's key file is checked against the rows *it* sealed
+//! (the rows whose `station` is its id); another station's sealed rows are not its business.
+//! So a board left unfinished by station A and placed on station B resumes on B without its
+//! private key (B's key does not open it, as for any sealed key that does not open): B
+//! abandons what A held and provisions the board afresh. Back up each station's key file.
 
 use std::path::{Path, PathBuf};
 
@@ -36,12 +44,17 @@ pub(crate) struct SealedKeys {
     pub sample: Option<(String, Vec<u8>)>,
 }
 
-/// The key of the ledger at `ledger`: its existing key file, checked against a sealed row;
-/// a new one only for a ledger without sealed keys. Refused when sealed keys exist and the
-/// key file is missing ([`LedgerError::KeyMissing`]) or does not open them
-/// ([`LedgerError::KeyMismatch`]); the file is then left as found.
-pub(crate) fn open_key_file(ledger: &Path, sealed: SealedKeys) -> Result<Sealer, LedgerError> {
-    let key = key_path(ledger);
+/// The key file `key` of the ledger at `ledger` (its path, or a PostgreSQL ledger's URL
+/// without password): the existing file, checked against a sealed row; a new one only for a
+/// ledger without sealed keys. Refused when sealed keys exist and the key file is missing
+/// ([`LedgerError::KeyMissing`]) or does not open them ([`LedgerError::KeyMismatch`]); the
+/// file is then left as found.
+pub(crate) fn open_key_file(
+    ledger: &Path,
+    key: &Path,
+    sealed: SealedKeys,
+) -> Result<Sealer, LedgerError> {
+    let key = key.to_path_buf();
     let io = |source| LedgerError::Io {
         path: key.clone(),
         source,

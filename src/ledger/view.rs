@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::backend::Records;
 use super::sqlite::SqliteRecords;
-use super::{DeviceRow, DeviceState, LedgerError, Orphan};
+use super::{DeviceRow, DeviceState, LedgerError, LedgerLocation, Orphan};
 
 /// Read access to a ledger. [`Ledger`](super::Ledger) dereferences to one.
 #[derive(Debug, Clone)]
@@ -22,6 +22,18 @@ impl LedgerView {
     /// does not read.
     pub fn open(path: &Path) -> Result<LedgerView, LedgerError> {
         Ok(LedgerView::of(SqliteRecords::open(path)?))
+    }
+
+    /// Opens the ledger at `at` for reading: a file as [`open`](Self::open) does, or a
+    /// PostgreSQL database through a read-only session (refused when it holds no ledger or
+    /// one of a schema this version does not read).
+    pub fn open_at(at: &LedgerLocation) -> Result<LedgerView, LedgerError> {
+        match at {
+            LedgerLocation::File(path) => LedgerView::open(path),
+            LedgerLocation::Postgres { url, .. } => {
+                Ok(LedgerView::of(super::postgres::PgRecords::open(url)?))
+            }
+        }
     }
 
     pub(super) fn of(records: impl Records + 'static) -> LedgerView {

@@ -130,9 +130,36 @@ pub struct JigPort {
     pub options: DriverOptions,
 }
 
+impl JigPort {
+    /// Whether the root CA is written to this jig's boards (an `nrf91-at` or `zephyr-cred`
+    /// port may leave it to the firmware: `write_root_ca = false`).
+    pub fn writes_root_ca(&self) -> bool {
+        match self.driver {
+            DriverKind::FleetJig => true,
+            DriverKind::Nrf91At => self.options.nrf91.write_root_ca,
+            DriverKind::ZephyrCred => self.options.zephyr.write_root_ca,
+        }
+    }
+}
+
 /// Runs the line cycle on one port until the line is done or the station stops.
 pub fn run_jig(port: &JigPort, ctx: &LineContext) {
     let (name, path, settings) = (port.name.as_str(), port.path.as_str(), &port.settings);
+    // No silent success: say once which items this jig's boards are not given.
+    let unwritten: Vec<String> = [Slot::DeviceConfig, Slot::ThingName, Slot::RootCa]
+        .into_iter()
+        .filter(|s| !port.driver.writes(*s) || (*s == Slot::RootCa && !port.writes_root_ca()))
+        .map(|s| s.to_string())
+        .collect();
+    if !unwritten.is_empty() {
+        tracing::warn!(
+            jig = name,
+            driver = %port.driver,
+            not_written = %unwritten.join(", "),
+            "this driver's boards have no place for these items: they are not written, and \
+             'verified' covers the items written (see docs/jig-drivers.md)"
+        );
+    }
     let mut link: Option<Box<dyn JigDriver>> = None;
     // The board this jig finished last, and whether it was verified.
     let mut last: Option<(String, bool)> = None;
@@ -502,9 +529,10 @@ fn write_and_verify(
                 });
                 return Ok(Ok(()));
             }
-            Err(e @ (JigError::VerifyMismatch { .. } | JigError::CredDigestMismatch { .. })) => {
-                // COMMIT was answered (the board holds what it read back, which is not what
-                // was sent): the credentials are on the board, unverified.
+            Err(e @ (JigError::VerifyMismatch { .. } | JigError::DigestMismatch { .. })) => {
+                // COMMIT was answered, or each item was stored as its command answered (the
+                // board holds what its digest shows, which is not what was sent): the
+                // credentials are on the board, unverified.
                 ctx.ledger.record_blocking(device_id, Transition::Written)?;
                 last = Some(e);
             }

@@ -1,7 +1,11 @@
 //! `station loadtest`: the provisioning engine alone, fed synthetic devices as fast as the
 //! endpoint's quotas allow — no jigs, keys from the pool. It writes the same report folder and
 //! `summary.json` as `run` (the `jig_write` stage stays empty), and journals its devices in a
-//! ledger inside the report folder so the line's ledger is not touched.
+//! ledger inside the report folder so the line's ledger file is not touched — or, when
+//! `station.ledger` is a PostgreSQL database, in that shared ledger as `run` does, with
+//! `ledger.json` in the report folder naming the ledger and the load test's serials (its
+//! devices are `LT-<start time><six random digits>-<n>`), by which `--cleanup-plan` reads
+//! them back.
 //!
 //! Every device started is accounted for: provisioned, failed, or interrupted by a stop.
 //! Synthetic devices never resume, so an interrupted one is closed in the ledger with its
@@ -28,7 +32,7 @@ use super::{RunReport, timestamp};
 use crate::config::Config;
 use crate::halt::Halt;
 use crate::keys::KeySource;
-use crate::ledger::{Ledger, Transition};
+use crate::ledger::{Ledger, LedgerLocation, Transition};
 use crate::provision::{BoardIdentity, DeviceJob, KeyPlan, NotProvisioned};
 use crate::shutdown::Shutdown;
 use crate::telemetry::{Event, Stage, Telemetry};
@@ -61,10 +65,10 @@ pub async fn loadtest(
         sessions,
         cfg,
         scratch: _scratch,
+        stamp,
     } = start(cfg, opts, opts.devices as u64, false, &halt, &shutdown).await?;
     let cfg = &cfg;
 
-    let stamp = serial_stamp();
     let key = key_plan(cfg);
     // Enough devices in flight to keep every session busy, without a task per device
     // waiting on the ledger at once.
@@ -146,10 +150,12 @@ pub(super) struct Started {
     pub cfg: Config,
     /// The scratch emulator state, removed when this is dropped: keep it until the run ends.
     pub scratch: Option<tempfile::TempDir>,
+    /// The digits of the start time in the load test's serials (`LT-<stamp>-<n>`).
+    pub stamp: String,
 }
 
-/// Starts a load test's pipeline (ledger in the report folder, `target` devices, open loop or
-/// not) and the operator's feed gate, and publishes the run to the operator. The embedded
+/// Starts a load test's pipeline (ledger in the report folder, or the shared PostgreSQL ledger
+/// with `ledger.json` naming it there; `target` devices, open loop or not) and the operator's feed gate, and publishes the run to the operator. The embedded
 /// emulator keeps nothing past a load test unless `keep_emulator_state`: its registry would only
 /// grow (and be read back at every start).
 pub(super) async fn start(
@@ -176,12 +182,27 @@ pub(super) async fn start(
     } else {
         None
     };
+    // A shared (PostgreSQL) ledger journals the load test as it journals the line; a ledger
+    // file is the line's own, and the load test keeps a ledger of its own in its report folder.
+    let configured = cfg.station.ledger_location();
+    let shared = matches!(configured, LedgerLocation::Postgres { .. });
+    // On a shared ledger, load tests that start in the same second (on this station or
+    // another) must not take each other's serials: six random digits follow the time.
+    let stamp = if shared {
+        format!("{}{:06}", serial_stamp(), fastrand::u32(..1_000_000))
+    } else {
+        serial_stamp()
+    };
     let p = Pipeline::start(
         &cfg,
         PipelineOptions {
             report_dir: opts.report_dir.clone(),
             report_prefix: "loadtest-",
-            ledger: LedgerPlace::InReportDir,
+            ledger: if shared {
+                LedgerPlace::At(&configured)
+            } else {
+                LedgerPlace::InReportDir
+            },
             sessions,
             target,
             progress: opts.progress,
@@ -191,6 +212,13 @@ pub(super) async fn start(
         halt,
     )
     .await?;
+    if shared {
+        crate::station::cleanup::write_ledger_pointer(
+            &p.report_dir,
+            &configured,
+            &format!("LT-{stamp}-"),
+        )?;
+    }
     if let Some(c) = &opts.control {
         c.publish(command::Published {
             snapshots: p.snapshots.clone(),
@@ -204,6 +232,7 @@ pub(super) async fn start(
         sessions,
         cfg,
         scratch,
+        stamp,
     })
 }
 

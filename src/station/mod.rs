@@ -173,12 +173,13 @@ pub async fn run(cfg: &Config, opts: &RunOptions, shutdown: Shutdown) -> crate::
     } else {
         opts.boards
     };
+    let ledger_at = cfg.station.ledger_location();
     let p = Pipeline::start(
         cfg,
         PipelineOptions {
             report_dir: opts.report_dir.clone(),
             report_prefix: "",
-            ledger: LedgerPlace::At(&cfg.station.ledger),
+            ledger: LedgerPlace::At(&ledger_at),
             sessions: cfg.provision.sessions,
             target: requested.unwrap_or(0) as u64,
             progress: opts.progress,

@@ -35,7 +35,7 @@ use miette::Diagnostic;
 use tokio::task::JoinSet;
 
 use super::command::{FeedGate, FeedState};
-use super::loadtest::{Ended, LoadtestOptions, Started, Synthetic, key_plan, serial_stamp, start};
+use super::loadtest::{Ended, LoadtestOptions, Started, Synthetic, key_plan, start};
 use super::pipeline::Pipeline;
 use super::steps::{self, Knee, LoadtestFile, StepRecord};
 use super::{RunReport, Stopped};
@@ -207,6 +207,7 @@ pub async fn loadtest_open(
         feed,
         cfg,
         scratch: _scratch,
+        stamp,
         ..
     } = start(cfg, opts, 0, true, &halt, &shutdown).await?;
     let cfg = &cfg;
@@ -217,7 +218,7 @@ pub async fn loadtest_open(
         feed,
         shutdown: shutdown.clone(),
         key: key_plan(cfg),
-        stamp: serial_stamp(),
+        stamp,
         next: 0,
         tasks: JoinSet::new(),
         steps: Vec::new(),

@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::halt::Halt;
 use crate::keys::KeyPool;
 use crate::keys::pool::PoolConfig;
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, LedgerLocation};
 use crate::provision::rate::Limits;
 use crate::provision::tls::read_roots;
 use crate::provision::{EngineConfig, Provisioner};
@@ -44,7 +44,8 @@ pub struct Pipeline {
 
 /// Where the run's ledger is.
 pub enum LedgerPlace<'a> {
-    At(&'a Path),
+    /// The configured ledger (`station.ledger`): a file or a PostgreSQL database.
+    At(&'a LedgerLocation),
     /// `ledger.db` in the report folder (a load test's synthetic devices).
     InReportDir,
 }
@@ -81,7 +82,7 @@ impl Pipeline {
         // The line's ledger first: a second station on it is refused before it starts
         // anything (an embedded emulator on the same state directory, a report folder).
         let line_ledger = match opts.ledger {
-            LedgerPlace::At(path) => Some(open_ledger(path, &cfg.station.id).await?),
+            LedgerPlace::At(at) => Some(open_ledger(at, &cfg.station.id).await?),
             LedgerPlace::InReportDir => None,
         };
         // The metrics address next, before anything is provisioned: one in use or unusable
@@ -101,7 +102,12 @@ impl Pipeline {
         telemetry::report::probe_writable(&report_dir)?;
         let ledger = match line_ledger {
             Some(l) => l,
-            None => match open_ledger(&report_dir.join("ledger.db"), &cfg.station.id).await {
+            None => match open_ledger(
+                &LedgerLocation::File(report_dir.join("ledger.db")),
+                &cfg.station.id,
+            )
+            .await
+            {
                 Ok(l) => l,
                 Err(e) => {
                     // Leave nothing behind for a run that did not start.
@@ -222,10 +228,13 @@ impl Pipeline {
     }
 }
 
-/// Opens a ledger off the async reactor (SQLite and the lock are blocking work).
-async fn open_ledger(path: &Path, station: &str) -> Result<Ledger, crate::ledger::LedgerError> {
-    let (path, station) = (path.to_path_buf(), station.to_string());
-    tokio::task::spawn_blocking(move || Ledger::open(&path, &station))
+/// Opens a ledger off the async reactor (opening, locking and migrating are blocking work).
+async fn open_ledger(
+    at: &LedgerLocation,
+    station: &str,
+) -> Result<Ledger, crate::ledger::LedgerError> {
+    let (at, station) = (at.clone(), station.to_string());
+    tokio::task::spawn_blocking(move || Ledger::open_at(&at, &station))
         .await
         .expect("the ledger opener does not panic")
 }

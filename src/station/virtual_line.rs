@@ -4,10 +4,16 @@
 //! Failed boards go back in the queue when the operator asks ([`VirtualLine::requeue`]).
 //!
 //! The line's boards are those of `jigs.driver`: [`VirtualLine::start`] matches on the
-//! driver kind, one arm per driver, each starting its emulated boards ([`LineJig`]) and
-//! their queue ([`Queue`]); what every driver shares (identities new each run unless
+//! driver kind, one arm per driver, each starting its emulated boards (`LineJig`) and
+//! their queue (`Queue`); what every driver shares (identities new each run unless
 //! `jigs.stamp_serials = false`, boards the ledger shows verified left out, requeueing) is
 //! here once.
+//!
+//! - `fleet-jig`: [`VirtualJig`]s serving boards with serials `<prefix>-<stamp>-<n>`.
+//! - `nrf91-at`: [`VirtualModem`]s, emulated nRF91 modems behind their AT host, identified
+//!   by IMEIs.
+//! - `zephyr-cred`: [`VirtualZephyr`]s, emulated Zephyr boards with the TLS-credentials shell,
+//!   identified by their `hwinfo devid`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -15,9 +21,9 @@ use std::sync::Arc;
 use super::jig_cycle::{JigPort, ReleaseHook};
 use crate::config::Config;
 use crate::jig::{
-    BoardSpec, DriverKind, DriverOptions, PortSettings, SerialGenerator, Slot, VirtualJig,
-    VirtualJigConfig, VirtualZephyr, VirtualZephyrConfig, ZEPHYR_DEFAULT_SEC_TAG, ZephyrSpec,
-    devids,
+    BoardSpec, DriverKind, DriverOptions, ModemSpec, PortSettings, SerialGenerator, Slot,
+    VirtualJig, VirtualJigConfig, VirtualModem, VirtualModemConfig, VirtualZephyr,
+    VirtualZephyrConfig, ZephyrSpec, devids, imeis,
 };
 use crate::ledger::{DeviceState, Ledger};
 
@@ -26,6 +32,8 @@ use crate::ledger::{DeviceState, Ledger};
 enum LineJig {
     /// A board running our jig firmware (`fleet-jig`).
     Fleet(Arc<VirtualJig>),
+    /// An nRF91 modem behind its AT host (`nrf91-at`).
+    Modem(Arc<VirtualModem>),
     /// A Zephyr board with the TLS-credentials shell (`zephyr-cred`).
     Zephyr(Arc<VirtualZephyr>),
 }
@@ -34,6 +42,7 @@ impl LineJig {
     fn path(&self) -> &str {
         match self {
             LineJig::Fleet(j) => j.path(),
+            LineJig::Modem(m) => m.path(),
             LineJig::Zephyr(j) => j.path(),
         }
     }
@@ -41,6 +50,7 @@ impl LineJig {
     fn take_off(&self, serial: &str) {
         match self {
             LineJig::Fleet(j) => j.take_off(serial),
+            LineJig::Modem(m) => m.take_off(serial),
             LineJig::Zephyr(j) => j.take_off(serial),
         }
     }
@@ -86,6 +96,7 @@ impl<S: Clone> Feed<S> {
 /// The line's board queue, of the line's driver.
 enum Queue {
     Fleet(Feed<BoardSpec>),
+    Modem(Feed<ModemSpec>),
     Zephyr(Feed<ZephyrSpec>),
 }
 
@@ -113,10 +124,12 @@ impl VirtualLine {
         let verified = verified_boards(cfg, ledger)?;
         let (jigs, queue) = match cfg.jigs.driver {
             DriverKind::FleetJig => start_fleet(cfg, boards, &verified, root_ca)?,
+            DriverKind::Nrf91At => start_modems(cfg, boards, &verified, root_ca)?,
             DriverKind::ZephyrCred => start_zephyr(cfg, boards, &verified, root_ca)?,
         };
         let fed = match &queue {
             Queue::Fleet(f) => f.len(),
+            Queue::Modem(f) => f.len(),
             Queue::Zephyr(f) => f.len(),
         };
         let line = VirtualLine {
@@ -148,6 +161,7 @@ impl VirtualLine {
     pub fn requeue(&self, serials: &[String]) -> usize {
         match &self.queue {
             Queue::Fleet(f) => f.requeue(serials),
+            Queue::Modem(f) => f.requeue(serials),
             Queue::Zephyr(f) => f.requeue(serials),
         }
     }
@@ -219,11 +233,59 @@ fn start_fleet(
     Ok((jigs, Queue::Fleet(feed)))
 }
 
+/// The modem firmware the virtual modems report (`AT+CGMR`).
+const VIRTUAL_MODEM_FIRMWARE: &str = "mfw_nrf9160_1.3.5";
+
+/// `nrf91-at`: IMEIs `35<run><n><check>`, the run part from the start time (new each run)
+/// or 000000 with `jigs.stamp_serials = false`; with `jigs.boards_hold_root_ca`, `root_ca`
+/// already stored as type 0 in the line's security tag (`jigs.sec_tag`).
+fn start_modems(
+    cfg: &Config,
+    boards: usize,
+    verified: &HashSet<String>,
+    root_ca: &[u8],
+) -> crate::Result<Started> {
+    let (mut feed, rx) = Feed::new(boards);
+    let run = if cfg.jigs.stamp_serials {
+        // Tenths of a second, six digits: new each run (they wrap after 27 hours).
+        let tenths = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 100_000_000;
+        (tenths % 1_000_000) as u32
+    } else {
+        0
+    };
+    let sec_tag = cfg.jigs.driver_options().nrf91.sec_tag;
+    for imei in imeis(run, boards) {
+        if verified.contains(&imei) {
+            continue;
+        }
+        let spec = ModemSpec {
+            imei: imei.clone(),
+            fw_version: VIRTUAL_MODEM_FIRMWARE.into(),
+            stored: if cfg.jigs.boards_hold_root_ca {
+                vec![(sec_tag, 0, root_ca.to_vec())]
+            } else {
+                Vec::new()
+            },
+        };
+        feed.push(imei, spec);
+    }
+    let mut jigs = Vec::with_capacity(cfg.jigs.count);
+    for i in 0..cfg.jigs.count {
+        let mc = VirtualModemConfig {
+            baud: cfg.jigs.baud,
+            ..VirtualModemConfig::default()
+        };
+        let jig = VirtualModem::spawn(mc, rx.clone())?;
+        jigs.push((format!("vmodem-{}", i + 1), LineJig::Modem(Arc::new(jig))));
+    }
+    Ok((jigs, Queue::Modem(feed)))
+}
+
 /// `zephyr-cred`: Zephyr boards with the TLS-credentials shell, identified by their
 /// `hwinfo devid` (8 bytes: `f5`, a run number from the start time — new each run, or 0 with
 /// `jigs.stamp_serials = false` — and the board's number). Built with a 2048-byte credential
 /// buffer and a persistent backend; with `jigs.boards_hold_root_ca`, the firmware registers
-/// `root_ca` under the default security tag at boot.
+/// `root_ca` under the line's security tag (`jigs.sec_tag`) at boot.
 fn start_zephyr(
     cfg: &Config,
     boards: usize,
@@ -231,6 +293,7 @@ fn start_zephyr(
     root_ca: &[u8],
 ) -> crate::Result<Started> {
     let (mut feed, rx) = Feed::new(boards);
+    let sec_tag = cfg.jigs.driver_options().zephyr.sec_tag;
     let run = if cfg.jigs.stamp_serials {
         // Tenths of a second, 24 bits: a new run number every run (wraps after ~19 days).
         let tenths = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 100_000_000;
@@ -241,7 +304,7 @@ fn start_zephyr(
     for devid in devids(run, boards) {
         let mut spec = ZephyrSpec::new(&devid);
         if cfg.jigs.boards_hold_root_ca {
-            spec = spec.with_root_ca(ZEPHYR_DEFAULT_SEC_TAG, root_ca);
+            spec = spec.with_root_ca(sec_tag, root_ca);
         }
         let id = spec.serial();
         if !verified.contains(&id) {

@@ -56,6 +56,12 @@ class TemplateUse:
     allows_device_connect: bool
 
 
+# The template of the device-conditions case (fixtures/templates/AttachedThingTemplate.json): its
+# policy allows iot:Connect on client/${iot:Connection.Thing.ThingName} if the certificate is attached
+# to the thing (Bool iot:Connection.Thing.IsAttached), and publish on lines/<the thing's line attribute>/*.
+ATTACHED_TEMPLATE = "AttachedThingTemplate"
+ATTACHED_LINE = "L1"
+
 TEMPLATES = {
     # ThingName = Ref ThingName; policy allows only iot:Publish on foo/bar.
     "FleetTemplate": TemplateUse(
@@ -69,6 +75,13 @@ TEMPLATES = {
         parameters=lambda s: {"SerialNumber": s, "DeviceLocation": "Seattle"},
         thing_name=lambda s: f"ThingPrefix_{s}",
         device_configuration=LOCATION_CONFIG,
+        allows_device_connect=True,
+    ),
+    # ThingName = att_<SerialNumber>, attribute line = Line; policy with conditions (see ATTACHED_TEMPLATE).
+    ATTACHED_TEMPLATE: TemplateUse(
+        parameters=lambda s: {"SerialNumber": s, "Line": ATTACHED_LINE},
+        thing_name=lambda s: f"att_{s}",
+        device_configuration={},
         allows_device_connect=True,
     ),
 }
@@ -700,10 +713,11 @@ class Device:
     key_path: str
 
 
-def provision_device(ctx: Ctx, tag: str, files: str) -> Device:
-    """CSR flow with the device template (its policy allows connect, publish, subscribe and
-    receive on everything); the certificate and key are written under `files`."""
-    template = ctx.device_template
+def provision_device(ctx: Ctx, tag: str, files: str, template: str | None = None) -> Device:
+    """CSR flow with `template` (default: the device template, whose policy allows connect,
+    publish, subscribe and receive on everything); the certificate and key are written under
+    `files`."""
+    template = template or ctx.device_template
     serial = ctx.serial(tag)
     key, csr = make_csr(serial)
     with Mqtt3Session(ctx, ctx.client_id(f"{tag}claim"), cert_path=ctx.args.cert, key_path=ctx.args.key) as s:
@@ -833,6 +847,43 @@ def case_device_connect(ctx: Ctx) -> str:
     return f"thing {thing} connected with its issued certificate as client id {thing!r} and disconnected"
 
 
+def mqtt5_puback(ctx: Ctx, s: Mqtt5Session, topic: str):
+    """QoS 1 publish; the PUBACK reason code, whatever it is."""
+    done = ctx.wait(s.client.publish(mqtt5.PublishPacket(topic=topic, payload=b"{}", qos=mqtt5.QoS.AT_LEAST_ONCE)),
+                    f"PUBACK for {topic}")
+    check(done.puback is not None, f"no PUBACK packet for {topic}")
+    return done.puback.reason_code
+
+
+def case_device_conditions(ctx: Ctx) -> str:
+    """AWS's thing-policy example (IsAttached + thing attributes), judged through the SDK."""
+    with tempfile.TemporaryDirectory() as d:
+        device = provision_device(ctx, "cond", d, ATTACHED_TEMPLATE)
+        thing, cert_path, key_path = device.thing, device.cert_path, device.key_path
+        # Client id = thing name, certificate attached: IsAttached is true, connect allowed.
+        with Mqtt5Session(ctx, thing, cert_path=cert_path, key_path=key_path) as s:
+            on_line = f"lines/{ATTACHED_LINE}/telemetry"
+            code = mqtt5_puback(ctx, s, on_line)
+            check(code == mqtt5.PubackReasonCode.SUCCESS,
+                  f"publish to {on_line} (the thing's line attribute) got PUBACK {code!r}{s.context()}")
+            off_line = "lines/L2/telemetry"
+            code = mqtt5_puback(ctx, s, off_line)
+            check(code == mqtt5.PubackReasonCode.NOT_AUTHORIZED,
+                  f"publish to {off_line} (not the thing's line) got PUBACK {code!r}, expected NOT_AUTHORIZED")
+        # Another client id: no thing of that name, so IsAttached is false and ThingName does not resolve.
+        other = ctx.client_id("not-the-thing")
+        try:
+            with Mqtt5Session(ctx, other, cert_path=cert_path, key_path=key_path):
+                pass
+        except CaseFailure as e:
+            check("NOT_AUTHORIZED" in str(e), f"CONNECT as {other!r} failed, but not as NOT_AUTHORIZED: {e}")
+        else:
+            raise CaseFailure(f"CONNECT as {other!r} (not the thing name) was accepted; "
+                              "the policy needs iot:Connection.Thing.IsAttached")
+    return (f"thing {thing} connected and published on lines/{ATTACHED_LINE}/*, was refused lines/L2/*, "
+            f"and its certificate could not connect as another client id")
+
+
 CASES = [
     ("mqtt3-keys", "MQTT 3.1.1 + IotIdentityClient: CreateKeysAndCertificate -> RegisterThing", case_mqtt3_keys),
     ("mqtt3-csr", "MQTT 3.1.1 + IotIdentityClient: CreateCertificateFromCsr -> RegisterThing", case_mqtt3_csr),
@@ -848,6 +899,8 @@ CASES = [
      case_mqtt5_topic_filters),
     ("shared-subscription", "MQTT 5 and 3.1.1 as a provisioned device: $share/<name>/<filter> gives each "
      "message to one member", case_shared_subscription),
+    ("device-conditions", "MQTT 5: a device whose policy needs IsAttached and its thing attribute",
+     case_device_conditions),
 ]
 
 

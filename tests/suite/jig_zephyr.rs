@@ -284,7 +284,7 @@ fn a_credential_buffer_too_small_fails_the_board_with_the_kconfig_to_raise() {
 }
 
 /// A board whose storage flips a bit of the certificate: `cred list` shows another digest,
-/// the board fails with `cred_digest_mismatch` (written, never verified).
+/// the board fails with `digest_mismatch` (written, never verified).
 #[test]
 fn a_digest_mismatch_by_fault_injection_fails_the_board_unverified() {
     let dir = tempfile::tempdir().unwrap();
@@ -305,7 +305,7 @@ fn a_digest_mismatch_by_fault_injection_fails_the_board_unverified() {
     let row = ledger.device(&serial).unwrap().unwrap();
     assert_eq!(row.state, DeviceState::Failed);
     let reason = row.reason.unwrap_or_default();
-    assert!(reason.contains("cred_digest_mismatch"), "{reason}");
+    assert!(reason.contains("digest_mismatch"), "{reason}");
     assert!(reason.contains("slot certificate"), "{reason}");
     let ev = events(&cfg.station.ledger, &serial);
     assert!(ev.iter().any(|e| e == "written"), "{ev:?}");

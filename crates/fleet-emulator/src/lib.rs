@@ -99,7 +99,10 @@ pub enum EmulatorError {
     #[error("claim policy {path}: {reason}")]
     #[diagnostic(
         code(station::emulator::claim_policy),
-        help("[emulator] claim_policy must name a JSON IoT policy document with a Statement list")
+        help(
+            "[emulator] claim_policy must name a JSON IoT policy document with a Statement \
+             list whose conditions the emulator evaluates (docs/emulator.md, \"Policies\")"
+        )
     )]
     ClaimPolicy { path: PathBuf, reason: String },
     #[error(transparent)]
@@ -273,12 +276,9 @@ fn load_claim_policy(path: Option<&Path>) -> Result<serde_json::Value, EmulatorE
     };
     let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
     let doc: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-    if !doc
-        .get("Statement")
-        .is_some_and(|s| s.is_array() || s.is_object())
-    {
-        return Err(bad("it has no Statement".into()));
-    }
+    // Checked as AWS checks a policy document it is given (an unknown condition operator or
+    // key is refused here, not evaluated as a silent allow or deny).
+    policy::PolicyDocument::parse(&doc).map_err(|e| bad(e.to_string()))?;
     Ok(doc)
 }
 

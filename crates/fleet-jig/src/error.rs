@@ -178,6 +178,64 @@ pub enum JigError {
         found_len: usize,
     },
 
+    #[error("the modem on jig {port} refused {command}: {}{meaning}", code.map(|c| format!("+CME ERROR: {c}, ")).unwrap_or_default())]
+    #[diagnostic(
+        code(station::jig::at_refused),
+        help(
+            "the board's AT host or modem refused the command: check the board runs an nRF91 \
+             image with the AT host (CONFIG_AT_HOST_LIBRARY) or the Serial Modem application, \
+             modem firmware 1.3.2 or later, and the security tag configured for the port"
+        )
+    )]
+    AtRefused {
+        port: String,
+        command: String,
+        code: Option<u32>,
+        meaning: &'static str,
+    },
+
+    #[error("the modem on jig {port} is not offline: {detail}")]
+    #[diagnostic(
+        code(station::jig::modem_not_offline),
+        help(
+            "credentials are written and deleted only while the modem is not activated \
+             (AT+CFUN=4): check that the firmware does not switch the modem back on while the \
+             jig works, then retry the board"
+        )
+    )]
+    ModemNotOffline { port: String, detail: String },
+
+    #[error(
+        "slot {slot} already exists on the board on jig {port} and could not be replaced: {detail}"
+    )]
+    #[diagnostic(
+        code(station::jig::item_exists),
+        help(
+            "the board refuses to overwrite a stored credential and refused to delete it: \
+             retry the board; if it repeats, clear the security tag by hand (AT%CMNG=3) or \
+             set the board aside"
+        )
+    )]
+    ItemExists {
+        port: String,
+        slot: Slot,
+        detail: String,
+    },
+
+    #[error("the digest of slot {slot} on jig {port} does not match what was sent: {detail}")]
+    #[diagnostic(
+        code(station::jig::digest_mismatch),
+        help(
+            "the board holds different bytes than the station wrote: the board is not \
+             verified; retry it, and if it repeats, set it aside"
+        )
+    )]
+    DigestMismatch {
+        port: String,
+        slot: Slot,
+        detail: String,
+    },
+
     #[error("the board on jig {port} speaks jig protocol v{found}, the station speaks v{expected}")]
     #[diagnostic(
         code(station::jig::version),
@@ -273,20 +331,6 @@ pub enum JigError {
         detail: String,
     },
 
-    #[error("the digest of slot {slot} on the board on jig {port} is not what was sent: {detail}")]
-    #[diagnostic(
-        code(station::jig::cred_digest_mismatch),
-        help(
-            "the board stores different bytes than the station wrote (`cred list` digest): \
-             the board is not verified; it is retried, and if it repeats, set it aside"
-        )
-    )]
-    CredDigestMismatch {
-        port: String,
-        slot: Slot,
-        detail: String,
-    },
-
     #[error("virtual board flash {path}: {detail}")]
     #[diagnostic(
         code(station::jig::flash),
@@ -331,6 +375,14 @@ pub enum JigFailure {
     AccessDenied,
     /// `verify_mismatch`: the board holds other bytes than were written.
     VerifyMismatch,
+    /// `at_refused`: the modem answered `ERROR` or `+CME ERROR`.
+    AtRefused,
+    /// `modem_not_offline`: the modem could not be taken offline for a credential write.
+    ModemNotOffline,
+    /// `item_exists`: a stored credential could not be deleted to be written again.
+    ItemExists,
+    /// `digest_mismatch`: the digest the board computes differs from the station's.
+    DigestMismatch,
     /// `version`: station and board speak different protocol versions.
     Version,
     /// `protocol`: the board sent a malformed or unexpected answer.
@@ -345,8 +397,6 @@ pub enum JigFailure {
     ShellRefused,
     /// `shell_line_lost`: characters were lost on the way to the Zephyr shell.
     ShellLineLost,
-    /// `cred_digest_mismatch`: a `cred list` digest differs from the station's.
-    CredDigestMismatch,
     /// `flash`: a virtual board's flash file could not be used.
     Flash,
     /// `fixture`: a virtual jig could not be set up.
@@ -369,6 +419,10 @@ impl JigFailure {
             JigFailure::BoardRebooted => "board_rebooted",
             JigFailure::AccessDenied => "access_denied",
             JigFailure::VerifyMismatch => "verify_mismatch",
+            JigFailure::AtRefused => "at_refused",
+            JigFailure::ModemNotOffline => "modem_not_offline",
+            JigFailure::ItemExists => "item_exists",
+            JigFailure::DigestMismatch => "digest_mismatch",
             JigFailure::Version => "version",
             JigFailure::Protocol => "protocol",
             JigFailure::BadRequest => "bad_request",
@@ -376,7 +430,6 @@ impl JigFailure {
             JigFailure::CredBufferTooSmall => "cred_buffer_too_small",
             JigFailure::ShellRefused => "shell_refused",
             JigFailure::ShellLineLost => "shell_line_lost",
-            JigFailure::CredDigestMismatch => "cred_digest_mismatch",
             JigFailure::Flash => "flash",
             JigFailure::Fixture => "fixture",
         }
@@ -405,6 +458,10 @@ impl JigError {
             JigError::BoardRebooted { .. } => JigFailure::BoardRebooted,
             JigError::AccessDenied { .. } => JigFailure::AccessDenied,
             JigError::VerifyMismatch { .. } => JigFailure::VerifyMismatch,
+            JigError::AtRefused { .. } => JigFailure::AtRefused,
+            JigError::ModemNotOffline { .. } => JigFailure::ModemNotOffline,
+            JigError::ItemExists { .. } => JigFailure::ItemExists,
+            JigError::DigestMismatch { .. } => JigFailure::DigestMismatch,
             JigError::Version { .. } => JigFailure::Version,
             JigError::Protocol { .. } => JigFailure::Protocol,
             JigError::BadRequest { .. } => JigFailure::BadRequest,
@@ -412,7 +469,6 @@ impl JigError {
             JigError::CredBufferTooSmall { .. } => JigFailure::CredBufferTooSmall,
             JigError::ShellRefused { .. } => JigFailure::ShellRefused,
             JigError::ShellLineLost { .. } => JigFailure::ShellLineLost,
-            JigError::CredDigestMismatch { .. } => JigFailure::CredDigestMismatch,
             JigError::Flash { .. } => JigFailure::Flash,
             JigError::Fixture { .. } => JigFailure::Fixture,
         }
@@ -481,6 +537,26 @@ mod tests {
                 expected_len: 2,
                 found_len: 2,
             },
+            JigError::AtRefused {
+                port: port(),
+                command: "AT+CFUN=4".into(),
+                code: Some(528),
+                meaning: "power-off warning active",
+            },
+            JigError::ModemNotOffline {
+                port: port(),
+                detail: "518".into(),
+            },
+            JigError::ItemExists {
+                port: port(),
+                slot: Slot::RootCa,
+                detail: "514".into(),
+            },
+            JigError::DigestMismatch {
+                port: port(),
+                slot: Slot::Certificate,
+                detail: "differs".into(),
+            },
             JigError::Version {
                 port: port(),
                 found: 2,
@@ -512,11 +588,6 @@ mod tests {
                 port: port(),
                 command: "cred buf".into(),
                 detail: "echo differs".into(),
-            },
-            JigError::CredDigestMismatch {
-                port: port(),
-                slot: Slot::Certificate,
-                detail: "differs".into(),
             },
             JigError::Flash {
                 path: PathBuf::from("x.flash.json"),
@@ -563,6 +634,10 @@ mod tests {
                 "board_rebooted",
                 "access_denied",
                 "verify_mismatch",
+                "at_refused",
+                "modem_not_offline",
+                "item_exists",
+                "digest_mismatch",
                 "version",
                 "protocol",
                 "bad_request",
@@ -570,7 +645,6 @@ mod tests {
                 "cred_buffer_too_small",
                 "shell_refused",
                 "shell_line_lost",
-                "cred_digest_mismatch",
                 "flash",
                 "fixture",
             ]

@@ -18,9 +18,9 @@
 //!   virtual jig ([`VirtualJig`]) with its UART model and faults ([`FaultConfig`]), the
 //!   serial-number supply ([`SerialGenerator`]), and `station sim-board` ([`run_sim_board`]).
 //! - `driver/`: [`JigDriver`], the station's one way to provision a board on a jig, and a
-//!   driver per protocol ([`DriverKind`]): our own (`fleet-jig`, over [`JigLink`]) and
-//!   Zephyr's TLS-credentials shell (`zephyr-cred`, [`ZephyrCred`]; its emulated board is
-//!   [`VirtualZephyr`]).
+//!   driver per protocol ([`DriverKind`]): our own (`fleet-jig`, over [`JigLink`]), the
+//!   nRF91 modem's AT commands (`nrf91-at`, [`Nrf91At`]) and Zephyr's TLS-credentials shell
+//!   (`zephyr-cred`, [`ZephyrCred`]; its emulated board is [`VirtualZephyr`]).
 //! - `error.rs`: [`JigError`], what went wrong and what the operator should do, and its kind
 //!   [`JigFailure`].
 //!
@@ -36,8 +36,9 @@ mod sim;
 pub mod wire;
 
 pub use driver::{
-    BoardIdentity, DriverKind, DriverOptions, DriverWrite, JigDriver, ZEPHYR_DEFAULT_PROMPT,
-    ZEPHYR_DEFAULT_SEC_TAG, ZEPHYR_MAX_CHUNK, ZephyrCred, ZephyrOptions,
+    BoardIdentity, DriverKind, DriverOptions, DriverWrite, JigDriver, NRF91_DEFAULT_SEC_TAG,
+    Nrf91At, Nrf91Options, ZEPHYR_DEFAULT_PROMPT, ZEPHYR_DEFAULT_SEC_TAG, ZEPHYR_MAX_CHUNK,
+    ZephyrCred, ZephyrOptions,
 };
 pub use error::{JigError, JigFailure};
 pub use link::{
@@ -45,8 +46,9 @@ pub use link::{
     SlotWrite, StopBits, Transport, WriteReport, line_time, list_ports, open_port,
 };
 pub use sim::{
-    BoardParams, BoardSpec, FaultConfig, Flash, JigStats, SerialGenerator, SimBoardOptions,
-    VirtualJig, VirtualJigConfig, VirtualZephyr, VirtualZephyrConfig, ZephyrSpec, ZephyrStats,
-    devids, run_sim_board, serve_sim_board,
+    BoardParams, BoardSpec, FaultConfig, Flash, JigStats, ModemFaults, ModemSpec, ModemStore,
+    SerialGenerator, SimBoardOptions, VirtualJig, VirtualJigConfig, VirtualModem,
+    VirtualModemConfig, VirtualZephyr, VirtualZephyrConfig, ZephyrSpec, ZephyrStats, devids, imeis,
+    run_sim_board, serve_sim_board,
 };
 pub use wire::protocol::{CsrSubject, ErrorCode, Slot};

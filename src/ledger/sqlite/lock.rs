@@ -90,7 +90,7 @@ impl LedgerLock {
 }
 
 /// `station ID, pid N, host H, since RFC3339`.
-fn holder_line(station: &str) -> String {
+pub(in crate::ledger) fn holder_line(station: &str) -> String {
     let since = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();

@@ -18,7 +18,7 @@ mod journal;
 mod lock;
 mod orphans;
 mod read;
-mod schema;
+pub(super) mod schema;
 mod writer;
 
 use std::path::Path;
@@ -27,6 +27,7 @@ use std::sync::Arc;
 use rusqlite::{Connection, OptionalExtension};
 
 use self::lock::LedgerLock;
+pub(super) use self::lock::holder_line;
 pub(crate) use self::read::SqliteRecords;
 use self::read::{BUSY_TIMEOUT, sql_error};
 use self::writer::Writer;
@@ -76,7 +77,7 @@ pub(crate) fn open(
         Some(_) => sealed_keys(&conn).map_err(&sql)?,
         None => SealedKeys::default(),
     };
-    let sealer = seal::open_key_file(path, sealed)?;
+    let sealer = seal::open_key_file(path, &seal::key_path(path), sealed)?;
     schema::migrate(&mut conn, steps).map_err(&sql)?;
     let journal = SqliteJournal {
         writer: Writer::start(conn, path, lock),

@@ -15,9 +15,10 @@ use rusqlite::Connection;
 use crate::ledger::LedgerError;
 
 /// One step of the schema: the SQL that brings a ledger at the version before it to `version`.
-pub(super) struct Migration {
-    version: i64,
-    sql: &'static str,
+/// (The PostgreSQL store numbers its migrations the same way and plans them with [`plan`].)
+pub(in crate::ledger) struct Migration {
+    pub(in crate::ledger) version: i64,
+    pub(in crate::ledger) sql: &'static str,
 }
 
 /// Every migration, oldest first. The first creates the ledger in an empty file.
@@ -109,7 +110,8 @@ pub(super) fn pending(
     plan(MIGRATIONS, path, found)
 }
 
-fn plan<'a>(
+/// The migrations of `migrations` a ledger at `found` needs (see [`pending`]).
+pub(in crate::ledger) fn plan<'a>(
     migrations: &'a [Migration],
     path: &Path,
     found: Option<i64>,

@@ -1,17 +1,13 @@
 //! The journal through the public API: a device's life and audit trail, resume points, and
 //! orphans — each certificate AWS may hold listed once, with what AWS holds.
 
-use rusqlite::Connection;
-
 use super::*;
 use crate::ledger::{
-    DeviceRow, DeviceState, KeySource, Ledger, LedgerError, OrphanStatus, Transition, export,
+    DeviceRow, DeviceState, KeySource, LedgerError, OrphanStatus, Transition, export,
 };
 
-#[tokio::test]
-async fn records_a_full_life_and_its_audit_trail() {
-    let (_dir, path) = scratch();
-    let ledger = Ledger::open(&path, "st-1").unwrap();
+async fn records_a_full_life_and_its_audit_trail(s: Scratch) {
+    let ledger = s.open("st-1").unwrap();
     let id = ledger.begin("SN-1", "jig-1").await.unwrap().id;
     ledger.record(id, key_reserved()).await.unwrap();
     ledger.record(id, issued(&"c".repeat(64))).await.unwrap();
@@ -44,11 +40,9 @@ async fn records_a_full_life_and_its_audit_trail() {
     ));
 }
 
-#[test]
-fn blocking_calls_work_from_threads_and_survive_reopen() {
-    let (_dir, path) = scratch();
+fn blocking_calls_work_from_threads_and_survive_reopen(s: Scratch) {
     {
-        let ledger = Ledger::open(&path, "st").unwrap();
+        let ledger = s.open("st").unwrap();
         let handles: Vec<_> = (0..8)
             .map(|i| {
                 let l = ledger.clone();
@@ -63,7 +57,7 @@ fn blocking_calls_work_from_threads_and_survive_reopen() {
             h.join().unwrap();
         }
     }
-    let ledger = Ledger::open(&path, "st").unwrap();
+    let ledger = s.open("st").unwrap();
     let all = ledger.devices().unwrap();
     assert_eq!(all.len(), 8);
     assert!(all.iter().all(|d| d.state == DeviceState::Failed));
@@ -77,17 +71,15 @@ fn blocking_calls_work_from_threads_and_survive_reopen() {
     );
 }
 
-#[tokio::test]
-async fn an_unfinished_device_resumes_with_its_token_and_key() {
-    let (_dir, path) = scratch();
+async fn an_unfinished_device_resumes_with_its_token_and_key(s: Scratch) {
     {
-        let ledger = Ledger::open(&path, "st").unwrap();
+        let ledger = s.open("st").unwrap();
         let id = ledger.begin("SN-R", "j1").await.unwrap().id;
         ledger.record(id, key_reserved()).await.unwrap();
         ledger.record(id, issued("cert-r")).await.unwrap();
         // The station dies here.
     }
-    let ledger = Ledger::open(&path, "st").unwrap();
+    let ledger = s.open("st").unwrap();
     assert_eq!(ledger.unfinished().unwrap().len(), 1);
     let b = ledger.begin("SN-R", "j2").await.unwrap();
     let r = b.resume.expect("resume point");
@@ -103,10 +95,8 @@ async fn an_unfinished_device_resumes_with_its_token_and_key() {
     assert_eq!(states.last().unwrap(), "resumed");
 }
 
-#[tokio::test]
-async fn abandoned_and_failed_certificates_become_orphans() {
-    let (_dir, path) = scratch();
-    let ledger = Ledger::open(&path, "st").unwrap();
+async fn abandoned_and_failed_certificates_become_orphans(s: Scratch) {
+    let ledger = s.open("st").unwrap();
 
     // A token that can no longer be used: the certificate is abandoned (pending), and the
     // device gets a new one.
@@ -184,10 +174,8 @@ async fn abandoned_and_failed_certificates_become_orphans() {
 
 // ---- orphans: each listed once, with what AWS holds ----
 
-#[tokio::test]
-async fn a_second_kill_in_flight_records_the_key_once_and_starts_afresh() {
-    let (_dir, path) = scratch();
-    let ledger = Ledger::open(&path, "st").unwrap();
+async fn a_second_kill_in_flight_records_the_key_once_and_starts_afresh(s: Scratch) {
+    let ledger = s.open("st").unwrap();
     let id = ledger.begin("SN-K", "j").await.unwrap().id;
     ledger.record(id, key_reserved_with("aa")).await.unwrap();
     // Killed with the request in flight; on resume the engine abandons it.
@@ -203,7 +191,7 @@ async fn a_second_kill_in_flight_records_the_key_once_and_starts_afresh() {
         (d.state, d.key_source, d.certificate_id),
         (DeviceState::Started, None, None)
     );
-    assert_eq!(secrets_of(&path, "SN-K"), (None, None, None));
+    assert_eq!(s.secrets_of("SN-K"), (None, None, None));
     assert!(ledger.unfinished().unwrap().is_empty());
     // Killed again before the new key is reserved: the next run starts it afresh, and a
     // second abandonment has nothing left to record.
@@ -243,10 +231,8 @@ async fn a_second_kill_in_flight_records_the_key_once_and_starts_afresh() {
     );
 }
 
-#[tokio::test]
-async fn the_same_orphan_is_never_listed_twice() {
-    let (_dir, path) = scratch();
-    let ledger = Ledger::open(&path, "st").unwrap();
+async fn the_same_orphan_is_never_listed_twice(s: Scratch) {
+    let ledger = s.open("st").unwrap();
     let id = ledger.begin("SN-D", "j").await.unwrap().id;
     ledger.record(id, key_reserved_with("cc")).await.unwrap();
     // A lost request, then the same key abandoned: one row for the key.
@@ -259,15 +245,10 @@ async fn the_same_orphan_is_never_listed_twice() {
     // an older version could leave) is not added a second time.
     ledger.record(id, key_reserved_with("dd")).await.unwrap();
     ledger.record(id, issued("cert-d")).await.unwrap();
-    {
-        let c = Connection::open(&path).unwrap();
-        c.execute(
-            "INSERT INTO orphans (certificate_id, public_key_sha256, serial, status, reason, recorded_ms)
-             VALUES ('cert-d', NULL, 'SN-D', 'pending', 'earlier', 0)",
-            [],
-        )
-        .unwrap();
-    }
+    s.execute(
+        "INSERT INTO orphans (certificate_id, public_key_sha256, serial, status, reason, recorded_ms)
+         VALUES ('cert-d', NULL, 'SN-D', 'pending', 'earlier', 0)",
+    );
     ledger
         .record(id, Transition::Failed { reason: "r".into() })
         .await
@@ -276,10 +257,8 @@ async fn the_same_orphan_is_never_listed_twice() {
     assert_eq!(ids, [None, Some("cert-d".to_string())]);
 }
 
-#[tokio::test]
-async fn an_active_orphan_gets_its_thing_from_the_next_registration() {
-    let (_dir, path) = scratch();
-    let ledger = Ledger::open(&path, "st").unwrap();
+async fn an_active_orphan_gets_its_thing_from_the_next_registration(s: Scratch) {
+    let ledger = s.open("st").unwrap();
     let other = ledger.begin("SN-O", "j").await.unwrap().id;
     ledger.record(other, key_reserved()).await.unwrap();
     ledger.record(other, issued("c-other")).await.unwrap();
@@ -323,10 +302,8 @@ async fn an_active_orphan_gets_its_thing_from_the_next_registration() {
     );
 }
 
-#[tokio::test]
-async fn an_interrupted_device_orphans_what_it_holds_and_starts_over() {
-    let (_dir, path) = scratch();
-    let ledger = Ledger::open(&path, "st").unwrap();
+async fn an_interrupted_device_orphans_what_it_holds_and_starts_over(s: Scratch) {
+    let ledger = s.open("st").unwrap();
     let interrupted = || Transition::Interrupted {
         reason: "load test interrupted".into(),
     };
@@ -356,7 +333,7 @@ async fn an_interrupted_device_orphans_what_it_holds_and_starts_over() {
         let d = ledger.device(serial).unwrap().unwrap();
         assert_eq!(d.state, DeviceState::Interrupted, "{serial}");
         assert_eq!(d.reason.as_deref(), Some("load test interrupted"));
-        let (token, sealed, _) = secrets_of(&path, serial);
+        let (token, sealed, _) = s.secrets_of(serial);
         assert_eq!((token, sealed), (None, None), "{serial}");
     }
     assert_eq!(
@@ -401,10 +378,8 @@ async fn an_interrupted_device_orphans_what_it_holds_and_starts_over() {
     );
 }
 
-#[tokio::test]
-async fn a_lost_certificate_request_is_listed_once_as_pending() {
-    let (_dir, path) = scratch();
-    let ledger = Ledger::open(&path, "st").unwrap();
+async fn a_lost_certificate_request_is_listed_once_as_pending(s: Scratch) {
+    let ledger = s.open("st").unwrap();
     let id = ledger.begin("SN-L", "j").await.unwrap().id;
     // No key on record yet: nothing to list.
     ledger.note_lost_request(id, "timed out").await.unwrap();
@@ -455,10 +430,8 @@ async fn a_lost_certificate_request_is_listed_once_as_pending() {
     );
 }
 
-#[tokio::test]
-async fn a_key_released_before_its_request_was_sent_leaves_no_orphan() {
-    let (_dir, path) = scratch();
-    let ledger = Ledger::open(&path, "st").unwrap();
+async fn a_key_released_before_its_request_was_sent_leaves_no_orphan(s: Scratch) {
+    let ledger = s.open("st").unwrap();
     let id = ledger.begin("SN-R", "jig").await.unwrap().id;
     ledger.record(id, key_reserved()).await.unwrap();
     let released = || Transition::KeyReleased {
@@ -478,10 +451,8 @@ async fn a_key_released_before_its_request_was_sent_leaves_no_orphan() {
     assert_eq!(d.certificate_id.as_deref(), Some("d".repeat(64).as_str()));
 }
 
-#[tokio::test]
-async fn unfinished_lists_exactly_the_devices_that_resume_in_the_order_first_seen() {
-    let (_dir, path) = scratch();
-    let ledger = Ledger::open(&path, "st").unwrap();
+async fn unfinished_lists_exactly_the_devices_that_resume_in_the_order_first_seen(s: Scratch) {
+    let ledger = s.open("st").unwrap();
     // One device left in each state a device can be left in.
     let begin = |serial: &'static str| {
         let ledger = ledger.clone();
@@ -541,3 +512,6 @@ async fn unfinished_lists_exactly_the_devices_that_resume_in_the_order_first_see
     assert_eq!(unfinished, serials(filtered));
     assert_eq!(ledger.unfinished_count().unwrap(), 4);
 }
+
+on_both_stores!(async records_a_full_life_and_its_audit_trail, an_unfinished_device_resumes_with_its_token_and_key, abandoned_and_failed_certificates_become_orphans, a_second_kill_in_flight_records_the_key_once_and_starts_afresh, the_same_orphan_is_never_listed_twice, an_active_orphan_gets_its_thing_from_the_next_registration, an_interrupted_device_orphans_what_it_holds_and_starts_over, a_lost_certificate_request_is_listed_once_as_pending, a_key_released_before_its_request_was_sent_leaves_no_orphan, unfinished_lists_exactly_the_devices_that_resume_in_the_order_first_seen);
+on_both_stores!(sync blocking_calls_work_from_threads_and_survive_reopen);

@@ -3,14 +3,12 @@
 //! sealed keys gets a new one.
 
 use super::*;
-use crate::ledger::{Ledger, LedgerError, Transition, seal};
+use crate::ledger::{LedgerError, Transition, seal};
 
-#[tokio::test]
-async fn a_missing_key_file_is_refused_while_keys_are_sealed_under_it() {
-    let (_dir, path) = scratch();
-    let key = seal::key_path(&path);
+async fn a_missing_key_file_is_refused_while_keys_are_sealed_under_it(s: Scratch) {
+    let key = s.key("st");
     {
-        let ledger = Ledger::open(&path, "st").unwrap();
+        let ledger = s.open("st").unwrap();
         for serial in ["SN-1", "SN-2"] {
             let id = ledger.begin(serial, "j").await.unwrap().id;
             ledger.record(id, key_reserved()).await.unwrap();
@@ -18,7 +16,7 @@ async fn a_missing_key_file_is_refused_while_keys_are_sealed_under_it() {
     }
     let saved = std::fs::read(&key).unwrap();
     std::fs::remove_file(&key).unwrap();
-    let err = Ledger::open(&path, "st").err().expect("refused");
+    let err = s.open("st").err().expect("refused");
     assert!(
         matches!(&err, LedgerError::KeyMissing { sealed: 2, key: k, .. } if k == &key),
         "{err:?}"
@@ -32,24 +30,22 @@ async fn a_missing_key_file_is_refused_while_keys_are_sealed_under_it() {
 
     // Restored from the backup, the devices resume with their keys.
     std::fs::write(&key, &saved).unwrap();
-    let ledger = Ledger::open(&path, "st").unwrap();
+    let ledger = s.open("st").unwrap();
     let r = ledger.begin("SN-1", "j").await.unwrap().resume.unwrap();
     assert!(r.private_key.is_some());
 }
 
-#[tokio::test]
-async fn a_key_file_of_another_ledger_is_refused() {
-    let (_dir, path) = scratch();
+async fn a_key_file_of_another_ledger_is_refused(s: Scratch) {
     {
-        let ledger = Ledger::open(&path, "st").unwrap();
+        let ledger = s.open("st").unwrap();
         let id = ledger.begin("SN-1", "j").await.unwrap().id;
         ledger.record(id, key_reserved()).await.unwrap();
     }
-    let key = seal::key_path(&path);
+    let key = s.key("st");
     let saved = std::fs::read(&key).unwrap();
     std::fs::remove_file(&key).unwrap();
     seal::Sealer::create_new(&key).unwrap();
-    let err = Ledger::open(&path, "st").err().expect("refused");
+    let err = s.open("st").err().expect("refused");
     assert!(
         matches!(&err, LedgerError::KeyMismatch { serial, sealed: 1, .. } if serial == "SN-1"),
         "{err:?}"
@@ -61,11 +57,9 @@ async fn a_key_file_of_another_ledger_is_refused() {
     );
 }
 
-#[tokio::test]
-async fn a_ledger_without_sealed_keys_gets_a_new_key_file() {
-    let (_dir, path) = scratch();
+async fn a_ledger_without_sealed_keys_gets_a_new_key_file(s: Scratch) {
     {
-        let ledger = Ledger::open(&path, "st").unwrap();
+        let ledger = s.open("st").unwrap();
         let id = ledger.begin("SN-1", "j").await.unwrap().id;
         ledger.record(id, key_reserved()).await.unwrap();
         ledger
@@ -73,12 +67,14 @@ async fn a_ledger_without_sealed_keys_gets_a_new_key_file() {
             .await
             .unwrap();
     }
-    let key = seal::key_path(&path);
+    let key = s.key("st");
     let old = std::fs::read(&key).unwrap();
     std::fs::remove_file(&key).unwrap();
-    let ledger = Ledger::open(&path, "st").unwrap();
+    let ledger = s.open("st").unwrap();
     assert!(key.exists());
     assert_ne!(std::fs::read(&key).unwrap(), old);
     let id = ledger.begin("SN-1", "j").await.unwrap().id;
     ledger.record(id, key_reserved()).await.unwrap();
 }
+
+on_both_stores!(async a_missing_key_file_is_refused_while_keys_are_sealed_under_it, a_key_file_of_another_ledger_is_refused, a_ledger_without_sealed_keys_gets_a_new_key_file);

@@ -152,6 +152,22 @@ fn apply(
                 policy.name
             )));
         }
+        // A new policy's document is checked as AWS's CreatePolicy checks one: a document
+        // it cannot evaluate (unknown condition operator, key or policy variable) is refused
+        // with MalformedPolicyException ("The policy document is not valid"); on
+        // RegisterThing that is a 400 rejection.
+        if let Some(doc) = &policy.document
+            && !txn.has_policy(&policy.name)?
+        {
+            let document: serde_json::Value = serde_json::from_str(doc)
+                .map_err(|e| Rejection::InvalidParameters(format!("Policy document: {e}")))?;
+            crate::policy::PolicyDocument::parse(&document).map_err(|e| {
+                Rejection::InvalidParameters(format!(
+                    "MalformedPolicyException: policy {}: {e}",
+                    policy.name
+                ))
+            })?;
+        }
     }
     let thing = match &p.thing {
         Some(spec) => Some(merged_thing(txn.thing(&spec.name)?, spec)?),
@@ -171,6 +187,7 @@ fn apply(
         {
             let document = serde_json::from_str(doc)
                 .map_err(|e| Rejection::InvalidParameters(format!("Policy document: {e}")))?;
+
             txn.put_policy(Policy {
                 name: policy.name.clone(),
                 document,

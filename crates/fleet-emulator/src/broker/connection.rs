@@ -28,7 +28,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -45,7 +44,7 @@ use super::{ALPN_MQTT_CA, BrokerShared, Control};
 use crate::api::ApiRequest;
 use crate::ca::certificate_id;
 use crate::fleet::ReservedTopic;
-use crate::policy::{self, Action, Variables};
+use crate::policy::{self, Action, CertFacts, Facts, PolicyDocument, ThingFacts};
 use crate::registry::CertStatus;
 use crate::token_bucket::TokenBucket;
 
@@ -82,13 +81,16 @@ pub(super) async fn serve(
         let _ = timeout(DISCONNECT_GRACE, tls.shutdown()).await;
         return;
     }
-    let principal = tls
+    let Some(peer_cert) = tls
         .get_ref()
         .1
         .peer_certificates()
         .and_then(|c| c.first())
-        .map(|c: &CertificateDer<'_>| certificate_id(c));
-    let Some(principal) = principal else { return };
+        .cloned()
+    else {
+        return;
+    };
+    let principal = certificate_id(&peer_cert);
     // Only registered, ACTIVE certificates may connect.
     let active = shared
         .registry
@@ -110,7 +112,11 @@ pub(super) async fn serve(
         client_id: String::new(),
         conn_id: 0,
         policies: Vec::new(),
-        thing_name: None,
+        facts: Facts {
+            source_ip: Some(peer.ip()),
+            certificate: CertFacts::from_der(&peer_cert),
+            ..Facts::default()
+        },
         decisions: Vec::new(),
         subscriptions: Vec::new(),
         next_pkid: 0,
@@ -151,11 +157,16 @@ struct Connection<S> {
     client_id: String,
     /// This connection's id in the client table (for MQTT 5 No Local).
     conn_id: u64,
-    policies: Vec<serde_json::Value>,
-    thing_name: Option<String>,
+    policies: Vec<PolicyDocument>,
+    /// What the policies may ask about this connection (client id, address, certificate,
+    /// attached thing): all fixed once it is connected.
+    facts: Facts,
     /// Policy decisions already made on this connection, by action and name: its policies
-    /// and policy variables are fixed once it is connected, and a client repeats the same
-    /// few topics, so each is evaluated once (at most `DECISIONS` kept).
+    /// and everything their variables and conditions read (`facts`: the thing and its
+    /// attributes are read at CONNECT) are fixed once it is connected, and a client repeats
+    /// the same few topics, so each is evaluated once (at most `DECISIONS` kept). No
+    /// condition key the emulator evaluates changes during a connection (time keys such as
+    /// `aws:CurrentTime` are refused when a policy is loaded).
     decisions: Vec<(Action, String, bool)>,
     subscriptions: Vec<Subscription>,
     next_pkid: u16,
@@ -451,19 +462,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             .await;
             return None;
         }
-        // A registry that cannot be read (logged there) allows nothing.
+        // A registry that cannot be read (logged there) allows nothing, and so does a stored
+        // document that no longer parses (every path that stores one checks it first).
         self.policies = shared
             .registry
             .policies_of(&self.principal)
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .iter()
+            .map(PolicyDocument::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap_or_else(|e| {
+                tracing::error!(certificate = %self.principal, error = %e,
+                    "emulator: an attached policy does not parse; the connection is allowed nothing");
+                Vec::new()
+            });
         self.decisions.clear();
-        self.thing_name = shared
+        // Thing policy variables: the thing named by the client id, if this certificate is
+        // attached to it (AWS: the client id "must exactly match the thing name"). Read once,
+        // at CONNECT: a change to the thing applies from the next connection (docs/emulator.md;
+        // AWS documents no propagation time for thing changes, and says policy changes "can
+        // take anywhere between 6 and 8 minutes to become effective").
+        self.facts.client_id = self.client_id.clone();
+        self.facts.thing = shared
             .registry
             .thing(&self.client_id)
             .ok()
             .flatten()
             .filter(|t| t.principals.contains(&self.principal))
-            .map(|t| t.name);
+            .map(|t| ThingFacts {
+                name: t.name,
+                type_name: t.thing_type,
+                attributes: t.attributes,
+            });
         let client_id = self.client_id.clone();
         if !self.allowed(Action::Connect, &client_id) {
             self.refuse(ConnectCode::NotAuthorized, "iot:Connect").await;
@@ -559,11 +589,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         {
             return decided;
         }
-        let vars = Variables {
-            client_id: &self.client_id,
-            thing_name: self.thing_name.as_deref(),
-        };
-        let decided = policy::is_allowed(&self.policies, action, name, &vars);
+        let decided = policy::is_allowed(&self.policies, action, name, &self.facts);
         if self.decisions.len() >= DECISIONS {
             self.decisions.clear();
         }

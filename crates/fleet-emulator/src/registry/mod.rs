@@ -234,7 +234,30 @@ pub struct Registry {
     writes: Mutex<Option<Sender<Write>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     /// Fault injection: extra milliseconds every commit takes (`storage_delay_ms`).
-    storage_delay_ms: Arc<AtomicU64>,
+    slow_disk: Arc<SlowDisk>,
+}
+
+/// Fault injection: a slow disk. Every commit takes `delay_ms` longer; the commits that
+/// entered the delay are counted, so a test can act while one is in it.
+#[derive(Default)]
+pub(super) struct SlowDisk {
+    delay_ms: AtomicU64,
+    slowed: Mutex<u64>,
+    entered: std::sync::Condvar,
+}
+
+impl SlowDisk {
+    /// The delay of the next commit.
+    pub(super) fn delay(&self) -> Duration {
+        Duration::from_millis(self.delay_ms.load(Ordering::Relaxed))
+    }
+
+    /// A commit is about to wait out the delay.
+    pub(super) fn enter(&self) {
+        let mut n = self.slowed.lock().unwrap_or_else(|p| p.into_inner());
+        *n += 1;
+        self.entered.notify_all();
+    }
 }
 
 /// A mutation batch: reads and changes made under the registry lock. `Txn::commit` sends the
@@ -478,18 +501,18 @@ impl Registry {
         // holding that lock must never wait for room. What is queued is also in the overlay,
         // and replies wait for their commit, which bounds it.
         let (tx, rx) = crossbeam_channel::unbounded();
-        let storage_delay_ms = Arc::new(AtomicU64::new(0));
-        let delay = storage_delay_ms.clone();
+        let slow_disk = Arc::new(SlowDisk::default());
+        let disk = slow_disk.clone();
         let writer_state = state.clone();
         let writer = std::thread::Builder::new()
             .name("registry-writer".into())
-            .spawn(move || writer::writer_loop(conn, rx, writer_state, delay))
+            .spawn(move || writer::writer_loop(conn, rx, writer_state, disk))
             .expect("spawn registry writer");
         Ok(Arc::new(Registry {
             state,
             writes: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
-            storage_delay_ms,
+            slow_disk,
         }))
     }
 
@@ -501,10 +524,23 @@ impl Registry {
 
     /// Fault injection: every commit from now on takes `delay` longer, as on a slow disk.
     pub(crate) fn set_storage_delay(&self, delay: Duration) {
-        self.storage_delay_ms.store(
+        self.slow_disk.delay_ms.store(
             u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
+    }
+
+    /// Waits until `n` commits in all have entered the storage delay (a test's signal that
+    /// the writer took what was sent before into a commit that has not ended yet).
+    #[cfg(test)]
+    pub(crate) fn wait_for_slowed_commits(&self, n: u64) {
+        let disk = &self.slow_disk;
+        let slowed = disk.slowed.lock().unwrap();
+        let (slowed, timeout) = disk
+            .entered
+            .wait_timeout_while(slowed, Duration::from_secs(30), |s| *s < n)
+            .unwrap();
+        assert!(!timeout.timed_out(), "{} of {n} slowed commits", *slowed);
     }
 
     /// Starts a transaction under the registry lock; see `Txn::commit`.

@@ -272,8 +272,9 @@ fn a_newer_write_stays_dirty_when_an_older_one_is_committed() {
     let mut t = reg.txn();
     t.put_certificate(cert("c", CertStatus::PendingActivation));
     let first = t.commit();
-    // The writer has taken the first write into its commit and is in the slow disk's delay.
-    std::thread::sleep(Duration::from_millis(100));
+    // Once the writer has taken the first write into its commit and is in the slow disk's
+    // delay, the newer write goes to the next commit.
+    reg.wait_for_slowed_commits(1);
     let mut t = reg.txn();
     t.put_certificate(cert("c", CertStatus::Active));
     drop(t);

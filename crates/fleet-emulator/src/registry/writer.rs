@@ -1,15 +1,13 @@
 //! The registry's writer thread: group commit of the writes made under the registry lock, and
 //! after each commit, the committed records turned clean in memory.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 use rusqlite::{Connection, params};
 
 use super::store::TableId;
-use super::{CommitError, State};
+use super::{CommitError, SlowDisk, State};
 
 /// Writes taken into one commit at most.
 const BATCH: usize = 4096;
@@ -54,7 +52,7 @@ pub(super) fn writer_loop(
     mut conn: Connection,
     rx: Receiver<Write>,
     state: Arc<Mutex<State>>,
-    storage_delay_ms: Arc<AtomicU64>,
+    disk: Arc<SlowDisk>,
 ) {
     // Writes of a commit that failed, retried first with the next one.
     let mut carried: Vec<Write> = Vec::new();
@@ -78,8 +76,7 @@ pub(super) fn writer_loop(
         let result = if writes.is_empty() {
             Ok(())
         } else {
-            let delay = Duration::from_millis(storage_delay_ms.load(Ordering::Relaxed));
-            match persist(&mut conn, &writes, delay) {
+            match persist(&mut conn, &writes, &disk) {
                 Ok(()) => {
                     settle(&state, &writes);
                     Ok(())
@@ -120,7 +117,7 @@ fn settle(state: &Mutex<State>, writes: &[Write]) {
 }
 
 /// One transaction with every write, the slow-disk fault, and the commit.
-fn persist(conn: &mut Connection, writes: &[Write], delay: Duration) -> rusqlite::Result<()> {
+fn persist(conn: &mut Connection, writes: &[Write], disk: &SlowDisk) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     for w in writes {
         match w {
@@ -137,7 +134,9 @@ fn persist(conn: &mut Connection, writes: &[Write], delay: Duration) -> rusqlite
             Write::Ack(_) => {}
         }
     }
+    let delay = disk.delay();
     if !delay.is_zero() {
+        disk.enter();
         std::thread::sleep(delay);
     }
     tx.commit()

@@ -739,6 +739,7 @@ fn policy_document(
     match v {
         Value::String(text) => {
             let doc = parse_policy_text(text).map_err(|m| TemplateError::invalid(path, m))?;
+            check_static_policy(&doc, path, scope)?;
             static_policy(&doc, path)
         }
         Value::Object(map) => match intrinsic(map) {
@@ -748,7 +749,10 @@ fn policy_document(
             )),
             Some(_) => Ok(PolicySource::Text(slot(v, path, scope, None)?)),
             None => match doc_node(v, path, scope)? {
-                DocNode::Lit(doc) => static_policy(&doc, path),
+                DocNode::Lit(doc) => {
+                    check_static_policy(&doc, path, scope)?;
+                    static_policy(&doc, path)
+                }
                 node => Ok(PolicySource::Tree {
                     path: path.into(),
                     node,
@@ -760,6 +764,17 @@ fn policy_document(
             "PolicyDocument must be a JSON object or a JSON-escaped string holding one",
         )),
     }
+}
+
+/// In strict mode, a policy document without intrinsic functions that RegisterThing would
+/// refuse (`MalformedPolicyException`: an operator, condition key or policy variable the
+/// emulator cannot evaluate) is a load error, since it could never succeed at evaluation.
+fn check_static_policy(doc: &Value, path: &str, scope: &Scope<'_>) -> Result<(), TemplateError> {
+    if scope.strict {
+        crate::policy::PolicyDocument::parse(doc)
+            .map_err(|e| TemplateError::invalid(path, format!("MalformedPolicyException: {e}")))?;
+    }
+    Ok(())
 }
 
 /// Parses a JSON-escaped policy document; it must hold a JSON object.

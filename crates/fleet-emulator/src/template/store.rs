@@ -666,6 +666,7 @@ mod tests {
         assert_eq!(
             names,
             [
+                "AttachedThingTemplate",
                 "EmbeddedCDemoTemplate",
                 "FleetTemplate",
                 "HookedTemplate",
@@ -715,7 +716,7 @@ mod tests {
         );
         assert!(e.to_string().contains("SerialNumber"), "{e}");
         assert!(store.get("Nope").is_none());
-        assert_eq!(store.len(), 4);
+        assert_eq!(store.len(), 5);
     }
 
     #[test]

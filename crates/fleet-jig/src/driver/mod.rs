@@ -3,6 +3,8 @@
 //! (`[[jigs.ports]] driver`, `jigs.driver` / `--driver` for a virtual line):
 //!
 //! - `fleet-jig` (default): our own jig protocol ([`JigLink`], `docs/jig-protocol.md`).
+//! - `nrf91-at`: the Nordic nRF91 modem's AT commands (`AT%CMNG`, `AT%KEYGEN`), as
+//!   Nordic's nRF Cloud Utils and `nrfcredstore` drive them ([`Nrf91At`]).
 //! - `zephyr-cred`: Zephyr's TLS-credentials shell (`cred buf`, `cred add`, `cred list`)
 //!   ([`ZephyrCred`]).
 //!
@@ -16,6 +18,7 @@
 //!
 //! - this file: the trait, [`DriverKind`], [`BoardIdentity`], [`DriverOptions`].
 //! - `fleet`: the trait over [`JigLink`].
+//! - `nrf91`: [`Nrf91At`], the AT-command driver, and its line handling.
 //! - `zephyr/`: [`ZephyrCred`], the Zephyr shell driver, and the shell's text (shared with
 //!   the emulated shell).
 
@@ -26,6 +29,10 @@ use crate::link::{JigLink, PortSettings, SlotWrite};
 use crate::wire::protocol::{CsrSubject, Slot};
 
 mod fleet;
+mod nrf91;
+
+pub(crate) use nrf91::cmng_type;
+pub use nrf91::{NRF91_DEFAULT_SEC_TAG, Nrf91At, Nrf91Options};
 pub(crate) mod zephyr;
 
 pub use zephyr::{
@@ -39,18 +46,25 @@ pub enum DriverKind {
     /// Our jig protocol (`docs/jig-protocol.md`).
     #[default]
     FleetJig,
+    /// Nordic nRF91 modem AT commands.
+    Nrf91At,
     /// Zephyr's TLS-credentials shell.
     ZephyrCred,
 }
 
 impl DriverKind {
     /// Every driver, by its name.
-    pub const ALL: [DriverKind; 2] = [DriverKind::FleetJig, DriverKind::ZephyrCred];
+    pub const ALL: [DriverKind; 3] = [
+        DriverKind::FleetJig,
+        DriverKind::Nrf91At,
+        DriverKind::ZephyrCred,
+    ];
 
-    /// `fleet-jig`, `nrf91-at`.
+    /// `fleet-jig`, `nrf91-at`, `zephyr-cred`.
     pub const fn as_str(self) -> &'static str {
         match self {
             DriverKind::FleetJig => "fleet-jig",
+            DriverKind::Nrf91At => "nrf91-at",
             DriverKind::ZephyrCred => "zephyr-cred",
         }
     }
@@ -65,8 +79,8 @@ impl DriverKind {
     pub fn writes(self, slot: Slot) -> bool {
         match self {
             DriverKind::FleetJig => true,
-            // The credential store has certificates and keys only.
-            DriverKind::ZephyrCred => {
+            // The modem's and Zephyr's credential stores hold certificates and keys only.
+            DriverKind::Nrf91At | DriverKind::ZephyrCred => {
                 matches!(slot, Slot::Certificate | Slot::PrivateKey | Slot::RootCa)
             }
         }
@@ -81,6 +95,7 @@ impl DriverKind {
     ) -> Result<Box<dyn JigDriver>, JigError> {
         Ok(match self {
             DriverKind::FleetJig => Box::new(JigLink::open(path, settings)?),
+            DriverKind::Nrf91At => Box::new(Nrf91At::open(path, settings, options.nrf91.clone())?),
             DriverKind::ZephyrCred => {
                 Box::new(ZephyrCred::open(path, settings, options.zephyr.clone())?)
             }
@@ -97,6 +112,7 @@ impl fmt::Display for DriverKind {
 /// Per-port options of the drivers that have any.
 #[derive(Debug, Clone, Default)]
 pub struct DriverOptions {
+    pub nrf91: Nrf91Options,
     pub zephyr: ZephyrOptions,
 }
 

@@ -98,6 +98,23 @@ fn fleet_template_fixture_is_the_aws_example() {
 }
 
 #[test]
+fn attached_thing_template_gives_a_thing_with_its_line_and_a_conditional_policy() {
+    let body = fixture("AttachedThingTemplate");
+    // Strict mode also checks that the emulator can evaluate its policy's conditions.
+    assert!(Template::parse_with(&body, ParseOptions::STRICT).is_ok());
+    let out = eval(&body, &[("SerialNumber", "1"), ("Line", "L1")]).unwrap();
+    assert_eq!(out.thing_name(), Some("att_1"));
+    let thing = out.thing.unwrap();
+    assert_eq!(thing.attributes.get("line").map(String::as_str), Some("L1"));
+    let doc = out.policies[0].document.as_deref().unwrap();
+    assert!(doc.contains("iot:Connection.Thing.IsAttached"), "{doc}");
+    assert!(
+        doc.contains("${iot:Connection.Thing.Attributes[line]}"),
+        "{doc}"
+    );
+}
+
+#[test]
 fn python_sdk_sample_template_gives_thing_prefix_1() {
     let body = fixture("PySampleTemplate");
     assert!(Template::parse_with(&body, ParseOptions::STRICT).is_ok());

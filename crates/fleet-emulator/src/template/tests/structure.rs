@@ -581,6 +581,32 @@ fn policy_shape_errors() {
 }
 
 #[test]
+fn strict_mode_refuses_a_static_policy_the_emulator_cannot_evaluate() {
+    let bad = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:Connect",
+        "Resource":"*","Condition":{"StringLikeIgnoreCase":{"iot:ClientId":"a*"}}}]}"#;
+    let escaped = serde_json::to_string(&bad.replace('\n', " ")).unwrap();
+    for doc in [bad.to_string(), escaped] {
+        let body = policy_body(&format!(r#"{{"PolicyDocument":{doc}}}"#));
+        // Lenient (the default): loads, and RegisterThing refuses it (tests/suite).
+        assert!(Template::parse(&body).is_ok());
+        let e = strict_err(&body);
+        let (path, message) = invalid_message(&e);
+        assert_eq!(path, "Resources.policy.Properties.PolicyDocument");
+        assert!(
+            message.starts_with("MalformedPolicyException: policy document: Statement[0]")
+                && message.contains("StringLikeIgnoreCase"),
+            "{message}"
+        );
+    }
+    // A good document passes strict mode.
+    let good = policy_body(
+        r#"{"PolicyDocument":{"Statement":[{"Effect":"Allow","Action":"iot:Connect",
+            "Resource":"*","Condition":{"Bool":{"iot:Connection.Thing.IsAttached":"true"}}}]}}"#,
+    );
+    assert!(Template::parse_with(&good, ParseOptions::STRICT).is_ok());
+}
+
+#[test]
 fn several_policies_come_in_logical_id_order() {
     let body = r#"{"Resources":{
         "zeta":{"Type":"AWS::IoT::Policy","Properties":{"PolicyName":"Z"}},

@@ -601,7 +601,7 @@ impl ZephyrCred {
             match listed.iter().find(|e| e.cred_type == *ty) {
                 Some(e) if e.digest.as_deref() == Some(want.as_str()) => {}
                 Some(e) => {
-                    return Err(JigError::CredDigestMismatch {
+                    return Err(JigError::DigestMismatch {
                         port: self.name.clone(),
                         slot: *slot,
                         detail: match &e.digest {
@@ -615,7 +615,7 @@ impl ZephyrCred {
                     });
                 }
                 None => {
-                    return Err(JigError::CredDigestMismatch {
+                    return Err(JigError::DigestMismatch {
                         port: self.name.clone(),
                         slot: *slot,
                         detail: "`cred list` does not show it".into(),
