@@ -5,8 +5,10 @@
 # fresh state each run, SKIP_RUNS runs of each (default 3, interleaved); prints each run's
 # jigs.write_ms_per_board and payload bytes a board from summary.json, then the medians and
 # the saving. DRIVER (default fleet-jig) is the virtual line's jig driver: fleet-jig (our
-# protocol: HASH, PUTs, COMMIT) or nrf91-at (emulated nRF91 modems: AT%CMNG=1 digests, one
-# AT%CMNG=0 line per item; their root CA held under the line's security tag).
+# protocol: HASH, PUTs, COMMIT), nrf91-at (emulated nRF91 modems: AT%CMNG=1 digests, one
+# AT%CMNG=0 line per item; their root CA held under the line's security tag) or zephyr-cred
+# (emulated Zephyr boards: cred list digests, cred buf load + cred add per item; their
+# firmware registers the root CA under the line's security tag).
 #
 #   bash benches/skip-held.sh [DRIVER]
 #
