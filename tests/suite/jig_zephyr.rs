@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::cli::{StationConfig, count, station};
 use fleet_station::config::Config;
+use fleet_station::emulator::registry::{CertStatus, Registry};
 use fleet_station::jig::{
     CsrSubject, DriverKind, FaultConfig, JigDriver, JigError, PortSettings, Slot, SlotWrite,
     VirtualZephyr, VirtualZephyrConfig, ZephyrCred, ZephyrOptions, ZephyrSpec,
@@ -19,29 +20,15 @@ use fleet_station::ledger::{DeviceState, Ledger};
 use fleet_station::shutdown::Shutdown;
 use fleet_station::station::{self, RunOptions};
 
-/// 50 boards on 4 jigs through `station run --driver zephyr-cred`, station-made keys: every
-/// board verified, identified by its `hwinfo devid`.
-#[test]
-fn station_run_provisions_fifty_zephyr_boards_through_the_cli() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = StationConfig::embedded(dir.path())
-        .set("jigs.baud", "921600")
-        .write();
+/// `station run --boards <boards> --jigs 4 --driver zephyr-cred` with `config`, reports in
+/// `dir/<report>`; returns summary.json.
+fn run_cli(dir: &Path, config: &Path, report: &str, boards: usize) -> serde_json::Value {
     let out = station()
-        .args([
-            "run",
-            "--boards",
-            "50",
-            "--jigs",
-            "4",
-            "--driver",
-            "zephyr-cred",
-            "--headless",
-            "--config",
-        ])
-        .arg(&config)
+        .args(["run", "--boards", &boards.to_string(), "--jigs", "4"])
+        .args(["--driver", "zephyr-cred", "--headless", "--config"])
+        .arg(config)
         .arg("--report-dir")
-        .arg(dir.path().join("r"))
+        .arg(dir.join(report))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -50,12 +37,21 @@ fn station_run_provisions_fifty_zephyr_boards_through_the_cli() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        stdout.contains("devices: 50 provisioned, 0 failed, of 50"),
-        "{stdout}"
-    );
-    let summary: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("r/summary.json")).unwrap()).unwrap();
+    serde_json::from_slice(&std::fs::read(dir.join(report).join("summary.json")).unwrap()).unwrap()
+}
+
+/// 50 boards on 4 jigs through `station run --driver zephyr-cred`, station-made keys: every
+/// board verified, identified by its `hwinfo devid`, its thing named after it and its
+/// certificate active in the emulator's registry.
+#[test]
+fn station_run_provisions_fifty_zephyr_boards_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StationConfig::embedded(dir.path())
+        .set("jigs.baud", "921600")
+        .write();
+    let summary = run_cli(dir.path(), &config, "r", 50);
+    assert_eq!(summary["devices"]["provisioned"], 50, "{summary}");
+    assert_eq!(summary["devices"]["failed"], 0, "{summary}");
     assert_eq!(summary["jigs"]["failed_boards"], 0);
     assert!(
         summary["jigs"]["per_jig"]
@@ -71,14 +67,52 @@ fn station_run_provisions_fifty_zephyr_boards_through_the_cli() {
         ),
         50
     );
-    // Device ids: 16 hex digits, the `hwinfo devid` of each virtual board.
+    let registry = Registry::open(&dir.path().join("emulator/registry.db")).unwrap();
+    let devices = Ledger::open(&db, "check").unwrap().devices().unwrap();
+    assert_eq!(devices.len(), 50);
+    for d in devices {
+        // Device ids: 16 hex digits, the `hwinfo devid` of each virtual board.
+        assert!(
+            d.serial.len() == 16
+                && d.serial.starts_with("f5")
+                && d.serial.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{d:?}"
+        );
+        assert_eq!(d.thing_name.as_deref(), Some(d.serial.as_str()));
+        let cert_id = d.certificate_id.clone().unwrap();
+        assert_eq!(
+            registry.certificate(&cert_id).unwrap().unwrap().status,
+            CertStatus::Active
+        );
+    }
+}
+
+/// Device ids are new each run; with `jigs.stamp_serials = false` they are the same, and the
+/// boards the ledger shows verified are not placed again.
+#[test]
+fn device_ids_are_new_each_run_unless_stamp_serials_is_false() {
+    let dir = tempfile::tempdir().unwrap();
+    let stamped = StationConfig::embedded(dir.path()).write();
+    run_cli(dir.path(), &stamped, "r1", 3);
+    run_cli(dir.path(), &stamped, "r2", 3);
+    let count = |l: &Path| Ledger::open(l, "check").unwrap().devices().unwrap().len();
     assert_eq!(
-        count(
-            &db,
-            "SELECT COUNT(*) FROM devices WHERE length(serial) = 16 AND serial GLOB 'f5*'"
-        ),
-        50
+        count(&dir.path().join("ledger.db")),
+        6,
+        "new ids in the second run"
     );
+
+    let dir = tempfile::tempdir().unwrap();
+    let fixed = StationConfig::embedded(dir.path())
+        .set("jigs.stamp_serials", "false")
+        .write();
+    run_cli(dir.path(), &fixed, "r1", 3);
+    let summary = run_cli(dir.path(), &fixed, "r2", 3);
+    assert_eq!(
+        summary["devices"]["total"], 0,
+        "verified boards are not placed again"
+    );
+    assert_eq!(count(&dir.path().join("ledger.db")), 3);
 }
 
 /// Board-made keys with zephyr-cred are refused before anything starts.

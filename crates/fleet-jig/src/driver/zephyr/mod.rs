@@ -431,7 +431,13 @@ impl ZephyrCred {
                 command: command.into(),
                 detail: format!("the board stored {n} bytes of the {sent} sent"),
             }),
-            None => Err(self.refused(command, answer)),
+            // Not the board's text: after raw input it may hold the item's own lines (the
+            // shell runs them as commands once its buffer is full), a key's among them.
+            None => Err(JigError::ShellRefused {
+                port: self.name.clone(),
+                command: command.to_string(),
+                text: "no `Stored <n> bytes.` answer".into(),
+            }),
         }
     }
 

@@ -361,16 +361,25 @@ impl Host {
     }
 
     /// Bytes through the line by `until` go into the RX ring; what does not fit is lost.
+    /// Unpaced (baud 0), every byte is through at once: the pty's buffer stands in for the
+    /// line and the ring takes what it has room for (flow control by the kernel), so memory
+    /// speed loses nothing.
     fn fill_ring(&mut self, until: Instant) {
         loop {
+            let room = self.board.as_ref().map_or(0, |b| b.spec().rx_ring);
+            let asleep = self.board.is_none() || until < self.awake_at;
             let ready = self.rx.ready(until);
-            if ready.is_empty() {
+            let n = if self.rx.is_paced() || asleep {
+                ready.len()
+            } else {
+                ready.len().min(room.saturating_sub(self.ring.len()))
+            };
+            if n == 0 {
                 return;
             }
-            let n = ready.len();
-            let asleep = self.board.is_none() || until < self.awake_at;
+            let ready = &ready[..n];
+            // Nobody listening (an empty jig, a board still booting): the bytes are lost.
             if !asleep {
-                let room = self.board.as_ref().map_or(0, |b| b.spec().rx_ring);
                 for &b in ready {
                     if self.ring.len() < room {
                         self.ring.push_back(b);
