@@ -187,7 +187,13 @@ impl ZephyrCred {
     /// Drops what arrived before this exchange; a boot banner among it means the board
     /// rebooted since the last one.
     fn drain_stale(&mut self) -> Result<(), JigError> {
-        while self.read_some()? > 0 {}
+        // Only what is there now: waiting for a quiet line would cost every exchange a read
+        // timeout (late stale bytes are told apart by the echo the answer starts with).
+        while self.port.bytes_to_read().is_ok_and(|n| n > 0) {
+            if self.read_some()? == 0 {
+                break;
+            }
+        }
         let stale = String::from_utf8_lossy(&self.pending).into_owned();
         self.pending.clear();
         if stale.contains("*** Booting Zephyr OS") {

@@ -142,9 +142,12 @@ pub(crate) fn parse_list_line(line: &str) -> Option<ListEntry> {
     })
 }
 
-/// `Stored <n> bytes.` → n.
+/// `Stored <n> bytes.` → n. The line may start with the tail of a colour code whose start
+/// went with the previous answer (an answer to raw input has no echo to start from).
 pub(crate) fn parse_stored(line: &str) -> Option<usize> {
-    line.trim()
+    let at = line.find("Stored ")?;
+    line[at..]
+        .trim()
         .strip_prefix("Stored ")?
         .strip_suffix(" bytes.")?
         .parse()
@@ -262,6 +265,7 @@ mod tests {
     fn confirmations_parse() {
         assert_eq!(parse_stored("Stored 48 bytes."), Some(48));
         assert_eq!(parse_stored("Stored 4 bytes"), None);
+        assert_eq!(parse_stored("0mStored 91 bytes."), Some(91));
         assert_eq!(
             parse_added(
                 "Added TLS credential of type PRIVATE_KEY, sectag 16842753, and length 242 bytes."
