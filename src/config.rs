@@ -13,7 +13,10 @@ use serde::Deserialize;
 
 use crate::emulator::EmulatorConfig;
 use crate::fleet::{Format, MqttVersion, validate_template_name};
-use crate::jig::{DataBits, FlowControl, Parity, PortSettings, StopBits};
+use crate::jig::{
+    DataBits, DriverKind, DriverOptions, FlowControl, NRF91_DEFAULT_SEC_TAG, Nrf91Options, Parity,
+    PortSettings, StopBits, ZEPHYR_DEFAULT_SEC_TAG, ZEPHYR_MAX_CHUNK, ZephyrOptions,
+};
 use crate::keys::{KeyAlgorithm, KeySource};
 
 /// Placeholders a parameter value may use, filled per board.
@@ -353,7 +356,30 @@ pub struct JigsSection {
     /// it in (`mode = "virtual"` only).
     #[serde(default)]
     pub boards_hold_root_ca: bool,
+    /// The driver of the virtual line's jigs (`--driver` overrides): `"fleet-jig"` (our jig
+    /// protocol, the default) or `"nrf91-at"` (emulated nRF91 modems behind their AT host).
+    /// Real ports name theirs in `[[jigs.ports]] driver`.
+    #[serde(default)]
+    pub driver: DriverKind,
+    /// `nrf91-at` on the virtual line: the security tag the credentials go to (default
+    /// 16842753, nRF Cloud Utils' default). Real ports set theirs in `[[jigs.ports]]`.
+    #[serde(default)]
+    pub sec_tag: Option<u32>,
+    /// `nrf91-at` on the virtual line: write the root CA (type 0) too (default `true`).
+    #[serde(default)]
+    pub write_root_ca: Option<bool>,
 }
+
+/// The nRF91 options from a port's (or the virtual line's) keys.
+fn nrf91_options(sec_tag: Option<u32>, write_root_ca: Option<bool>) -> Nrf91Options {
+    Nrf91Options {
+        sec_tag: sec_tag.unwrap_or(NRF91_DEFAULT_SEC_TAG),
+        write_root_ca: write_root_ca.unwrap_or(true),
+    }
+}
+
+/// Largest security tag a station may use (larger ones are reserved for the modem).
+const MAX_SEC_TAG: u32 = 2_147_483_647;
 
 /// One real jig: a named serial port and its line settings (default 8N1, no flow control,
 /// `jigs.baud`, `jigs.timeout_ms`).
@@ -376,9 +402,51 @@ pub struct PortEntry {
     pub stop_bits: Option<u8>,
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// How the station talks to the board's firmware: `"fleet-jig"` (default) or
+    /// `"nrf91-at"` or `"zephyr-cred"` (see docs/jig-drivers.md).
+    #[serde(default)]
+    pub driver: DriverKind,
+    /// `nrf91-at`, `zephyr-cred`: the security tag the credentials go to (default 16842753,
+    /// the default of nRF Cloud Utils and of Zephyr's `tls_creds_installer.py`).
+    #[serde(default)]
+    pub sec_tag: Option<u32>,
+    /// `nrf91-at`, `zephyr-cred`: write the root CA too (default `true`); `false` when the
+    /// firmware provides it.
+    #[serde(default)]
+    pub write_root_ca: Option<bool>,
+    /// `zephyr-cred`: the shell command whose output names the board (default
+    /// `"hwinfo devid"`, whose `ID: 0x…` is the device id; another command's first line).
+    #[serde(default)]
+    pub identity_command: Option<String>,
+    /// `zephyr-cred`: base64 characters per `cred buf` line (default 48, a multiple of 4).
+    #[serde(default)]
+    pub chunk: Option<usize>,
+    /// `zephyr-cred`: send raw PEM with `cred buf load` where the shell has it (default
+    /// `true`; a shell without it is noticed and sent base64 chunks).
+    #[serde(default)]
+    pub buf_load: Option<bool>,
 }
 
 impl JigsSection {
+    /// The options of the virtual line's driver (`jigs.driver`), from this section.
+    pub fn driver_options(&self) -> DriverOptions {
+        match self.driver {
+            DriverKind::FleetJig => DriverOptions::default(),
+            DriverKind::Nrf91At => DriverOptions {
+                nrf91: nrf91_options(self.sec_tag, self.write_root_ca),
+                ..DriverOptions::default()
+            },
+            DriverKind::ZephyrCred => DriverOptions {
+                zephyr: ZephyrOptions {
+                    sec_tag: self.sec_tag.unwrap_or(ZEPHYR_DEFAULT_SEC_TAG),
+                    write_root_ca: self.write_root_ca.unwrap_or(true),
+                    ..ZephyrOptions::default()
+                },
+                ..DriverOptions::default()
+            },
+        }
+    }
+
     /// Port settings for a jig at `baud`, with this section's answer timeout.
     pub fn port_settings(&self, baud: u32) -> PortSettings {
         PortSettings {
@@ -390,6 +458,34 @@ impl JigsSection {
 }
 
 impl PortEntry {
+    /// The options of this port's driver.
+    pub fn driver_options(&self) -> DriverOptions {
+        match self.driver {
+            DriverKind::FleetJig => DriverOptions::default(),
+            DriverKind::Nrf91At => DriverOptions {
+                nrf91: nrf91_options(self.sec_tag, self.write_root_ca),
+                ..DriverOptions::default()
+            },
+            DriverKind::ZephyrCred => {
+                let d = ZephyrOptions::default();
+                DriverOptions {
+                    zephyr: ZephyrOptions {
+                        sec_tag: self.sec_tag.unwrap_or(d.sec_tag),
+                        write_root_ca: self.write_root_ca.unwrap_or(d.write_root_ca),
+                        identity_command: self
+                            .identity_command
+                            .clone()
+                            .unwrap_or(d.identity_command),
+                        chunk: self.chunk.unwrap_or(d.chunk),
+                        buf_load: self.buf_load.unwrap_or(d.buf_load),
+                        prompt: d.prompt,
+                    },
+                    ..DriverOptions::default()
+                }
+            }
+        }
+    }
+
     /// The settings this port is opened with: its own line settings over `jigs`' defaults.
     /// `data_bits` and `stop_bits` were checked when the configuration was loaded.
     pub fn settings(&self, jigs: &JigsSection) -> PortSettings {
@@ -474,6 +570,9 @@ impl Default for JigsSection {
             board_root_ca: None,
             skip_held: true,
             boards_hold_root_ca: false,
+            driver: DriverKind::default(),
+            sec_tag: None,
+            write_root_ca: None,
         }
     }
 }
@@ -677,6 +776,33 @@ impl Config {
         Ok(config)
     }
 
+    /// Board-made keys (`keys.source = "device"`) need a driver whose boards make keys: the
+    /// Zephyr TLS-credentials shell has no key generation. Checked on load and again after
+    /// `--driver` (`path` names the configuration in the error).
+    pub fn check_key_source_and_drivers(&self, path: &Path) -> Result<(), ConfigError> {
+        if self.keys.source != KeySource::Device {
+            return Ok(());
+        }
+        let zephyr = if self.jigs.is_virtual() {
+            (self.jigs.driver == DriverKind::ZephyrCred).then(|| "jigs.driver".to_string())
+        } else {
+            self.jigs
+                .ports
+                .iter()
+                .position(|p| p.driver == DriverKind::ZephyrCred)
+                .map(|i| format!("jigs.ports[{i}].driver"))
+        };
+        match zephyr {
+            Some(key) => Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key,
+                problem: "is \"zephyr-cred\" but keys.source is \"device\": Zephyr's TLS-credentials shell cannot make a key or a CSR".into(),
+                help: "set keys.source = \"pool\" (station-made keys) or \"aws\" for zephyr-cred boards".into(),
+            }),
+            None => Ok(()),
+        }
+    }
+
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid = |key: &str, problem: String, help: &str| ConfigError::Invalid {
             path: path.to_path_buf(),
@@ -843,6 +969,13 @@ impl Config {
             ));
         }
         let j = &self.jigs;
+        if j.sec_tag.is_some_and(|t| t > MAX_SEC_TAG) {
+            return Err(invalid(
+                "jigs.sec_tag",
+                format!("is {}", j.sec_tag.unwrap_or(0)),
+                "use 0 to 2147483647 (larger tags are reserved for the modem)",
+            ));
+        }
         match j.mode {
             JigMode::Virtual => {
                 if j.count == 0 || j.count > 512 {
@@ -897,6 +1030,61 @@ impl Config {
                             "use 5, 6, 7 or 8 (8 is usual)",
                         ));
                     }
+                    if !matches!(p.driver, DriverKind::Nrf91At | DriverKind::ZephyrCred)
+                        && (p.sec_tag.is_some() || p.write_root_ca.is_some())
+                    {
+                        let key = if p.sec_tag.is_some() {
+                            "sec_tag"
+                        } else {
+                            "write_root_ca"
+                        };
+                        return Err(invalid(
+                            &format!("jigs.ports[{i}].{key}"),
+                            format!("is set but the port's driver is {:?}", p.driver.as_str()),
+                            "sec_tag and write_root_ca are nrf91-at and zephyr-cred options: set the port's driver or remove them",
+                        ));
+                    }
+                    if p.sec_tag.is_some_and(|t| t > MAX_SEC_TAG) {
+                        return Err(invalid(
+                            &format!("jigs.ports[{i}].sec_tag"),
+                            format!("is {}", p.sec_tag.unwrap_or(0)),
+                            "use 0 to 2147483647 (larger tags are reserved for the modem)",
+                        ));
+                    }
+                    let zephyr_only = [
+                        ("identity_command", p.identity_command.is_some()),
+                        ("chunk", p.chunk.is_some()),
+                        ("buf_load", p.buf_load.is_some()),
+                    ];
+                    if let Some((key, _)) = zephyr_only
+                        .iter()
+                        .find(|(_, set)| *set && p.driver != DriverKind::ZephyrCred)
+                    {
+                        return Err(invalid(
+                            &format!("jigs.ports[{i}].{key}"),
+                            format!("is set but the port's driver is {:?}", p.driver.as_str()),
+                            "it is a zephyr-cred option: set driver = \"zephyr-cred\" or remove it",
+                        ));
+                    }
+                    if p.chunk
+                        .is_some_and(|c| c == 0 || c % 4 != 0 || c > ZEPHYR_MAX_CHUNK)
+                    {
+                        return Err(invalid(
+                            &format!("jigs.ports[{i}].chunk"),
+                            format!("is {}", p.chunk.unwrap_or(0)),
+                            "use a multiple of 4 from 4 to 244 (`cred buf <chunk>` must fit the shell's 256-byte command buffer); 48 is what Zephyr's own installer sends",
+                        ));
+                    }
+                    if p.identity_command
+                        .as_deref()
+                        .is_some_and(|c| c.trim().is_empty() || c.chars().any(|ch| ch.is_control()))
+                    {
+                        return Err(invalid(
+                            &format!("jigs.ports[{i}].identity_command"),
+                            "is empty or holds control characters".into(),
+                            "give one shell command line, e.g. \"hwinfo devid\"",
+                        ));
+                    }
                     if p.stop_bits.is_some_and(|b| b != 1 && b != 2) {
                         return Err(invalid(
                             &format!("jigs.ports[{i}].stop_bits"),
@@ -907,6 +1095,7 @@ impl Config {
                 }
             }
         }
+        self.check_key_source_and_drivers(path)?;
         if j.timeout_ms < 10 {
             return Err(invalid(
                 "jigs.timeout_ms",

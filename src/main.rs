@@ -71,6 +71,10 @@ enum Command {
         /// Line rate in baud (overrides jigs.baud; virtual boards emulate it, 0 = memory speed).
         #[arg(long, value_name = "B")]
         baud: Option<u32>,
+        /// The virtual line's jig driver (overrides jigs.driver): fleet-jig, nrf91-at or
+        /// zephyr-cred.
+        #[arg(long, value_name = "DRIVER", value_parser = parse_driver)]
+        driver: Option<fleet_station::jig::DriverKind>,
         /// No dashboard: a progress line a second on stderr (also when stdout is not a
         /// terminal).
         #[arg(long)]
@@ -537,6 +541,20 @@ fn print_open_report(
     if done { ExitCode::SUCCESS } else { code }
 }
 
+/// `--driver NAME`: one of the jig drivers.
+fn parse_driver(name: &str) -> Result<fleet_station::jig::DriverKind, String> {
+    fleet_station::jig::DriverKind::parse(name).ok_or_else(|| {
+        let names: Vec<&str> = fleet_station::jig::DriverKind::ALL
+            .iter()
+            .map(|k| k.as_str())
+            .collect();
+        format!(
+            "unknown jig driver {name:?}; use one of: {}",
+            names.join(", ")
+        )
+    })
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -568,6 +586,7 @@ fn main() -> ExitCode {
             report_dir,
             jigs,
             baud,
+            driver,
             headless,
             metrics_addr,
             endpoint,
@@ -582,6 +601,7 @@ fn main() -> ExitCode {
                 report_dir,
                 jigs: jigs.map(usize::from),
                 baud,
+                driver,
                 progress: surface.progress(),
                 control: surface.control.clone(),
             };

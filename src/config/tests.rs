@@ -301,6 +301,99 @@ fn metrics_addr_is_off_by_default_checked_and_overridden_by_the_flag() {
 }
 
 #[test]
+fn nrf91_options_come_from_the_port_or_the_virtual_line_and_are_checked() {
+    let cfg = parse(
+        "[jigs]\nmode = \"serial\"\n\
+         [[jigs.ports]]\nname = \"a\"\npath = \"/dev/ttyACM0\"\ndriver = \"nrf91-at\"\n\
+         sec_tag = 42\nwrite_root_ca = false\n\
+         [[jigs.ports]]\nname = \"b\"\npath = \"/dev/ttyACM1\"\ndriver = \"nrf91-at\"\n",
+    )
+    .unwrap();
+    let a = cfg.jigs.ports[0].driver_options().nrf91;
+    assert_eq!((a.sec_tag, a.write_root_ca), (42, false));
+    let b = cfg.jigs.ports[1].driver_options().nrf91;
+    assert_eq!((b.sec_tag, b.write_root_ca), (NRF91_DEFAULT_SEC_TAG, true));
+    let line = parse("[jigs]\ndriver = \"nrf91-at\"\nsec_tag = 7\n").unwrap();
+    assert_eq!(line.jigs.driver_options().nrf91.sec_tag, 7);
+
+    let key_of = |text: &str| match parse(text).unwrap_err() {
+        ConfigError::Invalid { key, .. } => key,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        key_of(
+            "[jigs]\nmode = \"serial\"\n[[jigs.ports]]\nname = \"a\"\npath = \"/dev/x\"\n\
+             sec_tag = 42\n"
+        ),
+        "jigs.ports[0].sec_tag",
+        "sec_tag on a fleet-jig port"
+    );
+    assert_eq!(
+        key_of("[jigs]\nsec_tag = 2147483648\n"),
+        "jigs.sec_tag",
+        "a tag reserved for the modem"
+    );
+}
+
+#[test]
+fn zephyr_options_come_from_the_port_and_device_keys_are_refused_with_it() {
+    let cfg = parse(
+        "[jigs]\nmode = \"serial\"\n\
+         [[jigs.ports]]\nname = \"a\"\npath = \"/dev/ttyACM0\"\ndriver = \"zephyr-cred\"\n\
+         sec_tag = 42\nidentity_command = \"board id\"\nchunk = 64\nbuf_load = false\n\
+         [[jigs.ports]]\nname = \"b\"\npath = \"/dev/ttyACM1\"\ndriver = \"zephyr-cred\"\n",
+    )
+    .unwrap();
+    let a = cfg.jigs.ports[0].driver_options().zephyr;
+    assert_eq!(
+        (a.sec_tag, a.identity_command.as_str(), a.chunk, a.buf_load),
+        (42, "board id", 64, false)
+    );
+    let b = cfg.jigs.ports[1].driver_options().zephyr;
+    assert_eq!(b, crate::jig::ZephyrOptions::default());
+    let line = parse("[jigs]\ndriver = \"zephyr-cred\"\nwrite_root_ca = false\n").unwrap();
+    assert!(!line.jigs.driver_options().zephyr.write_root_ca);
+
+    let invalid = |text: &str| match parse(text).unwrap_err() {
+        ConfigError::Invalid { key, help, .. } => (key, help),
+        other => panic!("{other:?}"),
+    };
+    let port = |extra: &str| {
+        format!(
+            "[jigs]\nmode = \"serial\"\n[[jigs.ports]]\nname = \"a\"\npath = \"/dev/x\"\n{extra}\n"
+        )
+    };
+    assert_eq!(
+        invalid(&port("chunk = 48")).0,
+        "jigs.ports[0].chunk",
+        "chunk on a fleet-jig port"
+    );
+    for bad in ["chunk = 50", "chunk = 248", "chunk = 0"] {
+        assert_eq!(
+            invalid(&port(&format!("driver = \"zephyr-cred\"\n{bad}"))).0,
+            "jigs.ports[0].chunk",
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        invalid(&port("driver = \"zephyr-cred\"\nidentity_command = \" \"")).0,
+        "jigs.ports[0].identity_command"
+    );
+    let (key, help) = invalid(&format!(
+        "[keys]\nsource = \"device\"\n{}",
+        port("driver = \"zephyr-cred\"")
+    ));
+    assert_eq!(key, "jigs.ports[0].driver");
+    assert!(help.contains("keys.source = \"pool\""), "{help}");
+    assert_eq!(
+        invalid("[keys]\nsource = \"device\"\n[jigs]\ndriver = \"zephyr-cred\"\n").0,
+        "jigs.driver"
+    );
+    // Board-made keys stay fine with the drivers whose boards make keys.
+    parse("[keys]\nsource = \"device\"\n[jigs]\ndriver = \"nrf91-at\"\n").unwrap();
+}
+
+#[test]
 fn the_ledger_is_a_file_or_a_postgres_url_with_a_key_file_per_station() {
     use crate::ledger::LedgerLocation;
     let c = parse("").unwrap();

@@ -1,6 +1,8 @@
 //! The cycle of one jig, on its own OS thread: wait for a board → read its identity →
 //! get credentials from the provisioning engine → write, commit, verify → report → release
-//! the board and wait for the next one.
+//! the board and wait for the next one. The board is reached through its port's driver
+//! ([`JigDriver`]: our jig protocol, or a standard firmware's commands); this file knows the
+//! trait only.
 //!
 //! The ledger sees every step before the next one starts: `begin` when the board is seen,
 //! the engine's steps, then `written` once COMMIT is answered and `verified` once the digest
@@ -17,7 +19,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::command::{FeedGate, FeedState, PAUSED_POLL, RetryBook};
 use crate::halt::Halt;
-use crate::jig::{CsrSubject, JigError, JigLink, PortSettings, Slot, SlotWrite};
+use crate::jig::{
+    CsrSubject, DriverKind, DriverOptions, JigDriver, JigError, PortSettings, Slot, SlotWrite,
+};
 use crate::keys::KeySource;
 use crate::ledger::{DeviceState, Ledger, LedgerError, Transition};
 use crate::provision::{
@@ -116,9 +120,47 @@ fn jig_code(e: &JigError) -> FailureCode {
     FailureCode::Jig(e.failure())
 }
 
+/// One jig of the line: a named port, its line settings and its driver.
+#[derive(Debug, Clone)]
+pub struct JigPort {
+    pub name: String,
+    pub path: String,
+    pub settings: PortSettings,
+    pub driver: DriverKind,
+    pub options: DriverOptions,
+}
+
+impl JigPort {
+    /// Whether the root CA is written to this jig's boards (an `nrf91-at` or `zephyr-cred`
+    /// port may leave it to the firmware: `write_root_ca = false`).
+    pub fn writes_root_ca(&self) -> bool {
+        match self.driver {
+            DriverKind::FleetJig => true,
+            DriverKind::Nrf91At => self.options.nrf91.write_root_ca,
+            DriverKind::ZephyrCred => self.options.zephyr.write_root_ca,
+        }
+    }
+}
+
 /// Runs the line cycle on one port until the line is done or the station stops.
-pub fn run_jig(name: &str, path: &str, settings: &PortSettings, ctx: &LineContext) {
-    let mut link: Option<JigLink> = None;
+pub fn run_jig(port: &JigPort, ctx: &LineContext) {
+    let (name, path, settings) = (port.name.as_str(), port.path.as_str(), &port.settings);
+    // No silent success: say once which items this jig's boards are not given.
+    let unwritten: Vec<String> = [Slot::DeviceConfig, Slot::ThingName, Slot::RootCa]
+        .into_iter()
+        .filter(|s| !port.driver.writes(*s) || (*s == Slot::RootCa && !port.writes_root_ca()))
+        .map(|s| s.to_string())
+        .collect();
+    if !unwritten.is_empty() {
+        tracing::warn!(
+            jig = name,
+            driver = %port.driver,
+            not_written = %unwritten.join(", "),
+            "this driver's boards have no place for these items: they are not written, and \
+             'verified' covers the items written (see docs/jig-drivers.md)"
+        );
+    }
+    let mut link: Option<Box<dyn JigDriver>> = None;
     // The board this jig finished last, and whether it was verified.
     let mut last: Option<(String, bool)> = None;
     // The jig has been seen empty since then (an operator took the board off).
@@ -127,7 +169,7 @@ pub fn run_jig(name: &str, path: &str, settings: &PortSettings, ctx: &LineContex
     while !ctx.stopping() {
         let l = match link.as_mut() {
             Some(l) => l,
-            None => match JigLink::open(path, settings) {
+            None => match port.driver.open(path, settings, &port.options) {
                 Ok(l) => {
                     if reported_disconnect {
                         tracing::info!(jig = name, "port is back");
@@ -153,7 +195,7 @@ pub fn run_jig(name: &str, path: &str, settings: &PortSettings, ctx: &LineContex
                 }
             },
         };
-        let info = match l.hello() {
+        let info = match l.identify() {
             Ok(info) => info,
             Err(JigError::NoBoard { .. }) => {
                 emptied = true;
@@ -191,11 +233,11 @@ pub fn run_jig(name: &str, path: &str, settings: &PortSettings, ctx: &LineContex
         emptied = false;
         let board = BoardIdentity {
             serial: info.serial.clone(),
-            mac: Some(info.mac_string()),
-            hw_rev: Some(info.hw_rev.clone()),
+            mac: info.mac.clone(),
+            hw_rev: info.hw_rev.clone(),
             jig: name.to_string(),
         };
-        let verified = match provision_board(l, &board, ctx, settings.baud) {
+        let verified = match provision_board(l.as_mut(), &board, ctx, settings.baud) {
             Ok(Board::Done { verified }) => verified,
             // The station is stopping; the device keeps its state for the next run.
             Ok(Board::Interrupted) => return,
@@ -207,8 +249,8 @@ pub fn run_jig(name: &str, path: &str, settings: &PortSettings, ctx: &LineContex
         };
         // Release the board (it reboots into its new identity; a virtual fixture then places
         // the next board).
-        if let Err(e) = l.reset() {
-            tracing::debug!(jig = name, error = %e, "RESET not acknowledged");
+        if let Err(e) = l.release() {
+            tracing::debug!(jig = name, error = %e, "the board did not acknowledge its release");
         }
         if let Some(release) = &ctx.release {
             release(name, &info.serial);
@@ -228,7 +270,7 @@ enum Board {
 /// Provisions the board on the jig. A board the ledger shows verified is never provisioned
 /// again (it counts as verified). Errors are the ledger's: they stop the line.
 fn provision_board(
-    link: &mut JigLink,
+    link: &mut dyn JigDriver,
     board: &BoardIdentity,
     ctx: &LineContext,
     baud: u32,
@@ -324,7 +366,7 @@ fn provision_board(
 /// and returns its CSR (GEN_CSR) — unless it already committed one (a resumed board at
 /// `written`).
 fn key_plan(
-    link: &mut JigLink,
+    link: &mut dyn JigDriver,
     board: &BoardIdentity,
     resumed_at: Option<DeviceState>,
     ctx: &LineContext,
@@ -382,7 +424,7 @@ const SHARED_SLOTS: [Slot; 2] = [Slot::RootCa, Slot::DeviceConfig];
 /// length and SHA-256); returns the bytes left out. Those slots are verified by that digest
 /// and are not touched by the COMMIT of the others, so the identity is still verified as a
 /// whole. A board that cannot answer gets every slot written.
-fn skip_held(link: &mut JigLink, items: &mut Vec<SlotWrite<'_>>, jig: &str) -> u64 {
+fn skip_held(link: &mut dyn JigDriver, items: &mut Vec<SlotWrite<'_>>, jig: &str) -> u64 {
     let asked: Vec<SlotWrite<'_>> = items
         .iter()
         .filter(|i| SHARED_SLOTS.contains(&i.slot))
@@ -412,7 +454,7 @@ fn skip_held(link: &mut JigLink, items: &mut Vec<SlotWrite<'_>>, jig: &str) -> u
 /// Writes and verifies the identity: `Ok(Err(failure))` when the board failed at the jig;
 /// `Err` when the ledger could not record a step.
 fn write_and_verify(
-    link: &mut JigLink,
+    link: &mut dyn JigDriver,
     device_id: i64,
     creds: &Credentials,
     ctx: &LineContext,
@@ -421,8 +463,11 @@ fn write_and_verify(
 ) -> Result<Result<(), DeviceFailure>, LedgerError> {
     let started = Instant::now();
     let contents = slot_contents(creds, &ctx.root_ca_pem);
+    // Only the items the driver's board has a place for (see docs/jig-drivers.md).
+    let kind = link.kind();
     let mut items: Vec<SlotWrite<'_>> = contents
         .iter()
+        .filter(|(slot, _)| kind.writes(*slot))
         .map(|(slot, data)| SlotWrite { slot: *slot, data })
         .collect();
     // The private key (station- or AWS-made) is borrowed straight from its zeroizing
@@ -433,7 +478,7 @@ fn write_and_verify(
             data: key.expose().as_bytes(),
         });
     }
-    let retransmissions_before = link.stats().retransmissions;
+    let retransmissions_before = link.retransmissions();
     // The line time runs from the question of what the board holds (or the first PUT of the
     // first attempt) to the verified read-back.
     let line_started = Instant::now();
@@ -480,14 +525,14 @@ fn write_and_verify(
                     skipped_bytes,
                     elapsed: line_time,
                     baud,
-                    retries: link.stats().retransmissions - retransmissions_before
-                        + u64::from(attempt),
+                    retries: link.retransmissions() - retransmissions_before + u64::from(attempt),
                 });
                 return Ok(Ok(()));
             }
-            Err(e @ JigError::VerifyMismatch { .. }) => {
-                // COMMIT was answered (the board holds what it read back, which is not what
-                // was sent): the credentials are on the board, unverified.
+            Err(e @ (JigError::VerifyMismatch { .. } | JigError::DigestMismatch { .. })) => {
+                // COMMIT was answered, or each item was stored as its command answered (the
+                // board holds what its digest shows, which is not what was sent): the
+                // credentials are on the board, unverified.
                 ctx.ledger.record_blocking(device_id, Transition::Written)?;
                 last = Some(e);
             }

@@ -37,7 +37,6 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::error::Error;
 use crate::halt::Halt;
-use crate::jig::PortSettings;
 use crate::shutdown::Shutdown;
 use crate::telemetry::summary::{LineInfo, Summary};
 
@@ -55,6 +54,8 @@ pub struct RunOptions {
     pub jigs: Option<usize>,
     /// Line rate (overrides `jigs.baud`).
     pub baud: Option<u32>,
+    /// The virtual line's driver (overrides `jigs.driver`).
+    pub driver: Option<crate::jig::DriverKind>,
     /// Print progress lines to stderr.
     pub progress: bool,
     /// The operator's commands (the dashboard's keys); `None`: none come.
@@ -162,6 +163,10 @@ pub async fn run(cfg: &Config, opts: &RunOptions, shutdown: Shutdown) -> crate::
     if let Some(b) = opts.baud {
         cfg.jigs.baud = b;
     }
+    if let Some(d) = opts.driver {
+        cfg.jigs.driver = d;
+        cfg.check_key_source_and_drivers(std::path::Path::new("--driver"))?;
+    }
     let cfg = &cfg;
     let requested = if cfg.jigs.is_virtual() {
         Some(opts.boards.unwrap_or(cfg.jigs.boards))
@@ -205,7 +210,7 @@ pub async fn run(cfg: &Config, opts: &RunOptions, shutdown: Shutdown) -> crate::
     // The jigs: virtual ones on ptys, or the configured serial ports.
     let mut virtual_line = None;
     let mut target = requested;
-    let ports: Vec<(String, String, PortSettings)> = if cfg.jigs.is_virtual() {
+    let ports: Vec<jig_cycle::JigPort> = if cfg.jigs.is_virtual() {
         // Off the reactor: it reads the ledger and opens pseudo-terminals.
         let (cfg, ledger, boards) = (cfg.clone(), p.ledger.clone(), requested.unwrap_or(0));
         let root_ca = root_ca_pem.clone();
@@ -222,7 +227,13 @@ pub async fn run(cfg: &Config, opts: &RunOptions, shutdown: Shutdown) -> crate::
         cfg.jigs
             .ports
             .iter()
-            .map(|p| (p.name.clone(), p.path.clone(), p.settings(&cfg.jigs)))
+            .map(|p| jig_cycle::JigPort {
+                name: p.name.clone(),
+                path: p.path.clone(),
+                settings: p.settings(&cfg.jigs),
+                driver: p.driver,
+                options: p.driver_options(),
+            })
             .collect()
     };
     if ports.is_empty() {
@@ -230,10 +241,10 @@ pub async fn run(cfg: &Config, opts: &RunOptions, shutdown: Shutdown) -> crate::
     }
     // The line's baud rate; 0 when the ports run at different rates (each jig's efficiency
     // uses its own).
-    let first_baud = ports[0].2.baud;
+    let first_baud = ports[0].settings.baud;
     let line_info = LineInfo {
         count: ports.len(),
-        baud: if ports.iter().all(|p| p.2.baud == first_baud) {
+        baud: if ports.iter().all(|p| p.settings.baud == first_baud) {
             first_baud
         } else {
             0
@@ -287,11 +298,11 @@ pub async fn run(cfg: &Config, opts: &RunOptions, shutdown: Shutdown) -> crate::
     };
     let jig_threads: Vec<_> = ports
         .into_iter()
-        .map(|(name, path, settings)| {
+        .map(|port| {
             let ctx = ctx.clone();
             std::thread::Builder::new()
-                .name(format!("jig-{name}"))
-                .spawn(move || jig_cycle::run_jig(&name, &path, &settings, &ctx))
+                .name(format!("jig-{}", port.name))
+                .spawn(move || jig_cycle::run_jig(&port, &ctx))
                 .expect("spawn jig thread")
         })
         .collect();

@@ -178,6 +178,64 @@ pub enum JigError {
         found_len: usize,
     },
 
+    #[error("the modem on jig {port} refused {command}: {}{meaning}", code.map(|c| format!("+CME ERROR: {c}, ")).unwrap_or_default())]
+    #[diagnostic(
+        code(station::jig::at_refused),
+        help(
+            "the board's AT host or modem refused the command: check the board runs an nRF91 \
+             image with the AT host (CONFIG_AT_HOST_LIBRARY) or the Serial Modem application, \
+             modem firmware 1.3.2 or later, and the security tag configured for the port"
+        )
+    )]
+    AtRefused {
+        port: String,
+        command: String,
+        code: Option<u32>,
+        meaning: &'static str,
+    },
+
+    #[error("the modem on jig {port} is not offline: {detail}")]
+    #[diagnostic(
+        code(station::jig::modem_not_offline),
+        help(
+            "credentials are written and deleted only while the modem is not activated \
+             (AT+CFUN=4): check that the firmware does not switch the modem back on while the \
+             jig works, then retry the board"
+        )
+    )]
+    ModemNotOffline { port: String, detail: String },
+
+    #[error(
+        "slot {slot} already exists on the board on jig {port} and could not be replaced: {detail}"
+    )]
+    #[diagnostic(
+        code(station::jig::item_exists),
+        help(
+            "the board refuses to overwrite a stored credential and refused to delete it: \
+             retry the board; if it repeats, clear the security tag by hand (AT%CMNG=3) or \
+             set the board aside"
+        )
+    )]
+    ItemExists {
+        port: String,
+        slot: Slot,
+        detail: String,
+    },
+
+    #[error("the digest of slot {slot} on jig {port} does not match what was sent: {detail}")]
+    #[diagnostic(
+        code(station::jig::digest_mismatch),
+        help(
+            "the board holds different bytes than the station wrote: the board is not \
+             verified; retry it, and if it repeats, set it aside"
+        )
+    )]
+    DigestMismatch {
+        port: String,
+        slot: Slot,
+        detail: String,
+    },
+
     #[error("the board on jig {port} speaks jig protocol v{found}, the station speaks v{expected}")]
     #[diagnostic(
         code(station::jig::version),
@@ -221,6 +279,57 @@ pub enum JigError {
         help("set the station to generate keys itself (key pool) for this board type")
     )]
     NoGenCsr { port: String },
+
+    #[error(
+        "the board on jig {port} has no room for slot {slot} in its credential buffer \
+         ({needed} characters of base64 to buffer): {text}"
+    )]
+    #[diagnostic(
+        code(station::jig::cred_buffer_too_small),
+        help(
+            "rebuild the board's firmware with CONFIG_TLS_CREDENTIALS_SHELL_CRED_BUF_SIZE of at \
+             least {needed} + 1 (Zephyr's default 1024 cannot take Amazon Root CA 1, whose \
+             base64 is 1584 characters; 2048 is enough for a root CA), or bake the root CA into \
+             the firmware so the station finds it held and skips it"
+        )
+    )]
+    CredBufferTooSmall {
+        port: String,
+        slot: Slot,
+        needed: usize,
+        text: String,
+    },
+
+    #[error("the board on jig {port} refused `{command}`: {text}")]
+    #[diagnostic(
+        code(station::jig::shell_refused),
+        help(
+            "the board's Zephyr shell answered with an error: check that the firmware has \
+             CONFIG_TLS_CREDENTIALS_SHELL (and CONFIG_HWINFO_SHELL for the device id), room for \
+             one more credential (CONFIG_TLS_MAX_CREDENTIALS_NUMBER) and a working credential \
+             backend; nothing not verified is recorded as verified"
+        )
+    )]
+    ShellRefused {
+        port: String,
+        command: String,
+        text: String,
+    },
+
+    #[error("the line to the board on jig {port} lost or garbled `{command}`: {detail}")]
+    #[diagnostic(
+        code(station::jig::shell_line_lost),
+        help(
+            "characters were lost between the station and the board's shell (its RX ring \
+             overflowed, or the line is noisy): the station waits for each answer, so check \
+             the cable and baud rate, or raise CONFIG_SHELL_BACKEND_SERIAL_RX_RING_BUFFER_SIZE"
+        )
+    )]
+    ShellLineLost {
+        port: String,
+        command: String,
+        detail: String,
+    },
 
     #[error("virtual board flash {path}: {detail}")]
     #[diagnostic(
@@ -266,6 +375,14 @@ pub enum JigFailure {
     AccessDenied,
     /// `verify_mismatch`: the board holds other bytes than were written.
     VerifyMismatch,
+    /// `at_refused`: the modem answered `ERROR` or `+CME ERROR`.
+    AtRefused,
+    /// `modem_not_offline`: the modem could not be taken offline for a credential write.
+    ModemNotOffline,
+    /// `item_exists`: a stored credential could not be deleted to be written again.
+    ItemExists,
+    /// `digest_mismatch`: the digest the board computes differs from the station's.
+    DigestMismatch,
     /// `version`: station and board speak different protocol versions.
     Version,
     /// `protocol`: the board sent a malformed or unexpected answer.
@@ -274,6 +391,12 @@ pub enum JigFailure {
     BadRequest,
     /// `no_gen_csr`: the board cannot make its own key.
     NoGenCsr,
+    /// `cred_buffer_too_small`: an item does not fit the Zephyr shell's credential buffer.
+    CredBufferTooSmall,
+    /// `shell_refused`: the Zephyr shell answered a command with an error.
+    ShellRefused,
+    /// `shell_line_lost`: characters were lost on the way to the Zephyr shell.
+    ShellLineLost,
     /// `flash`: a virtual board's flash file could not be used.
     Flash,
     /// `fixture`: a virtual jig could not be set up.
@@ -296,10 +419,17 @@ impl JigFailure {
             JigFailure::BoardRebooted => "board_rebooted",
             JigFailure::AccessDenied => "access_denied",
             JigFailure::VerifyMismatch => "verify_mismatch",
+            JigFailure::AtRefused => "at_refused",
+            JigFailure::ModemNotOffline => "modem_not_offline",
+            JigFailure::ItemExists => "item_exists",
+            JigFailure::DigestMismatch => "digest_mismatch",
             JigFailure::Version => "version",
             JigFailure::Protocol => "protocol",
             JigFailure::BadRequest => "bad_request",
             JigFailure::NoGenCsr => "no_gen_csr",
+            JigFailure::CredBufferTooSmall => "cred_buffer_too_small",
+            JigFailure::ShellRefused => "shell_refused",
+            JigFailure::ShellLineLost => "shell_line_lost",
             JigFailure::Flash => "flash",
             JigFailure::Fixture => "fixture",
         }
@@ -328,10 +458,17 @@ impl JigError {
             JigError::BoardRebooted { .. } => JigFailure::BoardRebooted,
             JigError::AccessDenied { .. } => JigFailure::AccessDenied,
             JigError::VerifyMismatch { .. } => JigFailure::VerifyMismatch,
+            JigError::AtRefused { .. } => JigFailure::AtRefused,
+            JigError::ModemNotOffline { .. } => JigFailure::ModemNotOffline,
+            JigError::ItemExists { .. } => JigFailure::ItemExists,
+            JigError::DigestMismatch { .. } => JigFailure::DigestMismatch,
             JigError::Version { .. } => JigFailure::Version,
             JigError::Protocol { .. } => JigFailure::Protocol,
             JigError::BadRequest { .. } => JigFailure::BadRequest,
             JigError::NoGenCsr { .. } => JigFailure::NoGenCsr,
+            JigError::CredBufferTooSmall { .. } => JigFailure::CredBufferTooSmall,
+            JigError::ShellRefused { .. } => JigFailure::ShellRefused,
+            JigError::ShellLineLost { .. } => JigFailure::ShellLineLost,
             JigError::Flash { .. } => JigFailure::Flash,
             JigError::Fixture { .. } => JigFailure::Fixture,
         }
@@ -400,6 +537,26 @@ mod tests {
                 expected_len: 2,
                 found_len: 2,
             },
+            JigError::AtRefused {
+                port: port(),
+                command: "AT+CFUN=4".into(),
+                code: Some(528),
+                meaning: "power-off warning active",
+            },
+            JigError::ModemNotOffline {
+                port: port(),
+                detail: "518".into(),
+            },
+            JigError::ItemExists {
+                port: port(),
+                slot: Slot::RootCa,
+                detail: "514".into(),
+            },
+            JigError::DigestMismatch {
+                port: port(),
+                slot: Slot::Certificate,
+                detail: "differs".into(),
+            },
             JigError::Version {
                 port: port(),
                 found: 2,
@@ -416,6 +573,22 @@ mod tests {
                 reason: "no content",
             },
             JigError::NoGenCsr { port: port() },
+            JigError::CredBufferTooSmall {
+                port: port(),
+                slot: Slot::RootCa,
+                needed: 1584,
+                text: "Not enough room".into(),
+            },
+            JigError::ShellRefused {
+                port: port(),
+                command: "cred add 1 CA DEFAULT bint".into(),
+                text: "Failed to add".into(),
+            },
+            JigError::ShellLineLost {
+                port: port(),
+                command: "cred buf".into(),
+                detail: "echo differs".into(),
+            },
             JigError::Flash {
                 path: PathBuf::from("x.flash.json"),
                 detail: "unreadable".into(),
@@ -461,10 +634,17 @@ mod tests {
                 "board_rebooted",
                 "access_denied",
                 "verify_mismatch",
+                "at_refused",
+                "modem_not_offline",
+                "item_exists",
+                "digest_mismatch",
                 "version",
                 "protocol",
                 "bad_request",
                 "no_gen_csr",
+                "cred_buffer_too_small",
+                "shell_refused",
+                "shell_line_lost",
                 "flash",
                 "fixture",
             ]

@@ -17,6 +17,10 @@
 //! - `sim/`: the board simulator: the board's state machine, its flash ([`Flash`]), the
 //!   virtual jig ([`VirtualJig`]) with its UART model and faults ([`FaultConfig`]), the
 //!   serial-number supply ([`SerialGenerator`]), and `station sim-board` ([`run_sim_board`]).
+//! - `driver/`: [`JigDriver`], the station's one way to provision a board on a jig, and a
+//!   driver per protocol ([`DriverKind`]): our own (`fleet-jig`, over [`JigLink`]), the
+//!   nRF91 modem's AT commands (`nrf91-at`, [`Nrf91At`]) and Zephyr's TLS-credentials shell
+//!   (`zephyr-cred`, [`ZephyrCred`]; its emulated board is [`VirtualZephyr`]).
 //! - `error.rs`: [`JigError`], what went wrong and what the operator should do, and its kind
 //!   [`JigFailure`].
 //!
@@ -25,18 +29,26 @@
 
 #![warn(unreachable_pub)]
 
+mod driver;
 mod error;
 mod link;
 mod sim;
 pub mod wire;
 
+pub use driver::{
+    BoardIdentity, DriverKind, DriverOptions, DriverWrite, JigDriver, NRF91_DEFAULT_SEC_TAG,
+    Nrf91At, Nrf91Options, ZEPHYR_DEFAULT_PROMPT, ZEPHYR_DEFAULT_SEC_TAG, ZEPHYR_MAX_CHUNK,
+    ZephyrCred, ZephyrOptions,
+};
 pub use error::{JigError, JigFailure};
 pub use link::{
     BoardInfo, DataBits, FlowControl, JigLink, LinkStats, Parity, PortInfo, PortSettings,
     SlotWrite, StopBits, Transport, WriteReport, line_time, list_ports, open_port,
 };
 pub use sim::{
-    BoardParams, BoardSpec, FaultConfig, Flash, JigStats, SerialGenerator, SimBoardOptions,
-    VirtualJig, VirtualJigConfig, run_sim_board, serve_sim_board,
+    BoardParams, BoardSpec, FaultConfig, Flash, JigStats, ModemFaults, ModemSpec, ModemStore,
+    SerialGenerator, SimBoardOptions, VirtualJig, VirtualJigConfig, VirtualModem,
+    VirtualModemConfig, VirtualZephyr, VirtualZephyrConfig, ZephyrSpec, ZephyrStats, devids, imeis,
+    run_sim_board, serve_sim_board,
 };
 pub use wire::protocol::{CsrSubject, ErrorCode, Slot};

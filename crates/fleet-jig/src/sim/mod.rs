@@ -12,18 +12,26 @@
 //! - [`faults`]: fault injection for the virtual jig.
 //! - [`serials`]: [`SerialGenerator`], the board supply of a virtual line.
 //! - [`sim_board`]: `station sim-board` ([`run_sim_board`]).
+//! - `nrf91`: the emulated nRF91 AT host on a pty ([`VirtualModem`]) for the `nrf91-at`
+//!   driver.
+//! - `zephyr`: the emulated Zephyr shell on a pty ([`VirtualZephyr`]) for the `zephyr-cred`
+//!   driver.
 
 mod board;
 mod faults;
 mod flash;
+mod nrf91;
 mod serials;
 mod sim_board;
 mod uart;
 mod virtual_jig;
+mod zephyr;
 
 pub use board::{BoardParams, BoardSpec};
 pub use faults::FaultConfig;
 pub use flash::Flash;
+pub use nrf91::{ModemFaults, ModemSpec, ModemStore, VirtualModem, VirtualModemConfig, imeis};
 pub use serials::SerialGenerator;
 pub use sim_board::{SimBoardOptions, run_sim_board, serve_sim_board};
 pub use virtual_jig::{JigStats, VirtualJig, VirtualJigConfig};
+pub use zephyr::{VirtualZephyr, VirtualZephyrConfig, ZephyrSpec, ZephyrStats, devids};

@@ -48,9 +48,9 @@ use crate::sim::board::{BoardParams, BoardSpec};
 use crate::sim::faults::FaultConfig;
 use crate::sim::flash::Flash;
 
-mod pty;
-mod sys;
-mod tmpdir;
+pub(super) mod pty;
+pub(super) mod sys;
+pub(super) mod tmpdir;
 mod worker;
 
 /// How the virtual jig and its boards behave.

@@ -10,15 +10,15 @@ use super::sys;
 use crate::error::JigError;
 
 /// The adapter while plugged in: a pty pair, and the stable path pointing at its slave.
-pub(super) struct Pty {
-    pub(super) master: TTYPort,
+pub(in crate::sim) struct Pty {
+    pub(in crate::sim) master: TTYPort,
     /// Our own handle on the slave end, so the master never sees a hang-up while the station
     /// closes and reopens the port.
     _slave: TTYPort,
 }
 
 impl Pty {
-    pub(super) fn open(link: &Path) -> Result<Pty, JigError> {
+    pub(in crate::sim) fn open(link: &Path) -> Result<Pty, JigError> {
         let fixture = |detail: String| JigError::Fixture { detail };
         let (master, slave) =
             TTYPort::pair().map_err(|e| fixture(format!("cannot open a pty pair: {e}")))?;

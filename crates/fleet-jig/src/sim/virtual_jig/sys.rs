@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::time::Duration;
 
-pub(super) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+pub(in crate::sim) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     // SAFETY: fcntl on a descriptor we own, with integer arguments only.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
     if flags < 0 {
@@ -19,7 +19,7 @@ pub(super) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-pub(super) fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+pub(in crate::sim) fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the whole call.
     let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
     if n < 0 {
@@ -29,7 +29,7 @@ pub(super) fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-pub(super) fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+pub(in crate::sim) fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: `buf` is valid for reads of `buf.len()` bytes for the whole call.
     let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
     if n < 0 {
@@ -41,10 +41,10 @@ pub(super) fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
 
 #[derive(Clone, Copy)]
 #[repr(transparent)]
-pub(super) struct PollFd(libc::pollfd);
+pub(in crate::sim) struct PollFd(libc::pollfd);
 
 impl PollFd {
-    pub(super) fn new(fd: RawFd, input: bool, output: bool) -> PollFd {
+    pub(in crate::sim) fn new(fd: RawFd, input: bool, output: bool) -> PollFd {
         let mut events = 0;
         if input {
             events |= libc::POLLIN;
@@ -59,18 +59,18 @@ impl PollFd {
         })
     }
 
-    pub(super) fn readable(&self) -> bool {
+    pub(in crate::sim) fn readable(&self) -> bool {
         self.0.revents & libc::POLLIN != 0
     }
 
-    pub(super) fn hung_up(&self) -> bool {
+    pub(in crate::sim) fn hung_up(&self) -> bool {
         self.0.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
     }
 }
 
 /// Waits for any of `fds`, at most `timeout` (`None`: no limit). An interrupted wait
 /// returns early without error.
-pub(super) fn poll(fds: &mut [PollFd], timeout: Option<Duration>) -> io::Result<()> {
+pub(in crate::sim) fn poll(fds: &mut [PollFd], timeout: Option<Duration>) -> io::Result<()> {
     let ts = timeout.map(|d| libc::timespec {
         tv_sec: d.as_secs().min(i32::MAX as u64) as libc::time_t,
         tv_nsec: d.subsec_nanos() as libc::c_long,
@@ -100,7 +100,7 @@ pub(super) fn poll(fds: &mut [PollFd], timeout: Option<Duration>) -> io::Result<
 
 /// Timer wake-ups of this thread within a microsecond of their deadline (Linux adds up to
 /// 50 µs of slack by default, which would slow the emulated line).
-pub(super) fn precise_timers() {
+pub(in crate::sim) fn precise_timers() {
     // SAFETY: PR_SET_TIMERSLACK takes one integer argument and affects this thread only.
     unsafe {
         libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong);

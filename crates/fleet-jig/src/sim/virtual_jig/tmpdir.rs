@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 const DIR_PREFIX: &str = "fleet-station-jig-";
 
 /// A fresh directory only we can use, for the jig's stable path.
-pub(super) fn private_dir() -> io::Result<PathBuf> {
+pub(in crate::sim) fn private_dir() -> io::Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     static SWEPT: std::sync::Once = std::sync::Once::new();
