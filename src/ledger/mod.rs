@@ -13,7 +13,8 @@
 //!
 //! One station writes a ledger file at a time: [`Ledger::open`] takes the ledger's lock and
 //! refuses to start while another process holds it. A PostgreSQL ledger is shared: only a
-//! second station with the same `station.id` is refused. Reading needs no lock: [`LedgerView`] writes
+//! second station with the same `station.id` is refused, and each board's serial is leased to
+//! one station at a time ([`LedgerError::HeldElsewhere`] names the holder; `station.lease_s`). Reading needs no lock: [`LedgerView`] writes
 //! nothing, so `station ledger export` and `station ledger orphans` run safely beside a
 //! running station.
 //!
@@ -50,6 +51,8 @@
 //!   - `postgres/schema`: numbered migrations (`postgres/migrations/NNNN.sql`) applied at
 //!     start under a database lock, the version check, the per-station lock;
 //!   - `postgres/writer`: the group-commit writer thread (one connection);
+//!   - `postgres/lease`: serial leases (one serial, one station): claimed before each group
+//!     commit, renewed, let go; why that order cannot deadlock;
 //!   - `postgres/journal`: the SQL of each change;
 //!   - `postgres/read`: the read side (one read-only connection on its own thread);
 //!   - `postgres/tests`: tests of the store itself (stations sharing it, migrations).

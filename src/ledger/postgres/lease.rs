@@ -145,8 +145,8 @@ impl Leases {
         client.execute(&self.renew, &[&self.station, &self.lease_ms])
     }
 
-    /// Deletes every lease this station still holds (a clean stop): its unfinished devices
-    /// can be taken over at once.
+    /// Deletes every lease this station still holds (a clean stop, or at start those of an
+    /// earlier run under this id): its unfinished devices can be taken over at once.
     pub(super) fn release_all(&self, client: &mut Client) -> Result<u64, postgres::Error> {
         client.execute("DELETE FROM leases WHERE station = $1", &[&self.station])
     }

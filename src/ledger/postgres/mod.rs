@@ -87,6 +87,10 @@ pub(crate) fn open(
             )
             .map_err(pg_error(&target))?;
         let leases = Leases::prepare(&mut client, &id, lease).map_err(pg_error(&target))?;
+        // Leases under this id are an earlier run's (the id's lock says no other process has
+        // it): let them go, or this run would renew them for boards it is not working on. A
+        // board of those placed here again is claimed again.
+        leases.release_all(&mut client).map_err(pg_error(&target))?;
         Ok((client, leases, sealer))
     })?;
     let journal = PgJournal {

@@ -439,6 +439,17 @@ async fn a_serial_another_station_holds_is_refused_naming_it_and_a_verified_one_
     drop(b);
     assert!(leases_of(&s, "st-b").is_empty());
     a.begin("SN-2", "j").await.unwrap();
+
+    // One that was killed left its leases behind; restarted under its id, it lets them go
+    // (it would otherwise renew them for boards it is not working on).
+    s.execute(
+        "INSERT INTO leases (serial, station, taken_at, expires_at)
+         VALUES ('SN-3', 'st-b', now(), now() + interval '1 hour')",
+    );
+    let b = s.open("st-b").unwrap();
+    assert!(leases_of(&s, "st-b").is_empty());
+    b.begin("SN-3", "j").await.unwrap();
+    assert_eq!(leases_of(&s, "st-b"), ["SN-3"]);
 }
 
 #[tokio::test]
