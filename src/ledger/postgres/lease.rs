@@ -17,7 +17,9 @@
 //! claim statement holds no lock when it starts, and takes the lease rows of a batch in
 //! serial order (one statement for the whole batch, rows sorted), so two claims never wait for
 //! each other in a cycle; and a group commit only touches the rows of serials its station
-//! holds, so it never waits for another station's commit. Times are the server's clock
+//! holds, so it never waits for another station's commit. The claim's transaction does not
+//! wait for its WAL flush (`synchronous_commit = off`): the group commit after it, which
+//! answers the `begin`, flushes the WAL past it. Times are the server's clock
 //! (`now()`), so the stations' clocks need not agree.
 
 use std::collections::HashMap;
@@ -105,9 +107,15 @@ impl Leases {
             if open.is_empty() {
                 break;
             }
-            for row in client.query(&self.claim, &[&open, &self.station, &self.lease_ms])? {
+            // Without waiting for its own WAL flush: nothing acts on a claim before the group
+            // commit that follows it, and that commit flushes the WAL up to itself, the claim
+            // included (a claim lost in a server crash was never answered).
+            let mut tx = client.transaction()?;
+            tx.batch_execute("SET LOCAL synchronous_commit TO off")?;
+            for row in tx.query(&self.claim, &[&open, &self.station, &self.lease_ms])? {
                 found.insert(row.try_get::<_, String>(0)?, Claim::Ours);
             }
+            tx.commit()?;
             open.retain(|s| !found.contains_key(s));
             if open.is_empty() {
                 break;
