@@ -493,6 +493,15 @@ fn ledger_command(cfg: &Config, what: LedgerCommand) -> Result<(), ExportError> 
             };
             let mut orphans = ledger.orphans()?;
             orphans.retain(|o| filter.keeps(&o.station));
+            if !matches!(
+                cfg.station.ledger_location(),
+                fleet_station::ledger::LedgerLocation::Postgres { .. }
+            ) {
+                // A ledger file has one station: its script reads as it always has.
+                for o in &mut orphans {
+                    o.station.clear();
+                }
+            }
             let script = cleanup::cleanup_script(&orphans);
             std::io::Write::write_all(&mut std::io::stdout().lock(), script.as_bytes())
                 .map_err(ExportError::Io)

@@ -152,6 +152,7 @@ fn one_line(s: &str) -> String {
 
 /// What the orphan is, for its comment line.
 fn describe(o: &Orphan) -> String {
+    // The station, when the orphan names one (a shared ledger's orphans do).
     let mut line = format!("board {}", one_line(&o.serial));
     if !o.station.is_empty() {
         line.push_str(&format!(" (station {})", one_line(&o.station)));
