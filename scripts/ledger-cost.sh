@@ -3,11 +3,17 @@
 # --sessions 16 --headless` (release build, embedded emulator) with the ledger in its report
 # folder (SQLite, the default) and with station.ledger pointed at a throw-away PostgreSQL
 # server (scripts/postgres.sh, fsync on), interleaved RUNS times, printing each run's
-# devices/s and CPU seconds (user + sys of the station process, which includes the embedded
-# emulator) and the median of each.
+# devices/s, end-to-end latency (p50, p99 of summary.json) and CPU seconds (user + sys of the
+# station process, which includes the embedded emulator) and the median of each.
 #
 #   bash scripts/ledger-cost.sh                 # 2000 devices, 3 runs each
 #   DEVICES=500 RUNS=5 bash scripts/ledger-cost.sh
+#
+# The cost of the serial leases: with BASELINE=REV (a commit before them, e.g. the one this
+# branch started from) or BASELINE_STATION=PATH (a release `station` binary built from one), a
+# third ledger, `pg-base`, runs that station against the same server, interleaved with the
+# others. Each PostgreSQL ledger has a schema of its own (the older station refuses a newer
+# schema). BASELINE=REV builds REV's source (git archive) under $CARGO_TARGET_DIR/baseline.
 #
 # The server's own CPU is not in the station's figure; it is printed apart (the postgres
 # processes' CPU seconds from /proc, summed over the run).
@@ -28,6 +34,20 @@ station=$target_dir/release/station
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
+base_station=${BASELINE_STATION:-}
+if [[ -n ${BASELINE:-} && -z $base_station ]]; then
+    rev=$(git rev-parse --short "$BASELINE")
+    src=$target_dir/baseline/src-$rev
+    if [[ ! -f $src/Cargo.toml ]]; then
+        mkdir -p "$src"
+        git archive "$rev" | tar -x -C "$src"
+    fi
+    (cd "$src" && CARGO_TARGET_DIR=$target_dir/baseline cargo build --release --locked --quiet --bin station)
+    base_station=$target_dir/baseline/release/station
+fi
+modes=(sqlite postgres)
+[[ -z $base_station ]] || modes+=(pg-base)
+
 config() { # $1: name, $2: ledger line
     sed -e "s|^ledger = .*|$2|" \
         -e "s|^report_dir = .*|report_dir = \"$work/reports\"|" \
@@ -35,9 +55,18 @@ config() { # $1: name, $2: ledger line
         -e "s|^templates = .*|templates = \"$root/fixtures/templates\"|" \
         station.toml >"$work/$1.toml"
 }
+# A schema of each PostgreSQL ledger's own.
+pg_url() { # $1: schema
+    psql -q -v ON_ERROR_STOP=1 "$STATION_TEST_POSTGRES" -c "CREATE SCHEMA $1" >/dev/null
+    local sep='?'
+    [[ $STATION_TEST_POSTGRES != *'?'* ]] || sep='&'
+    printf '%s' "$STATION_TEST_POSTGRES${sep}options=-c%20search_path%3D$1" | sed 's/&/\\&/g'
+}
 config sqlite "ledger = \"$work/ledger.db\""
-url=${STATION_TEST_POSTGRES//&/\\&}
-config postgres "ledger = \"$url\"\nledger_key = \"$work/pg.key\""
+config postgres "ledger = \"$(pg_url cost_lease)\"\nledger_key = \"$work/pg.key\""
+# The baseline's station.toml has no station.lease_s: drop the key.
+config pg-base "ledger = \"$(pg_url cost_base)\"\nledger_key = \"$work/pg-base.key\""
+sed -i '/^lease_s = /d' "$work/pg-base.toml"
 
 # CPU seconds (user + sys) of the server: the postmaster with its ended children (the
 # connections' backends), and its children alive now.
@@ -56,27 +85,37 @@ server_cpu() {
     echo "scale=2; $total / $tck" | bc
 }
 
-printf '%-9s %4s %10s %8s %10s\n' ledger run devices/s cpu_s server_cpu_s
-declare -A rates cpus
+printf '%-9s %4s %10s %8s %8s %8s %10s\n' ledger run devices/s p50_ms p99_ms cpu_s server_cpu_s
+declare -A rates cpus p50s p99s servers
 for ((i = 1; i <= runs; i++)); do
-    for mode in sqlite postgres; do
+    for mode in "${modes[@]}"; do
+        bin=$station
+        [[ $mode != pg-base ]] || bin=$base_station
         before=$(server_cpu)
         TIMEFORMAT='%U %S'
-        { t=$( { time "$station" loadtest --config "$work/$mode.toml" --devices "$devices" \
+        { t=$( { time "$bin" loadtest --config "$work/$mode.toml" --devices "$devices" \
             --sessions 16 --headless --report-dir "$work/r-$mode-$i" >"$work/$mode-$i.log" 2>&1; } 2>&1 ); } \
             || { cat "$work/$mode-$i.log" >&2; exit 1; }
         after=$(server_cpu)
         cpu=$(echo "$t" | awk '{print $1 + $2}')
-        rate=$(sed -n 's/.*"throughput_per_s": *\([0-9.]*\).*/\1/p' "$work/r-$mode-$i/summary.json" | head -n1)
+        summary=$work/r-$mode-$i/summary.json
+        rate=$(jq -r '.throughput_per_s' "$summary")
+        p50=$(jq -r '.stages.end_to_end.p50_ms' "$summary")
+        p99=$(jq -r '.stages.end_to_end.p99_ms' "$summary")
         server=-
         [[ $mode == sqlite ]] || server=$(echo "$after - $before" | bc)
-        printf '%-9s %4d %10.1f %8.2f %10s\n' "$mode" "$i" "$rate" "$cpu" "$server"
+        printf '%-9s %4d %10.1f %8.1f %8.1f %8.2f %10s\n' "$mode" "$i" "$rate" "$p50" "$p99" "$cpu" "$server"
         rates[$mode]+="$rate "
         cpus[$mode]+="$cpu "
+        p50s[$mode]+="$p50 "
+        p99s[$mode]+="$p99 "
+        servers[$mode]+="$server "
     done
 done
 median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-for mode in sqlite postgres; do
-    printf 'median %-9s %10s devices/s %8s cpu_s (%s devices)\n' "$mode" \
-        "$(echo "${rates[$mode]}" | median)" "$(echo "${cpus[$mode]}" | median)" "$devices"
+for mode in "${modes[@]}"; do
+    printf 'median %-9s %10s devices/s  p50 %s ms  p99 %s ms  %s cpu_s  %s server_cpu_s (%s devices)\n' \
+        "$mode" "$(echo "${rates[$mode]}" | median)" "$(echo "${p50s[$mode]}" | median)" \
+        "$(echo "${p99s[$mode]}" | median)" "$(echo "${cpus[$mode]}" | median)" \
+        "$(echo "${servers[$mode]}" | median)" "$devices"
 done

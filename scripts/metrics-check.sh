@@ -102,4 +102,6 @@ say "$checked scrapes passed promtool check metrics ($busy while devices were in
 [[ $busy -ge 3 ]] || die "only $busy scrapes were taken while the line worked; expected at least 3 (BOARDS=$boards too few?)"
 grep -q '^fleet_station_stage_duration_seconds_bucket' "$work/scrape.txt" \
     || die "the last whole scrape has no stage histograms"
+grep -q '^fleet_station_info{station="station-1",version="' "$work/scrape.txt" \
+    || die "the last whole scrape does not name the station (fleet_station_info)"
 say "ok"

@@ -109,6 +109,12 @@ pub struct StationSection {
     /// key beside it (`<ledger>.key`).
     #[serde(default)]
     pub ledger_key: Option<PathBuf>,
+    /// A PostgreSQL ledger only: how long this station's lease on a board's serial lasts
+    /// unless renewed (the station renews every third of it while it runs). A station that
+    /// dies leaves its leases behind; they expire after this, and another station may then
+    /// take its boards over. A file ledger has one station: no leases.
+    #[serde(default = "default_lease_s")]
+    pub lease_s: u64,
     /// Parent directory of run reports (`<report_dir>/<timestamp>/summary.json`).
     #[serde(default = "default_report_dir")]
     pub report_dir: PathBuf,
@@ -116,6 +122,9 @@ pub struct StationSection {
 
 fn default_station_id() -> String {
     "station-1".into()
+}
+fn default_lease_s() -> u64 {
+    crate::ledger::DEFAULT_LEASE.as_secs()
 }
 fn default_ledger() -> PathBuf {
     PathBuf::from("state/ledger.db")
@@ -130,6 +139,7 @@ impl Default for StationSection {
             id: default_station_id(),
             ledger: default_ledger(),
             ledger_key: None,
+            lease_s: default_lease_s(),
             report_dir: default_report_dir(),
         }
     }
@@ -139,6 +149,11 @@ impl StationSection {
     /// Where this station's ledger is (`ledger`, and `ledger_key` for PostgreSQL).
     pub fn ledger_location(&self) -> crate::ledger::LedgerLocation {
         crate::ledger::LedgerLocation::of(&self.ledger, self.ledger_key.as_deref(), &self.id)
+    }
+
+    /// `lease_s` as a duration.
+    pub fn lease(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.lease_s)
     }
 }
 
@@ -839,6 +854,13 @@ impl Config {
                 ));
             }
             crate::ledger::LedgerLocation::File(_) => {}
+        }
+        if !(1..=3600).contains(&s.lease_s) {
+            return Err(invalid(
+                "station.lease_s",
+                format!("is {}; it must be between 1 and 3600 seconds", s.lease_s),
+                "set it to how long a station that died may hold its boards' serials before another station can take them over, e.g. 60",
+            ));
         }
         if let Err(e) = validate_template_name(&self.provision.template_name) {
             return Err(invalid(

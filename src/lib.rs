@@ -21,8 +21,9 @@
 //!   source and algorithm types.
 //! - [`provision`]: MQTT sessions with the claim certificate (rumqttc + rustls), the session pool
 //!   and the per-device `CreateCertificateFromCsr` → `RegisterThing` flow.
-//! - [`ledger`]: the SQLite journal; every state change of a device is durable before the next
-//!   step acts on it.
+//! - [`ledger`]: the journal of every device, a SQLite file or a PostgreSQL database stations
+//!   share (one serial leased to one station at a time); every state change of a device is
+//!   durable before the next step acts on it.
 //! - [`telemetry`]: events from every stage, latency histograms, the progress printer and the
 //!   run summary (`summary.json`).
 //! - [`station`]: wires the stages into the pipeline behind `station run`, and the operator's

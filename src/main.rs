@@ -373,6 +373,10 @@ enum LedgerCommand {
         /// Output file (default: standard output).
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+        /// Only this station's devices (a shared PostgreSQL ledger holds every station's;
+        /// the `station` column says whose each is).
+        #[arg(long, value_name = "ID")]
+        station: Option<String>,
     },
     /// Certificates that will never reach a board, as a bash script of the AWS CLI commands
     /// that remove them (detach from things, deactivate, delete). Read it, then run it with
@@ -381,6 +385,10 @@ enum LedgerCommand {
         /// No longer needed (the script reads each certificate's ARN from AWS); ignored.
         #[arg(long, value_name = "ID", hide = true)]
         account: Option<String>,
+        /// Only this station's orphans (each is listed with the station whose certificate it
+        /// was).
+        #[arg(long, value_name = "ID")]
+        station: Option<String>,
     },
 }
 
@@ -460,24 +468,45 @@ fn report(err: impl miette::Diagnostic + Send + Sync + 'static) -> ExitCode {
 fn ledger_command(cfg: &Config, what: LedgerCommand) -> Result<(), ExportError> {
     let ledger = LedgerView::open_at(&cfg.station.ledger_location())?;
     match what {
-        LedgerCommand::Export { format, out } => {
+        LedgerCommand::Export {
+            format,
+            out,
+            station,
+        } => {
+            let filter = export::Filter {
+                station: station.as_deref(),
+            };
             let sink: Box<dyn std::io::Write> = match &out {
                 Some(path) => Box::new(std::fs::File::create(path).map_err(ExportError::Io)?),
                 None => Box::new(std::io::stdout().lock()),
             };
             if format == "json" {
-                export::write_json(&ledger, sink)
+                export::write_json(&ledger, filter, sink)
             } else {
-                export::write_csv(&ledger, sink)
+                export::write_csv(&ledger, filter, sink)
             }
         }
-        LedgerCommand::Orphans { account } => {
+        LedgerCommand::Orphans { account, station } => {
             if account.is_some() {
                 eprintln!(
                     "note: --account is no longer needed: the script reads each certificate's ARN from AWS"
                 );
             }
-            let script = cleanup::cleanup_script(&ledger.orphans()?);
+            let filter = export::Filter {
+                station: station.as_deref(),
+            };
+            let mut orphans = ledger.orphans()?;
+            orphans.retain(|o| filter.keeps(&o.station));
+            if !matches!(
+                cfg.station.ledger_location(),
+                fleet_station::ledger::LedgerLocation::Postgres { .. }
+            ) {
+                // A ledger file has one station: its script reads as it always has.
+                for o in &mut orphans {
+                    o.station.clear();
+                }
+            }
+            let script = cleanup::cleanup_script(&orphans);
             std::io::Write::write_all(&mut std::io::stdout().lock(), script.as_bytes())
                 .map_err(ExportError::Io)
         }
@@ -517,9 +546,20 @@ fn print_report(r: station::RunReport, line: bool) -> ExitCode {
     }
     if line && r.unfinished > 0 {
         eprintln!(
-            "the ledger holds {} unfinished device{}: each resumes where it stopped when its board is placed again",
+            "the ledger holds {} unfinished device{} of this station: each resumes where it stopped when its board is placed again",
             r.unfinished,
             if r.unfinished == 1 { "" } else { "s" }
+        );
+    }
+    if line && !r.unfinished_elsewhere.is_empty() {
+        let each: Vec<String> = r
+            .unfinished_elsewhere
+            .iter()
+            .map(|(station, n)| format!("station {station}: {n}"))
+            .collect();
+        eprintln!(
+            "unfinished devices of the other stations on the shared ledger: {} (`station ledger export --station ID` lists them)",
+            each.join(", ")
         );
     }
     ExitCode::from(code)

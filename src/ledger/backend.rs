@@ -50,6 +50,13 @@ pub(crate) trait Journal: Send + Sync {
     /// Lists the device's current public key as a `pending` orphan with no certificate id
     /// (once per key) and notes `request_lost`; nothing when it has no public key on record.
     fn note_lost_request(&self, id: i64, reason: &str) -> Pending<()>;
+
+    /// Lets this station's lease on device `id`'s serial go without a final state (a load
+    /// test's device ends at `registered`). A file ledger has one station, whose leases are
+    /// trivially its own: nothing to do.
+    fn release(&self, _id: i64) -> Pending<()> {
+        Pending::ready(Ok(()))
+    }
 }
 
 /// The reads: every call sees the last committed state.
@@ -65,6 +72,10 @@ pub(crate) trait Records: Send + Sync + std::fmt::Debug {
     fn count_in(&self, states: &[DeviceState]) -> Result<usize, LedgerError>;
     /// The audit trail of one device, oldest first: (state or note, detail, time).
     fn events(&self, id: i64) -> Result<Vec<(String, Option<String>, i64)>, LedgerError>;
+    /// How many devices are in one of `states`, by station (stations with none left out),
+    /// in the order of the station ids.
+    fn count_by_station(&self, states: &[DeviceState])
+    -> Result<Vec<(String, usize)>, LedgerError>;
     /// Every orphan, in the order they were recorded.
     fn orphans(&self) -> Result<Vec<Orphan>, LedgerError>;
 }

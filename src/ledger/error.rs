@@ -135,4 +135,33 @@ pub enum LedgerError {
         )
     )]
     AlreadyProvisioned { serial: String, thing: String },
+    #[error(
+        "board {serial} is held by station {station}: it is provisioning this serial now (its lease expires in {expires_in_s} s unless that station renews it)"
+    )]
+    #[diagnostic(
+        code(station::ledger::held_by_station),
+        help(
+            "take the board off this jig: station {station} is working on a board with the same serial (a board moved between lines, or a duplicated label: check the label). If station {station} has stopped for good, its lease expires after its station.lease_s; place the board again then and it resumes here"
+        )
+    )]
+    HeldElsewhere {
+        serial: String,
+        station: String,
+        expires_in_s: i64,
+    },
+    #[error(
+        "ledger {ledger}: the lease on board {serial} passed to station {holder} (this station's lease expired): the change was not recorded"
+    )]
+    #[diagnostic(
+        code(station::ledger::lease_lost),
+        help(
+            "this station did not renew its serial leases within station.lease_s (it was paused, or lost the database for that long), and station {holder} took the board over; stop this station, check the board's state with `station ledger export --station {holder}`, and raise station.lease_s if the stall was expected"
+        )
+    )]
+    LeaseLost {
+        /// The ledger's URL, without its password.
+        ledger: String,
+        serial: String,
+        holder: String,
+    },
 }

@@ -1,5 +1,7 @@
 //! The ledger for people: the audit trail as CSV or JSON (serial ↔ certificate id ↔ thing ↔
 //! jig ↔ station ↔ times), read through a [`LedgerView`] so it runs beside a working station.
+//! On a shared PostgreSQL ledger it covers every station (the `station` column says whose each
+//! device is), or one ([`Filter`]).
 //! (The orphan report is [`super::cleanup`].)
 
 use std::io::Write;
@@ -64,9 +66,32 @@ fn row(d: &DeviceRow) -> ExportRow<'_> {
     }
 }
 
-/// Writes every device as CSV with a header row.
-pub fn write_csv(ledger: &LedgerView, out: impl Write) -> Result<(), ExportError> {
-    let devices = ledger.devices()?;
+/// Which devices an export holds: every station's, or one station's (`--station ID`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Filter<'a> {
+    pub station: Option<&'a str>,
+}
+
+impl Filter<'_> {
+    /// Whether a row of `station` is kept.
+    pub fn keeps(&self, station: &str) -> bool {
+        self.station.is_none_or(|s| s == station)
+    }
+}
+
+fn devices(ledger: &LedgerView, filter: Filter<'_>) -> Result<Vec<DeviceRow>, LedgerError> {
+    let mut devices = ledger.devices()?;
+    devices.retain(|d| filter.keeps(&d.station));
+    Ok(devices)
+}
+
+/// Writes every device (of [`Filter`]) as CSV with a header row.
+pub fn write_csv(
+    ledger: &LedgerView,
+    filter: Filter<'_>,
+    out: impl Write,
+) -> Result<(), ExportError> {
+    let devices = devices(ledger, filter)?;
     let mut w = csv::WriterBuilder::new()
         .has_headers(false)
         .from_writer(out);
@@ -80,9 +105,13 @@ pub fn write_csv(ledger: &LedgerView, out: impl Write) -> Result<(), ExportError
     Ok(())
 }
 
-/// Writes every device as a JSON array.
-pub fn write_json(ledger: &LedgerView, mut out: impl Write) -> Result<(), ExportError> {
-    let devices = ledger.devices()?;
+/// Writes every device (of [`Filter`]) as a JSON array.
+pub fn write_json(
+    ledger: &LedgerView,
+    filter: Filter<'_>,
+    mut out: impl Write,
+) -> Result<(), ExportError> {
+    let devices = devices(ledger, filter)?;
     let rows: Vec<ExportRow<'_>> = devices.iter().map(row).collect();
     serde_json::to_writer_pretty(&mut out, &rows).map_err(|e| ExportError::Io(e.into()))?;
     writeln!(out).map_err(ExportError::Io)?;

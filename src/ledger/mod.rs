@@ -13,7 +13,8 @@
 //!
 //! One station writes a ledger file at a time: [`Ledger::open`] takes the ledger's lock and
 //! refuses to start while another process holds it. A PostgreSQL ledger is shared: only a
-//! second station with the same `station.id` is refused. Reading needs no lock: [`LedgerView`] writes
+//! second station with the same `station.id` is refused, and each board's serial is leased to
+//! one station at a time ([`LedgerError::HeldElsewhere`] names the holder; `station.lease_s`). Reading needs no lock: [`LedgerView`] writes
 //! nothing, so `station ledger export` and `station ledger orphans` run safely beside a
 //! running station.
 //!
@@ -50,6 +51,8 @@
 //!   - `postgres/schema`: numbered migrations (`postgres/migrations/NNNN.sql`) applied at
 //!     start under a database lock, the version check, the per-station lock;
 //!   - `postgres/writer`: the group-commit writer thread (one connection);
+//!   - `postgres/lease`: serial leases (one serial, one station): claimed before each group
+//!     commit, renewed, let go; why that order cannot deadlock;
 //!   - `postgres/journal`: the SQL of each change;
 //!   - `postgres/read`: the read side (one read-only connection on its own thread);
 //!   - `postgres/tests`: tests of the store itself (stations sharing it, migrations).
@@ -146,6 +149,9 @@ pub fn is_postgres_url(s: &str) -> bool {
     s.starts_with("postgres://") || s.starts_with("postgresql://")
 }
 
+/// How long a serial lease lasts unless renewed, when `station.lease_s` is not given.
+pub const DEFAULT_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -185,10 +191,22 @@ impl Ledger {
     /// schema is migrated once however many stations start together, and the key file is
     /// this station's own. Blocking work: call it off the async reactor.
     pub fn open_at(at: &LedgerLocation, station: &str) -> Result<Ledger, LedgerError> {
+        Ledger::open_leasing(at, station, DEFAULT_LEASE)
+    }
+
+    /// [`open_at`](Self::open_at) with serial leases of `lease` (`station.lease_s`) on a
+    /// PostgreSQL ledger: a lease this station stops renewing (it died) expires after `lease`,
+    /// and another station may then take the serial over. A file ledger has one station and
+    /// no leases.
+    pub fn open_leasing(
+        at: &LedgerLocation,
+        station: &str,
+        lease: std::time::Duration,
+    ) -> Result<Ledger, LedgerError> {
         match at {
             LedgerLocation::File(path) => Ledger::open(path, station),
             LedgerLocation::Postgres { url, key_file } => {
-                let (journal, records) = postgres::open(url, key_file, station)?;
+                let (journal, records) = postgres::open(url, key_file, station, lease)?;
                 Ok(Ledger {
                     journal: Arc::new(journal),
                     view: LedgerView::of(records),
@@ -199,7 +217,9 @@ impl Ledger {
 
     /// Records that a board is being provisioned. A board left unfinished by an earlier run
     /// resumes where it stopped ([`Begun::resume`]); a verified board is refused
-    /// ([`LedgerError::AlreadyProvisioned`]): it must not get a second identity.
+    /// ([`LedgerError::AlreadyProvisioned`]): it must not get a second identity. On a shared
+    /// PostgreSQL ledger the station first leases the serial: a board whose serial another
+    /// station holds is refused ([`LedgerError::HeldElsewhere`], naming that station).
     pub async fn begin(&self, serial: &str, jig: &str) -> Result<Begun, LedgerError> {
         begun(serial, self.journal.begin(serial, jig).wait().await?)
     }
@@ -207,6 +227,13 @@ impl Ledger {
     /// [`begin`](Self::begin) for plain threads.
     pub fn begin_blocking(&self, serial: &str, jig: &str) -> Result<Begun, LedgerError> {
         begun(serial, self.journal.begin(serial, jig).wait_blocking()?)
+    }
+
+    /// Lets this station's lease on device `id`'s serial go while the device stays in its
+    /// state (a load test's device, which has no board to write, ends at `registered`).
+    /// Verified, failed and interrupted devices let theirs go when recorded.
+    pub async fn release(&self, id: i64) -> Result<(), LedgerError> {
+        self.journal.release(id).wait().await
     }
 
     /// Records a state change; returns once it is durable.
@@ -246,6 +273,14 @@ fn begun(serial: &str, began: Began) -> Result<Begun, LedgerError> {
         Began::Verified { thing } => Err(LedgerError::AlreadyProvisioned {
             serial: serial.to_string(),
             thing,
+        }),
+        Began::Held {
+            station,
+            expires_in_s,
+        } => Err(LedgerError::HeldElsewhere {
+            serial: serial.to_string(),
+            station,
+            expires_in_s,
         }),
     }
 }

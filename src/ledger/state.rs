@@ -277,6 +277,9 @@ pub struct Orphan {
     pub thing_name: Option<String>,
     pub reason: String,
     pub recorded_ms: i64,
+    /// The station whose certificate it was: the one that reserved the key or received the
+    /// certificate (on a file ledger, the ledger's station).
+    pub station: String,
 }
 
 /// What a restarted station needs to finish a device where it stopped.
@@ -321,4 +324,6 @@ pub(crate) enum Began {
     Resumed(i64, Resume),
     /// Verified already: refused, nothing recorded. `thing` is empty if the row names none.
     Verified { thing: String },
+    /// Another station holds the serial's lease: refused, nothing recorded.
+    Held { station: String, expires_in_s: i64 },
 }

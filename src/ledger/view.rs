@@ -64,6 +64,12 @@ impl LedgerView {
         self.records.count_in(&resuming())
     }
 
+    /// [`unfinished_count`](Self::unfinished_count) by station: on a shared ledger, each
+    /// station's own (station id, count), stations with none left out.
+    pub fn unfinished_by_station(&self) -> Result<Vec<(String, usize)>, LedgerError> {
+        self.records.count_by_station(&resuming())
+    }
+
     /// The audit trail of one device, oldest first: (state or note, detail, time in ms).
     pub fn events(&self, id: i64) -> Result<Vec<(String, Option<String>, i64)>, LedgerError> {
         self.records.events(id)

@@ -38,6 +38,8 @@ pub enum FailureCode {
     Jig(JigFailure),
     /// The board already holds a verified identity (`already_provisioned`).
     AlreadyProvisioned,
+    /// Another station sharing the ledger holds the board's serial (`held_by_station`).
+    HeldElsewhere,
 }
 
 impl fmt::Display for FailureCode {
@@ -56,6 +58,7 @@ impl fmt::Display for FailureCode {
             FailureCode::PostCheckConnect => f.write_str("post_check:connect"),
             FailureCode::Jig(kind) => write!(f, "jig:{kind}"),
             FailureCode::AlreadyProvisioned => f.write_str("already_provisioned"),
+            FailureCode::HeldElsewhere => f.write_str("held_by_station"),
         }
     }
 }
@@ -92,6 +95,7 @@ mod tests {
                 "jig:verify_mismatch",
             ),
             (FailureCode::AlreadyProvisioned, "already_provisioned"),
+            (FailureCode::HeldElsewhere, "held_by_station"),
         ];
         for (code, text) in cases {
             assert_eq!(code.to_string(), text);

@@ -292,6 +292,21 @@ fn provision_board(
             }
             return Ok(Board::Done { verified: true });
         }
+        Err(e @ LedgerError::HeldElsewhere { .. }) => {
+            // Another station sharing the ledger works on this serial now: not provisioned
+            // here (a second certificate for one serial). The operator is told who holds it;
+            // the board is tried again once taken off and put back (or re-armed), when that
+            // station may have finished it or let it go. A virtual line counts it as failed.
+            tracing::warn!(jig = %board.jig, serial = %board.serial, "{e}");
+            ctx.telemetry.emit_blocking(Event::DeviceFailed {
+                serial: board.serial.clone(),
+                reason: FailureCode::HeldElsewhere,
+            });
+            if ctx.release.is_some() {
+                ctx.progress.board_done();
+            }
+            return Ok(Board::Done { verified: false });
+        }
         Err(e) => return Err(e),
     };
     let device_id = begun.id;

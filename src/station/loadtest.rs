@@ -323,6 +323,11 @@ impl Synthetic {
         let serial = self.serial;
         match outcome {
             Ok(_credentials) => {
+                // A synthetic device ends at `registered` (no board to write): its serial's
+                // lease on a shared ledger is let go here (counted in its latency).
+                if let Err(e) = self.ledger.release(device_id).await {
+                    self.halt.raise(e);
+                }
                 self.telemetry
                     .emit(Event::StageTime {
                         stage: Stage::EndToEnd,

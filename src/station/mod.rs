@@ -82,9 +82,12 @@ pub struct RunReport {
     pub summary: Summary,
     pub report_dir: PathBuf,
     pub stopped: Stopped,
-    /// Devices the ledger holds unfinished at the end (they resume when their boards are
-    /// placed again).
+    /// This station's devices the ledger holds unfinished at the end (they resume when their
+    /// boards are placed again).
     pub unfinished: usize,
+    /// On a shared ledger, the other stations' unfinished devices: (station id, count),
+    /// stations with none left out.
+    pub unfinished_elsewhere: Vec<(String, usize)>,
 }
 
 impl RunReport {

@@ -40,6 +40,8 @@ pub struct Pipeline {
     printer: Option<JoinHandle<()>>,
     /// `/metrics`, served until the run's report is written.
     metrics: Option<MetricsServer>,
+    /// `station.id`: whose unfinished devices the report counts as this station's.
+    station: String,
 }
 
 /// Where the run's ledger is.
@@ -82,7 +84,9 @@ impl Pipeline {
         // The line's ledger first: a second station on it is refused before it starts
         // anything (an embedded emulator on the same state directory, a report folder).
         let line_ledger = match opts.ledger {
-            LedgerPlace::At(at) => Some(open_ledger(at, &cfg.station.id).await?),
+            LedgerPlace::At(at) => {
+                Some(open_ledger(at, &cfg.station.id, cfg.station.lease()).await?)
+            }
             LedgerPlace::InReportDir => None,
         };
         // The metrics address next, before anything is provisioned: one in use or unusable
@@ -105,6 +109,7 @@ impl Pipeline {
             None => match open_ledger(
                 &LedgerLocation::File(report_dir.join("ledger.db")),
                 &cfg.station.id,
+                cfg.station.lease(),
             )
             .await
             {
@@ -117,7 +122,7 @@ impl Pipeline {
             },
         };
         let (telemetry, snapshots, aggregator) = telemetry::start();
-        let metrics = metrics.map(|m| m.serve(snapshots.clone()));
+        let metrics = metrics.map(|m| m.serve(snapshots.clone(), &cfg.station.id));
         let printer = opts.progress.then(|| {
             tokio::spawn(progress::run(
                 snapshots.clone(),
@@ -175,6 +180,7 @@ impl Pipeline {
             aggregator,
             printer,
             metrics,
+            station: cfg.station.id.clone(),
         })
     }
 
@@ -193,13 +199,18 @@ impl Pipeline {
             None if self.halt.shutdown().is_triggered() => Stopped::Interrupted,
             None => Stopped::Done,
         };
-        // Devices that keep their state for the next run.
+        // Devices that keep their state for the next run: this station's, and on a shared
+        // ledger every other station's.
         let ledger = self.ledger.clone();
-        let unfinished = tokio::task::spawn_blocking(move || ledger.unfinished_count())
+        let by_station = tokio::task::spawn_blocking(move || ledger.unfinished_by_station())
             .await
             .ok()
             .and_then(Result::ok)
-            .unwrap_or(0);
+            .unwrap_or_default();
+        let (own, unfinished_elsewhere): (Vec<_>, Vec<_>) = by_station
+            .into_iter()
+            .partition(|(s, _)| *s == self.station);
+        let unfinished = own.iter().map(|(_, n)| n).sum();
         drop(self.telemetry);
         let aggregate = self.aggregator.await.expect("telemetry aggregator");
         if let Some(p) = self.printer {
@@ -224,6 +235,7 @@ impl Pipeline {
             report_dir: self.report_dir,
             stopped,
             unfinished,
+            unfinished_elsewhere,
         })
     }
 }
@@ -232,9 +244,10 @@ impl Pipeline {
 async fn open_ledger(
     at: &LedgerLocation,
     station: &str,
+    lease: std::time::Duration,
 ) -> Result<Ledger, crate::ledger::LedgerError> {
     let (at, station) = (at.clone(), station.to_string());
-    tokio::task::spawn_blocking(move || Ledger::open_at(&at, &station))
+    tokio::task::spawn_blocking(move || Ledger::open_leasing(&at, &station, lease))
         .await
         .expect("the ledger opener does not panic")
 }

@@ -60,10 +60,11 @@ impl BoundMetrics {
         self.addr
     }
 
-    /// Serves `/metrics` from `snapshots` on a thread of its own until the server is dropped.
-    pub fn serve(self, snapshots: watch::Receiver<Snapshot>) -> MetricsServer {
+    /// Serves `/metrics` of station `station` from `snapshots` on a thread of its own until
+    /// the server is dropped.
+    pub fn serve(self, snapshots: watch::Receiver<Snapshot>, station: &str) -> MetricsServer {
         let server = Arc::new(self.server);
-        let metrics = Metrics::new(snapshots);
+        let metrics = Metrics::new(snapshots, station);
         let thread = std::thread::Builder::new()
             .name("metrics-http".into())
             .spawn({
@@ -159,7 +160,7 @@ mod tests {
             ..Snapshot::default()
         };
         let (_tx, rx) = watch::channel(snap);
-        let server = bound.serve(rx);
+        let server = bound.serve(rx, "line-7");
 
         let ok = get(addr, "GET", "/metrics");
         assert!(
@@ -171,6 +172,14 @@ mod tests {
             "{ok}"
         );
         assert!(ok.contains("fleet_station_devices_total{outcome=\"provisioned\"} 7"));
+        // The station's id, as an info metric.
+        assert!(
+            ok.contains(&format!(
+                "fleet_station_info{{station=\"line-7\",version=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{ok}"
+        );
 
         let missing = get(addr, "GET", "/");
         assert!(missing.contains(" 404 "), "{missing}");

@@ -95,7 +95,8 @@ impl FailureCode {
             FailureCode::MissingBoardValue(_)
             | FailureCode::PostCheckTls
             | FailureCode::PostCheckConnect
-            | FailureCode::AlreadyProvisioned => None,
+            | FailureCode::AlreadyProvisioned
+            | FailureCode::HeldElsewhere => None,
         }
     }
 }

@@ -2,7 +2,16 @@
 //! one shared ledger at the same time, a third with a running station's id is refused (naming
 //! it) until that station is gone, even by SIGKILL, and `station ledger export` reads every
 //! station's devices; a load test journals to the shared ledger too, and its cleanup plan takes
-//! its own devices from there (`ledger.json` in its report folder). Needs the server `STATION_TEST_POSTGRES` names (`scripts/postgres.sh`
+//! its own devices from there (`ledger.json` in its report folder).
+//!
+//! One serial, one station (serial leases): two stations whose lines place the same 300 serials
+//! at the same moment, against one `station emulate`, provision each exactly once (one
+//! certificate each), the other saying which station holds it; three stations, one killed
+//! with SIGKILL mid-run: the other two finish their lines, the dead one's leases expire after
+//! `station.lease_s`, its unfinished devices are listed with their states, and a station that
+//! takes its boards over lists the certificates sealed at the dead one as its orphans.
+//!
+//! Needs the server `STATION_TEST_POSTGRES` names (`scripts/postgres.sh`
 //! starts one); passes without running when none is named, fails then under
 //! `STATION_REQUIRE_POSTGRES=1` (the library's `postgres_ledger_tests_need_station_test_postgres`
 //! says on stderr that these tests did not run).
@@ -10,6 +19,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Child;
 
+use crate::common::StandaloneEmulator;
 use crate::common::cli::{StationConfig, ledger, station, wait_for};
 
 /// A schema of the test's own on the test server, dropped when the test ends.
@@ -311,4 +321,261 @@ fn a_load_test_journals_to_the_shared_ledger_and_its_cleanup_plan_takes_only_its
         stderr.contains("station::loadtest::other_ledger"),
         "{stderr}"
     );
+}
+
+/// A station configuration in `dir` on the shared ledger with `emu` as its endpoint: its id,
+/// virtual boards `<prefix>-<n>` (the same serials in every run: `jigs.stamp_serials = false`),
+/// unpaced jigs.
+fn shared_config(
+    dir: &Path,
+    schema: &Schema,
+    emu: &StandaloneEmulator,
+    id: &str,
+    prefix: &str,
+) -> StationConfig {
+    StationConfig::endpoint(dir, emu)
+        .set_str("station.id", id)
+        .set_str("station.ledger", &schema.url)
+        .set_str(
+            "station.ledger_key",
+            dir.join(format!("{id}.key")).display().to_string(),
+        )
+        .set_str("jigs.serial_prefix", prefix)
+        .set("jigs.stamp_serials", "false")
+        .set("jigs.count", "4")
+        .set("jigs.baud", "0")
+        .set("provision.sessions", "8")
+}
+
+/// `(provisioned, failed, of)` from a run's summary line.
+fn devices_line(stdout: &str) -> (u64, u64, u64) {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("devices: "))
+        .unwrap_or_else(|| panic!("no summary line: {stdout}"));
+    let n: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|w| !w.is_empty())
+        .map(|w| w.parse().unwrap())
+        .collect();
+    (n[0], n[1], n[n.len() - 1])
+}
+
+#[test]
+fn boards_placed_at_two_stations_at_once_are_provisioned_once_and_the_other_names_the_holder() {
+    let Some(schema) = Schema::new() else { return };
+    let emu_dir = tempfile::tempdir().unwrap();
+    let emu = StandaloneEmulator::start(emu_dir.path(), "");
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config_a = shared_config(dir_a.path(), &schema, &emu, "line-a", "DUP").write();
+    let config_b = shared_config(dir_b.path(), &schema, &emu, "line-b", "DUP").write();
+    const BOARDS: &str = "300";
+    let mut a = spawn_run(dir_a.path(), &config_a, &["--boards", BOARDS, "--headless"]);
+    // B starts once A works on its first board, so the two lines meet on the same serials.
+    wait_for(&mut a.0, "station line-a's first device", || {
+        schema.count("SELECT count(*) FROM devices") > 0
+    });
+    let mut b = spawn_run(dir_b.path(), &config_b, &["--boards", BOARDS, "--headless"]);
+    let (status_a, status_b) = (a.0.wait().unwrap(), b.0.wait().unwrap());
+    let read = |dir: &Path, f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    let (out_a, err_a) = (read(dir_a.path(), "run.out"), read(dir_a.path(), "run.err"));
+    let (out_b, err_b) = (read(dir_b.path(), "run.out"), read(dir_b.path(), "run.err"));
+    let ((ok_a, failed_a, of_a), (ok_b, failed_b, of_b)) =
+        (devices_line(&out_a), devices_line(&out_b));
+    let all = format!("A: {status_a}\n{out_a}\n{err_a}\nB: {status_b}\n{out_b}\n{err_b}");
+    // B's line leaves out the boards the ledger already showed verified when it started.
+    assert!(of_a == 300 && of_b <= 300, "{all}");
+    // Each board provisioned by one station; the other refused it (held, or already verified).
+    assert_eq!(ok_a + ok_b, 300, "{all}");
+    assert_eq!(failed_a + failed_b, of_a + of_b - 300, "{all}");
+    // Exit 1: some boards "failed" here (they are the other station's).
+    assert_eq!(
+        (status_a.code(), status_b.code()),
+        (Some(1), Some(1)),
+        "{all}"
+    );
+    let held = err_a.matches("is held by station line-b").count()
+        + err_b.matches("is held by station line-a").count();
+    assert!(held > 0, "no board was refused as held: {all}");
+    assert_eq!(
+        schema.count("SELECT count(*) FROM devices WHERE state = 'verified' AND attempts = 1"),
+        300,
+        "every serial verified once, at one station: {all}"
+    );
+    assert_eq!(schema.count("SELECT count(*) FROM devices"), 300);
+    assert_eq!(schema.count("SELECT count(*) FROM orphans"), 0);
+    assert_eq!(schema.count("SELECT count(*) FROM leases"), 0, "all let go");
+    assert_eq!(
+        schema.count("SELECT count(*) FROM devices WHERE station = 'line-a'") as u64,
+        ok_a
+    );
+    // No second certificate for any board: the emulator issued 300.
+    emu.stop();
+    assert_eq!(
+        crate::common::issued_certificates_in(&emu_dir.path().join("emulator")),
+        300
+    );
+}
+
+#[test]
+fn a_killed_station_s_leases_expire_its_unfinished_devices_are_listed_and_others_go_on() {
+    let Some(schema) = Schema::new() else { return };
+    let emu_dir = tempfile::tempdir().unwrap();
+    let emu = StandaloneEmulator::start(emu_dir.path(), "");
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let config = |i: usize, id: &str, prefix: &str, extra: &[(&str, &str)]| {
+        let mut c =
+            shared_config(dirs[i].path(), &schema, &emu, id, prefix).set("station.lease_s", "2");
+        for (k, v) in extra {
+            c = c.set(k, v);
+        }
+        c.write()
+    };
+    let config_a = config(0, "line-a", "KA", &[]);
+    let config_b = config(1, "line-b", "KB", &[]);
+    // C works slowly (9600 baud), so devices are in flight, keys sealed, when it is killed.
+    let config_c = config(2, "line-c", "KC", &[("jigs.baud", "9600")]);
+    let mut a = spawn_run(
+        dirs[0].path(),
+        &config_a,
+        &["--boards", "120", "--headless"],
+    );
+    let mut b = spawn_run(
+        dirs[1].path(),
+        &config_b,
+        &["--boards", "120", "--headless"],
+    );
+    let mut c = spawn_run(
+        dirs[2].path(),
+        &config_c,
+        &["--boards", "400", "--headless"],
+    );
+    let in_flight_c = "SELECT count(*) FROM devices WHERE station = 'line-c' AND state IN ('key_reserved', 'certificate_issued', 'registered', 'written')";
+    wait_for(&mut c.0, "station line-c's devices in flight", || {
+        schema.count(in_flight_c) >= 2
+            && schema.count("SELECT count(*) FROM leases WHERE station = 'line-c'") >= 2
+    });
+    let verified = |id: &str| {
+        schema.count(&format!(
+            "SELECT count(*) FROM devices WHERE station = '{id}' AND state = 'verified'"
+        ))
+    };
+    c.0.kill().unwrap();
+    c.0.wait().unwrap();
+    let at_kill = (verified("line-a"), verified("line-b"));
+    let live_c = "SELECT count(*) FROM leases WHERE station = 'line-c' AND expires_at > now()";
+    let unfinished_c = schema.count(
+        "SELECT count(*) FROM devices WHERE station = 'line-c' AND state NOT IN ('verified', 'failed', 'interrupted')",
+    );
+    assert!(unfinished_c >= 2, "{unfinished_c}");
+
+    // The other two go on to the end of their lines.
+    for (run, dir, id) in [(&mut a, &dirs[0], "line-a"), (&mut b, &dirs[1], "line-b")] {
+        let status = run.0.wait().unwrap();
+        let out = std::fs::read_to_string(dir.path().join("run.out")).unwrap();
+        let err = std::fs::read_to_string(dir.path().join("run.err")).unwrap();
+        assert!(status.success(), "{id}: {out}\n{err}");
+        assert_eq!(devices_line(&out), (120, 0, 120), "{id}: {out}");
+        // The end of the run counts the dead station's unfinished devices as its own.
+        assert!(
+            err.contains(&format!(
+                "unfinished devices of the other stations on the shared ledger: station line-c: {unfinished_c}"
+            )),
+            "{id}: {err}"
+        );
+    }
+    assert!(
+        at_kill.0 < 120 && at_kill.1 < 120,
+        "{at_kill:?}: they were still working"
+    );
+
+    // C's leases expire (it renews no more): wait for the server to see them run out.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while schema.count(live_c) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "line-c's leases never expired"
+        );
+        std::thread::yield_now();
+    }
+    assert!(schema.count("SELECT count(*) FROM leases WHERE station = 'line-c'") >= 2);
+
+    // `ledger export --station line-c` lists its devices with their states.
+    let out = ledger(
+        &config_a,
+        &["export", "--format", "csv", "--station", "line-c"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csv = String::from_utf8(out.stdout).unwrap();
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert!(rows.iter().all(|r| r.contains(",line-c,")), "{csv}");
+    let unfinished_rows = rows
+        .iter()
+        .filter(|r| {
+            [
+                "key_reserved",
+                "certificate_issued",
+                "registered",
+                "written",
+            ]
+            .iter()
+            .any(|s| r.contains(&format!(",{s},")))
+        })
+        .count();
+    assert_eq!(unfinished_rows as i64, schema.count(in_flight_c), "{csv}");
+
+    // Station D takes C's boards over (same serials): each resumes, but a key sealed under C's
+    // key file does not open at D; those certificates are C's orphans, listed with it.
+    let sealed_at_c = schema.count(
+        "SELECT count(*) FROM devices WHERE station = 'line-c' AND certificate_id IS NOT NULL AND state IN ('certificate_issued', 'registered', 'written')",
+    );
+    let last_c: i64 = schema.count(
+        "SELECT max(substring(serial from 4)::bigint) FROM devices WHERE station = 'line-c'",
+    );
+    let config_d = config(3, "line-d", "KC", &[]);
+    let out = station()
+        .args([
+            "run",
+            "--headless",
+            "--boards",
+            &last_c.to_string(),
+            "--config",
+        ])
+        .arg(&config_d)
+        .arg("--report-dir")
+        .arg(dirs[3].path().join("report"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(devices_line(&stdout).1, 0, "{stdout}");
+    assert_eq!(
+        schema
+            .count("SELECT count(*) FROM devices WHERE serial LIKE 'KC-%' AND state <> 'verified'"),
+        0
+    );
+    let out = ledger(&config_d, &["orphans", "--station", "line-c"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let script = String::from_utf8(out.stdout).unwrap();
+    let listed = script.matches("(station line-c)").count() as i64;
+    assert_eq!(
+        listed,
+        schema.count("SELECT count(*) FROM orphans WHERE station = 'line-c'"),
+        "{script}"
+    );
+    assert!(listed >= sealed_at_c.max(1), "{sealed_at_c}: {script}");
+    assert!(!script.contains("(station line-d)"), "{script}");
+    emu.stop();
 }

@@ -82,6 +82,7 @@ pub fn loadtest_plan(devices: &[DeviceRow], orphans: &[Orphan]) -> LoadtestClean
             thing_name: d.thing_name.clone(),
             reason: reason.into(),
             recorded_ms: d.updated_ms,
+            station: d.station.clone(),
         });
     }
     entries.extend(orphans.iter().cloned());

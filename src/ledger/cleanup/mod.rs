@@ -152,7 +152,12 @@ fn one_line(s: &str) -> String {
 
 /// What the orphan is, for its comment line.
 fn describe(o: &Orphan) -> String {
-    let mut line = format!("board {}: {}", one_line(&o.serial), one_line(&o.status));
+    // The station, when the orphan names one (a shared ledger's orphans do).
+    let mut line = format!("board {}", one_line(&o.serial));
+    if !o.station.is_empty() {
+        line.push_str(&format!(" (station {})", one_line(&o.station)));
+    }
+    line.push_str(&format!(": {}", one_line(&o.status)));
     match &o.certificate_id {
         Some(id) => line.push_str(&format!(" certificate {}", one_line(id))),
         None => line.push_str(&format!(

@@ -20,6 +20,7 @@ fn orphan(id: Option<&str>, status: &str, thing: Option<&str>) -> Orphan {
         thing_name: thing.map(str::to_string),
         reason: "r".into(),
         recorded_ms: 0,
+        station: "station-1".into(),
     }
 }
 
@@ -425,21 +426,21 @@ fn the_script_says_what_each_orphan_is_and_what_to_run() {
             "
 # 3 orphaned certificate(s) in the ledger; 2 to remove.
 
-# board SN-1: active certificate {C1}, thing thing-1; reason: jig:verify
+# board SN-1 (station station-1): active certificate {C1}, thing thing-1; reason: jig:verify
 if certificate_exists {C1}; then
   detach_all_things {C1}
   deactivate {C1}
   aws iot delete-certificate --certificate-id {C1} --force-delete
 fi
 
-# board SN-2: pending certificate {C2}; reason: its ownership token expired before RegisterThing
+# board SN-2 (station station-1): pending certificate {C2}; reason: its ownership token expired before RegisterThing
 if certificate_exists {C2}; then
   detach_all_things {C2}
   deactivate {C2}
   delete_certificate_if_present {C2}
 fi
 
-# board SN-3: pending, no certificate id (a request for public key sha256:efefefef got no answer); reason: no answer within 10 s
+# board SN-3 (station station-1): pending, no certificate id (a request for public key sha256:efefefef got no answer); reason: no answer within 10 s
 # nothing to run: if AWS issued a certificate for this key, it was never registered (PENDING_ACTIVATION) and AWS deletes it when its ownership token expires, 1 h after issue
 "
         )

@@ -3,6 +3,13 @@
 //! [`Transition`], a note, a lost request — the same statements and rules as the SQLite
 //! ledger's (`sqlite/journal.rs`, `sqlite/orphans.rs`). A device's row is locked
 //! (`FOR UPDATE`) before it is changed, so two stations touching one board take turns.
+//!
+//! Leases (`lease`): `begin` reads what the writer's claim found and refuses a serial another
+//! station holds ([`Began::Held`]); a verified device's lease is let go at once. A change to
+//! a device whose lease another station has taken since (this station's expired) is refused
+//! ([`ChangeError::LeaseLost`]). Recording a device verified, failed or interrupted deletes its
+//! lease in the same savepoint. An orphan names the station whose key or certificate it was
+//! (`key_station`, set when the key is reserved or the certificate received).
 
 use std::collections::HashMap;
 
@@ -10,12 +17,29 @@ use postgres::types::ToSql;
 use postgres::{Row, Statement, Transaction};
 use zeroize::Zeroizing;
 
+use super::lease::Claim;
 use crate::fleet::payloads::Secret;
 use crate::keys::KeySource;
 use crate::ledger::seal::Sealer;
 use crate::ledger::{Began, DeviceState, OrphanStatus, Resume, Transition, now_ms};
 
-type Result<T> = std::result::Result<T, postgres::Error>;
+/// Why a change was not recorded.
+#[derive(Debug)]
+pub(super) enum ChangeError {
+    /// The server or the connection failed the statement.
+    Pg(postgres::Error),
+    /// The device's serial is now leased to `holder`: this station's lease expired and was
+    /// taken over.
+    LeaseLost { serial: String, holder: String },
+}
+
+impl From<postgres::Error> for ChangeError {
+    fn from(e: postgres::Error) -> ChangeError {
+        ChangeError::Pg(e)
+    }
+}
+
+type Result<T> = std::result::Result<T, ChangeError>;
 type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
 
 /// The writer's prepared statements, kept for the connection's life: preparing costs a round
@@ -27,10 +51,12 @@ pub(super) struct Statements(HashMap<&'static str, Statement>);
 pub(super) struct Tx<'a, 't> {
     pub(super) tx: &'a mut Transaction<'t>,
     pub(super) statements: &'a mut Statements,
+    /// What the batch's lease claims found, by serial.
+    pub(super) claims: &'a HashMap<String, Claim>,
 }
 
 impl Tx<'_, '_> {
-    fn statement(&mut self, sql: &'static str) -> Result<Statement> {
+    fn statement(&mut self, sql: &'static str) -> std::result::Result<Statement, postgres::Error> {
         if let Some(s) = self.statements.0.get(sql) {
             return Ok(s.clone());
         }
@@ -41,17 +67,17 @@ impl Tx<'_, '_> {
 
     fn execute(&mut self, sql: &'static str, params: Params<'_>) -> Result<u64> {
         let s = self.statement(sql)?;
-        self.tx.execute(&s, params)
+        Ok(self.tx.execute(&s, params)?)
     }
 
     fn query_opt(&mut self, sql: &'static str, params: Params<'_>) -> Result<Option<Row>> {
         let s = self.statement(sql)?;
-        self.tx.query_opt(&s, params)
+        Ok(self.tx.query_opt(&s, params)?)
     }
 
     fn query_one(&mut self, sql: &'static str, params: Params<'_>) -> Result<Row> {
         let s = self.statement(sql)?;
-        self.tx.query_one(&s, params)
+        Ok(self.tx.query_one(&s, params)?)
     }
 }
 
@@ -72,7 +98,8 @@ pub(super) fn event(
 
 /// Records that `station` is provisioning board `serial` on `jig`: a new row, a failed or
 /// interrupted device started over (same row, one more attempt), or an unfinished one kept in
-/// its state to resume there. A verified device is refused and nothing is written.
+/// its state to resume there. A verified device is refused and nothing is written (its lease
+/// is let go); so is a serial another station holds (nothing is read or written).
 pub(super) fn begin(
     tx: &mut Tx<'_, '_>,
     sealer: &Sealer,
@@ -80,6 +107,16 @@ pub(super) fn begin(
     jig: &str,
     station: &str,
 ) -> Result<Began> {
+    if let Some(Claim::Held {
+        station: holder,
+        expires_in_s,
+    }) = tx.claims.get(serial)
+    {
+        return Ok(Began::Held {
+            station: holder.clone(),
+            expires_in_s: *expires_in_s,
+        });
+    }
     let now = now_ms();
     // Another station may insert the same serial between our look and our insert: the insert
     // then does nothing, and the look is taken again (the row exists by then).
@@ -108,9 +145,12 @@ pub(super) fn begin(
         }
     };
     match DeviceState::parse(&state) {
-        Some(DeviceState::Verified) => Ok(Began::Verified {
-            thing: thing.unwrap_or_default(),
-        }),
+        Some(DeviceState::Verified) => {
+            release(tx, serial, station)?;
+            Ok(Began::Verified {
+                thing: thing.unwrap_or_default(),
+            })
+        }
         Some(DeviceState::Failed | DeviceState::Interrupted) => {
             tx.execute(
                 "UPDATE devices SET jig = $2, station = $3, state = 'started', reason = NULL,
@@ -188,17 +228,24 @@ fn resume_point(tx: &mut Tx<'_, '_>, sealer: &Sealer, id: i64) -> Result<Option<
 pub(super) fn transition(
     tx: &mut Tx<'_, '_>,
     sealer: &Sealer,
+    station: &str,
     id: i64,
     t: &Transition,
 ) -> Result<()> {
     let now = now_ms();
     let state = t.state().as_str();
-    let serial: String = tx
-        .query_one(
-            "SELECT serial FROM devices WHERE id = $1 FOR UPDATE",
-            &[&id],
-        )?
-        .try_get(0)?;
+    let row = tx.query_one(
+        "SELECT d.serial, l.station FROM devices d LEFT JOIN leases l ON l.serial = d.serial
+         WHERE d.id = $1 FOR UPDATE OF d",
+        &[&id],
+    )?;
+    let serial: String = row.try_get(0)?;
+    match row.try_get::<_, Option<String>>(1)? {
+        Some(holder) if holder != station => {
+            return Err(ChangeError::LeaseLost { serial, holder });
+        }
+        _ => {}
+    }
     let seal = |k: &Secret| sealer.seal(&serial, k.expose().as_bytes());
     let detail: Option<String> = match t {
         Transition::KeyReserved {
@@ -208,7 +255,7 @@ pub(super) fn transition(
         } => {
             tx.execute(
                 "UPDATE devices SET state = $2, key_source = $3, public_key_sha256 = $4,
-                 sealed_key = $5, updated_ms = $6 WHERE id = $1",
+                 sealed_key = $5, updated_ms = $6, key_station = $7 WHERE id = $1",
                 &[
                     &id,
                     &state,
@@ -216,6 +263,7 @@ pub(super) fn transition(
                     public_key_sha256,
                     &private_key.as_ref().map(seal),
                     &now,
+                    &station,
                 ],
             )?;
             Some(format!("source={}", source.as_str()))
@@ -232,7 +280,8 @@ pub(super) fn transition(
             orphan_current(tx, id, "replaced by a new certificate", now, true, None)?;
             tx.execute(
                 "UPDATE devices SET state = $2, certificate_id = $3, certificate_pem = $4,
-                 token = $5, token_expires_ms = $6, updated_ms = $7 WHERE id = $1",
+                 token = $5, token_expires_ms = $6, updated_ms = $7, key_station = $8
+                 WHERE id = $1",
                 &[
                     &id,
                     &state,
@@ -241,6 +290,7 @@ pub(super) fn transition(
                     &token.expose(),
                     &(*token_expires_ms as i64),
                     &now,
+                    &station,
                 ],
             )?;
             if let Some(k) = private_key {
@@ -290,6 +340,7 @@ pub(super) fn transition(
                  reason = NULL, updated_ms = $3 WHERE id = $1",
                 &[&id, &state, &now],
             )?;
+            release(tx, &serial, station)?;
             None
         }
         Transition::CertificateAbandoned { reason, status } => {
@@ -325,10 +376,30 @@ pub(super) fn transition(
                  updated_ms = $4 WHERE id = $1",
                 &[&id, &state, reason, &now],
             )?;
+            release(tx, &serial, station)?;
             Some(reason.clone())
         }
     };
     event(tx, id, state, detail.as_deref(), now)
+}
+
+/// Lets this station's lease on `serial` go (its device is done, for now or for good).
+fn release(tx: &mut Tx<'_, '_>, serial: &str, station: &str) -> Result<()> {
+    tx.execute(
+        "DELETE FROM leases WHERE serial = $1 AND station = $2",
+        &[&serial, &station],
+    )?;
+    Ok(())
+}
+
+/// Lets this station's lease on device `id`'s serial go (a load test's device, which ends at
+/// `registered`, with no board to write).
+pub(super) fn release_device(tx: &mut Tx<'_, '_>, id: i64, station: &str) -> Result<()> {
+    tx.execute(
+        "DELETE FROM leases WHERE station = $2 AND serial = (SELECT serial FROM devices WHERE id = $1)",
+        &[&id, &station],
+    )?;
+    Ok(())
 }
 
 /// Lists device `id`'s current public key as a `pending` orphan without certificate id (once
@@ -336,7 +407,8 @@ pub(super) fn transition(
 pub(super) fn lost_request(tx: &mut Tx<'_, '_>, id: i64, reason: &str) -> Result<()> {
     let now = now_ms();
     let Some(r) = tx.query_opt(
-        "SELECT serial, public_key_sha256 FROM devices WHERE id = $1 FOR UPDATE",
+        "SELECT serial, public_key_sha256, coalesce(key_station, station) FROM devices
+         WHERE id = $1 FOR UPDATE",
         &[&id],
     )?
     else {
@@ -344,6 +416,7 @@ pub(super) fn lost_request(tx: &mut Tx<'_, '_>, id: i64, reason: &str) -> Result
     };
     let serial: String = r.try_get(0)?;
     let pk: Option<String> = r.try_get(1)?;
+    let station: String = r.try_get(2)?;
     if let Some(pk) = pk {
         insert_orphan(
             tx,
@@ -351,6 +424,7 @@ pub(super) fn lost_request(tx: &mut Tx<'_, '_>, id: i64, reason: &str) -> Result
                 certificate_id: None,
                 public_key_sha256: Some(&pk),
                 serial: &serial,
+                station: &station,
                 status: OrphanStatus::Pending,
                 thing_name: None,
                 reason,
@@ -367,6 +441,8 @@ struct NewOrphan<'a> {
     certificate_id: Option<&'a str>,
     public_key_sha256: Option<&'a str>,
     serial: &'a str,
+    /// The station whose key or certificate it was.
+    station: &'a str,
     status: OrphanStatus,
     thing_name: Option<&'a str>,
     reason: &'a str,
@@ -376,8 +452,8 @@ struct NewOrphan<'a> {
 /// id, or (no certificate id) the same serial and public key.
 fn insert_orphan(tx: &mut Tx<'_, '_>, o: &NewOrphan<'_>, now: i64) -> Result<()> {
     tx.execute(
-        "INSERT INTO orphans (certificate_id, public_key_sha256, serial, status, thing_name, reason, recorded_ms)
-         SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::bigint
+        "INSERT INTO orphans (certificate_id, public_key_sha256, serial, status, thing_name, reason, recorded_ms, station)
+         SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::bigint, $8::text
          WHERE NOT EXISTS (
              SELECT 1 FROM orphans WHERE serial = $3::text AND (
                  ($1::text IS NOT NULL AND certificate_id = $1::text)
@@ -390,6 +466,7 @@ fn insert_orphan(tx: &mut Tx<'_, '_>, o: &NewOrphan<'_>, now: i64) -> Result<()>
             &o.thing_name,
             &o.reason,
             &now,
+            &o.station,
         ],
     )?;
     Ok(())
@@ -406,12 +483,14 @@ fn orphan_current(
     believed: Option<OrphanStatus>,
 ) -> Result<()> {
     let Some(r) = tx.query_opt(
-        "SELECT serial, state, certificate_id, public_key_sha256, thing_name FROM devices WHERE id = $1",
+        "SELECT serial, state, certificate_id, public_key_sha256, thing_name,
+         coalesce(key_station, station) FROM devices WHERE id = $1",
         &[&id],
     )?
     else {
         return Ok(());
     };
+    let station: String = r.try_get(5)?;
     let serial: String = r.try_get(0)?;
     let state = DeviceState::stored(&r.try_get::<_, String>(1)?);
     let cert: Option<String> = r.try_get(2)?;
@@ -430,6 +509,7 @@ fn orphan_current(
             certificate_id: cert.as_deref(),
             public_key_sha256: pk.as_deref(),
             serial: &serial,
+            station: &station,
             status,
             thing_name: thing.as_deref(),
             reason,

@@ -6,8 +6,9 @@
 //!   failing change fails only itself, and answers after COMMIT.
 //! - Shared: any number of stations write the ledger at once; a second station with the same
 //!   `station.id` is refused ([`LedgerError::StationInUse`]) by a per-station advisory lock
-//!   the writer's connection holds (`schema`). A device's row is locked while a change to it
-//!   is recorded, so two stations touching one board take turns.
+//!   the writer's connection holds (`schema`). One serial, one station: a station leases each
+//!   serial it begins (`lease`), and a board whose serial another station holds is refused
+//!   ([`LedgerError::HeldElsewhere`]) until that lease is let go or expires.
 //! - Migrated at start, once, under a database lock, however many stations start together; a
 //!   schema newer than this code is refused.
 //! - Each station seals its private keys under its own key file (`station.ledger_key`), which
@@ -16,11 +17,14 @@
 //! - `connect`: the URL, TLS, the password kept out of messages.
 //! - `schema`: migrations (`migrations/NNNN.sql`), the version check, the locks.
 //! - `writer`: the group-commit writer thread.
+//! - `lease`: serial leases (claim, renew, release) and why claims run outside the group
+//!   commit.
 //! - `journal`: the SQL of each change.
 //! - `read`: the read side.
 
 mod connect;
 mod journal;
+mod lease;
 mod read;
 mod schema;
 mod writer;
@@ -28,6 +32,8 @@ mod writer;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use self::lease::Leases;
 
 use postgres::Client;
 
@@ -58,6 +64,7 @@ pub(crate) fn open(
     url: &str,
     key_file: &Path,
     station: &str,
+    lease: Duration,
 ) -> Result<(PgJournal, PgRecords), LedgerError> {
     let ledger = redact(url);
     let (target, key_file, id) = (url.to_string(), key_file.to_path_buf(), station.to_string());
@@ -79,7 +86,12 @@ pub(crate) fn open(
                 &[&id, &holder_line(&id)],
             )
             .map_err(pg_error(&target))?;
-        Ok((client, sealer))
+        let leases = Leases::prepare(&mut client, &id, lease).map_err(pg_error(&target))?;
+        // Leases under this id are an earlier run's (the id's lock says no other process has
+        // it): let them go, or this run would renew them for boards it is not working on. A
+        // board of those placed here again is claimed again.
+        leases.release_all(&mut client).map_err(pg_error(&target))?;
+        Ok((client, leases, sealer))
     })?;
     let journal = PgJournal {
         writer,
@@ -92,7 +104,11 @@ pub(crate) fn open(
 /// Takes station `id`'s lock on this connection, waiting [`LOCK_PATIENCE`] for a holder that
 /// is going away; refused naming the holder otherwise.
 fn take_station_lock(client: &mut Client, url: &str, id: &str) -> Result<(), LedgerError> {
-    let key = schema::station_lock_key(id);
+    let schema: String = client
+        .query_one("SELECT coalesce(current_schema(), '')", &[])
+        .and_then(|r| r.try_get(0))
+        .map_err(pg_error(url))?;
+    let key = schema::station_lock_key(&schema, id);
     let deadline = Instant::now() + LOCK_PATIENCE;
     loop {
         let got: bool = client
@@ -155,13 +171,21 @@ impl Journal for PgJournal {
         let (serial, jig, station) = (serial.to_string(), jig.to_string(), self.station.clone());
         let sealer = self.sealer.clone();
         self.writer
-            .submit(move |tx| journal::begin(tx, &sealer, &serial, &jig, &station))
+            .submit_claiming(Some(serial.clone()), move |tx| {
+                journal::begin(tx, &sealer, &serial, &jig, &station)
+            })
     }
 
     fn record(&self, id: i64, change: Transition) -> Pending<()> {
-        let sealer = self.sealer.clone();
+        let (sealer, station) = (self.sealer.clone(), self.station.clone());
         self.writer
-            .submit(move |tx| journal::transition(tx, &sealer, id, &change))
+            .submit(move |tx| journal::transition(tx, &sealer, &station, id, &change))
+    }
+
+    fn release(&self, id: i64) -> Pending<()> {
+        let station = self.station.clone();
+        self.writer
+            .submit(move |tx| journal::release_device(tx, id, &station))
     }
 
     fn note(&self, id: i64, what: &str, detail: &str) -> Pending<()> {

@@ -20,8 +20,7 @@ use crate::ledger::{DeviceRow, DeviceState, LedgerError, Orphan};
 const DEVICE_COLUMNS: &str = "id, serial, jig, station, state, key_source, certificate_id, thing_name, reason, attempts, created_ms, updated_ms";
 
 /// The columns [`orphan_row`] reads, in its order.
-const ORPHAN_COLUMNS: &str =
-    "certificate_id, public_key_sha256, serial, status, thing_name, reason, recorded_ms";
+const ORPHAN_COLUMNS: &str = "certificate_id, public_key_sha256, serial, status, thing_name, reason, recorded_ms, coalesce(station, '')";
 
 fn device_row(r: &Row) -> Result<DeviceRow, postgres::Error> {
     Ok(DeviceRow {
@@ -49,6 +48,7 @@ fn orphan_row(r: &Row) -> Result<Orphan, postgres::Error> {
         thing_name: r.try_get(4)?,
         reason: r.try_get(5)?,
         recorded_ms: r.try_get(6)?,
+        station: r.try_get(7)?,
     })
 }
 
@@ -193,6 +193,23 @@ impl Records for PgRecords {
             |r| r.try_get::<_, i64>(0),
         )?;
         Ok(usize::try_from(n.first().copied().unwrap_or(0)).unwrap_or(0))
+    }
+
+    fn count_by_station(
+        &self,
+        states: &[DeviceState],
+    ) -> Result<Vec<(String, usize)>, LedgerError> {
+        self.rows(
+            "SELECT station, count(*) FROM devices WHERE state = ANY($1) GROUP BY station ORDER BY station"
+                .to_string(),
+            vec![Box::new(state_names(states))],
+            |r| {
+                Ok((
+                    r.try_get(0)?,
+                    usize::try_from(r.try_get::<_, i64>(1)?).unwrap_or(0),
+                ))
+            },
+        )
     }
 
     fn events(&self, id: i64) -> Result<Vec<(String, Option<String>, i64)>, LedgerError> {

@@ -1,14 +1,15 @@
 //! The PostgreSQL ledger's schema and the locks that let stations share it.
 //!
-//! One numbered SQL file per version (`migrations/NNNN.sql`, the same version numbers as the
-//! SQLite ledger's: version 2 is the first), and a version table, `ledger_schema`, with one
+//! One numbered SQL file per version (`migrations/NNNN.sql`: version 2, the first, has the SQLite
+//! ledger's version-2 tables; version 3 adds the serial leases and each orphan's station, which
+//! a file ledger of one station does not need), and a version table, `ledger_schema`, with one
 //! row. A station migrates at start inside one transaction that first takes a database-wide
 //! advisory lock ([`MIGRATION_LOCK`]): stations starting together wait for each other there,
 //! and the first migrates while the others then find the schema current. A schema newer than
 //! this code knows, or one it has no migration from, is refused and left as found.
 //!
-//! The per-station lock: a session-level advisory lock on a key derived from the station id
-//! ([`station_lock_key`]), held by the writer's connection as long as the station runs. The
+//! The per-station lock: a session-level advisory lock on a key derived from the schema and the
+//! station id ([`station_lock_key`]), held by the writer's connection as long as the station runs. The
 //! server drops it when that connection ends (also when the station is killed), so a crashed
 //! station never blocks its own restart; a second station with the same id is refused, naming
 //! the first (its row in `stations`); stations with other ids share the ledger.
@@ -22,10 +23,16 @@ use crate::ledger::LedgerError;
 use crate::ledger::sqlite::schema::{Migration, plan};
 
 /// Every migration, oldest first. The first creates the ledger in an empty database/schema.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 2,
-    sql: include_str!("migrations/0002.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 2,
+        sql: include_str!("migrations/0002.sql"),
+    },
+    Migration {
+        version: 3,
+        sql: include_str!("migrations/0003.sql"),
+    },
+];
 
 /// The version this code reads and writes: the last migration's.
 pub(super) const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;
@@ -33,12 +40,14 @@ pub(super) const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;
 /// The advisory lock key every station takes, for the length of its migration transaction.
 const MIGRATION_LOCK: i64 = 0x666c_6565_745f_6d67; // "fleet_mg"
 
-/// The advisory lock key of station `id`: 64 bits of SHA-256 over a prefix and the id, so two
-/// ids share a key with negligible probability and no other program's keys are hit by chance.
-pub(super) fn station_lock_key(id: &str) -> i64 {
+/// The advisory lock key of station `id` on the ledger in schema `schema`: 64 bits of SHA-256
+/// over a prefix, the schema and the id, so two ids share a key with negligible probability,
+/// no other program's keys are hit by chance, and ledgers in two schemas of one database
+/// (advisory locks are per database) do not lock each other's stations.
+pub(super) fn station_lock_key(schema: &str, id: &str) -> i64 {
     let d = ring::digest::digest(
         &ring::digest::SHA256,
-        format!("fleet-station ledger station {id}").as_bytes(),
+        format!("fleet-station ledger {schema:?} station {id}").as_bytes(),
     );
     let mut first = [0u8; 8];
     first.copy_from_slice(&d.as_ref()[..8]);

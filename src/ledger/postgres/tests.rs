@@ -11,7 +11,9 @@ use super::schema::SCHEMA_VERSION;
 use crate::ledger::backend::Records;
 use crate::ledger::tests::registered;
 use crate::ledger::tests::{Scratch, issued, key_reserved, with_server};
-use crate::ledger::{DeviceState, Ledger, LedgerError, LedgerLocation, LedgerView, Transition};
+use crate::ledger::{
+    DeviceState, Ledger, LedgerError, LedgerLocation, LedgerView, OrphanStatus, Transition,
+};
 
 fn schema_versions(s: &Scratch) -> Vec<i64> {
     with_server(s.url.as_deref().unwrap(), |c| {
@@ -70,10 +72,20 @@ async fn stations_share_the_ledger_and_only_a_second_one_with_the_same_id_is_ref
             ("SN-B".into(), "st-b".into())
         ]
     );
-    // A board both stations begin at once gets one row.
+    // A board both stations begin at once gets one row, and one station: the other is
+    // refused, naming the station that holds it.
     let (x, y) = tokio::join!(clone.begin("SN-BOTH", "j"), other.begin("SN-BOTH", "j"));
-    assert_eq!(x.unwrap().id, y.unwrap().id);
-    assert_eq!(clone.device("SN-BOTH").unwrap().unwrap().attempts, 2);
+    let (won, lost, holder) = match (x, y) {
+        (Ok(b), Err(e)) => (b, e, "st-a"),
+        (Err(e), Ok(b)) => (b, e, "st-b"),
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        matches!(&lost, LedgerError::HeldElsewhere { station, .. } if station == holder),
+        "{lost:?}"
+    );
+    assert_eq!(clone.device("SN-BOTH").unwrap().unwrap().id, won.id);
+    assert_eq!(clone.device("SN-BOTH").unwrap().unwrap().attempts, 1);
 
     // When the last clone is gone the id is free again.
     drop(clone);
@@ -221,6 +233,7 @@ async fn the_privileges_the_readme_lists_are_enough() {
         "CREATE ROLE {role} LOGIN;
          GRANT USAGE ON SCHEMA {schema} TO {role};
          GRANT SELECT, INSERT, UPDATE ON {schema}.devices, {schema}.events, {schema}.orphans, {schema}.stations TO {role};
+         GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.leases TO {role};
          GRANT SELECT ON {schema}.ledger_schema TO {role};
          GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {role};"
     ));
@@ -344,4 +357,292 @@ async fn over_tls_the_server_is_verified_against_sslrootcert() {
         c.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
             .unwrap()
     });
+}
+
+/// The serials station `station` holds a lease on, sorted.
+fn leases_of(s: &Scratch, station: &str) -> Vec<String> {
+    with_server(s.url.as_deref().unwrap(), |c| {
+        c.query(
+            "SELECT serial FROM leases WHERE station = $1 ORDER BY serial",
+            &[&station],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    })
+}
+
+#[tokio::test]
+async fn a_serial_another_station_holds_is_refused_naming_it_and_a_verified_one_everywhere() {
+    let Some(s) = Scratch::postgres() else { return };
+    let a = s.open("st-a").unwrap();
+    let b = s.open("st-b").unwrap();
+    let id = a.begin("SN-1", "j").await.unwrap().id;
+    a.record(id, key_reserved()).await.unwrap();
+    assert_eq!(leases_of(&s, "st-a"), ["SN-1"]);
+
+    // B sees the same serial while A works on it: refused, naming A, nothing recorded.
+    let err = b.begin("SN-1", "j2").await.expect_err("held by st-a");
+    let LedgerError::HeldElsewhere {
+        serial,
+        station,
+        expires_in_s,
+    } = &err
+    else {
+        panic!("{err:?}");
+    };
+    assert_eq!((serial.as_str(), station.as_str()), ("SN-1", "st-a"));
+    assert!((1..=60).contains(expires_in_s), "{expires_in_s}");
+    let shown = format!("{:?}", miette::Report::new(err));
+    assert!(
+        shown.contains("station::ledger::held_by_station"),
+        "{shown}"
+    );
+    assert!(shown.contains("held by station st-a"), "{shown}");
+    assert!(shown.contains("take the board off this jig"), "{shown}");
+    let row = a.device("SN-1").unwrap().unwrap();
+    assert_eq!((row.station.as_str(), row.attempts), ("st-a", 1));
+    assert!(leases_of(&s, "st-b").is_empty());
+
+    // A finishes it: the lease goes with the verification, and no station provisions it again.
+    a.record(id, issued("c-1")).await.unwrap();
+    a.record(id, registered("thing-1")).await.unwrap();
+    a.record(id, Transition::Written).await.unwrap();
+    a.record(id, Transition::Verified).await.unwrap();
+    assert!(leases_of(&s, "st-a").is_empty());
+    for station in [&b, &a] {
+        let err = station.begin("SN-1", "j").await.expect_err("verified");
+        assert!(
+            matches!(&err, LedgerError::AlreadyProvisioned { thing, .. } if thing == "thing-1"),
+            "{err:?}"
+        );
+    }
+    assert!(leases_of(&s, "st-a").is_empty() && leases_of(&s, "st-b").is_empty());
+
+    // A failed device lets its lease go: the board may be tried again at another station.
+    let id = a.begin("SN-2", "j").await.unwrap().id;
+    a.record(
+        id,
+        Transition::Failed {
+            reason: "jig:timeout".into(),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(leases_of(&s, "st-a").is_empty());
+    let again = b.begin("SN-2", "j2").await.unwrap();
+    assert_eq!(again.id, id);
+    assert_eq!(leases_of(&s, "st-b"), ["SN-2"]);
+
+    // A station that stops cleanly lets go of what it still holds.
+    drop(b);
+    assert!(leases_of(&s, "st-b").is_empty());
+    a.begin("SN-2", "j").await.unwrap();
+
+    // One that was killed left its leases behind; restarted under its id, it lets them go
+    // (it would otherwise renew them for boards it is not working on).
+    s.execute(
+        "INSERT INTO leases (serial, station, taken_at, expires_at)
+         VALUES ('SN-3', 'st-b', now(), now() + interval '1 hour')",
+    );
+    let b = s.open("st-b").unwrap();
+    assert!(leases_of(&s, "st-b").is_empty());
+    b.begin("SN-3", "j").await.unwrap();
+    assert_eq!(leases_of(&s, "st-b"), ["SN-3"]);
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_taken_over_and_the_dead_stations_certificate_is_its_orphan() {
+    let Some(s) = Scratch::postgres() else { return };
+    let a = s.open("st-a").unwrap();
+    let id = a.begin("SN-1", "j").await.unwrap().id;
+    a.record(id, key_reserved()).await.unwrap();
+    a.record(id, issued("c-1")).await.unwrap();
+    let b = s.open("st-b").unwrap();
+    assert!(matches!(
+        b.begin("SN-1", "j2").await,
+        Err(LedgerError::HeldElsewhere { .. })
+    ));
+    // A stops renewing (it hung, or died without closing its connection): its lease runs
+    // out. (The CLI test kills a station and waits for the real expiry.)
+    s.execute("UPDATE leases SET expires_at = now() - interval '1 second' WHERE station = 'st-a'");
+    let r = b
+        .begin("SN-1", "j2")
+        .await
+        .unwrap()
+        .resume
+        .expect("resumes at st-b");
+    assert_eq!(r.state, DeviceState::CertificateIssued);
+    // A's key file sealed the private key: B cannot open it.
+    assert!(r.private_key.is_none());
+    assert_eq!(leases_of(&s, "st-b"), ["SN-1"]);
+
+    // A comes back to life: its changes to the board B took over are refused.
+    let err = a
+        .record(id, registered("thing-a"))
+        .await
+        .expect_err("lease lost");
+    let LedgerError::LeaseLost { serial, holder, .. } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!((serial.as_str(), holder.as_str()), ("SN-1", "st-b"));
+    let shown = format!("{:?}", miette::Report::new(err));
+    assert!(shown.contains("station::ledger::lease_lost"), "{shown}");
+    assert_eq!(
+        a.device("SN-1").unwrap().unwrap().state,
+        DeviceState::CertificateIssued
+    );
+
+    // B abandons the certificate it cannot use: the orphan is A's.
+    b.record(
+        id,
+        Transition::CertificateAbandoned {
+            reason: "the private key for this certificate cannot be recovered".into(),
+            status: OrphanStatus::Unknown,
+        },
+    )
+    .await
+    .unwrap();
+    let orphans = b.orphans().unwrap();
+    assert_eq!(orphans.len(), 1);
+    assert_eq!(orphans[0].certificate_id.as_deref(), Some("c-1"));
+    assert_eq!(orphans[0].station, "st-a");
+    // B provisions the board afresh; its own certificate is B's.
+    b.record(id, key_reserved()).await.unwrap();
+    b.record(id, issued("c-2")).await.unwrap();
+    b.record(
+        id,
+        Transition::Failed {
+            reason: "jig:timeout".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let stations: Vec<(Option<String>, String)> = b
+        .orphans()
+        .unwrap()
+        .into_iter()
+        .map(|o| (o.certificate_id, o.station))
+        .collect();
+    assert_eq!(
+        stations,
+        [
+            (Some("c-1".into()), "st-a".into()),
+            (Some("c-2".into()), "st-b".into())
+        ]
+    );
+}
+
+/// README's deadlock: two stations each hold boards, and in one group commit each records a
+/// change to a board it holds and begins a board the other holds. Before leases, each
+/// transaction locked its own rows, then waited for the other's (the server broke the
+/// deadlock after `deadlock_timeout` by failing a change). Now the claim runs before the
+/// transaction and the held boards are refused without touching their rows; and boards both
+/// stations begin at once, in opposite orders, go one to each station, never to both and
+/// never to an error.
+///
+/// To put the crossing changes into one group commit of each station, both writers are first
+/// held in a change to a gate device whose row this test has locked; the crossing changes queue
+/// meanwhile; the test lets go, and each writer takes all of them in its next batch.
+#[test]
+fn two_stations_crossing_over_each_others_boards_in_one_group_commit_never_deadlock() {
+    let Some(s) = Scratch::postgres() else { return };
+    let url = s.url.clone().unwrap();
+    let a = s.open("st-a").unwrap();
+    let b = s.open("st-b").unwrap();
+    const N: usize = 40;
+    let xs: Vec<String> = (0..N).map(|i| format!("SN-X{i:03}")).collect();
+    let ys: Vec<String> = (0..N).map(|i| format!("SN-Y{i:03}")).collect();
+    let zs: Vec<String> = (0..N).map(|i| format!("SN-Z{i:03}")).collect();
+    let x_ids: Vec<i64> = xs
+        .iter()
+        .map(|x| a.begin_blocking(x, "j").unwrap().id)
+        .collect();
+    let y_ids: Vec<i64> = ys
+        .iter()
+        .map(|y| b.begin_blocking(y, "j").unwrap().id)
+        .collect();
+    let gate_a = a.begin_blocking("SN-GATE-A", "j").unwrap().id;
+    let gate_b = b.begin_blocking("SN-GATE-B", "j").unwrap().id;
+
+    // Hold both writers at their gate.
+    let mut gate = super::connect_for_tests(&url);
+    let mut locked = gate.transaction().unwrap();
+    locked
+        .batch_execute("SELECT 1 FROM devices WHERE serial LIKE 'SN-GATE-%' FOR UPDATE")
+        .unwrap();
+    let gate_pid: i32 = locked
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    let held_a = a.journal.record(gate_a, Transition::Written);
+    let held_b = b.journal.record(gate_b, Transition::Written);
+    let mut watch = super::connect_for_tests(&url);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let waiting: i64 = watch
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                &[&gate_pid],
+            )
+            .unwrap()
+            .get(0);
+        if waiting == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writers never reached the gate"
+        );
+        std::thread::yield_now();
+    }
+    // A changes X_i and begins Y_i, B changes Y_i and begins X_i; and both begin every Z, in
+    // opposite orders.
+    let (mut a_records, mut a_begins, mut b_records, mut b_begins) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..N {
+        a_records.push(a.journal.record(x_ids[i], key_reserved()));
+        a_begins.push(a.journal.begin(&ys[i], "j"));
+        b_records.push(b.journal.record(y_ids[i], key_reserved()));
+        b_begins.push(b.journal.begin(&xs[i], "j"));
+    }
+    let at_a: Vec<_> = zs.iter().map(|z| a.journal.begin(z, "j")).collect();
+    let mut at_b: Vec<_> = zs.iter().rev().map(|z| b.journal.begin(z, "j")).collect();
+    at_b.reverse();
+    locked.commit().unwrap();
+    held_a.wait_blocking().unwrap();
+    held_b.wait_blocking().unwrap();
+
+    for p in a_records.into_iter().chain(b_records) {
+        p.wait_blocking()
+            .expect("a change to a board its station holds");
+    }
+    for (p, holder) in a_begins
+        .into_iter()
+        .map(|p| (p, "st-b"))
+        .chain(b_begins.into_iter().map(|p| (p, "st-a")))
+    {
+        match p.wait_blocking() {
+            Ok(crate::ledger::Began::Held { station, .. }) => assert_eq!(station, holder),
+            other => panic!("{other:?}"),
+        }
+    }
+    let mut won = std::collections::BTreeMap::<String, Vec<&str>>::new();
+    for ((z, pa), pb) in zs.iter().zip(at_a).zip(at_b) {
+        for (p, station) in [(pa, "st-a"), (pb, "st-b")] {
+            match p.wait_blocking() {
+                Ok(crate::ledger::Began::Fresh(_)) => {
+                    won.entry(z.clone()).or_default().push(station)
+                }
+                Ok(crate::ledger::Began::Held { .. }) => {}
+                other => panic!("{z} at {station}: {other:?}"),
+            }
+        }
+    }
+    assert_eq!(won.len(), N, "{won:?}");
+    assert!(won.values().all(|w| w.len() == 1), "{won:?}");
+    let mut held: Vec<String> = leases_of(&s, "st-a");
+    held.extend(leases_of(&s, "st-b"));
+    assert_eq!(held.len(), 3 * N + 2);
 }

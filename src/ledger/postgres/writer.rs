@@ -6,19 +6,27 @@
 //! on. A lost connection fails every change from then on (and has dropped the station's lock
 //! with it): the line stops, as for any ledger that cannot write.
 //!
+//! Serial leases (`lease`): before a batch's transaction opens, the writer claims the serials
+//! of the batch's `begin`s in one autocommit statement, and the batch's changes read what it
+//! found ([`Tx::claims`]); every third of the lease it renews its station's leases (also when
+//! idle), and on a clean stop it deletes them.
+//!
 //! The synchronous `postgres` client runs tokio-postgres on a small runtime of its own, which
 //! must not be entered from inside the station's runtime: the connection is made, and used,
 //! only on this thread.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use postgres::Client;
 use tokio::sync::oneshot;
 
 use super::connect::describe;
-use super::journal::{Statements, Tx};
+use super::journal::{ChangeError, Statements, Tx};
+use super::lease::Leases;
 use crate::ledger::LedgerError;
 use crate::ledger::backend::Pending;
 
@@ -28,18 +36,39 @@ const QUEUE: usize = 16_384;
 const BATCH: usize = 1024;
 
 /// What a change's closure returns.
-type Outcome<T> = Result<T, postgres::Error>;
+type Outcome<T> = Result<T, ChangeError>;
+
+/// Why a change was not recorded, as its caller is told.
+#[derive(Debug, Clone)]
+enum Failure {
+    /// What the server or the connection said.
+    Reason(String),
+    /// The device's serial is leased to another station now (this one's lease expired).
+    LeaseLost { serial: String, holder: String },
+}
+
+impl From<ChangeError> for Failure {
+    fn from(e: ChangeError) -> Failure {
+        match e {
+            ChangeError::Pg(e) => Failure::Reason(describe(&e)),
+            ChangeError::LeaseLost { serial, holder } => Failure::LeaseLost { serial, holder },
+        }
+    }
+}
 
 /// One change waiting for the writer.
 trait Task: Send {
+    /// The serial this change claims before the batch's transaction opens (a `begin`).
+    fn claims(&self) -> Option<&str>;
     /// Runs the change inside the writer's transaction.
     fn run(&mut self, tx: &mut Tx<'_, '_>) -> Outcome<()>;
     /// Answers the caller: `Err` with why when the change or the commit failed.
-    fn answer(self: Box<Self>, outcome: Result<(), String>);
+    fn answer(self: Box<Self>, outcome: Result<(), Failure>);
 }
 
 /// A change that answers a `T`.
 struct Job<T, F> {
+    claim: Option<String>,
     change: Option<F>,
     value: Option<T>,
     ack: oneshot::Sender<Result<T, LedgerError>>,
@@ -51,21 +80,32 @@ where
     T: Send,
     F: FnOnce(&mut Tx<'_, '_>) -> Outcome<T> + Send,
 {
+    fn claims(&self) -> Option<&str> {
+        self.claim.as_deref()
+    }
+
     fn run(&mut self, tx: &mut Tx<'_, '_>) -> Outcome<()> {
         let change = self.change.take().expect("a change runs once");
         self.value = Some(change(tx)?);
         Ok(())
     }
 
-    fn answer(self: Box<Self>, outcome: Result<(), String>) {
+    fn answer(self: Box<Self>, outcome: Result<(), Failure>) {
         let Job {
             value, ack, ledger, ..
         } = *self;
         let result = outcome
-            .and_then(|()| value.ok_or_else(|| "the change did not run".to_string()))
-            .map_err(|reason| LedgerError::Write {
-                path: ledger.to_string().into(),
-                reason,
+            .and_then(|()| value.ok_or_else(|| Failure::Reason("the change did not run".into())))
+            .map_err(|failure| match failure {
+                Failure::Reason(reason) => LedgerError::Write {
+                    path: ledger.to_string().into(),
+                    reason,
+                },
+                Failure::LeaseLost { serial, holder } => LedgerError::LeaseLost {
+                    ledger: ledger.to_string(),
+                    serial,
+                    holder,
+                },
             });
         let _ = ack.send(result);
     }
@@ -85,16 +125,16 @@ impl Writer {
     /// committing changes on the connection `setup` made.
     pub(super) fn start<S: Send + 'static>(
         ledger: &str,
-        setup: impl FnOnce() -> Result<(Client, S), LedgerError> + Send + 'static,
+        setup: impl FnOnce() -> Result<(Client, Leases, S), LedgerError> + Send + 'static,
     ) -> Result<(Writer, S), LedgerError> {
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
         let thread = std::thread::Builder::new()
             .name("ledger-writer".into())
             .spawn(move || match setup() {
-                Ok((client, s)) => {
+                Ok((client, leases, s)) => {
                     let _ = ready_tx.send(Ok(s));
-                    writer_loop(client, rx);
+                    writer_loop(client, leases, rx);
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -125,8 +165,19 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&mut Tx<'_, '_>) -> Outcome<T> + Send + 'static,
     {
+        self.submit_claiming(None, change)
+    }
+
+    /// Queues `change`, claiming the lease on `serial` first (outside the batch's
+    /// transaction); `change` finds what the claim found in [`Tx::claims`].
+    pub(super) fn submit_claiming<T, F>(&self, serial: Option<String>, change: F) -> Pending<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Tx<'_, '_>) -> Outcome<T> + Send + 'static,
+    {
         let (ack, pending) = Pending::channel();
         let job = Box::new(Job {
+            claim: serial,
             change: Some(change),
             value: None,
             ack,
@@ -154,9 +205,19 @@ impl Drop for Writer {
     }
 }
 
-fn writer_loop(mut client: Client, rx: Receiver<Box<dyn Task>>) {
+fn writer_loop(mut client: Client, leases: Leases, rx: Receiver<Box<dyn Task>>) {
     let mut statements = Statements::default();
-    while let Ok(first) = rx.recv() {
+    let renew_every = leases.renew_every();
+    let mut renewed = Instant::now();
+    loop {
+        let first = match rx.recv_timeout(renew_every.saturating_sub(renewed.elapsed())) {
+            Ok(task) => task,
+            Err(RecvTimeoutError::Timeout) => {
+                renew(&mut client, &leases, &mut renewed);
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
         let mut batch = vec![first];
         while batch.len() < BATCH {
             match rx.try_recv() {
@@ -164,12 +225,41 @@ fn writer_loop(mut client: Client, rx: Receiver<Box<dyn Task>>) {
                 Err(_) => break,
             }
         }
+        if renewed.elapsed() >= renew_every {
+            renew(&mut client, &leases, &mut renewed);
+        }
+        // The batch's claims, in one statement before its transaction opens.
+        let mut serials: Vec<String> = batch
+            .iter()
+            .filter_map(|t| t.claims().map(str::to_string))
+            .collect();
+        serials.sort_unstable();
+        serials.dedup();
+        let claims = match serials.is_empty() {
+            true => HashMap::new(),
+            false => match leases.claim(&mut client, &serials) {
+                Ok(claims) => claims,
+                Err(e) => {
+                    let reason = describe(&e);
+                    let (claiming, rest): (Vec<_>, Vec<_>) =
+                        batch.into_iter().partition(|t| t.claims().is_some());
+                    for task in claiming {
+                        task.answer(Err(Failure::Reason(reason.clone())));
+                    }
+                    batch = rest;
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    HashMap::new()
+                }
+            },
+        };
         let mut tx = match client.transaction() {
             Ok(tx) => tx,
             Err(e) => {
                 let reason = describe(&e);
                 for task in batch {
-                    task.answer(Err(reason.clone()));
+                    task.answer(Err(Failure::Reason(reason.clone())));
                 }
                 continue;
             }
@@ -178,18 +268,35 @@ fn writer_loop(mut client: Client, rx: Receiver<Box<dyn Task>>) {
         for mut task in batch {
             // Each change in its own savepoint: committed with the others, or rolled back
             // alone (a savepoint dropped without commit is rolled back).
-            let r = tx.transaction().and_then(|mut savepoint| {
+            let r = (|| -> Outcome<()> {
+                let mut savepoint = tx.transaction()?;
                 task.run(&mut Tx {
                     tx: &mut savepoint,
                     statements: &mut statements,
+                    claims: &claims,
                 })?;
-                savepoint.commit()
-            });
-            ran.push((task, r.map_err(|e| describe(&e))));
+                savepoint.commit()?;
+                Ok(())
+            })();
+            ran.push((task, r.map_err(Failure::from)));
         }
-        let committed = tx.commit().map_err(|e| describe(&e));
+        let committed = tx.commit().map_err(|e| Failure::Reason(describe(&e)));
         for (task, r) in ran {
             task.answer(committed.clone().and(r));
         }
+    }
+    // A clean stop: what this station still holds can be taken over at once, and its id is
+    // free as soon as this returns (not only once the server has seen the connection close).
+    if let Err(e) = leases.release_all(&mut client) {
+        tracing::warn!(error = %describe(&e), "the ledger's serial leases of this station were not released; they expire after station.lease_s");
+    }
+    let _ = client.batch_execute("SELECT pg_advisory_unlock_all()");
+}
+
+/// Renews the station's leases; a failure is logged (the next change fails too, and says why).
+fn renew(client: &mut Client, leases: &Leases, renewed: &mut Instant) {
+    *renewed = Instant::now();
+    if let Err(e) = leases.renew(client) {
+        tracing::warn!(error = %describe(&e), "the ledger's serial leases of this station could not be renewed");
     }
 }

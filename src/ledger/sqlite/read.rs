@@ -20,8 +20,10 @@ pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const DEVICE_COLUMNS: &str = "id, serial, jig, station, state, key_source, certificate_id, thing_name, reason, attempts, created_ms, updated_ms";
 
 /// The columns [`orphan_row`] reads, in its order.
+/// (A file ledger has one station: an orphan's is its device's.)
 const ORPHAN_COLUMNS: &str =
-    "certificate_id, public_key_sha256, serial, status, thing_name, reason, recorded_ms";
+    "certificate_id, public_key_sha256, serial, status, thing_name, reason, recorded_ms,
+     coalesce((SELECT station FROM devices d WHERE d.serial = orphans.serial), '')";
 
 fn device_row(r: &Row<'_>) -> rusqlite::Result<DeviceRow> {
     Ok(DeviceRow {
@@ -49,6 +51,7 @@ fn orphan_row(r: &Row<'_>) -> rusqlite::Result<Orphan> {
         thing_name: r.get(4)?,
         reason: r.get(5)?,
         recorded_ms: r.get(6)?,
+        station: r.get(7)?,
     })
 }
 
@@ -174,6 +177,20 @@ impl Records for SqliteRecords {
             "SELECT state, detail, at_ms FROM events WHERE device_id = ?1 ORDER BY id",
             params![id],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+    }
+
+    fn count_by_station(
+        &self,
+        states: &[DeviceState],
+    ) -> Result<Vec<(String, usize)>, LedgerError> {
+        self.rows(
+            &format!(
+                "SELECT station, count(*) FROM devices WHERE state IN ({}) GROUP BY station ORDER BY station",
+                state_list(states)
+            ),
+            [],
+            |r| Ok((r.get(0)?, usize::try_from(r.get::<_, i64>(1)?).unwrap_or(0))),
         )
     }
 

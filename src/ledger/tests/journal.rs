@@ -365,7 +365,7 @@ async fn an_interrupted_device_orphans_what_it_holds_and_starts_over(s: Scratch)
     assert!(ledger.unfinished().unwrap().is_empty());
     // The export says so.
     let mut csv = Vec::new();
-    export::write_csv(&ledger, &mut csv).unwrap();
+    export::write_csv(&ledger, export::Filter::default(), &mut csv).unwrap();
     let csv = String::from_utf8(csv).unwrap();
     assert_eq!(csv.matches(",interrupted,").count(), 4, "{csv}");
     // Placed again, an interrupted board starts over like a failed one.
