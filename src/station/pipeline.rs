@@ -15,11 +15,13 @@ use tokio::task::JoinHandle;
 use super::endpoint::Endpoint;
 use super::{RunReport, Stopped, timestamp};
 use crate::config::Config;
+use crate::fleet::ApiKind;
 use crate::halt::Halt;
 use crate::keys::KeyPool;
 use crate::keys::pool::PoolConfig;
 use crate::ledger::{Ledger, LedgerLocation};
 use crate::provision::rate::Limits;
+use crate::provision::shared_quota::SharedQuota;
 use crate::provision::tls::read_roots;
 use crate::provision::{EngineConfig, Provisioner};
 use crate::telemetry::http::{BoundMetrics, MetricsServer};
@@ -40,6 +42,60 @@ pub struct Pipeline {
     printer: Option<JoinHandle<()>>,
     /// `/metrics`, served until the run's report is written.
     metrics: Option<MetricsServer>,
+}
+
+/// The engine's rate limiters: open (the load-test modes that measure quotas), the account
+/// quota all stations share (`provision.shared_quota`: its own connection to the ledger's
+/// database, opened now), or the station's own.
+async fn line_limits(cfg: &Config, open_loop: bool) -> crate::Result<Limits> {
+    let p = &cfg.provision;
+    if !p.shared_quota {
+        return Ok(if open_loop {
+            Limits::open_loop()
+        } else {
+            Limits::new(
+                p.create_certificate_tps,
+                p.create_keys_tps,
+                p.register_thing_tps,
+                p.connects_per_s,
+            )
+        });
+    }
+    if open_loop {
+        return Err(crate::Error::SharedQuotaOpenLoop);
+    }
+    let LedgerLocation::Postgres { url, .. } = cfg.station.ledger_location() else {
+        return Err(crate::config::ConfigError::Invalid {
+            path: PathBuf::from("(configuration)"),
+            key: "provision.shared_quota".into(),
+            problem: "is true, but station.ledger is a file".into(),
+            help: "point station.ledger at the factory's PostgreSQL, or set provision.shared_quota = false".into(),
+        }
+        .into());
+    };
+    let quotas: Vec<(&'static str, f64)> = [
+        (ApiKind::CreateCertificateFromCsr, p.create_certificate_tps),
+        (ApiKind::CreateKeysAndCertificate, p.create_keys_tps),
+        (ApiKind::RegisterThing, p.register_thing_tps),
+    ]
+    .into_iter()
+    .filter(|&(_, tps)| tps > 0.0)
+    .map(|(api, tps)| (api.code(), tps))
+    .collect();
+    let station = cfg.station.id.clone();
+    let quota = tokio::task::spawn_blocking(move || SharedQuota::start(&url, &station, &quotas))
+        .await
+        .map_err(|e| crate::ledger::LedgerError::Postgres {
+            ledger: "the shared quota".into(),
+            reason: e.to_string(),
+        })??;
+    Ok(Limits::shared(
+        &quota,
+        p.create_certificate_tps,
+        p.create_keys_tps,
+        p.register_thing_tps,
+        p.connects_per_s,
+    ))
 }
 
 /// Where the run's ledger is.
@@ -116,6 +172,13 @@ impl Pipeline {
                 }
             },
         };
+        let limits = match line_limits(cfg, opts.open_loop).await {
+            Ok(l) => Arc::new(l),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&report_dir);
+                return Err(e);
+            }
+        };
         let (telemetry, snapshots, aggregator) = telemetry::start();
         let metrics = metrics.map(|m| m.serve(snapshots.clone()));
         let printer = opts.progress.then(|| {
@@ -143,16 +206,7 @@ impl Pipeline {
                 request_timeout: Duration::from_secs(cfg.provision.request_timeout_s),
                 max_attempts: cfg.provision.max_attempts,
                 parameters: cfg.parameters.clone(),
-                limits: Arc::new(if opts.open_loop {
-                    Limits::open_loop()
-                } else {
-                    Limits::new(
-                        cfg.provision.create_certificate_tps,
-                        cfg.provision.create_keys_tps,
-                        cfg.provision.register_thing_tps,
-                        cfg.provision.connects_per_s,
-                    )
-                }),
+                limits,
                 device_deadline: Duration::from_secs(cfg.provision.device_deadline_s),
                 mqtt_version: cfg.provision.mqtt_version,
                 post_provision_check: cfg.provision.post_provision_check,

@@ -22,10 +22,16 @@ use crate::ledger::LedgerError;
 use crate::ledger::sqlite::schema::{Migration, plan};
 
 /// Every migration, oldest first. The first creates the ledger in an empty database/schema.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 2,
-    sql: include_str!("migrations/0002.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 2,
+        sql: include_str!("migrations/0002.sql"),
+    },
+    Migration {
+        version: 3,
+        sql: include_str!("migrations/0003.sql"),
+    },
+];
 
 /// The version this code reads and writes: the last migration's.
 pub(super) const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;

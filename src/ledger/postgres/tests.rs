@@ -220,7 +220,7 @@ async fn the_privileges_the_readme_lists_are_enough() {
     s.execute(&format!(
         "CREATE ROLE {role} LOGIN;
          GRANT USAGE ON SCHEMA {schema} TO {role};
-         GRANT SELECT, INSERT, UPDATE ON {schema}.devices, {schema}.events, {schema}.orphans, {schema}.stations TO {role};
+         GRANT SELECT, INSERT, UPDATE ON {schema}.devices, {schema}.events, {schema}.orphans, {schema}.stations, {schema}.quota_buckets TO {role};
          GRANT SELECT ON {schema}.ledger_schema TO {role};
          GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {role};"
     ));
@@ -257,6 +257,21 @@ async fn the_privileges_the_readme_lists_are_enough() {
             DeviceState::Verified
         );
     }
+    // The shared quota (provision.shared_quota): its rows made, tokens taken, a throttle.
+    let quota_url = url.clone();
+    let quota = tokio::task::spawn_blocking(move || {
+        crate::provision::shared_quota::SharedQuota::start(
+            &quota_url,
+            "line",
+            &[("register_thing", 10.0), ("create_certificate", 15.0)],
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let bucket = quota.bucket("register_thing", 10.0);
+    bucket.acquire().await;
+    assert!(bucket.report_throttle().await.unwrap().decreased);
     // And no more: it cannot create tables (a migration needs the owner).
     let denied = with_server(&url, |c| {
         c.batch_execute(&format!("CREATE TABLE {schema}.x (y INT)"))
