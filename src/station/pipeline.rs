@@ -2,9 +2,10 @@
 //! printer, the key pool and the provisioning engine, started together and torn down in
 //! order, ending in the run's summary and how the run stopped.
 //!
-//! Start-up checks come first (the line's ledger and its lock, then the endpoint and TLS
-//! files); the report folder is created only when they passed, under a name no other run
-//! uses, and a probe file checks at once that it can be written.
+//! Start-up checks come first (the line's ledger and its lock, the shared quota's connection
+//! when `provision.shared_quota` is on, then the endpoint and TLS files); the report folder is
+//! created only when they passed, under a name no other run uses, and a probe file checks at
+//! once that it can be written.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -141,6 +142,8 @@ impl Pipeline {
             LedgerPlace::At(at) => Some(open_ledger(at, &cfg.station.id).await?),
             LedgerPlace::InReportDir => None,
         };
+        // The rate limiters next: with the shared quota, its database is reached now.
+        let limits = Arc::new(line_limits(cfg, opts.open_loop).await?);
         // The metrics address next, before anything is provisioned: one in use or unusable
         // stops the run here. Port 0 picks a free one, so the address is printed.
         let metrics = match &cfg.telemetry.metrics_addr {
@@ -171,13 +174,6 @@ impl Pipeline {
                     return Err(e.into());
                 }
             },
-        };
-        let limits = match line_limits(cfg, opts.open_loop).await {
-            Ok(l) => Arc::new(l),
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&report_dir);
-                return Err(e);
-            }
         };
         let (telemetry, snapshots, aggregator) = telemetry::start();
         let metrics = metrics.map(|m| m.serve(snapshots.clone()));
