@@ -19,6 +19,8 @@
 # turn (the shared bucket is then the only limit): devices/s together against the rate, token
 # round trips per second, and the PostgreSQL server's CPU seconds per second of the run (the
 # postmaster and its backends, from /proc). STEP_S seconds' worth of devices a step.
+# SHARED="true false" runs each step without the shared quota too (interleaved): when both
+# top out alike, the stations, not the shared bucket, are the limit.
 #
 # bucket: the grant statement of ledger/postgres/quota.rs alone, on one row, from CLIENTS
 # (default "1 3 16") pgbench connections for BUCKET_S (10) seconds each: grants/s the row
@@ -181,7 +183,7 @@ if [[ $mode == bucket ]]; then
                 VALUES ('register_thing', 1000, 1000, 50, 0.5, 0, extract(epoch FROM clock_timestamp()), 'bench')"
     # The statement as quota.rs sends it, its parameters written in.
     sed -n '/^const GRANT: &str = "$/,/";$/p' src/ledger/postgres/quota.rs | sed '1d; $s/";$//' \
-        | sed "s/\\\$1/'register_thing'/; s/\\\$2/0.1/" >"$work/grant.sql"
+        | sed "s/\\\$1/'register_thing'/; s/\\\$2/0.1/; s/\\\$3/'bench'/" >"$work/grant.sql"
     printf ';\n' >>"$work/grant.sql"
     grep -q "RETURNING g.k" "$work/grant.sql" || { cat "$work/grant.sql" >&2; exit 1; }
     pgbench=$(dirname "$psql_bin")/pgbench
@@ -217,18 +219,20 @@ create_certificate_from_csr = $cert_tps"
             "$shared" "$(echo "${rate_of[$shared]}" | median)" "$(echo "${thr_of[$shared]}" | median)" "$stations" "$devices" "$tps"
     done
 else
-    printf '%8s %3s %9s %6s %9s %7s %9s %12s %14s\n' rate/s run devices/s failed throttled wall_s grants/s tokens/grant server_cpu/s
+    printf '%7s %8s %3s %9s %6s %9s %7s %9s %12s %14s\n' shared rate/s run devices/s failed throttled wall_s grants/s tokens/grant server_cpu/s
     for ((i = 1; i <= runs; i++)); do
         for r in $rates; do
-            dir=$work/ceiling-$r-$i
-            n=$(((r * step_s + stations - 1) / stations))
-            start_emulator "$dir" "profile = \"unlimited\""
-            read -r rate failed throttled calls wall grants _thr cpu \
-                < <(run "$dir" "c_${r}_$i" true "$r" "$r" "$n")
-            stop_emulator
-            tokens=$(sql "c_${r}_$i" "SELECT coalesce(sum(tokens), 0) FROM quota_buckets")
-            printf '%8s %3d %9s %6s %9s %7s %9.1f %12.1f %14.3f\n' "$r" "$i" "$rate" "$failed" "$throttled" "$wall" \
-                "$(echo "$grants / $wall" | bc -l)" "$(echo "$tokens / $grants" | bc -l)" "$(echo "$cpu / $wall" | bc -l)"
+            for shared in ${SHARED:-true}; do
+                dir=$work/ceiling-$shared-$r-$i
+                n=$(((r * step_s + stations - 1) / stations))
+                start_emulator "$dir" "profile = \"unlimited\""
+                read -r rate failed throttled calls wall grants _thr cpu \
+                    < <(run "$dir" "c_${shared}_${r}_$i" "$shared" "$r" "$r" "$n")
+                stop_emulator
+                tokens=$(sql "c_${shared}_${r}_$i" "SELECT coalesce(sum(tokens), 0) FROM quota_buckets" 2>/dev/null || echo 0)
+                printf '%7s %8s %3d %9s %6s %9s %7s %9.1f %12.1f %14.3f\n' "$shared" "$r" "$i" "$rate" "$failed" "$throttled" "$wall" \
+                    "$(echo "$grants / $wall" | bc -l)" "$(echo "$tokens / ($grants + ($grants == 0))" | bc -l)" "$(echo "$cpu / $wall" | bc -l)"
+            done
         done
     done
 fi

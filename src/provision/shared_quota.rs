@@ -6,13 +6,17 @@
 //! - One thread per station owns a connection of its own to the ledger's database (not the
 //!   ledger writer's) and runs the statements in order: grants, throttle reports.
 //! - [`SharedBucket::acquire`]: a call takes the next token of the station's *stash*, the
-//!   tokens of its last grant, each usable at its own time (one every `1 / rate` s), and
-//!   waits for that time: the stash paces the station's calls as the local bucket does. A
-//!   session holds the stash while it waits, so the sessions take the tokens in turn and the
-//!   next grant is asked for only when the last token of the one before is due: a station
-//!   holds at most one batch ([`BATCH`], ~100 ms of calls) ahead of its use. A token whose
-//!   time passed more than [`STALE`] ago (the station was idle) is dropped, not spent late,
-//!   so tokens never bunch up.
+//!   tokens of its last grant, and waits for that token's time. A grant is the station's
+//!   share of ~100 ms of the shared rate ([`BATCH`] divided among the stations taking tokens),
+//!   and its tokens are spread evenly over those 100 ms: the stash paces the station's calls
+//!   at its share of the rate, as the local bucket paces at the whole rate. A session holds
+//!   the stash while it waits, so the sessions take the tokens in turn and the next grant is
+//!   asked for only when the last token of the one before is due: a station holds at most one
+//!   batch ahead of its use. A token whose time passed more than [`STALE`] ago (the station
+//!   was idle, or slower than its share) is dropped, not spent late, so tokens never bunch up.
+//!   A batch starts where the last grant of any station ended on the shared time line and is
+//!   used within ~100 ms of that start, so in any window the stations together take at most
+//!   the rate's worth plus ~100 ms of it (well inside a quota's burst of a second).
 //! - [`SharedBucket::on_throttle`]: reported to the database (no answer awaited).
 //! - The database does not answer: no token, so no call goes out. The calls wait, retrying
 //!   every [`RETRY`]; the station logs a warning when the outage starts and a line when it
@@ -118,9 +122,9 @@ fn open(
     quotas: &[(&'static str, f64)],
     ledger: &str,
 ) -> Result<QuotaStore, LedgerError> {
-    let mut store = QuotaStore::connect(url)?;
+    let mut store = QuotaStore::connect(url, station)?;
     for &(api, quota) in quotas {
-        let seeded = store.seed(api, quota, station)?;
+        let seeded = store.seed(api, quota)?;
         if let Some((old, by)) = seeded.previous
             && old != quota
         {

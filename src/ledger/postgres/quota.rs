@@ -4,11 +4,13 @@
 //! one row, so stations never see a half-made change; the server's clock is the only clock.
 //!
 //! - [`QuotaStore::grant`]: a *reservation*: the row's theoretical arrival time (`tat`)
-//!   moves on by `k / rate`, and the station gets `k` tokens, one every `1 / rate` seconds
-//!   starting `delay` from now (`start = max(tat, now)`). `k` is `batch` seconds' worth at
-//!   the current rate (at least one), so one round trip serves ~100 ms of calls. The grants
-//!   of all stations tile the time line without overlap: together they never run above
-//!   the rate, whatever the batch (there is no burst).
+//!   moves on by `k / rate`, and the station gets `k` tokens starting `delay` from now
+//!   (`start = max(tat, now)`), to use over the next `batch` (~100 ms). `k` is the station's
+//!   share of `batch` seconds' worth at the current rate: divided by the number of stations
+//!   that took this API's tokens in the last second (`quota_takers`), at least one. So a
+//!   round trip serves ~100 ms of a station's calls, and each station needs to keep up with
+//!   its share only. The grants of all stations tile the time line without overlap: by any
+//!   time, no more tokens were granted than the rate allows since the first, plus one batch.
 //! - The additive increase is applied at each grant, lazily: every whole second since the
 //!   last increase (or decrease) adds `increase`, up to `quota`.
 //! - [`QuotaStore::throttled`]: a throttle seen by any station cuts the rate to 70 %
@@ -26,9 +28,21 @@ use postgres::{Client, Statement};
 use super::connect::{connect, pg_error};
 use crate::ledger::LedgerError;
 
-/// Takes the row's tokens: see the module comment. `$1` api, `$2` batch seconds.
+/// Takes the row's tokens: see the module comment. `$1` api, `$2` batch seconds, `$3` the
+/// station. The batch is the station's share of `$2` seconds of tokens: the stations that
+/// took this API's tokens in the last second (this one included) divide it.
 const GRANT: &str = "
 WITH c AS (SELECT extract(epoch FROM clock_timestamp())::float8 AS now),
+taker AS (
+    INSERT INTO quota_takers AS t (api, station, at)
+    SELECT $1, $3, c.now FROM c
+    ON CONFLICT (api, station) DO UPDATE SET at = EXCLUDED.at
+),
+n AS (
+    SELECT 1 + count(*) AS stations
+    FROM quota_takers t, c
+    WHERE t.api = $1 AND t.station <> $3 AND t.at > c.now - 1
+),
 s AS (
     SELECT q.api, c.now,
         CASE WHEN c.now - q.last_increase >= 1
@@ -42,7 +56,10 @@ s AS (
     WHERE q.api = $1
     FOR UPDATE OF q
 ),
-g AS (SELECT s.*, GREATEST(1, floor(s.rate * $2))::bigint AS k FROM s)
+g AS (
+    SELECT s.*, n.stations, GREATEST(1, floor(s.rate * $2 / n.stations))::bigint AS k
+    FROM s, n
+)
 UPDATE quota_buckets q
 SET rate = g.rate,
     last_increase = g.last_increase,
@@ -51,7 +68,7 @@ SET rate = g.rate,
     tokens = q.tokens + g.k
 FROM g
 WHERE q.api = g.api
-RETURNING g.k, g.start, g.start - g.now, g.rate";
+RETURNING g.k, g.start, g.start - g.now, g.rate, g.stations";
 
 /// Reports a throttle: `$1` api. Cuts the rate at most once a second across stations.
 const THROTTLED: &str = "
@@ -95,10 +112,13 @@ pub(crate) struct Grant {
     pub start_s: f64,
     /// How long from now until the first one may be used (0 when the bucket was idle).
     pub delay: Duration,
-    /// The spacing of the tokens: one over the rate.
+    /// The spacing of the tokens: the batch's time over their number (the station's share
+    /// of the rate, paced).
     pub interval: Duration,
     /// The shared rate now, tokens/s.
     pub rate: f64,
+    /// The stations sharing it (those that took tokens in the last second).
+    pub stations: i64,
 }
 
 /// A throttle's effect on the shared rate.
@@ -120,13 +140,14 @@ pub(crate) struct Seeded {
 pub(crate) struct QuotaStore {
     client: Client,
     url: String,
+    station: String,
     grant: Statement,
     throttled: Statement,
 }
 
 impl QuotaStore {
-    /// Connects to the ledger database at `url` (its own connection).
-    pub(crate) fn connect(url: &str) -> Result<QuotaStore, LedgerError> {
+    /// Connects to the ledger database at `url` (its own connection) as station `station`.
+    pub(crate) fn connect(url: &str, station: &str) -> Result<QuotaStore, LedgerError> {
         let mut client = connect(url, false)?;
         // A grant need not wait for the disk: the bucket's state is worth ~100 ms of tokens,
         // and a server that crashes loses at most its last few grants, never the ledger's.
@@ -138,18 +159,15 @@ impl QuotaStore {
         Ok(QuotaStore {
             client,
             url: url.to_string(),
+            station: station.to_string(),
             grant,
             throttled,
         })
     }
 
     /// Makes `api`'s row at `quota` tokens/s, or sets the quota of the row there.
-    pub(crate) fn seed(
-        &mut self,
-        api: &str,
-        quota: f64,
-        station: &str,
-    ) -> Result<Seeded, LedgerError> {
+    pub(crate) fn seed(&mut self, api: &str, quota: f64) -> Result<Seeded, LedgerError> {
+        let station = &self.station;
         let increase = (quota * 0.05).max(0.5).min(quota);
         let floor = quota.min(0.5);
         let pg = pg_error(&self.url);
@@ -166,11 +184,12 @@ impl QuotaStore {
         Ok(Seeded { previous })
     }
 
-    /// Takes `batch` seconds' worth of `api`'s tokens at the shared rate (at least one).
+    /// Takes this station's share of `batch` seconds' worth of `api`'s tokens at the shared
+    /// rate (at least one), to be used over `batch`.
     pub(crate) fn grant(&mut self, api: &str, batch: Duration) -> Result<Grant, LedgerError> {
         let rows = self
             .client
-            .query(&self.grant, &[&api, &batch.as_secs_f64()])
+            .query(&self.grant, &[&api, &batch.as_secs_f64(), &self.station])
             .map_err(pg_error(&self.url))?;
         let Some(row) = rows.first() else {
             return Err(self.no_row(api));
@@ -180,12 +199,15 @@ impl QuotaStore {
         let start_s: f64 = row.try_get(1).map_err(get)?;
         let delay: f64 = row.try_get(2).map_err(get)?;
         let rate: f64 = row.try_get(3).map_err(get)?;
+        let stations: i64 = row.try_get(4).map_err(get)?;
+        let tokens = u32::try_from(tokens.max(1)).unwrap_or(u32::MAX);
         Ok(Grant {
-            tokens: u32::try_from(tokens.max(1)).unwrap_or(u32::MAX),
+            tokens,
             start_s,
             delay: Duration::from_secs_f64(delay.max(0.0)),
-            interval: Duration::from_secs_f64(1.0 / rate),
+            interval: batch.max(Duration::from_secs_f64(f64::from(tokens) / rate)) / tokens,
             rate,
+            stations,
         })
     }
 

@@ -220,7 +220,7 @@ async fn the_privileges_the_readme_lists_are_enough() {
     s.execute(&format!(
         "CREATE ROLE {role} LOGIN;
          GRANT USAGE ON SCHEMA {schema} TO {role};
-         GRANT SELECT, INSERT, UPDATE ON {schema}.devices, {schema}.events, {schema}.orphans, {schema}.stations, {schema}.quota_buckets TO {role};
+         GRANT SELECT, INSERT, UPDATE ON {schema}.devices, {schema}.events, {schema}.orphans, {schema}.stations, {schema}.quota_buckets, {schema}.quota_takers TO {role};
          GRANT SELECT ON {schema}.ledger_schema TO {role};
          GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {role};"
     ));
@@ -270,7 +270,10 @@ async fn the_privileges_the_readme_lists_are_enough() {
     .unwrap()
     .unwrap();
     let bucket = quota.bucket("register_thing", 10.0);
-    bucket.acquire().await;
+    // (Without its privileges the call would wait for tokens that never come.)
+    tokio::time::timeout(std::time::Duration::from_secs(60), bucket.acquire())
+        .await
+        .expect("a token");
     assert!(bucket.report_throttle().await.unwrap().decreased);
     // And no more: it cannot create tables (a migration needs the owner).
     let denied = with_server(&url, |c| {

@@ -56,15 +56,15 @@ where
 #[test]
 fn grants_tile_the_time_line_at_the_rate_and_aimd_lives_in_the_row() {
     let Some((_s, url)) = ledger() else { return };
-    let mut store = QuotaStore::connect(&url).unwrap();
-    assert_eq!(store.seed(API, 20.0, "st-a").unwrap().previous, None);
+    let mut store = QuotaStore::connect(&url, "st-a").unwrap();
+    assert_eq!(store.seed(API, 20.0).unwrap().previous, None);
 
     // An idle bucket: ~100 ms of tokens at once, one every 1/rate.
     let g1 = store.grant(API, BATCH).unwrap();
     assert_eq!(g1.tokens, 2);
     assert_eq!(g1.delay, Duration::ZERO);
     assert_eq!(g1.interval, Duration::from_millis(50));
-    assert_eq!(g1.rate, 20.0);
+    assert_eq!((g1.rate, g1.stations), (20.0, 1));
     // The next grant (of any station) starts where that one ends: no overlap, no burst.
     let g2 = store.grant(API, BATCH).unwrap();
     assert!(
@@ -77,9 +77,21 @@ fn grants_tile_the_time_line_at_the_rate_and_aimd_lives_in_the_row() {
     assert_eq!(column::<i64>(&url, API, "grants"), 2);
     assert_eq!(column::<i64>(&url, API, "tokens"), 4);
     // The batch follows the rate: 100 ms at 1000/s is 100 tokens in one round trip.
-    store.seed("create_certificate", 1000.0, "st-a").unwrap();
+    store.seed("create_certificate", 1000.0).unwrap();
     let big = store.grant("create_certificate", BATCH).unwrap();
     assert_eq!((big.tokens, big.interval), (100, Duration::from_millis(1)));
+    // A second station taking tokens: each batch is a station's share of the 100 ms, paced
+    // over the 100 ms (so each station needs to keep up with its share only).
+    let mut other = QuotaStore::connect(&url, "st-b").unwrap();
+    let shared = other.grant("create_certificate", BATCH).unwrap();
+    assert_eq!(
+        (shared.tokens, shared.interval, shared.stations),
+        (50, Duration::from_millis(2), 2)
+    );
+    assert!((shared.start_s - (big.start_s + 0.1)).abs() < 1e-6);
+    let again = store.grant("create_certificate", BATCH).unwrap();
+    assert_eq!((again.tokens, again.stations), (50, 2));
+    assert!((again.start_s - (shared.start_s + 0.05)).abs() < 1e-6);
 
     // A throttle cuts the rate to 70 %, once a second across all reports.
     let t = store.throttled(API).unwrap();
@@ -129,11 +141,11 @@ fn grants_tile_the_time_line_at_the_rate_and_aimd_lives_in_the_row() {
 
     // Another station with the same quota keeps the row's state; a new quota restarts it.
     assert_eq!(
-        store.seed(API, 20.0, "st-b").unwrap().previous,
+        other.seed(API, 20.0).unwrap().previous,
         Some((20.0, "st-a".to_string()))
     );
     assert_eq!(column::<f64>(&url, API, "rate"), 0.5);
-    store.seed(API, 30.0, "st-b").unwrap();
+    other.seed(API, 30.0).unwrap();
     assert_eq!(column::<f64>(&url, API, "rate"), 30.0);
     assert_eq!(column::<String>(&url, API, "set_by"), "st-b");
 }
