@@ -1,7 +1,8 @@
 //! The PostgreSQL ledger's schema and the locks that let stations share it.
 //!
 //! One numbered SQL file per version (`migrations/NNNN.sql`, the same version numbers as the
-//! SQLite ledger's: version 2 is the first), and a version table, `ledger_schema`, with one
+//! SQLite ledger's: version 2 is the first; version 3, the shared quota's tables, exists on
+//! PostgreSQL only), and a version table, `ledger_schema`, with one
 //! row. A station migrates at start inside one transaction that first takes a database-wide
 //! advisory lock ([`MIGRATION_LOCK`]): stations starting together wait for each other there,
 //! and the first migrates while the others then find the schema current. A schema newer than
