@@ -178,7 +178,7 @@ median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR
 
 if [[ $mode == bucket ]]; then
     sql postgres "CREATE DATABASE bucket"
-    sql bucket "$(cat src/ledger/postgres/migrations/0003.sql)"
+    sql bucket "$(cat src/ledger/postgres/migrations/0004.sql)"
     sql bucket "INSERT INTO quota_buckets (api, quota, rate, increase, floor, tat, last_increase, set_by)
                 VALUES ('register_thing', 1000, 1000, 50, 0.5, 0, extract(epoch FROM clock_timestamp()), 'bench')"
     # The statement as quota.rs sends it, its parameters written in.

@@ -1,5 +1,5 @@
 //! The account quota shared by every station (`provision.shared_quota = true`): one row per
-//! API in `quota_buckets` (migration 0003), each a GCRA bucket at the current AIMD rate, and
+//! API in `quota_buckets` (migration 0004), each a GCRA bucket at the current AIMD rate, and
 //! the statements that take tokens from it and report a throttle. Each is one statement on
 //! one row, so stations never see a half-made change; the server's clock is the only clock.
 //!

@@ -1,7 +1,7 @@
 //! The PostgreSQL ledger's schema and the locks that let stations share it.
 //!
 //! One numbered SQL file per version (`migrations/NNNN.sql`, the same version numbers as the
-//! SQLite ledger's: version 2 is the first; version 3, the shared quota's tables, exists on
+//! SQLite ledger's: version 2 is the first; version 4, the shared quota's tables, exists on
 //! PostgreSQL only), and a version table, `ledger_schema`, with one
 //! row. A station migrates at start inside one transaction that first takes a database-wide
 //! advisory lock ([`MIGRATION_LOCK`]): stations starting together wait for each other there,
@@ -29,8 +29,8 @@ const MIGRATIONS: &[Migration] = &[
         sql: include_str!("migrations/0002.sql"),
     },
     Migration {
-        version: 3,
-        sql: include_str!("migrations/0003.sql"),
+        version: 4,
+        sql: include_str!("migrations/0004.sql"),
     },
 ];
 
