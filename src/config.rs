@@ -245,6 +245,11 @@ pub struct ProvisionSection {
     /// only) to prove the identity is live before the board leaves.
     #[serde(default)]
     pub post_provision_check: bool,
+    /// Take the API tokens from one bucket per API in the PostgreSQL ledger, shared by every
+    /// station there, at the account quota `*_tps` gives (needs a PostgreSQL
+    /// `station.ledger`, and the quota of each API the line calls).
+    #[serde(default)]
+    pub shared_quota: bool,
 }
 
 fn default_template() -> String {
@@ -281,6 +286,7 @@ impl Default for ProvisionSection {
             connects_per_s: default_connect_rate(),
             device_deadline_s: default_device_deadline(),
             post_provision_check: false,
+            shared_quota: false,
         }
     }
 }
@@ -902,6 +908,38 @@ impl Config {
                     format!("is {v}"),
                     "give the account's quota in requests per second, or 0 for no limit",
                 ));
+            }
+        }
+        if p.shared_quota {
+            if !matches!(
+                self.station.ledger_location(),
+                crate::ledger::LedgerLocation::Postgres { .. }
+            ) {
+                return Err(invalid(
+                    "provision.shared_quota",
+                    format!(
+                        "is true, but station.ledger is a file ({}): the shared quota lives in the PostgreSQL ledger the stations share",
+                        s.ledger.display()
+                    ),
+                    "point station.ledger at the factory's PostgreSQL (postgres://USER@HOST/DATABASE), or set provision.shared_quota = false for a station of its own",
+                ));
+            }
+            let certificate = if self.keys.source == crate::keys::KeySource::Aws {
+                ("provision.create_keys_tps", p.create_keys_tps)
+            } else {
+                ("provision.create_certificate_tps", p.create_certificate_tps)
+            };
+            for (key, v) in [
+                certificate,
+                ("provision.register_thing_tps", p.register_thing_tps),
+            ] {
+                if v <= 0.0 {
+                    return Err(invalid(
+                        key,
+                        "is 0 (no limit), but provision.shared_quota is true: the stations share the account's quota, which must be given".into(),
+                        "set it to the account's quota for this API in requests per second (AWS: RegisterThing 10, CreateCertificateFromCsr 15 unless raised)",
+                    ));
+                }
             }
         }
         if !(p.connects_per_s.is_finite() && p.connects_per_s > 0.0) {

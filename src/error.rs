@@ -54,6 +54,17 @@ pub enum Error {
     )]
     LoadtestScratch(std::io::Error),
 
+    #[error(
+        "provision.shared_quota is true, and the open-loop load-test modes (--rate, --ramp, --find-knee) offer their load unpaced to measure the account's quotas: they do not take the shared quota's tokens"
+    )]
+    #[diagnostic(
+        code(station::loadtest::shared_quota),
+        help(
+            "run them with a configuration of their own where provision.shared_quota = false, and not while the factory's stations provision on the same account (their throttles would cut the factory's shared rate); or use --devices N, which takes the shared quota's tokens"
+        )
+    )]
+    SharedQuotaOpenLoop,
+
     #[error("the line has no jig to work with")]
     #[diagnostic(
         code(station::no_jigs),

@@ -445,3 +445,55 @@ fn the_ledger_is_a_file_or_a_postgres_url_with_a_key_file_per_station() {
         "{help}"
     );
 }
+
+#[test]
+fn a_shared_quota_needs_a_postgres_ledger_and_the_quota_of_each_api_the_line_calls() {
+    let pg = "[station]\nledger = \"postgres://station@db.lan/fleet\"\n";
+    let ok = parse(&format!(
+        "{pg}[provision]\nshared_quota = true\nregister_thing_tps = 10\ncreate_certificate_tps = 15\n"
+    ))
+    .unwrap();
+    assert!(ok.provision.shared_quota);
+    assert!(!parse("").unwrap().provision.shared_quota, "off by default");
+
+    // With the SQLite ledger: nowhere to share it.
+    let err = parse(
+        "[provision]\nshared_quota = true\nregister_thing_tps = 10\ncreate_certificate_tps = 15\n",
+    )
+    .unwrap_err();
+    let ConfigError::Invalid {
+        key, problem, help, ..
+    } = &err
+    else {
+        panic!("{err:?}")
+    };
+    assert_eq!(key, "provision.shared_quota");
+    assert!(problem.contains("station.ledger is a file"), "{problem}");
+    assert!(help.contains("postgres://"), "{help}");
+    let shown = format!("{:?}", miette::Report::new(err));
+    assert!(shown.contains("station::config::invalid"), "{shown}");
+
+    // Without the quota of an API the line calls (RegisterThing; the certificate API of
+    // its key source).
+    for (text, missing) in [
+        (
+            "shared_quota = true\ncreate_certificate_tps = 15\n",
+            "provision.register_thing_tps",
+        ),
+        (
+            "shared_quota = true\nregister_thing_tps = 10\n",
+            "provision.create_certificate_tps",
+        ),
+        (
+            "shared_quota = true\nregister_thing_tps = 10\ncreate_certificate_tps = 15\n[keys]\nsource = \"aws\"\n",
+            "provision.create_keys_tps",
+        ),
+    ] {
+        let err = parse(&format!("{pg}[provision]\n{text}")).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Invalid { key, problem, help, .. }
+                if key == missing && problem.contains("shared_quota") && help.contains("requests per second")),
+            "{err:?}"
+        );
+    }
+}

@@ -55,6 +55,7 @@
 //!     commit, renewed, let go; why that order cannot deadlock;
 //!   - `postgres/journal`: the SQL of each change;
 //!   - `postgres/read`: the read side (one read-only connection on its own thread);
+//!   - `postgres/quota`: the account quota shared by every station (`provision.shared_quota`);
 //!   - `postgres/tests`: tests of the store itself (stations sharing it, migrations).
 //! - `view`: [`LedgerView`], read-only access.
 //! - `seal`: sealing private keys kept for resuming, and the guard of the key file.
@@ -81,6 +82,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use self::backend::Journal;
 pub use self::error::LedgerError;
+pub(crate) use self::postgres::quota;
 pub(crate) use self::state::Began;
 pub use self::state::{Begun, DeviceRow, DeviceState, Orphan, OrphanStatus, Resume, Transition};
 pub use self::view::LedgerView;
@@ -286,4 +288,4 @@ fn begun(serial: &str, began: Began) -> Result<Begun, LedgerError> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

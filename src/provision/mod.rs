@@ -14,6 +14,8 @@
 //! - [`check`]: `station check` — handshake, CONNACK, SUBACKs and requests that create
 //!   nothing; nothing provisioned.
 //! - [`rate`]: token buckets per API shared by all sessions, adapting to throttling (AIMD).
+//! - [`shared_quota`]: the account quota all stations share in PostgreSQL
+//!   (`provision.shared_quota`), taken in batches, paced here.
 //!
 //! [`Provisioner::start`] runs one task per session; each takes the next [`DeviceJob`] from a
 //! shared bounded queue, runs the flow on its session and answers the job's reply channel.
@@ -30,6 +32,7 @@ pub mod flow;
 pub mod health;
 pub mod rate;
 pub mod session;
+pub mod shared_quota;
 pub mod tls;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -41,7 +44,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::fleet::payloads::Secret;
-use crate::fleet::{Api, Format, MqttVersion};
+use crate::fleet::{Api, ApiKind, Format, MqttVersion};
 use crate::halt::Halt;
 use crate::keys::KeyPool;
 use crate::ledger::{KeySource, Ledger, Resume};
@@ -51,6 +54,7 @@ pub use self::failure::FailureCode;
 use self::health::LineHealth;
 use self::rate::{Limits, RateLimiter};
 use self::session::{Session, SessionConfig, SessionError};
+use self::shared_quota::SharedQuota;
 
 /// What the board (or a synthetic device) tells the station about itself.
 #[derive(Debug, Clone, Default)]
@@ -191,6 +195,32 @@ impl Limits {
             create_certificate: RateLimiter::new(create_certificate, 0.0),
             create_keys: RateLimiter::new(create_keys, 0.0),
             register_thing: RateLimiter::new(register_thing, 0.0),
+            connect: RateLimiter::new(connects, connects),
+        }
+    }
+
+    /// Limiters that take their tokens from the account quota all stations share (`quota`,
+    /// one bucket per API whose quota is configured: an API with none is not called on a
+    /// line that shares its quota, as the configuration requires it), and a CONNECT rate of
+    /// the station's own.
+    pub fn shared(
+        quota: &Arc<SharedQuota>,
+        create_certificate: f64,
+        create_keys: f64,
+        register_thing: f64,
+        connects: f64,
+    ) -> Limits {
+        let limiter = |api: ApiKind, tps: f64| {
+            if tps > 0.0 {
+                RateLimiter::shared(quota.bucket(api.code(), tps))
+            } else {
+                RateLimiter::new(0.0, 0.0)
+            }
+        };
+        Limits {
+            create_certificate: limiter(ApiKind::CreateCertificateFromCsr, create_certificate),
+            create_keys: limiter(ApiKind::CreateKeysAndCertificate, create_keys),
+            register_thing: limiter(ApiKind::RegisterThing, register_thing),
             connect: RateLimiter::new(connects, connects),
         }
     }

@@ -13,10 +13,15 @@
 //!   the load-test modes that measure an account's quotas offer their load as scheduled, and a
 //!   throttled request is not retried (the device fails as throttled), so the throttles they
 //!   count are the ones the offered rate caused.
+//! - A *shared* limiter ([`RateLimiter::shared`], [`Limits::shared`]) takes its tokens from
+//!   the account quota all stations share in PostgreSQL (`provision.shared_quota`; see
+//!   [`super::shared_quota`]): the rate and its adaptation live there, and the limiter paces
+//!   the calls from the tokens granted.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::shared_quota::SharedBucket;
 use crate::token_bucket::TokenBucket;
 
 /// Multiplicative decrease on a throttle.
@@ -26,6 +31,8 @@ const DECREASE: f64 = 0.7;
 #[derive(Debug)]
 pub struct RateLimiter {
     state: Mutex<State>,
+    /// The shared account quota's bucket, when the rate lives in PostgreSQL.
+    shared: Option<SharedBucket>,
 }
 
 #[derive(Debug)]
@@ -67,7 +74,21 @@ impl RateLimiter {
                 achieved: 0.0,
                 adaptive: true,
             }),
+            shared: None,
         }
+    }
+
+    /// A limiter that takes its tokens, rate and adaptation from the shared account quota.
+    pub fn shared(bucket: SharedBucket) -> RateLimiter {
+        RateLimiter {
+            shared: Some(bucket),
+            ..RateLimiter::new(0.0, 0.0)
+        }
+    }
+
+    /// The shared account quota's bucket, if this limiter takes its tokens there.
+    pub fn shared_bucket(&self) -> Option<&SharedBucket> {
+        self.shared.as_ref()
     }
 
     /// A limiter that never paces nor adapts (the load-test modes that measure quotas).
@@ -85,6 +106,9 @@ impl RateLimiter {
 
     /// Current rate (tokens/s), `None` if unlimited.
     pub fn rate(&self) -> Option<f64> {
+        if let Some(shared) = &self.shared {
+            return Some(shared.rate());
+        }
         self.lock().bucket.as_ref().map(TokenBucket::rate)
     }
 
@@ -102,6 +126,9 @@ impl RateLimiter {
 
     /// Waits for a token.
     pub async fn acquire(&self) {
+        if let Some(shared) = &self.shared {
+            return shared.acquire().await;
+        }
         loop {
             match self.try_take(Instant::now()) {
                 Ok(()) => return,
@@ -112,6 +139,10 @@ impl RateLimiter {
 
     /// A call succeeded: count it, and grow the rate once a second.
     pub fn on_success(&self) {
+        if self.shared.is_some() {
+            // The shared rate grows in the database, as the seconds without a throttle pass.
+            return;
+        }
         self.on_success_at(Instant::now());
     }
 
@@ -141,6 +172,9 @@ impl RateLimiter {
 
     /// A call was throttled: cut the rate to 70 % of what got through (once per second).
     pub fn on_throttle(&self) {
+        if let Some(shared) = &self.shared {
+            return shared.on_throttle();
+        }
         self.on_throttle_at(Instant::now());
     }
 

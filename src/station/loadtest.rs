@@ -166,6 +166,9 @@ pub(super) async fn start(
     halt: &Halt,
     shutdown: &Shutdown,
 ) -> crate::Result<Started> {
+    if open_loop && cfg.provision.shared_quota {
+        return Err(crate::Error::SharedQuotaOpenLoop);
+    }
     let feed = match &opts.control {
         Some(c) => c.serve(shutdown.clone()),
         None => FeedGate::always(),

@@ -2,9 +2,10 @@
 //! printer, the key pool and the provisioning engine, started together and torn down in
 //! order, ending in the run's summary and how the run stopped.
 //!
-//! Start-up checks come first (the line's ledger and its lock, then the endpoint and TLS
-//! files); the report folder is created only when they passed, under a name no other run
-//! uses, and a probe file checks at once that it can be written.
+//! Start-up checks come first (the line's ledger and its lock, the shared quota's connection
+//! when `provision.shared_quota` is on, then the endpoint and TLS files); the report folder is
+//! created only when they passed, under a name no other run uses, and a probe file checks at
+//! once that it can be written.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,11 +16,13 @@ use tokio::task::JoinHandle;
 use super::endpoint::Endpoint;
 use super::{RunReport, Stopped, timestamp};
 use crate::config::Config;
+use crate::fleet::ApiKind;
 use crate::halt::Halt;
 use crate::keys::KeyPool;
 use crate::keys::pool::PoolConfig;
 use crate::ledger::{Ledger, LedgerLocation};
 use crate::provision::rate::Limits;
+use crate::provision::shared_quota::SharedQuota;
 use crate::provision::tls::read_roots;
 use crate::provision::{EngineConfig, Provisioner};
 use crate::telemetry::http::{BoundMetrics, MetricsServer};
@@ -42,6 +45,60 @@ pub struct Pipeline {
     metrics: Option<MetricsServer>,
     /// `station.id`: whose unfinished devices the report counts as this station's.
     station: String,
+}
+
+/// The engine's rate limiters: open (the load-test modes that measure quotas), the account
+/// quota all stations share (`provision.shared_quota`: its own connection to the ledger's
+/// database, opened now), or the station's own.
+async fn line_limits(cfg: &Config, open_loop: bool) -> crate::Result<Limits> {
+    let p = &cfg.provision;
+    if !p.shared_quota {
+        return Ok(if open_loop {
+            Limits::open_loop()
+        } else {
+            Limits::new(
+                p.create_certificate_tps,
+                p.create_keys_tps,
+                p.register_thing_tps,
+                p.connects_per_s,
+            )
+        });
+    }
+    if open_loop {
+        return Err(crate::Error::SharedQuotaOpenLoop);
+    }
+    let LedgerLocation::Postgres { url, .. } = cfg.station.ledger_location() else {
+        return Err(crate::config::ConfigError::Invalid {
+            path: PathBuf::from("(configuration)"),
+            key: "provision.shared_quota".into(),
+            problem: "is true, but station.ledger is a file".into(),
+            help: "point station.ledger at the factory's PostgreSQL, or set provision.shared_quota = false".into(),
+        }
+        .into());
+    };
+    let quotas: Vec<(&'static str, f64)> = [
+        (ApiKind::CreateCertificateFromCsr, p.create_certificate_tps),
+        (ApiKind::CreateKeysAndCertificate, p.create_keys_tps),
+        (ApiKind::RegisterThing, p.register_thing_tps),
+    ]
+    .into_iter()
+    .filter(|&(_, tps)| tps > 0.0)
+    .map(|(api, tps)| (api.code(), tps))
+    .collect();
+    let station = cfg.station.id.clone();
+    let quota = tokio::task::spawn_blocking(move || SharedQuota::start(&url, &station, &quotas))
+        .await
+        .map_err(|e| crate::ledger::LedgerError::Postgres {
+            ledger: "the shared quota".into(),
+            reason: e.to_string(),
+        })??;
+    Ok(Limits::shared(
+        &quota,
+        p.create_certificate_tps,
+        p.create_keys_tps,
+        p.register_thing_tps,
+        p.connects_per_s,
+    ))
 }
 
 /// Where the run's ledger is.
@@ -89,6 +146,8 @@ impl Pipeline {
             }
             LedgerPlace::InReportDir => None,
         };
+        // The rate limiters next: with the shared quota, its database is reached now.
+        let limits = Arc::new(line_limits(cfg, opts.open_loop).await?);
         // The metrics address next, before anything is provisioned: one in use or unusable
         // stops the run here. Port 0 picks a free one, so the address is printed.
         let metrics = match &cfg.telemetry.metrics_addr {
@@ -148,16 +207,7 @@ impl Pipeline {
                 request_timeout: Duration::from_secs(cfg.provision.request_timeout_s),
                 max_attempts: cfg.provision.max_attempts,
                 parameters: cfg.parameters.clone(),
-                limits: Arc::new(if opts.open_loop {
-                    Limits::open_loop()
-                } else {
-                    Limits::new(
-                        cfg.provision.create_certificate_tps,
-                        cfg.provision.create_keys_tps,
-                        cfg.provision.register_thing_tps,
-                        cfg.provision.connects_per_s,
-                    )
-                }),
+                limits,
                 device_deadline: Duration::from_secs(cfg.provision.device_deadline_s),
                 mqtt_version: cfg.provision.mqtt_version,
                 post_provision_check: cfg.provision.post_provision_check,

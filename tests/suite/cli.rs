@@ -127,6 +127,40 @@ fn a_bad_config_names_the_key_and_the_fix() {
 }
 
 #[test]
+fn the_open_loop_load_tests_refuse_a_shared_quota_before_they_start() {
+    let dir = tempfile::tempdir().unwrap();
+    // Refused before anything connects: the database named here need not exist.
+    let config = StationConfig::embedded(dir.path())
+        .set_str("station.ledger", "postgres://station@127.0.0.1:1/fleet")
+        .set("provision.shared_quota", "true")
+        .set("provision.register_thing_tps", "10")
+        .set("provision.create_certificate_tps", "15")
+        .write();
+    for mode in [
+        &["--rate", "5", "--duration", "2s"][..],
+        &["--ramp", "5..10", "--hold", "2s"],
+        &["--find-knee"],
+    ] {
+        let out = station()
+            .args(["loadtest", "--headless", "--config"])
+            .arg(&config)
+            .args(mode)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{mode:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("station::loadtest::shared_quota"),
+            "{mode:?}: {stderr}"
+        );
+        assert!(
+            stderr.contains("provision.shared_quota = false"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
 fn a_bad_cli_argument_is_refused_with_usage() {
     let out = station()
         .args(["run", "--boards", "many"])

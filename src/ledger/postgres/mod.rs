@@ -21,10 +21,13 @@
 //!   commit.
 //! - `journal`: the SQL of each change.
 //! - `read`: the read side.
+//! - `quota`: the account quota all stations share (`provision.shared_quota`): one GCRA
+//!   bucket with its AIMD state per API, taken from in batches on a connection of its own.
 
 mod connect;
 mod journal;
 mod lease;
+pub(crate) mod quota;
 mod read;
 mod schema;
 mod writer;

@@ -2,7 +2,8 @@
 //!
 //! One numbered SQL file per version (`migrations/NNNN.sql`: version 2, the first, has the SQLite
 //! ledger's version-2 tables; version 3 adds the serial leases and each orphan's station, which
-//! a file ledger of one station does not need), and a version table, `ledger_schema`, with one
+//! a file ledger of one station does not need; version 4 the shared quota's tables), and a
+//! version table, `ledger_schema`, with one
 //! row. A station migrates at start inside one transaction that first takes a database-wide
 //! advisory lock ([`MIGRATION_LOCK`]): stations starting together wait for each other there,
 //! and the first migrates while the others then find the schema current. A schema newer than
@@ -31,6 +32,10 @@ const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 3,
         sql: include_str!("migrations/0003.sql"),
+    },
+    Migration {
+        version: 4,
+        sql: include_str!("migrations/0004.sql"),
     },
 ];
 

@@ -232,7 +232,7 @@ async fn the_privileges_the_readme_lists_are_enough() {
     s.execute(&format!(
         "CREATE ROLE {role} LOGIN;
          GRANT USAGE ON SCHEMA {schema} TO {role};
-         GRANT SELECT, INSERT, UPDATE ON {schema}.devices, {schema}.events, {schema}.orphans, {schema}.stations TO {role};
+         GRANT SELECT, INSERT, UPDATE ON {schema}.devices, {schema}.events, {schema}.orphans, {schema}.stations, {schema}.quota_buckets, {schema}.quota_takers TO {role};
          GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.leases TO {role};
          GRANT SELECT ON {schema}.ledger_schema TO {role};
          GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {role};"
@@ -270,6 +270,24 @@ async fn the_privileges_the_readme_lists_are_enough() {
             DeviceState::Verified
         );
     }
+    // The shared quota (provision.shared_quota): its rows made, tokens taken, a throttle.
+    let quota_url = url.clone();
+    let quota = tokio::task::spawn_blocking(move || {
+        crate::provision::shared_quota::SharedQuota::start(
+            &quota_url,
+            "line",
+            &[("register_thing", 10.0), ("create_certificate", 15.0)],
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let bucket = quota.bucket("register_thing", 10.0);
+    // (Without its privileges the call would wait for tokens that never come.)
+    tokio::time::timeout(std::time::Duration::from_secs(60), bucket.acquire())
+        .await
+        .expect("a token");
+    assert!(bucket.report_throttle().await.unwrap().decreased);
     // And no more: it cannot create tables (a migration needs the owner).
     let denied = with_server(&url, |c| {
         c.batch_execute(&format!("CREATE TABLE {schema}.x (y INT)"))
