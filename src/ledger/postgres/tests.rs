@@ -664,3 +664,70 @@ fn two_stations_crossing_over_each_others_boards_in_one_group_commit_never_deadl
     held.extend(leases_of(&s, "st-b"));
     assert_eq!(held.len(), 3 * N + 2);
 }
+
+/// The deadlock two lines on 300 shared serials met (2026-12-04): a group commit lets go of
+/// its station's leases in the order its changes came. Station A holds U and V; its open
+/// group commit has let go of V; station B claims both and waits for V's row; then A's
+/// commit lets go of U. When a claim locked U (a live lease of A, not taken) while it waited,
+/// A's commit waited for B and B for A, and the server failed one of them. A claim locks no
+/// lease it does not take: A's commit goes through, and B gets both once A has let them go.
+#[test]
+fn a_claim_locks_no_lease_it_does_not_take_so_a_group_commit_letting_go_never_waits_for_it() {
+    use super::lease::{Claim, Leases};
+    let Some(s) = Scratch::postgres() else { return };
+    let url = s.url.clone().unwrap();
+    let _migrated = s.open("st-setup").unwrap();
+    let lease = std::time::Duration::from_secs(60);
+    let (u, v) = ("SN-U".to_string(), "SN-V".to_string());
+    let both = vec![u.clone(), v.clone()];
+
+    let mut a = super::connect_for_tests(&url);
+    let a_leases = Leases::prepare(&mut a, "st-a", lease).unwrap();
+    let claimed = a_leases.claim(&mut a, &both).unwrap();
+    assert!(claimed.values().all(|c| *c == Claim::Ours), "{claimed:?}");
+
+    let mut commit = a.transaction().unwrap();
+    let let_go = "DELETE FROM leases WHERE serial = $1 AND station = 'st-a'";
+    assert_eq!(commit.execute(let_go, &[&v]).unwrap(), 1);
+    let a_pid: i32 = commit
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+
+    let b_url = url.clone();
+    let b_both = both.clone();
+    let b = std::thread::spawn(move || {
+        let mut b = super::connect_for_tests(&b_url);
+        let b_leases = Leases::prepare(&mut b, "st-b", lease).unwrap();
+        b_leases.claim(&mut b, &b_both)
+    });
+    // B's claim waits for A's commit (V's row).
+    let mut watch = super::connect_for_tests(&url);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let waiting: i64 = watch
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                &[&a_pid],
+            )
+            .unwrap()
+            .get(0);
+        if waiting == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "station B's claim never waited for A's commit"
+        );
+        std::thread::yield_now();
+    }
+    // A's commit lets go of U too, without waiting for B, and commits.
+    assert_eq!(commit.execute(let_go, &[&u]).unwrap(), 1);
+    commit.commit().unwrap();
+
+    let claimed = b.join().unwrap().expect("B's claim");
+    assert_eq!(claimed.get(&u), Some(&Claim::Ours), "{claimed:?}");
+    assert_eq!(claimed.get(&v), Some(&Claim::Ours), "{claimed:?}");
+    assert_eq!(leases_of(&s, "st-b"), both);
+    assert!(leases_of(&s, "st-a").is_empty());
+}
