@@ -71,6 +71,24 @@ pub fn line_efficiency(payload_bytes: u64, time: std::time::Duration, baud: u32)
     efficiency(payload_bytes, f64::from(baud) / 10.0 * time.as_secs_f64())
 }
 
+/// "at N baud", or, for a line without one baud rate (`LineInfo::baud` 0: virtual jigs
+/// unpaced with `jigs.baud = 0`, or ports at different rates), says so.
+pub fn line_speed(baud: u32) -> String {
+    match baud {
+        0 => "unpaced or at mixed baud rates".to_string(),
+        b => format!("at {b} baud"),
+    }
+}
+
+/// The line's efficiency in % with `decimals`; "n/a" on a line without one baud rate, which
+/// has no one byte capacity to compare with (each jig's own is in the report).
+pub fn line_efficiency_shown(baud: u32, efficiency: f64, decimals: usize) -> String {
+    match baud {
+        0 => "n/a".to_string(),
+        _ => format!("{:.decimals$} %", efficiency * 100.0),
+    }
+}
+
 /// payload bytes ÷ capacity bytes, rounded to 4 decimals (0 without capacity).
 pub fn efficiency(payload_bytes: u64, capacity: f64) -> f64 {
     if capacity > 0.0 {
@@ -266,13 +284,13 @@ impl Summary {
         }
         if let Some(j) = &self.jigs {
             out.push_str(&format!(
-                "line: {} jigs at {} baud, {} payload bytes ({} held by the boards, skipped), {:.1} ms a board, line efficiency {:.1}%, {} retries, {} boards failed at the jig\n",
+                "line: {} jigs {}, {} payload bytes ({} held by the boards, skipped), {:.1} ms a board, line efficiency {}, {} retries, {} boards failed at the jig\n",
                 j.count,
-                j.baud,
+                line_speed(j.baud),
                 j.bytes_written,
                 j.bytes_skipped,
                 j.write_ms_per_board,
-                j.line_efficiency * 100.0,
+                line_efficiency_shown(j.baud, j.line_efficiency, 1),
                 j.retries,
                 j.failed_boards
             ));
@@ -300,6 +318,14 @@ mod tests {
             0.5
         );
         assert_eq!(line_efficiency(1, std::time::Duration::ZERO, 115_200), 0.0);
+    }
+
+    #[test]
+    fn a_line_without_one_baud_rate_shows_no_line_efficiency() {
+        assert_eq!(line_speed(115_200), "at 115200 baud");
+        assert_eq!(line_efficiency_shown(115_200, 0.8123, 1), "81.2 %");
+        assert_eq!(line_speed(0), "unpaced or at mixed baud rates");
+        assert_eq!(line_efficiency_shown(0, 0.0, 1), "n/a");
     }
 
     #[test]

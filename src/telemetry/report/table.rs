@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::telemetry::Stage;
-use crate::telemetry::summary::{StageStats, Summary};
+use crate::telemetry::summary::{StageStats, Summary, line_efficiency_shown, line_speed};
 
 /// One figure of a summary, as compared between runs.
 #[derive(Debug, Clone, PartialEq)]
@@ -176,13 +176,13 @@ pub fn render(s: &Summary, dir: &Path) -> String {
             let _ = writeln!(out);
             let _ = writeln!(
                 out,
-                "jigs          {} at {} baud, {} payload bytes ({} held by the boards, skipped), {:.1} ms a board, line efficiency {:.2} %, {} retries, {} boards failed at the jig",
+                "jigs          {} {}, {} payload bytes ({} held by the boards, skipped), {:.1} ms a board, line efficiency {}, {} retries, {} boards failed at the jig",
                 j.count,
-                j.baud,
+                line_speed(j.baud),
                 j.bytes_written,
                 j.bytes_skipped,
                 j.write_ms_per_board,
-                j.line_efficiency * 100.0,
+                line_efficiency_shown(j.baud, j.line_efficiency, 2),
                 j.retries,
                 j.failed_boards
             );
