@@ -552,6 +552,27 @@ async fn an_expired_lease_is_taken_over_and_the_dead_stations_certificate_is_its
     );
 }
 
+/// Waits (up to a minute, else fails with `never`) until `n` server processes wait for a lock
+/// that backend `pid` holds.
+fn wait_until_blocked_by(url: &str, pid: i32, n: i64, never: &str) {
+    let mut watch = super::connect_for_tests(url);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let waiting: i64 = watch
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                &[&pid],
+            )
+            .unwrap()
+            .get(0);
+        if waiting == n {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{never}");
+        std::thread::yield_now();
+    }
+}
+
 /// README's deadlock: two stations each hold boards, and in one group commit each records a
 /// change to a board it holds and begins a board the other holds. Before leases, each
 /// transaction locked its own rows, then waited for the other's (the server broke the
@@ -596,25 +617,7 @@ fn two_stations_crossing_over_each_others_boards_in_one_group_commit_never_deadl
         .get(0);
     let held_a = a.journal.record(gate_a, Transition::Written);
     let held_b = b.journal.record(gate_b, Transition::Written);
-    let mut watch = super::connect_for_tests(&url);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let waiting: i64 = watch
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
-                &[&gate_pid],
-            )
-            .unwrap()
-            .get(0);
-        if waiting == 2 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the writers never reached the gate"
-        );
-        std::thread::yield_now();
-    }
+    wait_until_blocked_by(&url, gate_pid, 2, "the writers never reached the gate");
     // A changes X_i and begins Y_i, B changes Y_i and begins X_i; and both begin every Z, in
     // opposite orders.
     let (mut a_records, mut a_begins, mut b_records, mut b_begins) =
@@ -702,25 +705,12 @@ fn a_claim_locks_no_lease_it_does_not_take_so_a_group_commit_letting_go_never_wa
         b_leases.claim(&mut b, &b_both)
     });
     // B's claim waits for A's commit (V's row).
-    let mut watch = super::connect_for_tests(&url);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let waiting: i64 = watch
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
-                &[&a_pid],
-            )
-            .unwrap()
-            .get(0);
-        if waiting == 1 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "station B's claim never waited for A's commit"
-        );
-        std::thread::yield_now();
-    }
+    wait_until_blocked_by(
+        &url,
+        a_pid,
+        1,
+        "station B's claim never waited for A's commit",
+    );
     // A's commit lets go of U too, without waiting for B, and commits.
     assert_eq!(commit.execute(let_go, &[&u]).unwrap(), 1);
     commit.commit().unwrap();

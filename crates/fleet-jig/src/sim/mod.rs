@@ -14,6 +14,7 @@
 //! - [`sim_board`]: `station sim-board` ([`run_sim_board`]).
 //! - `nrf91`: the emulated nRF91 AT host on a pty ([`VirtualModem`]) for the `nrf91-at`
 //!   driver.
+//! - `served`: the pty thread and stable path of the other drivers' emulated boards.
 //! - `zephyr`: the emulated Zephyr shell on a pty ([`VirtualZephyr`]) for the `zephyr-cred`
 //!   driver.
 
@@ -22,6 +23,7 @@ mod faults;
 mod flash;
 mod nrf91;
 mod serials;
+mod served;
 mod sim_board;
 mod uart;
 mod virtual_jig;

@@ -7,10 +7,8 @@
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
@@ -19,9 +17,9 @@ use super::modem::{Modem, ModemFaults, ModemSpec, Outcome};
 use crate::error::JigError;
 use crate::link::line_time;
 use crate::sim::faults::{FaultConfig, FaultPlan, RxFault, TxFault};
+use crate::sim::served::{Served, lock};
 use crate::sim::virtual_jig::pty::Pty;
 use crate::sim::virtual_jig::sys;
-use crate::sim::virtual_jig::tmpdir::private_dir;
 
 /// The AT host's longest command line.
 const MAX_LINE: usize = 4096;
@@ -55,7 +53,6 @@ impl Default for VirtualModemConfig {
 }
 
 struct Shared {
-    stop: AtomicBool,
     take_off: Mutex<Option<String>>,
     current: Mutex<Option<String>>,
     modem_faults: Mutex<ModemFaults>,
@@ -68,22 +65,16 @@ struct Shared {
 /// A modem's credential store: (sec_tag, type, content).
 pub type ModemStore = Vec<(u32, u8, Vec<u8>)>;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// nRF91 modems served on a pty behind a stable path, one at a time from a queue.
 pub struct VirtualModem {
-    path: String,
-    dir: PathBuf,
+    served: Served,
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for VirtualModem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VirtualModem")
-            .field("path", &self.path)
+            .field("path", &self.served.path())
             .finish_non_exhaustive()
     }
 }
@@ -94,54 +85,36 @@ impl VirtualModem {
         config: VirtualModemConfig,
         boards: Receiver<ModemSpec>,
     ) -> Result<VirtualModem, JigError> {
-        let fixture = |detail: String| JigError::Fixture { detail };
-        let dir =
-            private_dir().map_err(|e| fixture(format!("cannot create the jig directory: {e}")))?;
-        let link = dir.join("tty");
-        let path = link.to_string_lossy().into_owned();
-        let pty = match Pty::open(&link) {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(e);
-            }
-        };
         let shared = Arc::new(Shared {
-            stop: AtomicBool::new(false),
             take_off: Mutex::new(None),
             current: Mutex::new(None),
             modem_faults: Mutex::new(config.modem_faults.clone()),
             pending_faults: Mutex::new(None),
             stores: Mutex::new(HashMap::new()),
         });
-        let mut host = Host {
-            plan: FaultPlan::new(config.faults.clone()),
-            config,
-            pty,
-            boards,
-            shared: shared.clone(),
-            modem: None,
-            line: Vec::new(),
-            in_quotes: false,
-            overflow: false,
-            rx_done: Instant::now(),
-            deaf_until: Instant::now(),
-        };
-        let thread = std::thread::Builder::new()
-            .name(format!("virtual-modem {path}"))
-            .spawn(move || host.run())
-            .map_err(|e| fixture(format!("cannot start the modem thread: {e}")))?;
-        Ok(VirtualModem {
-            path,
-            dir,
-            shared,
-            thread: Some(thread),
-        })
+        let served = Served::spawn("virtual-modem", |pty, stop| {
+            let mut host = Host {
+                plan: FaultPlan::new(config.faults.clone()),
+                config,
+                pty,
+                boards,
+                shared: shared.clone(),
+                stop,
+                modem: None,
+                line: Vec::new(),
+                in_quotes: false,
+                overflow: false,
+                rx_done: Instant::now(),
+                deaf_until: Instant::now(),
+            };
+            move || host.run()
+        })?;
+        Ok(VirtualModem { served, shared })
     }
 
     /// The path the station opens.
     pub fn path(&self) -> &str {
-        &self.path
+        self.served.path()
     }
 
     /// The IMEI of the modem on the jig.
@@ -171,22 +144,13 @@ impl VirtualModem {
     }
 }
 
-impl Drop for VirtualModem {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 struct Host {
     config: VirtualModemConfig,
     plan: FaultPlan,
     pty: Pty,
     boards: Receiver<ModemSpec>,
     shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
     modem: Option<Modem>,
     line: Vec<u8>,
     in_quotes: bool,
@@ -201,7 +165,7 @@ impl Host {
     fn run(&mut self) {
         let fd = self.pty.master.as_raw_fd();
         let mut buf = [0u8; 1024];
-        while !self.shared.stop.load(Ordering::SeqCst) {
+        while !self.stop.load(Ordering::SeqCst) {
             self.take_off();
             if self.modem.is_none() {
                 match self.boards.recv_timeout(Duration::from_millis(20)) {

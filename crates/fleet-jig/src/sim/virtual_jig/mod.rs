@@ -34,19 +34,18 @@ use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use self::pty::Pty;
-use self::tmpdir::private_dir;
 use self::worker::Worker;
 use crate::error::JigError;
 use crate::sim::board::{BoardParams, BoardSpec};
 use crate::sim::faults::FaultConfig;
 use crate::sim::flash::Flash;
+use crate::sim::served::lock;
 
 pub(super) mod pty;
 pub(super) mod sys;
@@ -124,11 +123,6 @@ struct Shared {
     take_off: Mutex<Option<String>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic elsewhere while holding the lock leaves plain data; keep going.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Requests to the board thread that the caller waits for.
 enum Request {
     Unplug(Sender<()>),
@@ -167,17 +161,8 @@ impl VirtualJig {
             path: config.flash_dir.clone(),
             detail: format!("cannot create the flash directory: {e}"),
         })?;
-        let dir =
-            private_dir().map_err(|e| fixture(format!("cannot create the jig directory: {e}")))?;
-        let link = dir.join("tty");
+        let (dir, link, pty) = pty::open_stable()?;
         let path = link.to_string_lossy().into_owned();
-        let pty = match Pty::open(&link) {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(e);
-            }
-        };
         let (waker, wake_rx) = UnixStream::pair()
             .map_err(|e| fixture(format!("cannot create the wake-up socket: {e}")))?;
         for s in [&waker, &wake_rx] {

@@ -2,12 +2,29 @@
 //! at the slave end (switched atomically on every replug).
 
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serialport::{SerialPort, TTYPort};
 
 use super::sys;
+use super::tmpdir::private_dir;
 use crate::error::JigError;
+
+/// A fresh private directory with the stable path `tty` in it pointing at a new pty: the
+/// directory (removed again when the pty cannot be opened), the stable path and the pty.
+pub(in crate::sim) fn open_stable() -> Result<(PathBuf, PathBuf, Pty), JigError> {
+    let dir = private_dir().map_err(|e| JigError::Fixture {
+        detail: format!("cannot create the jig directory: {e}"),
+    })?;
+    let link = dir.join("tty");
+    match Pty::open(&link) {
+        Ok(pty) => Ok((dir, link, pty)),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            Err(e)
+        }
+    }
+}
 
 /// The adapter while plugged in: a pty pair, and the stable path pointing at its slave.
 pub(in crate::sim) struct Pty {

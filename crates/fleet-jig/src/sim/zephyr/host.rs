@@ -21,10 +21,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, TryRecvError};
@@ -33,10 +31,10 @@ use super::shell::{Effect, Shell, ShellFaults, Store, ZephyrSpec};
 use crate::driver::zephyr::shell_text::CredType;
 use crate::error::JigError;
 use crate::sim::faults::{FaultConfig, FaultPlan, RxFault};
+use crate::sim::served::{Served, lock};
 use crate::sim::uart::Timeline;
 use crate::sim::virtual_jig::pty::Pty;
 use crate::sim::virtual_jig::sys;
-use crate::sim::virtual_jig::tmpdir::private_dir;
 
 /// `CONFIG_SHELL_BACKEND_SERIAL_TX_RING_BUFFER_SIZE`'s default: output the shell thread can
 /// leave behind before it waits for the line.
@@ -77,7 +75,6 @@ pub struct ZephyrStats {
 }
 
 struct Shared {
-    stop: AtomicBool,
     take_off: Mutex<Option<String>>,
     current: Mutex<Option<String>>,
     pending_faults: Mutex<Option<FaultConfig>>,
@@ -87,22 +84,16 @@ struct Shared {
     stores: Mutex<HashMap<String, Store>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Zephyr boards served on a pty behind a stable path, one at a time from a queue.
 pub struct VirtualZephyr {
-    path: String,
-    dir: PathBuf,
+    served: Served,
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for VirtualZephyr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VirtualZephyr")
-            .field("path", &self.path)
+            .field("path", &self.served.path())
             .finish_non_exhaustive()
     }
 }
@@ -113,59 +104,41 @@ impl VirtualZephyr {
         config: VirtualZephyrConfig,
         boards: Receiver<ZephyrSpec>,
     ) -> Result<VirtualZephyr, JigError> {
-        let fixture = |detail: String| JigError::Fixture { detail };
-        let dir =
-            private_dir().map_err(|e| fixture(format!("cannot create the jig directory: {e}")))?;
-        let link = dir.join("tty");
-        let path = link.to_string_lossy().into_owned();
-        let pty = match Pty::open(&link) {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(e);
-            }
-        };
         let shared = Arc::new(Shared {
-            stop: AtomicBool::new(false),
             take_off: Mutex::new(None),
             current: Mutex::new(None),
             pending_faults: Mutex::new(None),
             stats: Mutex::new(ZephyrStats::default()),
             stores: Mutex::new(HashMap::new()),
         });
-        let mut host = Host {
-            rx: Timeline::new(config.baud),
-            tx: Timeline::new(config.baud),
-            plan: FaultPlan::new(config.faults.clone()),
-            config,
-            pty,
-            boards,
-            queue_closed: false,
-            board: None,
-            placed_at: Instant::now(),
-            awake_at: Instant::now(),
-            busy_until: Instant::now(),
-            ring: VecDeque::new(),
-            overrun: false,
-            line_fault: LineFault::None,
-            line_pos: 0,
-            shared: shared.clone(),
-        };
-        let thread = std::thread::Builder::new()
-            .name(format!("virtual-zephyr {path}"))
-            .spawn(move || host.run())
-            .map_err(|e| fixture(format!("cannot start the board thread: {e}")))?;
-        Ok(VirtualZephyr {
-            path,
-            dir,
-            shared,
-            thread: Some(thread),
-        })
+        let served = Served::spawn("virtual-zephyr", |pty, stop| {
+            let mut host = Host {
+                rx: Timeline::new(config.baud),
+                tx: Timeline::new(config.baud),
+                plan: FaultPlan::new(config.faults.clone()),
+                config,
+                pty,
+                boards,
+                queue_closed: false,
+                board: None,
+                placed_at: Instant::now(),
+                awake_at: Instant::now(),
+                busy_until: Instant::now(),
+                ring: VecDeque::new(),
+                overrun: false,
+                line_fault: LineFault::None,
+                line_pos: 0,
+                shared: shared.clone(),
+                stop,
+            };
+            move || host.run()
+        })?;
+        Ok(VirtualZephyr { served, shared })
     }
 
     /// The path the station opens.
     pub fn path(&self) -> &str {
-        &self.path
+        self.served.path()
     }
 
     /// The operator takes board `serial` off the jig if it is still there.
@@ -197,16 +170,6 @@ impl VirtualZephyr {
                     .collect()
             })
             .unwrap_or_default()
-    }
-}
-
-impl Drop for VirtualZephyr {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -244,13 +207,14 @@ struct Host {
     /// Characters of the current line received so far.
     line_pos: usize,
     shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
 }
 
 impl Host {
     fn run(&mut self) {
         sys::precise_timers();
         let mut buf = vec![0u8; 4096];
-        while !self.shared.stop.load(Ordering::SeqCst) {
+        while !self.stop.load(Ordering::SeqCst) {
             if let Some(f) = lock(&self.shared.pending_faults).take() {
                 self.plan = FaultPlan::new(f);
             }
