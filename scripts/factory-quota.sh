@@ -31,16 +31,18 @@
 # kill: three stations (line-1…line-3, shared quota on, DEVICES each, default 600: none ends
 # before the run does) against the emulator and quotas of `accept`; KILL_AT (40) seconds after
 # they start, line-3 gets SIGKILL; line-1 and line-2 run on for AFTER (40) seconds and are then
-# stopped with SIGINT (a load test writes its report on Ctrl-C). From the ledger (the `registered`
-# events' at_ms, a load test's last state), per run: the devices/s of the three together in
-# [kill-30 s, kill) and of the two survivors together in [kill+5 s, stop) (the first seconds
-# excluded: the dead station counts in the others' share until it has taken no tokens for a
-# second), and each survivor's; their failed devices (summary.json and the ledger's `failed`
-# rows); throttles (the survivors' summary.json, and every throttle the emulator sent, from its
-# debug log); the quota_takers rows that took register_thing tokens in the second before the
-# survivors were stopped (expected: line-1,line-2) and how long before the kill line-3's last
-# grant was (its row stays, its time no longer moves); the shared rate and throttles in
-# quota_buckets at the end (expected: TPS and 0). Then the medians over RUNS (default 3) runs.
+# stopped with SIGINT (a load test writes its report on Ctrl-C). From the ledger (the
+# `registered` events' at_ms, a load test's last state), per run: the devices/s of the three
+# together in [kill-30 s, kill) and of the two survivors together in [kill+5 s, stop) (the
+# first seconds excluded: the dead station counts in the others' share until it has taken no
+# tokens for a second), and each survivor's; the survivors' together in [kill, kill+5 s) too;
+# their failed devices (summary.json and the ledger's `failed` rows); throttles (the
+# survivors' summary.json, and every throttle the emulator sent, from its debug log); the
+# quota_takers rows that took register_thing tokens in the second before the survivors were
+# stopped (expected: line-1,line-2) and how long before the kill line-3's last grant was (its
+# row stays, its time no longer moves); line-3's unfinished devices; the shared rate and
+# throttles in quota_buckets at the end (expected: TPS and 0). Then the medians over RUNS
+# (default 3) runs.
 #
 # Release build (a measurement). Each run has a database of its own (fresh quota rows) and an
 # emulator with an empty registry.
@@ -213,7 +215,7 @@ sleep_until_ms() { local d=$(($1 - $(now_ms))); ((d <= 0)) || sleep "$(echo "sca
 
 # One kill run: $1 dir, $2 database. The shared quota on, the last station (line-STATIONS)
 # killed KILL_AT s after the start, the others stopped AFTER s later. Writes to $1/kill-figures
-# "before/s after/s each_after failed throttled dead_unfinished emu_throttled takers
+# "before/s first5/s after/s each_after failed throttled dead_unfinished emu_throttled takers
 # dead_last_grant_s db_rate db_throttles" (each_after: the survivors' devices/s, comma-joined).
 kill_run() {
     local dir=$1 db=$2 t0 kill_ms stop_ms dead dead_pid k status p
@@ -251,6 +253,7 @@ kill_run() {
     counts=$(sql "$db" "WITH r AS (SELECT d.station, e.at_ms FROM events e JOIN devices d ON d.id = e.device_id
                                    WHERE e.state = 'registered')
         SELECT (SELECT count(*) FROM r WHERE at_ms >= $kill_ms - 30000 AND at_ms < $kill_ms)
+            || ' ' || (SELECT count(*) FROM r WHERE station <> '$dead' AND at_ms >= $kill_ms AND at_ms < $kill_ms + 5000)
             || ' ' || (SELECT count(*) FROM r WHERE station <> '$dead' AND at_ms >= $kill_ms + 5000 AND at_ms < $stop_ms)
             || ' ' || (SELECT coalesce(string_agg(n::text, ',' ORDER BY station), '-') FROM
                          (SELECT station, count(*) AS n FROM r WHERE station <> '$dead'
@@ -260,11 +263,11 @@ kill_run() {
                        AND state NOT IN ('registered', 'verified', 'failed', 'interrupted'))
             || ' ' || (SELECT rate FROM quota_buckets WHERE api = 'register_thing')
             || ' ' || (SELECT sum(throttles) FROM quota_buckets)")
-    local before_n after_n each failed unfinished db_rate db_thr
-    read -r before_n after_n each failed unfinished db_rate db_thr <<<"$counts"
-    python3 - "$dir" "$stations" "$before_n" "$after_n" "$each" $((stop_ms - kill_ms - 5000)) "$failed" <<'PY' >"$dir/kill-figures.1"
+    local before_n first_n after_n each failed unfinished db_rate db_thr
+    read -r before_n first_n after_n each failed unfinished db_rate db_thr <<<"$counts"
+    python3 - "$dir" "$stations" "$before_n" "$first_n" "$after_n" "$each" $((stop_ms - kill_ms - 5000)) "$failed" <<'PY' >"$dir/kill-figures.1"
 import json, sys
-d, n, before, after, each, after_ms, failed = sys.argv[1:8]
+d, n, before, first, after, each, after_ms, failed = sys.argv[1:9]
 n, after_s = int(n), int(after_ms) / 1000
 throttled = summary_failed = 0
 for k in range(1, n):
@@ -272,7 +275,7 @@ for k in range(1, n):
     throttled += s["throttled"]
     summary_failed += s["devices"]["failed"]
 each = ",".join(f"{int(x) / after_s:.2f}" for x in each.split(",")) if each != "-" else "-"
-print(f"{int(before) / 30:.2f} {int(after) / after_s:.2f} {each} {max(int(failed), summary_failed)} {throttled}")
+print(f"{int(before) / 30:.2f} {int(first) / 5:.2f} {int(after) / after_s:.2f} {each} {max(int(failed), summary_failed)} {throttled}")
 PY
     stop_emulator
     local emu_thr
@@ -303,19 +306,19 @@ if [[ $mode == bucket ]]; then
     done
 elif [[ $mode == kill ]]; then
     ((stations >= 2)) || { echo "kill: STATIONS must be at least 2" >&2; exit 2; }
-    printf '%3s %9s %8s %11s %6s %9s %10s %7s %13s %15s %7s %12s\n' run before/s after/s each_after failed throttled dead_unfin emu_thr takers dead_last_grant db_rate db_throttles
-    before_all='' after_all='' failed_all='' thr_all='' emu_all=''
+    printf '%3s %9s %9s %8s %11s %6s %9s %10s %7s %13s %15s %7s %12s\n' run before/s first5/s after/s each_after failed throttled dead_unfin emu_thr takers dead_last_grant db_rate db_throttles
+    before_all='' first_all='' after_all='' failed_all='' thr_all='' emu_all=''
     for ((i = 1; i <= runs; i++)); do
         dir=$work/kill-$i
         RUST_LOG=fleet_emulator::api=debug start_emulator "$dir" "register_thing = $tps
 create_certificate_from_csr = $cert_tps"
         kill_run "$dir" "k_$i"
-        read -r before after_rate each failed throttled unfinished emu_thr takers dead_last db_rate db_thr <"$dir/kill-figures"
-        printf '%3d %9s %8s %11s %6s %9s %10s %7s %13s %15s %7s %12s\n' "$i" "$before" "$after_rate" "$each" "$failed" "$throttled" "$unfinished" "$emu_thr" "$takers" "$dead_last" "$db_rate" "$db_thr"
-        before_all+="$before " after_all+="$after_rate " failed_all+="$failed " thr_all+="$throttled " emu_all+="$emu_thr "
+        read -r before first after_rate each failed throttled unfinished emu_thr takers dead_last db_rate db_thr <"$dir/kill-figures"
+        printf '%3d %9s %9s %8s %11s %6s %9s %10s %7s %13s %15s %7s %12s\n' "$i" "$before" "$first" "$after_rate" "$each" "$failed" "$throttled" "$unfinished" "$emu_thr" "$takers" "$dead_last" "$db_rate" "$db_thr"
+        before_all+="$before " first_all+="$first " after_all+="$after_rate " failed_all+="$failed " thr_all+="$throttled " emu_all+="$emu_thr "
     done
-    printf 'median: %s devices/s with %d stations in [kill-30 s, kill), %s devices/s with %d in [kill+5 s, kill+%d s); failed %s, throttled %s (survivors), %s (emulator); RegisterThing %s TPS, %d devices each, kill at %d s\n' \
-        "$(echo "$before_all" | median)" "$stations" "$(echo "$after_all" | median)" "$((stations - 1))" "$after" \
+    printf 'median: %s devices/s with %d stations in [kill-30 s, kill), %s with %d in [kill, kill+5 s), %s in [kill+5 s, kill+%d s); failed %s, throttled %s (survivors), %s (emulator); RegisterThing %s TPS, %d devices each, kill at %d s\n' \
+        "$(echo "$before_all" | median)" "$stations" "$(echo "$first_all" | median)" "$((stations - 1))" "$(echo "$after_all" | median)" "$after" \
         "$(echo "$failed_all" | median)" "$(echo "$thr_all" | median)" "$(echo "$emu_all" | median)" "$tps" "$devices" "$kill_at"
 elif [[ $mode == accept ]]; then
     printf '%-7s %3s %9s %6s %9s %6s %7s %7s %9s %10s\n' shared run devices/s failed throttled calls thr% wall_s db_grants db_throttles
