@@ -8,6 +8,7 @@
 #   bash scripts/factory-quota.sh accept    # shared_quota on and off, interleaved, RUNS times each
 #   bash scripts/factory-quota.sh ceiling   # the highest shared-quota rate the database sustains
 #   bash scripts/factory-quota.sh bucket    # the grant statement alone under pgbench
+#   bash scripts/factory-quota.sh kill      # kill -9 one of three stations mid-run (shared quota)
 #
 # accept: DEVICES per station (default 400: two minutes at 10/s together); prints per run the
 # devices/s of the stations together (all devices over the wall time from the first start to
@@ -27,23 +28,41 @@
 # sustains, and the server's CPU seconds per second. With synchronous_commit off, as the
 # station's quota connection sets it.
 #
+# kill: three stations (line-1…line-3, shared quota on, DEVICES each, default 600: none ends
+# before the run does) against the emulator and quotas of `accept`; KILL_AT (40) seconds after
+# they start, line-3 gets SIGKILL; line-1 and line-2 run on for AFTER (40) seconds and are then
+# stopped with SIGINT (a load test writes its report on Ctrl-C). From the ledger (the
+# `registered` events' at_ms, a load test's last state), per run: the devices/s of the three
+# together in [kill-30 s, kill) and of the two survivors together in [kill+5 s, stop) (the
+# first seconds excluded: the dead station counts in the others' share until it has taken no
+# tokens for a second), and each survivor's; the survivors' together in [kill, kill+5 s) too;
+# their failed devices (summary.json and the ledger's `failed` rows); throttles (the
+# survivors' summary.json, and every throttle the emulator sent, from its debug log); the
+# quota_takers rows that took register_thing tokens in the second before the survivors were
+# stopped (expected: line-1,line-2) and how long before the kill line-3's last grant was (its
+# row stays, its time no longer moves); line-3's unfinished devices; the shared rate and
+# throttles in quota_buckets at the end (expected: TPS and 0). Then the medians over RUNS
+# (default 3) runs.
+#
 # Release build (a measurement). Each run has a database of its own (fresh quota rows) and an
 # emulator with an empty registry.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 mode=${1:-accept}
-[[ $mode == accept || $mode == ceiling || $mode == bucket ]] || { echo "usage: $0 accept|ceiling|bucket" >&2; exit 2; }
+[[ $mode == accept || $mode == ceiling || $mode == bucket || $mode == kill ]] || { echo "usage: $0 accept|ceiling|bucket|kill" >&2; exit 2; }
 
 if [[ -z ${STATION_TEST_POSTGRES:-} ]]; then
     exec bash scripts/postgres.sh bash "$0" "$@"
 fi
 
 stations=${STATIONS:-3}
-runs=${RUNS:-2}
+runs=${RUNS:-$([[ $mode == kill ]] && echo 3 || echo 2)}
 tps=${TPS:-10}
 cert_tps=${CERT_TPS:-15}
-devices=${DEVICES:-400}
+devices=${DEVICES:-$([[ $mode == kill ]] && echo 600 || echo 400)}
+kill_at=${KILL_AT:-40}
+after=${AFTER:-40}
 sessions=${SESSIONS:-16}
 rates=${RATES:-"50 100 200 400"}
 step_s=${STEP_S:-20}
@@ -111,10 +130,10 @@ stop_emulator() {
     kill "$emu_pid" 2>/dev/null && wait "$emu_pid" 2>/dev/null || true
 }
 
-# One run: $1 dir, $2 database, $3 shared_quota (true|false), $4 register tps, $5 cert tps,
-# $6 devices per station. Prints "devices/s failed throttled calls wall_s grants server_cpu_s".
-run() {
-    local dir=$1 db=$2 shared=$3 rt=$4 ct=$5 n=$6 url k cpu0 cpu1 t0 t1
+# A fresh database $2 and the configurations $1/line-1.toml … line-STATIONS.toml on it:
+# $3 shared_quota (true|false), $4 register tps, $5 cert tps. Sets url.
+write_configs() {
+    local dir=$1 db=$2 shared=$3 rt=$4 ct=$5 k
     sql postgres "CREATE DATABASE $db"
     url="postgres://postgres@/$db?host=$host&port=$port"
     for ((k = 1; k <= stations; k++)); do
@@ -141,14 +160,29 @@ SerialNumber = "{serial}"
 DeviceLocation = "Seattle"
 EOF
     done
-    cpu0=$(server_cpu)
-    t0=$(date +%s.%N)
-    local lpids=()
+}
+
+# Starts every station's load test of $2 devices (configurations in $1; report folders
+# $1/r-K, logs $1/line-K.log). Their pids in lpids (line-K is lpids[K-1]).
+start_loadtests() {
+    local dir=$1 n=$2 k
+    lpids=()
     for ((k = 1; k <= stations; k++)); do
         "$station" loadtest --config "$dir/line-$k.toml" --devices "$n" --headless \
             --report-dir "$dir/r-$k" >"$dir/line-$k.log" 2>&1 &
         lpids+=($!)
+        pids+=($!)
     done
+}
+
+# One run: $1 dir, $2 database, $3 shared_quota (true|false), $4 register tps, $5 cert tps,
+# $6 devices per station. Prints "devices/s failed throttled calls wall_s grants server_cpu_s".
+run() {
+    local dir=$1 db=$2 shared=$3 rt=$4 ct=$5 n=$6 k cpu0 cpu1 t0 t1
+    write_configs "$dir" "$db" "$shared" "$rt" "$ct"
+    cpu0=$(server_cpu)
+    t0=$(date +%s.%N)
+    start_loadtests "$dir" "$n"
     local failed_start=0
     for p in "${lpids[@]}"; do wait "$p" || failed_start=1; done
     t1=$(date +%s.%N)
@@ -176,6 +210,79 @@ PY
 
 median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
+now_ms() { date +%s%3N; }
+sleep_until_ms() { local d=$(($1 - $(now_ms))); ((d <= 0)) || sleep "$(echo "scale=3; $d / 1000" | bc)"; }
+
+# One kill run: $1 dir, $2 database. The shared quota on, the last station (line-STATIONS)
+# killed KILL_AT s after the start, the others stopped AFTER s later. Writes to $1/kill-figures
+# "before/s first5/s after/s each_after failed throttled dead_unfinished emu_throttled takers
+# dead_last_grant_s db_rate db_throttles" (each_after: the survivors' devices/s, comma-joined).
+kill_run() {
+    local dir=$1 db=$2 t0 kill_ms stop_ms dead dead_pid k status p
+    write_configs "$dir" "$db" true "$tps" "$cert_tps"
+    t0=$(now_ms)
+    start_loadtests "$dir" "$devices"
+    dead=line-$stations
+    dead_pid=${lpids[stations - 1]}
+    sleep_until_ms $((t0 + kill_at * 1000))
+    for p in "${lpids[@]}"; do
+        kill -0 "$p" 2>/dev/null || { cat "$dir"/line-*.log >&2; echo "a station ended before the kill: raise DEVICES" >&2; exit 1; }
+    done
+    kill -9 "$dead_pid"
+    kill_ms=$(now_ms)
+    wait "$dead_pid" 2>/dev/null || true
+    sleep_until_ms $((kill_ms + after * 1000))
+    # Who took register_thing tokens in the last second, while the survivors still run.
+    local takers dead_last
+    takers=$(sql "$db" "SELECT coalesce(string_agg(station, ',' ORDER BY station), '-') FROM quota_takers
+                        WHERE api = 'register_thing' AND at > extract(epoch FROM clock_timestamp()) - 1")
+    dead_last=$(sql "$db" "SELECT coalesce(round((at - $kill_ms / 1000.0)::numeric, 2)::text, '-') FROM quota_takers
+                           WHERE api = 'register_thing' AND station = '$dead'")
+    stop_ms=$(now_ms)
+    for ((k = 0; k < stations - 1; k++)); do
+        kill -0 "${lpids[k]}" 2>/dev/null || { cat "$dir/line-$((k + 1)).log" >&2; echo "line-$((k + 1)) ended before it was stopped: raise DEVICES" >&2; exit 1; }
+        kill -INT "${lpids[k]}"
+    done
+    for ((k = 0; k < stations - 1; k++)); do
+        status=0
+        wait "${lpids[k]}" || status=$?
+        # 130: stopped by Ctrl-C, as asked.
+        ((status == 0 || status == 130)) || { tail -n 20 "$dir/line-$((k + 1)).log" >&2; echo "line-$((k + 1)) exited $status" >&2; }
+    done
+    local counts
+    counts=$(sql "$db" "WITH r AS (SELECT d.station, e.at_ms FROM events e JOIN devices d ON d.id = e.device_id
+                                   WHERE e.state = 'registered')
+        SELECT (SELECT count(*) FROM r WHERE at_ms >= $kill_ms - 30000 AND at_ms < $kill_ms)
+            || ' ' || (SELECT count(*) FROM r WHERE station <> '$dead' AND at_ms >= $kill_ms AND at_ms < $kill_ms + 5000)
+            || ' ' || (SELECT count(*) FROM r WHERE station <> '$dead' AND at_ms >= $kill_ms + 5000 AND at_ms < $stop_ms)
+            || ' ' || (SELECT coalesce(string_agg(n::text, ',' ORDER BY station), '-') FROM
+                         (SELECT station, count(*) AS n FROM r WHERE station <> '$dead'
+                          AND at_ms >= $kill_ms + 5000 AND at_ms < $stop_ms GROUP BY station) s)
+            || ' ' || (SELECT count(*) FROM devices WHERE state = 'failed')
+            || ' ' || (SELECT count(*) FROM devices WHERE station = '$dead'
+                       AND state NOT IN ('registered', 'verified', 'failed', 'interrupted'))
+            || ' ' || (SELECT rate FROM quota_buckets WHERE api = 'register_thing')
+            || ' ' || (SELECT sum(throttles) FROM quota_buckets)")
+    local before_n first_n after_n each failed unfinished db_rate db_thr
+    read -r before_n first_n after_n each failed unfinished db_rate db_thr <<<"$counts"
+    python3 - "$dir" "$stations" "$before_n" "$first_n" "$after_n" "$each" $((stop_ms - kill_ms - 5000)) "$failed" <<'PY' >"$dir/kill-figures.1"
+import json, sys
+d, n, before, first, after, each, after_ms, failed = sys.argv[1:9]
+n, after_s = int(n), int(after_ms) / 1000
+throttled = summary_failed = 0
+for k in range(1, n):
+    s = json.load(open(f"{d}/r-{k}/summary.json"))
+    throttled += s["throttled"]
+    summary_failed += s["devices"]["failed"]
+each = ",".join(f"{int(x) / after_s:.2f}" for x in each.split(",")) if each != "-" else "-"
+print(f"{int(before) / 30:.2f} {int(first) / 5:.2f} {int(after) / after_s:.2f} {each} {max(int(failed), summary_failed)} {throttled}")
+PY
+    stop_emulator
+    local emu_thr
+    emu_thr=$(grep -c 'Throttled' "$dir/emu.err" || true)
+    echo "$(cat "$dir/kill-figures.1") $unfinished $emu_thr $takers $dead_last $db_rate $db_thr" >"$dir/kill-figures"
+}
+
 if [[ $mode == bucket ]]; then
     sql postgres "CREATE DATABASE bucket"
     sql bucket "$(cat src/ledger/postgres/migrations/0004.sql)"
@@ -197,6 +304,22 @@ if [[ $mode == bucket ]]; then
             printf '%7s %3d %10s %14.2f\n' "$c" "$i" "$g" "$(echo "($cpu1 - $cpu0) / ${BUCKET_S:-10}" | bc -l)"
         done
     done
+elif [[ $mode == kill ]]; then
+    ((stations >= 2)) || { echo "kill: STATIONS must be at least 2" >&2; exit 2; }
+    printf '%3s %9s %9s %8s %11s %6s %9s %10s %7s %13s %15s %7s %12s\n' run before/s first5/s after/s each_after failed throttled dead_unfin emu_thr takers dead_last_grant db_rate db_throttles
+    before_all='' first_all='' after_all='' failed_all='' thr_all='' emu_all=''
+    for ((i = 1; i <= runs; i++)); do
+        dir=$work/kill-$i
+        RUST_LOG=fleet_emulator::api=debug start_emulator "$dir" "register_thing = $tps
+create_certificate_from_csr = $cert_tps"
+        kill_run "$dir" "k_$i"
+        read -r before first after_rate each failed throttled unfinished emu_thr takers dead_last db_rate db_thr <"$dir/kill-figures"
+        printf '%3d %9s %9s %8s %11s %6s %9s %10s %7s %13s %15s %7s %12s\n' "$i" "$before" "$first" "$after_rate" "$each" "$failed" "$throttled" "$unfinished" "$emu_thr" "$takers" "$dead_last" "$db_rate" "$db_thr"
+        before_all+="$before " first_all+="$first " after_all+="$after_rate " failed_all+="$failed " thr_all+="$throttled " emu_all+="$emu_thr "
+    done
+    printf 'median: %s devices/s with %d stations in [kill-30 s, kill), %s with %d in [kill, kill+5 s), %s in [kill+5 s, kill+%d s); failed %s, throttled %s (survivors), %s (emulator); RegisterThing %s TPS, %d devices each, kill at %d s\n' \
+        "$(echo "$before_all" | median)" "$stations" "$(echo "$first_all" | median)" "$((stations - 1))" "$(echo "$after_all" | median)" "$after" \
+        "$(echo "$failed_all" | median)" "$(echo "$thr_all" | median)" "$(echo "$emu_all" | median)" "$tps" "$devices" "$kill_at"
 elif [[ $mode == accept ]]; then
     printf '%-7s %3s %9s %6s %9s %6s %7s %7s %9s %10s\n' shared run devices/s failed throttled calls thr% wall_s db_grants db_throttles
     declare -A rate_of thr_of

@@ -11,6 +11,11 @@
 //! `station.lease_s`, its unfinished devices are listed with their states, and a station that
 //! takes its boards over lists the certificates sealed at the dead one as its orphans.
 //!
+//! The shared quota (`provision.shared_quota`): three stations on one account quota, one
+//! killed with SIGKILL mid-run: it drops out of the stations the others share the quota with
+//! (`quota_takers`) a second after its last grant, and the other two finish their lines with no
+//! failed device and next to no throttles.
+//!
 //! Needs the server `STATION_TEST_POSTGRES` names (`scripts/postgres.sh`
 //! starts one); passes without running when none is named, fails then under
 //! `STATION_REQUIRE_POSTGRES=1` (the library's `postgres_ledger_tests_need_station_test_postgres`
@@ -75,11 +80,17 @@ impl Schema {
     }
 
     fn count(&self, sql: &str) -> i64 {
+        self.value(sql).unwrap_or(0)
+    }
+
+    /// The first column of the first row `sql` returns (`None`: no row, or an error, e.g.
+    /// while the tables do not exist yet).
+    fn value<T: postgres::types::FromSqlOwned>(&self, sql: &str) -> Option<T> {
         client(&self.url)
             .query_opt(sql, &[])
             .ok()
             .flatten()
-            .map_or(0, |r| r.get(0))
+            .and_then(|r| r.try_get(0).ok())
     }
 }
 
@@ -577,5 +588,122 @@ fn a_killed_station_s_leases_expire_its_unfinished_devices_are_listed_and_others
     );
     assert!(listed >= sealed_at_c.max(1), "{sealed_at_c}: {script}");
     assert!(!script.contains("(station line-d)"), "{script}");
+    emu.stop();
+}
+
+/// The throttled calls from a run's summary (`elapsed: … retries: N, throttled: N`).
+fn throttled_line(stdout: &str) -> u64 {
+    stdout
+        .lines()
+        .find(|l| l.starts_with("elapsed: "))
+        .and_then(|l| l.split_once("throttled: "))
+        .and_then(|(_, n)| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no throttled count: {stdout}"))
+}
+
+#[test]
+fn a_killed_station_drops_out_of_the_shared_quota_and_the_other_two_finish_under_it() {
+    let Some(schema) = Schema::new() else { return };
+    let emu_dir = tempfile::tempdir().unwrap();
+    // The account: RegisterThing 20/s, CreateCertificateFromCsr 30/s (burst: a second's worth).
+    let emu = StandaloneEmulator::start(
+        emu_dir.path(),
+        "quotas = { register_thing = 20, create_certificate_from_csr = 30 }",
+    );
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ids = ["line-a", "line-b", "line-c"];
+    let configs: Vec<_> = (0..3)
+        .map(|i| {
+            shared_config(dirs[i].path(), &schema, &emu, ids[i], &format!("SQ{i}"))
+                .set("provision.shared_quota", "true")
+                .set("provision.register_thing_tps", "20")
+                .set("provision.create_certificate_tps", "30")
+                .write()
+        })
+        .collect();
+    const BOARDS: u64 = 60;
+    let boards = BOARDS.to_string();
+    let mut a = spawn_run(
+        dirs[0].path(),
+        &configs[0],
+        &["--boards", &boards, "--headless"],
+    );
+    let mut b = spawn_run(
+        dirs[1].path(),
+        &configs[1],
+        &["--boards", &boards, "--headless"],
+    );
+    // C has more boards than it will live for.
+    let mut c = spawn_run(
+        dirs[2].path(),
+        &configs[2],
+        &["--boards", "400", "--headless"],
+    );
+
+    // Who the next grant divides the batch among: the stations that took register_thing's
+    // tokens in the last second (the grant statement's own test, on the server's clock).
+    let takers = || {
+        schema
+            .value::<String>(
+                "SELECT coalesce(string_agg(station, ',' ORDER BY station), '') FROM quota_takers
+                 WHERE api = 'register_thing' AND at > extract(epoch FROM clock_timestamp()) - 1",
+            )
+            .unwrap_or_default()
+    };
+    // C is killed once it takes its share: it has taken tokens, and devices are registered.
+    wait_for(&mut c.0, "station line-c taking the shared tokens", || {
+        takers().contains("line-c")
+            && schema.count(
+                "SELECT count(*) FROM devices WHERE station = 'line-c' AND state IN ('registered', 'written', 'verified')",
+            ) >= 3
+    });
+    c.0.kill().unwrap();
+    c.0.wait().unwrap();
+    let killed_at: f64 = schema
+        .value("SELECT extract(epoch FROM clock_timestamp())::float8")
+        .unwrap();
+    let c_at = "SELECT at FROM quota_takers WHERE api = 'register_thing' AND station = 'line-c'";
+    let c_last: f64 = schema.value(c_at).unwrap();
+    assert!(c_last < killed_at, "{c_last} {killed_at}");
+
+    // A second after its last grant, C no longer counts: A and B share the rate two ways,
+    // while they still provision.
+    wait_for(&mut a.0, "line-c to drop out of the takers", || {
+        takers() == "line-a,line-b"
+    });
+    assert!(b.0.try_wait().unwrap().is_none(), "line-b still provisions");
+
+    // The other two finish their lines: no failed device, next to no throttles.
+    let mut throttled = 0;
+    let mut calls = 0;
+    for (run, dir, id) in [(&mut a, &dirs[0], "line-a"), (&mut b, &dirs[1], "line-b")] {
+        let status = run.0.wait().unwrap();
+        let out = std::fs::read_to_string(dir.path().join("run.out")).unwrap();
+        let err = std::fs::read_to_string(dir.path().join("run.err")).unwrap();
+        assert!(status.success(), "{id}: {out}\n{err}");
+        assert_eq!(devices_line(&out), (BOARDS, 0, BOARDS), "{id}: {out}");
+        // Each device called CreateCertificateFromCsr and RegisterThing at least once; a
+        // throttled call was one more.
+        let t = throttled_line(&out);
+        throttled += t;
+        calls += 2 * BOARDS + t;
+    }
+    assert!(
+        throttled * 100 < calls,
+        "{throttled} of {calls} calls throttled"
+    );
+    let reported: i64 = schema
+        .value("SELECT sum(throttles)::bigint FROM quota_buckets")
+        .unwrap();
+    assert!(
+        reported as u64 * 100 < calls,
+        "{reported} throttles reported to the shared bucket"
+    );
+    // C's row stays where the kill left it: its time no longer moves.
+    assert_eq!(schema.value::<f64>(c_at), Some(c_last));
+    assert_eq!(
+        schema.count("SELECT count(*) FROM devices WHERE station IN ('line-a', 'line-b') AND state <> 'verified'"),
+        0
+    );
     emu.stop();
 }

@@ -1,9 +1,10 @@
 //! Tests of the shared account quota against the server `STATION_TEST_POSTGRES` names (each
 //! in a scratch ledger schema of its own; without a server they pass without running, and
 //! `ledger::tests::postgres_ledger_tests_need_station_test_postgres` says so): the GCRA and
-//! AIMD arithmetic of the row, two stations sharing one rate, a throttle at one lowering the
-//! other's rate, the database going away and coming back. A database that cannot be reached
-//! at start is tested without a server.
+//! AIMD arithmetic of the row, a station that stopped taking tokens (killed) dropping out of
+//! the others' share a second after its last grant, two stations sharing one rate, a throttle
+//! at one lowering the other's rate, the database going away and coming back. A database
+//! that cannot be reached at start is tested without a server.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -148,6 +149,41 @@ fn grants_tile_the_time_line_at_the_rate_and_aimd_lives_in_the_row() {
     other.seed(API, 30.0).unwrap();
     assert_eq!(column::<f64>(&url, API, "rate"), 30.0);
     assert_eq!(column::<String>(&url, API, "set_by"), "st-b");
+}
+
+#[test]
+fn a_station_that_took_no_tokens_for_a_second_no_longer_divides_the_batch() {
+    let Some((_s, url)) = ledger() else { return };
+    let mut stations: Vec<QuotaStore> = ["st-a", "st-b", "st-c"]
+        .iter()
+        .map(|id| QuotaStore::connect(&url, id).unwrap())
+        .collect();
+    stations[0].seed(API, 60.0).unwrap();
+    // 100 ms at 60/s is 6 tokens, divided among the stations taking them.
+    let mut share = |i: usize| {
+        let g = stations[i].grant(API, BATCH).unwrap();
+        (g.tokens, g.stations)
+    };
+    assert_eq!([share(0), share(1), share(2)], [(6, 1), (3, 2), (2, 3)]);
+    assert_eq!(share(0), (2, 3));
+    // st-c dies (SIGKILL: nothing tells the database). Its row stays, its time stops; a
+    // second after its last grant it no longer counts, and the two others share the batch.
+    with_server(&url, |c| {
+        c.execute(
+            "UPDATE quota_takers SET at = at - 1 WHERE api = $1 AND station = 'st-c'",
+            &[&API],
+        )
+        .unwrap()
+    });
+    assert_eq!([share(0), share(1)], [(3, 2), (3, 2)]);
+    let rows: i64 = with_server(&url, |c| {
+        c.query_one("SELECT count(*) FROM quota_takers WHERE api = $1", &[&API])
+            .unwrap()
+            .get(0)
+    });
+    assert_eq!(rows, 3, "the dead station's row stays");
+    // Started again, it counts again.
+    assert_eq!(share(2), (2, 3));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
