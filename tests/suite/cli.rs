@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::common::cli::{StationConfig, station};
+use crate::common::cli::{StationConfig, station, succeeded};
 use crate::common::{RawClient, StandaloneEmulator};
 use fleet_station::provision::tls::{client_config_from_pem, read_roots};
 
@@ -24,12 +24,7 @@ fn run_provisions_and_writes_the_summary() {
         .arg(dir.path().join("r"))
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&out);
     assert!(
         stdout.contains("devices: 6 provisioned, 0 failed, of 6"),
         "{stdout}"

@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::common::cli::{StationConfig, count, station};
+use crate::common::cli::{StationConfig, count, station, succeeded};
 use fleet_station::config::Config;
 use fleet_station::emulator::registry::{CertStatus, Registry};
 use fleet_station::jig::{
@@ -31,12 +31,7 @@ fn run_cli(dir: &Path, config: &Path, report: &str, boards: usize) -> serde_json
         .arg(dir.join(report))
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     serde_json::from_slice(&std::fs::read(dir.join(report).join("summary.json")).unwrap()).unwrap()
 }
 

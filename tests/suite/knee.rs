@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::common::TestEmulator;
-use crate::common::cli::{StationConfig, count, station, wait_for};
+use crate::common::cli::{StationConfig, count, station, succeeded, wait_for};
 use fleet_station::config::Config;
 use fleet_station::emulator::faults::FaultConfig;
 use fleet_station::shutdown::Shutdown;
@@ -36,12 +36,7 @@ fn find_knee(dir: &Path, config: &Path) -> serde_json::Value {
         .arg(&report)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&out);
     assert!(stdout.contains("knee: "), "{stdout}");
     for f in ["steps.csv", "loadtest.json", "knee.svg", "summary.json"] {
         assert!(report.join(f).is_file(), "{f} missing");

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::cli::{StationConfig, count, ledger, station, wait_for};
+use crate::common::cli::{StationConfig, count, ledger, station, succeeded, wait_for};
 
 /// A station configuration with the embedded emulator, virtual jigs and its ledger in `dir`.
 fn write_config(dir: &Path, id: &str) -> PathBuf {
@@ -198,12 +198,7 @@ fn a_second_station_on_one_ledger_is_refused_until_the_first_is_gone_even_by_sig
         .stderr(Stdio::piped())
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&out);
     assert!(
         stdout.contains("devices: 4 provisioned, 0 failed, of 4"),
         "{stdout}"

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 
 use crate::common::StandaloneEmulator;
-use crate::common::cli::{StationConfig, ledger, station, wait_for};
+use crate::common::cli::{StationConfig, ledger, station, succeeded, wait_for};
 
 /// A schema of the test's own on the test server, dropped when the test ends.
 struct Schema {
@@ -107,7 +107,19 @@ fn client(url: &str) -> postgres::Client {
 /// A station configuration in `dir` on the shared ledger: its id, its own boards (serials
 /// `<prefix>-…`), its own embedded emulator.
 fn write_config(dir: &Path, schema: &Schema, id: &str, prefix: &str) -> PathBuf {
-    StationConfig::embedded(dir)
+    on_shared_ledger(StationConfig::embedded(dir), dir, schema, id, prefix).write()
+}
+
+/// `config` as station `id` on the shared ledger, its key file in `dir`, its boards' serials
+/// `<prefix>-…`.
+fn on_shared_ledger(
+    config: StationConfig,
+    dir: &Path,
+    schema: &Schema,
+    id: &str,
+    prefix: &str,
+) -> StationConfig {
+    config
         .set_str("station.id", id)
         .set_str("station.ledger", &schema.url)
         .set_str(
@@ -115,7 +127,6 @@ fn write_config(dir: &Path, schema: &Schema, id: &str, prefix: &str) -> PathBuf 
             dir.join(format!("{id}.key")).display().to_string(),
         )
         .set_str("jigs.serial_prefix", prefix)
-        .write()
 }
 
 /// A running station, killed if the test ends first.
@@ -174,12 +185,7 @@ fn stations_share_a_postgres_ledger_and_only_a_taken_station_id_is_refused() {
         .arg(dir_b.path().join("report"))
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&out);
     assert!(
         stdout.contains("devices: 40 provisioned, 0 failed, of 40"),
         "{stdout}"
@@ -232,12 +238,7 @@ fn stations_share_a_postgres_ledger_and_only_a_taken_station_id_is_refused() {
         .arg(dir_a.path().join("report-again"))
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&out);
     assert!(
         stdout.contains("devices: 4 provisioned, 0 failed, of 4"),
         "{stdout}"
@@ -305,12 +306,7 @@ fn a_load_test_journals_to_the_shared_ledger_and_its_cleanup_plan_takes_only_its
             .unwrap()
     };
     let out = plan(&config);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&out);
     assert!(
         stdout.contains("12 certificate(s), 12 thing(s) to delete, 0 thing(s) kept"),
         "only the first load test's devices: {stdout}"
@@ -344,14 +340,7 @@ fn shared_config(
     id: &str,
     prefix: &str,
 ) -> StationConfig {
-    StationConfig::endpoint(dir, emu)
-        .set_str("station.id", id)
-        .set_str("station.ledger", &schema.url)
-        .set_str(
-            "station.ledger_key",
-            dir.join(format!("{id}.key")).display().to_string(),
-        )
-        .set_str("jigs.serial_prefix", prefix)
+    on_shared_ledger(StationConfig::endpoint(dir, emu), dir, schema, id, prefix)
         .set("jigs.stamp_serials", "false")
         .set("jigs.count", "4")
         .set("jigs.baud", "0")
@@ -561,12 +550,7 @@ fn a_killed_station_s_leases_expire_its_unfinished_devices_are_listed_and_others
         .arg(dirs[3].path().join("report"))
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&out);
     assert_eq!(devices_line(&stdout).1, 0, "{stdout}");
     assert_eq!(
         schema

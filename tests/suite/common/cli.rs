@@ -13,6 +13,17 @@ pub fn station() -> Command {
     Command::new(env!("CARGO_BIN_EXE_station"))
 }
 
+/// The stdout of a command that must have succeeded (else fails, showing stdout and stderr).
+pub fn succeeded(out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// `station ledger --config <config> <what…>`, run to its end.
 pub fn ledger(config: &Path, what: &[&str]) -> Output {
     station()
