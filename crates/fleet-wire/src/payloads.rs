@@ -127,7 +127,13 @@ pub struct DecodeError {
 pub fn encode<T: Serialize>(format: Format, value: &T) -> Vec<u8> {
     match format {
         // Serializing these plain structs cannot fail.
-        Format::Json => serde_json::to_vec(value).expect("JSON encoding of a payload struct"),
+        Format::Json => {
+            // Sized for a certificate answer at once: growing by doubling copies the PEM
+            // several times over.
+            let mut out = Vec::with_capacity(2048);
+            serde_json::to_writer(&mut out, value).expect("JSON encoding of a payload struct");
+            out
+        }
         Format::Cbor => {
             let mut out = Vec::new();
             ciborium::into_writer(value, &mut out).expect("CBOR encoding into a Vec");
