@@ -22,7 +22,7 @@
 //! time creates a certificate. When the station stops, a request already sent gets a short
 //! grace for its answer; the device then keeps its state and resumes on the next run.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -554,7 +554,11 @@ async fn new_certificate(
 }
 
 /// A CreateCertificate answer this slot already took for another device: a late duplicate.
-fn stale_certificate(format: crate::fleet::Format, bytes: &Bytes, recent: &[String]) -> Verdict {
+fn stale_certificate(
+    format: crate::fleet::Format,
+    bytes: &Bytes,
+    recent: &VecDeque<String>,
+) -> Verdict {
     #[derive(serde::Deserialize)]
     struct Id {
         #[serde(rename = "certificateId")]

@@ -348,10 +348,11 @@ pub struct SessionSlot {
     last_connect: Option<Instant>,
     /// Set by [`get`](Self::get) when it made a new connection.
     fresh: bool,
-    /// (serial, thing name) of the last RegisterThing answers taken on this slot.
-    things: VecDeque<(String, String)>,
+    /// (serial, thing name) of the last RegisterThing answers taken on this slot. Shared
+    /// with the call in flight as a snapshot (copied only if one is still held on change).
+    things: Arc<VecDeque<(String, String)>>,
     /// Certificate ids of the last CreateCertificate answers taken on this slot.
-    certificates: VecDeque<String>,
+    certificates: Arc<VecDeque<String>>,
     /// When the endpoint last closed this slot's connection while no request was out.
     last_idle_close: Option<Instant>,
     /// The pool's session gauges, when telemetry counts them.
@@ -367,8 +368,8 @@ impl SessionSlot {
             session: None,
             last_connect: None,
             fresh: false,
-            things: VecDeque::new(),
-            certificates: VecDeque::new(),
+            things: Arc::default(),
+            certificates: Arc::default(),
             last_idle_close: None,
             gauges: None,
             connected: None,
@@ -387,8 +388,8 @@ impl SessionSlot {
     }
 
     /// Things this slot's sessions delivered lately, with their boards' serials.
-    pub fn recent_things(&self) -> Vec<(String, String)> {
-        self.things.iter().cloned().collect()
+    pub fn recent_things(&self) -> Arc<VecDeque<(String, String)>> {
+        self.things.clone()
     }
 
     pub fn remember_thing(&mut self, serial: &str, thing: &str) {
@@ -396,8 +397,8 @@ impl SessionSlot {
     }
 
     /// Certificate ids this slot's sessions delivered lately.
-    pub fn recent_certificates(&self) -> Vec<String> {
-        self.certificates.iter().cloned().collect()
+    pub fn recent_certificates(&self) -> Arc<VecDeque<String>> {
+        self.certificates.clone()
     }
 
     pub fn remember_certificate(&mut self, id: &str) {
@@ -452,7 +453,8 @@ impl SessionSlot {
     }
 }
 
-fn remember<T>(list: &mut VecDeque<T>, item: T) {
+fn remember<T: Clone>(list: &mut Arc<VecDeque<T>>, item: T) {
+    let list = Arc::make_mut(list);
     if list.len() == REMEMBERED {
         list.pop_front();
     }
@@ -509,7 +511,7 @@ mod tests {
         assert_eq!(things.len(), REMEMBERED);
         assert_eq!(things[0].1, "thing-4");
         assert_eq!(
-            s.recent_certificates().last().unwrap(),
+            s.recent_certificates().back().unwrap(),
             &format!("cert-{}", REMEMBERED + 3)
         );
     }
