@@ -79,6 +79,7 @@ pub(crate) fn open(
     };
     let sealer = seal::open_key_file(path, &seal::key_path(path), sealed)?;
     schema::migrate(&mut conn, steps).map_err(&sql)?;
+    schema::ensure_indexes(&conn).map_err(&sql)?;
     let journal = SqliteJournal {
         writer: Writer::start(conn, path, lock),
         station: station.to_string(),

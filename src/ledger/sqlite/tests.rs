@@ -260,3 +260,36 @@ fn the_view_refuses_a_missing_ledger_and_an_unknown_schema() {
         Err(LedgerError::Schema { found: 0, .. })
     ));
 }
+
+/// The query plan SQLite picks for `sql`, one detail line per step.
+fn plan(conn: &Connection, sql: &str) -> String {
+    let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+    let rows = stmt
+        .query_map([], |r| r.get::<_, String>(3))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect::<Vec<_>>();
+    rows.join("\n")
+}
+
+#[test]
+fn orphans_are_found_by_serial_through_an_index_even_in_a_ledger_made_without_it() {
+    let (_dir, path) = scratch();
+    drop(Ledger::open(&path, "st").unwrap());
+    // A ledger as the releases before the index made it.
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch("DROP INDEX orphans_serial")
+        .unwrap();
+    drop(Ledger::open(&path, "st").unwrap());
+    let conn = raw(&path);
+    // The statements of a registration and of recording an orphan, as the journal runs them.
+    for sql in [
+        "UPDATE orphans SET thing_name = 't' WHERE serial = 'SN' AND status = 'active' AND thing_name IS NULL",
+        "SELECT 1 FROM orphans WHERE serial = 'SN' AND certificate_id = 'c'",
+    ] {
+        let p = plan(&conn, sql);
+        assert!(p.contains("USING INDEX orphans_serial"), "{sql}: {p}");
+    }
+    assert_eq!(user_version(&path), SCHEMA_VERSION, "no new schema version");
+}
