@@ -15,6 +15,7 @@
 //! catches up with memory once it can; until then they stay in the overlay and reads see
 //! them. After a commit the writer takes the lock and turns the records it committed clean
 //! (unless a newer write changed them since), evicting the oldest clean ones beyond the cap.
+//! Checkpoints run on a thread of their own (`checkpoint.rs`), so no commit waits for one.
 //! `PRAGMA synchronous = NORMAL`: in WAL mode a commit is in the operating system before the
 //! reply, so it survives a kill of the emulator; a power loss of the host may lose the last
 //! commits, which is outside the emulation, as for the virtual boards' flash
@@ -35,6 +36,7 @@
 //! Ownership tokens are kept by their SHA-256 only; the token itself is returned to the device
 //! once and never stored.
 
+mod checkpoint;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -139,13 +141,6 @@ pub const REGISTRY_FILE: &str = "registry.db";
 /// `PRAGMA synchronous` of the registry database (see the module header).
 const SYNCHRONOUS: &str = "NORMAL";
 
-/// WAL pages after which a commit checkpoints them into the database (SQLite's default is
-/// 1,000). Every certificate, token and thing row is written twice in its first seconds
-/// (issued, then registered); a longer WAL lets a checkpoint copy such a page once instead
-/// of once per version, and runs an eighth as many checkpoints. The cost is disk: up to
-/// ~32 MB of WAL beside the registry, reset by each checkpoint.
-const WAL_CHECKPOINT_PAGES: u32 = 8000;
-
 /// Why a change was not committed (and so must not be acknowledged).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CommitError {
@@ -242,6 +237,9 @@ pub struct Registry {
     writer: Mutex<Option<JoinHandle<()>>>,
     /// Fault injection: extra milliseconds every commit takes (`storage_delay_ms`).
     slow_disk: Arc<SlowDisk>,
+    /// Checkpoints the checkpoint thread completed.
+    #[cfg_attr(not(test), allow(dead_code))]
+    checkpoints: Arc<checkpoint::Done>,
 }
 
 /// Fault injection: a slow disk. Every commit takes `delay_ms` longer; the commits that
@@ -477,13 +475,12 @@ impl Registry {
             path: p.clone(),
             source,
         };
-        let conn = Connection::open(path).map_err(sql)?;
+        let mut conn = Connection::open(path).map_err(sql)?;
         // Another process reading the file (a test, an operator) must not fail a commit.
         conn.busy_timeout(Duration::from_secs(5)).map_err(sql)?;
         // The indexes are created on open, so registries made before them get them too.
         conn.execute_batch(&format!(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous={SYNCHRONOUS};
-             PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES};
              CREATE TABLE IF NOT EXISTS certificates (key TEXT PRIMARY KEY, json TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS tokens (key TEXT PRIMARY KEY, json TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS things (key TEXT PRIMARY KEY, json TEXT NOT NULL);
@@ -517,15 +514,23 @@ impl Registry {
         let slow_disk = Arc::new(SlowDisk::default());
         let disk = slow_disk.clone();
         let writer_state = state.clone();
+        let checkpoints = Arc::new(checkpoint::Done::default());
+        let checkpointer =
+            checkpoint::Checkpointer::start(&mut conn, path, checkpoints.clone()).map_err(sql)?;
         let writer = std::thread::Builder::new()
             .name("registry-writer".into())
-            .spawn(move || writer::writer_loop(conn, rx, writer_state, disk))
+            .spawn(move || {
+                writer::writer_loop(conn, rx, writer_state, disk);
+                // After the connection (its WAL hook signals the checkpoint thread).
+                drop(checkpointer);
+            })
             .expect("spawn registry writer");
         Ok(Arc::new(Registry {
             state,
             writes: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
             slow_disk,
+            checkpoints,
         }))
     }
 
@@ -554,6 +559,12 @@ impl Registry {
             .wait_timeout_while(slowed, Duration::from_secs(30), |s| *s < n)
             .unwrap();
         assert!(!timeout.timed_out(), "{} of {n} slowed commits", *slowed);
+    }
+
+    /// Waits until the checkpoint thread has copied the whole WAL `n` times.
+    #[cfg(test)]
+    pub(crate) fn wait_for_checkpoints(&self, n: u64) {
+        self.checkpoints.wait_for(n);
     }
 
     /// Starts a transaction under the registry lock; see `Txn::commit`.

@@ -484,3 +484,29 @@ fn expiry_and_tokens_of_a_certificate_use_the_indexes() {
     );
     reg.close();
 }
+
+#[test]
+fn the_wal_is_checkpointed_by_a_thread_of_its_own_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.db");
+    let reg = Registry::open(&path).unwrap();
+    // Certificates of about a page each, committed in batches, until the WAL holds more
+    // than the threshold; the writer's commits never checkpoint.
+    let pem = "P".repeat(3000);
+    let n = 2 * checkpoint::WAL_CHECKPOINT_PAGES as usize;
+    for batch in 0..n / 50 {
+        let mut t = reg.txn();
+        for i in 0..50 {
+            let mut c = cert(&format!("c{batch}-{i}"), CertStatus::Active);
+            c.pem = pem.clone();
+            t.put_certificate(c);
+        }
+        t.commit_blocking().unwrap();
+    }
+    reg.wait_for_checkpoints(1);
+    let rows: i64 = Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT count(*) FROM certificates", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows as usize, n);
+}
