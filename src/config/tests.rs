@@ -1,6 +1,9 @@
 //! Tests of the station configuration: parsing, defaults, validation with the key and the fix.
 
+use std::time::Duration;
+
 use super::*;
+use crate::jig::{DataBits, FlowControl, NRF91_DEFAULT_SEC_TAG, Parity, StopBits};
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
     Config::parse(text, Path::new("station.toml"))
