@@ -82,6 +82,7 @@ fn loadavg() -> String {
 }
 
 fn main() {
+    fleet_station::allocator::no_huge_pages();
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing we use. Under
     // `cargo test` (no `--bench`) run a small smoke version so the target stays exercised.
     let benching = std::env::args().any(|a| a == "--bench");

@@ -31,10 +31,12 @@
 //! - [`dashboard`]: the operator's terminal dashboard; it reads telemetry snapshots and sends
 //!   operator commands, nothing else.
 //! - [`error`]: the operator-facing error type; [`halt`]: why a run stopped early.
+//! - [`allocator`]: the binary's memory allocator (mimalloc, no transparent huge pages).
 //!
 //! The station uses the emulator only to start it as its embedded endpoint; the other crates
 //! are re-exported here under the names the station and the tests use.
 
+pub mod allocator;
 pub mod config;
 pub mod dashboard;
 pub mod error;

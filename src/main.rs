@@ -602,7 +602,12 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
+/// mimalloc: see `fleet_station::allocator` for why and what it measured.
+#[global_allocator]
+static ALLOCATOR: fleet_station::allocator::Allocator = fleet_station::allocator::Allocator;
+
 fn main() -> ExitCode {
+    fleet_station::allocator::no_huge_pages();
     let cli = Cli::parse();
     let log = LogSink::default();
     // A dashboard may move the log to a file: no colour codes there.

@@ -6,6 +6,10 @@
 // Each bench that includes this module uses a part of it.
 #![allow(dead_code)]
 
+/// The `station` binary's allocator, so that the benches measure what ships.
+#[global_allocator]
+static ALLOCATOR: fleet_station::allocator::Allocator = fleet_station::allocator::Allocator;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 

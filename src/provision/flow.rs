@@ -505,6 +505,8 @@ async fn new_certificate(
                 },
             )
             .await;
+            // The snapshot goes before the slot adds to it, so nothing is copied.
+            drop(recent);
             let created = match created {
                 Ok(call) => call.value,
                 Err(f) => return Err(creation_failed(ctx, id, serial, f).await),
@@ -616,6 +618,8 @@ async fn create_from_csr(
         },
     )
     .await;
+    // The snapshot goes before the slot adds to it, so nothing is copied.
+    drop(recent);
     let created = match created {
         Ok(call) => call.value,
         Err(f) => return Err(creation_failed(ctx, id, serial, f).await),
@@ -713,6 +717,8 @@ async fn register(
         |bytes| decode::<RegisterThingResponse>(format, bytes).map_err(|e| e.to_string()),
     )
     .await;
+    // The snapshot goes before the slot adds to it, so nothing is copied.
+    drop(recent);
     ctx.telemetry
         .emit(Event::StageTime {
             stage: Stage::RegisterThing,
