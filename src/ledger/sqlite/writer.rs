@@ -1,7 +1,11 @@
 //! The SQLite ledger's one writer thread: changes wait on a channel, and the writer commits
 //! whatever is waiting (up to 1024) in one transaction (group commit), so many devices share
-//! one disk sync. Each change runs in a savepoint: a failing one fails only itself. A change's
-//! answer is sent after the commit, so it is durable when its caller goes on.
+//! one disk sync. A failing change fails only itself: the batch first runs without savepoints
+//! and, only if a change in it fails, is rolled back and run again with one savepoint per
+//! change (a savepoint per change cost two statements and a copy of every page the change
+//! touched into the statement journal, on every change). A change may therefore run twice; it
+//! is a function of the database (and the clock), so its second run is the one that counts.
+//! A change's answer is sent after the commit, so it is durable when its caller goes on.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -22,7 +26,7 @@ const BATCH: usize = 1024;
 
 /// One change waiting for the writer.
 trait Task: Send {
-    /// Runs the change inside the writer's transaction.
+    /// Runs the change inside the writer's transaction (again, if a rolled-back batch held it).
     fn run(&mut self, tx: &Transaction<'_>) -> rusqlite::Result<()>;
     /// Answers the caller: `Err` with why when the change or the commit failed.
     fn answer(self: Box<Self>, outcome: Result<(), String>);
@@ -30,7 +34,7 @@ trait Task: Send {
 
 /// A change that answers a `T`.
 struct Job<T, F> {
-    change: Option<F>,
+    change: F,
     value: Option<T>,
     ack: oneshot::Sender<Result<T, LedgerError>>,
     path: Arc<Path>,
@@ -39,11 +43,11 @@ struct Job<T, F> {
 impl<T, F> Task for Job<T, F>
 where
     T: Send,
-    F: FnOnce(&Transaction<'_>) -> rusqlite::Result<T> + Send,
+    F: Fn(&Transaction<'_>) -> rusqlite::Result<T> + Send,
 {
     fn run(&mut self, tx: &Transaction<'_>) -> rusqlite::Result<()> {
-        let change = self.change.take().expect("a change runs once");
-        self.value = Some(change(tx)?);
+        self.value = None;
+        self.value = Some((self.change)(tx)?);
         Ok(())
     }
 
@@ -88,15 +92,16 @@ impl Writer {
         }
     }
 
-    /// Queues `change`; the answer comes once it is committed.
+    /// Queues `change`; the answer comes once it is committed. `change` may run twice (see the
+    /// module header): only the run in the committed transaction counts.
     pub(super) fn submit<T, F>(&self, change: F) -> Pending<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Transaction<'_>) -> rusqlite::Result<T> + Send + 'static,
+        F: Fn(&Transaction<'_>) -> rusqlite::Result<T> + Send + 'static,
     {
         let (ack, pending) = Pending::channel();
         let job = Box::new(Job {
-            change: Some(change),
+            change,
             value: None,
             ack,
             path: self.path.clone(),
@@ -128,39 +133,134 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Box<dyn Task>>) {
                 Err(_) => break,
             }
         }
-        // One transaction, one sync, for the whole batch. A failing change fails only itself
-        // (its savepoint is rolled back); the others commit. The write lock is taken at BEGIN,
-        // where SQLite's busy handler waits for it: a deferred transaction that reads first
-        // and upgrades later fails at once when another connection wrote in between.
-        let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-            Ok(tx) => tx,
-            Err(e) => {
-                for task in batch {
-                    task.answer(Err(e.to_string()));
-                }
-                continue;
-            }
+        // One transaction, one sync, for the whole batch: first without savepoints; if a
+        // change fails, the batch is rolled back and run again with one savepoint per change.
+        let answers = match commit_whole(&mut conn, &mut batch) {
+            Ok(()) => vec![Ok(()); batch.len()],
+            Err(Whole::ChangeFailed) => commit_each(&mut conn, &mut batch),
+            Err(Whole::Commit(e)) => vec![Err(e); batch.len()],
         };
-        let mut ran = Vec::with_capacity(batch.len());
-        for mut task in batch {
-            // Prepared once and kept: parsing these for every change cost as much as the
-            // changes' own statements.
-            let r = savepoint(&tx, "SAVEPOINT op")
-                .and_then(|_| task.run(&tx))
-                .and_then(|_| savepoint(&tx, "RELEASE op"));
-            if r.is_err() {
-                let _ = savepoint(&tx, "ROLLBACK TO op").and_then(|_| savepoint(&tx, "RELEASE op"));
-            }
-            ran.push((task, r.map_err(|e| e.to_string())));
-        }
-        let committed = tx.commit().map_err(|e| e.to_string());
-        for (task, r) in ran {
-            task.answer(committed.clone().and(r));
+        for (task, answer) in batch.into_iter().zip(answers) {
+            task.answer(answer);
         }
     }
+}
+
+/// Why a batch was not committed whole.
+enum Whole {
+    /// A change failed: the transaction was rolled back, nothing of the batch is stored.
+    ChangeFailed,
+    /// BEGIN or COMMIT failed: every change of the batch fails with this.
+    Commit(String),
+}
+
+/// The write lock is taken at BEGIN, where SQLite's busy handler waits for it: a deferred
+/// transaction that reads first and upgrades later fails at once when another connection
+/// wrote in between.
+fn begin(conn: &mut Connection) -> Result<Transaction<'_>, String> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| e.to_string())
+}
+
+/// Runs every change of `batch` in one transaction and commits it.
+fn commit_whole(conn: &mut Connection, batch: &mut [Box<dyn Task>]) -> Result<(), Whole> {
+    let tx = begin(conn).map_err(Whole::Commit)?;
+    for task in batch.iter_mut() {
+        if task.run(&tx).is_err() {
+            // Dropping the transaction rolls it back.
+            return Err(Whole::ChangeFailed);
+        }
+    }
+    tx.commit().map_err(|e| Whole::Commit(e.to_string()))
+}
+
+/// Runs each change of `batch` in a savepoint of one transaction: a failing change is rolled
+/// back alone and answered with its error; the others commit.
+fn commit_each(conn: &mut Connection, batch: &mut [Box<dyn Task>]) -> Vec<Result<(), String>> {
+    let tx = match begin(conn) {
+        Ok(tx) => tx,
+        Err(e) => return vec![Err(e); batch.len()],
+    };
+    let mut ran = Vec::with_capacity(batch.len());
+    for task in batch.iter_mut() {
+        // Prepared once and kept: parsing these for every change cost as much as the
+        // changes' own statements.
+        let r = savepoint(&tx, "SAVEPOINT op")
+            .and_then(|_| task.run(&tx))
+            .and_then(|_| savepoint(&tx, "RELEASE op"));
+        if r.is_err() {
+            let _ = savepoint(&tx, "ROLLBACK TO op").and_then(|_| savepoint(&tx, "RELEASE op"));
+        }
+        ran.push(r.map_err(|e| e.to_string()));
+    }
+    let committed = tx.commit().map_err(|e| e.to_string());
+    ran.into_iter().map(|r| committed.clone().and(r)).collect()
 }
 
 /// Runs one savepoint statement from the connection's statement cache.
 fn savepoint(tx: &Transaction<'_>, sql: &str) -> rusqlite::Result<()> {
     tx.prepare_cached(sql)?.execute([]).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A batch holding a failing change: the failing one answers its error, the others are
+    /// committed once (after the batch ran again with savepoints).
+    #[test]
+    fn a_failing_change_fails_only_itself_and_the_rest_of_its_batch_commits_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("writer.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE t (k TEXT PRIMARY KEY); INSERT INTO t VALUES ('taken');")
+            .unwrap();
+        let writer = Writer::start(conn, &path, LedgerLock::acquire(&path, "st").unwrap());
+
+        // A first change holds the writer until the others are queued: they share a batch.
+        let (started_tx, started_rx) = crossbeam_channel::bounded::<()>(1);
+        let (go_tx, go_rx) = crossbeam_channel::bounded::<()>(1);
+        let first = writer.submit(move |_| {
+            let _ = started_tx.send(());
+            let _ = go_rx.recv();
+            Ok(())
+        });
+        started_rx.recv().unwrap();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counted = runs.clone();
+        let before = writer.submit(move |tx| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tx.execute("INSERT INTO t VALUES ('before')", [])
+        });
+        let failing = writer.submit(|tx| tx.execute("INSERT INTO t VALUES ('taken')", []));
+        let after = writer.submit(|tx| tx.execute("INSERT INTO t VALUES ('after')", []));
+        go_tx.send(()).unwrap();
+
+        first.wait_blocking().unwrap();
+        assert_eq!(before.wait_blocking().unwrap(), 1);
+        let err = failing.wait_blocking().expect_err("a duplicate key");
+        assert!(
+            matches!(&err, LedgerError::Write { reason, .. } if reason.contains("UNIQUE")),
+            "{err:?}"
+        );
+        assert_eq!(after.wait_blocking().unwrap(), 1);
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            2,
+            "the batch ran whole, failed, and ran again with savepoints"
+        );
+        drop(writer);
+        let conn = Connection::open(&path).unwrap();
+        let keys: Vec<String> = conn
+            .prepare("SELECT k FROM t ORDER BY k")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(keys, ["after", "before", "taken"]);
+    }
 }
