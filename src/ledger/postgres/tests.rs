@@ -221,6 +221,75 @@ fn a_failing_change_fails_only_itself_and_the_reader_cannot_write() {
     assert_eq!(reader.devices().unwrap().len(), 1);
 }
 
+/// The writer's batch holding a failing change: the failing one answers its error, the others
+/// are committed once (after the batch ran again with savepoints; PostgreSQL aborts the
+/// whole transaction at the first error, so the first run is rolled back).
+#[test]
+fn a_batch_with_a_failing_change_commits_the_rest_of_it_once() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    let Some(s) = Scratch::postgres() else { return };
+    let url = s.url.clone().unwrap();
+    let (journal, _records) =
+        super::open(&url, &s.key("st"), "st", Duration::from_secs(60)).unwrap();
+    let writer = &journal.writer;
+    // A first change holds the writer until the others are queued: they share a batch.
+    let (started_tx, started_rx) = crossbeam_channel::bounded::<()>(1);
+    let (go_tx, go_rx) = crossbeam_channel::bounded::<()>(1);
+    let first = writer.submit(move |_| {
+        let _ = started_tx.send(());
+        let _ = go_rx.recv();
+        Ok(())
+    });
+    started_rx.recv().unwrap();
+    let insert = |id: &'static str| {
+        move |tx: &mut super::journal::Tx<'_, '_>| {
+            tx.tx
+                .execute(
+                    "INSERT INTO stations (id, holder) VALUES ($1, 'test')",
+                    &[&id],
+                )
+                .map_err(Into::into)
+        }
+    };
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counted = runs.clone();
+    let before = writer.submit(move |tx| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        insert("batch-before")(tx)
+    });
+    let failing = writer.submit(|tx| tx.tx.execute("SELECT 1 / 0", &[]).map_err(Into::into));
+    let after = writer.submit(insert("batch-after"));
+    go_tx.send(()).unwrap();
+
+    first.wait_blocking().unwrap();
+    assert_eq!(before.wait_blocking().unwrap(), 1);
+    let err = failing.wait_blocking().expect_err("division by zero");
+    assert!(
+        matches!(&err, LedgerError::Write { reason, .. } if reason.contains("division by zero")),
+        "{err:?}"
+    );
+    assert_eq!(after.wait_blocking().unwrap(), 1);
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        2,
+        "the batch ran whole, failed, and ran again with savepoints"
+    );
+    let ids: Vec<String> = with_server(&url, |c| {
+        c.query(
+            "SELECT id FROM stations WHERE id LIKE 'batch-%' ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    });
+    assert_eq!(ids, ["batch-after", "batch-before"]);
+}
+
 #[tokio::test]
 async fn the_privileges_the_readme_lists_are_enough() {
     let Some(s) = Scratch::postgres() else { return };

@@ -1,8 +1,11 @@
 //! The PostgreSQL ledger's one writer thread, the twin of the SQLite writer: it owns the
 //! station's writer connection (which holds the station's lock), and commits whatever changes
 //! are waiting (up to 1024) in one transaction (group commit), so many devices share one
-//! round of COMMIT and its WAL flush. Each change runs in a savepoint: a failing one fails only
-//! itself. A change's answer is sent after the COMMIT, so it is durable when its caller goes
+//! round of COMMIT and its WAL flush. A failing change fails only itself: as in the SQLite
+//! writer, the batch first runs without savepoints and, only if a change fails, is rolled back
+//! and run again with one savepoint per change (each `SAVEPOINT` and `RELEASE` is a round trip
+//! to the server). A change may therefore run twice; only the committed run counts. A change's
+//! answer is sent after the COMMIT, so it is durable when its caller goes
 //! on. A lost connection fails every change from then on (and has dropped the station's lock
 //! with it): the line stops, as for any ledger that cannot write.
 //!
@@ -26,6 +29,7 @@ use tokio::sync::oneshot;
 
 use super::connect::describe;
 use super::journal::{ChangeError, Statements, Tx};
+use super::lease::Claim;
 use super::lease::Leases;
 use crate::ledger::LedgerError;
 use crate::ledger::backend::Pending;
@@ -60,7 +64,7 @@ impl From<ChangeError> for Failure {
 trait Task: Send {
     /// The serial this change claims before the batch's transaction opens (a `begin`).
     fn claims(&self) -> Option<&str>;
-    /// Runs the change inside the writer's transaction.
+    /// Runs the change inside the writer's transaction (again, if a rolled-back batch held it).
     fn run(&mut self, tx: &mut Tx<'_, '_>) -> Outcome<()>;
     /// Answers the caller: `Err` with why when the change or the commit failed.
     fn answer(self: Box<Self>, outcome: Result<(), Failure>);
@@ -69,7 +73,7 @@ trait Task: Send {
 /// A change that answers a `T`.
 struct Job<T, F> {
     claim: Option<String>,
-    change: Option<F>,
+    change: F,
     value: Option<T>,
     ack: oneshot::Sender<Result<T, LedgerError>>,
     ledger: Arc<str>,
@@ -78,15 +82,15 @@ struct Job<T, F> {
 impl<T, F> Task for Job<T, F>
 where
     T: Send,
-    F: FnOnce(&mut Tx<'_, '_>) -> Outcome<T> + Send,
+    F: Fn(&mut Tx<'_, '_>) -> Outcome<T> + Send,
 {
     fn claims(&self) -> Option<&str> {
         self.claim.as_deref()
     }
 
     fn run(&mut self, tx: &mut Tx<'_, '_>) -> Outcome<()> {
-        let change = self.change.take().expect("a change runs once");
-        self.value = Some(change(tx)?);
+        self.value = None;
+        self.value = Some((self.change)(tx)?);
         Ok(())
     }
 
@@ -163,7 +167,7 @@ impl Writer {
     pub(super) fn submit<T, F>(&self, change: F) -> Pending<T>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Tx<'_, '_>) -> Outcome<T> + Send + 'static,
+        F: Fn(&mut Tx<'_, '_>) -> Outcome<T> + Send + 'static,
     {
         self.submit_claiming(None, change)
     }
@@ -173,12 +177,12 @@ impl Writer {
     pub(super) fn submit_claiming<T, F>(&self, serial: Option<String>, change: F) -> Pending<T>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Tx<'_, '_>) -> Outcome<T> + Send + 'static,
+        F: Fn(&mut Tx<'_, '_>) -> Outcome<T> + Send + 'static,
     {
         let (ack, pending) = Pending::channel();
         let job = Box::new(Job {
             claim: serial,
-            change: Some(change),
+            change,
             value: None,
             ack,
             ledger: self.ledger.clone(),
@@ -254,35 +258,15 @@ fn writer_loop(mut client: Client, leases: Leases, rx: Receiver<Box<dyn Task>>) 
                 }
             },
         };
-        let mut tx = match client.transaction() {
-            Ok(tx) => tx,
-            Err(e) => {
-                let reason = describe(&e);
-                for task in batch {
-                    task.answer(Err(Failure::Reason(reason.clone())));
-                }
-                continue;
+        let answers = match commit_whole(&mut client, &mut statements, &claims, &mut batch) {
+            Ok(()) => vec![Ok(()); batch.len()],
+            Err(Whole::ChangeFailed) => {
+                commit_each(&mut client, &mut statements, &claims, &mut batch)
             }
+            Err(Whole::Commit(failure)) => vec![Err(failure); batch.len()],
         };
-        let mut ran = Vec::with_capacity(batch.len());
-        for mut task in batch {
-            // Each change in its own savepoint: committed with the others, or rolled back
-            // alone (a savepoint dropped without commit is rolled back).
-            let r = (|| -> Outcome<()> {
-                let mut savepoint = tx.transaction()?;
-                task.run(&mut Tx {
-                    tx: &mut savepoint,
-                    statements: &mut statements,
-                    claims: &claims,
-                })?;
-                savepoint.commit()?;
-                Ok(())
-            })();
-            ran.push((task, r.map_err(Failure::from)));
-        }
-        let committed = tx.commit().map_err(|e| Failure::Reason(describe(&e)));
-        for (task, r) in ran {
-            task.answer(committed.clone().and(r));
+        for (task, answer) in batch.into_iter().zip(answers) {
+            task.answer(answer);
         }
     }
     // A clean stop: what this station still holds can be taken over at once, and its id is
@@ -291,6 +275,68 @@ fn writer_loop(mut client: Client, leases: Leases, rx: Receiver<Box<dyn Task>>) 
         tracing::warn!(error = %describe(&e), "the ledger's serial leases of this station were not released; they expire after station.lease_s");
     }
     let _ = client.batch_execute("SELECT pg_advisory_unlock_all()");
+}
+
+/// Why a batch was not committed whole.
+enum Whole {
+    /// A change failed: the transaction was rolled back, nothing of the batch is stored.
+    ChangeFailed,
+    /// BEGIN or COMMIT failed: every change of the batch fails with this.
+    Commit(Failure),
+}
+
+/// Runs every change of `batch` in one transaction and commits it.
+fn commit_whole(
+    client: &mut Client,
+    statements: &mut Statements,
+    claims: &HashMap<String, Claim>,
+    batch: &mut [Box<dyn Task>],
+) -> Result<(), Whole> {
+    let reason = |e: postgres::Error| Whole::Commit(Failure::Reason(describe(&e)));
+    let mut tx = client.transaction().map_err(reason)?;
+    for task in batch.iter_mut() {
+        let mut t = Tx {
+            tx: &mut tx,
+            statements,
+            claims,
+        };
+        if task.run(&mut t).is_err() {
+            // Dropping the transaction rolls it back.
+            return Err(Whole::ChangeFailed);
+        }
+    }
+    tx.commit().map_err(reason)
+}
+
+/// Runs each change of `batch` in a savepoint of one transaction: a failing change is rolled
+/// back alone (a savepoint dropped without commit is rolled back) and answered with its
+/// error; the others commit.
+fn commit_each(
+    client: &mut Client,
+    statements: &mut Statements,
+    claims: &HashMap<String, Claim>,
+    batch: &mut [Box<dyn Task>],
+) -> Vec<Result<(), Failure>> {
+    let mut tx = match client.transaction() {
+        Ok(tx) => tx,
+        Err(e) => return vec![Err(Failure::Reason(describe(&e))); batch.len()],
+    };
+    let mut ran = Vec::with_capacity(batch.len());
+    for task in batch.iter_mut() {
+        let r = (|| -> Outcome<()> {
+            let mut savepoint = tx.transaction()?;
+            task.run(&mut Tx {
+                tx: &mut savepoint,
+                statements,
+                claims,
+            })?;
+            savepoint.commit()?;
+            Ok(())
+        })();
+        ran.push(r.map_err(Failure::from));
+    }
+    let committed = tx.commit().map_err(|e| Failure::Reason(describe(&e)));
+    ran.into_iter().map(|r| committed.clone().and(r)).collect()
 }
 
 /// Renews the station's leases; a failure is logged (the next change fails too, and says why).
