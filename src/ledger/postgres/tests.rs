@@ -10,7 +10,9 @@ use super::PgRecords;
 use super::schema::SCHEMA_VERSION;
 use crate::ledger::backend::Records;
 use crate::ledger::tests::registered;
-use crate::ledger::tests::{Scratch, issued, key_reserved, with_server};
+use crate::ledger::tests::{
+    BatchGate, Scratch, assert_only_the_failing_change_failed, issued, key_reserved, with_server,
+};
 use crate::ledger::{
     DeviceState, Ledger, LedgerError, LedgerLocation, LedgerView, OrphanStatus, Transition,
 };
@@ -235,15 +237,12 @@ fn a_batch_with_a_failing_change_commits_the_rest_of_it_once() {
     let (journal, _records) =
         super::open(&url, &s.key("st"), "st", Duration::from_secs(60)).unwrap();
     let writer = &journal.writer;
-    // A first change holds the writer until the others are queued: they share a batch.
-    let (started_tx, started_rx) = crossbeam_channel::bounded::<()>(1);
-    let (go_tx, go_rx) = crossbeam_channel::bounded::<()>(1);
+    let (gate, hold) = BatchGate::hold();
     let first = writer.submit(move |_| {
-        let _ = started_tx.send(());
-        let _ = go_rx.recv();
+        hold();
         Ok(())
     });
-    started_rx.recv().unwrap();
+    gate.held();
     let insert = |id: &'static str| {
         move |tx: &mut super::journal::Tx<'_, '_>| {
             tx.tx
@@ -262,20 +261,15 @@ fn a_batch_with_a_failing_change_commits_the_rest_of_it_once() {
     });
     let failing = writer.submit(|tx| tx.tx.execute("SELECT 1 / 0", &[]).map_err(Into::into));
     let after = writer.submit(insert("batch-after"));
-    go_tx.send(()).unwrap();
+    gate.release();
 
     first.wait_blocking().unwrap();
-    assert_eq!(before.wait_blocking().unwrap(), 1);
-    let err = failing.wait_blocking().expect_err("division by zero");
-    assert!(
-        matches!(&err, LedgerError::Write { reason, .. } if reason.contains("division by zero")),
-        "{err:?}"
-    );
-    assert_eq!(after.wait_blocking().unwrap(), 1);
-    assert_eq!(
+    assert_only_the_failing_change_failed(
+        before.wait_blocking(),
+        failing.wait_blocking(),
+        after.wait_blocking(),
+        "division by zero",
         runs.load(Ordering::SeqCst),
-        2,
-        "the batch ran whole, failed, and ran again with savepoints"
     );
     let ids: Vec<String> = with_server(&url, |c| {
         c.query(

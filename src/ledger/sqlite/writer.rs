@@ -208,6 +208,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
+    use crate::ledger::tests::{BatchGate, assert_only_the_failing_change_failed};
 
     /// A batch holding a failing change: the failing one answers its error, the others are
     /// committed once (after the batch ran again with savepoints).
@@ -220,15 +221,12 @@ mod tests {
             .unwrap();
         let writer = Writer::start(conn, &path, LedgerLock::acquire(&path, "st").unwrap());
 
-        // A first change holds the writer until the others are queued: they share a batch.
-        let (started_tx, started_rx) = crossbeam_channel::bounded::<()>(1);
-        let (go_tx, go_rx) = crossbeam_channel::bounded::<()>(1);
+        let (gate, hold) = BatchGate::hold();
         let first = writer.submit(move |_| {
-            let _ = started_tx.send(());
-            let _ = go_rx.recv();
+            hold();
             Ok(())
         });
-        started_rx.recv().unwrap();
+        gate.held();
         let runs = Arc::new(AtomicUsize::new(0));
         let counted = runs.clone();
         let before = writer.submit(move |tx| {
@@ -237,20 +235,15 @@ mod tests {
         });
         let failing = writer.submit(|tx| tx.execute("INSERT INTO t VALUES ('taken')", []));
         let after = writer.submit(|tx| tx.execute("INSERT INTO t VALUES ('after')", []));
-        go_tx.send(()).unwrap();
+        gate.release();
 
         first.wait_blocking().unwrap();
-        assert_eq!(before.wait_blocking().unwrap(), 1);
-        let err = failing.wait_blocking().expect_err("a duplicate key");
-        assert!(
-            matches!(&err, LedgerError::Write { reason, .. } if reason.contains("UNIQUE")),
-            "{err:?}"
-        );
-        assert_eq!(after.wait_blocking().unwrap(), 1);
-        assert_eq!(
+        assert_only_the_failing_change_failed(
+            before.wait_blocking(),
+            failing.wait_blocking(),
+            after.wait_blocking(),
+            "UNIQUE",
             runs.load(Ordering::SeqCst),
-            2,
-            "the batch ran whole, failed, and ran again with savepoints"
         );
         drop(writer);
         let conn = Connection::open(&path).unwrap();

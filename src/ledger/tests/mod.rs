@@ -246,6 +246,59 @@ impl Drop for Scratch {
 }
 
 /// A temporary directory with the path of a ledger in it (not created yet).
+/// Holds a ledger's writer thread inside a change, so that the changes submitted meanwhile
+/// share its next batch: submit a change that calls [`BatchGate::hold`]'s closure, wait with
+/// [`BatchGate::held`], submit the batch, then [`BatchGate::release`].
+pub(crate) struct BatchGate {
+    started: crossbeam_channel::Receiver<()>,
+    go: crossbeam_channel::Sender<()>,
+}
+
+impl BatchGate {
+    /// The gate, and what the holding change runs: it says it started, then waits.
+    pub(crate) fn hold() -> (BatchGate, impl Fn() + Send + 'static) {
+        let (started_tx, started) = crossbeam_channel::bounded::<()>(1);
+        let (go, go_rx) = crossbeam_channel::bounded::<()>(1);
+        let hold = move || {
+            let _ = started_tx.send(());
+            let _ = go_rx.recv();
+        };
+        (BatchGate { started, go }, hold)
+    }
+
+    /// Waits until the writer is inside the holding change.
+    pub(crate) fn held(&self) {
+        self.started.recv().unwrap();
+    }
+
+    pub(crate) fn release(&self) {
+        self.go.send(()).unwrap();
+    }
+}
+
+/// The answers of a batch `[before, failing, after]` whose middle change failed: it alone
+/// failed (its error naming `reason`), the others were stored once, and `before` ran
+/// `runs_of_before` times (2: the batch ran whole, failed, and ran again with savepoints).
+pub(crate) fn assert_only_the_failing_change_failed<T: PartialEq + From<u8> + std::fmt::Debug>(
+    before: Result<T, LedgerError>,
+    failing: Result<T, LedgerError>,
+    after: Result<T, LedgerError>,
+    reason: &str,
+    runs_of_before: usize,
+) {
+    assert_eq!(before.unwrap(), T::from(1));
+    let err = failing.expect_err("the failing change");
+    assert!(
+        matches!(&err, LedgerError::Write { reason: r, .. } if r.contains(reason)),
+        "{err:?}"
+    );
+    assert_eq!(after.unwrap(), T::from(1));
+    assert_eq!(
+        runs_of_before, 2,
+        "the batch ran whole, failed, and ran again with savepoints"
+    );
+}
+
 pub(crate) fn scratch() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("l.db");
