@@ -24,8 +24,10 @@
 //! Reads: the overlay, then the cache, then the row on disk through a `query_only` read
 //! connection used under the same lock. A record leaves the overlay only after its commit and
 //! under the lock, so a miss always finds the current row on disk; a row that is not there is
-//! cached as absent (`store.rs`), since every write goes through the overlay. Nothing is loaded on open:
-//! a row that does not parse is found when it is read, and that request fails
+//! cached as absent (`store.rs`), since every write goes through the overlay. The things
+//! table also knows its keys (a hash of each, scanned at open and added on every write), so a
+//! lookup of a thing name never written, RegisterThing's usual case, reads nothing at all. No
+//! record is loaded on open: a row that does not parse is found when it is read, and that request fails
 //! ([`RegistryError::Corrupt`], logged with table and key; the API answers 500). Whole-table
 //! needs are explicit scans that merge the disk and the overlay; token expiry and the tokens
 //! of a certificate use expression indexes, so their cost does not grow with the registry.
@@ -495,15 +497,16 @@ impl Registry {
         let read = Connection::open(path).map_err(sql)?;
         read.busy_timeout(Duration::from_secs(5)).map_err(sql)?;
         read.execute_batch("PRAGMA query_only = ON").map_err(sql)?;
+        let db = ReadDb {
+            conn: read,
+            path: p.clone(),
+        };
         let state = Arc::new(Mutex::new(State {
             certificates: Table::new(TableId::Certificates, cache_cap),
             tokens: Table::new(TableId::Tokens, cache_cap),
-            things: Table::new(TableId::Things, cache_cap),
+            things: Table::new(TableId::Things, cache_cap).knowing_keys(&db)?,
             policies: Table::new(TableId::Policies, cache_cap),
-            db: ReadDb {
-                conn: read,
-                path: p.clone(),
-            },
+            db,
             seq: 0,
         }));
 

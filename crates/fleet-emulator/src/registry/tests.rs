@@ -510,3 +510,37 @@ fn the_wal_is_checkpointed_by_a_thread_of_its_own_and_nothing_is_lost() {
         .unwrap();
     assert_eq!(rows as usize, n);
 }
+
+#[test]
+fn a_thing_name_never_written_is_absent_without_a_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.db");
+    {
+        let reg = Registry::open(&path).unwrap();
+        let mut t = reg.txn();
+        t.put_thing(thing("on-disk"));
+        t.commit_blocking().unwrap();
+    }
+    let reg = Registry::open(&path).unwrap();
+    assert!(reg.thing("never-written").unwrap().is_none());
+    assert_eq!(
+        reg.held(),
+        0,
+        "a name never written is neither read nor cached"
+    );
+    // A name on disk is known from the scan at open, and read.
+    assert_eq!(reg.thing("on-disk").unwrap().unwrap().name, "on-disk");
+    assert_eq!(reg.held(), 1);
+    // A name written since is known too; deleted, its hash stays and the disk says absent.
+    let mut t = reg.txn();
+    t.put_thing(thing("new"));
+    t.delete_thing("on-disk");
+    t.commit_blocking().unwrap();
+    assert!(reg.thing("new").unwrap().is_some());
+    assert!(reg.thing("on-disk").unwrap().is_none());
+    reg.close();
+    drop(reg);
+    let reg = Registry::open(&path).unwrap();
+    assert!(reg.thing("new").unwrap().is_some());
+    assert!(reg.thing("on-disk").unwrap().is_none());
+}
