@@ -25,9 +25,10 @@
 //! connection used under the same lock. A record leaves the overlay only after its commit and
 //! under the lock, so a miss always finds the current row on disk; a row that is not there is
 //! cached as absent (`store.rs`), since every write goes through the overlay. The things
-//! table also knows its keys (a hash of each, scanned at open and added on every write), so a
-//! lookup of a thing name never written, RegisterThing's usual case, reads nothing at all. No
-//! record is loaded on open: a row that does not parse is found when it is read, and that request fails
+//! table also keeps a Bloom filter of its keys (1 MiB, filled by a scan of the keys at open and
+//! on every write), so a lookup of a thing name never written, RegisterThing's usual case,
+//! reads nothing at all. No record is loaded on open: a row that does not parse is found when
+//! it is read, and that request fails
 //! ([`RegistryError::Corrupt`], logged with table and key; the API answers 500). Whole-table
 //! needs are explicit scans that merge the disk and the overlay; token expiry and the tokens
 //! of a certificate use expression indexes, so their cost does not grow with the registry.
