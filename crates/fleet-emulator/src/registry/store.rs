@@ -17,7 +17,7 @@
 //! that read gave +7.9 % devices/s in a 5,000-device load test, the tokio workers having
 //! waited on the lock behind it). A key is never taken out (a deleted key stays), so the
 //! filter only ever says "maybe, read the disk" wrongly, never "absent". Its size is fixed
-//! ([`BLOOM_BITS`], 1 MiB), so memory stays flat however many things: ~0.01 % of the lookups
+//! ([`BLOOM_BITS`], 1 MiB), so memory stays flat however many things: ~0.004 % of the lookups
 //! of new names read the disk anyway at 100,000 things, ~3 % at a million.
 
 use std::collections::{HashMap, VecDeque};
