@@ -338,8 +338,8 @@ pub fn delete_certificate(
             "Certificate policies must be detached before deletion (arn: {arn})"
         )));
     }
-    txn.delete_certificate(certificate_id);
     txn.delete_tokens_of(certificate_id)?;
+    txn.delete_certificate(certificate_id);
     Ok(txn.commit_blocking()?)
 }
 
@@ -374,6 +374,7 @@ mod tests {
                 things: BTreeSet::new(),
                 claim: false,
                 subject: Default::default(),
+                token_key: None,
             });
         }
         let mut a = t.certificate(A).unwrap().unwrap().clone();

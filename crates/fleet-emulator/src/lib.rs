@@ -302,6 +302,7 @@ fn register_claim(registry: &Registry, ca: &CertificateAuthority, policy_doc: se
         things: Default::default(),
         claim: true,
         subject: Default::default(),
+        token_key: None,
     });
 }
 

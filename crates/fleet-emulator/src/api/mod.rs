@@ -18,6 +18,7 @@ pub(crate) use registry_rules::{Existing, RegistryRules};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -92,6 +93,8 @@ pub(crate) struct ApiService {
     /// errorCode renames (`[emulator.error_codes]`).
     pub(crate) error_codes: BTreeMap<String, String>,
     rng: SystemRandom,
+    /// Counts the tokens issued, for their ordering prefix.
+    token_seq: AtomicU64,
 }
 
 impl ApiService {
@@ -113,6 +116,7 @@ impl ApiService {
             faults: Faults::default(),
             error_codes: BTreeMap::new(),
             rng: SystemRandom::new(),
+            token_seq: AtomicU64::new(0),
         }
     }
 
@@ -204,13 +208,17 @@ impl ApiService {
         }
     }
 
-    /// A fresh opaque ownership token (48 random bytes, hex).
+    /// A fresh opaque ownership token, hex: 8 bytes that order tokens by issue time (the
+    /// milliseconds, then a counter; nothing secret), then 48 random bytes.
     ///
-    /// Only its hash is stored. It is bound to the one certificate it was issued with.
+    /// Only its hash is stored, after the ordering prefix ([`token_key`](crate::registry::token_key)).
+    /// It is bound to the one certificate it was issued with.
     fn new_token(&self) -> String {
-        let mut bytes = [0u8; 48];
+        let mut bytes = [0u8; 8 + 48];
+        let order = (now_ms() << 16) | (self.token_seq.fetch_add(1, Ordering::Relaxed) & 0xffff);
+        bytes[..8].copy_from_slice(&order.to_be_bytes());
         self.rng
-            .fill(&mut bytes)
+            .fill(&mut bytes[8..])
             .expect("the system random source is available");
         hex::encode(bytes)
     }
@@ -228,6 +236,14 @@ async fn register_new_certificate(
     let ttl_ms = u64::try_from(svc.settings.token_ttl.as_millis()).unwrap_or(u64::MAX);
     let commit = {
         let mut txn = svc.registry.txn();
+        let token_key = txn.put_token(
+            &token,
+            TokenRecord {
+                certificate_id: issued.id.clone(),
+                expires_ms: now.saturating_add(ttl_ms),
+                used: false,
+            },
+        );
         txn.put_certificate(Certificate {
             id: issued.id.clone(),
             pem: issued.pem.clone(),
@@ -237,15 +253,8 @@ async fn register_new_certificate(
             things: Default::default(),
             claim: false,
             subject: issued.subject.clone(),
+            token_key: Some(token_key),
         });
-        txn.put_token(
-            &token,
-            TokenRecord {
-                certificate_id: issued.id.clone(),
-                expires_ms: now.saturating_add(ttl_ms),
-                used: false,
-            },
-        );
         txn.commit()
     };
     durable(commit, "certificate", &issued.id).await?;
@@ -267,4 +276,40 @@ async fn durable(commit: Commit, what: &str, id: &str) -> Result<(), Rejection> 
         tracing::error!(error = %e, %what, %id, "emulator: a change could not be committed; answering 500");
         Rejection::Internal(format!("The service could not store the {what}."))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::registry::{ORDERED_TOKEN_LEN, TOKEN_ORDER_HEX, token_key};
+
+    #[test]
+    fn tokens_follow_their_issue_order_and_so_do_their_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = ApiService::new(
+            Arc::new(CertificateAuthority::load_or_create(dir.path()).unwrap()),
+            Registry::open_state_dir(dir.path()).unwrap(),
+            Arc::new(TemplateStore::new()),
+            ApiSettings::default(),
+        );
+        let tokens: Vec<String> = (0..2000).map(|_| svc.new_token()).collect();
+        for t in &tokens {
+            assert_eq!(t.len(), ORDERED_TOKEN_LEN, "{t}");
+            assert!(t.bytes().all(|b| b.is_ascii_hexdigit()), "{t}");
+        }
+        assert!(tokens.windows(2).all(|w| w[0] < w[1]), "issue order");
+        let randoms: HashSet<&str> = tokens.iter().map(|t| &t[TOKEN_ORDER_HEX..]).collect();
+        assert_eq!(randoms.len(), tokens.len(), "the random part differs");
+        let keys: Vec<String> = tokens.iter().map(|t| token_key(t)).collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "keys in issue order");
+        for (t, k) in tokens.iter().zip(&keys) {
+            assert!(k.starts_with(&t[..TOKEN_ORDER_HEX]));
+            assert!(
+                !k.contains(&t[TOKEN_ORDER_HEX..]),
+                "the secret part is not stored"
+            );
+        }
+    }
 }

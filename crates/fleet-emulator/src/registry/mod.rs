@@ -30,14 +30,19 @@
 //! reads nothing at all. No record is loaded on open: a row that does not parse is found when
 //! it is read, and that request fails
 //! ([`RegistryError::Corrupt`], logged with table and key; the API answers 500). Whole-table
-//! needs are explicit scans that merge the disk and the overlay; token expiry and the tokens
-//! of a certificate use expression indexes, so their cost does not grow with the registry.
+//! needs are explicit scans that merge the disk and the overlay; token expiry uses an
+//! expression index, so its cost does not grow with the registry. The tokens of a certificate
+//! are found through the certificate, which names the key of the token issued with it; only
+//! records written before it did are found by a scan of the tokens.
 //!
 //! Changes nobody waits for (claim registration at start, token expiry) are sent when their
 //! [`Txn`] drops, and committed with the next batch.
 //!
 //! Ownership tokens are kept by their SHA-256 only; the token itself is returned to the device
-//! once and never stored.
+//! once and never stored. A token the emulator issues starts with 8 bytes that order it by
+//! issue time (nothing secret), and its key starts with them too: tokens issued together sit
+//! side by side in the key's index, so a commit writes one index page for them, not one page
+//! a token at a random place ([`token_key`]).
 
 mod checkpoint;
 mod store;
@@ -89,6 +94,11 @@ pub struct Certificate {
     /// Subject of the certificate (source of the `AWS::IoT::Certificate::*` pseudo-parameters).
     #[serde(default)]
     pub subject: SubjectFields,
+    /// The key of the ownership token issued with this certificate ([`token_key`]). `None`
+    /// for claim certificates, and for records written before the field existed: their
+    /// tokens are found by a scan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_key: Option<String>,
 }
 
 /// A thing record.
@@ -134,8 +144,23 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn token_key(token: &str) -> String {
-    hex::encode(digest::digest(&digest::SHA256, token.as_bytes()))
+/// Hex characters of the ordering prefix of a token the emulator issues
+/// (`ApiService::new_token`: 8 bytes of issue time and a counter, then 48 random bytes).
+pub const TOKEN_ORDER_HEX: usize = 16;
+/// Length of such a token in hex characters.
+pub const ORDERED_TOKEN_LEN: usize = 2 * (8 + 48);
+
+/// The key a token is stored under: its SHA-256 (the registry holds nothing that redeems a
+/// token), after the token's ordering prefix when it has one. Tokens issued together then
+/// share the pages of the key's index; a token issued before the prefix existed (96 hex
+/// characters) is keyed by its hash alone, as it was stored, and so is anything else.
+pub fn token_key(token: &str) -> String {
+    let hash = hex::encode(digest::digest(&digest::SHA256, token.as_bytes()));
+    if token.len() == ORDERED_TOKEN_LEN && token.bytes().all(|b| b.is_ascii_hexdigit()) {
+        format!("{}{hash}", &token[..TOKEN_ORDER_HEX])
+    } else {
+        hash
+    }
 }
 
 /// The file of the registry in an emulator's state directory.
@@ -178,6 +203,8 @@ pub const CACHE_CAP: usize = 4096;
 /// Unused tokens by expiry (partial index, so a used token leaves it).
 const EXPIRED_TOKENS_SQL: &str = "SELECT key, json FROM tokens
      WHERE json_extract(json, '$.used') = 0 AND json_extract(json, '$.expires_ms') <= ?1";
+/// The tokens of a certificate whose record does not name its token: a scan of the table
+/// (registries written before certificates named their tokens).
 const TOKENS_OF_SQL: &str =
     "SELECT key, json FROM tokens WHERE json_extract(json, '$.certificate_id') = ?1";
 
@@ -315,9 +342,11 @@ impl Txn<'_> {
             .push(upsert(TableId::Policies, &p.name, &p, seq));
         self.state.policies.put(p.name.clone(), Some(p), seq);
     }
-    /// Stores a token by its hash.
-    pub(crate) fn put_token(&mut self, token: &str, rec: TokenRecord) {
-        self.put_token_by_key(token_key(token), rec);
+    /// Stores a token by its key ([`token_key`]), which is returned.
+    pub(crate) fn put_token(&mut self, token: &str, rec: TokenRecord) -> String {
+        let key = token_key(token);
+        self.put_token_by_key(key.clone(), rec);
+        key
     }
     fn put_token_by_key(&mut self, key: String, rec: TokenRecord) {
         let seq = self.state.next_seq();
@@ -349,19 +378,33 @@ impl Txn<'_> {
         self.delete(TableId::Tokens, key);
     }
 
-    /// The ownership tokens issued for `certificate_id` (by their hash), from the index.
+    /// The ownership tokens issued for `certificate_id` (with their keys): the one its record
+    /// names, or, for a record that names none, those a scan of the table finds.
     fn tokens_of(
         &mut self,
         certificate_id: &str,
     ) -> Result<Vec<(String, TokenRecord)>, RegistryError> {
-        let s = &*self.state;
-        s.tokens
-            .scan(&s.db, TOKENS_OF_SQL, Some(&certificate_id), |r| {
-                r.certificate_id == certificate_id
-            })
+        let named = self
+            .certificate(certificate_id)?
+            .and_then(|c| c.token_key.clone());
+        let s = &mut *self.state;
+        match named {
+            Some(key) => Ok(s
+                .tokens
+                .get(&s.db, &key)?
+                .map(|r| (key, r.clone()))
+                .into_iter()
+                .collect()),
+            None => s
+                .tokens
+                .scan(&s.db, TOKENS_OF_SQL, Some(&certificate_id), |r| {
+                    r.certificate_id == certificate_id
+                }),
+        }
     }
 
-    /// Deletes every ownership token issued for `certificate_id`.
+    /// Deletes every ownership token issued for `certificate_id` (before the certificate
+    /// itself, whose record names its token).
     pub(crate) fn delete_tokens_of(&mut self, certificate_id: &str) -> Result<(), RegistryError> {
         for (key, _) in self.tokens_of(certificate_id)? {
             self.delete_token_by_key(&key);
@@ -481,7 +524,9 @@ impl Registry {
         let mut conn = Connection::open(path).map_err(sql)?;
         // Another process reading the file (a test, an operator) must not fail a commit.
         conn.busy_timeout(Duration::from_secs(5)).map_err(sql)?;
-        // The indexes are created on open, so registries made before them get them too.
+        // The indexes are created on open, so registries made before them get them too. The
+        // index of tokens by certificate that earlier registries had is dropped: each token's
+        // entry went to a random page of it (certificates name their token now).
         conn.execute_batch(&format!(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous={SYNCHRONOUS};
              CREATE TABLE IF NOT EXISTS certificates (key TEXT PRIMARY KEY, json TEXT NOT NULL);
@@ -491,8 +536,7 @@ impl Registry {
              CREATE INDEX IF NOT EXISTS tokens_unused_by_expiry
                  ON tokens (json_extract(json, '$.expires_ms'))
                  WHERE json_extract(json, '$.used') = 0;
-             CREATE INDEX IF NOT EXISTS tokens_by_certificate
-                 ON tokens (json_extract(json, '$.certificate_id'));"
+             DROP INDEX IF EXISTS tokens_by_certificate;"
         ))
         .map_err(sql)?;
         let read = Connection::open(path).map_err(sql)?;
@@ -630,7 +674,7 @@ impl Registry {
         Ok(rows.into_iter().map(|(_, t)| t).collect())
     }
 
-    /// The ownership tokens issued for `certificate_id` (an indexed query).
+    /// The ownership tokens issued for `certificate_id`.
     pub fn tokens_of(&self, certificate_id: &str) -> Result<Vec<TokenRecord>, RegistryError> {
         let rows = self.txn().tokens_of(certificate_id)?;
         Ok(rows.into_iter().map(|(_, r)| r).collect())

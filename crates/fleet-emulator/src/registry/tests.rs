@@ -19,6 +19,7 @@ fn cert(id: &str, status: CertStatus) -> Certificate {
         things: BTreeSet::new(),
         claim: false,
         subject: SubjectFields::default(),
+        token_key: None,
     }
 }
 
@@ -458,31 +459,109 @@ fn expiry_deletes_only_unregistered_certificates() {
 }
 
 #[test]
-fn expiry_and_tokens_of_a_certificate_use_the_indexes() {
+fn expiry_uses_its_index_and_an_older_registry_loses_the_index_of_tokens_by_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r.db");
-    let reg = Registry::open(&path).unwrap();
-    let plan = |sql: &str| -> String {
-        let c = Connection::open(&path).unwrap();
-        let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-        let rows = stmt
-            .query_map([1], |r| r.get::<_, String>(3))
+    // A registry as an earlier emulator left it: the index of tokens by certificate, and a
+    // certificate whose record names no token (a legacy token, keyed by its hash alone).
+    let legacy = "ab".repeat(48);
+    {
+        let reg = Registry::open(&path).unwrap();
+        let mut t = reg.txn();
+        t.put_certificate(cert("old", CertStatus::PendingActivation));
+        assert_eq!(t.put_token(&legacy, token("old", u64::MAX)).len(), 64);
+        t.commit_blocking().unwrap();
+        reg.close();
+        Connection::open(&path)
             .unwrap()
-            .collect::<Result<Vec<_>, _>>()
+            .execute_batch(
+                "CREATE INDEX tokens_by_certificate
+                     ON tokens (json_extract(json, '$.certificate_id'))",
+            )
             .unwrap();
-        rows.join("; ")
-    };
+    }
+    let reg = Registry::open(&path).unwrap();
+    let c = Connection::open(&path).unwrap();
+    let indexes: Vec<String> = c
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'tokens'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
     assert!(
-        plan(EXPIRED_TOKENS_SQL).contains("USING INDEX tokens_unused_by_expiry"),
-        "{}",
-        plan(EXPIRED_TOKENS_SQL)
+        !indexes.iter().any(|i| i == "tokens_by_certificate"),
+        "{indexes:?}"
     );
+    let plan: String = c
+        .query_row(
+            &format!("EXPLAIN QUERY PLAN {EXPIRED_TOKENS_SQL}"),
+            [1],
+            |r| r.get(3),
+        )
+        .unwrap();
     assert!(
-        plan(TOKENS_OF_SQL).contains("USING INDEX tokens_by_certificate"),
-        "{}",
-        plan(TOKENS_OF_SQL)
+        plan.contains("USING INDEX tokens_unused_by_expiry"),
+        "{plan}"
     );
+    // The legacy token still redeems, and its certificate's tokens are found by the scan.
+    let mut t = reg.txn();
+    assert!(t.check_token(&legacy, 0).unwrap().is_ok());
+    assert_eq!(t.tokens_of("old").unwrap().len(), 1);
+    t.delete_tokens_of("old").unwrap();
+    assert_eq!(
+        t.check_token(&legacy, 0).unwrap(),
+        Err(TokenProblem::Unknown)
+    );
+    t.commit_blocking().unwrap();
     reg.close();
+}
+
+#[test]
+fn a_certificate_names_its_token_and_its_tokens_are_found_through_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::open(&dir.path().join("r.db")).unwrap();
+    let mine = format!("{:016x}{}", 7u64, "cd".repeat(48));
+    let stray = format!("{:016x}{}", 8u64, "ef".repeat(48));
+    let mut t = reg.txn();
+    let key = t.put_token(&mine, token("c1", u64::MAX));
+    assert!(
+        key.starts_with("0000000000000007") && key.len() == 16 + 64,
+        "{key}"
+    );
+    // A token that claims the certificate without the certificate naming it is not one of
+    // its tokens: the lookup goes through the certificate, not a scan.
+    t.put_token(&stray, token("c1", u64::MAX));
+    let mut c1 = cert("c1", CertStatus::PendingActivation);
+    c1.token_key = Some(key.clone());
+    t.put_certificate(c1);
+    t.commit_blocking().unwrap();
+    assert_eq!(reg.tokens_of("c1").unwrap(), vec![token("c1", u64::MAX)]);
+    let mut t = reg.txn();
+    t.delete_tokens_of("c1").unwrap();
+    t.delete_certificate("c1");
+    assert_eq!(t.check_token(&mine, 0).unwrap(), Err(TokenProblem::Unknown));
+    assert!(t.check_token(&stray, 0).unwrap().is_ok());
+    t.commit_blocking().unwrap();
+    reg.close();
+}
+
+#[test]
+fn a_token_is_keyed_by_its_ordering_prefix_then_its_hash_and_an_older_one_by_its_hash() {
+    let ordered = format!("{:016x}{}", 1u64 << 40, "0a".repeat(48));
+    let older = "0a".repeat(48);
+    let hash = |t: &str| hex::encode(digest::digest(&digest::SHA256, t.as_bytes()));
+    assert_eq!(
+        token_key(&ordered),
+        format!("{}{}", &ordered[..16], hash(&ordered))
+    );
+    assert_eq!(token_key(&older), hash(&older));
+    // Anything else a device may send is keyed by its hash; nothing panics on odd input.
+    assert_eq!(token_key(&"é".repeat(56)), hash(&"é".repeat(56)));
+    let straddling = format!("a{}a", "é".repeat(55));
+    assert_eq!(straddling.len(), 112);
+    assert_eq!(token_key(&straddling), hash(&straddling));
+    assert_eq!(token_key(""), hash(""));
 }
 
 #[test]
