@@ -23,6 +23,15 @@ fn cert(id: &str, status: CertStatus) -> Certificate {
     }
 }
 
+/// The first column of the one row `sql` returns, read from the file at `path` by a
+/// connection of its own (what is on disk, not what the registry holds).
+fn on_disk<T: rusqlite::types::FromSql>(path: &std::path::Path, sql: &str) -> T {
+    Connection::open(path)
+        .unwrap()
+        .query_row(sql, [], |r| r.get(0))
+        .unwrap()
+}
+
 fn thing(name: &str) -> Thing {
     Thing {
         name: name.into(),
@@ -145,12 +154,12 @@ fn a_failed_commit_is_reported_and_its_writes_retried_with_the_next() {
     let mut t = reg.txn();
     t.put_certificate(cert("c1", CertStatus::Active));
     t.commit_blocking().unwrap();
-    let on_disk = |table: &str| -> i64 {
+    let rows_in = |table: &str| -> i64 {
         other
             .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
             .unwrap()
     };
-    assert_eq!((on_disk("things"), on_disk("certificates")), (1, 21));
+    assert_eq!((rows_in("things"), rows_in("certificates")), (1, 21));
     // Committed now: clean, so it may be evicted, and still reads back from disk.
     assert!(reg.held() <= 4 * 2, "{}", reg.held());
     assert_eq!(reg.thing("t1").unwrap().unwrap().name, "t1");
@@ -233,14 +242,10 @@ fn an_uncommitted_change_is_read_and_survives_eviction_pressure() {
         "a delete is seen at once"
     );
     drop(t);
-    let disk = Connection::open(&path).unwrap();
-    let status_on_disk: String = disk
-        .query_row(
-            "SELECT json_extract(json, '$.status') FROM certificates WHERE key = 'old'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let status_on_disk: String = on_disk(
+        &path,
+        "SELECT json_extract(json, '$.status') FROM certificates WHERE key = 'old'",
+    );
     assert_eq!(status_on_disk, "PENDING_ACTIVATION", "not committed yet");
     assert_eq!(reg.things().unwrap().len(), 0, "scans merge the overlay");
     assert_eq!(reg.certificates().unwrap().len(), 12);
@@ -280,16 +285,12 @@ fn a_newer_write_stays_dirty_when_an_older_one_is_committed() {
     t.put_certificate(cert("c", CertStatus::Active));
     drop(t);
     futures_lite_block_on(first);
-    let on_disk: String = Connection::open(&path)
-        .unwrap()
-        .query_row(
-            "SELECT json_extract(json, '$.status') FROM certificates WHERE key = 'c'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let status: String = on_disk(
+        &path,
+        "SELECT json_extract(json, '$.status') FROM certificates WHERE key = 'c'",
+    );
     assert_eq!(
-        on_disk, "PENDING_ACTIVATION",
+        status, "PENDING_ACTIVATION",
         "the newer write is not committed yet"
     );
     // Committing the older write did not make the record clean: it is not evicted (a cache of
@@ -381,14 +382,7 @@ async fn a_commit_resolves_once_its_writes_are_on_disk() {
         t.commit()
     };
     commit.durable().await.unwrap();
-    let c = Connection::open(&path).unwrap();
-    let n: i64 = c
-        .query_row(
-            "SELECT count(*) FROM certificates WHERE key = 'c1'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let n: i64 = on_disk(&path, "SELECT count(*) FROM certificates WHERE key = 'c1'");
     assert_eq!(n, 1);
 }
 
@@ -482,13 +476,10 @@ fn expiry_uses_its_index_and_an_older_registry_loses_the_index_of_tokens_by_cert
     }
     let reg = Registry::open(&path).unwrap();
     let c = Connection::open(&path).unwrap();
-    let old_index: i64 = c
-        .query_row(
-            "SELECT count(*) FROM sqlite_master WHERE name = 'tokens_by_certificate'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let old_index: i64 = on_disk(
+        &path,
+        "SELECT count(*) FROM sqlite_master WHERE name = 'tokens_by_certificate'",
+    );
     assert_eq!(
         old_index, 0,
         "the index of tokens by certificate is dropped"
@@ -583,10 +574,7 @@ fn the_wal_is_checkpointed_by_a_thread_of_its_own_and_nothing_is_lost() {
         t.commit_blocking().unwrap();
     }
     reg.wait_for_checkpoints(1);
-    let rows: i64 = Connection::open(&path)
-        .unwrap()
-        .query_row("SELECT count(*) FROM certificates", [], |r| r.get(0))
-        .unwrap();
+    let rows: i64 = on_disk(&path, "SELECT count(*) FROM certificates");
     assert_eq!(rows as usize, n);
 }
 
