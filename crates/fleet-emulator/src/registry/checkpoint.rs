@@ -15,7 +15,7 @@ use rusqlite::Connection;
 
 /// WAL pages after which a checkpoint copies them into the database: SQLite's automatic
 /// default. (8,000 was tried: fewer copies of pages written twice, but each checkpoint's
-/// burst of writes delayed the ledger's syncs on the same disk: README, *Performance*.)
+/// burst of writes delayed the ledger's syncs on the same disk: `docs/performance.md`.)
 pub(super) const WAL_CHECKPOINT_PAGES: i32 = 1000;
 
 /// Checkpoints that copied the whole WAL, counted for tests to wait on.
